@@ -1,0 +1,22 @@
+//! ringlog's storage engine: a partition log of Kafka RecordBatch v2 segments, appended with
+//! O_DIRECT writes on the owning shard's io_uring ring (glommio), indexed by sparse
+//! memory-mapped offset and time indexes, recovered after a crash from a checkpoint.
+//!
+//! No network and no Kafka request types live here. See `README.md` beside this crate for the
+//! invariants and `docs/storage-format.md` for the on-disk layout.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod index;
+mod log;
+pub mod scan;
+pub mod segment;
+
+pub use config::{Clock, LogConfig, ManualClock, SystemClock};
+pub use error::{AppendError, IoFailure, LogError, OpenError, ReadError};
+pub use log::{
+    AppendInfo, Corruption, FetchedBatches, OpenOptions, PartitionLog, RecoveryReport,
+    TimestampOffset, WriteFault,
+};

@@ -1,0 +1,1624 @@
+//! The partition log: ordered appends on O_DIRECT writes, reads, retention, truncation,
+//! checkpoints and crash recovery.
+//!
+//! # Threading
+//! A `PartitionLog` lives on the shard (glommio executor) that owns its partition and is used
+//! only from that thread: state is in `RefCell`s, never borrowed across an `.await`.
+//!
+//! # The write path
+//! `append` validates the batch, assigns its offsets and queues it (synchronously, so offsets
+//! follow call order), then [`pump`] copies queued batches, with their stamped headers, into
+//! 4 KiB-aligned DMA buffers from the shard's io_uring buffer arena and issues writes:
+//!
+//! - a buffer that is full is written at once; several full buffers may be in flight;
+//! - a partly filled buffer is written ("partial flush", zero-padded to the next block) only
+//!   when no earlier partial write is in flight, so under load batches coalesce into large
+//!   writes and when idle an append is written immediately;
+//! - after a partial flush, the unfinished last block is copied to the head of the next buffer
+//!   and written again, in place, by the next write. That write waits for the partial write it
+//!   overlaps: two writes covering the same block are never in flight together.
+//!
+//! Writes complete out of order; the visible end advances only over a contiguous prefix of
+//! completed writes. An append completes when its bytes are written (and, under group commit,
+//! after an fdatasync issued after that). A failed write fails every append not yet visible,
+//! the tail is cut back to the visible end, and the log keeps serving.
+//!
+//! # Durability and recovery
+//! See `checkpoint.rs`: sealed segments plus a checkpointed prefix of the active segment are
+//! trusted; recovery CRC-checks and re-indexes everything after it, and truncates at the first
+//! invalid byte.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use event_listener::Event;
+use glommio::io::{DmaBuffer, ReadResult};
+use glommio::sync::Semaphore;
+
+use crate::batch::{self, BatchHeader, StampedHeader, TimestampType, HEADER_BYTES};
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{Clock, LogConfig, SystemClock};
+use crate::error::{AppendError, IoFailure, LogError, OpenError, ReadError};
+use crate::scan::StopReason;
+use crate::segment::{self, Segment, BLOCK_BYTES};
+
+/// What a completed append reports back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// Set when the topic uses LogAppendTime.
+    pub log_append_time_ms: Option<i64>,
+    pub log_start_offset: i64,
+}
+
+/// Whole batches read from one segment, as one contiguous byte range of the file.
+pub struct FetchedBatches {
+    data: Option<ReadResult>,
+    /// Base offset of the first batch (may be below the requested offset, as in Kafka).
+    pub first_offset: i64,
+    /// Offset after the last batch returned: where the next read continues.
+    pub next_offset: i64,
+    pub batch_count: usize,
+}
+
+impl FetchedBatches {
+    fn empty(next_offset: i64) -> Self {
+        Self {
+            data: None,
+            first_offset: next_offset,
+            next_offset,
+            batch_count: 0,
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.data.as_deref().unwrap_or(&[])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch_count == 0
+    }
+}
+
+/// The first offset at or after a timestamp, as ListOffsets needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampOffset {
+    pub offset: i64,
+    pub timestamp: i64,
+    /// False when the batch is compressed: `offset` is then its base offset, and the exact
+    /// record is found by decompressing it (a layer above the engine).
+    pub exact: bool,
+}
+
+/// Where recovery found damage and what it did about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    pub segment_base_offset: i64,
+    pub position: u64,
+    pub reason: StopReason,
+    /// Bytes after `position` in that segment that were cut off.
+    pub discarded_bytes: u64,
+}
+
+/// What opening a log found.
+#[derive(Debug, Clone)]
+pub struct RecoveryReport {
+    pub clean_shutdown: bool,
+    pub segments: usize,
+    /// Bytes read and CRC-checked by the recovery scan.
+    pub scanned_bytes: u64,
+    pub corruption: Option<Corruption>,
+    /// Segments after the damage, deleted because nothing after it may be exposed.
+    pub dropped_segments: Vec<i64>,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+    pub duration: Duration,
+}
+
+/// Injects a failure into the write path: called before each data write with the segment's
+/// base offset, the file position and the length; an error fails that write as if the device
+/// had returned it. For tests of disk-full and I/O-error handling.
+pub type WriteFault = Rc<dyn Fn(i64, u64, usize) -> Option<std::io::Error>>;
+
+/// How to open a log besides its directory and config.
+#[derive(Clone)]
+pub struct OpenOptions {
+    pub clock: Rc<dyn Clock>,
+    pub write_fault: Option<WriteFault>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            clock: Rc::new(SystemClock),
+            write_fault: None,
+        }
+    }
+}
+
+/// A one-shot result cell an appender waits on.
+#[derive(Default)]
+struct Slot {
+    result: Cell<Option<Result<AppendInfo, AppendError>>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Slot {
+    fn complete(&self, result: Result<AppendInfo, AppendError>) {
+        self.result.set(Some(result));
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+struct SlotFuture(Rc<Slot>);
+
+impl Future for SlotFuture {
+    type Output = Result<AppendInfo, AppendError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.0.result.take() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                self.0.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// A batch queued for writing.
+struct Pending {
+    header: StampedHeader,
+    data: Bytes,
+    info: BatchHeader,
+    /// Bytes of this batch already copied into write buffers.
+    copied: usize,
+    position: u64,
+    /// This batch starts a new segment.
+    roll: bool,
+    log_append_time_ms: Option<i64>,
+    slot: Rc<Slot>,
+}
+
+/// A batch copied into write buffers, waiting for its writes (and maybe a sync).
+struct Copied {
+    position: u64,
+    info: BatchHeader,
+    log_append_time_ms: Option<i64>,
+    slot: Rc<Slot>,
+}
+
+impl Copied {
+    fn end(&self) -> u64 {
+        self.position + self.info.total_bytes() as u64
+    }
+}
+
+/// An aligned buffer being filled; it covers the file from `file_pos`.
+struct WriteBuf {
+    buf: DmaBuffer,
+    file_pos: u64,
+    filled: usize,
+    /// Bytes at the head that an earlier write already carries (the re-written tail block).
+    submitted: usize,
+}
+
+impl WriteBuf {
+    fn new(capacity: usize, file_pos: u64) -> Self {
+        debug_assert_eq!(file_pos % BLOCK_BYTES, 0);
+        Self {
+            buf: glommio::allocate_dma_buffer(capacity),
+            file_pos,
+            filled: 0,
+            submitted: 0,
+        }
+    }
+
+    fn space(&self) -> usize {
+        self.buf.len() - self.filled
+    }
+
+    fn unsubmitted(&self) -> usize {
+        self.filled - self.submitted
+    }
+}
+
+struct InFlight {
+    id: u64,
+    end_pos: u64,
+    result: Option<Result<(), IoFailure>>,
+}
+
+/// A slow step that runs as its own task while the pump waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Busy {
+    Rolling,
+    Repairing,
+}
+
+/// The physical write state of the active segment.
+struct Writer {
+    segment: Rc<Segment>,
+    cur: Option<WriteBuf>,
+    /// Where the next fresh buffer starts when `cur` is `None`.
+    next_buf_pos: u64,
+    next_write_id: u64,
+    inflight: VecDeque<InFlight>,
+    /// The partial write that `cur`'s first block overlaps.
+    blocked_by: Option<u64>,
+    copied: VecDeque<Copied>,
+    awaiting_sync: VecDeque<Copied>,
+    written_pos: u64,
+    sync_in_flight: bool,
+    unsynced_messages: u64,
+    oldest_unsynced_ms: Option<i64>,
+    busy: Option<Busy>,
+    failure: Option<IoFailure>,
+}
+
+impl Writer {
+    fn new(segment: Rc<Segment>, cur: Option<WriteBuf>, next_buf_pos: u64) -> Self {
+        let written_pos = segment.meta().size_bytes;
+        Self {
+            segment,
+            cur,
+            next_buf_pos,
+            next_write_id: 0,
+            inflight: VecDeque::new(),
+            blocked_by: None,
+            copied: VecDeque::new(),
+            awaiting_sync: VecDeque::new(),
+            written_pos,
+            sync_in_flight: false,
+            unsynced_messages: 0,
+            oldest_unsynced_ms: None,
+            busy: None,
+            failure: None,
+        }
+    }
+
+    fn write_in_flight(&self, id: u64) -> bool {
+        self.inflight
+            .iter()
+            .any(|w| w.id == id && w.result.is_none())
+    }
+
+    fn cur_blocked(&self) -> bool {
+        self.blocked_by.is_some_and(|id| self.write_in_flight(id))
+    }
+
+    fn unsubmitted(&self) -> usize {
+        self.cur.as_ref().map_or(0, WriteBuf::unsubmitted)
+    }
+}
+
+struct State {
+    segments: Vec<Rc<Segment>>,
+    log_start_offset: i64,
+    /// Next offset to assign, counting queued appends.
+    next_offset: i64,
+    /// The segment queued appends go to: its base, logical size and creation time.
+    tail_base: i64,
+    tail_bytes: u64,
+    tail_created_ms: i64,
+    pending: VecDeque<Pending>,
+    pending_bytes: usize,
+    writer: Writer,
+    /// Truncation or close in progress: new appends wait.
+    blocked: bool,
+    closed: bool,
+    /// An fdatasync failed: what was written may not be durable, so no more appends.
+    poisoned: Option<IoFailure>,
+}
+
+impl State {
+    fn active(&self) -> &Rc<Segment> {
+        self.segments.last().expect("a log always has an active segment")
+    }
+
+    fn log_end_offset(&self) -> i64 {
+        self.active().meta().next_offset
+    }
+
+    fn idle(&self) -> bool {
+        let w = &self.writer;
+        self.pending.is_empty()
+            && w.copied.is_empty()
+            && w.awaiting_sync.is_empty()
+            && w.inflight.is_empty()
+            && w.unsubmitted() == 0
+            && w.busy.is_none()
+            && !w.sync_in_flight
+    }
+
+    fn segment_index(&self, offset: i64) -> usize {
+        self.segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1)
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: RefCell<LogConfig>,
+    clock: Rc<dyn Clock>,
+    write_fault: Option<WriteFault>,
+    state: RefCell<State>,
+    /// Notified whenever the pump ran: appenders waiting for room, and idle waiters, re-check.
+    progress: Event,
+    /// Serializes administrative operations (truncate, retention, checkpoint, close).
+    admin: Semaphore,
+}
+
+/// A partition's log. Lives on one shard; see the module documentation.
+pub struct PartitionLog {
+    inner: Rc<Inner>,
+}
+
+/// Schedules `future` on the current task queue without running it now. glommio's
+/// `spawn_local` polls a new task immediately, which would re-enter the log's state while the
+/// caller still has it borrowed.
+fn spawn_deferred(future: impl Future<Output = ()> + 'static) {
+    let queue = glommio::executor().current_task_queue();
+    match glommio::spawn_local_into(future, queue) {
+        Ok(task) => task.detach(),
+        Err(error) => unreachable!("the current task queue exists: {error}"),
+    };
+}
+
+fn align_down(pos: u64) -> u64 {
+    pos / BLOCK_BYTES * BLOCK_BYTES
+}
+
+fn align_up(pos: u64) -> u64 {
+    pos.div_ceil(BLOCK_BYTES) * BLOCK_BYTES
+}
+
+fn open_error_to_io(error: OpenError) -> IoFailure {
+    match error {
+        OpenError::Io(e) => e,
+        OpenError::NoDirectIo { path } => IoFailure::new(
+            "opening",
+            path,
+            std::io::Error::from_raw_os_error(libc::EINVAL),
+        ),
+    }
+}
+
+/// Reads the last partial block of a segment of `size` bytes into a fresh write buffer, so the
+/// next write rewrites it whole.
+async fn load_tail(
+    segment: &Segment,
+    size: u64,
+    capacity: usize,
+) -> Result<(Option<WriteBuf>, u64), IoFailure> {
+    let tail = (size % BLOCK_BYTES) as usize;
+    if tail == 0 {
+        return Ok((None, size));
+    }
+    let block_pos = align_down(size);
+    let block = segment.read(block_pos, tail).await?;
+    if block.len() < tail {
+        return Err(IoFailure::new(
+            "reading tail block of",
+            segment.log_path(),
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "segment shorter than its size"),
+        ));
+    }
+    let mut buf = WriteBuf::new(capacity, block_pos);
+    buf.buf.as_bytes_mut()[..tail].copy_from_slice(&block[..tail]);
+    buf.filled = tail;
+    buf.submitted = tail;
+    Ok((Some(buf), block_pos))
+}
+
+/// Moves the write path forward as far as it can without waiting: retires completed writes,
+/// records and acknowledges written batches, starts syncs, copies queued batches into buffers
+/// and issues writes. Called after every event (append, write/sync completion, roll).
+fn pump(inner: &Rc<Inner>) {
+    {
+        let config = inner.config.borrow();
+        let mut guard = inner.state.borrow_mut();
+        let st = &mut *guard;
+        retire_writes(st);
+        acknowledge_written(st, &config, inner.clock.now_ms());
+        if st.writer.failure.is_some() {
+            handle_failure(inner, st);
+        }
+        maybe_sync(inner, st, &config);
+        fill_and_submit(inner, st, &config);
+    }
+    inner.progress.notify(usize::MAX);
+}
+
+fn retire_writes(st: &mut State) {
+    let w = &mut st.writer;
+    while w.inflight.front().is_some_and(|f| f.result.is_some()) {
+        let Some(done) = w.inflight.pop_front() else { break };
+        match done.result {
+            Some(Ok(())) if w.failure.is_none() => {
+                assert!(done.end_pos >= w.written_pos, "writes retire in order");
+                w.written_pos = done.end_pos;
+            }
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                w.failure.get_or_insert(error);
+            }
+            None => unreachable!("only completed writes are popped"),
+        }
+    }
+}
+
+fn acknowledge_written(st: &mut State, config: &LogConfig, now_ms: i64) {
+    let log_start_offset = st.log_start_offset;
+    let w = &mut st.writer;
+    while w.copied.front().is_some_and(|c| c.end() <= w.written_pos) {
+        let Some(batch) = w.copied.pop_front() else { break };
+        w.segment
+            .record_batch(batch.position, &batch.info, config.index_interval_bytes);
+        w.unsynced_messages += batch.info.records_count as u64;
+        w.oldest_unsynced_ms.get_or_insert(now_ms);
+        if config.group_commit() {
+            w.awaiting_sync.push_back(batch);
+        } else {
+            complete_ok(&batch, log_start_offset);
+        }
+    }
+}
+
+fn complete_ok(batch: &Copied, log_start_offset: i64) {
+    batch.slot.complete(Ok(AppendInfo {
+        base_offset: batch.info.base_offset,
+        last_offset: batch.info.last_offset(),
+        log_append_time_ms: batch.log_append_time_ms,
+        log_start_offset,
+    }));
+}
+
+/// A write failed: once the writes still in flight have landed, fail every append that is not
+/// visible, rewind offsets to the visible end and cut the file back to it.
+fn handle_failure(inner: &Rc<Inner>, st: &mut State) {
+    if !st.writer.inflight.is_empty() || st.writer.busy.is_some() {
+        return;
+    }
+    let Some(error) = st.writer.failure.take() else { return };
+    tracing::warn!(dir = %inner.dir.display(), %error, "write failed; failing unwritten appends");
+    let failed = AppendError::Io(error);
+    for batch in st.writer.copied.drain(..) {
+        batch.slot.complete(Err(failed.clone()));
+    }
+    for batch in st.pending.drain(..) {
+        batch.slot.complete(Err(failed.clone()));
+    }
+    st.pending_bytes = 0;
+    let segment = st.writer.segment.clone();
+    // Writes end anywhere, batches are recorded whole: the visible end is the last whole
+    // batch, and bytes written after it are cut off.
+    let meta = segment.meta();
+    st.writer.written_pos = meta.size_bytes;
+    st.next_offset = meta.next_offset;
+    st.tail_base = segment.base_offset;
+    st.tail_bytes = meta.size_bytes;
+    st.writer.cur = None;
+    st.writer.blocked_by = None;
+    st.writer.busy = Some(Busy::Repairing);
+    spawn_deferred(repair(inner.clone(), segment, meta.size_bytes));
+}
+
+/// Cuts the active segment's file back to its visible size and reloads its tail block.
+async fn repair(inner: Rc<Inner>, segment: Rc<Segment>, size: u64) {
+    let config = inner.config.borrow().clone();
+    let result = async {
+        segment
+            .file
+            .truncate(size)
+            .await
+            .map_err(|e| IoFailure::new("truncating", segment.log_path(), e.into()))?;
+        segment.prepare_for_appends(&config).await?;
+        load_tail(&segment, size, config.write_buffer_bytes).await
+    }
+    .await;
+    {
+        let mut st = inner.state.borrow_mut();
+        st.writer.busy = None;
+        match result {
+            Ok((cur, next_buf_pos)) => {
+                st.writer.cur = cur;
+                st.writer.next_buf_pos = next_buf_pos;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot repair the active segment; the log refuses appends");
+                st.poisoned = Some(error);
+            }
+        }
+    }
+    pump(&inner);
+}
+
+fn maybe_sync(inner: &Rc<Inner>, st: &mut State, config: &LogConfig) {
+    let now = inner.clock.now_ms();
+    let w = &mut st.writer;
+    if w.sync_in_flight || w.busy.is_some() || w.unsynced_messages == 0 {
+        return;
+    }
+    let due = (config.group_commit() && !w.awaiting_sync.is_empty())
+        || w.unsynced_messages >= config.flush_messages
+        || w.oldest_unsynced_ms
+            .is_some_and(|t| now.saturating_sub(t) >= config.flush_ms);
+    if !due {
+        return;
+    }
+    w.sync_in_flight = true;
+    w.unsynced_messages = 0;
+    w.oldest_unsynced_ms = None;
+    let target = w.written_pos;
+    spawn_deferred(sync_segment(inner.clone(), w.segment.clone(), target));
+}
+
+/// One fdatasync, covering every append written before it started (group commit).
+async fn sync_segment(inner: Rc<Inner>, segment: Rc<Segment>, target: u64) {
+    let result = segment.file.fdatasync().await;
+    {
+        let mut guard = inner.state.borrow_mut();
+        let st = &mut *guard;
+        st.writer.sync_in_flight = false;
+        let log_start_offset = st.log_start_offset;
+        match result {
+            Ok(()) => {
+                let w = &mut st.writer;
+                while w.awaiting_sync.front().is_some_and(|c| c.end() <= target) {
+                    if let Some(batch) = w.awaiting_sync.pop_front() {
+                        complete_ok(&batch, log_start_offset);
+                    }
+                }
+            }
+            Err(e) => {
+                let error = IoFailure::new("syncing", segment.log_path(), e.into());
+                tracing::error!(%error, "fdatasync failed; the log refuses appends");
+                for batch in st.writer.awaiting_sync.drain(..) {
+                    batch.slot.complete(Err(AppendError::Io(error.clone())));
+                }
+                st.poisoned = Some(error);
+            }
+        }
+    }
+    pump(&inner);
+}
+
+fn fill_and_submit(inner: &Rc<Inner>, st: &mut State, config: &LogConfig) {
+    if st.writer.busy.is_some() || st.writer.failure.is_some() {
+        return;
+    }
+    while let Some(front) = st.pending.front_mut() {
+        if front.roll {
+            start_roll_when_drained(inner, st, config);
+            return;
+        }
+        let w = &mut st.writer;
+        if w.cur.as_ref().is_some_and(|c| c.space() == 0) {
+            if !try_submit(inner, w, config, false) {
+                return;
+            }
+            continue;
+        }
+        let next_buf_pos = w.next_buf_pos;
+        let cur = w
+            .cur
+            .get_or_insert_with(|| WriteBuf::new(config.write_buffer_bytes, next_buf_pos));
+        if front.copied == 0 {
+            front.position = cur.file_pos + cur.filled as u64;
+        }
+        copy_into(front, cur);
+        if front.copied == front.data.len() {
+            let Some(done) = st.pending.pop_front() else { break };
+            st.pending_bytes -= done.data.len();
+            st.writer.copied.push_back(Copied {
+                position: done.position,
+                info: done.info,
+                log_append_time_ms: done.log_append_time_ms,
+                slot: done.slot,
+            });
+        }
+    }
+    // Nothing more queued: write what the buffer holds unless an overlapping write is still
+    // in flight (then the batches coalesce and go with the next write).
+    try_submit(inner, &mut st.writer, config, true);
+}
+
+/// Copies as much of `batch` as fits: the stamped header first, then the body.
+fn copy_into(batch: &mut Pending, cur: &mut WriteBuf) {
+    let out = cur.buf.as_bytes_mut();
+    while batch.copied < batch.data.len() && cur.filled < out.len() {
+        let source: &[u8] = if batch.copied < HEADER_BYTES {
+            &batch.header.bytes[batch.copied..]
+        } else {
+            &batch.data[batch.copied..]
+        };
+        let n = source.len().min(out.len() - cur.filled);
+        out[cur.filled..cur.filled + n].copy_from_slice(&source[..n]);
+        cur.filled += n;
+        batch.copied += n;
+    }
+}
+
+/// Issues a write of `cur` if allowed: full buffers when fewer than the limit are in flight,
+/// partial ones when nothing they overlap is in flight. Returns whether it wrote.
+fn try_submit(inner: &Rc<Inner>, w: &mut Writer, config: &LogConfig, partial: bool) -> bool {
+    let Some(cur) = w.cur.as_ref() else { return false };
+    if cur.unsubmitted() == 0 || w.cur_blocked() || w.inflight.len() >= config.max_writes_in_flight
+    {
+        return false;
+    }
+    if !partial && cur.space() != 0 {
+        return false;
+    }
+    let Some(mut cur) = w.cur.take() else { return false };
+    let id = w.next_write_id;
+    w.next_write_id += 1;
+    let end_pos = cur.file_pos + cur.filled as u64;
+    let filled = cur.filled as u64;
+    let padded = align_up(filled) as usize;
+    w.blocked_by = None;
+    if padded != cur.buf.len() {
+        // Zero the padding so the bytes after the data on disk read as unwritten.
+        cur.buf.as_bytes_mut()[cur.filled..padded].fill(0);
+        let keep_from = align_down(filled);
+        if keep_from < filled {
+            let mut next = WriteBuf::new(config.write_buffer_bytes, cur.file_pos + keep_from);
+            let tail = &cur.buf.as_bytes()[keep_from as usize..cur.filled];
+            next.buf.as_bytes_mut()[..tail.len()].copy_from_slice(tail);
+            next.filled = tail.len();
+            next.submitted = tail.len();
+            w.cur = Some(next);
+            w.blocked_by = Some(id);
+        } else {
+            w.next_buf_pos = end_pos;
+        }
+        cur.buf.trim_to_size(padded);
+    } else {
+        w.next_buf_pos = end_pos;
+    }
+    w.inflight.push_back(InFlight {
+        id,
+        end_pos,
+        result: None,
+    });
+    let task = write_buffer(inner.clone(), w.segment.clone(), cur.buf, cur.file_pos, id);
+    spawn_deferred(task);
+    true
+}
+
+async fn write_buffer(inner: Rc<Inner>, segment: Rc<Segment>, buf: DmaBuffer, pos: u64, id: u64) {
+    let len = buf.len();
+    let fault = inner
+        .write_fault
+        .as_ref()
+        .and_then(|fault| fault(segment.base_offset, pos, len));
+    let result = match fault {
+        Some(error) => Err(error),
+        None => match segment.file.write_at(buf, pos).await {
+            Ok(written) if written == len => Ok(()),
+            Ok(written) => Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short write: {written} of {len} bytes"),
+            )),
+            Err(e) => Err(e.into()),
+        },
+    };
+    {
+        let mut st = inner.state.borrow_mut();
+        if let Some(slot) = st.writer.inflight.iter_mut().find(|w| w.id == id) {
+            slot.result = Some(result.map_err(|e| IoFailure::new("writing", segment.log_path(), e)));
+        }
+    }
+    pump(&inner);
+}
+
+/// The next queued batch starts a new segment: flush what the old one has, and once every
+/// write and sync of it is done, seal it and create the new one.
+fn start_roll_when_drained(inner: &Rc<Inner>, st: &mut State, config: &LogConfig) {
+    try_submit(inner, &mut st.writer, config, true);
+    let w = &st.writer;
+    let drained = w.inflight.is_empty()
+        && w.copied.is_empty()
+        && w.unsubmitted() == 0
+        && !w.sync_in_flight;
+    if !drained {
+        return;
+    }
+    let Some(front) = st.pending.front_mut() else { return };
+    front.roll = false;
+    let new_base = front.info.base_offset;
+    st.writer.busy = Some(Busy::Rolling);
+    let old = st.writer.segment.clone();
+    spawn_deferred(roll(inner.clone(), old, new_base));
+}
+
+async fn roll(inner: Rc<Inner>, old: Rc<Segment>, new_base: i64) {
+    let config = inner.config.borrow().clone();
+    let now_ms = inner.clock.now_ms();
+    let result = async {
+        old.seal().await?;
+        Segment::create(&inner.dir, new_base, &config, now_ms)
+            .await
+            .map_err(open_error_to_io)
+    }
+    .await;
+    let checkpoint = {
+        let mut guard = inner.state.borrow_mut();
+        let st = &mut *guard;
+        st.writer.busy = None;
+        match result {
+            Ok(new) => {
+                // Sealing synced the old segment: everything waiting for a sync is durable.
+                let log_start_offset = st.log_start_offset;
+                for batch in st.writer.awaiting_sync.drain(..) {
+                    complete_ok(&batch, log_start_offset);
+                }
+                st.segments.push(new.clone());
+                st.writer = Writer::new(new, None, 0);
+                Some(Checkpoint {
+                    log_start_offset,
+                    segment_base_offset: new_base,
+                    segment_position: 0,
+                    next_offset: new_base,
+                    index_entries: 0,
+                    time_index_entries: 0,
+                })
+            }
+            Err(error) => {
+                // The old segment stays active; the failure path fails what was queued and
+                // repairs (unseals) it.
+                st.writer.failure = Some(error);
+                None
+            }
+        }
+    };
+    if let Some(checkpoint) = checkpoint {
+        if let Err(error) = checkpoint.write(&inner.dir) {
+            tracing::warn!(%error, "writing the recovery checkpoint after a roll failed");
+        }
+    }
+    pump(&inner);
+}
+
+/// Segment files in `dir`, by base offset; deletes index files whose log is gone.
+fn list_segments(dir: &Path) -> Result<Vec<i64>, IoFailure> {
+    let mut bases = Vec::new();
+    let mut orphans = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| IoFailure::new("listing", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| IoFailure::new("listing", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((stem, extension)) = name.split_once('.') else { continue };
+        if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(base) = stem.parse::<i64>() else { continue };
+        match extension {
+            "log" => bases.push(base),
+            "index" | "timeindex" => orphans.push((base, entry.path())),
+            _ => {}
+        }
+    }
+    for (base, path) in orphans {
+        if !bases.contains(&base) {
+            tracing::warn!(path = %path.display(), "deleting index without a log segment");
+            std::fs::remove_file(&path).map_err(|e| IoFailure::new("removing", &path, e))?;
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+fn remove_segment_files(dir: &Path, base: i64) -> Result<(), IoFailure> {
+    // Indexes first: a crash in between leaves a log without indexes, which recovery rebuilds.
+    for extension in ["index", "timeindex", "log"] {
+        let path = dir.join(segment::file_name(base, extension));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(IoFailure::new("removing", &path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Brings one segment's visible extent up to date: keeps the trusted index entries, scans (and
+/// re-indexes) from the last of them to the end of the file. Returns where and why the scan
+/// stopped early, if it did, and the bytes it scanned.
+async fn recover_segment(
+    segment: &Segment,
+    config: &LogConfig,
+    grow_indexes: bool,
+) -> Result<(Option<(u64, StopReason)>, u64), IoFailure> {
+    let path = segment.log_path().to_path_buf();
+    let file_len = segment
+        .file
+        .file_size()
+        .await
+        .map_err(|e| IoFailure::new("measuring", &path, e.into()))?;
+    {
+        // Entries pointing past the end of the file cannot be trusted.
+        let mut index = segment.index.borrow_mut();
+        let keep = index
+            .entries()
+            .partition_point(|e| u64::from(e.position()) < file_len);
+        index.truncate(keep);
+        let last_relative = index.last().map(|e| e.relative_offset());
+        let mut time_index = segment.time_index.borrow_mut();
+        let keep_time = match last_relative {
+            Some(last) => time_index
+                .entries()
+                .partition_point(|e| e.relative_offset() <= last),
+            None => 0,
+        };
+        time_index.truncate(keep_time);
+    }
+    if grow_indexes {
+        segment.prepare_for_appends(config).await?;
+    }
+    let (start_offset, start_pos) = match segment.index.borrow().last() {
+        Some(e) => (
+            segment.base_offset + i64::from(e.relative_offset()),
+            u64::from(e.position()),
+        ),
+        None => (segment.base_offset, 0),
+    };
+    let trusted_max = segment
+        .time_index
+        .borrow()
+        .last()
+        .map_or((-1, segment.base_offset), |e| {
+            (e.timestamp(), segment.base_offset + i64::from(e.relative_offset()))
+        });
+    segment.reset_meta(start_pos, start_offset, trusted_max);
+    let interval = config.index_interval_bytes;
+    let scan = segment::scan_file(
+        &segment.file,
+        &path,
+        start_pos,
+        file_len,
+        start_offset,
+        |position, header| segment.record_batch(position, header, interval),
+    )
+    .await?;
+    let meta = segment.meta();
+    assert_eq!(meta.size_bytes, scan.valid_end);
+    let stop = scan
+        .stop
+        .filter(|(_, reason)| *reason != StopReason::ZeroFill);
+    Ok((stop, file_len - start_pos))
+}
+
+impl PartitionLog {
+    /// Opens (creating if needed) the log in `dir`, recovering it if it was not closed cleanly.
+    pub async fn open(dir: &Path, config: LogConfig) -> Result<(Self, RecoveryReport), OpenError> {
+        Self::open_with(dir, config, OpenOptions::default()).await
+    }
+
+    pub async fn open_with(
+        dir: &Path,
+        config: LogConfig,
+        options: OpenOptions,
+    ) -> Result<(Self, RecoveryReport), OpenError> {
+        let started = Instant::now();
+        let config = config.normalized();
+        std::fs::create_dir_all(dir).map_err(|e| IoFailure::new("creating", dir, e))?;
+        let now_ms = options.clock.now_ms();
+        let bases = list_segments(dir)?;
+        let checkpoint = Checkpoint::read(dir);
+        let clean = checkpoint.is_some() && checkpoint::has_clean_marker(dir);
+        let mut report = RecoveryReport {
+            clean_shutdown: clean,
+            segments: 0,
+            scanned_bytes: 0,
+            corruption: None,
+            dropped_segments: Vec::new(),
+            log_start_offset: 0,
+            log_end_offset: 0,
+            duration: Duration::ZERO,
+        };
+        let mut segments: Vec<Rc<Segment>> = Vec::new();
+        for (i, &base) in bases.iter().enumerate() {
+            if report.corruption.is_some() {
+                remove_segment_files(dir, base)?;
+                report.dropped_segments.push(base);
+                continue;
+            }
+            let trusted_fully = clean || checkpoint.is_some_and(|c| base < c.segment_base_offset);
+            let trusted = match checkpoint {
+                _ if trusted_fully => (usize::MAX, usize::MAX),
+                Some(c) if c.segment_base_offset == base => {
+                    (c.index_entries as usize, c.time_index_entries as usize)
+                }
+                _ => (0, 0),
+            };
+            let segment = Segment::open(dir, base, trusted, now_ms).await?;
+            let is_last = i + 1 == bases.len();
+            let (stop, scanned) = recover_segment(&segment, &config, !trusted_fully).await?;
+            report.scanned_bytes += scanned;
+            if let Some(previous) = segments.last() {
+                if previous.meta().next_offset > base {
+                    // Overlaps its predecessor: not a segment this log wrote. Drop it and
+                    // everything after it.
+                    report.corruption = Some(Corruption {
+                        segment_base_offset: base,
+                        position: 0,
+                        reason: StopReason::OffsetGap {
+                            expected: previous.meta().next_offset,
+                            found: base,
+                        },
+                        discarded_bytes: segment.meta().size_bytes,
+                    });
+                    drop(segment);
+                    remove_segment_files(dir, base)?;
+                    report.dropped_segments.push(base);
+                    continue;
+                }
+            }
+            if let Some((position, reason)) = stop {
+                let file_len = segment.file.file_size().await.unwrap_or(position);
+                tracing::warn!(
+                    dir = %dir.display(), segment = base, position, %reason,
+                    "corrupt or torn data found; truncating the log there"
+                );
+                report.corruption = Some(Corruption {
+                    segment_base_offset: base,
+                    position,
+                    reason,
+                    discarded_bytes: file_len.saturating_sub(position),
+                });
+            }
+            if !is_last && !trusted_fully && report.corruption.is_none() {
+                segment.seal().await?;
+            }
+            segments.push(segment);
+        }
+        if segments.is_empty() {
+            let base = checkpoint.map_or(0, |c| c.log_start_offset);
+            segments.push(Segment::create(dir, base, &config, now_ms).await?);
+        }
+        checkpoint::remove_clean_marker(dir)?;
+        let active = segments.last().expect("at least one segment").clone();
+        let size = active.meta().size_bytes;
+        // Cut whatever follows the valid data first: truncating would also free preallocation.
+        active
+            .file
+            .truncate(size)
+            .await
+            .map_err(|e| IoFailure::new("truncating", active.log_path(), e.into()))?;
+        active.prepare_for_appends(&config).await?;
+        let (cur, next_buf_pos) = load_tail(&active, size, config.write_buffer_bytes).await?;
+        let log_start_offset = checkpoint
+            .map_or(i64::MIN, |c| c.log_start_offset)
+            .max(segments[0].base_offset);
+        let meta = active.meta();
+        report.segments = segments.len();
+        report.log_start_offset = log_start_offset;
+        report.log_end_offset = meta.next_offset;
+        let state = State {
+            segments,
+            log_start_offset,
+            next_offset: meta.next_offset,
+            tail_base: active.base_offset,
+            tail_bytes: meta.size_bytes,
+            tail_created_ms: meta.created_ms,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            writer: Writer::new(active, cur, next_buf_pos),
+            blocked: false,
+            closed: false,
+            poisoned: None,
+        };
+        let log = Self {
+            inner: Rc::new(Inner {
+                dir: dir.to_path_buf(),
+                config: RefCell::new(config),
+                clock: options.clock,
+                write_fault: options.write_fault,
+                state: RefCell::new(state),
+                progress: Event::new(),
+                admin: Semaphore::new(1),
+            }),
+        };
+        // Everything is verified now: checkpoint it so the next recovery starts here.
+        log.write_checkpoint().await?;
+        report.duration = started.elapsed();
+        Ok((log, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.inner.config.borrow().clone()
+    }
+
+    /// Changes the topic settings; they apply to the next appends and retention runs.
+    pub fn set_config(&self, config: LogConfig) {
+        *self.inner.config.borrow_mut() = config.normalized();
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.inner.state.borrow().log_start_offset
+    }
+
+    /// The offset after the last visible (written) batch.
+    pub fn log_end_offset(&self) -> i64 {
+        self.inner.state.borrow().log_end_offset()
+    }
+
+    /// Bytes in all segments (visible data).
+    pub fn size_bytes(&self) -> u64 {
+        let st = self.inner.state.borrow();
+        st.segments.iter().map(|s| s.meta().size_bytes).sum()
+    }
+
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        let st = self.inner.state.borrow();
+        st.segments.iter().map(|s| s.base_offset).collect()
+    }
+
+    /// The largest timestamp in the log and the offset of its batch's last record (ListOffsets
+    /// with MAX_TIMESTAMP), or `None` when the log is empty.
+    pub fn max_timestamp(&self) -> Option<(i64, i64)> {
+        let st = self.inner.state.borrow();
+        st.segments
+            .iter()
+            .map(|s| s.meta())
+            .filter(|m| m.size_bytes > 0)
+            .max_by_key(|m| m.max_timestamp)
+            .map(|m| (m.max_timestamp, m.offset_of_max_timestamp))
+    }
+
+    /// Appends one producer batch: validates it, assigns its offsets and returns once it is
+    /// written (and synced, under group commit). Nothing of a refused batch is stored.
+    pub async fn append(&self, batch: Bytes) -> Result<AppendInfo, AppendError> {
+        let (max_bytes, max_pending) = {
+            let config = self.inner.config.borrow();
+            (config.max_message_bytes, config.max_pending_bytes)
+        };
+        if batch.len() > max_bytes {
+            return Err(AppendError::TooLarge {
+                size_bytes: batch.len(),
+                max_bytes,
+            });
+        }
+        let header = batch::validate(&batch, max_bytes).map_err(AppendError::InvalidBatch)?;
+        batch::check_producer_batch(&header).map_err(AppendError::InvalidBatch)?;
+        loop {
+            let listener = self.inner.progress.listen();
+            {
+                let st = self.inner.state.borrow();
+                if st.closed {
+                    return Err(AppendError::Closed);
+                }
+                if let Some(error) = &st.poisoned {
+                    return Err(AppendError::Io(error.clone()));
+                }
+                let room = st.pending.is_empty() || st.pending_bytes + batch.len() <= max_pending;
+                if !st.blocked && room {
+                    break;
+                }
+            }
+            listener.await;
+        }
+        let slot = self.enqueue(batch, header);
+        pump(&self.inner);
+        SlotFuture(slot).await
+    }
+
+    fn enqueue(&self, data: Bytes, header: BatchHeader) -> Rc<Slot> {
+        let config = self.inner.config.borrow();
+        let now_ms = self.inner.clock.now_ms();
+        let mut st = self.inner.state.borrow_mut();
+        let size = data.len() as u64;
+        let span = i64::from(header.last_offset_delta) + 1;
+        let relative_end = st.next_offset + span - st.tail_base;
+        let roll = st.tail_bytes > 0
+            && (st.tail_bytes + size > config.segment_bytes
+                || now_ms.saturating_sub(st.tail_created_ms) >= config.segment_ms
+                || relative_end > i64::from(u32::MAX));
+        if roll {
+            st.tail_base = st.next_offset;
+            st.tail_bytes = 0;
+            st.tail_created_ms = now_ms;
+        }
+        st.tail_bytes += size;
+        let base_offset = st.next_offset;
+        st.next_offset += span;
+        let log_append_time_ms =
+            (config.message_timestamp_type == TimestampType::LogAppendTime).then_some(now_ms);
+        let stamped = StampedHeader::stamp(&data, base_offset, log_append_time_ms);
+        let info = BatchHeader::decode(&stamped.bytes).expect("61 bytes were given");
+        let slot = Rc::new(Slot::default());
+        st.pending_bytes += data.len();
+        st.pending.push_back(Pending {
+            header: stamped,
+            data,
+            info,
+            copied: 0,
+            position: 0,
+            roll,
+            log_append_time_ms,
+            slot: slot.clone(),
+        });
+        slot
+    }
+
+    /// Reads whole batches from `offset` on: at least one batch (even if larger than
+    /// `max_bytes`, as KIP-74 asks), then more while they fit in `max_bytes`, only batches
+    /// entirely below `upper_bound` (exclusive; the high watermark later), from one segment.
+    pub async fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper_bound: Option<i64>,
+    ) -> Result<FetchedBatches, ReadError> {
+        let (log_start, log_end, mut index) = {
+            let st = self.inner.state.borrow();
+            (st.log_start_offset, st.log_end_offset(), st.segment_index(offset))
+        };
+        if offset < log_start || offset > log_end {
+            return Err(ReadError::OffsetOutOfRange {
+                offset,
+                log_start_offset: log_start,
+                log_end_offset: log_end,
+            });
+        }
+        let upper = upper_bound.map_or(log_end, |u| u.min(log_end));
+        loop {
+            if offset >= upper {
+                return Ok(FetchedBatches::empty(offset));
+            }
+            let segment = self.inner.state.borrow().segments.get(index).cloned();
+            let Some(segment) = segment else {
+                return Ok(FetchedBatches::empty(offset));
+            };
+            let meta = segment.meta();
+            if offset >= meta.next_offset {
+                index += 1;
+                continue;
+            }
+            let interval = self.inner.config.borrow().index_interval_bytes as usize;
+            return read_segment(&segment, offset, max_bytes, upper, interval).await;
+        }
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp` (ListOffsets by
+    /// time), or `None` when every record is older.
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<TimestampOffset>, ReadError> {
+        let segment = {
+            let st = self.inner.state.borrow();
+            st.segments
+                .iter()
+                .find(|s| s.meta().size_bytes > 0 && s.meta().max_timestamp >= timestamp)
+                .cloned()
+        };
+        let Some(segment) = segment else {
+            return Ok(None);
+        };
+        let start = {
+            let time_index = segment.time_index.borrow();
+            match time_index.last_before(timestamp) {
+                Some(entry) => {
+                    segment
+                        .index_floor(segment.base_offset + i64::from(entry.relative_offset()))
+                        .1
+                }
+                None => 0,
+            }
+        };
+        let end = segment.meta().size_bytes;
+        let found = find_batch(&segment, start, end, 64 << 10, |h| h.max_timestamp >= timestamp)
+            .await?;
+        let Some((_, header, bytes)) = found else {
+            return Ok(None);
+        };
+        let batch_bytes = &bytes[..header.total_bytes()];
+        if header.timestamp_type() == TimestampType::LogAppendTime {
+            return Ok(Some(TimestampOffset {
+                offset: header.base_offset,
+                timestamp: header.max_timestamp,
+                exact: true,
+            }));
+        }
+        if header.compression() != batch::Compression::None {
+            return Ok(Some(TimestampOffset {
+                offset: header.base_offset,
+                timestamp: header.max_timestamp,
+                exact: false,
+            }));
+        }
+        let records = batch::uncompressed_records(batch_bytes).map_err(|e| ReadError::Corrupt {
+            segment_base_offset: segment.base_offset,
+            position: start,
+            reason: StopReason::Invalid(e),
+        })?;
+        let exact = records.iter().find_map(|r| {
+            let ts = header.base_timestamp + r.timestamp_delta;
+            (ts >= timestamp).then(|| TimestampOffset {
+                offset: header.base_offset + i64::from(r.offset_delta),
+                timestamp: ts,
+                exact: true,
+            })
+        });
+        Ok(exact)
+    }
+
+    /// Waits until every queued append is written (and synced, under group commit).
+    async fn wait_idle(&self) {
+        loop {
+            let listener = self.inner.progress.listen();
+            if self.inner.state.borrow().idle() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Runs `work` with appends held back and the write path idle, so it may change segments.
+    async fn exclusive<T>(&self, work: impl AsyncFnOnce() -> Result<T, LogError>) -> Result<T, LogError> {
+        let _permit = self
+            .inner
+            .admin
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        if self.inner.state.borrow().closed {
+            return Err(LogError::Closed);
+        }
+        self.inner.state.borrow_mut().blocked = true;
+        self.wait_idle().await;
+        let result = work().await;
+        self.inner.state.borrow_mut().blocked = false;
+        self.inner.progress.notify(usize::MAX);
+        result
+    }
+
+    /// Removes every batch whose last offset is at or after `offset` (replication truncates a
+    /// divergent tail with it). A batch containing `offset` goes whole, so the new end may be
+    /// below `offset`. At or below the log start, the log is emptied and restarts at `offset`.
+    /// Returns the new log end offset.
+    pub async fn truncate_to(&self, offset: i64) -> Result<i64, LogError> {
+        self.exclusive(async || self.truncate_now(offset).await).await
+    }
+
+    async fn truncate_now(&self, offset: i64) -> Result<i64, LogError> {
+        let config = self.config();
+        let (log_start, log_end) = {
+            let st = self.inner.state.borrow();
+            (st.log_start_offset, st.log_end_offset())
+        };
+        if offset >= log_end {
+            return Ok(log_end);
+        }
+        let dir = self.inner.dir.clone();
+        if offset <= log_start {
+            // Unlink first (open readers keep their inodes), create the new segment, then
+            // swap: the state always has an active segment.
+            let old = self.segment_base_offsets();
+            for base in old {
+                remove_segment_files(&dir, base)?;
+            }
+            let fresh = Segment::create(&dir, offset, &config, self.inner.clock.now_ms())
+                .await
+                .map_err(open_error_to_io)?;
+            self.inner.state.borrow_mut().segments = vec![fresh.clone()];
+            self.install_active(fresh, offset, offset).await?;
+            self.write_checkpoint().await?;
+            return Ok(offset);
+        }
+        let (keep, dropped) = {
+            let mut st = self.inner.state.borrow_mut();
+            let index = st.segment_index(offset);
+            let dropped = st.segments.split_off(index + 1);
+            (st.segments[index].clone(), dropped)
+        };
+        for segment in &dropped {
+            remove_segment_files(&dir, segment.base_offset)?;
+        }
+        // Find the first batch whose last offset reaches `offset`.
+        let (_, from) = keep.index_floor(offset);
+        let end = keep.meta().size_bytes;
+        let found = find_batch(&keep, from, end, 64 << 10, |h| h.last_offset() >= offset)
+            .await
+            .map_err(|e| match e {
+                ReadError::Io(io) => LogError::Io(io),
+                other => LogError::Io(IoFailure::new(
+                    "truncating",
+                    keep.log_path(),
+                    std::io::Error::other(other.to_string()),
+                )),
+            })?;
+        let (cut_pos, new_end) = match found {
+            Some((position, header, _)) => (position, header.base_offset),
+            None => (end, keep.meta().next_offset),
+        };
+        keep.file
+            .truncate(cut_pos)
+            .await
+            .map_err(|e| IoFailure::new("truncating", keep.log_path(), e.into()))?;
+        {
+            let mut index = keep.index.borrow_mut();
+            let keep_entries = index
+                .entries()
+                .partition_point(|e| u64::from(e.position()) < cut_pos);
+            index.truncate(keep_entries);
+            let mut time_index = keep.time_index.borrow_mut();
+            let relative_end = new_end - keep.base_offset;
+            let keep_time = time_index
+                .entries()
+                .partition_point(|e| i64::from(e.relative_offset()) < relative_end);
+            time_index.truncate(keep_time);
+        }
+        // Re-derive the visible extent (and max timestamp) by scanning from the last entry.
+        keep.prepare_for_appends(&config).await?;
+        recover_segment(&keep, &config, false).await?;
+        assert_eq!(keep.meta().size_bytes, cut_pos);
+        let log_start = self.inner.state.borrow().log_start_offset;
+        self.install_active(keep, new_end, log_start).await?;
+        self.write_checkpoint().await?;
+        Ok(new_end)
+    }
+
+    /// Makes `segment` the active one (it must be last in the list, or the list is empty).
+    async fn install_active(
+        &self,
+        segment: Rc<Segment>,
+        next_offset: i64,
+        log_start_offset: i64,
+    ) -> Result<(), IoFailure> {
+        let capacity = self.inner.config.borrow().write_buffer_bytes;
+        let size = segment.meta().size_bytes;
+        let (cur, next_buf_pos) = load_tail(&segment, size, capacity).await?;
+        let mut st = self.inner.state.borrow_mut();
+        if st.segments.last().is_none_or(|s| !Rc::ptr_eq(s, &segment)) {
+            st.segments.push(segment.clone());
+        }
+        st.log_start_offset = log_start_offset;
+        st.next_offset = next_offset;
+        st.tail_base = segment.base_offset;
+        st.tail_bytes = size;
+        st.tail_created_ms = segment.meta().created_ms;
+        st.writer = Writer::new(segment, cur, next_buf_pos);
+        Ok(())
+    }
+
+    /// Deletes whole segments that retention.ms or retention.bytes expire (never the active
+    /// one) and advances the log start offset. Readers already inside a deleted segment finish
+    /// reading it (the file stays open until they drop it). Returns the deleted base offsets.
+    pub async fn enforce_retention(&self) -> Result<Vec<i64>, LogError> {
+        let _permit = self
+            .inner
+            .admin
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        let config = self.config();
+        let now_ms = self.inner.clock.now_ms();
+        let deleted: Vec<Rc<Segment>> = {
+            let mut st = self.inner.state.borrow_mut();
+            let mut total: i64 = st.segments.iter().map(|s| s.meta().size_bytes as i64).sum();
+            let mut count = 0;
+            for segment in &st.segments[..st.segments.len() - 1] {
+                let meta = segment.meta();
+                let newest = if meta.max_timestamp >= 0 {
+                    meta.max_timestamp
+                } else {
+                    meta.created_ms
+                };
+                let expired_by_time =
+                    config.retention_ms >= 0 && now_ms.saturating_sub(newest) > config.retention_ms;
+                let over_size = config.retention_bytes >= 0
+                    && total - meta.size_bytes as i64 >= config.retention_bytes;
+                if !(expired_by_time || over_size) {
+                    break;
+                }
+                total -= meta.size_bytes as i64;
+                count += 1;
+            }
+            let deleted: Vec<_> = st.segments.drain(..count).collect();
+            if let Some(first) = st.segments.first() {
+                st.log_start_offset = st.log_start_offset.max(first.base_offset);
+            }
+            deleted
+        };
+        for segment in &deleted {
+            remove_segment_files(&self.inner.dir, segment.base_offset)?;
+        }
+        if !deleted.is_empty() {
+            self.write_checkpoint().await?;
+        }
+        Ok(deleted.iter().map(|s| s.base_offset).collect())
+    }
+
+    /// Syncs the active segment and its indexes and records a recovery checkpoint there, so a
+    /// crash recovery scans only what is written after it. Run periodically (Kafka's
+    /// `log.flush.offset.checkpoint.interval.ms`).
+    pub async fn checkpoint(&self) -> Result<(), LogError> {
+        let _permit = self
+            .inner
+            .admin
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        Ok(self.write_checkpoint().await?)
+    }
+
+    async fn write_checkpoint(&self) -> Result<(), IoFailure> {
+        let (segment, checkpoint) = {
+            let st = self.inner.state.borrow();
+            let segment = st.active().clone();
+            let meta = segment.meta();
+            let checkpoint = Checkpoint {
+                log_start_offset: st.log_start_offset,
+                segment_base_offset: segment.base_offset,
+                segment_position: meta.size_bytes,
+                next_offset: meta.next_offset,
+                index_entries: segment.index.borrow().len() as u32,
+                time_index_entries: segment.time_index.borrow().len() as u32,
+            };
+            (segment, checkpoint)
+        };
+        segment
+            .file
+            .fdatasync()
+            .await
+            .map_err(|e| IoFailure::new("syncing", segment.log_path(), e.into()))?;
+        segment.sync_indexes(false)?;
+        checkpoint.write(&self.inner.dir)
+    }
+
+    /// Runs time-driven work: an fdatasync when `flush.ms` is due. Call it periodically from a
+    /// background task queue.
+    pub fn tick(&self) {
+        pump(&self.inner);
+    }
+
+    /// Writes everything queued, seals nothing but trims the active segment to its data, writes
+    /// a checkpoint covering the whole log and the clean-shutdown marker. Later appends fail
+    /// with `Closed`.
+    pub async fn close(&self) -> Result<(), LogError> {
+        self.exclusive(async || {
+            let segment = self.inner.state.borrow().active().clone();
+            let size = segment.meta().size_bytes;
+            segment
+                .file
+                .truncate(size)
+                .await
+                .map_err(|e| IoFailure::new("truncating", segment.log_path(), e.into()))?;
+            segment.sync_indexes(true)?;
+            self.write_checkpoint().await?;
+            checkpoint::write_clean_marker(&self.inner.dir)?;
+            self.inner.state.borrow_mut().closed = true;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Finds the first batch at or after `start` matching `want`, reading `chunk_bytes` at a time.
+/// Returns its position, header and the bytes from its start (the whole batch at least).
+async fn find_batch(
+    segment: &Segment,
+    mut position: u64,
+    end: u64,
+    chunk_bytes: usize,
+    want: impl Fn(&BatchHeader) -> bool,
+) -> Result<Option<(u64, BatchHeader, ReadResult)>, ReadError> {
+    let corrupt = |position, reason| ReadError::Corrupt {
+        segment_base_offset: segment.base_offset,
+        position,
+        reason,
+    };
+    while position < end {
+        let len = (end - position).min(chunk_bytes.max(HEADER_BYTES) as u64) as usize;
+        let chunk = segment.read(position, len).await?;
+        if chunk.len() < HEADER_BYTES {
+            return Err(corrupt(position, StopReason::Truncated {
+                needed_bytes: HEADER_BYTES,
+                have_bytes: chunk.len(),
+            }));
+        }
+        let mut at = 0usize;
+        while at + HEADER_BYTES <= chunk.len() {
+            let header = BatchHeader::decode_checked(&chunk[at..], segment::MAX_STORED_BATCH_BYTES)
+                .map_err(|e| corrupt(position + at as u64, StopReason::Invalid(e)))?;
+            let total = header.total_bytes();
+            if want(&header) {
+                let batch_pos = position + at as u64;
+                let whole = if at + total <= chunk.len() {
+                    ReadResult::slice(&chunk, at, chunk.len() - at)
+                } else {
+                    Some(segment.read(batch_pos, total).await?)
+                };
+                let whole = whole.filter(|b| b.len() >= total).ok_or_else(|| {
+                    corrupt(batch_pos, StopReason::Truncated {
+                        needed_bytes: total,
+                        have_bytes: chunk.len() - at,
+                    })
+                })?;
+                return Ok(Some((batch_pos, header, whole)));
+            }
+            at += total;
+        }
+        // `at` is the next batch's start, possibly past this chunk.
+        position += at as u64;
+    }
+    Ok(None)
+}
+
+async fn read_segment(
+    segment: &Segment,
+    offset: i64,
+    max_bytes: usize,
+    upper: i64,
+    index_interval_bytes: usize,
+) -> Result<FetchedBatches, ReadError> {
+    let (_, start) = segment.index_floor(offset);
+    let end = segment.meta().size_bytes;
+    let chunk_bytes = max_bytes.max(HEADER_BYTES) + index_interval_bytes;
+    let found = find_batch(segment, start, end, chunk_bytes, |h| h.last_offset() >= offset).await?;
+    let Some((position, first, mut data)) = found else {
+        return Ok(FetchedBatches::empty(offset));
+    };
+    if first.last_offset() >= upper {
+        return Ok(FetchedBatches::empty(offset));
+    }
+    let want = max_bytes.max(first.total_bytes()).min((end - position) as usize);
+    if data.len() < want && data.len() < max_bytes {
+        data = segment.read(position, want).await?;
+    }
+    let mut at = 0usize;
+    let mut next_offset = offset;
+    let mut count = 0usize;
+    while at + HEADER_BYTES <= data.len() {
+        let header = BatchHeader::decode(&data[at..]).map_err(|e| ReadError::Corrupt {
+            segment_base_offset: segment.base_offset,
+            position: position + at as u64,
+            reason: StopReason::Invalid(e),
+        })?;
+        let total = header.total_bytes();
+        let fits = count == 0 || at + total <= max_bytes;
+        if !fits || at + total > data.len() || header.last_offset() >= upper {
+            break;
+        }
+        // Pair assertion: the CRC checked before the write is checked again after the read.
+        let computed = batch::compute_crc(&data[at..at + total]);
+        if computed != header.crc {
+            return Err(ReadError::Corrupt {
+                segment_base_offset: segment.base_offset,
+                position: position + at as u64,
+                reason: StopReason::Invalid(batch::BatchError::CrcMismatch {
+                    stored: header.crc,
+                    computed,
+                }),
+            });
+        }
+        at += total;
+        next_offset = header.next_offset();
+        count += 1;
+    }
+    Ok(FetchedBatches {
+        data: ReadResult::slice(&data, 0, at),
+        first_offset: first.base_offset,
+        next_offset,
+        batch_count: count,
+    })
+}

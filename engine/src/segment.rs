@@ -1,0 +1,395 @@
+//! One segment: a `.log` file of record batches and its sparse `.index` and `.timeindex`.
+//!
+//! A segment lives on the shard that owns its partition. Its `.log` is a glommio DMA file
+//! (O_DIRECT on that shard's io_uring ring); readers hold an `Rc<Segment>` so a segment that
+//! retention deletes stays readable (the file stays open) until the last reader drops it.
+//! `meta` describes only bytes whose write has completed: readers never see beyond
+//! `meta.size_bytes`.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaFile, OpenOptions, ReadResult};
+
+use crate::batch::BatchHeader;
+use crate::config::LogConfig;
+use crate::error::{IoFailure, OpenError};
+use crate::index::{MmapIndex, OffsetEntry, TimeEntry};
+use crate::scan::{self, Step, StopReason};
+
+/// Block size that O_DIRECT positions and lengths are aligned to.
+pub const BLOCK_BYTES: u64 = 4096;
+/// Bytes read at a time when scanning a segment.
+const SCAN_CHUNK_BYTES: usize = 4 << 20;
+/// A bound on a stored batch's declared size while scanning: larger is corruption.
+pub(crate) const MAX_STORED_BATCH_BYTES: usize = i32::MAX as usize;
+
+pub fn file_name(base_offset: i64, extension: &str) -> String {
+    format!("{base_offset:020}.{extension}")
+}
+
+/// What is known about a segment's visible (written) contents.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentMeta {
+    pub size_bytes: u64,
+    pub next_offset: i64,
+    /// Largest batch max timestamp, -1 when empty.
+    pub max_timestamp: i64,
+    /// Last offset of the batch holding `max_timestamp`.
+    pub offset_of_max_timestamp: i64,
+    /// Wall clock when the segment was created (or opened, for an old one): drives segment.ms.
+    pub created_ms: i64,
+    bytes_since_index_entry: u64,
+}
+
+pub struct Segment {
+    pub base_offset: i64,
+    pub(crate) log_path: PathBuf,
+    pub(crate) file: Rc<DmaFile>,
+    pub(crate) index: RefCell<MmapIndex<OffsetEntry>>,
+    pub(crate) time_index: RefCell<MmapIndex<TimeEntry>>,
+    pub(crate) meta: RefCell<SegmentMeta>,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("base_offset", &self.base_offset)
+            .field("meta", &*self.meta.borrow())
+            .finish()
+    }
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(glommio::GlommioError<()>) -> IoFailure + 'a {
+    move |e| IoFailure::new(op, path, e.into())
+}
+
+thread_local! {
+    /// Devices whose io_uring poll support this thread has already probed correctly.
+    static PROBED_DEVICES: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// glommio decides once per thread and device whether O_DIRECT reads may use the IOPOLL ring,
+/// by reading the first block of the first file opened there. When that file is empty the
+/// read "succeeds" (EOF), the device is wrongly marked pollable, and every later read fails
+/// with EOPNOTSUPP on devices without poll queues (virtio here). So before the first real
+/// open on a device, open a one-block file, which makes the probe do a real read.
+async fn prime_poll_probe(dir: &Path) -> Result<(), OpenError> {
+    use std::os::unix::fs::MetadataExt;
+    let device = std::fs::metadata(dir)
+        .map_err(|e| IoFailure::new("inspecting", dir, e))?
+        .dev();
+    if PROBED_DEVICES.with(|d| d.borrow().contains(&device)) {
+        return Ok(());
+    }
+    let probe = dir.join(format!(".iopoll-probe-{}", std::process::id()));
+    std::fs::write(&probe, [0u8; BLOCK_BYTES as usize])
+        .map_err(|e| IoFailure::new("writing", &probe, e))?;
+    let opened = DmaFile::open(&probe).await;
+    let _ = std::fs::remove_file(&probe);
+    match opened {
+        Ok(file) => {
+            let _ = file.close().await;
+        }
+        Err(e) => {
+            let e: std::io::Error = e.into();
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                return Err(OpenError::NoDirectIo {
+                    path: dir.to_path_buf(),
+                });
+            }
+            return Err(IoFailure::new("probing", &probe, e).into());
+        }
+    }
+    PROBED_DEVICES.with(|d| d.borrow_mut().push(device));
+    Ok(())
+}
+
+async fn open_dma(path: &Path, create: bool) -> Result<DmaFile, OpenError> {
+    if let Some(dir) = path.parent() {
+        prime_poll_probe(dir).await?;
+    }
+    let result = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .dma_open(path)
+        .await;
+    result.map_err(|e| {
+        let e: std::io::Error = e.into();
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            OpenError::NoDirectIo {
+                path: path.to_path_buf(),
+            }
+        } else {
+            OpenError::Io(IoFailure::new("opening", path, e))
+        }
+    })
+}
+
+impl Segment {
+    /// Creates an empty segment with its files, preallocated as configured.
+    pub async fn create(
+        dir: &Path,
+        base_offset: i64,
+        config: &LogConfig,
+        now_ms: i64,
+    ) -> Result<Rc<Self>, OpenError> {
+        let log_path = dir.join(file_name(base_offset, "log"));
+        let file = open_dma(&log_path, true).await?;
+        file.truncate(0).await.map_err(io("truncating", &log_path))?;
+        let segment = Self::assemble(dir, base_offset, log_path, file, (0, 0), now_ms)?;
+        segment.prepare_for_appends(config).await?;
+        Ok(segment)
+    }
+
+    /// Opens an existing segment keeping `trusted_entries` index entries (offset, time).
+    pub(crate) async fn open(
+        dir: &Path,
+        base_offset: i64,
+        trusted_entries: (usize, usize),
+        now_ms: i64,
+    ) -> Result<Rc<Self>, OpenError> {
+        let log_path = dir.join(file_name(base_offset, "log"));
+        let file = open_dma(&log_path, false).await?;
+        Self::assemble(dir, base_offset, log_path, file, trusted_entries, now_ms)
+    }
+
+    fn assemble(
+        dir: &Path,
+        base_offset: i64,
+        log_path: PathBuf,
+        file: DmaFile,
+        (index_entries, time_entries): (usize, usize),
+        now_ms: i64,
+    ) -> Result<Rc<Self>, OpenError> {
+        let index_path = dir.join(file_name(base_offset, "index"));
+        let time_path = dir.join(file_name(base_offset, "timeindex"));
+        // Sealed indexes keep their size; the active segment's are given room in
+        // `prepare_for_appends`.
+        let index = MmapIndex::open(&index_path, 0, index_entries)
+            .map_err(|e| IoFailure::new("opening", &index_path, e))?;
+        let time_index = MmapIndex::open(&time_path, 0, time_entries)
+            .map_err(|e| IoFailure::new("opening", &time_path, e))?;
+        Ok(Rc::new(Self {
+            base_offset,
+            log_path,
+            file: Rc::new(file),
+            index: RefCell::new(index),
+            time_index: RefCell::new(time_index),
+            meta: RefCell::new(SegmentMeta {
+                size_bytes: 0,
+                next_offset: base_offset,
+                max_timestamp: -1,
+                offset_of_max_timestamp: base_offset,
+                created_ms: now_ms,
+                bytes_since_index_entry: 0,
+            }),
+        }))
+    }
+
+    pub fn meta(&self) -> SegmentMeta {
+        *self.meta.borrow()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Gives the indexes room to grow and reserves the log's blocks.
+    pub(crate) async fn prepare_for_appends(&self, config: &LogConfig) -> Result<(), IoFailure> {
+        for result in [
+            self.index.borrow_mut().unseal(config.segment_index_bytes),
+            self.time_index.borrow_mut().unseal(config.segment_index_bytes / 8 * 12),
+        ] {
+            result.map_err(|e| IoFailure::new("growing index of", &self.log_path, e))?;
+        }
+        if config.preallocate {
+            // keep_size: the file length stays the written length, so a crash leaves at most
+            // one zero-padded block after the data rather than a gigabyte of zeros.
+            let result = self.file.pre_allocate(config.segment_bytes, true).await;
+            if let Err(e) = result {
+                tracing::warn!(path = %self.log_path.display(), error = %e, "preallocation failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Trims the log to its visible size, seals the indexes and syncs everything: after this
+    /// the segment is immutable and trusted by recovery without a scan.
+    pub(crate) async fn seal(&self) -> Result<(), IoFailure> {
+        let size = self.meta.borrow().size_bytes;
+        self.file
+            .truncate(size)
+            .await
+            .map_err(io("truncating", &self.log_path))?;
+        self.file
+            .fdatasync()
+            .await
+            .map_err(io("syncing", &self.log_path))?;
+        self.sync_indexes(true)
+    }
+
+    pub(crate) fn sync_indexes(&self, seal: bool) -> Result<(), IoFailure> {
+        let fail = |e| IoFailure::new("syncing index of", &self.log_path, e);
+        let mut index = self.index.borrow_mut();
+        let mut time_index = self.time_index.borrow_mut();
+        if seal {
+            index.seal().map_err(fail)?;
+            time_index.seal().map_err(fail)
+        } else {
+            index.flush().map_err(fail)?;
+            time_index.flush().map_err(fail)
+        }
+    }
+
+    /// Records a batch whose bytes are now on disk at `position`: extends the visible size and
+    /// adds sparse index entries. Batches must arrive in log order.
+    pub(crate) fn record_batch(&self, position: u64, header: &BatchHeader, interval_bytes: u64) {
+        let mut meta = self.meta.borrow_mut();
+        assert_eq!(position, meta.size_bytes, "batches are recorded in order");
+        assert_eq!(header.base_offset, meta.next_offset, "offsets are contiguous");
+        if header.max_timestamp > meta.max_timestamp {
+            meta.max_timestamp = header.max_timestamp;
+            meta.offset_of_max_timestamp = header.last_offset();
+        }
+        if position > 0 && meta.bytes_since_index_entry >= interval_bytes {
+            let relative = (header.base_offset - self.base_offset) as u32;
+            if self
+                .index
+                .borrow_mut()
+                .push(OffsetEntry::new(relative, position as u32))
+            {
+                meta.bytes_since_index_entry = 0;
+            }
+            let mut time_index = self.time_index.borrow_mut();
+            let newer = time_index
+                .last()
+                .is_none_or(|e| meta.max_timestamp > e.timestamp());
+            if newer {
+                time_index.push(TimeEntry::new(meta.max_timestamp, relative));
+            }
+        }
+        meta.bytes_since_index_entry += header.total_bytes() as u64;
+        meta.size_bytes = position + header.total_bytes() as u64;
+        meta.next_offset = header.next_offset();
+    }
+
+    /// Sets the visible extent after a scan or truncation, with the index entries that survive.
+    pub(crate) fn reset_meta(&self, size_bytes: u64, next_offset: i64, max_timestamp: (i64, i64)) {
+        let mut meta = self.meta.borrow_mut();
+        let last_entry = self.index.borrow().last().map_or(0, |e| u64::from(e.position()));
+        meta.size_bytes = size_bytes;
+        meta.next_offset = next_offset;
+        meta.max_timestamp = max_timestamp.0;
+        meta.offset_of_max_timestamp = max_timestamp.1;
+        meta.bytes_since_index_entry = size_bytes.saturating_sub(last_entry);
+    }
+
+    /// Reads `[position, position + len)` (clamped to the visible size).
+    pub(crate) async fn read(&self, position: u64, len: usize) -> Result<ReadResult, IoFailure> {
+        self.file
+            .read_at(position, len)
+            .await
+            .map_err(io("reading", &self.log_path))
+    }
+
+    /// The last index entry at or before `offset`, as (base offset of that batch, position).
+    pub(crate) fn index_floor(&self, offset: i64) -> (i64, u64) {
+        let relative = (offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
+        self.index.borrow().floor(relative).map_or((self.base_offset, 0), |e| {
+            (
+                self.base_offset + i64::from(e.relative_offset()),
+                u64::from(e.position()),
+            )
+        })
+    }
+}
+
+/// Result of scanning a segment's file from some position.
+#[derive(Debug, Clone)]
+pub(crate) struct FileScan {
+    pub valid_end: u64,
+    pub next_offset: i64,
+    /// (max timestamp, offset of it) over the scanned batches, (-1, _) if none.
+    pub max_timestamp: (i64, i64),
+    pub stop: Option<(u64, StopReason)>,
+}
+
+/// Scans `file` from `start` to `end` (the file length) batch by batch, checking every CRC,
+/// calling `visit` for each valid batch. Used by recovery; reads 4 MiB at a time.
+pub(crate) async fn scan_file(
+    file: &DmaFile,
+    path: &Path,
+    start: u64,
+    end: u64,
+    expected_offset: i64,
+    mut visit: impl FnMut(u64, &BatchHeader),
+) -> Result<FileScan, IoFailure> {
+    let mut window: Vec<u8> = Vec::new();
+    let mut window_pos = start;
+    let mut read_pos = start;
+    let mut outcome = FileScan {
+        valid_end: start,
+        next_offset: expected_offset,
+        max_timestamp: (-1, expected_offset),
+        stop: None,
+    };
+    loop {
+        let at_end = read_pos >= end;
+        let mut consumed = 0usize;
+        let mut need_more = false;
+        while consumed < window.len() || at_end {
+            let rest = &window[consumed..];
+            if rest.is_empty() {
+                break;
+            }
+            match scan::step(
+                rest,
+                at_end,
+                Some(outcome.next_offset),
+                MAX_STORED_BATCH_BYTES,
+            ) {
+                Step::Batch(header) => {
+                    let position = window_pos + consumed as u64;
+                    visit(position, &header);
+                    consumed += header.total_bytes();
+                    outcome.next_offset = header.next_offset();
+                    outcome.valid_end = window_pos + consumed as u64;
+                    if header.max_timestamp > outcome.max_timestamp.0 {
+                        outcome.max_timestamp = (header.max_timestamp, header.last_offset());
+                    }
+                }
+                Step::NeedMore(_) => {
+                    need_more = true;
+                    break;
+                }
+                Step::Stop(reason) => {
+                    outcome.stop = Some((window_pos + consumed as u64, reason));
+                    return Ok(outcome);
+                }
+            }
+        }
+        if at_end && !need_more {
+            return Ok(outcome);
+        }
+        window.drain(..consumed);
+        window_pos += consumed as u64;
+        let len = (end - read_pos).min(SCAN_CHUNK_BYTES as u64) as usize;
+        let chunk = file
+            .read_at(read_pos, len)
+            .await
+            .map_err(io("reading", path))?;
+        if chunk.is_empty() {
+            // The file is shorter than its length said (truncated under us): treat as the end.
+            outcome.stop = Some((window_pos, StopReason::Truncated {
+                needed_bytes: crate::batch::HEADER_BYTES,
+                have_bytes: window.len(),
+            }));
+            return Ok(outcome);
+        }
+        window.extend_from_slice(&chunk);
+        read_pos += chunk.len() as u64;
+    }
+}

@@ -1,0 +1,68 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use ringlog_engine::batch::{BatchBuilder, BatchHeader, HEADER_BYTES};
+
+/// Runs `make()`'s future on a fresh glommio executor thread and returns its output.
+pub fn run<T, F, G>(make: G) -> T
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(2 << 20)
+        .spawn(make)
+        .expect("executor starts")
+        .join()
+        .expect("executor finishes")
+}
+
+/// A fresh directory on the target's filesystem (O_DIRECT needs ext4/xfs, not tmpfs).
+pub fn test_dir(name: &str) -> tempfile::TempDir {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&root).expect("target tmpdir");
+    tempfile::Builder::new()
+        .prefix(name)
+        .tempdir_in(root)
+        .expect("tempdir")
+}
+
+/// A deterministic producer batch: `records` records of `value_bytes` bytes derived from
+/// `seed`, timestamps from `timestamp`.
+pub fn batch(seed: u64, records: usize, value_bytes: usize, timestamp: i64) -> Bytes {
+    let mut builder = BatchBuilder::new(timestamp);
+    for i in 0..records {
+        let value: Vec<u8> = (0..value_bytes)
+            .map(|j| (seed as usize * 31 + i * 7 + j) as u8)
+            .collect();
+        let key = format!("key-{seed}-{i}");
+        builder = builder.record(timestamp + i as i64, Some(key.as_bytes()), Some(&value));
+    }
+    Bytes::from(builder.build())
+}
+
+/// Splits fetched bytes into whole batches.
+pub fn split_batches(mut bytes: &[u8]) -> Vec<(BatchHeader, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let header = BatchHeader::decode(bytes).expect("header");
+        let total = header.total_bytes();
+        out.push((header, bytes[..total].to_vec()));
+        bytes = &bytes[total..];
+    }
+    out
+}
+
+/// The stored form of `batch` at `base_offset` (create-time topic): only the base offset
+/// differs from what the producer sent.
+pub fn stored_form(batch: &[u8], base_offset: i64) -> Vec<u8> {
+    let mut out = batch.to_vec();
+    out[..8].copy_from_slice(&base_offset.to_be_bytes());
+    assert!(out.len() >= HEADER_BYTES);
+    out
+}

@@ -1,0 +1,331 @@
+//! The partition log against real files: appends, reads, rolls, reopen, bad input, truncation,
+//! retention, group commit, timestamps and write failures.
+
+mod common;
+
+use std::rc::Rc;
+
+use common::{batch, run, split_batches, stored_form, test_dir};
+use ringlog_engine::batch::TimestampType;
+use ringlog_engine::{
+    AppendError, LogConfig, ManualClock, OpenOptions, PartitionLog, ReadError, WriteFault,
+};
+
+fn small_segments() -> LogConfig {
+    LogConfig {
+        segment_bytes: 16 << 10,
+        index_interval_bytes: 1024,
+        ..LogConfig::default()
+    }
+}
+
+/// Reads the whole log from `from`, checking that offsets are contiguous.
+async fn read_all(log: &PartitionLog, from: i64, max_bytes: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    while offset < log.log_end_offset() {
+        let fetched = log.read(offset, max_bytes, None).await.expect("read");
+        assert!(!fetched.is_empty(), "no progress at {offset}");
+        for (header, bytes) in split_batches(fetched.bytes()) {
+            assert_eq!(header.base_offset, offset, "contiguous offsets");
+            offset = header.next_offset();
+            out.push(bytes);
+        }
+        assert_eq!(fetched.next_offset, offset);
+    }
+    out
+}
+
+#[test]
+fn appends_read_back_byte_for_byte_across_segments() {
+    let dir = test_dir("roundtrip");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, report) = PartitionLog::open(&path, small_segments()).await.expect("open");
+        assert_eq!(report.log_end_offset, 0);
+        let mut expected = Vec::new();
+        for seed in 0..200u64 {
+            let records = 1 + (seed % 5) as usize;
+            let b = batch(seed, records, 10 + (seed as usize * 13) % 700, 1_000 + seed as i64);
+            let info = log.append(b.clone()).await.expect("append");
+            expected.push(stored_form(&b, info.base_offset));
+            assert_eq!(info.last_offset - info.base_offset + 1, records as i64);
+        }
+        assert!(log.segment_base_offsets().len() > 3, "rolled");
+        for max_bytes in [1, 500, 4096, 1 << 20] {
+            assert_eq!(read_all(&log, 0, max_bytes).await, expected, "max_bytes {max_bytes}");
+        }
+        // A read from the middle of a batch returns that batch.
+        let second = split_batches(&expected[1]);
+        let inside = second[0].0.base_offset + second[0].0.last_offset_delta as i64;
+        let fetched = log.read(inside, 1, None).await.expect("read");
+        assert_eq!(fetched.first_offset, second[0].0.base_offset);
+        // Upper bound: nothing at or past it.
+        let fetched = log.read(0, 1 << 20, Some(3)).await.expect("read");
+        assert!(split_batches(fetched.bytes()).iter().all(|(h, _)| h.last_offset() < 3));
+        let end = log.log_end_offset();
+        assert!(matches!(
+            log.read(end + 1, 100, None).await,
+            Err(ReadError::OffsetOutOfRange { .. })
+        ));
+        assert!(log.read(end, 100, None).await.expect("at end").is_empty());
+        log.close().await.expect("close");
+
+        let (log, report) = PartitionLog::open(&path, small_segments()).await.expect("reopen");
+        assert!(report.clean_shutdown);
+        assert_eq!(report.corruption, None);
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
+        let b = batch(999, 2, 50, 5_000);
+        let info = log.append(b).await.expect("append after reopen");
+        assert_eq!(info.base_offset, end);
+    });
+}
+
+#[test]
+fn reopen_without_close_recovers_everything_acknowledged() {
+    let dir = test_dir("crash-reopen");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, small_segments()).await.expect("open");
+        let mut expected = Vec::new();
+        for seed in 0..120u64 {
+            let b = batch(seed, 3, 100, seed as i64);
+            let info = log.append(b.clone()).await.expect("append");
+            expected.push(stored_form(&b, info.base_offset));
+        }
+        let end = log.log_end_offset();
+        drop(log);
+        let (log, report) = PartitionLog::open(&path, small_segments()).await.expect("reopen");
+        assert!(!report.clean_shutdown);
+        assert_eq!(report.corruption, None, "{report:?}");
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
+    });
+}
+
+#[test]
+fn bad_batches_are_refused_and_nothing_is_written() {
+    let dir = test_dir("bad-input");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig {
+            max_message_bytes: 2048,
+            ..LogConfig::default()
+        };
+        let (log, _) = PartitionLog::open(&path, config).await.expect("open");
+        log.append(batch(1, 1, 10, 0)).await.expect("good batch");
+        let good = batch(2, 2, 10, 0).to_vec();
+        let mut bad_crc = good.clone();
+        let last = bad_crc.len() - 1;
+        bad_crc[last] ^= 0xff;
+        let mut bad_magic = good.clone();
+        bad_magic[16] = 1;
+        let mut bad_length = good.clone();
+        bad_length[8..12].copy_from_slice(&9999i32.to_be_bytes());
+        for bad in [bad_crc, bad_magic, bad_length, good[..30].to_vec()] {
+            let result = log.append(bad.into()).await;
+            assert!(matches!(result, Err(AppendError::InvalidBatch(_))), "{result:?}");
+        }
+        let result = log.append(batch(3, 1, 4000, 0)).await;
+        assert!(matches!(result, Err(AppendError::TooLarge { .. })), "{result:?}");
+        assert_eq!(log.log_end_offset(), 1);
+        let info = log.append(batch(4, 1, 10, 0)).await.expect("good after bad");
+        assert_eq!(info.base_offset, 1);
+    });
+}
+
+#[test]
+fn truncation_cuts_whole_batches_and_appends_continue() {
+    let dir = test_dir("truncate");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, small_segments()).await.expect("open");
+        let mut expected = Vec::new();
+        for seed in 0..100u64 {
+            let b = batch(seed, 2, 200, seed as i64);
+            let info = log.append(b.clone()).await.expect("append");
+            expected.push(stored_form(&b, info.base_offset));
+        }
+        // Offset 101 is inside the batch [100, 101]: that batch goes too.
+        let end = log.truncate_to(101).await.expect("truncate");
+        assert_eq!(end, 100);
+        assert_eq!(log.log_end_offset(), 100);
+        expected.truncate(50);
+        assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
+        let b = batch(500, 1, 30, 0);
+        let info = log.append(b.clone()).await.expect("append after truncate");
+        assert_eq!(info.base_offset, 100);
+        expected.push(stored_form(&b, 100));
+        assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
+        drop(log);
+        let (log, report) = PartitionLog::open(&path, small_segments()).await.expect("reopen");
+        assert_eq!(report.corruption, None);
+        assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
+        // Truncating to the log start empties the log and restarts it there.
+        assert_eq!(log.truncate_to(0).await.expect("truncate all"), 0);
+        assert_eq!(log.log_end_offset(), 0);
+        assert_eq!(log.segment_base_offsets(), vec![0]);
+    });
+}
+
+#[test]
+fn retention_by_bytes_and_time_deletes_whole_old_segments() {
+    let dir = test_dir("retention");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let clock = ManualClock::new(1_000_000);
+        let options = OpenOptions {
+            clock: clock.clone(),
+            ..OpenOptions::default()
+        };
+        let (log, _) = PartitionLog::open_with(&path, small_segments(), options)
+            .await
+            .expect("open");
+        for seed in 0..100u64 {
+            // Old timestamps for the first half.
+            let ts = if seed < 50 { 1_000 } else { 999_000 };
+            log.append(batch(seed, 1, 1000, ts)).await.expect("append");
+        }
+        let segments_before = log.segment_base_offsets().len();
+        // A reader inside the first segment keeps its data while retention deletes it.
+        let held = log.read(0, 1 << 20, None).await.expect("read");
+        let mut config = log.config();
+        config.retention_ms = 10_000;
+        log.set_config(config.clone());
+        let deleted = log.enforce_retention().await.expect("retention");
+        assert!(!deleted.is_empty());
+        assert!(log.log_start_offset() > 0 && log.log_start_offset() <= 50);
+        assert!(matches!(
+            log.read(0, 100, None).await,
+            Err(ReadError::OffsetOutOfRange { .. })
+        ));
+        assert!(!split_batches(held.bytes()).is_empty(), "held read still intact");
+        config.retention_ms = -1;
+        config.retention_bytes = 40_000;
+        log.set_config(config);
+        log.enforce_retention().await.expect("retention by size");
+        assert!(log.size_bytes() < 40_000 + 16_384);
+        assert!(log.segment_base_offsets().len() < segments_before);
+        let start = log.log_start_offset();
+        clock.advance(1);
+        drop(log);
+        let (log, _) = PartitionLog::open(&path, small_segments()).await.expect("reopen");
+        assert_eq!(log.log_start_offset(), start);
+        assert_eq!(log.log_end_offset(), 100);
+    });
+}
+
+#[test]
+fn group_commit_acknowledges_concurrent_appends_in_order() {
+    let dir = test_dir("group-commit");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig {
+            flush_messages: 1,
+            ..LogConfig::default()
+        };
+        let (log, _) = PartitionLog::open(&path, config).await.expect("open");
+        let log = Rc::new(log);
+        let mut tasks = Vec::new();
+        for appender in 0..8u64 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut offsets = Vec::new();
+                for i in 0..25u64 {
+                    let info = log
+                        .append(batch(appender * 100 + i, 1, 4000, 0))
+                        .await
+                        .expect("append");
+                    offsets.push(info.base_offset);
+                }
+                offsets
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            let offsets = task.await;
+            assert!(offsets.windows(2).all(|w| w[0] < w[1]), "per appender order");
+            all.extend(offsets);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..200).collect::<Vec<i64>>());
+        assert_eq!(read_all(&log, 0, 1 << 20).await.len(), 200);
+    });
+}
+
+#[test]
+fn timestamps_are_found_and_log_append_time_is_stamped() {
+    let dir = test_dir("timestamps");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, small_segments()).await.expect("open");
+        for seed in 0..60u64 {
+            // Records at 10*seed, 10*seed+1, 10*seed+2.
+            log.append(batch(seed, 3, 300, 10 * seed as i64)).await.expect("append");
+        }
+        let found = log.offset_for_timestamp(251).await.expect("lookup").expect("some");
+        assert_eq!((found.offset, found.timestamp, found.exact), (76, 251, true));
+        let found = log.offset_for_timestamp(253).await.expect("lookup").expect("some");
+        assert_eq!(found.offset, 78);
+        assert_eq!(log.offset_for_timestamp(0).await.expect("lookup").map(|f| f.offset), Some(0));
+        assert_eq!(log.offset_for_timestamp(10_000).await.expect("lookup"), None);
+        assert_eq!(log.max_timestamp(), Some((592, 179)));
+
+        let mut config = log.config();
+        config.message_timestamp_type = TimestampType::LogAppendTime;
+        log.set_config(config);
+        let info = log.append(batch(100, 2, 10, 5)).await.expect("append");
+        let stamped = info.log_append_time_ms.expect("log append time");
+        let fetched = log.read(info.base_offset, 1 << 20, None).await.expect("read");
+        let (header, _) = split_batches(fetched.bytes()).remove(0);
+        assert_eq!(header.timestamp_type(), TimestampType::LogAppendTime);
+        assert_eq!(header.max_timestamp, stamped);
+    });
+}
+
+#[test]
+fn a_failed_write_fails_its_appends_and_the_log_stays_consistent() {
+    let dir = test_dir("disk-full");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let armed = Rc::new(std::cell::Cell::new(false));
+        let trigger = armed.clone();
+        let fault: WriteFault = Rc::new(move |_, _, _| {
+            trigger
+                .get()
+                .then(|| std::io::Error::from_raw_os_error(libc::ENOSPC))
+        });
+        let options = OpenOptions {
+            write_fault: Some(fault),
+            ..OpenOptions::default()
+        };
+        let (log, _) = PartitionLog::open_with(&path, LogConfig::default(), options)
+            .await
+            .expect("open");
+        let mut expected = Vec::new();
+        for seed in 0..10u64 {
+            let b = batch(seed, 2, 777, 0);
+            let info = log.append(b.clone()).await.expect("append");
+            expected.push(stored_form(&b, info.base_offset));
+        }
+        armed.set(true);
+        let result = log.append(batch(50, 2, 777, 0)).await;
+        match result {
+            Err(AppendError::Io(e)) => assert!(e.is_disk_full()),
+            other => panic!("expected disk full, got {other:?}"),
+        }
+        assert_eq!(log.log_end_offset(), 20);
+        assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
+        armed.set(false);
+        let b = batch(51, 1, 100, 0);
+        let info = log.append(b.clone()).await.expect("append after space returns");
+        assert_eq!(info.base_offset, 20);
+        expected.push(stored_form(&b, 20));
+        assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
+        drop(log);
+        let (log, report) = PartitionLog::open(&path, LogConfig::default()).await.expect("reopen");
+        assert_eq!(report.corruption, None, "{report:?}");
+        assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
+    });
+}
