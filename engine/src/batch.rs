@@ -67,7 +67,9 @@ pub enum BatchError {
     BadMagic(i8),
     #[error("CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     CrcMismatch { stored: u32, computed: u32 },
-    #[error("records_count {records_count} is inconsistent with last_offset_delta {last_offset_delta}")]
+    #[error(
+        "records_count {records_count} is inconsistent with last_offset_delta {last_offset_delta}"
+    )]
     BadRecordCount {
         records_count: i32,
         last_offset_delta: i32,
@@ -492,15 +494,21 @@ impl BatchBuilder {
     }
 
     pub fn record(mut self, timestamp: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> Self {
-        self.records
-            .push((timestamp, key.map(<[u8]>::to_vec), value.map(<[u8]>::to_vec)));
+        self.records.push((
+            timestamp,
+            key.map(<[u8]>::to_vec),
+            value.map(<[u8]>::to_vec),
+        ));
         self
     }
 
     /// The batch bytes with base offset 0 and a correct CRC. Panics on an empty builder, which
     /// is a programmer error: Kafka has no empty producer batches.
     pub fn build(&self) -> Vec<u8> {
-        assert!(!self.records.is_empty(), "a batch needs at least one record");
+        assert!(
+            !self.records.is_empty(),
+            "a batch needs at least one record"
+        );
         let mut out = vec![0u8; HEADER_BYTES];
         let mut body = Vec::new();
         let mut max_timestamp = self.base_timestamp;

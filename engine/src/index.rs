@@ -239,7 +239,10 @@ mod tests {
             index.truncate(4);
             index.seal().expect("seal");
         }
-        assert_eq!(MmapIndex::<OffsetEntry>::file_entries(&path).expect("len"), 4);
+        assert_eq!(
+            MmapIndex::<OffsetEntry>::file_entries(&path).expect("len"),
+            4
+        );
         let index = MmapIndex::<OffsetEntry>::open(&path, 0, usize::MAX).expect("reopen");
         assert_eq!(index.len(), 4);
         assert_eq!(index.last().map(|e| e.relative_offset()), Some(30));

@@ -322,7 +322,9 @@ struct State {
 
 impl State {
     fn active(&self) -> &Rc<Segment> {
-        self.segments.last().expect("a log always has an active segment")
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
     }
 
     fn log_end_offset(&self) -> i64 {
@@ -411,7 +413,10 @@ async fn load_tail(
         return Err(IoFailure::new(
             "reading tail block of",
             segment.log_path(),
-            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "segment shorter than its size"),
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "segment shorter than its size",
+            ),
         ));
     }
     let mut buf = WriteBuf::new(capacity, block_pos);
@@ -443,7 +448,9 @@ fn pump(inner: &Rc<Inner>) {
 fn retire_writes(st: &mut State) {
     let w = &mut st.writer;
     while w.inflight.front().is_some_and(|f| f.result.is_some()) {
-        let Some(done) = w.inflight.pop_front() else { break };
+        let Some(done) = w.inflight.pop_front() else {
+            break;
+        };
         match done.result {
             Some(Ok(())) if w.failure.is_none() => {
                 assert!(done.end_pos >= w.written_pos, "writes retire in order");
@@ -462,7 +469,9 @@ fn acknowledge_written(st: &mut State, config: &LogConfig, now_ms: i64) {
     let log_start_offset = st.log_start_offset;
     let w = &mut st.writer;
     while w.copied.front().is_some_and(|c| c.end() <= w.written_pos) {
-        let Some(batch) = w.copied.pop_front() else { break };
+        let Some(batch) = w.copied.pop_front() else {
+            break;
+        };
         w.segment
             .record_batch(batch.position, &batch.info, config.index_interval_bytes);
         w.unsynced_messages += batch.info.records_count as u64;
@@ -490,7 +499,9 @@ fn handle_failure(inner: &Rc<Inner>, st: &mut State) {
     if !st.writer.inflight.is_empty() || st.writer.busy.is_some() {
         return;
     }
-    let Some(error) = st.writer.failure.take() else { return };
+    let Some(error) = st.writer.failure.take() else {
+        return;
+    };
     tracing::warn!(dir = %inner.dir.display(), %error, "write failed; failing unwritten appends");
     let failed = AppendError::Io(error);
     for batch in st.writer.copied.drain(..) {
@@ -619,7 +630,9 @@ fn fill_and_submit(inner: &Rc<Inner>, st: &mut State, config: &LogConfig) {
         }
         copy_into(front, cur);
         if front.copied == front.data.len() {
-            let Some(done) = st.pending.pop_front() else { break };
+            let Some(done) = st.pending.pop_front() else {
+                break;
+            };
             st.pending_bytes -= done.data.len();
             st.writer.copied.push_back(Copied {
                 position: done.position,
@@ -653,7 +666,9 @@ fn copy_into(batch: &mut Pending, cur: &mut WriteBuf) {
 /// Issues a write of `cur` if allowed: full buffers when fewer than the limit are in flight,
 /// partial ones when nothing they overlap is in flight. Returns whether it wrote.
 fn try_submit(inner: &Rc<Inner>, w: &mut Writer, config: &LogConfig, partial: bool) -> bool {
-    let Some(cur) = w.cur.as_ref() else { return false };
+    let Some(cur) = w.cur.as_ref() else {
+        return false;
+    };
     if cur.unsubmitted() == 0 || w.cur_blocked() || w.inflight.len() >= config.max_writes_in_flight
     {
         return false;
@@ -661,7 +676,9 @@ fn try_submit(inner: &Rc<Inner>, w: &mut Writer, config: &LogConfig, partial: bo
     if !partial && cur.space() != 0 {
         return false;
     }
-    let Some(mut cur) = w.cur.take() else { return false };
+    let Some(mut cur) = w.cur.take() else {
+        return false;
+    };
     let id = w.next_write_id;
     w.next_write_id += 1;
     let end_pos = cur.file_pos + cur.filled as u64;
@@ -717,7 +734,8 @@ async fn write_buffer(inner: Rc<Inner>, segment: Rc<Segment>, buf: DmaBuffer, po
     {
         let mut st = inner.state.borrow_mut();
         if let Some(slot) = st.writer.inflight.iter_mut().find(|w| w.id == id) {
-            slot.result = Some(result.map_err(|e| IoFailure::new("writing", segment.log_path(), e)));
+            slot.result =
+                Some(result.map_err(|e| IoFailure::new("writing", segment.log_path(), e)));
         }
     }
     pump(&inner);
@@ -728,14 +746,14 @@ async fn write_buffer(inner: Rc<Inner>, segment: Rc<Segment>, buf: DmaBuffer, po
 fn start_roll_when_drained(inner: &Rc<Inner>, st: &mut State, config: &LogConfig) {
     try_submit(inner, &mut st.writer, config, true);
     let w = &st.writer;
-    let drained = w.inflight.is_empty()
-        && w.copied.is_empty()
-        && w.unsubmitted() == 0
-        && !w.sync_in_flight;
+    let drained =
+        w.inflight.is_empty() && w.copied.is_empty() && w.unsubmitted() == 0 && !w.sync_in_flight;
     if !drained {
         return;
     }
-    let Some(front) = st.pending.front_mut() else { return };
+    let Some(front) = st.pending.front_mut() else {
+        return;
+    };
     front.roll = false;
     let new_base = front.info.base_offset;
     st.writer.busy = Some(Busy::Rolling);
@@ -800,11 +818,15 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, IoFailure> {
         let entry = entry.map_err(|e| IoFailure::new("listing", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some((stem, extension)) = name.split_once('.') else { continue };
+        let Some((stem, extension)) = name.split_once('.') else {
+            continue;
+        };
         if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let Ok(base) = stem.parse::<i64>() else { continue };
+        let Ok(base) = stem.parse::<i64>() else {
+            continue;
+        };
         match extension {
             "log" => bases.push(base),
             "index" | "timeindex" => orphans.push((base, entry.path())),
@@ -880,7 +902,10 @@ async fn recover_segment(
         .borrow()
         .last()
         .map_or((-1, segment.base_offset), |e| {
-            (e.timestamp(), segment.base_offset + i64::from(e.relative_offset()))
+            (
+                e.timestamp(),
+                segment.base_offset + i64::from(e.relative_offset()),
+            )
         });
     segment.reset_meta(start_pos, start_offset, trusted_max);
     let interval = config.index_interval_bytes;
@@ -1169,7 +1194,11 @@ impl PartitionLog {
     ) -> Result<FetchedBatches, ReadError> {
         let (log_start, log_end, mut index) = {
             let st = self.inner.state.borrow();
-            (st.log_start_offset, st.log_end_offset(), st.segment_index(offset))
+            (
+                st.log_start_offset,
+                st.log_end_offset(),
+                st.segment_index(offset),
+            )
         };
         if offset < log_start || offset > log_end {
             return Err(ReadError::OffsetOutOfRange {
@@ -1225,8 +1254,10 @@ impl PartitionLog {
             }
         };
         let end = segment.meta().size_bytes;
-        let found = find_batch(&segment, start, end, 64 << 10, |h| h.max_timestamp >= timestamp)
-            .await?;
+        let found = find_batch(&segment, start, end, 64 << 10, |h| {
+            h.max_timestamp >= timestamp
+        })
+        .await?;
         let Some((_, header, bytes)) = found else {
             return Ok(None);
         };
@@ -1273,7 +1304,10 @@ impl PartitionLog {
     }
 
     /// Runs `work` with appends held back and the write path idle, so it may change segments.
-    async fn exclusive<T>(&self, work: impl AsyncFnOnce() -> Result<T, LogError>) -> Result<T, LogError> {
+    async fn exclusive<T>(
+        &self,
+        work: impl AsyncFnOnce() -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
         let _permit = self
             .inner
             .admin
@@ -1296,7 +1330,8 @@ impl PartitionLog {
     /// below `offset`. At or below the log start, the log is emptied and restarts at `offset`.
     /// Returns the new log end offset.
     pub async fn truncate_to(&self, offset: i64) -> Result<i64, LogError> {
-        self.exclusive(async || self.truncate_now(offset).await).await
+        self.exclusive(async || self.truncate_now(offset).await)
+            .await
     }
 
     async fn truncate_now(&self, offset: i64) -> Result<i64, LogError> {
@@ -1531,10 +1566,13 @@ async fn find_batch(
         let len = (end - position).min(chunk_bytes.max(HEADER_BYTES) as u64) as usize;
         let chunk = segment.read(position, len).await?;
         if chunk.len() < HEADER_BYTES {
-            return Err(corrupt(position, StopReason::Truncated {
-                needed_bytes: HEADER_BYTES,
-                have_bytes: chunk.len(),
-            }));
+            return Err(corrupt(
+                position,
+                StopReason::Truncated {
+                    needed_bytes: HEADER_BYTES,
+                    have_bytes: chunk.len(),
+                },
+            ));
         }
         let mut at = 0usize;
         while at + HEADER_BYTES <= chunk.len() {
@@ -1549,10 +1587,13 @@ async fn find_batch(
                     Some(segment.read(batch_pos, total).await?)
                 };
                 let whole = whole.filter(|b| b.len() >= total).ok_or_else(|| {
-                    corrupt(batch_pos, StopReason::Truncated {
-                        needed_bytes: total,
-                        have_bytes: chunk.len() - at,
-                    })
+                    corrupt(
+                        batch_pos,
+                        StopReason::Truncated {
+                            needed_bytes: total,
+                            have_bytes: chunk.len() - at,
+                        },
+                    )
                 })?;
                 return Ok(Some((batch_pos, header, whole)));
             }
@@ -1574,14 +1615,19 @@ async fn read_segment(
     let (_, start) = segment.index_floor(offset);
     let end = segment.meta().size_bytes;
     let chunk_bytes = max_bytes.max(HEADER_BYTES) + index_interval_bytes;
-    let found = find_batch(segment, start, end, chunk_bytes, |h| h.last_offset() >= offset).await?;
+    let found = find_batch(segment, start, end, chunk_bytes, |h| {
+        h.last_offset() >= offset
+    })
+    .await?;
     let Some((position, first, mut data)) = found else {
         return Ok(FetchedBatches::empty(offset));
     };
     if first.last_offset() >= upper {
         return Ok(FetchedBatches::empty(offset));
     }
-    let want = max_bytes.max(first.total_bytes()).min((end - position) as usize);
+    let want = max_bytes
+        .max(first.total_bytes())
+        .min((end - position) as usize);
     if data.len() < want && data.len() < max_bytes {
         data = segment.read(position, want).await?;
     }

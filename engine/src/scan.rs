@@ -16,7 +16,10 @@ pub enum StopReason {
     /// with a later one that did (a torn tail after a crash).
     Hole,
     /// The bytes end in the middle of a batch.
-    Truncated { needed_bytes: usize, have_bytes: usize },
+    Truncated {
+        needed_bytes: usize,
+        have_bytes: usize,
+    },
     /// The bytes here are not a valid batch.
     Invalid(BatchError),
     /// A valid batch, but not at the offset the log expects next.
@@ -37,7 +40,10 @@ impl std::fmt::Display for StopReason {
             ),
             Self::Invalid(error) => write!(f, "invalid batch: {error}"),
             Self::OffsetGap { expected, found } => {
-                write!(f, "offset gap: expected base offset {expected}, found {found}")
+                write!(
+                    f,
+                    "offset gap: expected base offset {expected}, found {found}"
+                )
             }
         }
     }

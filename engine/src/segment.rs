@@ -61,7 +61,10 @@ impl std::fmt::Debug for Segment {
     }
 }
 
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(glommio::GlommioError<()>) -> IoFailure + 'a {
+fn io<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(glommio::GlommioError<()>) -> IoFailure + 'a {
     move |e| IoFailure::new(op, path, e.into())
 }
 
@@ -138,7 +141,9 @@ impl Segment {
     ) -> Result<Rc<Self>, OpenError> {
         let log_path = dir.join(file_name(base_offset, "log"));
         let file = open_dma(&log_path, true).await?;
-        file.truncate(0).await.map_err(io("truncating", &log_path))?;
+        file.truncate(0)
+            .await
+            .map_err(io("truncating", &log_path))?;
         let segment = Self::assemble(dir, base_offset, log_path, file, (0, 0), now_ms)?;
         segment.prepare_for_appends(config).await?;
         Ok(segment)
@@ -201,7 +206,9 @@ impl Segment {
     pub(crate) async fn prepare_for_appends(&self, config: &LogConfig) -> Result<(), IoFailure> {
         for result in [
             self.index.borrow_mut().unseal(config.segment_index_bytes),
-            self.time_index.borrow_mut().unseal(config.segment_index_bytes / 8 * 12),
+            self.time_index
+                .borrow_mut()
+                .unseal(config.segment_index_bytes / 8 * 12),
         ] {
             result.map_err(|e| IoFailure::new("growing index of", &self.log_path, e))?;
         }
@@ -249,7 +256,10 @@ impl Segment {
     pub(crate) fn record_batch(&self, position: u64, header: &BatchHeader, interval_bytes: u64) {
         let mut meta = self.meta.borrow_mut();
         assert_eq!(position, meta.size_bytes, "batches are recorded in order");
-        assert_eq!(header.base_offset, meta.next_offset, "offsets are contiguous");
+        assert_eq!(
+            header.base_offset, meta.next_offset,
+            "offsets are contiguous"
+        );
         if header.max_timestamp > meta.max_timestamp {
             meta.max_timestamp = header.max_timestamp;
             meta.offset_of_max_timestamp = header.last_offset();
@@ -279,7 +289,11 @@ impl Segment {
     /// Sets the visible extent after a scan or truncation, with the index entries that survive.
     pub(crate) fn reset_meta(&self, size_bytes: u64, next_offset: i64, max_timestamp: (i64, i64)) {
         let mut meta = self.meta.borrow_mut();
-        let last_entry = self.index.borrow().last().map_or(0, |e| u64::from(e.position()));
+        let last_entry = self
+            .index
+            .borrow()
+            .last()
+            .map_or(0, |e| u64::from(e.position()));
         meta.size_bytes = size_bytes;
         meta.next_offset = next_offset;
         meta.max_timestamp = max_timestamp.0;
@@ -298,12 +312,15 @@ impl Segment {
     /// The last index entry at or before `offset`, as (base offset of that batch, position).
     pub(crate) fn index_floor(&self, offset: i64) -> (i64, u64) {
         let relative = (offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
-        self.index.borrow().floor(relative).map_or((self.base_offset, 0), |e| {
-            (
-                self.base_offset + i64::from(e.relative_offset()),
-                u64::from(e.position()),
-            )
-        })
+        self.index
+            .borrow()
+            .floor(relative)
+            .map_or((self.base_offset, 0), |e| {
+                (
+                    self.base_offset + i64::from(e.relative_offset()),
+                    u64::from(e.position()),
+                )
+            })
     }
 }
 
@@ -383,10 +400,13 @@ pub(crate) async fn scan_file(
             .map_err(io("reading", path))?;
         if chunk.is_empty() {
             // The file is shorter than its length said (truncated under us): treat as the end.
-            outcome.stop = Some((window_pos, StopReason::Truncated {
-                needed_bytes: crate::batch::HEADER_BYTES,
-                have_bytes: window.len(),
-            }));
+            outcome.stop = Some((
+                window_pos,
+                StopReason::Truncated {
+                    needed_bytes: crate::batch::HEADER_BYTES,
+                    have_bytes: window.len(),
+                },
+            ));
             return Ok(outcome);
         }
         window.extend_from_slice(&chunk);

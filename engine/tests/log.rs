@@ -41,19 +41,30 @@ fn appends_read_back_byte_for_byte_across_segments() {
     let dir = test_dir("roundtrip");
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let (log, report) = PartitionLog::open(&path, small_segments()).await.expect("open");
+        let (log, report) = PartitionLog::open(&path, small_segments())
+            .await
+            .expect("open");
         assert_eq!(report.log_end_offset, 0);
         let mut expected = Vec::new();
         for seed in 0..200u64 {
             let records = 1 + (seed % 5) as usize;
-            let b = batch(seed, records, 10 + (seed as usize * 13) % 700, 1_000 + seed as i64);
+            let b = batch(
+                seed,
+                records,
+                10 + (seed as usize * 13) % 700,
+                1_000 + seed as i64,
+            );
             let info = log.append(b.clone()).await.expect("append");
             expected.push(stored_form(&b, info.base_offset));
             assert_eq!(info.last_offset - info.base_offset + 1, records as i64);
         }
         assert!(log.segment_base_offsets().len() > 3, "rolled");
         for max_bytes in [1, 500, 4096, 1 << 20] {
-            assert_eq!(read_all(&log, 0, max_bytes).await, expected, "max_bytes {max_bytes}");
+            assert_eq!(
+                read_all(&log, 0, max_bytes).await,
+                expected,
+                "max_bytes {max_bytes}"
+            );
         }
         // A read from the middle of a batch returns that batch.
         let second = split_batches(&expected[1]);
@@ -62,7 +73,9 @@ fn appends_read_back_byte_for_byte_across_segments() {
         assert_eq!(fetched.first_offset, second[0].0.base_offset);
         // Upper bound: nothing at or past it.
         let fetched = log.read(0, 1 << 20, Some(3)).await.expect("read");
-        assert!(split_batches(fetched.bytes()).iter().all(|(h, _)| h.last_offset() < 3));
+        assert!(split_batches(fetched.bytes())
+            .iter()
+            .all(|(h, _)| h.last_offset() < 3));
         let end = log.log_end_offset();
         assert!(matches!(
             log.read(end + 1, 100, None).await,
@@ -71,7 +84,9 @@ fn appends_read_back_byte_for_byte_across_segments() {
         assert!(log.read(end, 100, None).await.expect("at end").is_empty());
         log.close().await.expect("close");
 
-        let (log, report) = PartitionLog::open(&path, small_segments()).await.expect("reopen");
+        let (log, report) = PartitionLog::open(&path, small_segments())
+            .await
+            .expect("reopen");
         assert!(report.clean_shutdown);
         assert_eq!(report.corruption, None);
         assert_eq!(log.log_end_offset(), end);
@@ -87,7 +102,9 @@ fn reopen_without_close_recovers_everything_acknowledged() {
     let dir = test_dir("crash-reopen");
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let (log, _) = PartitionLog::open(&path, small_segments()).await.expect("open");
+        let (log, _) = PartitionLog::open(&path, small_segments())
+            .await
+            .expect("open");
         let mut expected = Vec::new();
         for seed in 0..120u64 {
             let b = batch(seed, 3, 100, seed as i64);
@@ -96,7 +113,9 @@ fn reopen_without_close_recovers_everything_acknowledged() {
         }
         let end = log.log_end_offset();
         drop(log);
-        let (log, report) = PartitionLog::open(&path, small_segments()).await.expect("reopen");
+        let (log, report) = PartitionLog::open(&path, small_segments())
+            .await
+            .expect("reopen");
         assert!(!report.clean_shutdown);
         assert_eq!(report.corruption, None, "{report:?}");
         assert_eq!(log.log_end_offset(), end);
@@ -125,12 +144,21 @@ fn bad_batches_are_refused_and_nothing_is_written() {
         bad_length[8..12].copy_from_slice(&9999i32.to_be_bytes());
         for bad in [bad_crc, bad_magic, bad_length, good[..30].to_vec()] {
             let result = log.append(bad.into()).await;
-            assert!(matches!(result, Err(AppendError::InvalidBatch(_))), "{result:?}");
+            assert!(
+                matches!(result, Err(AppendError::InvalidBatch(_))),
+                "{result:?}"
+            );
         }
         let result = log.append(batch(3, 1, 4000, 0)).await;
-        assert!(matches!(result, Err(AppendError::TooLarge { .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(AppendError::TooLarge { .. })),
+            "{result:?}"
+        );
         assert_eq!(log.log_end_offset(), 1);
-        let info = log.append(batch(4, 1, 10, 0)).await.expect("good after bad");
+        let info = log
+            .append(batch(4, 1, 10, 0))
+            .await
+            .expect("good after bad");
         assert_eq!(info.base_offset, 1);
     });
 }
@@ -140,7 +168,9 @@ fn truncation_cuts_whole_batches_and_appends_continue() {
     let dir = test_dir("truncate");
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let (log, _) = PartitionLog::open(&path, small_segments()).await.expect("open");
+        let (log, _) = PartitionLog::open(&path, small_segments())
+            .await
+            .expect("open");
         let mut expected = Vec::new();
         for seed in 0..100u64 {
             let b = batch(seed, 2, 200, seed as i64);
@@ -159,7 +189,9 @@ fn truncation_cuts_whole_batches_and_appends_continue() {
         expected.push(stored_form(&b, 100));
         assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
         drop(log);
-        let (log, report) = PartitionLog::open(&path, small_segments()).await.expect("reopen");
+        let (log, report) = PartitionLog::open(&path, small_segments())
+            .await
+            .expect("reopen");
         assert_eq!(report.corruption, None);
         assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
         // Truncating to the log start empties the log and restarts it there.
@@ -200,7 +232,10 @@ fn retention_by_bytes_and_time_deletes_whole_old_segments() {
             log.read(0, 100, None).await,
             Err(ReadError::OffsetOutOfRange { .. })
         ));
-        assert!(!split_batches(held.bytes()).is_empty(), "held read still intact");
+        assert!(
+            !split_batches(held.bytes()).is_empty(),
+            "held read still intact"
+        );
         config.retention_ms = -1;
         config.retention_bytes = 40_000;
         log.set_config(config);
@@ -210,7 +245,9 @@ fn retention_by_bytes_and_time_deletes_whole_old_segments() {
         let start = log.log_start_offset();
         clock.advance(1);
         drop(log);
-        let (log, _) = PartitionLog::open(&path, small_segments()).await.expect("reopen");
+        let (log, _) = PartitionLog::open(&path, small_segments())
+            .await
+            .expect("reopen");
         assert_eq!(log.log_start_offset(), start);
         assert_eq!(log.log_end_offset(), 100);
     });
@@ -245,7 +282,10 @@ fn group_commit_acknowledges_concurrent_appends_in_order() {
         let mut all = Vec::new();
         for task in tasks {
             let offsets = task.await;
-            assert!(offsets.windows(2).all(|w| w[0] < w[1]), "per appender order");
+            assert!(
+                offsets.windows(2).all(|w| w[0] < w[1]),
+                "per appender order"
+            );
             all.extend(offsets);
         }
         all.sort_unstable();
@@ -259,17 +299,41 @@ fn timestamps_are_found_and_log_append_time_is_stamped() {
     let dir = test_dir("timestamps");
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let (log, _) = PartitionLog::open(&path, small_segments()).await.expect("open");
+        let (log, _) = PartitionLog::open(&path, small_segments())
+            .await
+            .expect("open");
         for seed in 0..60u64 {
             // Records at 10*seed, 10*seed+1, 10*seed+2.
-            log.append(batch(seed, 3, 300, 10 * seed as i64)).await.expect("append");
+            log.append(batch(seed, 3, 300, 10 * seed as i64))
+                .await
+                .expect("append");
         }
-        let found = log.offset_for_timestamp(251).await.expect("lookup").expect("some");
-        assert_eq!((found.offset, found.timestamp, found.exact), (76, 251, true));
-        let found = log.offset_for_timestamp(253).await.expect("lookup").expect("some");
+        let found = log
+            .offset_for_timestamp(251)
+            .await
+            .expect("lookup")
+            .expect("some");
+        assert_eq!(
+            (found.offset, found.timestamp, found.exact),
+            (76, 251, true)
+        );
+        let found = log
+            .offset_for_timestamp(253)
+            .await
+            .expect("lookup")
+            .expect("some");
         assert_eq!(found.offset, 78);
-        assert_eq!(log.offset_for_timestamp(0).await.expect("lookup").map(|f| f.offset), Some(0));
-        assert_eq!(log.offset_for_timestamp(10_000).await.expect("lookup"), None);
+        assert_eq!(
+            log.offset_for_timestamp(0)
+                .await
+                .expect("lookup")
+                .map(|f| f.offset),
+            Some(0)
+        );
+        assert_eq!(
+            log.offset_for_timestamp(10_000).await.expect("lookup"),
+            None
+        );
         assert_eq!(log.max_timestamp(), Some((592, 179)));
 
         let mut config = log.config();
@@ -277,7 +341,10 @@ fn timestamps_are_found_and_log_append_time_is_stamped() {
         log.set_config(config);
         let info = log.append(batch(100, 2, 10, 5)).await.expect("append");
         let stamped = info.log_append_time_ms.expect("log append time");
-        let fetched = log.read(info.base_offset, 1 << 20, None).await.expect("read");
+        let fetched = log
+            .read(info.base_offset, 1 << 20, None)
+            .await
+            .expect("read");
         let (header, _) = split_batches(fetched.bytes()).remove(0);
         assert_eq!(header.timestamp_type(), TimestampType::LogAppendTime);
         assert_eq!(header.max_timestamp, stamped);
@@ -319,12 +386,17 @@ fn a_failed_write_fails_its_appends_and_the_log_stays_consistent() {
         assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
         armed.set(false);
         let b = batch(51, 1, 100, 0);
-        let info = log.append(b.clone()).await.expect("append after space returns");
+        let info = log
+            .append(b.clone())
+            .await
+            .expect("append after space returns");
         assert_eq!(info.base_offset, 20);
         expected.push(stored_form(&b, 20));
         assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
         drop(log);
-        let (log, report) = PartitionLog::open(&path, LogConfig::default()).await.expect("reopen");
+        let (log, report) = PartitionLog::open(&path, LogConfig::default())
+            .await
+            .expect("reopen");
         assert_eq!(report.corruption, None, "{report:?}");
         assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
     });
