@@ -685,22 +685,19 @@ fn try_submit(inner: &Rc<Inner>, w: &mut Writer, config: &LogConfig, partial: bo
     let filled = cur.filled as u64;
     let padded = align_up(filled) as usize;
     w.blocked_by = None;
-    if padded != cur.buf.len() {
-        // Zero the padding so the bytes after the data on disk read as unwritten.
-        cur.buf.as_bytes_mut()[cur.filled..padded].fill(0);
-        let keep_from = align_down(filled);
-        if keep_from < filled {
-            let mut next = WriteBuf::new(config.write_buffer_bytes, cur.file_pos + keep_from);
-            let tail = &cur.buf.as_bytes()[keep_from as usize..cur.filled];
-            next.buf.as_bytes_mut()[..tail.len()].copy_from_slice(tail);
-            next.filled = tail.len();
-            next.submitted = tail.len();
-            w.cur = Some(next);
-            w.blocked_by = Some(id);
-        } else {
-            w.next_buf_pos = end_pos;
-        }
-        cur.buf.trim_to_size(padded);
+    // Zero the padding so the bytes after the data on disk read as unwritten.
+    cur.buf.as_bytes_mut()[cur.filled..padded].fill(0);
+    cur.buf.trim_to_size(padded);
+    let keep_from = align_down(filled);
+    if keep_from < filled {
+        // The last block is unfinished: the next buffer starts with it and rewrites it.
+        let mut next = WriteBuf::new(config.write_buffer_bytes, cur.file_pos + keep_from);
+        let tail = &cur.buf.as_bytes()[keep_from as usize..cur.filled];
+        next.buf.as_bytes_mut()[..tail.len()].copy_from_slice(tail);
+        next.filled = tail.len();
+        next.submitted = tail.len();
+        w.cur = Some(next);
+        w.blocked_by = Some(id);
     } else {
         w.next_buf_pos = end_pos;
     }

@@ -266,3 +266,81 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod arbitrary_bytes {
+    //! Bounded property tests over arbitrary bytes, in the normal test run (the fuzz targets in
+    //! `engine/fuzz` explore the same functions without a bound).
+    use super::*;
+    use crate::batch::{self, BatchBuilder, StampedHeader};
+    use proptest::prelude::*;
+
+    fn valid_prefix(batches: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut next = 0i64;
+        for i in 0..batches {
+            let raw = BatchBuilder::new(i as i64)
+                .record(i as i64, Some(b"k"), Some(&vec![i as u8; i * 3]))
+                .build();
+            let stamped = StampedHeader::stamp(&raw, next, None);
+            out.extend_from_slice(&stamped.bytes);
+            out.extend_from_slice(&raw[HEADER_BYTES..]);
+            next += 1;
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 2000,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn parsers_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = batch::validate(&bytes, 1 << 20);
+            let _ = batch::uncompressed_records(&bytes);
+            let report = scan_slice(&bytes, 7, Some(0), 1 << 20);
+            prop_assert!(report.valid_end >= 7 && report.valid_end <= 7 + bytes.len() as u64);
+            let mut expected = 7;
+            for found in &report.batches {
+                prop_assert_eq!(found.position, expected);
+                expected += found.header.total_bytes() as u64;
+            }
+            prop_assert_eq!(report.valid_end, expected);
+        }
+
+        #[test]
+        fn a_valid_prefix_survives_any_suffix(count in 0usize..6, suffix in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut bytes = valid_prefix(count);
+            let prefix_len = bytes.len();
+            bytes.extend_from_slice(&suffix);
+            let report = scan_slice(&bytes, 0, Some(0), 1 << 20);
+            prop_assert!(report.batches.len() >= count);
+            prop_assert!(report.valid_end >= prefix_len as u64);
+        }
+
+        #[test]
+        fn a_mutated_batch_is_never_accepted_as_written(flip in 21usize..200, bit in 0u8..8) {
+            let bytes = valid_prefix(3);
+            let flip = flip % bytes.len();
+            // partition_leader_epoch (bytes 12..16 of each batch) is outside Kafka's CRC.
+            let clean = scan_slice(&bytes, 0, Some(0), 1 << 20);
+            let in_epoch = clean.batches.iter().any(|b| {
+                let at = b.position as usize;
+                (at + 12..at + 16).contains(&flip)
+            });
+            prop_assume!(!in_epoch);
+            let mut damaged = bytes.clone();
+            damaged[flip] ^= 1 << bit;
+            let report = scan_slice(&damaged, 0, Some(0), 1 << 20);
+            // Every batch the scan accepts is byte-identical to what was written.
+            for found in &report.batches {
+                let start = found.position as usize;
+                let end = start + found.header.total_bytes();
+                prop_assert_eq!(&damaged[start..end], &bytes[start..end]);
+            }
+        }
+    }
+}
