@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every check and test of ringlog on a fresh machine: installs what the tests need,
+# then format, lints, the whole test suite and a compile of the benchmarks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The tests need only the Rust toolchain (cargo, rustfmt, clippy) and an O_DIRECT-capable
+# filesystem under target/ (ext4 or xfs; tmpfs does not do O_DIRECT).
+for tool in cargo rustfmt cargo-clippy; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: install the Rust toolchain with rustfmt and clippy" >&2; exit 1; }
+done
+
+# glommio registers I/O memory with io_uring: it needs locked memory (root has it; others
+# need `ulimit -l` of at least 64 MiB).
+if [ "$(id -u)" != 0 ] && [ "$(ulimit -l)" != unlimited ] && [ "$(ulimit -l)" -lt 65536 ]; then
+    echo "RLIMIT_MEMLOCK is $(ulimit -l) KiB; raise it (ulimit -l 65536) or run as root" >&2
+    exit 1
+fi
+
+export CARGO_TERM_COLOR=never
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --workspace --all-targets
+# Criterion benches must keep compiling (they are run by hand, not here).
+cargo bench --workspace --no-run
