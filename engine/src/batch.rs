@@ -236,13 +236,15 @@ impl BatchHeader {
         self.batch_length as usize + LOG_OVERHEAD_BYTES
     }
 
+    /// Saturating: `base_offset` is outside the CRC, so a damaged one must not overflow.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
 
     /// The offset after this batch.
     pub fn next_offset(&self) -> i64 {
-        self.last_offset() + 1
+        self.last_offset().saturating_add(1)
     }
 
     pub fn compression(&self) -> Compression {
@@ -298,8 +300,10 @@ pub fn validate(batch: &[u8], max_total_bytes: usize) -> Result<BatchHeader, Bat
 }
 
 /// Producers always send a batch with one record per offset of its span, and a max timestamp
-/// no earlier than the base one; anything else on the produce path is a malformed batch.
-pub fn check_producer_batch(header: &BatchHeader) -> Result<(), BatchError> {
+/// no earlier than the base one; anything else on the produce path is a malformed batch. The
+/// records of an uncompressed batch are walked to prove the count; a compressed batch's are
+/// checked where it is decompressed (above the engine).
+pub fn check_producer_batch(header: &BatchHeader, batch: &[u8]) -> Result<(), BatchError> {
     if header.records_count < 1 || header.records_count - 1 != header.last_offset_delta {
         return Err(BatchError::BadRecordCount {
             records_count: header.records_count,
@@ -311,6 +315,9 @@ pub fn check_producer_batch(header: &BatchHeader) -> Result<(), BatchError> {
             base_timestamp: header.base_timestamp,
             max_timestamp: header.max_timestamp,
         });
+    }
+    if header.compression() == Compression::None {
+        check_uncompressed_records(batch)?;
     }
     Ok(())
 }
@@ -398,6 +405,37 @@ impl<'a> Cursor<'a> {
 /// The records of an uncompressed batch (whole, validated bytes). Compressed batches need their
 /// codec first; callers that must look inside them decompress at a layer above the engine.
 pub fn uncompressed_records(batch: &[u8]) -> Result<Vec<RecordView<'_>>, BatchError> {
+    let mut records = Vec::new();
+    walk_records(batch, true, |record| records.push(record))?;
+    Ok(records)
+}
+
+/// Checks, without allocating, that an uncompressed batch's body holds exactly `records_count`
+/// well-formed records with offset deltas 0, 1, 2, ... (what every producer sends), so that a
+/// batch cannot claim more offsets than it carries.
+pub fn check_uncompressed_records(batch: &[u8]) -> Result<(), BatchError> {
+    let mut expected_delta = 0i32;
+    let mut in_sequence = true;
+    walk_records(batch, false, |record| {
+        in_sequence &= record.offset_delta == expected_delta;
+        expected_delta = expected_delta.saturating_add(1);
+    })?;
+    if !in_sequence {
+        return Err(BatchError::BadRecord {
+            index: 0,
+            reason: "record offset deltas are not 0, 1, 2, ...",
+        });
+    }
+    Ok(())
+}
+
+/// Walks the records of an uncompressed batch, collecting each record's headers only when
+/// `with_headers` (the check on the append path does not need them).
+fn walk_records<'a>(
+    batch: &'a [u8],
+    with_headers: bool,
+    mut visit: impl FnMut(RecordView<'a>),
+) -> Result<(), BatchError> {
     let header = BatchHeader::decode(batch)?;
     let count = usize::try_from(header.records_count).map_err(|_| BatchError::BadRecordCount {
         records_count: header.records_count,
@@ -407,7 +445,6 @@ pub fn uncompressed_records(batch: &[u8]) -> Result<Vec<RecordView<'_>>, BatchEr
         bytes: batch,
         at: HEADER_BYTES,
     };
-    let mut records = Vec::with_capacity(count.min(batch.len() / 7));
     for index in 0..count {
         let bad = |reason| BatchError::BadRecord { index, reason };
         let length = cursor.varint().ok_or(bad("bad length"))?;
@@ -422,19 +459,21 @@ pub fn uncompressed_records(batch: &[u8]) -> Result<Vec<RecordView<'_>>, BatchEr
         let value = record.nullable_bytes().ok_or(bad("bad value"))?;
         let header_count = record.varint().ok_or(bad("bad header count"))?;
         let header_count = usize::try_from(header_count).map_err(|_| bad("negative headers"))?;
-        let mut headers = Vec::with_capacity(header_count.min(body.len()));
+        let mut headers = Vec::new();
         for _ in 0..header_count {
             let name = record
                 .nullable_bytes()
                 .ok_or(bad("bad header key"))?
                 .ok_or(bad("null header key"))?;
             let value = record.nullable_bytes().ok_or(bad("bad header value"))?;
-            headers.push((name, value));
+            if with_headers {
+                headers.push((name, value));
+            }
         }
         if record.at != body.len() {
             return Err(bad("trailing bytes in record"));
         }
-        records.push(RecordView {
+        visit(RecordView {
             offset_delta,
             timestamp_delta,
             key,
@@ -448,7 +487,7 @@ pub fn uncompressed_records(batch: &[u8]) -> Result<Vec<RecordView<'_>>, BatchEr
             reason: "bytes after the last record",
         });
     }
-    Ok(records)
+    Ok(())
 }
 
 /// Builds uncompressed v2 batches. Used by tests, the benchmark harness and tools; the broker
@@ -565,7 +604,7 @@ mod tests {
         assert_eq!(header.last_offset_delta, 2);
         assert_eq!(header.max_timestamp, 1_005);
         assert_eq!(header.compression(), Compression::None);
-        check_producer_batch(&header).expect("producer batch");
+        check_producer_batch(&header, &batch).expect("producer batch");
         let records = uncompressed_records(&batch).expect("records");
         assert_eq!(records.len(), 3);
         assert_eq!(records[1].value, Some(&b"value two"[..]));
@@ -602,6 +641,22 @@ mod tests {
         assert!(matches!(
             validate(&batch[..10], 1 << 20),
             Err(BatchError::TooShort { .. })
+        ));
+    }
+
+    #[test]
+    fn a_batch_claiming_more_records_than_it_carries_is_refused() {
+        let mut batch = sample();
+        // Claim 1000 records over 1000 offsets, with a correct CRC: structurally plausible.
+        batch[RECORDS_COUNT_AT..RECORDS_COUNT_AT + 4].copy_from_slice(&1000i32.to_be_bytes());
+        batch[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
+            .copy_from_slice(&999i32.to_be_bytes());
+        let crc = compute_crc(&batch);
+        batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        let header = validate(&batch, 1 << 20).expect("header and CRC are fine");
+        assert!(matches!(
+            check_producer_batch(&header, &batch),
+            Err(BatchError::BadRecord { .. })
         ));
     }
 

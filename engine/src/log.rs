@@ -1119,7 +1119,7 @@ impl PartitionLog {
             });
         }
         let header = batch::validate(&batch, max_bytes).map_err(AppendError::InvalidBatch)?;
-        batch::check_producer_batch(&header).map_err(AppendError::InvalidBatch)?;
+        batch::check_producer_batch(&header, &batch).map_err(AppendError::InvalidBatch)?;
         loop {
             let listener = self.inner.progress.listen();
             {

@@ -121,11 +121,12 @@ fn early_refusal(bytes: &[u8], max_batch_bytes: usize) -> Option<StopReason> {
         return Some(zero_or_invalid(bytes, BatchError::BadMagic(magic)));
     }
     let declared = batch::declared_total_bytes(bytes)?;
-    if declared < HEADER_BYTES as i64 || declared > max_batch_bytes as i64 {
+    let max = i64::try_from(max_batch_bytes).unwrap_or(i64::MAX);
+    if declared < HEADER_BYTES as i64 || declared > max {
         return Some(StopReason::Invalid(BatchError::BadLength {
             declared: declared - LOG_OVERHEAD_BYTES as i64,
             min: (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i64,
-            max: max_batch_bytes as i64 - LOG_OVERHEAD_BYTES as i64,
+            max: max - LOG_OVERHEAD_BYTES as i64,
         }));
     }
     None

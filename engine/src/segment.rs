@@ -266,13 +266,12 @@ impl Segment {
         }
         if position > 0 && meta.bytes_since_index_entry >= interval_bytes {
             let relative = (header.base_offset - self.base_offset) as u32;
-            if self
-                .index
+            // A full index stays sparser (lookups scan further); the interval restarts either
+            // way so the time index is not tried on every batch.
+            self.index
                 .borrow_mut()
-                .push(OffsetEntry::new(relative, position as u32))
-            {
-                meta.bytes_since_index_entry = 0;
-            }
+                .push(OffsetEntry::new(relative, position as u32));
+            meta.bytes_since_index_entry = 0;
             let mut time_index = self.time_index.borrow_mut();
             let newer = time_index
                 .last()
