@@ -529,11 +529,7 @@ fn handle_failure(inner: &Rc<Inner>, st: &mut State) {
 async fn repair(inner: Rc<Inner>, segment: Rc<Segment>, size: u64) {
     let config = inner.config.borrow().clone();
     let result = async {
-        segment
-            .file
-            .truncate(size)
-            .await
-            .map_err(|e| IoFailure::new("truncating", segment.log_path(), e.into()))?;
+        segment.truncate_file(size).await?;
         segment.prepare_for_appends(&config).await?;
         load_tail(&segment, size, config.write_buffer_bytes).await
     }
@@ -1015,11 +1011,7 @@ impl PartitionLog {
         let active = segments.last().expect("at least one segment").clone();
         let size = active.meta().size_bytes;
         // Cut whatever follows the valid data first: truncating would also free preallocation.
-        active
-            .file
-            .truncate(size)
-            .await
-            .map_err(|e| IoFailure::new("truncating", active.log_path(), e.into()))?;
+        active.truncate_file(size).await?;
         active.prepare_for_appends(&config).await?;
         let (cur, next_buf_pos) = load_tail(&active, size, config.write_buffer_bytes).await?;
         let log_start_offset = checkpoint
@@ -1289,6 +1281,15 @@ impl PartitionLog {
         Ok(exact)
     }
 
+    /// Serializes administrative operations with each other.
+    async fn admin_permit(&self) -> Result<glommio::sync::Permit<'_>, LogError> {
+        self.inner
+            .admin
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)
+    }
+
     /// Waits until every queued append is written (and synced, under group commit).
     async fn wait_idle(&self) {
         loop {
@@ -1305,12 +1306,7 @@ impl PartitionLog {
         &self,
         work: impl AsyncFnOnce() -> Result<T, LogError>,
     ) -> Result<T, LogError> {
-        let _permit = self
-            .inner
-            .admin
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
+        let _permit = self.admin_permit().await?;
         if self.inner.state.borrow().closed {
             return Err(LogError::Closed);
         }
@@ -1382,10 +1378,7 @@ impl PartitionLog {
             Some((position, header, _)) => (position, header.base_offset),
             None => (end, keep.meta().next_offset),
         };
-        keep.file
-            .truncate(cut_pos)
-            .await
-            .map_err(|e| IoFailure::new("truncating", keep.log_path(), e.into()))?;
+        keep.truncate_file(cut_pos).await?;
         {
             let mut index = keep.index.borrow_mut();
             let keep_entries = index
@@ -1436,12 +1429,7 @@ impl PartitionLog {
     /// one) and advances the log start offset. Readers already inside a deleted segment finish
     /// reading it (the file stays open until they drop it). Returns the deleted base offsets.
     pub async fn enforce_retention(&self) -> Result<Vec<i64>, LogError> {
-        let _permit = self
-            .inner
-            .admin
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
+        let _permit = self.admin_permit().await?;
         let config = self.config();
         let now_ms = self.inner.clock.now_ms();
         let deleted: Vec<Rc<Segment>> = {
@@ -1484,12 +1472,7 @@ impl PartitionLog {
     /// crash recovery scans only what is written after it. Run periodically (Kafka's
     /// `log.flush.offset.checkpoint.interval.ms`).
     pub async fn checkpoint(&self) -> Result<(), LogError> {
-        let _permit = self
-            .inner
-            .admin
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
+        let _permit = self.admin_permit().await?;
         Ok(self.write_checkpoint().await?)
     }
 
@@ -1530,11 +1513,7 @@ impl PartitionLog {
         self.exclusive(async || {
             let segment = self.inner.state.borrow().active().clone();
             let size = segment.meta().size_bytes;
-            segment
-                .file
-                .truncate(size)
-                .await
-                .map_err(|e| IoFailure::new("truncating", segment.log_path(), e.into()))?;
+            segment.truncate_file(size).await?;
             segment.sync_indexes(true)?;
             self.write_checkpoint().await?;
             checkpoint::write_clean_marker(&self.inner.dir)?;

@@ -223,14 +223,19 @@ impl Segment {
         Ok(())
     }
 
-    /// Trims the log to its visible size, seals the indexes and syncs everything: after this
-    /// the segment is immutable and trusted by recovery without a scan.
-    pub(crate) async fn seal(&self) -> Result<(), IoFailure> {
-        let size = self.meta.borrow().size_bytes;
+    /// Cuts the `.log` file to `size` bytes (this also frees its preallocation).
+    pub(crate) async fn truncate_file(&self, size: u64) -> Result<(), IoFailure> {
         self.file
             .truncate(size)
             .await
-            .map_err(io("truncating", &self.log_path))?;
+            .map_err(io("truncating", &self.log_path))
+    }
+
+    /// Trims the log to its visible size, seals the indexes and syncs everything: after this
+    /// the segment is immutable and trusted by recovery without a scan.
+    pub(crate) async fn seal(&self) -> Result<(), IoFailure> {
+        let size = self.meta().size_bytes;
+        self.truncate_file(size).await?;
         self.file
             .fdatasync()
             .await
