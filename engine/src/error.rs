@@ -27,11 +27,15 @@ impl IoFailure {
         }
     }
 
-    /// True when the device is out of space (ENOSPC or EDQUOT).
+    /// True when the device is out of space (ENOSPC or EDQUOT). glommio wraps OS errors in
+    /// messages, keeping their kind but not their number, so both are looked at.
     pub fn is_disk_full(&self) -> bool {
         matches!(
             self.source.raw_os_error(),
             Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        ) || matches!(
+            self.source.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
         )
     }
 }

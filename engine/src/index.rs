@@ -120,6 +120,9 @@ impl<E: Pod> MmapIndex<E> {
         self.map = None;
         self.file.set_len(bytes as u64)?;
         if bytes > 0 {
+            // Allocate the blocks now: a store into a mapped page of a sparse file that needs
+            // a block on a full disk is a SIGBUS, not an error. Failing here is an error.
+            allocate(&self.file, bytes)?;
             // SAFETY: the file is private to this shard's partition directory; nothing else
             // truncates it while mapped (every resize drops the map first).
             self.map = Some(unsafe { MmapMut::map_mut(&self.file)? });
@@ -191,6 +194,23 @@ impl<E: Pod> MmapIndex<E> {
     /// Gives a sealed index room to grow again (its segment became active).
     pub fn unseal(&mut self, capacity_bytes: usize) -> io::Result<()> {
         self.resize_file(capacity_bytes.max(self.len * Self::ENTRY_BYTES))
+    }
+}
+
+fn allocate(file: &File, bytes: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len =
+        libc::off_t::try_from(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: a plain syscall on a file descriptor this struct owns.
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if result == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    // Filesystems without fallocate keep the sparse file; only space exhaustion is an error.
+    match error.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(error),
     }
 }
 

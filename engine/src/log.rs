@@ -1459,13 +1459,21 @@ impl PartitionLog {
             }
             deleted
         };
-        for segment in &deleted {
+        let bases: Vec<i64> = deleted.iter().map(|s| s.base_offset).collect();
+        for segment in deleted {
             remove_segment_files(&self.inner.dir, segment.base_offset)?;
+            // The space comes back only when the last descriptor closes; readers still inside
+            // the segment keep it open until they finish.
+            segment.close_if_unused().await;
         }
-        if !deleted.is_empty() {
-            self.write_checkpoint().await?;
+        if !bases.is_empty() {
+            // Recovery derives the same log start from the first remaining segment, so a
+            // checkpoint that cannot be written (a full disk) loses nothing.
+            if let Err(error) = self.write_checkpoint().await {
+                tracing::warn!(%error, "checkpoint after retention not written");
+            }
         }
-        Ok(deleted.iter().map(|s| s.base_offset).collect())
+        Ok(bases)
     }
 
     /// Syncs the active segment and its indexes and records a recovery checkpoint there, so a

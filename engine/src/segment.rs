@@ -223,6 +223,14 @@ impl Segment {
         Ok(())
     }
 
+    /// Closes the segment's file now if nobody else holds the segment (otherwise the last
+    /// holder's drop closes it).
+    pub(crate) async fn close_if_unused(self: Rc<Self>) {
+        if let Ok(segment) = Rc::try_unwrap(self) {
+            let _ = segment.file.close_rc().await;
+        }
+    }
+
     /// Cuts the `.log` file to `size` bytes (this also frees its preallocation).
     pub(crate) async fn truncate_file(&self, size: u64) -> Result<(), IoFailure> {
         self.file
