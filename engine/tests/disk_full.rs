@@ -43,7 +43,12 @@ impl SmallFs {
 
 impl Drop for SmallFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount_point).status();
+        // Lazy: glommio closes dropped files asynchronously, so a descriptor may still be open
+        // until the process exits; detach now and let the kernel finish then.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount_point)
+            .status();
     }
 }
 
