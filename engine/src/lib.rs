@@ -17,6 +17,6 @@ pub mod segment;
 pub use config::{Clock, LogConfig, ManualClock, SystemClock};
 pub use error::{AppendError, IoFailure, LogError, OpenError, ReadError};
 pub use log::{
-    AppendInfo, Corruption, FetchedBatches, OpenOptions, PartitionLog, RecoveryReport,
+    AppendInfo, Corruption, FetchedBatches, LogStats, OpenOptions, PartitionLog, RecoveryReport,
     TimestampOffset, WriteFault,
 };

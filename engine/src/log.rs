@@ -88,6 +88,17 @@ impl FetchedBatches {
     }
 }
 
+/// Counters of the write path since the log was opened, for benchmarks and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Data writes issued (each one O_DIRECT write of one buffer).
+    pub writes: u64,
+    /// Bytes those writes carried, padding and rewritten tail blocks included.
+    pub bytes_written: u64,
+    /// fdatasyncs issued for appends (group commit, flush.messages, flush.ms).
+    pub syncs: u64,
+}
+
 /// The first offset at or after a timestamp, as ListOffsets needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimestampOffset {
@@ -259,6 +270,7 @@ struct Writer {
     awaiting_sync: VecDeque<Copied>,
     written_pos: u64,
     sync_in_flight: bool,
+    stats: Rc<RefCell<LogStats>>,
     unsynced_messages: u64,
     oldest_unsynced_ms: Option<i64>,
     busy: Option<Busy>,
@@ -266,7 +278,18 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(segment: Rc<Segment>, cur: Option<WriteBuf>, next_buf_pos: u64) -> Self {
+    fn stats_mut(&self) -> std::cell::RefMut<'_, LogStats> {
+        self.stats.borrow_mut()
+    }
+}
+
+impl Writer {
+    fn new(
+        segment: Rc<Segment>,
+        cur: Option<WriteBuf>,
+        next_buf_pos: u64,
+        stats: Rc<RefCell<LogStats>>,
+    ) -> Self {
         let written_pos = segment.meta().size_bytes;
         Self {
             segment,
@@ -279,6 +302,7 @@ impl Writer {
             awaiting_sync: VecDeque::new(),
             written_pos,
             sync_in_flight: false,
+            stats,
             unsynced_messages: 0,
             oldest_unsynced_ms: None,
             busy: None,
@@ -565,6 +589,7 @@ fn maybe_sync(inner: &Rc<Inner>, st: &mut State, config: &LogConfig) {
         return;
     }
     w.sync_in_flight = true;
+    w.stats_mut().syncs += 1;
     w.unsynced_messages = 0;
     w.oldest_unsynced_ms = None;
     let target = w.written_pos;
@@ -697,6 +722,11 @@ fn try_submit(inner: &Rc<Inner>, w: &mut Writer, config: &LogConfig, partial: bo
     } else {
         w.next_buf_pos = end_pos;
     }
+    {
+        let mut stats = w.stats_mut();
+        stats.writes += 1;
+        stats.bytes_written += padded as u64;
+    }
     w.inflight.push_back(InFlight {
         id,
         end_pos,
@@ -776,7 +806,8 @@ async fn roll(inner: Rc<Inner>, old: Rc<Segment>, new_base: i64) {
                     complete_ok(&batch, log_start_offset);
                 }
                 st.segments.push(new.clone());
-                st.writer = Writer::new(new, None, 0);
+                let stats = st.writer.stats.clone();
+                st.writer = Writer::new(new, None, 0, stats);
                 Some(Checkpoint {
                     log_start_offset,
                     segment_base_offset: new_base,
@@ -1030,7 +1061,7 @@ impl PartitionLog {
             tail_created_ms: meta.created_ms,
             pending: VecDeque::new(),
             pending_bytes: 0,
-            writer: Writer::new(active, cur, next_buf_pos),
+            writer: Writer::new(active, cur, next_buf_pos, Rc::default()),
             blocked: false,
             closed: false,
             poisoned: None,
@@ -1063,6 +1094,11 @@ impl PartitionLog {
     /// Changes the topic settings; they apply to the next appends and retention runs.
     pub fn set_config(&self, config: LogConfig) {
         *self.inner.config.borrow_mut() = config.normalized();
+    }
+
+    /// Write-path counters since the log was opened.
+    pub fn stats(&self) -> LogStats {
+        *self.inner.state.borrow().writer.stats.borrow()
     }
 
     pub fn log_start_offset(&self) -> i64 {
@@ -1421,7 +1457,8 @@ impl PartitionLog {
         st.tail_base = segment.base_offset;
         st.tail_bytes = size;
         st.tail_created_ms = segment.meta().created_ms;
-        st.writer = Writer::new(segment, cur, next_buf_pos);
+        let stats = st.writer.stats.clone();
+        st.writer = Writer::new(segment, cur, next_buf_pos, stats);
         Ok(())
     }
 

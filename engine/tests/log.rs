@@ -401,3 +401,102 @@ fn a_failed_write_fails_its_appends_and_the_log_stays_consistent() {
         assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
     });
 }
+
+#[test]
+fn segment_ms_rolls_a_segment_by_age() {
+    let dir = test_dir("segment-ms");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let clock = ManualClock::new(1_000_000);
+        let options = OpenOptions {
+            clock: clock.clone(),
+            ..OpenOptions::default()
+        };
+        let config = LogConfig {
+            segment_ms: 60_000,
+            ..LogConfig::default()
+        };
+        let (log, _) = PartitionLog::open_with(&path, config, options)
+            .await
+            .expect("open");
+        log.append(batch(1, 1, 10, 0)).await.expect("append");
+        clock.advance(59_999);
+        log.append(batch(2, 1, 10, 0)).await.expect("append");
+        assert_eq!(log.segment_base_offsets(), vec![0]);
+        clock.advance(1);
+        log.append(batch(3, 1, 10, 0)).await.expect("append");
+        assert_eq!(log.segment_base_offsets(), vec![0, 2]);
+    });
+}
+
+#[test]
+fn flush_policies_issue_the_syncs_they_promise() {
+    let dir = test_dir("flush-policy");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let clock = ManualClock::new(0);
+        let options = OpenOptions {
+            clock: clock.clone(),
+            ..OpenOptions::default()
+        };
+        // Kafka's default: never sync on appends.
+        let (log, _) = PartitionLog::open_with(&path, LogConfig::default(), options.clone())
+            .await
+            .expect("open");
+        for seed in 0..10 {
+            log.append(batch(seed, 1, 10, 0)).await.expect("append");
+        }
+        assert_eq!(log.stats().syncs, 0);
+
+        // flush.messages = 4: a sync once 4 messages are unsynced.
+        let mut config = log.config();
+        config.flush_messages = 4;
+        log.set_config(config.clone());
+        for seed in 0..8 {
+            log.append(batch(seed, 1, 10, 0)).await.expect("append");
+        }
+        assert!(log.stats().syncs >= 2, "{:?}", log.stats());
+
+        // flush.ms = 1000: nothing until the oldest unsynced append is a second old.
+        config.flush_messages = u64::MAX;
+        config.flush_ms = 1_000;
+        log.set_config(config);
+        let before = log.stats().syncs;
+        log.append(batch(100, 1, 10, 0)).await.expect("append");
+        log.tick();
+        assert_eq!(log.stats().syncs, before);
+        clock.advance(1_000);
+        log.tick();
+        assert_eq!(log.stats().syncs, before + 1);
+    });
+}
+
+#[test]
+fn group_commit_shares_one_sync_among_concurrent_appends() {
+    let dir = test_dir("group-commit-sharing");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig {
+            flush_messages: 1,
+            ..LogConfig::default()
+        };
+        let (log, _) = PartitionLog::open(&path, config).await.expect("open");
+        let log = Rc::new(log);
+        let tasks: Vec<_> = (0..32u64)
+            .map(|seed| {
+                let log = log.clone();
+                glommio::spawn_local(async move { log.append(batch(seed, 1, 100, 0)).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("append");
+        }
+        let stats = log.stats();
+        // Every append waited for a sync, but they arrived together: far fewer syncs.
+        assert!(stats.syncs >= 1 && stats.syncs < 32, "{stats:?}");
+        assert!(
+            stats.writes < 32,
+            "appends coalesced into fewer writes: {stats:?}"
+        );
+    });
+}
