@@ -97,7 +97,7 @@ mod tests {
                 built.len()
             );
             let header = batch::validate(&built, usize::MAX).expect("valid");
-            batch::check_producer_batch(&header).expect("producer batch");
+            batch::check_producer_batch(&header, &built).expect("producer batch");
             assert_eq!(header.records_count as usize, records_per_batch(target));
         }
     }

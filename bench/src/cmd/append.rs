@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use ringlog_bench::machine::MachineInfo;
 use ringlog_bench::size::Size;
 use ringlog_bench::workload;
-use ringlog_engine::{LogConfig, PartitionLog};
+use ringlog_engine::{LogConfig, LogStats, PartitionLog};
 use serde::Serialize;
 
 use super::{millis, partition_dir, run_on_executor, write_json, BenchError};
@@ -42,6 +42,7 @@ struct Outcome {
     elapsed: Duration,
     latency_us: Histogram<u64>,
     close: Option<Duration>,
+    stats: LogStats,
 }
 
 /// The JSON result; the six headline keys first.
@@ -69,6 +70,12 @@ struct AppendResult {
     /// Time of the clean close (fdatasync, checkpoint), outside `wall_secs`; null with
     /// `--no-close`.
     close_ms: Option<f64>,
+    /// O_DIRECT writes the engine issued during the run, and their mean size: how far
+    /// appends coalesced.
+    writes: u64,
+    write_bytes_mean: f64,
+    /// fdatasyncs issued: under group commit, appends / syncs is the mean group size.
+    syncs: u64,
     dir: String,
     cpu: usize,
     io_memory_bytes: usize,
@@ -110,6 +117,9 @@ pub fn run(args: AppendArgs) -> Result<(), BenchError> {
         segment_bytes: args.segment_bytes,
         wall_secs: outcome.elapsed.as_secs_f64(),
         close_ms: outcome.close.map(millis),
+        writes: outcome.stats.writes,
+        write_bytes_mean: outcome.stats.bytes_written as f64 / outcome.stats.writes.max(1) as f64,
+        syncs: outcome.stats.syncs,
         dir: partition.display().to_string(),
         cpu: args.cpu,
         io_memory_bytes: io_memory,
@@ -198,6 +208,7 @@ async fn append_all(plan: Plan) -> Result<Outcome, BenchError> {
         }
     }
     let elapsed = started.elapsed();
+    let stats = log.stats();
     if let Some(error) = first_error {
         return Err(error);
     }
@@ -212,6 +223,7 @@ async fn append_all(plan: Plan) -> Result<Outcome, BenchError> {
         elapsed,
         latency_us,
         close,
+        stats,
     })
 }
 
@@ -287,6 +299,10 @@ fn print_result(result: &AppendResult, kept: bool) {
         result.latency_us_p999,
         result.latency_us_max,
         result.latency_us_mean
+    );
+    println!(
+        "  engine        {} writes of {:.0} bytes on average, {} fdatasyncs",
+        result.writes, result.write_bytes_mean, result.syncs
     );
     match result.close_ms {
         Some(ms) => println!("  close         {ms:.1} ms (clean)"),
