@@ -135,6 +135,10 @@ for rep in $(seq 1 "$REPEATS"); do
     fio_run "fio-16k-r$rep" --ioengine=io_uring --direct=1 --rw=write --bs=16k --iodepth=64 --size="${SIZE_GIB}G"
     ringlog_run "ringlog-16k-r$rep" --total-bytes "${SIZE_GIB}GiB" --batch-bytes 16KiB
     ratio "ringlog-16k-r$rep" "fio-16k-r$rep"
+    # The engine issue's target for 16 KiB batches is a fraction of fio's 1 MiB figure.
+    ratio "ringlog-16k-r$rep" "fio-1m-r$rep"
+    ringlog_run "ringlog-16k-256a-r$rep" --total-bytes "${SIZE_GIB}GiB" --batch-bytes 16KiB --appenders 256
+    ratio "ringlog-16k-256a-r$rep" "fio-1m-r$rep"
 done
 
 log "== 2. appender sweep, ${SIZE_GIB} GiB"
@@ -150,9 +154,11 @@ ringlog_run ringlog-group-4k --fsync group --batch-bytes 4KiB --appenders 64 --t
 fio_run fio-fdatasync-4k --rw=write --bs=4k --fdatasync=1 --iodepth=1 --ioengine=sync --direct=1 \
     --size="${GROUP_MIB}M" --runtime="$SYNC_RUNTIME"
 
-log "== 4. recovery of ${SIZE_GIB} GiB (1 MiB batches, 1 GiB segments)"
-ringlog_run ringlog-noclose --total-bytes "${SIZE_GIB}GiB" --batch-bytes 1MiB --no-close
+log "== 4. recovery of ${SIZE_GIB} GiB (1 MiB batches, 3 GiB segments: the active one holds"
+log "   what was written since its roll, the last checkpoint; $((SIZE_GIB - 3)) GiB at SIZE_GIB=$SIZE_GIB)"
+ringlog_run ringlog-noclose --total-bytes "${SIZE_GIB}GiB" --batch-bytes 1MiB --segment-bytes 3GiB --no-close
 for kind in unclean clean; do
+    sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
     "$BIN" recover --dir "$DATA_DIR" --output-json "$RESULTS/recover-$kind.json" >"$RESULTS/recover-$kind.txt"
     jq -r --arg kind "$kind" '"recover after \($kind) stop: \(.recover_ms | floor) ms," +
         " clean_shutdown \(.clean_shutdown), scanned \(.scanned_bytes) B in \(.segments) segments" +
