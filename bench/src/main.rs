@@ -81,6 +81,12 @@ pub struct AppendArgs {
     /// Roll to a new segment past this size (Kafka's segment.bytes).
     #[arg(long, default_value = "1GiB", value_parser = size_arg)]
     pub segment_bytes: u64,
+    /// Size of each of the engine's aligned write buffers (its largest single write).
+    #[arg(long, default_value = "1MiB", value_parser = size_arg)]
+    pub write_buffer_bytes: u64,
+    /// The engine's limit on writes in flight for the partition.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub writes_in_flight: u64,
     /// Leave the partition on disk afterwards.
     #[arg(long)]
     pub keep: bool,

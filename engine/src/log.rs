@@ -337,6 +337,8 @@ struct State {
     pending: VecDeque<Pending>,
     pending_bytes: usize,
     writer: Writer,
+    /// A task that writes the buffer's partial contents is queued.
+    flush_scheduled: bool,
     /// Truncation or close in progress: new appends wait.
     blocked: bool,
     closed: bool,
@@ -663,9 +665,31 @@ fn fill_and_submit(inner: &Rc<Inner>, st: &mut State, config: &LogConfig) {
             });
         }
     }
-    // Nothing more queued: write what the buffer holds unless an overlapping write is still
-    // in flight (then the batches coalesce and go with the next write).
-    try_submit(inner, &mut st.writer, config, true);
+    schedule_partial_flush(inner, st);
+}
+
+/// Nothing more is queued: the buffer's partial contents should be written. Not now, but from
+/// a task queued behind the tasks already runnable: appenders woken by the same completion
+/// (or arriving in the same scheduling round) add their batches first, and one write carries
+/// them all instead of one write each. If an overlapping write is still in flight when the
+/// task runs, the batches wait and go with the next write.
+fn schedule_partial_flush(inner: &Rc<Inner>, st: &mut State) {
+    if st.flush_scheduled || st.writer.unsubmitted() == 0 {
+        return;
+    }
+    st.flush_scheduled = true;
+    let inner = inner.clone();
+    spawn_deferred(async move {
+        {
+            let config = inner.config.borrow();
+            let mut st = inner.state.borrow_mut();
+            st.flush_scheduled = false;
+            if st.writer.busy.is_none() && st.writer.failure.is_none() {
+                try_submit(&inner, &mut st.writer, &config, true);
+            }
+        }
+        pump(&inner);
+    });
 }
 
 /// Copies as much of `batch` as fits: the stamped header first, then the body.
@@ -1062,6 +1086,7 @@ impl PartitionLog {
             pending: VecDeque::new(),
             pending_bytes: 0,
             writer: Writer::new(active, cur, next_buf_pos, Rc::default()),
+            flush_scheduled: false,
             blocked: false,
             closed: false,
             poisoned: None,

@@ -147,6 +147,13 @@ fn plan(args: &AppendArgs) -> Result<(Plan, usize), BenchError> {
         },
         // Big batches must not be refused as too large: that is not what is measured.
         max_message_bytes: defaults.max_message_bytes.max(batch.len()),
+        write_buffer_bytes: usize::try_from(args.write_buffer_bytes).map_err(|_| {
+            usage(format!(
+                "--write-buffer-bytes {} is too large",
+                args.write_buffer_bytes
+            ))
+        })?,
+        max_writes_in_flight: args.writes_in_flight as usize,
         ..defaults
     };
     if args.segment_bytes < batch.len() as u64 {
