@@ -971,7 +971,7 @@ async fn recover_segment(
     let stop = scan
         .stop
         .filter(|(_, reason)| *reason != StopReason::ZeroFill);
-    Ok((stop, file_len - start_pos))
+    Ok((stop, scan.bytes_read))
 }
 
 impl PartitionLog {

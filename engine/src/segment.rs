@@ -340,6 +340,22 @@ impl Segment {
     }
 }
 
+/// Starts reading the chunk at `position` (glommio's `spawn_local` submits it at once).
+fn read_ahead(
+    file: &Rc<DmaFile>,
+    position: u64,
+    end: u64,
+) -> Option<glommio::Task<Result<ReadResult, glommio::GlommioError<()>>>> {
+    if position >= end {
+        return None;
+    }
+    let len = (end - position).min(SCAN_CHUNK_BYTES as u64) as usize;
+    let file = file.clone();
+    Some(glommio::spawn_local(async move {
+        file.read_at(position, len).await
+    }))
+}
+
 /// Result of scanning a segment's file from some position.
 #[derive(Debug, Clone)]
 pub(crate) struct FileScan {
@@ -348,12 +364,15 @@ pub(crate) struct FileScan {
     /// (max timestamp, offset of it) over the scanned batches, (-1, _) if none.
     pub max_timestamp: (i64, i64),
     pub stop: Option<(u64, StopReason)>,
+    /// Bytes read from the file (the scan stops at the first zero-filled chunk, so this can be
+    /// far less than the file's preallocated length).
+    pub bytes_read: u64,
 }
 
 /// Scans `file` from `start` to `end` (the file length) batch by batch, checking every CRC,
 /// calling `visit` for each valid batch. Used by recovery; reads 4 MiB at a time.
 pub(crate) async fn scan_file(
-    file: &DmaFile,
+    file: &Rc<DmaFile>,
     path: &Path,
     start: u64,
     end: u64,
@@ -363,11 +382,14 @@ pub(crate) async fn scan_file(
     let mut window: Vec<u8> = Vec::new();
     let mut window_pos = start;
     let mut read_pos = start;
+    // One chunk is read ahead while the previous one is checked.
+    let mut ahead = read_ahead(file, start, end);
     let mut outcome = FileScan {
         valid_end: start,
         next_offset: expected_offset,
         max_timestamp: (-1, expected_offset),
         stop: None,
+        bytes_read: 0,
     };
     loop {
         let at_end = read_pos >= end;
@@ -409,11 +431,13 @@ pub(crate) async fn scan_file(
         }
         window.drain(..consumed);
         window_pos += consumed as u64;
-        let len = (end - read_pos).min(SCAN_CHUNK_BYTES as u64) as usize;
-        let chunk = file
-            .read_at(read_pos, len)
-            .await
-            .map_err(io("reading", path))?;
+        let Some(pending) = ahead.take() else {
+            return Ok(outcome);
+        };
+        let chunk = pending.await.map_err(io("reading", path))?;
+        if !chunk.is_empty() {
+            ahead = read_ahead(file, read_pos + chunk.len() as u64, end);
+        }
         if chunk.is_empty() {
             // The file is shorter than its length said (truncated under us): treat as the end.
             outcome.stop = Some((
@@ -427,5 +451,6 @@ pub(crate) async fn scan_file(
         }
         window.extend_from_slice(&chunk);
         read_pos += chunk.len() as u64;
+        outcome.bytes_read += chunk.len() as u64;
     }
 }
