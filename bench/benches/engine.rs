@@ -73,6 +73,15 @@ fn bench_validate(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(size), &built, |b, built| {
             b.iter(|| batch::validate(black_box(built), usize::MAX))
         });
+        // What the append path does: the header and CRC, then the walk over the records of an
+        // uncompressed batch that proves its record count.
+        group.bench_with_input(BenchmarkId::new("producer", size), &built, |b, built| {
+            b.iter(|| {
+                let built = black_box(built);
+                batch::validate(built, usize::MAX)
+                    .and_then(|header| batch::check_producer_batch(&header, built))
+            })
+        });
     }
     group.finish();
 }
