@@ -665,7 +665,7 @@ fn fill_and_submit(inner: &Rc<Inner>, st: &mut State, config: &LogConfig) {
             });
         }
     }
-    schedule_partial_flush(inner, st);
+    schedule_partial_flush(inner, st, config);
 }
 
 /// Nothing more is queued: the buffer's partial contents should be written. Not now, but from
@@ -673,8 +673,10 @@ fn fill_and_submit(inner: &Rc<Inner>, st: &mut State, config: &LogConfig) {
 /// (or arriving in the same scheduling round) add their batches first, and one write carries
 /// them all instead of one write each. If an overlapping write is still in flight when the
 /// task runs, the batches wait and go with the next write.
-fn schedule_partial_flush(inner: &Rc<Inner>, st: &mut State) {
-    if st.flush_scheduled || st.writer.unsubmitted() == 0 {
+fn schedule_partial_flush(inner: &Rc<Inner>, st: &mut State, config: &LogConfig) {
+    // Only when the write could be issued: while it is blocked, the completion that unblocks
+    // it pumps again (scheduling regardless would spin the executor until then).
+    if st.flush_scheduled || !can_submit(&st.writer, config) {
         return;
     }
     st.flush_scheduled = true;
@@ -710,14 +712,19 @@ fn copy_into(batch: &mut Pending, cur: &mut WriteBuf) {
 
 /// Issues a write of `cur` if allowed: full buffers when fewer than the limit are in flight,
 /// partial ones when nothing they overlap is in flight. Returns whether it wrote.
+/// Whether `cur` holds unwritten bytes and may be written now: nothing it overlaps is in flight
+/// and fewer than the limit of writes are.
+fn can_submit(w: &Writer, config: &LogConfig) -> bool {
+    w.unsubmitted() > 0 && !w.cur_blocked() && w.inflight.len() < config.max_writes_in_flight
+}
+
 fn try_submit(inner: &Rc<Inner>, w: &mut Writer, config: &LogConfig, partial: bool) -> bool {
+    if !can_submit(w, config) {
+        return false;
+    }
     let Some(cur) = w.cur.as_ref() else {
         return false;
     };
-    if cur.unsubmitted() == 0 || w.cur_blocked() || w.inflight.len() >= config.max_writes_in_flight
-    {
-        return false;
-    }
     if !partial && cur.space() != 0 {
         return false;
     }
