@@ -97,6 +97,9 @@ pub struct LogStats {
     pub bytes_written: u64,
     /// fdatasyncs issued for appends (group commit, flush.messages, flush.ms).
     pub syncs: u64,
+    /// Deferred partial-flush tasks scheduled: each should lead to a write, so this stays
+    /// within the number of writes (a runaway count is the executor spinning).
+    pub flush_tasks: u64,
 }
 
 /// The first offset at or after a timestamp, as ListOffsets needs it.
@@ -680,6 +683,7 @@ fn schedule_partial_flush(inner: &Rc<Inner>, st: &mut State, config: &LogConfig)
         return;
     }
     st.flush_scheduled = true;
+    st.writer.stats_mut().flush_tasks += 1;
     let inner = inner.clone();
     spawn_deferred(async move {
         {

@@ -500,3 +500,37 @@ fn group_commit_shares_one_sync_among_concurrent_appends() {
         );
     });
 }
+
+#[test]
+fn blocked_partial_flushes_do_not_spin_the_executor() {
+    // Batches just over 1 MiB into buffers just under 1 MiB: almost every buffer ends with a
+    // batch's start whose write must wait for the overlapping one. Each deferred flush must
+    // lead to a write; before the fix the executor re-scheduled flushes millions of times.
+    let dir = test_dir("no-spin");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig {
+            write_buffer_bytes: 1016 << 10,
+            max_message_bytes: 2 << 20,
+            ..LogConfig::default()
+        };
+        let (log, _) = PartitionLog::open(&path, config).await.expect("open");
+        let log = Rc::new(log);
+        let tasks: Vec<_> = (0..8u64)
+            .map(|appender| {
+                let log = log.clone();
+                glommio::spawn_local(async move {
+                    for i in 0..6u64 {
+                        let b = batch(appender * 10 + i, 8, 128 << 10, 0);
+                        log.append(b).await.expect("append");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+        let stats = log.stats();
+        assert!(stats.flush_tasks <= stats.writes, "{stats:?}");
+    });
+}
