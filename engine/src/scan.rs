@@ -278,15 +278,14 @@ mod arbitrary_bytes {
 
     fn valid_prefix(batches: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut next = 0i64;
         for i in 0..batches {
+            // One record per batch, so batch i has base offset i.
             let raw = BatchBuilder::new(i as i64)
                 .record(i as i64, Some(b"k"), Some(&vec![i as u8; i * 3]))
                 .build();
-            let stamped = StampedHeader::stamp(&raw, next, None);
+            let stamped = StampedHeader::stamp(&raw, i as i64, None);
             out.extend_from_slice(&stamped.bytes);
             out.extend_from_slice(&raw[HEADER_BYTES..]);
-            next += 1;
         }
         out
     }

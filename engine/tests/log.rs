@@ -5,7 +5,7 @@ mod common;
 
 use std::rc::Rc;
 
-use common::{batch, run, split_batches, stored_form, test_dir};
+use common::{append_batches, batch, run, split_batches, stored_form, test_dir};
 use ringlog_engine::batch::TimestampType;
 use ringlog_engine::{
     AppendError, LogConfig, ManualClock, OpenOptions, PartitionLog, ReadError, WriteFault,
@@ -105,12 +105,7 @@ fn reopen_without_close_recovers_everything_acknowledged() {
         let (log, _) = PartitionLog::open(&path, small_segments())
             .await
             .expect("open");
-        let mut expected = Vec::new();
-        for seed in 0..120u64 {
-            let b = batch(seed, 3, 100, seed as i64);
-            let info = log.append(b.clone()).await.expect("append");
-            expected.push(stored_form(&b, info.base_offset));
-        }
+        let expected = append_batches(&log, 120, 3, 100).await;
         let end = log.log_end_offset();
         drop(log);
         let (log, report) = PartitionLog::open(&path, small_segments())
@@ -171,12 +166,7 @@ fn truncation_cuts_whole_batches_and_appends_continue() {
         let (log, _) = PartitionLog::open(&path, small_segments())
             .await
             .expect("open");
-        let mut expected = Vec::new();
-        for seed in 0..100u64 {
-            let b = batch(seed, 2, 200, seed as i64);
-            let info = log.append(b.clone()).await.expect("append");
-            expected.push(stored_form(&b, info.base_offset));
-        }
+        let mut expected = append_batches(&log, 100, 2, 200).await;
         // Offset 101 is inside the batch [100, 101]: that batch goes too.
         let end = log.truncate_to(101).await.expect("truncate");
         assert_eq!(end, 100);

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use ringlog_engine::batch::{BatchBuilder, BatchHeader, HEADER_BYTES};
+use ringlog_engine::PartitionLog;
 
 /// Runs `make()`'s future on a fresh glommio executor thread and returns its output.
 pub fn run<T, F, G>(make: G) -> T
@@ -65,4 +66,21 @@ pub fn stored_form(batch: &[u8], base_offset: i64) -> Vec<u8> {
     out[..8].copy_from_slice(&base_offset.to_be_bytes());
     assert!(out.len() >= HEADER_BYTES);
     out
+}
+
+/// Appends `count` batches (seeds 0.., `records` records of `value_bytes` each, timestamp =
+/// seed) and returns them as stored, in order.
+pub async fn append_batches(
+    log: &PartitionLog,
+    count: u64,
+    records: usize,
+    value_bytes: usize,
+) -> Vec<Vec<u8>> {
+    let mut stored = Vec::new();
+    for seed in 0..count {
+        let b = batch(seed, records, value_bytes, seed as i64);
+        let info = log.append(b.clone()).await.expect("append");
+        stored.push(stored_form(&b, info.base_offset));
+    }
+    stored
 }
