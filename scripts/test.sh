@@ -19,7 +19,7 @@ fi
 
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --all-targets
 # Criterion benches must keep compiling (they are run by hand, not here).
 cargo bench --workspace --no-run
