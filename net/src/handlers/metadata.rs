@@ -1,0 +1,130 @@
+//! Metadata (key 3): which brokers form the cluster and where each topic's partitions lead.
+//!
+//! Today the cluster is this one broker and there are no topics yet, so every named topic is
+//! unknown and an empty or null topic list ("all topics") lists none. The response is built for
+//! the negotiated version: kafka-protocol refuses to encode a non-default value in a field the
+//! version does not have (cluster id before v2, controller id before v1, topic ids before v10).
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponseTopic};
+use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::{decode_body, decode_header, encode_response, BrokerIdentity, RequestError};
+use crate::RequestPrefix;
+
+/// Versions of Metadata this broker answers. v13 (top-level error code) is left for when a
+/// client needs it; the clients we test ask for 4 (kcat) and 12.
+pub const VERSIONS: (i16, i16) = (0, 12);
+/// First version with flexible (compact) encodings.
+const FIRST_FLEXIBLE_VERSION: i16 = 9;
+
+/// Answers a Metadata request about this single-broker cluster.
+pub fn handle(
+    prefix: RequestPrefix,
+    mut payload: Bytes,
+    broker: &BrokerIdentity,
+) -> Result<Bytes, RequestError> {
+    let version = prefix.api_version;
+    if !(VERSIONS.0..=VERSIONS.1).contains(&version) {
+        return Err(RequestError::Unsupported {
+            api: ApiKey::Metadata,
+            api_version: version,
+        });
+    }
+    let header = decode_header::<MetadataRequest>(ApiKey::Metadata, version, &mut payload)?;
+    check_topic_count(version, &payload)?;
+    let request = decode_body::<MetadataRequest>(ApiKey::Metadata, version, &mut payload)?;
+    let response = build_response(version, &request, broker);
+    encode_response(ApiKey::Metadata, version, header.correlation_id, &response)
+}
+
+/// kafka-protocol preallocates an array from its claimed length, so a 30-byte request claiming
+/// two billion topics would make it ask for ~100 GiB and abort the process. Every topic entry
+/// takes at least one byte, so a count above the bytes left is refused before decoding.
+fn check_topic_count(version: i16, body: &Bytes) -> Result<(), RequestError> {
+    let claimed = if version >= FIRST_FLEXIBLE_VERSION {
+        read_unsigned_varint(body).map(|n| u64::from(n.saturating_sub(1)))
+    } else {
+        let mut reader = body.clone();
+        (reader.remaining() >= 4).then(|| u64::try_from(reader.get_i32()).unwrap_or(0))
+    };
+    // A missing count is left to the decoder, which reports it as truncated.
+    match claimed {
+        Some(count) if count > body.len() as u64 => Err(RequestError::Decode {
+            api: ApiKey::Metadata,
+            api_version: version,
+            reason: format!("{count} topics claimed in {} bytes", body.len()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a Kafka unsigned varint (at most 5 bytes) from the start of `bytes`.
+fn read_unsigned_varint(bytes: &[u8]) -> Option<u32> {
+    let mut value: u32 = 0;
+    for (index, byte) in bytes.iter().take(5).enumerate() {
+        value |= u32::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn build_response(
+    version: i16,
+    request: &MetadataRequest,
+    broker: &BrokerIdentity,
+) -> MetadataResponse {
+    let this_broker = MetadataResponseBroker::default()
+        .with_node_id(BrokerId(broker.node_id))
+        .with_host(StrBytes::from_string(broker.advertised_host.clone()))
+        .with_port(i32::from(broker.advertised_port));
+    let mut response = MetadataResponse::default()
+        .with_brokers(vec![this_broker])
+        .with_topics(unknown_topics(version, request));
+    if version >= 1 {
+        // The only broker is its own controller.
+        response = response.with_controller_id(BrokerId(broker.node_id));
+    }
+    if version >= 2 {
+        response = response.with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())));
+    }
+    response
+}
+
+/// No topic exists yet: each one asked for is reported unknown, by name or, for a request by
+/// id only (v10+), as an unknown topic id.
+fn unknown_topics(version: i16, request: &MetadataRequest) -> Vec<MetadataResponseTopic> {
+    let Some(topics) = &request.topics else {
+        return Vec::new();
+    };
+    topics
+        .iter()
+        .map(|topic| unknown_topic(version, topic))
+        .collect()
+}
+
+fn unknown_topic(version: i16, topic: &MetadataRequestTopic) -> MetadataResponseTopic {
+    let error = if topic.name.is_some() {
+        ResponseError::UnknownTopicOrPartition
+    } else {
+        ResponseError::UnknownTopicId
+    };
+    // The response name is nullable only from v12; before that an id-only request gets "".
+    let name = match (&topic.name, version >= 12) {
+        (Some(name), _) => Some(name.clone()),
+        (None, true) => None,
+        (None, false) => Some(TopicName(StrBytes::from_static_str(""))),
+    };
+    let mut response = MetadataResponseTopic::default()
+        .with_error_code(error.code())
+        .with_name(name);
+    if version >= 10 {
+        response = response.with_topic_id(topic.topic_id);
+    }
+    response
+}
