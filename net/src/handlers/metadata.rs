@@ -128,3 +128,69 @@ fn unknown_topic(version: i16, topic: &MetadataRequestTopic) -> MetadataResponse
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use kafka_protocol::messages::RequestHeader;
+    use kafka_protocol::protocol::{Encodable, HeaderVersion};
+
+    use super::*;
+    use crate::handlers::handle_request;
+
+    fn broker() -> BrokerIdentity {
+        BrokerIdentity {
+            node_id: 3,
+            advertised_host: "broker.example".to_owned(),
+            advertised_port: 9093,
+            cluster_id: "cluster".to_owned(),
+        }
+    }
+
+    fn payload(version: i16, request: &MetadataRequest) -> Bytes {
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Metadata as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(42);
+        let mut buffer = BytesMut::new();
+        header
+            .encode(&mut buffer, MetadataRequest::header_version(version))
+            .expect("header");
+        request.encode(&mut buffer, version).expect("body");
+        buffer.freeze()
+    }
+
+    /// Every version answers every shape of request: a field the version lacks would make
+    /// the response fail to encode.
+    #[test]
+    fn every_version_answers_all_named_and_id_only_requests() {
+        let named = MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("orders"))));
+        // The topic id is left nil: only the missing name matters to the answer.
+        let by_id = MetadataRequestTopic::default().with_name(None);
+        for version in VERSIONS.0..=VERSIONS.1 {
+            let mut requests =
+                vec![MetadataRequest::default().with_topics(Some(vec![named.clone()]))];
+            requests.push(MetadataRequest::default().with_topics(Some(Vec::new())));
+            if version >= 1 {
+                requests.push(MetadataRequest::default().with_topics(None));
+            }
+            if version >= 10 {
+                requests.push(MetadataRequest::default().with_topics(Some(vec![by_id.clone()])));
+            }
+            for request in &requests {
+                let response = handle_request(payload(version, request), &broker());
+                assert!(response.is_ok(), "v{version} {request:?}: {response:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn claimed_topic_counts_beyond_the_body_are_refused() {
+        assert!(check_topic_count(1, &Bytes::from_static(&[0x7f, 0xff, 0xff, 0xff])).is_err());
+        assert!(check_topic_count(1, &Bytes::from_static(&[0, 0, 0, 0])).is_ok());
+        assert!(check_topic_count(9, &Bytes::from_static(&[0xff, 0xff, 0xff, 0x7f])).is_err());
+        assert_eq!(read_unsigned_varint(&[0x96, 0x01]), Some(150));
+        assert_eq!(read_unsigned_varint(&[0x80]), None);
+    }
+}
