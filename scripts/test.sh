@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The tests need only the Rust toolchain (cargo, rustfmt, clippy) and an O_DIRECT-capable
-# filesystem under target/ (ext4 or xfs; tmpfs does not do O_DIRECT).
+# The tests need the Rust toolchain (cargo, rustfmt, clippy), kcat (installed below) and an
+# O_DIRECT-capable filesystem under target/ (ext4 or xfs; tmpfs does not do O_DIRECT).
 for tool in cargo rustfmt cargo-clippy; do
     command -v "$tool" >/dev/null || { echo "missing $tool: install the Rust toolchain with rustfmt and clippy" >&2; exit 1; }
 done
@@ -15,6 +15,16 @@ done
 if [ "$(id -u)" != 0 ] && [ "$(ulimit -l)" != unlimited ] && [ "$(ulimit -l)" -lt 65536 ]; then
     echo "RLIMIT_MEMLOCK is $(ulimit -l) KiB; raise it (ulimit -l 65536) or run as root" >&2
     exit 1
+fi
+
+# The end-to-end tests drive the broker with kcat (Debian's, librdkafka 2.0.2).
+if ! command -v kcat >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq kcat
+    else
+        echo "missing kcat: install it (sudo apt-get install kcat) and run again" >&2
+        exit 1
+    fi
 fi
 
 export CARGO_TERM_COLOR=never

@@ -1,11 +1,14 @@
 //! The `ringlog` command line. Each subcommand lives in its own module; this file only parses
-//! arguments and dispatches.
+//! arguments, sets up logging and dispatches.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod config;
 mod dump_log;
+mod memlock;
+mod serve;
 
 #[derive(Debug, Parser)]
 #[command(name = "ringlog", version, about)]
@@ -16,13 +19,30 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the broker: accept Kafka clients, one executor per core.
+    Serve(config::ServeArgs),
     /// Print the batches of `.log` segments and the entries of `.index` / `.timeindex` files,
     /// checking them as Kafka's kafka-dump-log does.
     DumpLog(dump_log::Args),
 }
 
+/// Human-readable logs on stderr, filtered by RUST_LOG (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Serve(args) => {
+            init_logging();
+            serve::run(&args)
+        }
         Command::DumpLog(args) => dump_log::run(&args),
     }
 }

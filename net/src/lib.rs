@@ -4,8 +4,11 @@
 //! This crate splits a connection's byte stream into frames, refusing a frame over
 //! `socket.request.max.bytes` from its size prefix alone, before a byte of it is buffered, and
 //! reads the fixed part of the request header so the broker can route, answer with an error, or
-//! close the connection. The codecs of the API bodies come from the `kafka-protocol` crate
-//! (with the broker issue); only the record hot path is hand-written, in the engine.
+//! close the connection. The codecs of the API bodies come from the `kafka-protocol` crate;
+//! `handlers` has one module per implemented API and `connection` serves one client socket.
+
+pub mod connection;
+pub mod handlers;
 
 use thiserror::Error;
 

@@ -1,0 +1,411 @@
+//! Settings of `ringlog serve`, from four layers: command-line flags win over `RINGLOG_*`
+//! environment variables, which win over the TOML file given by `--config`, which wins over the
+//! built-in defaults.
+//!
+//! Every layer is a `Layer` of optional values, so precedence is one `or` chain per setting
+//! (`resolve`) and can be unit tested without touching the process environment: the
+//! environment is read through a lookup function that tests replace.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use clap::Args;
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Default `--listen` and, through it, `--advertised-listener`: loopback, Kafka's port.
+fn default_listen() -> HostPort {
+    HostPort {
+        host: "127.0.0.1".to_owned(),
+        port: 9092,
+    }
+}
+/// Default `--data-dir`.
+pub const DEFAULT_DATA_DIR: &str = "./ringlog-data";
+/// Default `--node-id`.
+pub const DEFAULT_NODE_ID: i32 = 0;
+
+const AFTER_HELP: &str = "Each setting can also come from the environment variable shown \
+or from the TOML file given by --config (keys: listen, advertised_listener, data_dir, cores, \
+node_id, socket_request_max_bytes). Flags win over the environment, which wins over the \
+file, which wins over the defaults. Logging is filtered by RUST_LOG (default: info).";
+
+/// `ringlog serve` flags. Every value is optional here so that a missing flag falls through to
+/// the environment, the file and the default.
+#[derive(Debug, Clone, Default, Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct ServeArgs {
+    /// TOML file with settings (overridden by environment variables and flags)
+    /// [env: RINGLOG_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to accept Kafka clients on [env: RINGLOG_LISTEN] [default: 127.0.0.1:9092]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<HostPort>,
+    /// Address clients are told to connect to (Metadata) [env: RINGLOG_ADVERTISED_LISTENER]
+    /// [default: the listen address]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertised_listener: Option<HostPort>,
+    /// Directory for partition data [env: RINGLOG_DATA_DIR] [default: ./ringlog-data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Executors to run, one pinned to each of the first N cores [env: RINGLOG_CORES]
+    /// [default: all available cores]
+    #[arg(long, value_name = "N")]
+    pub cores: Option<usize>,
+    /// This broker's id in Metadata responses [env: RINGLOG_NODE_ID] [default: 0]
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<i32>,
+    /// Largest request frame accepted, Kafka's socket.request.max.bytes
+    /// [env: RINGLOG_SOCKET_REQUEST_MAX_BYTES] [default: 104857600]
+    #[arg(long, value_name = "BYTES")]
+    pub socket_request_max_bytes: Option<usize>,
+}
+
+/// A `host:port` pair as written by the user; the host may be a name or an IP (IPv6 in
+/// brackets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("{port:?} in {text:?} is not a port number"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{text:?} has no host"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(formatter, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(formatter, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why the settings cannot be assembled.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    ParseFile {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {name}={value:?} is not valid: {reason}")]
+    Env {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{setting} must be {expected}, got {value}")]
+    OutOfRange {
+        setting: &'static str,
+        expected: String,
+        value: String,
+    },
+    #[error("listen address {address} does not resolve: {reason}")]
+    Resolve { address: HostPort, reason: String },
+}
+
+/// One layer of optional settings: the file's, the environment's or the flags'.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    pub listen: Option<HostPort>,
+    pub advertised_listener: Option<HostPort>,
+    pub data_dir: Option<PathBuf>,
+    pub cores: Option<usize>,
+    pub node_id: Option<i32>,
+    pub socket_request_max_bytes: Option<usize>,
+}
+
+impl Layer {
+    fn from_args(args: &ServeArgs) -> Self {
+        Self {
+            listen: args.listen.clone(),
+            advertised_listener: args.advertised_listener.clone(),
+            data_dir: args.data_dir.clone(),
+            cores: args.cores,
+            node_id: args.node_id,
+            socket_request_max_bytes: args.socket_request_max_bytes,
+        }
+    }
+
+    /// Reads the `RINGLOG_*` variables through `lookup` (`std::env::var` outside tests).
+    pub fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            listen: env_value(lookup, "RINGLOG_LISTEN")?,
+            advertised_listener: env_value(lookup, "RINGLOG_ADVERTISED_LISTENER")?,
+            data_dir: lookup("RINGLOG_DATA_DIR").map(PathBuf::from),
+            cores: env_value(lookup, "RINGLOG_CORES")?,
+            node_id: env_value(lookup, "RINGLOG_NODE_ID")?,
+            socket_request_max_bytes: env_value(lookup, "RINGLOG_SOCKET_REQUEST_MAX_BYTES")?,
+        })
+    }
+
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+}
+
+fn env_value<T: FromStr>(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<T>, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    let Some(value) = lookup(name) else {
+        return Ok(None);
+    };
+    value
+        .parse()
+        .map(Some)
+        .map_err(|error: T::Err| ConfigError::Env {
+            name: name.to_owned(),
+            reason: error.to_string(),
+            value,
+        })
+}
+
+/// The settings `serve` runs with, every one decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    pub listen: HostPort,
+    pub advertised_listener: HostPort,
+    pub data_dir: PathBuf,
+    pub cores: usize,
+    pub node_id: i32,
+    pub socket_request_max_bytes: usize,
+}
+
+impl ServeConfig {
+    /// Assembles the settings from the flags, the process environment and the config file
+    /// (named by `--config` or `RINGLOG_CONFIG`).
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let lookup = |name: &str| std::env::var(name).ok();
+        let env = Layer::from_env(&lookup)?;
+        let file_path = args
+            .config
+            .clone()
+            .or_else(|| lookup("RINGLOG_CONFIG").map(PathBuf::from));
+        let file = match file_path {
+            Some(path) => read_file_layer(&path)?,
+            None => Layer::default(),
+        };
+        resolve(&Layer::from_args(args), &env, &file, available_cores())
+    }
+
+    /// The listen address as a socket address, for binding.
+    pub fn listen_address(&self) -> Result<SocketAddr, ConfigError> {
+        let resolve_error = |reason: String| ConfigError::Resolve {
+            address: self.listen.clone(),
+            reason,
+        };
+        (self.listen.host.as_str(), self.listen.port)
+            .to_socket_addrs()
+            .map_err(|error| resolve_error(error.to_string()))?
+            .next()
+            .ok_or_else(|| resolve_error("no address".to_owned()))
+    }
+}
+
+fn read_file_layer(path: &Path) -> Result<Layer, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    Layer::from_toml(path, &text)
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Picks each setting from the first layer that has it, then the default, and checks ranges.
+pub fn resolve(
+    flags: &Layer,
+    env: &Layer,
+    file: &Layer,
+    cores_available: usize,
+) -> Result<ServeConfig, ConfigError> {
+    let layers = [flags, env, file];
+    let listen = first(&layers, |layer| layer.listen.clone()).unwrap_or_else(default_listen);
+    let config = ServeConfig {
+        advertised_listener: first(&layers, |layer| layer.advertised_listener.clone())
+            .unwrap_or_else(|| listen.clone()),
+        data_dir: first(&layers, |layer| layer.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        cores: first(&layers, |layer| layer.cores).unwrap_or(cores_available),
+        node_id: first(&layers, |layer| layer.node_id).unwrap_or(DEFAULT_NODE_ID),
+        socket_request_max_bytes: first(&layers, |layer| layer.socket_request_max_bytes)
+            .unwrap_or(ringlog_net::DEFAULT_MAX_REQUEST_BYTES),
+        listen,
+    };
+    check_ranges(&config, cores_available)?;
+    Ok(config)
+}
+
+/// The value of the first layer (highest precedence first) that sets it.
+fn first<T>(layers: &[&Layer], get: impl Fn(&Layer) -> Option<T>) -> Option<T> {
+    layers.iter().find_map(|layer| get(layer))
+}
+
+fn check_ranges(config: &ServeConfig, cores_available: usize) -> Result<(), ConfigError> {
+    if config.cores == 0 || config.cores > cores_available {
+        return Err(ConfigError::OutOfRange {
+            setting: "cores",
+            expected: format!("between 1 and {cores_available} (the cores available)"),
+            value: config.cores.to_string(),
+        });
+    }
+    if config.node_id < 0 {
+        return Err(ConfigError::OutOfRange {
+            setting: "node_id",
+            expected: "0 or more".to_owned(),
+            value: config.node_id.to_string(),
+        });
+    }
+    // The size prefix is an i32; 8 bytes is the smallest request header.
+    if !(8..=i32::MAX as usize).contains(&config.socket_request_max_bytes) {
+        return Err(ConfigError::OutOfRange {
+            setting: "socket_request_max_bytes",
+            expected: format!("between 8 and {}", i32::MAX),
+            value: config.socket_request_max_bytes.to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_port(text: &str) -> HostPort {
+        text.parse().expect("valid HOST:PORT")
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> Layer {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = move |name: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        };
+        Layer::from_env(&lookup).expect("valid environment")
+    }
+
+    #[test]
+    fn defaults_apply_when_no_layer_sets_a_value() {
+        let config = resolve(&Layer::default(), &Layer::default(), &Layer::default(), 4)
+            .expect("defaults are valid");
+        assert_eq!(config.listen, host_port("127.0.0.1:9092"));
+        assert_eq!(config.advertised_listener, config.listen);
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(config.cores, 4);
+        assert_eq!(config.node_id, DEFAULT_NODE_ID);
+        assert_eq!(config.socket_request_max_bytes, 104_857_600);
+    }
+
+    #[test]
+    fn flags_win_over_env_which_wins_over_file() {
+        let file = Layer::from_toml(
+            Path::new("test.toml"),
+            "listen = \"10.0.0.1:1\"\ndata_dir = \"/file\"\ncores = 1\nnode_id = 7\n",
+        )
+        .expect("valid TOML");
+        let env = env_of(&[
+            ("RINGLOG_LISTEN", "10.0.0.2:2"),
+            ("RINGLOG_DATA_DIR", "/env"),
+        ]);
+        let flags = Layer {
+            listen: Some(host_port("10.0.0.3:3")),
+            ..Layer::default()
+        };
+        let config = resolve(&flags, &env, &file, 2).expect("valid");
+        assert_eq!(config.listen, host_port("10.0.0.3:3"), "flag wins");
+        assert_eq!(config.data_dir, PathBuf::from("/env"), "env wins over file");
+        assert_eq!(config.cores, 1, "file wins over default");
+        assert_eq!(config.node_id, 7);
+        assert_eq!(
+            config.advertised_listener,
+            host_port("10.0.0.3:3"),
+            "advertised defaults to the resolved listen address"
+        );
+    }
+
+    #[test]
+    fn advertised_listener_set_in_a_lower_layer_still_applies() {
+        let env = env_of(&[("RINGLOG_ADVERTISED_LISTENER", "broker.example:9093")]);
+        let flags = Layer {
+            listen: Some(host_port("0.0.0.0:9092")),
+            ..Layer::default()
+        };
+        let config = resolve(&flags, &env, &Layer::default(), 1).expect("valid");
+        assert_eq!(config.advertised_listener, host_port("broker.example:9093"));
+    }
+
+    #[test]
+    fn invalid_values_are_reported_with_their_source() {
+        let lookup = |name: &str| (name == "RINGLOG_CORES").then(|| "many".to_owned());
+        let error = Layer::from_env(&lookup).expect_err("not a number");
+        assert!(error.to_string().contains("RINGLOG_CORES"), "{error}");
+        let error = Layer::from_toml(Path::new("x.toml"), "litsen = \"a:1\"").expect_err("typo");
+        assert!(error.to_string().contains("x.toml"), "{error}");
+        let flags = Layer {
+            cores: Some(3),
+            ..Layer::default()
+        };
+        let error = resolve(&flags, &Layer::default(), &Layer::default(), 2).expect_err("cores");
+        assert!(error.to_string().contains("cores"), "{error}");
+    }
+
+    #[test]
+    fn host_port_parses_names_ips_and_bracketed_ipv6() {
+        assert_eq!(host_port("localhost:9092").host, "localhost");
+        assert_eq!(host_port("[::1]:9092").host, "::1");
+        assert_eq!(host_port("[::1]:9092").to_string(), "[::1]:9092");
+        assert!("nohost".parse::<HostPort>().is_err());
+        assert!(":9092".parse::<HostPort>().is_err());
+        assert!("h:99999".parse::<HostPort>().is_err());
+    }
+}

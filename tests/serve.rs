@@ -1,0 +1,344 @@
+//! End-to-end tests of `ringlog serve`: each starts the real binary on a free loopback port
+//! with one core and talks to it over TCP, with raw Kafka requests (kafka-protocol) and with
+//! kcat (librdkafka 2.0.2 on Debian, which reads ApiVersions v3 replies strictly).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::ResponseError;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running broker, killed when dropped (also when a test panics).
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Broker {
+    fn start(name: &str, extra_env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{name}"));
+        std::fs::create_dir_all(&data_dir).expect("create data dir");
+        let log = std::fs::File::create(data_dir.join("broker.log")).expect("create log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringlog"));
+        command
+            .args(["serve", "--cores", "1", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let broker = Self {
+            child: command.spawn().expect("start ringlog serve"),
+            port,
+        };
+        broker.wait_until_accepting();
+        broker
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn wait_until_accepting(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(self.address()).is_err() {
+            assert!(Instant::now() < deadline, "broker did not start accepting");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.address()).expect("connect");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        stream
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// A port that was free a moment ago (bound with port 0, then released).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn send_request<R: Encodable + HeaderVersion>(
+    stream: &mut TcpStream,
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("serve-test")));
+    let mut payload = BytesMut::new();
+    header
+        .encode(&mut payload, R::header_version(version))
+        .expect("encode header");
+    body.encode(&mut payload, version).expect("encode body");
+    let mut frame = BytesMut::new();
+    frame.put_i32(i32::try_from(payload.len()).expect("small"));
+    frame.put(payload);
+    stream.write_all(&frame).expect("send request");
+}
+
+fn read_response<R: Decodable + HeaderVersion>(
+    stream: &mut TcpStream,
+    version: i16,
+    correlation_id: i32,
+) -> R {
+    let mut size = [0_u8; 4];
+    stream.read_exact(&mut size).expect("response size");
+    let mut payload = vec![0_u8; usize::try_from(i32::from_be_bytes(size)).expect("size")];
+    stream.read_exact(&mut payload).expect("response payload");
+    let mut payload = Bytes::from(payload);
+    let header = ResponseHeader::decode(&mut payload, R::header_version(version)).expect("header");
+    assert_eq!(header.correlation_id, correlation_id);
+    let body = R::decode(&mut payload, version).expect("decode response");
+    assert_eq!(payload.remaining(), 0, "response has trailing bytes");
+    body
+}
+
+fn api_versions(stream: &mut TcpStream, version: i16, correlation_id: i32) -> ApiVersionsResponse {
+    let request = ApiVersionsRequest::default()
+        .with_client_software_name(StrBytes::from_static_str("serve-test"))
+        .with_client_software_version(StrBytes::from_static_str("1"));
+    send_request(
+        stream,
+        ApiKey::ApiVersions,
+        version,
+        correlation_id,
+        &request,
+    );
+    read_response(stream, version, correlation_id)
+}
+
+fn metadata(
+    stream: &mut TcpStream,
+    version: i16,
+    correlation_id: i32,
+    request: &MetadataRequest,
+) -> MetadataResponse {
+    send_request(stream, ApiKey::Metadata, version, correlation_id, request);
+    read_response(stream, version, correlation_id)
+}
+
+fn assert_api_ranges(response: &ApiVersionsResponse) {
+    assert_eq!(response.error_code, 0);
+    let ranges: Vec<(i16, i16, i16)> = response
+        .api_keys
+        .iter()
+        .map(|api| (api.api_key, api.min_version, api.max_version))
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![
+            (ApiKey::ApiVersions as i16, 0, 4),
+            (ApiKey::Metadata as i16, 0, 12)
+        ]
+    );
+}
+
+/// Asserts the server closed the connection: a read sees end of stream or a reset.
+fn assert_closed(stream: &mut TcpStream) {
+    let mut buffer = [0_u8; 64];
+    match stream.read(&mut buffer) {
+        Ok(0) => {}
+        Ok(count) => panic!("expected a closed connection, got {count} bytes"),
+        Err(error) => assert!(
+            matches!(
+                error.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+            ),
+            "expected a closed connection, got {error}"
+        ),
+    }
+}
+
+#[test]
+fn raw_client_gets_api_versions_and_metadata_for_the_advertised_listener() {
+    let broker = Broker::start(
+        "raw",
+        &[(
+            "RINGLOG_ADVERTISED_LISTENER",
+            "broker.example:19093".to_owned(),
+        )],
+    );
+    let mut stream = broker.connect();
+    for (version, correlation_id) in [(3, 1), (4, 2), (0, 3)] {
+        assert_api_ranges(&api_versions(&mut stream, version, correlation_id));
+    }
+
+    let all_topics = MetadataRequest::default().with_topics(None);
+    for (version, correlation_id) in [(1, 10), (9, 11), (12, 12)] {
+        let response = metadata(&mut stream, version, correlation_id, &all_topics);
+        assert_eq!(response.brokers.len(), 1);
+        let broker_entry = &response.brokers[0];
+        assert_eq!(broker_entry.node_id.0, 0);
+        assert_eq!(broker_entry.host.as_str(), "broker.example");
+        assert_eq!(broker_entry.port, 19093);
+        assert_eq!(response.controller_id.0, 0);
+        assert!(response.topics.is_empty(), "no topics exist yet");
+        if version >= 2 {
+            assert!(response.cluster_id.is_some());
+        }
+    }
+
+    let named = MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_static_str("orders"))))]));
+    let response = metadata(&mut stream, 12, 13, &named);
+    assert_eq!(response.topics.len(), 1);
+    let topic = &response.topics[0];
+    assert_eq!(
+        topic.name.as_ref().map(|name| name.0.as_str()),
+        Some("orders")
+    );
+    assert_eq!(
+        topic.error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+}
+
+#[test]
+fn unsupported_api_versions_version_gets_an_error_in_v0_format() {
+    let broker = Broker::start("unsupported-api-versions", &[]);
+    let mut stream = broker.connect();
+    // kafka-protocol cannot encode a version it does not know; this is what a future client
+    // sends: key 18, version 9, correlation id 5, null client id, no tagged fields.
+    let request = frame(&[0, 18, 0, 9, 0, 0, 0, 5, 0xff, 0xff, 0, 0]);
+    stream.write_all(&request).expect("send");
+    let response: ApiVersionsResponse = read_response(&mut stream, 0, 5);
+    assert_eq!(
+        response.error_code,
+        ResponseError::UnsupportedVersion.code()
+    );
+    // The client retries with a listed version on the same connection.
+    assert_api_ranges(&api_versions(&mut stream, 3, 6));
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = i32::try_from(payload.len())
+        .expect("small")
+        .to_be_bytes()
+        .to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+fn bad_input_closes_only_its_own_connection() {
+    let broker = Broker::start("bad-input", &[]);
+    let mut healthy = broker.connect();
+    assert_api_ranges(&api_versions(&mut healthy, 3, 1));
+
+    let unknown_key = frame(&[0x03, 0xe7, 0, 0, 0, 0, 0, 1, 0xff, 0xff]);
+    let produce = frame(&[0, 0, 0, 9, 0, 0, 0, 1, 0xff, 0xff, 0]);
+    // A Metadata v1 request claiming two billion topics in four bytes.
+    let huge_array = frame(&[0, 3, 0, 1, 0, 0, 0, 1, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff]);
+    let garbage = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    let oversized = vec![0x7f, 0xff, 0xff, 0xff, 1, 2, 3];
+    let malformed_body = frame(&[0, 18, 0, 3, 0, 0, 0, 1, 0, 0, 0x7f]);
+    let cases: [(&str, Vec<u8>, bool); 7] = [
+        ("garbage", garbage, false),
+        ("size 0x7fffffff", oversized, false),
+        ("unknown API key", unknown_key, false),
+        ("unimplemented Produce", produce, false),
+        ("claimed huge array", huge_array, false),
+        ("malformed ApiVersions body", malformed_body, false),
+        ("truncated frame", vec![0, 0, 0, 100, 0, 18, 0, 3], true),
+    ];
+    for (name, bytes, then_half_close) in cases {
+        let mut stream = broker.connect();
+        stream.write_all(&bytes).expect(name);
+        if then_half_close {
+            stream.shutdown(Shutdown::Write).expect("half close");
+        }
+        assert_closed(&mut stream);
+        // Neither the old connection nor a new one is disturbed.
+        assert_api_ranges(&api_versions(&mut healthy, 4, 2));
+        assert_api_ranges(&api_versions(&mut broker.connect(), 3, 3));
+    }
+}
+
+#[test]
+fn kcat_lists_the_broker() {
+    let broker = Broker::start("kcat", &[]);
+    let output = Command::new("timeout")
+        .args([
+            "30",
+            "kcat",
+            "-b",
+            &broker.address(),
+            "-L",
+            "-J",
+            "-m",
+            "10",
+        ])
+        .output()
+        .expect("run kcat (scripts/test.sh installs it: apt-get install kcat)");
+    assert!(
+        output.status.success(),
+        "kcat failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listing: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("kcat prints JSON");
+    let brokers = listing["brokers"].as_array().expect("brokers array");
+    assert_eq!(brokers.len(), 1, "{listing}");
+    assert_eq!(brokers[0]["id"], 0);
+    assert_eq!(brokers[0]["name"], broker.address());
+    assert_eq!(listing["topics"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn sigterm_exits_zero_within_seconds_with_a_client_connected() {
+    let mut broker = Broker::start("sigterm", &[]);
+    let mut idle = broker.connect();
+    assert_api_ranges(&api_versions(&mut idle, 3, 1));
+    let pid = i32::try_from(broker.child.id()).expect("pid fits");
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = broker
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits within 5 s of SIGTERM");
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert_closed(&mut idle);
+}
