@@ -107,12 +107,16 @@ fn connection_settings(config: &ServeConfig) -> ConnectionSettings {
 /// others, and the process exits 1.
 fn run_shards(config: &ServeConfig, address: SocketAddr, stop: &Arc<AtomicBool>) -> ExitCode {
     let settings = connection_settings(config);
+    let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(config.cores);
     let mut failed = false;
     for shard in 0..config.cores {
         let settings = settings.clone();
         let shard_stop = Arc::clone(stop);
-        let spawned = LocalExecutorBuilder::new(Placement::Fixed(shard))
+        // Shard i runs on the i-th CPU this process may use (taskset, cgroup cpusets), not
+        // on CPU i, which may be outside the allowed set.
+        let cpu = cpus.get(shard).copied().unwrap_or(shard);
+        let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringlog-shard-{shard}"))
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || run_shard(shard, address, settings, shard_stop));
@@ -261,4 +265,18 @@ async fn drain(shard: usize, live_connections: &Cell<usize>) {
         }
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The CPUs this process may run on, in order (from its affinity mask); empty if unknown.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this process (pid 0).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, the set's capacity.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
 }
