@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod config;
 mod dump_log;
 mod memlock;
+mod meta_properties;
 mod serve;
 
 #[derive(Debug, Parser)]

@@ -24,12 +24,12 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{ServeArgs, ServeConfig};
 use crate::memlock;
+use crate::meta_properties::MetaProperties;
 
 /// io_uring registered-buffer memory per executor (glommio's default, set explicitly so the
 /// locked-memory check below knows it).
 pub const IO_MEMORY_BYTES: usize = 10 << 20;
 /// Cluster id reported in Metadata. A persisted, generated id comes with cluster metadata.
-const CLUSTER_ID: &str = "ringlog-single-node";
 /// How often an executor looks at the process-wide stop flag.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How long stopping waits for connections to finish a request before dropping them.
@@ -68,6 +68,8 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
             config.data_dir.display()
         )
     })?;
+    let meta = MetaProperties::load_or_create(&config.data_dir, config.node_id)
+        .map_err(|error| error.to_string())?;
     let stop =
         register_stop_signals().map_err(|error| format!("cannot handle signals: {error}"))?;
     info!(
@@ -75,9 +77,10 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
         advertised = %config.advertised_listener,
         data_dir = %config.data_dir.display(),
         cores = config.cores,
+        cluster_id = %meta.cluster_id,
         "starting ringlog"
     );
-    Ok(run_shards(&config, address, &stop))
+    Ok(run_shards(&config, &meta, address, &stop))
 }
 
 /// SIGINT and SIGTERM set the returned flag; a second one while it is set exits with 1, so an
@@ -91,22 +94,27 @@ fn register_stop_signals() -> std::io::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-fn connection_settings(config: &ServeConfig) -> ConnectionSettings {
+fn connection_settings(config: &ServeConfig, meta: &MetaProperties) -> ConnectionSettings {
     ConnectionSettings {
         request_max_bytes: config.socket_request_max_bytes,
         broker: BrokerIdentity {
             node_id: config.node_id,
             advertised_host: config.advertised_listener.host.clone(),
             advertised_port: config.advertised_listener.port,
-            cluster_id: CLUSTER_ID.to_owned(),
+            cluster_id: meta.cluster_id.clone(),
         },
     }
 }
 
 /// Starts one executor per core and waits for all of them. Any executor failing stops the
 /// others, and the process exits 1.
-fn run_shards(config: &ServeConfig, address: SocketAddr, stop: &Arc<AtomicBool>) -> ExitCode {
-    let settings = connection_settings(config);
+fn run_shards(
+    config: &ServeConfig,
+    meta: &MetaProperties,
+    address: SocketAddr,
+    stop: &Arc<AtomicBool>,
+) -> ExitCode {
+    let settings = connection_settings(config, meta);
     let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(config.cores);
     let mut failed = false;

@@ -24,6 +24,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 struct Broker {
     child: Child,
     port: u16,
+    data_dir: PathBuf,
 }
 
 impl Drop for Broker {
@@ -54,6 +55,7 @@ impl Broker {
         let broker = Self {
             child: command.spawn().expect("start ringlog serve"),
             port,
+            data_dir,
         };
         broker.wait_until_accepting();
         broker
@@ -218,7 +220,15 @@ fn raw_client_gets_api_versions_and_metadata_for_the_advertised_listener() {
         assert_eq!(response.controller_id.0, 0);
         assert!(response.topics.is_empty(), "no topics exist yet");
         if version >= 2 {
-            assert!(response.cluster_id.is_some());
+            // The cluster id is the one kept in the data directory's meta.properties.
+            let properties = std::fs::read_to_string(broker.data_dir.join("meta.properties"))
+                .expect("meta.properties");
+            let stored = properties
+                .lines()
+                .find_map(|line| line.strip_prefix("cluster.id="))
+                .expect("cluster.id line");
+            let cluster_id = response.cluster_id.as_ref().expect("cluster id");
+            assert_eq!(cluster_id.as_str(), stored);
         }
     }
 
