@@ -342,6 +342,12 @@ struct State {
     writer: Writer,
     /// A task that writes the buffer's partial contents is queued.
     flush_scheduled: bool,
+    /// The `PartitionLog` was dropped without `close`: background tasks stop touching files
+    /// and state, as they would in a crash (writes already handed to the kernel still land).
+    abandoned: bool,
+    /// Rolled-over segments not yet sealed, oldest first, and whether the sealer task runs.
+    seal_queue: VecDeque<SealJob>,
+    sealer_running: bool,
     /// Truncation or close in progress: new appends wait.
     blocked: bool,
     closed: bool,
@@ -369,6 +375,8 @@ impl State {
             && w.unsubmitted() == 0
             && w.busy.is_none()
             && !w.sync_in_flight
+            && self.seal_queue.is_empty()
+            && !self.sealer_running
     }
 
     fn segment_index(&self, offset: i64) -> usize {
@@ -459,6 +467,9 @@ async fn load_tail(
 /// records and acknowledges written batches, starts syncs, copies queued batches into buffers
 /// and issues writes. Called after every event (append, write/sync completion, roll).
 fn pump(inner: &Rc<Inner>) {
+    if inner.state.borrow().abandoned {
+        return;
+    }
     {
         let config = inner.config.borrow();
         let mut guard = inner.state.borrow_mut();
@@ -556,6 +567,9 @@ fn handle_failure(inner: &Rc<Inner>, st: &mut State) {
 
 /// Cuts the active segment's file back to its visible size and reloads its tail block.
 async fn repair(inner: Rc<Inner>, segment: Rc<Segment>, size: u64) {
+    if inner.state.borrow().abandoned {
+        return;
+    }
     let config = inner.config.borrow().clone();
     let result = async {
         segment.truncate_file(size).await?;
@@ -690,7 +704,7 @@ fn schedule_partial_flush(inner: &Rc<Inner>, st: &mut State, config: &LogConfig)
             let config = inner.config.borrow();
             let mut st = inner.state.borrow_mut();
             st.flush_scheduled = false;
-            if st.writer.busy.is_none() && st.writer.failure.is_none() {
+            if st.writer.busy.is_none() && st.writer.failure.is_none() && !st.abandoned {
                 try_submit(&inner, &mut st.writer, &config, true);
             }
         }
@@ -819,52 +833,107 @@ fn start_roll_when_drained(inner: &Rc<Inner>, st: &mut State, config: &LogConfig
     spawn_deferred(roll(inner.clone(), old, new_base));
 }
 
+/// Switches appends to a new segment, then seals the old one in the background: creating the
+/// new segment is all appends wait for; the old segment's trim and fdatasync (milliseconds on
+/// a large segment) no longer stall them.
 async fn roll(inner: Rc<Inner>, old: Rc<Segment>, new_base: i64) {
+    if inner.state.borrow().abandoned {
+        return;
+    }
     let config = inner.config.borrow().clone();
     let now_ms = inner.clock.now_ms();
-    let result = async {
-        old.seal().await?;
-        Segment::create(&inner.dir, new_base, &config, now_ms)
-            .await
-            .map_err(open_error_to_io)
-    }
-    .await;
-    let checkpoint = {
+    let result = Segment::create(&inner.dir, new_base, &config, now_ms)
+        .await
+        .map_err(open_error_to_io);
+    {
         let mut guard = inner.state.borrow_mut();
         let st = &mut *guard;
         st.writer.busy = None;
         match result {
             Ok(new) => {
-                // Sealing synced the old segment: everything waiting for a sync is durable.
-                let log_start_offset = st.log_start_offset;
-                for batch in st.writer.awaiting_sync.drain(..) {
-                    complete_ok(&batch, log_start_offset);
-                }
+                let awaiting: Vec<Copied> = st.writer.awaiting_sync.drain(..).collect();
                 st.segments.push(new.clone());
                 let stats = st.writer.stats.clone();
                 st.writer = Writer::new(new, None, 0, stats);
-                Some(Checkpoint {
-                    log_start_offset,
-                    segment_base_offset: new_base,
-                    segment_position: 0,
-                    next_offset: new_base,
-                    index_entries: 0,
-                    time_index_entries: 0,
-                })
+                st.seal_queue.push_back(SealJob {
+                    segment: old,
+                    awaiting,
+                    next_base: new_base,
+                });
+                if !st.sealer_running {
+                    st.sealer_running = true;
+                    spawn_deferred(sealer(inner.clone()));
+                }
             }
             Err(error) => {
                 // The old segment stays active; the failure path fails what was queued and
-                // repairs (unseals) it.
+                // repairs it.
                 st.writer.failure = Some(error);
-                None
             }
         }
-    };
-    if let Some(checkpoint) = checkpoint {
-        if let Err(error) = checkpoint.write(&inner.dir) {
-            tracing::warn!(%error, "writing the recovery checkpoint after a roll failed");
+    }
+    pump(&inner);
+}
+
+/// A rolled-over segment waiting to be sealed, with the group-commit appends its fdatasync
+/// makes durable.
+struct SealJob {
+    segment: Rc<Segment>,
+    awaiting: Vec<Copied>,
+    /// Base of the segment after it: once this one is sealed, a checkpoint may name that one.
+    next_base: i64,
+}
+
+/// Seals rolled-over segments one at a time, in roll order, so a checkpoint naming segment N
+/// is written only once every segment before N is sealed (recovery trusts them unscanned).
+async fn sealer(inner: Rc<Inner>) {
+    loop {
+        let job = {
+            let mut st = inner.state.borrow_mut();
+            if st.abandoned {
+                st.seal_queue.clear();
+            }
+            st.seal_queue.pop_front()
+        };
+        let Some(job) = job else { break };
+        let result = job.segment.seal().await;
+        let checkpoint = {
+            let mut guard = inner.state.borrow_mut();
+            let st = &mut *guard;
+            let log_start_offset = st.log_start_offset;
+            match result {
+                Ok(()) => {
+                    for batch in &job.awaiting {
+                        complete_ok(batch, log_start_offset);
+                    }
+                    Some(Checkpoint {
+                        log_start_offset,
+                        segment_base_offset: job.next_base,
+                        segment_position: 0,
+                        next_offset: job.next_base,
+                        index_entries: 0,
+                        time_index_entries: 0,
+                    })
+                }
+                Err(error) => {
+                    // The segment's data may not be durable: like a failed fdatasync, this
+                    // stops appends; recovery at the next open rescans it.
+                    tracing::error!(%error, "sealing a segment failed; the log refuses appends");
+                    for batch in &job.awaiting {
+                        batch.slot.complete(Err(AppendError::Io(error.clone())));
+                    }
+                    st.poisoned = Some(error);
+                    None
+                }
+            }
+        };
+        if let Some(checkpoint) = checkpoint {
+            if let Err(error) = checkpoint.write(&inner.dir) {
+                tracing::warn!(%error, "writing the recovery checkpoint after a roll failed");
+            }
         }
     }
+    inner.state.borrow_mut().sealer_running = false;
     pump(&inner);
 }
 
@@ -1098,6 +1167,9 @@ impl PartitionLog {
             pending_bytes: 0,
             writer: Writer::new(active, cur, next_buf_pos, Rc::default()),
             flush_scheduled: false,
+            abandoned: false,
+            seal_queue: VecDeque::new(),
+            sealer_running: false,
             blocked: false,
             closed: false,
             poisoned: None,
@@ -1602,6 +1674,16 @@ impl PartitionLog {
             Ok(())
         })
         .await
+    }
+}
+
+impl Drop for PartitionLog {
+    /// Dropping without `close` is a crash as far as the files are concerned: nothing more is
+    /// written for this log (see `State::abandoned`), and the next open recovers it.
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.inner.state.try_borrow_mut() {
+            st.abandoned = true;
+        }
     }
 }
 
