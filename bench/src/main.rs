@@ -3,9 +3,11 @@
 //! - `append` drives one partition on one glommio executor with N closed-loop appenders and
 //!   reports throughput and append latency percentiles;
 //! - `recover` opens an existing partition and reports how long recovery took and what it
-//!   found, after a clean close or after `append --no-close`.
+//!   found, after a clean close or after `append --no-close`;
+//! - `mesh` measures cross-core hand-offs through glommio's channel mesh (two pinned
+//!   executors, request and echo), with and without spinning, closed loop and pipelined.
 //!
-//! Both print a human summary and can write a JSON object (`--output-json`) for scripts.
+//! All print a human summary and can write a JSON object (`--output-json`) for scripts.
 
 mod cmd;
 
@@ -19,7 +21,7 @@ use ringlog_bench::size::parse_size;
 #[command(
     name = "ringlog-bench",
     version,
-    about = "Benchmarks for ringlog's storage engine"
+    about = "Benchmarks for ringlog's storage engine and cross-core hand-offs"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +35,8 @@ enum Command {
     /// Open an existing partition (as left by `append --keep` or `--no-close`) and time
     /// its recovery.
     Recover(RecoverArgs),
+    /// Time round trips between two pinned executors through a glommio channel mesh.
+    Mesh(MeshArgs),
 }
 
 /// When appends are made durable.
@@ -117,11 +121,44 @@ pub struct RecoverArgs {
     pub output_json: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct MeshArgs {
+    /// The two CPUs the executors are pinned to: the client (shard 0), then the peer.
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    pub cpus: Vec<usize>,
+    /// Round trips measured in each closed-loop scenario (after the warm-up).
+    #[arg(long, default_value_t = 5_000)]
+    pub requests: u64,
+    /// Round trips made and discarded before measuring, in each closed-loop scenario.
+    #[arg(long, default_value_t = 500)]
+    pub warmup: u64,
+    /// Sleep before each closed-loop request, long enough for the idle peer to park.
+    #[arg(long, default_value_t = 100)]
+    pub gap_us: u64,
+    /// spin_before_park values (µs) for the extra closed-loop scenarios, set on both
+    /// executors (0: park at once, the default).
+    #[arg(long, value_delimiter = ',', default_value = "20,50,200")]
+    pub spin_us: Vec<u64>,
+    /// Requests outstanding in each pipelined scenario (no gap, default executor settings).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    pub in_flight: Vec<u64>,
+    /// Measured duration of each pipelined scenario, after a warm-up of a tenth of it.
+    #[arg(long, default_value_t = 1000)]
+    pub pipelined_ms: u64,
+    /// Capacity of each bounded channel of the mesh.
+    #[arg(long, default_value_t = 1024)]
+    pub capacity: usize,
+    /// Also write the results as a JSON object to this file.
+    #[arg(long)]
+    pub output_json: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Append(args) => cmd::append::run(args),
         Command::Recover(args) => cmd::recover::run(args),
+        Command::Mesh(args) => cmd::mesh::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! directory convention and JSON output.
 
 pub mod append;
+pub mod mesh;
 pub mod recover;
 
 use std::future::Future;
@@ -35,6 +36,8 @@ pub enum BenchError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("channel mesh: {0}")]
+    Mesh(String),
     #[error("latency histogram: {0}")]
     Histogram(String),
 }
