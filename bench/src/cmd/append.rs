@@ -17,7 +17,7 @@ use ringlog_bench::workload;
 use ringlog_engine::{LogConfig, LogStats, PartitionLog};
 use serde::Serialize;
 
-use super::{millis, partition_dir, run_on_executor, write_json, BenchError};
+use super::{millis, partition_dir, run_on_executor, timed_close, write_json, BenchError};
 use crate::{AppendArgs, Fsync};
 
 /// Bytes per MB in the reported throughput (decimal, as fio and disk vendors report it).
@@ -219,13 +219,7 @@ async fn append_all(plan: Plan) -> Result<Outcome, BenchError> {
     if let Some(error) = first_error {
         return Err(error);
     }
-    let close = if plan.close {
-        let closing = Instant::now();
-        log.close().await?;
-        Some(closing.elapsed())
-    } else {
-        None
-    };
+    let close = timed_close(&log, plan.close).await?;
     Ok(Outcome {
         elapsed,
         latency_us,

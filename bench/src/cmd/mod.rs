@@ -97,3 +97,17 @@ pub fn write_json(path: Option<&Path>, value: &impl Serialize) -> Result<(), Ben
 pub fn millis(duration: std::time::Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
+
+/// Closes the log cleanly when asked and says how long it took; `None` leaves it as a crash
+/// would (for `recover`).
+pub async fn timed_close(
+    log: &ringlog_engine::PartitionLog,
+    close: bool,
+) -> Result<Option<std::time::Duration>, BenchError> {
+    if !close {
+        return Ok(None);
+    }
+    let closing = std::time::Instant::now();
+    log.close().await?;
+    Ok(Some(closing.elapsed()))
+}

@@ -10,7 +10,7 @@ use ringlog_engine::{LogConfig, PartitionLog, RecoveryReport};
 use serde::Serialize;
 
 use super::append::print_machine;
-use super::{millis, partition_dir, run_on_executor, write_json, BenchError};
+use super::{millis, partition_dir, run_on_executor, timed_close, write_json, BenchError};
 use crate::RecoverArgs;
 
 /// io_memory for recovery: the engine's write buffers (it loads the tail block into one).
@@ -113,13 +113,7 @@ async fn recover(dir: std::path::PathBuf, close: bool) -> Result<Outcome, BenchE
     let started = Instant::now();
     let (log, report) = PartitionLog::open(&dir, LogConfig::default()).await?;
     let open = started.elapsed();
-    let close = if close {
-        let closing = Instant::now();
-        log.close().await?;
-        Some(closing.elapsed())
-    } else {
-        None
-    };
+    let close = timed_close(&log, close).await?;
     Ok(Outcome {
         open,
         report,
