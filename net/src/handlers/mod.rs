@@ -127,3 +127,51 @@ fn encode_response<R: Encodable + HeaderVersion>(
     frame[..SIZE_PREFIX_BYTES].copy_from_slice(&size.to_be_bytes());
     Ok(frame.freeze())
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn broker() -> BrokerIdentity {
+        BrokerIdentity {
+            node_id: 0,
+            advertised_host: "127.0.0.1".to_owned(),
+            advertised_port: 9092,
+            cluster_id: "fuzz".to_owned(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 4000,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// A client controls every byte after the size prefix: whatever follows a known API key
+        /// and version, the handler answers or refuses, and never panics or aborts (the
+        /// kafka-protocol decoders size allocations from counts in the data, so this also
+        /// guards against a claimed array of 2^31 elements).
+        #[test]
+        fn arbitrary_requests_are_answered_or_refused(
+            api_key in prop_oneof![Just(ApiKey::ApiVersions as i16), Just(ApiKey::Metadata as i16), any::<i16>()],
+            api_version in -1i16..16,
+            correlation_id in any::<i32>(),
+            rest in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut payload = Vec::with_capacity(8 + rest.len());
+            payload.extend_from_slice(&api_key.to_be_bytes());
+            payload.extend_from_slice(&api_version.to_be_bytes());
+            payload.extend_from_slice(&correlation_id.to_be_bytes());
+            payload.extend_from_slice(&rest);
+            if let Ok(frame) = handle_request(Bytes::from(payload), &broker()) {
+                let size = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+                prop_assert_eq!(size as usize + SIZE_PREFIX_BYTES, frame.len());
+                let echoed = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+                prop_assert_eq!(echoed, correlation_id);
+            }
+        }
+    }
+}
