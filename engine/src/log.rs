@@ -147,6 +147,10 @@ pub type WriteFault = Rc<dyn Fn(i64, u64, usize) -> Option<std::io::Error>>;
 pub struct OpenOptions {
     pub clock: Rc<dyn Clock>,
     pub write_fault: Option<WriteFault>,
+    /// The glommio task queue for work no append waits on (sealing rolled-over segments,
+    /// repairing after a failed write), so it can be given fewer shares than client requests.
+    /// `None` runs it in the queue of whoever triggers it.
+    pub background_queue: Option<glommio::TaskQueueHandle>,
 }
 
 impl Default for OpenOptions {
@@ -154,6 +158,7 @@ impl Default for OpenOptions {
         Self {
             clock: Rc::new(SystemClock),
             write_fault: None,
+            background_queue: None,
         }
     }
 }
@@ -391,6 +396,7 @@ struct Inner {
     config: RefCell<LogConfig>,
     clock: Rc<dyn Clock>,
     write_fault: Option<WriteFault>,
+    background_queue: Option<glommio::TaskQueueHandle>,
     state: RefCell<State>,
     /// Notified whenever the pump ran: appenders waiting for room, and idle waiters, re-check.
     progress: Event,
@@ -407,10 +413,15 @@ pub struct PartitionLog {
 /// `spawn_local` polls a new task immediately, which would re-enter the log's state while the
 /// caller still has it borrowed.
 fn spawn_deferred(future: impl Future<Output = ()> + 'static) {
-    let queue = glommio::executor().current_task_queue();
+    spawn_in(None, future);
+}
+
+/// Schedules `future` (without running it now) in `queue`, or in the current one.
+fn spawn_in(queue: Option<glommio::TaskQueueHandle>, future: impl Future<Output = ()> + 'static) {
+    let queue = queue.unwrap_or_else(|| glommio::executor().current_task_queue());
     match glommio::spawn_local_into(future, queue) {
         Ok(task) => task.detach(),
-        Err(error) => unreachable!("the current task queue exists: {error}"),
+        Err(error) => unreachable!("the log's task queues exist while it does: {error}"),
     };
 }
 
@@ -562,7 +573,10 @@ fn handle_failure(inner: &Rc<Inner>, st: &mut State) {
     st.writer.cur = None;
     st.writer.blocked_by = None;
     st.writer.busy = Some(Busy::Repairing);
-    spawn_deferred(repair(inner.clone(), segment, meta.size_bytes));
+    spawn_in(
+        inner.background_queue,
+        repair(inner.clone(), segment, meta.size_bytes),
+    );
 }
 
 /// Cuts the active segment's file back to its visible size and reloads its tail block.
@@ -862,7 +876,7 @@ async fn roll(inner: Rc<Inner>, old: Rc<Segment>, new_base: i64) {
                 });
                 if !st.sealer_running {
                     st.sealer_running = true;
-                    spawn_deferred(sealer(inner.clone()));
+                    spawn_in(inner.background_queue, sealer(inner.clone()));
                 }
             }
             Err(error) => {
@@ -1180,6 +1194,7 @@ impl PartitionLog {
                 config: RefCell::new(config),
                 clock: options.clock,
                 write_fault: options.write_fault,
+                background_queue: options.background_queue,
                 state: RefCell::new(state),
                 progress: Event::new(),
                 admin: Semaphore::new(1),

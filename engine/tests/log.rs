@@ -536,3 +536,35 @@ fn blocked_partial_flushes_do_not_spin_the_executor() {
         assert!(stats.flush_tasks <= stats.writes, "{stats:?}");
     });
 }
+
+#[test]
+fn sealing_runs_in_the_background_queue_given() {
+    let dir = test_dir("background-queue");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let background = glommio::executor().create_task_queue(
+            glommio::Shares::Static(100),
+            glommio::Latency::NotImportant,
+            "ringlog-background",
+        );
+        let options = OpenOptions {
+            background_queue: Some(background),
+            ..OpenOptions::default()
+        };
+        let (log, _) = PartitionLog::open_with(&path, small_segments(), options)
+            .await
+            .expect("open");
+        let selected = || {
+            glommio::executor()
+                .task_queue_stats(background)
+                .expect("queue exists")
+                .queue_selected()
+        };
+        assert_eq!(selected(), 0);
+        append_batches(&log, 60, 2, 300).await;
+        assert!(log.segment_base_offsets().len() > 2, "rolled");
+        // close waits for the sealer, which ran in the background queue.
+        log.close().await.expect("close");
+        assert!(selected() > 0, "the background queue never ran");
+    });
+}
