@@ -97,6 +97,13 @@ pub struct AppendArgs {
     /// Exit without closing the log (implies --keep): leaves a crashed log for `recover`.
     #[arg(long)]
     pub no_close: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Where the executor runs and where results go, for the engine subcommands.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
     /// CPU the executor is pinned to.
     #[arg(long, default_value_t = 0)]
     pub cpu: usize,
@@ -113,12 +120,8 @@ pub struct RecoverArgs {
     /// Leave the log as found after recovery instead of closing it cleanly.
     #[arg(long)]
     pub no_close: bool,
-    /// CPU the executor is pinned to.
-    #[arg(long, default_value_t = 0)]
-    pub cpu: usize,
-    /// Also write the results as a JSON object to this file.
-    #[arg(long)]
-    pub output_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, clap::Args)]

@@ -5,11 +5,11 @@ mod common;
 
 use std::rc::Rc;
 
-use common::{append_batches, batch, run, split_batches, stored_form, test_dir};
-use ringlog_engine::batch::TimestampType;
-use ringlog_engine::{
-    AppendError, LogConfig, ManualClock, OpenOptions, PartitionLog, ReadError, WriteFault,
+use common::{
+    append_batches, batch, manual_clock_options, run, split_batches, stored_form, test_dir,
 };
+use ringlog_engine::batch::TimestampType;
+use ringlog_engine::{AppendError, LogConfig, OpenOptions, PartitionLog, ReadError, WriteFault};
 
 fn small_segments() -> LogConfig {
     LogConfig {
@@ -196,11 +196,7 @@ fn retention_by_bytes_and_time_deletes_whole_old_segments() {
     let dir = test_dir("retention");
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let clock = ManualClock::new(1_000_000);
-        let options = OpenOptions {
-            clock: clock.clone(),
-            ..OpenOptions::default()
-        };
+        let (clock, options) = manual_clock_options(1_000_000);
         let (log, _) = PartitionLog::open_with(&path, small_segments(), options)
             .await
             .expect("open");
@@ -397,11 +393,7 @@ fn segment_ms_rolls_a_segment_by_age() {
     let dir = test_dir("segment-ms");
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let clock = ManualClock::new(1_000_000);
-        let options = OpenOptions {
-            clock: clock.clone(),
-            ..OpenOptions::default()
-        };
+        let (clock, options) = manual_clock_options(1_000_000);
         let config = LogConfig {
             segment_ms: 60_000,
             ..LogConfig::default()
@@ -427,11 +419,7 @@ fn flush_policies_issue_the_syncs_they_promise() {
     let dir = test_dir("flush-policy");
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let clock = ManualClock::new(0);
-        let options = OpenOptions {
-            clock: clock.clone(),
-            ..OpenOptions::default()
-        };
+        let (clock, options) = manual_clock_options(0);
         let open = |name: &str, config: LogConfig| {
             let dir = path.join(name);
             let options = options.clone();

@@ -93,7 +93,7 @@ pub fn run(args: AppendArgs) -> Result<(), BenchError> {
     let records = workload::records_per_batch(plan.batch.len()) as u64;
     let (appends, appenders) = (plan.appends, plan.appenders);
     let partition = plan.partition.clone();
-    let outcome = run_on_executor(args.cpu, io_memory, move || append_all(plan))?;
+    let outcome = run_on_executor(args.run.cpu, io_memory, move || append_all(plan))?;
     let keep = args.keep || args.no_close;
     if !keep {
         remove_partition(&partition)?;
@@ -121,12 +121,12 @@ pub fn run(args: AppendArgs) -> Result<(), BenchError> {
         write_bytes_mean: outcome.stats.bytes_written as f64 / outcome.stats.writes.max(1) as f64,
         syncs: outcome.stats.syncs,
         dir: partition.display().to_string(),
-        cpu: args.cpu,
+        cpu: args.run.cpu,
         io_memory_bytes: io_memory,
         machine,
     };
     print_result(&result, keep);
-    write_json(args.output_json.as_deref(), &result)
+    write_json(args.run.output_json.as_deref(), &result)
 }
 
 /// Checks the arguments and builds the batch, the engine config and the executor's memory.
@@ -265,7 +265,7 @@ fn print_config(args: &AppendArgs, plan: &Plan, io_memory: usize, m: &MachineInf
     println!("  segment       {}", Size(args.segment_bytes));
     println!(
         "  executor      CPU {}, io_memory {}",
-        args.cpu,
+        args.run.cpu,
         Size(io_memory as u64)
     );
     print_machine(m);

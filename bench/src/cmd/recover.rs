@@ -63,7 +63,7 @@ pub fn run(args: RecoverArgs) -> Result<(), BenchError> {
     print_machine(&machine);
     let close = !args.no_close;
     let dir = partition.clone();
-    let outcome = run_on_executor(args.cpu, IO_MEMORY_BYTES, move || recover(dir, close))?;
+    let outcome = run_on_executor(args.run.cpu, IO_MEMORY_BYTES, move || recover(dir, close))?;
     let report = &outcome.report;
     let result = RecoverResult {
         command: "recover",
@@ -87,7 +87,7 @@ pub fn run(args: RecoverArgs) -> Result<(), BenchError> {
         machine,
     };
     print_result(&result);
-    write_json(args.output_json.as_deref(), &result)
+    write_json(args.run.output_json.as_deref(), &result)
 }
 
 /// `PartitionLog::open` would create an empty log where none is: refuse instead, since timing

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use ringlog_engine::batch::{BatchBuilder, BatchHeader, HEADER_BYTES};
-use ringlog_engine::PartitionLog;
+use std::rc::Rc;
+
+use ringlog_engine::{ManualClock, OpenOptions, PartitionLog};
 
 /// Runs `make()`'s future on a fresh glommio executor thread and returns its output.
 pub fn run<T, F, G>(make: G) -> T
@@ -83,4 +85,14 @@ pub async fn append_batches(
         stored.push(stored_form(&b, info.base_offset));
     }
     stored
+}
+
+/// Open options with a clock the test moves by hand, starting at `now_ms`.
+pub fn manual_clock_options(now_ms: i64) -> (Rc<ManualClock>, OpenOptions) {
+    let clock = ManualClock::new(now_ms);
+    let options = OpenOptions {
+        clock: clock.clone(),
+        ..OpenOptions::default()
+    };
+    (clock, options)
 }
