@@ -38,11 +38,17 @@ impl Broker {
     fn start(name: &str, extra_env: &[(&str, String)]) -> Self {
         let port = free_port();
         let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{name}"));
+        // A fresh directory: a previous run's topics must not be found.
+        let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir).expect("create data dir");
         let log = std::fs::File::create(data_dir.join("broker.log")).expect("create log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringlog"));
+        let cores = extra_env
+            .iter()
+            .find(|(key, _)| *key == "RINGLOG_CORES")
+            .map_or_else(|| "1".to_owned(), |(_, value)| value.clone());
         command
-            .args(["serve", "--cores", "1", "--listen"])
+            .args(["serve", "--cores", &cores, "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(&data_dir)
@@ -366,4 +372,114 @@ fn sigterm_exits_zero_within_seconds_with_a_client_connected() {
         .expect("exits within 5 s of SIGTERM");
     assert_eq!(status.code(), Some(0), "{status}");
     assert_closed(&mut idle);
+}
+
+/// Runs kcat with a time limit, feeding `input` on stdin; returns stdout.
+fn kcat(args: &[&str], input: &[u8]) -> String {
+    let mut child = Command::new("timeout")
+        .arg("60")
+        .arg("kcat")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kcat (scripts/test.sh installs it: apt-get install kcat)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("feed kcat");
+    let output = child.wait_with_output().expect("kcat output");
+    assert!(
+        output.status.success(),
+        "kcat {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// Two shards, partitions on both: records produced through either topology (one node that
+/// forwards between cores, or a node per core) all come back, in order per partition, with
+/// contiguous offsets, and Metadata names the owning core's node as leader.
+#[test]
+fn two_shards_serve_partitions_on_both_cores_in_both_topologies() {
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("skipped: needs 2 cores");
+        return;
+    }
+    for node_per_shard in [false, true] {
+        let broker = Broker::start(
+            &format!("two-shards-{node_per_shard}"),
+            &[
+                ("RINGLOG_CORES", "2".to_owned()),
+                ("RINGLOG_NUM_PARTITIONS", "4".to_owned()),
+                ("RINGLOG_NODE_PER_SHARD", node_per_shard.to_string()),
+            ],
+        );
+        let address = broker.address();
+        let input: String = (0..400).map(|i| format!("key{i}:value{i}\n")).collect();
+        kcat(
+            &["-b", &address, "-P", "-t", "spread", "-K:"],
+            input.as_bytes(),
+        );
+        let consumed = kcat(
+            &[
+                "-b",
+                &address,
+                "-C",
+                "-t",
+                "spread",
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+                "-f",
+                "%p %o %k %s\n",
+            ],
+            b"",
+        );
+        let mut next_offset = [0_i64; 4];
+        let mut seen = std::collections::BTreeSet::new();
+        for line in consumed.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let [partition, offset, key, value] = fields[..] else {
+                panic!("unexpected line {line:?}");
+            };
+            let partition: usize = partition.parse().expect("partition");
+            let offset: i64 = offset.parse().expect("offset");
+            assert_eq!(
+                offset, next_offset[partition],
+                "offsets contiguous in {line:?}"
+            );
+            next_offset[partition] += 1;
+            assert_eq!(key.strip_prefix("key"), value.strip_prefix("value"));
+            assert!(seen.insert(key.to_owned()), "{key} twice");
+        }
+        assert_eq!(seen.len(), 400, "node_per_shard={node_per_shard}");
+        assert!(
+            next_offset.iter().all(|&n| n > 0),
+            "every partition used: {next_offset:?}"
+        );
+
+        let listing: serde_json::Value =
+            serde_json::from_str(&kcat(&["-b", &address, "-L", "-J", "-t", "spread"], b""))
+                .expect("kcat prints JSON");
+        let brokers = listing["brokers"].as_array().expect("brokers");
+        let partitions = listing["topics"][0]["partitions"]
+            .as_array()
+            .expect("partitions");
+        let leaders: std::collections::BTreeSet<i64> = partitions
+            .iter()
+            .map(|p| p["leader"].as_i64().expect("leader"))
+            .collect();
+        if node_per_shard {
+            assert_eq!(brokers.len(), 2, "{listing}");
+            assert_eq!(leaders.len(), 2, "partitions led by both cores: {listing}");
+        } else {
+            assert_eq!(brokers.len(), 1, "{listing}");
+            assert_eq!(leaders.into_iter().collect::<Vec<_>>(), vec![0]);
+        }
+    }
 }
