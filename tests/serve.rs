@@ -2,11 +2,12 @@
 //! with one core and talks to it over TCP, with raw Kafka requests (kafka-protocol) and with
 //! kcat (librdkafka 2.0.2 on Debian, which reads ApiVersions v3 replies strictly).
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{Shutdown, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -17,93 +18,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use kafka_protocol::ResponseError;
 
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-const START_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A running broker, killed when dropped (also when a test panics).
-struct Broker {
-    child: Child,
-    port: u16,
-    data_dir: PathBuf,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Broker {
-    fn start(name: &str, extra_env: &[(&str, String)]) -> Self {
-        let port = free_port();
-        let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{name}"));
-        // A fresh directory: a previous run's topics must not be found.
-        let _ = std::fs::remove_dir_all(&data_dir);
-        std::fs::create_dir_all(&data_dir).expect("create data dir");
-        let log = std::fs::File::create(data_dir.join("broker.log")).expect("create log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ringlog"));
-        let cores = extra_env
-            .iter()
-            .find(|(key, _)| *key == "RINGLOG_CORES")
-            .map_or_else(|| "1".to_owned(), |(_, value)| value.clone());
-        command
-            .args(["serve", "--cores", &cores, "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (key, value) in extra_env {
-            command.env(key, value);
-        }
-        let broker = Self {
-            child: command.spawn().expect("start ringlog serve"),
-            port,
-            data_dir,
-        };
-        broker.wait_until_accepting();
-        broker
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn wait_until_accepting(&self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect(self.address()).is_err() {
-            assert!(Instant::now() < deadline, "broker did not start accepting");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.address()).expect("connect");
-        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
-        stream
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-/// A port that was free a moment ago (bound with port 0, then released).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
-}
+use common::Broker;
 
 fn send_request<R: Encodable + HeaderVersion>(
     stream: &mut TcpStream,
@@ -216,6 +131,7 @@ fn assert_closed(stream: &mut TcpStream) {
 fn raw_client_gets_api_versions_and_metadata_for_the_advertised_listener() {
     let broker = Broker::start(
         "raw",
+        1,
         &[
             (
                 "RINGLOG_ADVERTISED_LISTENER",
@@ -270,7 +186,7 @@ fn raw_client_gets_api_versions_and_metadata_for_the_advertised_listener() {
 
 #[test]
 fn unsupported_api_versions_version_gets_an_error_in_v0_format() {
-    let broker = Broker::start("unsupported-api-versions", &[]);
+    let broker = Broker::start("unsupported-api-versions", 1, &[]);
     let mut stream = broker.connect();
     // kafka-protocol cannot encode a version it does not know; this is what a future client
     // sends: key 18, version 9, correlation id 5, null client id, no tagged fields.
@@ -296,7 +212,7 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn bad_input_closes_only_its_own_connection() {
-    let broker = Broker::start("bad-input", &[]);
+    let broker = Broker::start("bad-input", 1, &[]);
     let mut healthy = broker.connect();
     assert_api_ranges(&api_versions(&mut healthy, 3, 1));
 
@@ -331,7 +247,7 @@ fn bad_input_closes_only_its_own_connection() {
 
 #[test]
 fn kcat_lists_the_broker() {
-    let broker = Broker::start("kcat", &[]);
+    let broker = Broker::start("kcat", 1, &[]);
     let output = Command::new("timeout")
         .args([
             "30",
@@ -361,7 +277,7 @@ fn kcat_lists_the_broker() {
 
 #[test]
 fn sigterm_exits_zero_within_seconds_with_a_client_connected() {
-    let mut broker = Broker::start("sigterm", &[]);
+    let mut broker = Broker::start("sigterm", 1, &[]);
     let mut idle = broker.connect();
     assert_api_ranges(&api_versions(&mut idle, 3, 1));
     let pid = i32::try_from(broker.child.id()).expect("pid fits");
@@ -412,8 +328,8 @@ fn two_shards_serve_partitions_on_both_cores_in_both_topologies() {
     for node_per_shard in [false, true] {
         let broker = Broker::start(
             &format!("two-shards-{node_per_shard}"),
+            2,
             &[
-                ("RINGLOG_CORES", "2".to_owned()),
                 ("RINGLOG_NUM_PARTITIONS", "4".to_owned()),
                 ("RINGLOG_NODE_PER_SHARD", node_per_shard.to_string()),
             ],
