@@ -220,11 +220,16 @@ fn run_shards(
 }
 
 /// Waits (without blocking the executor, whose mesh tasks must keep serving the other
-/// shards) until `counter` reaches `target`, the broker is told to stop, or `limit` passes.
-async fn wait_for_all(counter: &AtomicUsize, target: usize, limit: Duration) -> bool {
+/// shards) until `counter` reaches `target` (true), or `stop` is set or `limit` passes.
+async fn wait_for_all(
+    counter: &AtomicUsize,
+    target: usize,
+    stop: &AtomicBool,
+    limit: Duration,
+) -> bool {
     let deadline = Instant::now() + limit;
     while counter.load(Ordering::Acquire) < target {
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || stop.load(Ordering::Acquire) {
             return false;
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
@@ -280,8 +285,6 @@ async fn run_shard(
         .detach();
     }
     shard.open_all().await;
-    start.ready.fetch_add(1, Ordering::AcqRel);
-    wait_for_all(&start.ready, shards, Duration::from_secs(3600)).await;
 
     // The shared (bootstrap) address, and with a node per shard this shard's own port.
     let mut addresses = vec![start.address];
@@ -298,9 +301,18 @@ async fn run_shard(
             Err(source) => {
                 // Without this shard the broker is incomplete: stop the others too.
                 start.stop.store(true, Ordering::Release);
+                shard.close_all().await;
                 return Err(ShardError::Bind { address, source });
             }
         }
+    }
+    // Every shard has opened its partitions and bound its listeners before any accepts: a
+    // forwarded request never reaches a shard still opening, and a bind failure stops the
+    // broker before it took a client.
+    start.ready.fetch_add(1, Ordering::AcqRel);
+    if !wait_for_all(&start.ready, shards, &start.stop, Duration::from_secs(3600)).await {
+        shard.close_all().await;
+        return Ok(());
     }
     for listener in &listeners {
         if let Ok(address) = listener.local_addr() {
@@ -341,7 +353,8 @@ async fn run_shard(
     }
     drain(id, &live_connections).await;
     start.drained.fetch_add(1, Ordering::AcqRel);
-    if !wait_for_all(&start.drained, shards, DRAIN_TIMEOUT).await {
+    let never = AtomicBool::new(false);
+    if !wait_for_all(&start.drained, shards, &never, DRAIN_TIMEOUT).await {
         warn!(
             shard = id,
             "other shards are still draining; closing this shard's partitions anyway"

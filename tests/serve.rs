@@ -7,7 +7,7 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -398,4 +398,52 @@ fn two_shards_serve_partitions_on_both_cores_in_both_topologies() {
             assert_eq!(leaders.into_iter().collect::<Vec<_>>(), vec![0]);
         }
     }
+}
+
+/// A core that cannot bind its own port (node per core, port taken) stops the whole broker
+/// before any core accepts a client: exit code 1 within seconds, and a line saying why.
+#[test]
+fn a_taken_shard_port_stops_the_broker_before_it_accepts() {
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("skipped: needs 2 cores");
+        return;
+    }
+    let port = common::free_port_run(3);
+    // Shard 1's own port (PORT + 2) is taken.
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port + 2)).expect("bind");
+    let data_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args([
+            "serve",
+            "--cores",
+            "2",
+            "--node-per-shard",
+            "true",
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringlog serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the broker kept running with a shard that could not bind");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().expect("output");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("cannot listen on 127.0.0.1:{}", port + 2)),
+        "{log}"
+    );
 }

@@ -38,7 +38,8 @@ impl Broker {
     /// Starts `ringlog serve --cores <cores>` with `RUST_LOG=debug` (overridden by
     /// `extra_env` like any other variable) and waits until it accepts connections.
     pub fn start(name: &str, cores: usize, extra_env: &[(&str, String)]) -> Self {
-        let port = free_port();
+        // With a node per core the broker also listens on the next `cores` ports.
+        let port = free_port_run(cores + 1);
         let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{name}"));
         match std::fs::remove_dir_all(&data_dir) {
             Ok(()) => {}
@@ -107,4 +108,21 @@ impl Broker {
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     listener.local_addr().expect("local addr").port()
+}
+
+/// The first of `count` consecutive ports that were all free a moment ago.
+pub fn free_port_run(count: usize) -> u16 {
+    for _ in 0..100 {
+        let first = free_port();
+        let all_free = (1..count).all(|offset| {
+            u16::try_from(offset)
+                .ok()
+                .and_then(|offset| first.checked_add(offset))
+                .is_some_and(|port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        });
+        if all_free {
+            return first;
+        }
+    }
+    panic!("no run of {count} free ports found");
 }
