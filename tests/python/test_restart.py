@@ -1,0 +1,183 @@
+"""Restarts: a clean one (SIGTERM) keeps topics, partition counts, configs and every record; a
+kill -9 during production keeps every record whose acks=1 acknowledgement reached the client,
+at its acknowledged offset, in order, once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource,
+                                   NewPartitions, ResourceType)
+
+import kafkautil
+from kafkautil import ADMIN_TIMEOUT_S
+from test_confluent import describe_topic_configs
+
+
+def produce_keyed(bootstrap: str, topic: str, count: int, codec: str, prefix: str) -> dict:
+    p = kafkautil.producer(bootstrap, acks="all", **{"compression.type": codec})
+    acked, errors = {}, []
+
+    def report(err, msg):
+        if err is not None:
+            errors.append(err)
+        else:
+            acked[(msg.partition(), msg.offset())] = msg.value()
+
+    for i in range(count):
+        while True:
+            try:
+                p.produce(topic, key=f"{prefix}-k{i}".encode(), value=f"{prefix}-v{i}".encode() * (1 + i % 7),
+                          headers=[("n", str(i).encode())], on_delivery=report)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    assert p.flush(60) == 0
+    assert not errors, errors[:5]
+    return acked
+
+
+def snapshot(bootstrap: str, topic: str, partitions: int):
+    log = kafkautil.consume_all(bootstrap, topic, partitions)
+    return {p: [(r.offset, r.key, r.value, r.headers, r.timestamp) for r in records]
+            for p, records in log.items()}
+
+
+def test_clean_restart_keeps_topics_configs_and_records(broker, topic_name):
+    bootstrap = broker.bootstrap
+    a, b = f"{topic_name}-a", f"{topic_name}-b"
+    kafkautil.create_topic(bootstrap, a, 6, config={"retention.ms": "123456789"})
+    kafkautil.create_topic(bootstrap, b, 2)
+    produce_keyed(bootstrap, a, 20_000, "lz4", "a")
+    produce_keyed(bootstrap, b, 500, "none", "b")
+
+    client = kafkautil.admin(bootstrap)
+    # Changed after creation: a config and a partition count.
+    resource = ConfigResource(ResourceType.TOPIC, b, incremental_configs=[
+        ConfigEntry("retention.ms", "86400000", incremental_operation=AlterConfigOpType.SET)])
+    for future in client.incremental_alter_configs([resource], request_timeout=ADMIN_TIMEOUT_S).values():
+        future.result(timeout=ADMIN_TIMEOUT_S)
+    client.create_partitions([NewPartitions(b, 3)], request_timeout=ADMIN_TIMEOUT_S)[b].result(
+        timeout=ADMIN_TIMEOUT_S)
+    kafkautil.wait_for_topic(bootstrap, b, 3)
+
+    before = {a: snapshot(bootstrap, a, 6), b: snapshot(bootstrap, b, 3)}
+    marks_before = {a: kafkautil.watermarks(bootstrap, a, 6), b: kafkautil.watermarks(bootstrap, b, 3)}
+    assert sum(len(r) for r in before[a].values()) == 20_000
+    assert sum(len(r) for r in before[b].values()) == 500
+
+    assert broker.restart() == 0, "SIGTERM did not end the broker cleanly (exit code 0)"
+
+    kafkautil.wait_for_topic(bootstrap, a, 6)
+    kafkautil.wait_for_topic(bootstrap, b, 3)
+    client = kafkautil.admin(bootstrap)
+    assert describe_topic_configs(client, a).get("retention.ms") == "123456789"
+    assert describe_topic_configs(client, b).get("retention.ms") == "86400000"
+    assert {a: kafkautil.watermarks(bootstrap, a, 6),
+            b: kafkautil.watermarks(bootstrap, b, 3)} == marks_before
+    assert snapshot(bootstrap, a, 6) == before[a]
+    assert snapshot(bootstrap, b, 3) == before[b]
+
+    # New records go after the old ones, and survive a second restart.
+    more = produce_keyed(bootstrap, a, 600, "zstd", "after")
+    for (p, o) in more:
+        assert o >= marks_before[a][p][1], f"partition {p}: new record at old offset {o}"
+    assert broker.restart() == 0
+    kafkautil.wait_for_topic(bootstrap, a, 6)
+    after = snapshot(bootstrap, a, 6)
+    for p in range(6):
+        assert after[p][:len(before[a][p])] == before[a][p]
+        assert [o for o, *_ in after[p]] == list(range(len(after[p])))
+    for (p, o), value in more.items():
+        assert after[p][o][2] == value
+
+
+def test_kill9_while_producing_keeps_acknowledged_records(broker, topic_name):
+    bootstrap = broker.bootstrap
+    partitions = 4
+    kafkautil.create_topic(bootstrap, topic_name, partitions)
+
+    acked: list[tuple[int, int, int]] = []  # (partition, offset, sequence number)
+    failed = [0]
+    stop = threading.Event()
+    produced = [0]
+
+    def run_producer():
+        p = kafkautil.producer(bootstrap, **{
+            "acks": "1",
+            # Never resend: a record is in the log at most once, and per partition in the order
+            # produced, whatever the broker's death does to requests in flight.
+            "retries": 0,
+            "linger.ms": 2,
+            "batch.num.messages": 200,
+            "message.timeout.ms": 10000,
+            "reconnect.backoff.max.ms": 200,
+        })
+
+        def report(err, msg):
+            if err is None:
+                acked.append((msg.partition(), msg.offset(), int(msg.value().split(b"-")[1])))
+            else:
+                failed[0] += 1
+
+        seq = 0
+        while not stop.is_set():
+            try:
+                p.produce(topic_name, value=f"seq-{seq}-".encode() + b"x" * (seq % 300),
+                          key=str(seq).encode(), partition=seq % partitions, on_delivery=report)
+                seq += 1
+            except BufferError:
+                p.poll(0.01)
+            if seq % 100 == 0:
+                p.poll(0)
+            if seq % 1000 == 0:
+                time.sleep(0.002)  # keep requests flowing rather than one huge backlog
+        produced[0] = seq
+        # Give up on everything unsent or in flight; those are not acknowledged.
+        p.purge(in_queue=True, in_flight=True)
+        p.flush(15)
+
+    thread = threading.Thread(target=run_producer, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while len(acked) < 30_000 and time.monotonic() < deadline:
+        assert thread.is_alive()
+        time.sleep(0.05)
+    assert len(acked) >= 1000, f"only {len(acked)} acknowledgements in 60 s before the kill"
+    acked_at_kill = len(acked)
+    broker.kill9()
+    time.sleep(0.5)
+    stop.set()
+    thread.join(60)
+    assert not thread.is_alive(), "producer thread did not stop"
+    acknowledged = list(acked)
+    assert len(acknowledged) >= acked_at_kill
+
+    broker.start()
+    kafkautil.wait_for_topic(bootstrap, topic_name, partitions)
+    log = kafkautil.consume_all(bootstrap, topic_name, partitions)
+
+    by_position = {}
+    for p, records in log.items():
+        assert [r.offset for r in records] == list(range(len(records))), f"partition {p}: gaps"
+        seqs = [int(r.value.split(b"-")[1]) for r in records]
+        assert all(s % partitions == p for s in seqs), f"partition {p}: foreign record"
+        assert seqs == sorted(seqs), f"partition {p}: records out of production order"
+        assert len(set(seqs)) == len(seqs), f"partition {p}: duplicated records"
+        for r, s in zip(records, seqs):
+            by_position[(p, r.offset)] = s
+    lost = [(p, o, s) for p, o, s in acknowledged if by_position.get((p, o)) != s]
+    assert not lost, (
+        f"{len(lost)} of {len(acknowledged)} acknowledged records missing or moved after kill -9, "
+        f"first: {[(p, o, s, by_position.get((p, o))) for p, o, s in lost[:5]]}; log ends "
+        f"{ {p: len(r) for p, r in log.items()} }")
+
+    # The restarted broker appends after what it recovered.
+    p = kafkautil.producer(bootstrap, acks="all")
+    offsets = []
+    p.produce(topic_name, value=b"after-restart", partition=0,
+              on_delivery=lambda err, msg: offsets.append((err, msg.offset())))
+    assert p.flush(30) == 0
+    assert offsets == [(None, len(log[0]))]
