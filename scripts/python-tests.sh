@@ -52,4 +52,6 @@ if [ ! -x "$RINGLOG_BIN" ]; then
     cargo build -p ringlog
 fi
 
+# Keep only this run's data: a failed test leaves its data directory and broker log here.
+rm -rf target/pytest-data
 exec "$VENV/bin/python" -m pytest tests/python "$@"

@@ -81,12 +81,14 @@ def serve_help() -> str:
 
 def serve_setting_env(flag: str) -> str | None:
     """The environment variable `serve --help` names for `--flag`, or None if no such flag."""
+    # The flag's own help text: up to the next line that starts another flag.
     match = re.search(
-        r"--" + re.escape(flag) + r"\b.*?\[env: (RINGLOG_[A-Z0-9_]+)", serve_help(), re.S
+        r"--" + re.escape(flag) + r"\b((?:(?!\n\s*-).)*)", serve_help(), re.S
     )
-    if match is None or f"--{flag}" not in serve_help():
+    if match is None:
         return None
-    return match.group(1)
+    env = re.search(r"\[env: (RINGLOG_[A-Z0-9_]+)", match.group(1))
+    return env.group(1) if env else None
 
 
 class Broker:
@@ -199,6 +201,10 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, "rep_" + report.when, report)
+    # A failed test shows the end of each of its brokers' logs.
+    if report.failed:
+        for broker in getattr(item, "ringlog_brokers", []):
+            report.sections.append((f"ringlog broker on port {broker.port}", broker.log_tail()))
 
 
 @pytest.fixture
@@ -206,6 +212,7 @@ def broker_factory(request):
     """Makes brokers (each its own data directory and port); all are stopped at the end."""
     brokers: list[Broker] = []
     dirs: list[Path] = []
+    request.node.ringlog_brokers = brokers
 
     def make(cores: int = 2, env: dict | None = None, extra_args: list[str] | None = None,
              start: bool = True) -> Broker:
@@ -227,8 +234,6 @@ def broker_factory(request):
     )
     for broker in brokers:
         broker.stop()
-        if failed:
-            sys.stderr.write(f"\n{broker.log_tail()}\n")
     if not failed and not os.environ.get("RINGLOG_TEST_KEEP_DATA"):
         for data_dir in dirs:
             shutil.rmtree(data_dir, ignore_errors=True)
