@@ -29,7 +29,8 @@ pub const DEFAULT_NODE_ID: i32 = 0;
 
 const AFTER_HELP: &str = "Each setting can also come from the environment variable shown \
 or from the TOML file given by --config (keys: listen, advertised_listener, data_dir, cores, \
-node_id, socket_request_max_bytes). Flags win over the environment, which wins over the \
+node_id, socket_request_max_bytes, auto_create_topics_enable, num_partitions, \
+log_retention_check_interval_ms). Flags win over the environment, which wins over the \
 file, which wins over the defaults. Logging is filtered by RUST_LOG (default: info).";
 
 /// `ringlog serve` flags. Every value is optional here so that a missing flag falls through to
@@ -62,6 +63,18 @@ pub struct ServeArgs {
     /// [env: RINGLOG_SOCKET_REQUEST_MAX_BYTES] [default: 104857600]
     #[arg(long, value_name = "BYTES")]
     pub socket_request_max_bytes: Option<usize>,
+    /// Create a topic when a client asks Metadata for one that does not exist, Kafka's
+    /// auto.create.topics.enable [env: RINGLOG_AUTO_CREATE_TOPICS_ENABLE] [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub auto_create_topics_enable: Option<bool>,
+    /// Partitions of a topic created without a count (auto-created ones included), Kafka's
+    /// num.partitions [env: RINGLOG_NUM_PARTITIONS] [default: 1]
+    #[arg(long, value_name = "N")]
+    pub num_partitions: Option<usize>,
+    /// How often retention deletes old segments, Kafka's log.retention.check.interval.ms
+    /// [env: RINGLOG_LOG_RETENTION_CHECK_INTERVAL_MS] [default: 300000]
+    #[arg(long, value_name = "MS")]
+    pub log_retention_check_interval_ms: Option<u64>,
 }
 
 /// A `host:port` pair as written by the user; the host may be a name or an IP (IPv6 in
@@ -149,6 +162,9 @@ pub struct Layer {
     pub cores: Option<usize>,
     pub node_id: Option<i32>,
     pub socket_request_max_bytes: Option<usize>,
+    pub auto_create_topics_enable: Option<bool>,
+    pub num_partitions: Option<usize>,
+    pub log_retention_check_interval_ms: Option<u64>,
 }
 
 impl Layer {
@@ -160,6 +176,9 @@ impl Layer {
             cores: args.cores,
             node_id: args.node_id,
             socket_request_max_bytes: args.socket_request_max_bytes,
+            auto_create_topics_enable: args.auto_create_topics_enable,
+            num_partitions: args.num_partitions,
+            log_retention_check_interval_ms: args.log_retention_check_interval_ms,
         }
     }
 
@@ -172,6 +191,12 @@ impl Layer {
             cores: env_value(lookup, "RINGLOG_CORES")?,
             node_id: env_value(lookup, "RINGLOG_NODE_ID")?,
             socket_request_max_bytes: env_value(lookup, "RINGLOG_SOCKET_REQUEST_MAX_BYTES")?,
+            auto_create_topics_enable: env_value(lookup, "RINGLOG_AUTO_CREATE_TOPICS_ENABLE")?,
+            num_partitions: env_value(lookup, "RINGLOG_NUM_PARTITIONS")?,
+            log_retention_check_interval_ms: env_value(
+                lookup,
+                "RINGLOG_LOG_RETENTION_CHECK_INTERVAL_MS",
+            )?,
         })
     }
 
@@ -212,6 +237,9 @@ pub struct ServeConfig {
     pub cores: usize,
     pub node_id: i32,
     pub socket_request_max_bytes: usize,
+    pub auto_create_topics_enable: bool,
+    pub num_partitions: usize,
+    pub log_retention_check_interval_ms: u64,
 }
 
 impl ServeConfig {
@@ -275,6 +303,13 @@ pub fn resolve(
         node_id: first(&layers, |layer| layer.node_id).unwrap_or(DEFAULT_NODE_ID),
         socket_request_max_bytes: first(&layers, |layer| layer.socket_request_max_bytes)
             .unwrap_or(ringlog_net::DEFAULT_MAX_REQUEST_BYTES),
+        auto_create_topics_enable: first(&layers, |layer| layer.auto_create_topics_enable)
+            .unwrap_or(true),
+        num_partitions: first(&layers, |layer| layer.num_partitions).unwrap_or(1),
+        log_retention_check_interval_ms: first(&layers, |layer| {
+            layer.log_retention_check_interval_ms
+        })
+        .unwrap_or(300_000),
         listen,
     };
     check_ranges(&config, cores_available)?;
@@ -292,6 +327,20 @@ fn check_ranges(config: &ServeConfig, cores_available: usize) -> Result<(), Conf
             setting: "cores",
             expected: format!("between 1 and {cores_available} (the cores available)"),
             value: config.cores.to_string(),
+        });
+    }
+    if config.num_partitions == 0 || i32::try_from(config.num_partitions).is_err() {
+        return Err(ConfigError::OutOfRange {
+            setting: "num_partitions",
+            expected: "1 or more".to_owned(),
+            value: config.num_partitions.to_string(),
+        });
+    }
+    if config.log_retention_check_interval_ms == 0 {
+        return Err(ConfigError::OutOfRange {
+            setting: "log_retention_check_interval_ms",
+            expected: "1 or more".to_owned(),
+            value: "0".to_owned(),
         });
     }
     if config.node_id < 0 {

@@ -422,7 +422,7 @@ enum RecordsRefused {
 }
 
 /// The records of a whole batch, decompressed and decoded by kafka-protocol, or why not.
-fn decode_records(batch: &[u8], header: &BatchHeader) -> Result<Vec<Record>, String> {
+pub(crate) fn decode_records(batch: &[u8], header: &BatchHeader) -> Result<Vec<Record>, String> {
     let offsets_fit = header
         .base_offset
         .checked_add(i64::from(i32::MIN))

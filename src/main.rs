@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Survives the huge array counts a hostile request can claim (see `ringlog_net::alloc`).
+#[global_allocator]
+static ALLOCATOR: ringlog_net::alloc::ClaimTolerantAlloc = ringlog_net::alloc::ClaimTolerantAlloc;
+
+mod broker;
 mod config;
 mod dump_log;
 mod memlock;

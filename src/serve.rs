@@ -11,17 +11,22 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::{TcpListener, TcpStream};
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+use ringlog_engine::LogConfig;
 use ringlog_net::connection::{self, ConnectionSettings, Shutdown};
 use ringlog_net::handlers::BrokerIdentity;
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
+use crate::broker::catalog::Catalog;
+use crate::broker::mesh::{self, Mesh, Message};
+use crate::broker::{self, BrokerSettings, Queues, Shard, ShardBroker};
 use crate::config::{ServeArgs, ServeConfig};
 use crate::memlock;
 use crate::meta_properties::MetaProperties;
@@ -45,6 +50,8 @@ enum ShardError {
         address: SocketAddr,
         source: glommio::GlommioError<()>,
     },
+    #[error("{0}")]
+    Mesh(&'static str),
 }
 
 pub fn run(args: &ServeArgs) -> ExitCode {
@@ -94,16 +101,21 @@ fn register_stop_signals() -> std::io::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-fn connection_settings(config: &ServeConfig, meta: &MetaProperties) -> ConnectionSettings {
-    ConnectionSettings {
-        request_max_bytes: config.socket_request_max_bytes,
-        broker: BrokerIdentity {
-            node_id: config.node_id,
-            advertised_host: config.advertised_listener.host.clone(),
-            advertised_port: config.advertised_listener.port,
-            cluster_id: meta.cluster_id.clone(),
-        },
-    }
+/// Everything a shard needs to start, all `Send` so it can move to the executor's thread.
+#[derive(Clone)]
+struct ShardStart {
+    address: SocketAddr,
+    connection: ConnectionSettings,
+    identity: BrokerIdentity,
+    settings: BrokerSettings,
+    catalog: Catalog,
+    stop: Arc<AtomicBool>,
+    /// Shards that have opened their partitions; a shard accepts clients once all have,
+    /// so a forwarded request never reaches a shard still opening the partition.
+    ready: Arc<AtomicUsize>,
+    /// Shards that have drained their connections; logs close once all have, so no
+    /// forwarded append finds its log closed.
+    drained: Arc<AtomicUsize>,
 }
 
 /// Starts one executor per core and waits for all of them. Any executor failing stops the
@@ -114,20 +126,62 @@ fn run_shards(
     address: SocketAddr,
     stop: &Arc<AtomicBool>,
 ) -> ExitCode {
-    let settings = connection_settings(config, meta);
+    let mut catalog = match Catalog::load(&config.data_dir) {
+        Ok(catalog) => catalog,
+        Err(error) => {
+            error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if catalog.fit_to_shards(config.cores) {
+        warn!(
+            cores = config.cores,
+            "fewer cores than before: partitions of missing shards were moved"
+        );
+        if let Err(error) = catalog.save(&config.data_dir) {
+            error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    broker::remove_deleted_leftovers(&config.data_dir);
+    let start = ShardStart {
+        address,
+        connection: ConnectionSettings {
+            request_max_bytes: config.socket_request_max_bytes,
+        },
+        identity: BrokerIdentity {
+            node_id: config.node_id,
+            advertised_host: config.advertised_listener.host.clone(),
+            advertised_port: config.advertised_listener.port,
+            cluster_id: meta.cluster_id.clone(),
+        },
+        settings: BrokerSettings {
+            data_dir: config.data_dir.clone(),
+            shards: config.cores,
+            auto_create_topics: config.auto_create_topics_enable,
+            num_partitions: config.num_partitions,
+            log_defaults: LogConfig::default(),
+            retention_check_interval: Duration::from_millis(config.log_retention_check_interval_ms),
+        },
+        catalog,
+        stop: Arc::clone(stop),
+        ready: Arc::new(AtomicUsize::new(0)),
+        drained: Arc::new(AtomicUsize::new(0)),
+    };
+    let mesh = MeshBuilder::<Message, Full>::full(config.cores, mesh::CHANNEL_CAPACITY);
     let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(config.cores);
     let mut failed = false;
     for shard in 0..config.cores {
-        let settings = settings.clone();
-        let shard_stop = Arc::clone(stop);
+        let start = start.clone();
+        let mesh = mesh.clone();
         // Shard i runs on the i-th CPU this process may use (taskset, cgroup cpusets), not
         // on CPU i, which may be outside the allowed set.
         let cpu = cpus.get(shard).copied().unwrap_or(shard);
         let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringlog-shard-{shard}"))
             .io_memory(IO_MEMORY_BYTES)
-            .spawn(move || run_shard(shard, address, settings, shard_stop));
+            .spawn(move || run_shard(shard, start, mesh));
         match spawned {
             Ok(handle) => handles.push((shard, handle)),
             Err(source) => {
@@ -158,29 +212,119 @@ fn run_shards(
     ExitCode::SUCCESS
 }
 
-/// One core's broker: accept until told to stop, then drain this core's connections.
+/// Waits (without blocking the executor, whose mesh tasks must keep serving the other
+/// shards) until `counter` reaches `target`, the broker is told to stop, or `limit` passes.
+async fn wait_for_all(counter: &AtomicUsize, target: usize, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while counter.load(Ordering::Acquire) < target {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}
+
+/// One core's broker: join the mesh, open this shard's partitions, accept until told to stop,
+/// drain this core's connections, close the partitions.
 async fn run_shard(
-    shard: usize,
-    address: SocketAddr,
-    settings: ConnectionSettings,
-    stop: Arc<AtomicBool>,
+    id: usize,
+    start: ShardStart,
+    mesh_builder: MeshBuilder<Message, Full>,
 ) -> Result<(), ShardError> {
-    let listener = match TcpListener::bind(address) {
+    let executor = glommio::executor();
+    let queues = Queues {
+        requests: executor.create_task_queue(
+            Shares::Static(1000),
+            Latency::NotImportant,
+            "requests",
+        ),
+        background: executor.create_task_queue(
+            Shares::Static(100),
+            Latency::NotImportant,
+            "background",
+        ),
+    };
+    let (senders, mut receivers) = mesh_builder
+        .join()
+        .await
+        .map_err(|_| ShardError::Mesh("cannot join the channel mesh"))?;
+    if senders.peer_id() != id {
+        start.stop.store(true, Ordering::Release);
+        return Err(ShardError::Mesh("mesh peer ids do not follow shard order"));
+    }
+    let shards = start.settings.shards;
+    let shard = Rc::new(Shard::new(
+        id,
+        start.settings.clone(),
+        start.identity.clone(),
+        start.catalog.clone(),
+        (shards > 1).then(|| Mesh::new(senders)),
+        queues,
+    ));
+    for (peer, receiver) in receivers.streams() {
+        glommio::spawn_local_into(
+            mesh::receive(Rc::clone(&shard), peer, receiver),
+            queues.requests,
+        )
+        .map_err(|_| ShardError::Mesh("cannot start the mesh receiver"))?
+        .detach();
+    }
+    shard.open_all().await;
+    start.ready.fetch_add(1, Ordering::AcqRel);
+    wait_for_all(&start.ready, shards, Duration::from_secs(3600)).await;
+
+    let listener = match TcpListener::bind(start.address) {
         Ok(listener) => listener,
         Err(source) => {
             // Without this shard the broker is incomplete: stop the others too.
-            stop.store(true, Ordering::Release);
-            return Err(ShardError::Bind { address, source });
+            start.stop.store(true, Ordering::Release);
+            return Err(ShardError::Bind {
+                address: start.address,
+                source,
+            });
         }
     };
-    info!(shard, %address, "accepting Kafka clients");
+    info!(shard = id, address = %start.address, "accepting Kafka clients");
     let shutdown = Rc::new(Shutdown::default());
-    glommio::spawn_local(forward_stop(stop, Rc::clone(&shutdown))).detach();
+    glommio::spawn_local(forward_stop(Arc::clone(&start.stop), Rc::clone(&shutdown))).detach();
+    glommio::spawn_local_into(
+        Rc::clone(&shard).maintain(Rc::clone(&shutdown)),
+        queues.background,
+    )
+    .map_err(|_| ShardError::Mesh("cannot start background work"))?
+    .detach();
     let live_connections = Rc::new(Cell::new(0_usize));
-    let settings = Rc::new(settings);
-    accept_until_stopped(&listener, &settings, &shutdown, &live_connections).await;
-    drop(listener);
-    drain(shard, &live_connections).await;
+    let connection = Rc::new(start.connection.clone());
+    let broker = ShardBroker(Rc::clone(&shard));
+    glommio::spawn_local_into(
+        {
+            let shutdown = Rc::clone(&shutdown);
+            let live_connections = Rc::clone(&live_connections);
+            async move {
+                accept_until_stopped(
+                    &listener,
+                    &connection,
+                    &broker,
+                    &shutdown,
+                    &live_connections,
+                )
+                .await;
+            }
+        },
+        queues.requests,
+    )
+    .map_err(|_| ShardError::Mesh("cannot start accepting"))?
+    .await;
+    drain(id, &live_connections).await;
+    start.drained.fetch_add(1, Ordering::AcqRel);
+    if !wait_for_all(&start.drained, shards, DRAIN_TIMEOUT).await {
+        warn!(
+            shard = id,
+            "other shards are still draining; closing this shard's partitions anyway"
+        );
+    }
+    shard.close_all().await;
     Ok(())
 }
 
@@ -196,6 +340,7 @@ async fn forward_stop(stop: Arc<AtomicBool>, shutdown: Rc<Shutdown>) {
 async fn accept_until_stopped(
     listener: &TcpListener,
     settings: &Rc<ConnectionSettings>,
+    broker: &ShardBroker,
     shutdown: &Rc<Shutdown>,
     live_connections: &Rc<Cell<usize>>,
 ) {
@@ -207,7 +352,9 @@ async fn accept_until_stopped(
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, stopped);
         match accepted.await {
             None => return,
-            Some(Ok(stream)) => spawn_connection(stream, settings, shutdown, live_connections),
+            Some(Ok(stream)) => {
+                spawn_connection(stream, settings, broker, shutdown, live_connections)
+            }
             Some(Err(source)) => {
                 warn!("accept failed: {source}");
                 glommio::timer::sleep(ACCEPT_RETRY_DELAY).await;
@@ -235,11 +382,13 @@ impl Drop for LiveGuard {
 fn spawn_connection(
     stream: TcpStream,
     settings: &Rc<ConnectionSettings>,
+    broker: &ShardBroker,
     shutdown: &Rc<Shutdown>,
     live_connections: &Rc<Cell<usize>>,
 ) {
     let guard = LiveGuard::new(live_connections);
     let settings = Rc::clone(settings);
+    let broker = broker.clone();
     let shutdown = Rc::clone(shutdown);
     glommio::spawn_local(async move {
         let _guard = guard;
@@ -251,7 +400,7 @@ fn spawn_connection(
             debug!(%peer, "cannot set TCP_NODELAY: {source}");
         }
         debug!(%peer, "connection opened");
-        match connection::serve(stream, &settings, &shutdown).await {
+        match connection::serve(stream, &settings, &broker, &shutdown).await {
             Ok(()) => debug!(%peer, "connection closed"),
             Err(source) => warn!(%peer, "closing connection: {source}"),
         }

@@ -170,13 +170,24 @@ fn assert_api_ranges(response: &ApiVersionsResponse) {
         .iter()
         .map(|api| (api.api_key, api.min_version, api.max_version))
         .collect();
-    assert_eq!(
-        ranges,
-        vec![
-            (ApiKey::ApiVersions as i16, 0, 4),
-            (ApiKey::Metadata as i16, 0, 12)
-        ]
-    );
+    let expected = [
+        (ApiKey::Produce, 3, 11),
+        (ApiKey::Fetch, 4, 12),
+        (ApiKey::ListOffsets, 1, 10),
+        (ApiKey::Metadata, 0, 12),
+        (ApiKey::ApiVersions, 0, 4),
+        (ApiKey::CreateTopics, 2, 7),
+        (ApiKey::DeleteTopics, 1, 6),
+        (ApiKey::DescribeConfigs, 1, 4),
+        (ApiKey::CreatePartitions, 0, 3),
+        (ApiKey::IncrementalAlterConfigs, 0, 1),
+        (ApiKey::DescribeCluster, 0, 1),
+    ];
+    let expected: Vec<(i16, i16, i16)> = expected
+        .iter()
+        .map(|&(api, min, max)| (api as i16, min, max))
+        .collect();
+    assert_eq!(ranges, expected);
 }
 
 /// Asserts the server closed the connection: a read sees end of stream or a reset.
@@ -199,10 +210,14 @@ fn assert_closed(stream: &mut TcpStream) {
 fn raw_client_gets_api_versions_and_metadata_for_the_advertised_listener() {
     let broker = Broker::start(
         "raw",
-        &[(
-            "RINGLOG_ADVERTISED_LISTENER",
-            "broker.example:19093".to_owned(),
-        )],
+        &[
+            (
+                "RINGLOG_ADVERTISED_LISTENER",
+                "broker.example:19093".to_owned(),
+            ),
+            // An unknown topic must stay unknown below.
+            ("RINGLOG_AUTO_CREATE_TOPICS_ENABLE", "false".to_owned()),
+        ],
     );
     let mut stream = broker.connect();
     for (version, correlation_id) in [(3, 1), (4, 2), (0, 3)] {
@@ -290,7 +305,7 @@ fn bad_input_closes_only_its_own_connection() {
         ("garbage", garbage, false),
         ("size 0x7fffffff", oversized, false),
         ("unknown API key", unknown_key, false),
-        ("unimplemented Produce", produce, false),
+        ("Produce with a truncated body", produce, false),
         ("claimed huge array", huge_array, false),
         ("malformed ApiVersions body", malformed_body, false),
         ("truncated frame", vec![0, 0, 0, 100, 0, 18, 0, 3], true),

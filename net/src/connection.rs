@@ -15,18 +15,17 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use thiserror::Error;
 
-use crate::handlers::{handle_request, BrokerIdentity, RequestError};
+use crate::handlers::{handle_request, Broker, RequestError};
 use crate::{next_frame, Frame, FrameError, SIZE_PREFIX_BYTES};
 
 /// Bytes read from the socket at a time. Larger frames arrive over several reads.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
-/// What every connection of a shard needs to answer requests.
+/// What every connection of a shard needs besides the broker.
 #[derive(Debug, Clone)]
 pub struct ConnectionSettings {
     /// `socket.request.max.bytes`: the largest request frame accepted.
     pub request_max_bytes: usize,
-    pub broker: BrokerIdentity,
 }
 
 /// Why a connection ended other than by the client closing it between requests.
@@ -74,15 +73,16 @@ impl Shutdown {
 /// Serves one connection until the client closes it, it sends something unreadable, or the
 /// shard stops. When stopping, a connection finishes the request it has started receiving and
 /// closes before the next one.
-pub async fn serve(
+pub async fn serve<B: Broker>(
     mut stream: TcpStream,
     settings: &ConnectionSettings,
+    broker: &B,
     shutdown: &Shutdown,
 ) -> Result<(), ConnectionError> {
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0_u8; READ_CHUNK_BYTES];
     loop {
-        let needed = answer_buffered(&mut stream, &mut buffer, settings).await?;
+        let needed = answer_buffered(&mut stream, &mut buffer, settings, broker).await?;
         let idle = buffer.is_empty();
         if idle && shutdown.is_triggered() {
             return Ok(());
@@ -115,18 +115,20 @@ pub async fn serve(
 
 /// Answers every whole frame at the start of `buffer`, in order, and returns how many bytes
 /// the next (incomplete) frame needs in all.
-async fn answer_buffered(
+async fn answer_buffered<B: Broker>(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
     settings: &ConnectionSettings,
+    broker: &B,
 ) -> Result<usize, ConnectionError> {
     loop {
         match next_frame(buffer, settings.request_max_bytes)? {
             Frame::Complete { total } => {
                 let mut payload = buffer.split_to(total).freeze();
                 payload.advance(SIZE_PREFIX_BYTES);
-                let response = handle_request(payload, &settings.broker)?;
-                stream.write_all(&response).await?;
+                if let Some(response) = handle_request(payload, broker).await? {
+                    stream.write_all(&response).await?;
+                }
             }
             // The buffer grows only as bytes arrive, not by the claimed size: a client that
             // announces 100 MiB and sends nothing costs nothing.

@@ -16,21 +16,20 @@ use crate::RequestPrefix;
 
 /// Versions of ApiVersions this broker answers (all of Kafka 4.1's).
 pub const VERSIONS: (i16, i16) = (0, 4);
+const _: () =
+    assert!(super::API_VERSIONS[4].1 == VERSIONS.0 && super::API_VERSIONS[4].2 == VERSIONS.1);
 
 /// Every API this broker implements, with its version range.
 pub fn supported_apis() -> Vec<ApiVersion> {
-    [
-        (ApiKey::ApiVersions, VERSIONS),
-        (ApiKey::Metadata, super::metadata::VERSIONS),
-    ]
-    .into_iter()
-    .map(|(api, (min, max))| {
-        ApiVersion::default()
-            .with_api_key(api as i16)
-            .with_min_version(min)
-            .with_max_version(max)
-    })
-    .collect()
+    super::API_VERSIONS
+        .iter()
+        .map(|&(api, min, max)| {
+            ApiVersion::default()
+                .with_api_key(api as i16)
+                .with_min_version(min)
+                .with_max_version(max)
+        })
+        .collect()
 }
 
 /// Answers an ApiVersions request; a version newer than ours gets UNSUPPORTED_VERSION in the

@@ -1,0 +1,826 @@
+//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs and
+//! IncrementalAlterConfigs.
+//!
+//! Every change runs on shard 0, the controller, one at a time: it computes the new catalog,
+//! writes it to disk, then has every shard apply it (update its catalog copy, open or close
+//! the partitions it owns) before answering. So a topic a client was told exists is on disk,
+//! and every shard knows it, before the client can use it.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use tracing::{error, info};
+
+use super::catalog::{check_topic_name, Catalog, Topic};
+use super::topic_config::{self, ConfigError};
+use super::{BrokerSettings, Shard};
+
+/// The controller shard.
+const CONTROLLER: usize = 0;
+/// DescribeConfigs / IncrementalAlterConfigs resource types.
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// DescribeConfigs config sources.
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+/// IncrementalAlterConfigs operations.
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+
+/// A topic to create, with defaults resolved.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicSpec {
+    pub fn with_defaults(name: String, settings: &BrokerSettings) -> Self {
+        Self {
+            name,
+            partitions: i32::try_from(settings.num_partitions).unwrap_or(1),
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+        }
+    }
+}
+
+/// Why an administrative request was refused, as Kafka reports it.
+#[derive(Debug, Clone)]
+pub struct AdminError {
+    pub code: ResponseError,
+    pub message: String,
+}
+
+impl AdminError {
+    fn new(code: ResponseError, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ConfigError> for AdminError {
+    fn from(error: ConfigError) -> Self {
+        Self::new(ResponseError::InvalidConfig, error.to_string())
+    }
+}
+
+/// A catalog change every shard applies.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Upsert { name: String, topic: Topic },
+    Remove { name: String, topic: Topic },
+}
+
+impl Shard {
+    /// Applies catalog changes decided by the controller to this shard.
+    async fn apply(&self, changes: Vec<Change>) {
+        for change in changes {
+            match change {
+                Change::Upsert { name, topic } => {
+                    self.catalog
+                        .borrow_mut()
+                        .topics
+                        .insert(name.clone(), topic.clone());
+                    self.open_owned(&name, &topic).await;
+                }
+                Change::Remove { name, topic } => {
+                    self.catalog.borrow_mut().topics.remove(&name);
+                    for (index, &owner) in topic.partitions.iter().enumerate() {
+                        if owner == self.id {
+                            self.remove_partition(&name, index).await;
+                        }
+                    }
+                    self.partitions.borrow_mut().remove(&name);
+                }
+            }
+        }
+    }
+}
+
+/// On the controller: persists `catalog` and has every shard apply `changes`.
+async fn commit(
+    controller: &Rc<Shard>,
+    catalog: &Catalog,
+    changes: Vec<Change>,
+) -> Result<(), AdminError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    if let Err(source) = catalog.save(&controller.settings.data_dir) {
+        error!("{source}");
+        return Err(AdminError::new(
+            ResponseError::KafkaStorageError,
+            source.to_string(),
+        ));
+    }
+    let tasks: Vec<_> = (0..controller.settings.shards)
+        .map(|target| {
+            let changes = changes.clone();
+            let controller = Rc::clone(controller);
+            glommio::spawn_local(async move {
+                controller
+                    .on(
+                        target,
+                        move |shard| async move { shard.apply(changes).await },
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        if let Err(error) = task.await {
+            error!("a shard did not apply a catalog change: {error}");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `job` on the controller; an unreachable controller fails every item.
+async fn on_controller<T, F, Fut>(
+    shard: &Rc<Shard>,
+    items: usize,
+    job: F,
+) -> Vec<Result<T, AdminError>>
+where
+    T: Send + 'static,
+    F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Vec<Result<T, AdminError>>> + 'static,
+{
+    match shard.on(CONTROLLER, job).await {
+        Ok(results) => results,
+        Err(error) => (0..items)
+            .map(|_| {
+                Err(AdminError::new(
+                    ResponseError::NotController,
+                    error.to_string(),
+                ))
+            })
+            .collect(),
+    }
+}
+
+/// Creates topics (on the controller); one result per spec, in order.
+pub async fn create_on_controller(
+    shard: &Rc<Shard>,
+    specs: Vec<TopicSpec>,
+    validate_only: bool,
+) -> Vec<Result<Topic, AdminError>> {
+    let count = specs.len();
+    on_controller(shard, count, move |controller| async move {
+        let _permit = controller.admin.acquire_permit(1).await;
+        let mut catalog = controller.catalog.borrow().clone();
+        let mut changes = Vec::new();
+        let mut results = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let result = new_topic(&controller, &catalog, &spec);
+            if let (Ok(topic), false) = (&result, validate_only) {
+                catalog.topics.insert(spec.name.clone(), topic.clone());
+                changes.push(Change::Upsert {
+                    name: spec.name.clone(),
+                    topic: topic.clone(),
+                });
+                info!(
+                    topic = spec.name,
+                    partitions = topic.partitions.len(),
+                    "creating topic"
+                );
+            }
+            results.push(result);
+        }
+        if let Err(failure) = commit(&controller, &catalog, changes).await {
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(failure.clone())))
+                .collect();
+        }
+        results
+    })
+    .await
+}
+
+fn new_topic(controller: &Shard, catalog: &Catalog, spec: &TopicSpec) -> Result<Topic, AdminError> {
+    check_topic_name(&spec.name)
+        .map_err(|reason| AdminError::new(ResponseError::InvalidTopicException, reason))?;
+    if catalog.topics.contains_key(&spec.name) {
+        return Err(AdminError::new(
+            ResponseError::TopicAlreadyExists,
+            format!("topic '{}' already exists", spec.name),
+        ));
+    }
+    if spec.partitions <= 0 {
+        return Err(AdminError::new(
+            ResponseError::InvalidPartitions,
+            "the number of partitions must be positive",
+        ));
+    }
+    if spec.replication_factor != 1 {
+        return Err(AdminError::new(
+            ResponseError::InvalidReplicationFactor,
+            format!(
+                "replication factor {} is larger than the 1 available broker",
+                spec.replication_factor
+            ),
+        ));
+    }
+    for (name, value) in &spec.configs {
+        topic_config::validate(name, value)?;
+    }
+    Ok(Topic {
+        id: new_topic_id(),
+        partitions: catalog.place(controller.settings.shards, spec.partitions as usize),
+        configs: spec.configs.clone(),
+    })
+}
+
+fn new_topic_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub async fn create_topics(
+    shard: &Rc<Shard>,
+    request: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
+    let node = shard.identity.node_id;
+    let specs: Vec<Result<TopicSpec, AdminError>> = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let mut partitions = topic.num_partitions;
+            if !topic.assignments.is_empty() {
+                if topic
+                    .assignments
+                    .iter()
+                    .any(|a| a.broker_ids.iter().map(|b| b.0).ne([node]))
+                {
+                    return Err(AdminError::new(
+                        ResponseError::InvalidReplicaAssignment,
+                        format!("every partition must be assigned to broker {node} alone"),
+                    ));
+                }
+                partitions = topic.assignments.len() as i32;
+            } else if partitions == -1 {
+                partitions = i32::try_from(shard.settings.num_partitions).unwrap_or(1);
+            }
+            let replication_factor = match topic.replication_factor {
+                -1 => 1,
+                factor => factor,
+            };
+            let mut configs = BTreeMap::new();
+            for config in &topic.configs {
+                if let Some(value) = &config.value {
+                    configs.insert(config.name.to_string(), value.to_string());
+                }
+            }
+            Ok(TopicSpec {
+                name: topic.name.to_string(),
+                partitions,
+                replication_factor,
+                configs,
+            })
+        })
+        .collect();
+    let valid: Vec<TopicSpec> = specs
+        .iter()
+        .filter_map(|s| s.as_ref().ok().cloned())
+        .collect();
+    let mut created = create_on_controller(shard, valid, request.validate_only)
+        .await
+        .into_iter();
+    let defaults = &shard.settings.log_defaults;
+    let topics = request
+        .topics
+        .iter()
+        .zip(specs)
+        .map(|(topic, spec)| {
+            let result = spec.and_then(|_| {
+                created.next().unwrap_or_else(|| {
+                    Err(AdminError::new(
+                        ResponseError::UnknownServerError,
+                        "no answer",
+                    ))
+                })
+            });
+            let mut response = CreatableTopicResult::default().with_name(topic.name.clone());
+            match result {
+                Ok(created) => {
+                    if version >= 5 {
+                        let configs = topic_config::TOPIC_CONFIGS
+                            .iter()
+                            .map(|key| {
+                                let (value, source) = config_value(defaults, &created, key.name);
+                                CreatableTopicConfigs::default()
+                                    .with_name(StrBytes::from_static_str(key.name))
+                                    .with_value(Some(StrBytes::from_string(value)))
+                                    .with_config_source(source)
+                            })
+                            .collect();
+                        response = response
+                            .with_num_partitions(created.partitions.len() as i32)
+                            .with_replication_factor(1)
+                            .with_configs(Some(configs));
+                    }
+                    if version >= 7 {
+                        response = response.with_topic_id(created.uuid());
+                    }
+                }
+                Err(failure) => {
+                    response = response.with_error_code(failure.code.code());
+                    response =
+                        response.with_error_message(Some(StrBytes::from_string(failure.message)));
+                }
+            }
+            response
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(topics)
+}
+
+/// A topic config's effective value and where it comes from.
+fn config_value(defaults: &ringlog_engine::LogConfig, topic: &Topic, name: &str) -> (String, i8) {
+    match topic.configs.get(name) {
+        Some(value) => (value.clone(), SOURCE_TOPIC),
+        None => (topic_config::default_value(defaults, name), SOURCE_DEFAULT),
+    }
+}
+
+pub async fn delete_topics(
+    shard: &Rc<Shard>,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    // (name, id) of each topic asked for: by name before v6, by name or id from v6.
+    let wanted: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
+        request
+            .topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.to_string()), t.topic_id))
+            .collect()
+    } else {
+        request
+            .topic_names
+            .iter()
+            .map(|n| (Some(n.to_string()), uuid::Uuid::nil()))
+            .collect()
+    };
+    let asked = wanted.clone();
+    let results = on_controller(shard, wanted.len(), move |controller| async move {
+        let _permit = controller.admin.acquire_permit(1).await;
+        let mut catalog = controller.catalog.borrow().clone();
+        let mut changes = Vec::new();
+        let mut results = Vec::with_capacity(asked.len());
+        for (name, id) in asked {
+            let found = match &name {
+                Some(name) => catalog
+                    .topics
+                    .get_key_value(name)
+                    .map(|(n, t)| (n.clone(), t.clone())),
+                None => catalog.by_id(id).map(|(n, t)| (n.clone(), t.clone())),
+            };
+            match found {
+                Some((name, topic)) => {
+                    catalog.topics.remove(&name);
+                    info!(topic = name, "deleting topic");
+                    changes.push(Change::Remove {
+                        name: name.clone(),
+                        topic: topic.clone(),
+                    });
+                    results.push(Ok((name, topic.uuid())));
+                }
+                None if name.is_some() => results.push(Err(AdminError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    "this server does not host this topic",
+                ))),
+                None => results.push(Err(AdminError::new(
+                    ResponseError::UnknownTopicId,
+                    "no topic has this id",
+                ))),
+            }
+        }
+        if let Err(failure) = commit(&controller, &catalog, changes).await {
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(failure.clone())))
+                .collect();
+        }
+        results
+    })
+    .await;
+    let responses = wanted
+        .into_iter()
+        .zip(results)
+        .map(|((name, id), result)| {
+            let (name, id, failure) = match result {
+                Ok((name, id)) => (Some(name), id, None),
+                Err(failure) => (name, id, Some(failure)),
+            };
+            let name = match (name, version >= 6) {
+                (Some(name), _) => Some(TopicName(StrBytes::from_string(name))),
+                (None, true) => None,
+                (None, false) => Some(TopicName(StrBytes::from_static_str(""))),
+            };
+            let mut response = DeletableTopicResult::default().with_name(name);
+            if version >= 6 {
+                response = response.with_topic_id(id);
+            }
+            if let Some(failure) = failure {
+                response = response.with_error_code(failure.code.code());
+                if version >= 5 {
+                    response =
+                        response.with_error_message(Some(StrBytes::from_string(failure.message)));
+                }
+            }
+            response
+        })
+        .collect();
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+pub async fn create_partitions(
+    shard: &Rc<Shard>,
+    request: CreatePartitionsRequest,
+    _version: i16,
+) -> CreatePartitionsResponse {
+    let node = shard.identity.node_id;
+    let asked: Vec<(String, i32, bool)> = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let foreign = topic.assignments.as_ref().is_some_and(|all| {
+                all.iter()
+                    .any(|a| a.broker_ids.iter().map(|b| b.0).ne([node]))
+            });
+            (topic.name.to_string(), topic.count, foreign)
+        })
+        .collect();
+    let validate_only = request.validate_only;
+    let results = on_controller(shard, asked.len(), move |controller| async move {
+        let _permit = controller.admin.acquire_permit(1).await;
+        let mut catalog = controller.catalog.borrow().clone();
+        let mut changes = Vec::new();
+        let mut results = Vec::with_capacity(asked.len());
+        for (name, count, foreign) in asked {
+            let result = grow(&controller, &catalog, &name, count, foreign);
+            if let (Ok(topic), false) = (&result, validate_only) {
+                catalog.topics.insert(name.clone(), topic.clone());
+                info!(topic = name, partitions = count, "adding partitions");
+                changes.push(Change::Upsert {
+                    name: name.clone(),
+                    topic: topic.clone(),
+                });
+            }
+            results.push(result.map(|_| ()));
+        }
+        if let Err(failure) = commit(&controller, &catalog, changes).await {
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(failure.clone())))
+                .collect();
+        }
+        results
+    })
+    .await;
+    let results = request
+        .topics
+        .iter()
+        .zip(results)
+        .map(|(topic, result)| {
+            let mut response = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+            if let Err(failure) = result {
+                response = response
+                    .with_error_code(failure.code.code())
+                    .with_error_message(Some(StrBytes::from_string(failure.message)));
+            }
+            response
+        })
+        .collect();
+    CreatePartitionsResponse::default().with_results(results)
+}
+
+fn grow(
+    controller: &Shard,
+    catalog: &Catalog,
+    name: &str,
+    count: i32,
+    foreign: bool,
+) -> Result<Topic, AdminError> {
+    let Some(topic) = catalog.topics.get(name) else {
+        return Err(AdminError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic '{name}' does not exist"),
+        ));
+    };
+    let current = topic.partitions.len();
+    let wanted = usize::try_from(count).unwrap_or(0);
+    if wanted <= current {
+        return Err(AdminError::new(
+            ResponseError::InvalidPartitions,
+            format!("topic '{name}' has {current} partitions; the new count must be larger, not {count}"),
+        ));
+    }
+    if foreign {
+        return Err(AdminError::new(
+            ResponseError::InvalidReplicaAssignment,
+            format!(
+                "every partition must be assigned to broker {} alone",
+                controller.identity.node_id
+            ),
+        ));
+    }
+    let mut grown = topic.clone();
+    grown
+        .partitions
+        .extend(catalog.place(controller.settings.shards, wanted - current));
+    Ok(grown)
+}
+
+pub fn describe_configs(
+    shard: &Shard,
+    request: DescribeConfigsRequest,
+    version: i16,
+) -> DescribeConfigsResponse {
+    let results = request
+        .resources
+        .iter()
+        .map(|resource| {
+            let mut result = DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            let entries = match resource.resource_type {
+                RESOURCE_TOPIC => topic_entries(shard, &resource.resource_name),
+                RESOURCE_BROKER => Ok(broker_entries(shard)),
+                other => Err(AdminError::new(
+                    ResponseError::InvalidRequest,
+                    format!("resource type {other} is not supported"),
+                )),
+            };
+            match entries {
+                Ok(entries) => {
+                    let keys = &resource.configuration_keys;
+                    result.configs = entries
+                        .into_iter()
+                        .filter(|entry| {
+                            keys.as_ref()
+                                .is_none_or(|keys| keys.iter().any(|k| **k == *entry.name))
+                        })
+                        .map(|entry| {
+                            let mut config = DescribeConfigsResourceResult::default()
+                                .with_name(StrBytes::from_static_str(entry.name))
+                                .with_value(Some(StrBytes::from_string(entry.value)))
+                                .with_read_only(entry.read_only);
+                            config = config.with_config_source(entry.source);
+                            if version >= 3 {
+                                config = config.with_config_type(entry.kind as i8);
+                                if request.include_documentation {
+                                    config = config.with_documentation(Some(
+                                        StrBytes::from_static_str(entry.doc),
+                                    ));
+                                }
+                            }
+                            config
+                        })
+                        .collect();
+                }
+                Err(failure) => {
+                    result = result
+                        .with_error_code(failure.code.code())
+                        .with_error_message(Some(StrBytes::from_string(failure.message)));
+                }
+            }
+            result
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+/// One DescribeConfigs entry.
+struct Entry {
+    name: &'static str,
+    value: String,
+    source: i8,
+    read_only: bool,
+    kind: topic_config::ConfigType,
+    doc: &'static str,
+}
+
+fn topic_entries(shard: &Shard, name: &str) -> Result<Vec<Entry>, AdminError> {
+    let catalog = shard.catalog.borrow();
+    let Some(topic) = catalog.topics.get(name) else {
+        return Err(AdminError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic '{name}' does not exist"),
+        ));
+    };
+    Ok(topic_config::TOPIC_CONFIGS
+        .iter()
+        .map(|key| {
+            let (value, source) = config_value(&shard.settings.log_defaults, topic, key.name);
+            Entry {
+                name: key.name,
+                value,
+                source,
+                read_only: false,
+                kind: key.kind,
+                doc: key.doc,
+            }
+        })
+        .collect())
+}
+
+fn broker_entries(shard: &Shard) -> Vec<Entry> {
+    use topic_config::ConfigType;
+    let settings = &shard.settings;
+    let entry = |name, value: String, kind, doc| Entry {
+        name,
+        value,
+        source: SOURCE_STATIC_BROKER,
+        read_only: true,
+        kind,
+        doc,
+    };
+    vec![
+        entry(
+            "node.id",
+            shard.identity.node_id.to_string(),
+            ConfigType::Int,
+            "This broker's id.",
+        ),
+        entry(
+            "auto.create.topics.enable",
+            settings.auto_create_topics.to_string(),
+            ConfigType::Boolean,
+            "Create unknown topics asked for in Metadata.",
+        ),
+        entry(
+            "num.partitions",
+            settings.num_partitions.to_string(),
+            ConfigType::Int,
+            "Partitions of auto-created topics.",
+        ),
+        entry(
+            "log.dirs",
+            settings.data_dir.display().to_string(),
+            ConfigType::String,
+            "The data directory.",
+        ),
+        entry(
+            "log.retention.check.interval.ms",
+            settings.retention_check_interval.as_millis().to_string(),
+            ConfigType::Long,
+            "How often retention runs.",
+        ),
+    ]
+}
+
+pub async fn incremental_alter_configs(
+    shard: &Rc<Shard>,
+    request: IncrementalAlterConfigsRequest,
+    _version: i16,
+) -> IncrementalAlterConfigsResponse {
+    type Ops = Vec<(String, i8, Option<String>)>;
+    let asked: Vec<Result<(String, Ops), AdminError>> = request
+        .resources
+        .iter()
+        .map(|resource| match resource.resource_type {
+            RESOURCE_TOPIC => Ok((
+                resource.resource_name.to_string(),
+                resource
+                    .configs
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.name.to_string(),
+                            c.config_operation,
+                            c.value.as_ref().map(|v| v.to_string()),
+                        )
+                    })
+                    .collect(),
+            )),
+            RESOURCE_BROKER => Err(AdminError::new(
+                ResponseError::InvalidRequest,
+                "broker settings are static: change them in the config file or flags and restart",
+            )),
+            other => Err(AdminError::new(
+                ResponseError::InvalidRequest,
+                format!("resource type {other} is not supported"),
+            )),
+        })
+        .collect();
+    let topics: Vec<(String, Ops)> = asked
+        .iter()
+        .filter_map(|a| a.as_ref().ok().cloned())
+        .collect();
+    let validate_only = request.validate_only;
+    let mut altered = on_controller(shard, topics.len(), move |controller| async move {
+        let _permit = controller.admin.acquire_permit(1).await;
+        let mut catalog = controller.catalog.borrow().clone();
+        let mut changes = Vec::new();
+        let mut results = Vec::with_capacity(topics.len());
+        for (name, ops) in topics {
+            let result = alter(&catalog, &name, &ops);
+            if let (Ok(topic), false) = (&result, validate_only) {
+                catalog.topics.insert(name.clone(), topic.clone());
+                info!(topic = name, configs = ?topic.configs, "topic configs changed");
+                changes.push(Change::Upsert {
+                    name: name.clone(),
+                    topic: topic.clone(),
+                });
+            }
+            results.push(result.map(|_| ()));
+        }
+        if let Err(failure) = commit(&controller, &catalog, changes).await {
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(failure.clone())))
+                .collect();
+        }
+        results
+    })
+    .await
+    .into_iter();
+    let responses = request
+        .resources
+        .iter()
+        .zip(asked)
+        .map(|(resource, asked)| {
+            let result = asked.and_then(|_| {
+                altered.next().unwrap_or_else(|| {
+                    Err(AdminError::new(
+                        ResponseError::UnknownServerError,
+                        "no answer",
+                    ))
+                })
+            });
+            let mut response = AlterConfigsResourceResponse::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            if let Err(failure) = result {
+                response = response
+                    .with_error_code(failure.code.code())
+                    .with_error_message(Some(StrBytes::from_string(failure.message)));
+            }
+            response
+        })
+        .collect();
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+fn alter(
+    catalog: &Catalog,
+    name: &str,
+    ops: &[(String, i8, Option<String>)],
+) -> Result<Topic, AdminError> {
+    let Some(topic) = catalog.topics.get(name) else {
+        return Err(AdminError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic '{name}' does not exist"),
+        ));
+    };
+    let mut altered = topic.clone();
+    for (key, op, value) in ops {
+        if topic_config::lookup(key).is_none() {
+            return Err(ConfigError::Unknown(key.clone()).into());
+        }
+        match (*op, value) {
+            (OP_SET, Some(value)) => {
+                topic_config::validate(key, value)?;
+                altered.configs.insert(key.clone(), value.clone());
+            }
+            (OP_DELETE, _) => {
+                altered.configs.remove(key);
+            }
+            (OP_SET, None) => {
+                return Err(AdminError::new(ResponseError::InvalidConfig, format!("no value given for {key}")))
+            }
+            _ => {
+                return Err(AdminError::new(
+                    ResponseError::InvalidConfig,
+                    format!("{key}: APPEND and SUBTRACT apply to list configs, and no list config can change here"),
+                ))
+            }
+        }
+    }
+    Ok(altered)
+}

@@ -1,0 +1,294 @@
+//! Fetch: read each partition on its owner, wait (long poll) until `min_bytes` are there or
+//! `max_wait_ms` has passed, and trim the answer to `max_bytes`.
+//!
+//! Every round reads all requested partitions (one call per owning shard). When the round
+//! found fewer than `min_bytes`, each owner is asked to wait until one of its partitions grows
+//! past the offset asked for, or the deadline; the first owner to report new data ends the
+//! wait and the next round reads again. Fetch sessions (KIP-227) are not kept: every response
+//! has session id 0, which tells clients to send full fetch requests.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use event_listener::Event;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::ResponseError;
+use ringlog_net::errors;
+
+use super::{Lookup, Shard};
+
+/// Longest long poll honoured, whatever the client asks.
+const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
+
+/// A requested partition: its owner and what to ask it, or why it cannot be read.
+type Resolved = Result<(usize, FetchPart), ResponseError>;
+
+/// One partition to read, sent to its owner.
+#[derive(Debug, Clone)]
+pub struct FetchPart {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub max_bytes: usize,
+}
+
+/// What one partition read returned.
+#[derive(Debug, Clone)]
+pub struct FetchOutcome {
+    pub error: Option<ResponseError>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub records: Bytes,
+}
+
+impl FetchOutcome {
+    fn failed(error: ResponseError) -> Self {
+        Self {
+            error: Some(error),
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: Bytes::new(),
+        }
+    }
+}
+
+pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> FetchResponse {
+    let started = Instant::now();
+    let max_wait =
+        Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_CAP);
+    let deadline = started + max_wait;
+    let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
+    let max_bytes = match usize::try_from(request.max_bytes) {
+        Ok(0) | Err(_) => usize::MAX,
+        Ok(bytes) => bytes,
+    };
+    // Where each requested partition is answered from, in request order.
+    let mut parts: Vec<(usize, usize, Resolved)> = Vec::new();
+    for (topic_index, topic) in request.topics.iter().enumerate() {
+        for (partition_index, wanted) in topic.partitions.iter().enumerate() {
+            let name: &str = &topic.topic.0;
+            let resolved = match shard.lookup(name, wanted.partition) {
+                Lookup::Owner(owner) => Ok((
+                    owner,
+                    FetchPart {
+                        topic: name.to_owned(),
+                        partition: wanted.partition,
+                        offset: wanted.fetch_offset,
+                        max_bytes: usize::try_from(wanted.partition_max_bytes).unwrap_or(0),
+                    },
+                )),
+                Lookup::UnknownTopic | Lookup::UnknownPartition => {
+                    Err(ResponseError::UnknownTopicOrPartition)
+                }
+            };
+            parts.push((topic_index, partition_index, resolved));
+        }
+    }
+    let mut by_owner: BTreeMap<usize, (Vec<usize>, Vec<FetchPart>)> = BTreeMap::new();
+    for (position, (_, _, resolved)) in parts.iter().enumerate() {
+        if let Ok((owner, part)) = resolved {
+            let entry = by_owner.entry(*owner).or_default();
+            entry.0.push(position);
+            entry.1.push(part.clone());
+        }
+    }
+    let mut outcomes: Vec<Option<FetchOutcome>>;
+    loop {
+        outcomes = vec![None; parts.len()];
+        let mut tasks = Vec::with_capacity(by_owner.len());
+        for (&owner, (positions, owned)) in &by_owner {
+            let owned = owned.clone();
+            let shard = Rc::clone(shard);
+            let task = glommio::spawn_local(async move {
+                shard
+                    .on(owner, move |owner| async move {
+                        read_local(&owner, owned).await
+                    })
+                    .await
+            });
+            tasks.push((positions.clone(), task));
+        }
+        for (positions, task) in tasks {
+            let results = match task.await {
+                Ok(results) => results,
+                Err(_) => {
+                    vec![FetchOutcome::failed(ResponseError::NotLeaderOrFollower); positions.len()]
+                }
+            };
+            for (position, outcome) in positions.into_iter().zip(results) {
+                outcomes[position] = Some(outcome);
+            }
+        }
+        let bytes: usize = outcomes.iter().flatten().map(|o| o.records.len()).sum();
+        let failed = parts.iter().any(|(_, _, resolved)| resolved.is_err())
+            || outcomes.iter().flatten().any(|o| o.error.is_some());
+        let now = Instant::now();
+        if bytes >= min_bytes.max(1) || failed || now >= deadline || by_owner.is_empty() {
+            break;
+        }
+        // Wait for any owner to see its partitions grow, or the deadline.
+        let woken = Rc::new(Event::new());
+        let listener = woken.listen();
+        let mut waiters = Vec::with_capacity(by_owner.len());
+        for (&owner, (_, owned)) in &by_owner {
+            let watched: Vec<(String, i32, i64)> = owned
+                .iter()
+                .map(|part| (part.topic.clone(), part.partition, part.offset))
+                .collect();
+            let shard = Rc::clone(shard);
+            let woken = Rc::clone(&woken);
+            let remaining = deadline - now;
+            waiters.push(glommio::spawn_local(async move {
+                let grew = shard
+                    .on(owner, move |owner| async move {
+                        wait_for_data(&owner, &watched, remaining).await
+                    })
+                    .await;
+                if matches!(grew, Ok(true)) {
+                    woken.notify(usize::MAX);
+                }
+            }));
+        }
+        futures_lite::future::or(listener, glommio::timer::sleep(deadline - now)).await;
+        // Waiters still running end by the deadline on their own; their answer is not needed.
+        for waiter in waiters {
+            waiter.detach();
+        }
+    }
+    build_response(version, &request, &parts, outcomes, max_bytes)
+}
+
+fn build_response(
+    version: i16,
+    request: &FetchRequest,
+    parts: &[(usize, usize, Resolved)],
+    outcomes: Vec<Option<FetchOutcome>>,
+    max_bytes: usize,
+) -> FetchResponse {
+    let mut topics: Vec<FetchableTopicResponse> = request
+        .topics
+        .iter()
+        .map(|topic| {
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_partitions(Vec::with_capacity(topic.partitions.len()))
+        })
+        .collect();
+    // The response-wide max_bytes is applied in request order: the first partition with data
+    // is always included (KIP-74), later ones only while they fit.
+    let mut budget = max_bytes;
+    let mut included_any = false;
+    for ((topic_index, partition_index, resolved), outcome) in parts.iter().zip(outcomes) {
+        let wanted = &request.topics[*topic_index].partitions[*partition_index];
+        let outcome = match (resolved, outcome) {
+            (Err(error), _) => FetchOutcome::failed(*error),
+            (Ok(_), Some(outcome)) => outcome,
+            (Ok(_), None) => FetchOutcome::failed(ResponseError::UnknownServerError),
+        };
+        let mut records = outcome.records;
+        if !records.is_empty() {
+            if included_any && records.len() > budget {
+                records = Bytes::new();
+            } else {
+                budget = budget.saturating_sub(records.len());
+                included_any = true;
+            }
+        }
+        let mut data = PartitionData::default()
+            .with_partition_index(wanted.partition)
+            .with_error_code(outcome.error.map_or(0, |e| e.code()))
+            .with_high_watermark(outcome.high_watermark)
+            .with_last_stable_offset(outcome.high_watermark)
+            .with_records(Some(records));
+        if version >= 5 {
+            data = data.with_log_start_offset(outcome.log_start_offset);
+        }
+        if version >= 4 {
+            data = data.with_aborted_transactions(Some(Vec::new()));
+        }
+        if version >= 11 {
+            data = data.with_preferred_read_replica(BrokerId(-1));
+        }
+        topics[*topic_index].partitions.push(data);
+    }
+    FetchResponse::default().with_responses(topics)
+}
+
+/// Reads the parts owned by this shard, each up to its own `max_bytes`.
+pub async fn read_local(shard: &Shard, parts: Vec<FetchPart>) -> Vec<FetchOutcome> {
+    let mut outcomes = Vec::with_capacity(parts.len());
+    for part in parts {
+        outcomes.push(read_one(shard, &part).await);
+    }
+    outcomes
+}
+
+async fn read_one(shard: &Shard, part: &FetchPart) -> FetchOutcome {
+    let Some(partition) = shard.partition(&part.topic, part.partition) else {
+        return FetchOutcome::failed(ResponseError::KafkaStorageError);
+    };
+    let log = &partition.log;
+    let high_watermark = log.log_end_offset();
+    let log_start_offset = log.log_start_offset();
+    let mut outcome = FetchOutcome {
+        error: None,
+        high_watermark,
+        log_start_offset,
+        records: Bytes::new(),
+    };
+    if part.offset == high_watermark || part.max_bytes == 0 {
+        return outcome;
+    }
+    match log
+        .read(part.offset, part.max_bytes, Some(high_watermark))
+        .await
+    {
+        // A copy out of the read buffer: responses are encoded by kafka-protocol, which takes
+        // `Bytes`. Serving from registered buffers without copies is the zero-copy fetch work.
+        Ok(batches) => outcome.records = Bytes::copy_from_slice(batches.bytes()),
+        Err(error) => outcome.error = Some(errors::read_error(&error)),
+    }
+    outcome
+}
+
+/// Waits until one of `watched` (topic, partition, offset) has data at or past its offset, or
+/// `timeout`; true when data arrived.
+pub async fn wait_for_data(
+    shard: &Shard,
+    watched: &[(String, i32, i64)],
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let listener = shard.appended.listen();
+        let grown = watched.iter().any(|(topic, partition, offset)| {
+            shard
+                .partition(topic, *partition)
+                .is_some_and(|p| p.log.log_end_offset() > *offset)
+        });
+        if grown {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        let woke = futures_lite::future::or(
+            async {
+                listener.await;
+                true
+            },
+            async {
+                glommio::timer::sleep(deadline - now).await;
+                false
+            },
+        )
+        .await;
+        if !woke {
+            return false;
+        }
+    }
+}

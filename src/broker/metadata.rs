@@ -1,0 +1,128 @@
+//! Metadata and DescribeCluster: this node leads every partition; unknown topics are created
+//! when `auto.create.topics.enable` is on and the client allows it.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use ringlog_net::handlers::metadata::{single_broker_response, unknown_topic};
+
+use super::admin::{self, TopicSpec};
+use super::catalog::{check_topic_name, Topic};
+use super::Shard;
+
+/// DescribeCluster endpoint types (KIP-919).
+const ENDPOINT_BROKERS: i8 = 1;
+
+pub async fn metadata(
+    shard: &Rc<Shard>,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    let mut response = single_broker_response(version, &shard.identity);
+    let auto_create =
+        shard.settings.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    let Some(wanted) = &request.topics else {
+        // All topics.
+        let catalog = shard.catalog.borrow();
+        response.topics = catalog
+            .topics
+            .iter()
+            .map(|(name, topic)| describe_topic(shard, version, name, topic))
+            .collect();
+        return response;
+    };
+    // Unknown, validly named topics are created first (one controller call for all).
+    if auto_create {
+        let missing: Vec<TopicSpec> = wanted
+            .iter()
+            .filter_map(|topic| topic.name.as_ref())
+            .filter(|name| {
+                check_topic_name(name).is_ok()
+                    && !shard.catalog.borrow().topics.contains_key(&*name.0)
+            })
+            .map(|name| TopicSpec::with_defaults(name.to_string(), &shard.settings))
+            .collect();
+        if !missing.is_empty() {
+            // A failure (e.g. a racing creation) shows up below as an unknown or present topic.
+            let _ = admin::create_on_controller(shard, missing, false).await;
+        }
+    }
+    let catalog = shard.catalog.borrow();
+    response.topics = wanted
+        .iter()
+        .map(|requested| {
+            let found = match &requested.name {
+                Some(name) => catalog.topics.get_key_value(&*name.0),
+                None if version >= 10 => catalog.by_id(requested.topic_id),
+                None => None,
+            };
+            match (found, &requested.name) {
+                (Some((name, topic)), _) => describe_topic(shard, version, name, topic),
+                (None, Some(name)) if check_topic_name(name).is_err() => {
+                    unknown_topic(version, requested)
+                        .with_error_code(ResponseError::InvalidTopicException.code())
+                }
+                _ => unknown_topic(version, requested),
+            }
+        })
+        .collect();
+    response
+}
+
+fn describe_topic(shard: &Shard, version: i16, name: &str, topic: &Topic) -> MetadataResponseTopic {
+    let node = BrokerId(shard.identity.node_id);
+    let partitions = (0..topic.partitions.len())
+        .map(|index| {
+            let mut partition = MetadataResponsePartition::default()
+                .with_partition_index(index as i32)
+                .with_leader_id(node)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node]);
+            if version >= 7 {
+                partition = partition.with_leader_epoch(0);
+            }
+            partition
+        })
+        .collect();
+    let mut response = MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(name.to_owned()))))
+        .with_partitions(partitions);
+    if version >= 10 {
+        response = response.with_topic_id(topic.uuid());
+    }
+    response
+}
+
+pub fn describe_cluster(
+    shard: &Shard,
+    request: DescribeClusterRequest,
+    version: i16,
+) -> DescribeClusterResponse {
+    let identity = &shard.identity;
+    let mut response = DescribeClusterResponse::default()
+        .with_cluster_id(StrBytes::from_string(identity.cluster_id.clone()))
+        .with_controller_id(BrokerId(identity.node_id));
+    if version >= 1 {
+        response = response.with_endpoint_type(request.endpoint_type);
+        if request.endpoint_type != ENDPOINT_BROKERS {
+            return response
+                .with_error_code(ResponseError::UnsupportedEndpointType.code())
+                .with_error_message(Some(StrBytes::from_static_str(
+                    "this node is a broker; it does not list controller endpoints",
+                )));
+        }
+    }
+    response.with_brokers(vec![DescribeClusterBroker::default()
+        .with_broker_id(BrokerId(identity.node_id))
+        .with_host(StrBytes::from_string(identity.advertised_host.clone()))
+        .with_port(i32::from(identity.advertised_port))])
+}

@@ -1,0 +1,432 @@
+//! The broker's shards: one per executor, each owning some partitions, a copy of the topic
+//! catalog and its end of the cross-shard mesh.
+//!
+//! A client request is answered by the shard whose executor accepted the connection. Work on
+//! partitions owned by another shard is sent there through the mesh ([`mesh`]), one message
+//! per owner carrying all of the request's partitions it owns; the results are merged into
+//! one response. Changes to topics go through shard 0, the controller ([`admin`]).
+
+pub mod admin;
+pub mod catalog;
+pub mod fetch;
+pub mod mesh;
+pub mod metadata;
+pub mod offsets;
+pub mod produce;
+pub mod topic_config;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use event_listener::Event;
+use glommio::TaskQueueHandle;
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, FetchResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+};
+use ringlog_engine::{LogConfig, OpenOptions, PartitionLog};
+use ringlog_net::handlers::{Broker, BrokerIdentity};
+use tracing::{error, info, warn};
+
+use self::catalog::{Catalog, Topic};
+use self::mesh::{Mesh, MeshError};
+
+/// Broker-wide settings every shard reads.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    /// `auto.create.topics.enable`: Metadata for an unknown topic creates it.
+    pub auto_create_topics: bool,
+    /// `num.partitions`: partitions of an auto-created topic, and of a created one that does
+    /// not say.
+    pub num_partitions: usize,
+    /// Topic settings of every topic that does not override them.
+    pub log_defaults: LogConfig,
+    /// `log.retention.check.interval.ms`.
+    pub retention_check_interval: Duration,
+}
+
+/// The task queues of a shard: client requests get most of the executor; background work
+/// (sealing segments, retention, flush.ms, checkpoints) gets the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct Queues {
+    pub requests: TaskQueueHandle,
+    pub background: TaskQueueHandle,
+}
+
+/// A partition this shard owns.
+pub struct Partition {
+    pub log: PartitionLog,
+}
+
+/// One executor's broker state.
+pub struct Shard {
+    pub id: usize,
+    pub settings: BrokerSettings,
+    pub identity: BrokerIdentity,
+    pub catalog: RefCell<Catalog>,
+    /// Open partitions this shard owns, by topic name and partition index.
+    partitions: RefCell<HashMap<String, Vec<Option<Rc<Partition>>>>>,
+    pub mesh: Option<Mesh>,
+    pub queues: Queues,
+    /// Notified after every append on this shard: long-polling fetches wait on it.
+    appended: Event,
+    /// Serializes catalog changes (used on the controller, shard 0).
+    admin: glommio::sync::Semaphore,
+}
+
+/// A partition's place in a request: (topic index, partition index).
+pub type Position = (usize, usize);
+/// A request's partitions grouped by owning shard: their positions and what to send.
+pub type ByOwner<T> = std::collections::BTreeMap<usize, (Vec<Position>, Vec<T>)>;
+
+/// Where the answer for a partition comes from.
+#[derive(Debug)]
+pub enum Lookup {
+    UnknownTopic,
+    UnknownPartition,
+    Owner(usize),
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        settings: BrokerSettings,
+        identity: BrokerIdentity,
+        catalog: Catalog,
+        mesh: Option<Mesh>,
+        queues: Queues,
+    ) -> Self {
+        Self {
+            id,
+            settings,
+            identity,
+            catalog: RefCell::new(catalog),
+            partitions: RefCell::new(HashMap::new()),
+            mesh,
+            queues,
+            appended: Event::new(),
+            admin: glommio::sync::Semaphore::new(1),
+        }
+    }
+
+    /// Which shard owns `topic`/`partition`, per this shard's copy of the catalog.
+    pub fn lookup(&self, topic: &str, partition: i32) -> Lookup {
+        match self.catalog.borrow().topics.get(topic) {
+            None => Lookup::UnknownTopic,
+            Some(entry) => entry
+                .owner(partition)
+                .map_or(Lookup::UnknownPartition, Lookup::Owner),
+        }
+    }
+
+    /// An open partition owned here.
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<Rc<Partition>> {
+        let index = usize::try_from(partition).ok()?;
+        self.partitions
+            .borrow()
+            .get(topic)
+            .and_then(|partitions| partitions.get(index).cloned().flatten())
+    }
+
+    /// Runs `job` on shard `target`: directly when that is this shard, through the mesh
+    /// otherwise.
+    pub async fn on<T, F, Fut>(self: &Rc<Self>, target: usize, job: F) -> Result<T, MeshError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        if target == self.id {
+            return Ok(job(Rc::clone(self)).await);
+        }
+        match &self.mesh {
+            Some(mesh) => mesh.call(target, job).await,
+            None => Err(MeshError::Unreachable(target)),
+        }
+    }
+
+    fn log_config(&self, topic: &Topic) -> LogConfig {
+        match topic_config::log_config(&self.settings.log_defaults, &topic.configs) {
+            Ok(config) => config,
+            Err(error) => {
+                // Overrides were validated before they were stored; a hand-edited file can
+                // still hold a bad one.
+                warn!("ignoring the topic's overrides: {error}");
+                self.settings.log_defaults.clone()
+            }
+        }
+    }
+
+    fn open_options(&self) -> OpenOptions {
+        OpenOptions {
+            background_queue: Some(self.queues.background),
+            ..OpenOptions::default()
+        }
+    }
+
+    /// Opens every partition of `name` this shard owns and has not opened yet, and applies
+    /// the topic's config to those already open.
+    async fn open_owned(&self, name: &str, topic: &Topic) {
+        let config = self.log_config(topic);
+        for (index, &owner) in topic.partitions.iter().enumerate() {
+            if owner != self.id {
+                continue;
+            }
+            let existing = self.partition(name, index as i32);
+            if let Some(partition) = existing {
+                partition.log.set_config(config.clone());
+                continue;
+            }
+            let dir = catalog::partition_dir(&self.settings.data_dir, name, index);
+            if let Err(source) = std::fs::create_dir_all(&dir) {
+                error!(dir = %dir.display(), "cannot create partition directory: {source}");
+                continue;
+            }
+            match PartitionLog::open_with(&dir, config.clone(), self.open_options()).await {
+                Ok((log, report)) => {
+                    if let Some(corruption) = &report.corruption {
+                        warn!(
+                            topic = name,
+                            partition = index,
+                            ?corruption,
+                            "recovered a damaged log tail"
+                        );
+                    }
+                    let mut partitions = self.partitions.borrow_mut();
+                    let slots = partitions.entry(name.to_owned()).or_default();
+                    if slots.len() <= index {
+                        slots.resize(index + 1, None);
+                    }
+                    slots[index] = Some(Rc::new(Partition { log }));
+                }
+                Err(source) => {
+                    error!(
+                        topic = name,
+                        partition = index,
+                        "cannot open partition: {source}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Opens every partition this shard owns, at start.
+    pub async fn open_all(&self) {
+        let topics: Vec<(String, Topic)> = self
+            .catalog
+            .borrow()
+            .topics
+            .iter()
+            .map(|(name, topic)| (name.clone(), topic.clone()))
+            .collect();
+        for (name, topic) in &topics {
+            self.open_owned(name, topic).await;
+        }
+        let opened: usize = self
+            .partitions
+            .borrow()
+            .values()
+            .map(|slots| slots.iter().flatten().count())
+            .sum();
+        info!(shard = self.id, partitions = opened, "partitions open");
+    }
+
+    /// Every open partition of this shard.
+    fn owned(&self) -> Vec<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .values()
+            .flat_map(|slots| slots.iter().flatten().cloned())
+            .collect()
+    }
+
+    /// Background work for the shard's partitions, until the broker stops: flush.ms checks
+    /// (every 100 ms), retention (every `log.retention.check.interval.ms`), recovery
+    /// checkpoints (every minute).
+    pub async fn maintain(self: Rc<Self>, stopping: Rc<ringlog_net::connection::Shutdown>) {
+        const TICK: Duration = Duration::from_millis(100);
+        const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+        let mut since_retention = Duration::ZERO;
+        let mut since_checkpoint = Duration::ZERO;
+        while !stopping.is_triggered() {
+            glommio::timer::sleep(TICK).await;
+            since_retention += TICK;
+            since_checkpoint += TICK;
+            let partitions = self.owned();
+            for partition in &partitions {
+                partition.log.tick();
+            }
+            if since_retention >= self.settings.retention_check_interval {
+                since_retention = Duration::ZERO;
+                for partition in &partitions {
+                    match partition.log.enforce_retention().await {
+                        Ok(deleted) if !deleted.is_empty() => info!(
+                            dir = %partition.log.dir().display(),
+                            segments = deleted.len(),
+                            "retention deleted segments"
+                        ),
+                        Ok(_) => {}
+                        Err(error) => {
+                            warn!(dir = %partition.log.dir().display(), "retention failed: {error}")
+                        }
+                    }
+                }
+            }
+            if since_checkpoint >= CHECKPOINT_INTERVAL {
+                since_checkpoint = Duration::ZERO;
+                for partition in &partitions {
+                    if let Err(error) = partition.log.checkpoint().await {
+                        warn!(dir = %partition.log.dir().display(), "checkpoint failed: {error}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes every partition (flush, clean-shutdown marker), at stop.
+    pub async fn close_all(&self) {
+        let partitions: Vec<Rc<Partition>> = self
+            .partitions
+            .borrow_mut()
+            .drain()
+            .flat_map(|(_, slots)| slots.into_iter().flatten())
+            .collect();
+        for partition in partitions {
+            if let Err(error) = partition.log.close().await {
+                error!(dir = %partition.log.dir().display(), "closing the log failed: {error}");
+            }
+        }
+    }
+
+    /// Takes a partition out of service and deletes its data (its topic was deleted).
+    async fn remove_partition(&self, name: &str, index: usize) {
+        let removed = self
+            .partitions
+            .borrow_mut()
+            .get_mut(name)
+            .and_then(|slots| slots.get_mut(index).and_then(Option::take));
+        if let Some(partition) = removed {
+            if let Err(error) = partition.log.close().await {
+                warn!(
+                    topic = name,
+                    partition = index,
+                    "closing a deleted partition: {error}"
+                );
+            }
+        }
+        let dir = catalog::partition_dir(&self.settings.data_dir, name, index);
+        // Renamed first, so a crash mid-removal leaves a directory the next start deletes
+        // instead of one that looks like a live partition of a re-created topic.
+        let doomed = dir.with_extension(format!("{}-delete", std::process::id()));
+        let target = match std::fs::rename(&dir, &doomed) {
+            Ok(()) => doomed,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => dir,
+        };
+        if let Err(error) = std::fs::remove_dir_all(&target) {
+            warn!(dir = %target.display(), "cannot delete a deleted partition's data: {error}");
+        }
+    }
+}
+
+/// Deletes the leftovers of topic deletions interrupted by a crash (`*-delete` directories).
+pub fn remove_deleted_leftovers(data_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let doomed = path
+            .extension()
+            .and_then(|extension| extension.to_str())
+            .is_some_and(|extension| extension.ends_with("-delete"));
+        if doomed && path.is_dir() {
+            if let Err(error) = std::fs::remove_dir_all(&path) {
+                warn!(dir = %path.display(), "cannot delete a deleted partition's data: {error}");
+            }
+        }
+    }
+}
+
+/// The `Broker` the wire protocol layer calls: a shard.
+#[derive(Clone)]
+pub struct ShardBroker(pub Rc<Shard>);
+
+impl Broker for ShardBroker {
+    fn identity(&self) -> &BrokerIdentity {
+        &self.0.identity
+    }
+
+    async fn metadata(&self, request: MetadataRequest, version: i16) -> MetadataResponse {
+        metadata::metadata(&self.0, request, version).await
+    }
+
+    async fn produce(&self, request: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+        produce::produce(&self.0, request, version).await
+    }
+
+    async fn fetch(&self, request: FetchRequest, version: i16) -> FetchResponse {
+        fetch::fetch(&self.0, request, version).await
+    }
+
+    async fn list_offsets(&self, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+        offsets::list_offsets(&self.0, request, version).await
+    }
+
+    async fn create_topics(
+        &self,
+        request: CreateTopicsRequest,
+        version: i16,
+    ) -> CreateTopicsResponse {
+        admin::create_topics(&self.0, request, version).await
+    }
+
+    async fn delete_topics(
+        &self,
+        request: DeleteTopicsRequest,
+        version: i16,
+    ) -> DeleteTopicsResponse {
+        admin::delete_topics(&self.0, request, version).await
+    }
+
+    async fn create_partitions(
+        &self,
+        request: CreatePartitionsRequest,
+        version: i16,
+    ) -> CreatePartitionsResponse {
+        admin::create_partitions(&self.0, request, version).await
+    }
+
+    async fn describe_configs(
+        &self,
+        request: DescribeConfigsRequest,
+        version: i16,
+    ) -> DescribeConfigsResponse {
+        admin::describe_configs(&self.0, request, version)
+    }
+
+    async fn incremental_alter_configs(
+        &self,
+        request: IncrementalAlterConfigsRequest,
+        version: i16,
+    ) -> IncrementalAlterConfigsResponse {
+        admin::incremental_alter_configs(&self.0, request, version).await
+    }
+
+    async fn describe_cluster(
+        &self,
+        request: DescribeClusterRequest,
+        version: i16,
+    ) -> DescribeClusterResponse {
+        metadata::describe_cluster(&self.0, request, version)
+    }
+}

@@ -1,0 +1,178 @@
+//! ListOffsets: earliest, latest, max timestamp, or the first offset at or after a timestamp,
+//! answered by each partition's owner.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::ResponseError;
+use ringlog_engine::batch::BatchHeader;
+use ringlog_net::errors;
+
+use super::{ByOwner, Lookup, Shard};
+
+/// Kafka's special timestamps.
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+
+/// An offset query, sent to the partition's owner.
+#[derive(Debug, Clone)]
+pub struct OffsetQuery {
+    pub topic: String,
+    pub partition: i32,
+    pub timestamp: i64,
+}
+
+/// The answer: an offset and the timestamp that found it (-1 when not applicable).
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetAnswer {
+    pub error: Option<ResponseError>,
+    pub timestamp: i64,
+    pub offset: i64,
+}
+
+impl OffsetAnswer {
+    fn failed(error: ResponseError) -> Self {
+        Self {
+            error: Some(error),
+            timestamp: -1,
+            offset: -1,
+        }
+    }
+
+    fn found(timestamp: i64, offset: i64) -> Self {
+        Self {
+            error: None,
+            timestamp,
+            offset,
+        }
+    }
+}
+
+pub async fn list_offsets(
+    shard: &Rc<Shard>,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    let mut answers: Vec<Vec<OffsetAnswer>> = Vec::with_capacity(request.topics.len());
+    let mut by_owner: ByOwner<OffsetQuery> = BTreeMap::new();
+    for (topic_index, topic) in request.topics.iter().enumerate() {
+        let name: &str = &topic.name.0;
+        let mut row = Vec::with_capacity(topic.partitions.len());
+        for (partition_index, wanted) in topic.partitions.iter().enumerate() {
+            row.push(OffsetAnswer::failed(ResponseError::UnknownTopicOrPartition));
+            if let Lookup::Owner(owner) = shard.lookup(name, wanted.partition_index) {
+                let entry = by_owner.entry(owner).or_default();
+                entry.0.push((topic_index, partition_index));
+                entry.1.push(OffsetQuery {
+                    topic: name.to_owned(),
+                    partition: wanted.partition_index,
+                    timestamp: wanted.timestamp,
+                });
+            }
+        }
+        answers.push(row);
+    }
+    for (owner, (positions, queries)) in by_owner {
+        let results = shard
+            .on(owner, move |owner| async move {
+                let mut results = Vec::with_capacity(queries.len());
+                for query in &queries {
+                    results.push(answer_local(&owner, query).await);
+                }
+                results
+            })
+            .await
+            .unwrap_or_else(|_| {
+                vec![OffsetAnswer::failed(ResponseError::NotLeaderOrFollower); positions.len()]
+            });
+        for ((topic_index, partition_index), answer) in positions.into_iter().zip(results) {
+            answers[topic_index][partition_index] = answer;
+        }
+    }
+    let topics = request
+        .topics
+        .iter()
+        .zip(answers)
+        .map(|(topic, row)| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .zip(row)
+                .map(|(wanted, answer)| {
+                    let mut response = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(wanted.partition_index)
+                        .with_error_code(answer.error.map_or(0, |e| e.code()))
+                        .with_timestamp(answer.timestamp)
+                        .with_offset(answer.offset);
+                    if version >= 4 {
+                        response =
+                            response.with_leader_epoch(if answer.offset >= 0 { 0 } else { -1 });
+                    }
+                    response
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+async fn answer_local(shard: &Shard, query: &OffsetQuery) -> OffsetAnswer {
+    let Some(partition) = shard.partition(&query.topic, query.partition) else {
+        return OffsetAnswer::failed(ResponseError::KafkaStorageError);
+    };
+    let log = &partition.log;
+    match query.timestamp {
+        LATEST => OffsetAnswer::found(-1, log.log_end_offset()),
+        EARLIEST | EARLIEST_LOCAL => OffsetAnswer::found(-1, log.log_start_offset()),
+        // No tiered storage: nothing is tiered.
+        LATEST_TIERED => OffsetAnswer::found(-1, -1),
+        MAX_TIMESTAMP => match log.max_timestamp() {
+            Some((timestamp, offset)) => OffsetAnswer::found(timestamp, offset),
+            None => OffsetAnswer::found(-1, -1),
+        },
+        timestamp if timestamp >= 0 => by_timestamp(log, timestamp).await,
+        _ => OffsetAnswer::failed(ResponseError::InvalidRequest),
+    }
+}
+
+/// The first record at or after `timestamp`, or offset -1 when every record is older (as
+/// Kafka answers). A compressed batch is decompressed to find the exact record.
+async fn by_timestamp(log: &ringlog_engine::PartitionLog, timestamp: i64) -> OffsetAnswer {
+    let found = match log.offset_for_timestamp(timestamp).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return OffsetAnswer::found(-1, -1),
+        Err(error) => return OffsetAnswer::failed(errors::read_error(&error)),
+    };
+    if found.exact {
+        return OffsetAnswer::found(found.timestamp, found.offset);
+    }
+    let batch = match log.read(found.offset, 1, None).await {
+        Ok(batch) => batch,
+        Err(error) => return OffsetAnswer::failed(errors::read_error(&error)),
+    };
+    let bytes = batch.bytes();
+    let Ok(header) = BatchHeader::decode(bytes) else {
+        return OffsetAnswer::failed(ResponseError::CorruptMessage);
+    };
+    let whole = bytes.get(..header.total_bytes()).unwrap_or(bytes);
+    match crate::dump_log::decode_records(whole, &header) {
+        Ok(records) => records
+            .iter()
+            .find(|record| record.timestamp >= timestamp)
+            .map_or(
+                OffsetAnswer::found(found.timestamp, found.offset),
+                |record| OffsetAnswer::found(record.timestamp, record.offset),
+            ),
+        Err(_) => OffsetAnswer::failed(ResponseError::CorruptMessage),
+    }
+}

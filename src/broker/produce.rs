@@ -1,0 +1,250 @@
+//! Produce: validate each partition's batch, append it on the owning shard, report offsets.
+//!
+//! The partitions of a request are grouped by owner; each owner gets one call with all of its
+//! partitions and appends them concurrently (so one group commit can cover them). `acks = 0`
+//! is written the same way, only nothing is answered. On one node `acks = all` means what
+//! `acks = 1` means: the append is complete when the log has written it per its durability
+//! settings (`flush.messages` / `flush.ms`).
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use ringlog_engine::batch::{self, BatchError};
+use ringlog_net::errors;
+
+use super::{ByOwner, Lookup, Shard};
+
+/// One partition's records, sent to its owner.
+pub struct ProducePart {
+    pub topic: String,
+    pub partition: i32,
+    pub records: Bytes,
+}
+
+/// What happened to one partition's records.
+#[derive(Debug, Clone)]
+pub struct ProduceOutcome {
+    pub error: Option<ResponseError>,
+    pub message: Option<String>,
+    pub base_offset: i64,
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+}
+
+impl ProduceOutcome {
+    fn failed(error: ResponseError, message: impl Into<String>) -> Self {
+        Self {
+            error: Some(error),
+            message: Some(message.into()),
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+        }
+    }
+}
+
+pub async fn produce(
+    shard: &Rc<Shard>,
+    request: ProduceRequest,
+    version: i16,
+) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    // Outcomes in request order: (topic index, partition index) → outcome.
+    let mut outcomes: Vec<Vec<Option<ProduceOutcome>>> = Vec::new();
+    let mut by_owner: ByOwner<ProducePart> = BTreeMap::new();
+    for (topic_index, topic) in request.topic_data.iter().enumerate() {
+        let mut row = Vec::with_capacity(topic.partition_data.len());
+        for (partition_index, data) in topic.partition_data.iter().enumerate() {
+            let name: &str = &topic.name.0;
+            let outcome = match (shard.lookup(name, data.index), &data.records) {
+                (Lookup::Owner(owner), Some(records)) => {
+                    let entry = by_owner.entry(owner).or_default();
+                    entry.0.push((topic_index, partition_index));
+                    entry.1.push(ProducePart {
+                        topic: name.to_owned(),
+                        partition: data.index,
+                        records: records.clone(),
+                    });
+                    None
+                }
+                (Lookup::Owner(_), None) => Some(ProduceOutcome::failed(
+                    ResponseError::CorruptMessage,
+                    "no records",
+                )),
+                (Lookup::UnknownTopic | Lookup::UnknownPartition, _) => {
+                    Some(ProduceOutcome::failed(
+                        ResponseError::UnknownTopicOrPartition,
+                        "this server does not host this topic-partition",
+                    ))
+                }
+            };
+            row.push(outcome);
+        }
+        outcomes.push(row);
+    }
+    let calls: Vec<_> = by_owner
+        .into_iter()
+        .map(|(owner, (positions, parts))| {
+            let shard = Rc::clone(shard);
+            let task = glommio::spawn_local(async move {
+                shard
+                    .on(owner, move |owner| async move {
+                        append_local(owner, parts).await
+                    })
+                    .await
+            });
+            (positions, task)
+        })
+        .collect();
+    for (positions, task) in calls {
+        let results = match task.await {
+            Ok(results) => results,
+            Err(error) => {
+                vec![
+                    ProduceOutcome::failed(ResponseError::NotLeaderOrFollower, error.to_string());
+                    positions.len()
+                ]
+            }
+        };
+        for ((topic_index, partition_index), outcome) in positions.into_iter().zip(results) {
+            outcomes[topic_index][partition_index] = Some(outcome);
+        }
+    }
+    if acks == 0 {
+        return None;
+    }
+    Some(build_response(version, &request, outcomes))
+}
+
+fn build_response(
+    version: i16,
+    request: &ProduceRequest,
+    outcomes: Vec<Vec<Option<ProduceOutcome>>>,
+) -> ProduceResponse {
+    let responses = request
+        .topic_data
+        .iter()
+        .zip(outcomes)
+        .map(|(topic, row)| {
+            let partitions = topic
+                .partition_data
+                .iter()
+                .zip(row)
+                .map(|(data, outcome)| {
+                    let outcome = outcome.unwrap_or_else(|| {
+                        ProduceOutcome::failed(ResponseError::UnknownServerError, "not answered")
+                    });
+                    let mut response = PartitionProduceResponse::default()
+                        .with_index(data.index)
+                        .with_error_code(outcome.error.map_or(0, |e| e.code()))
+                        .with_base_offset(outcome.base_offset)
+                        .with_log_append_time_ms(outcome.log_append_time_ms);
+                    if version >= 5 {
+                        response = response.with_log_start_offset(outcome.log_start_offset);
+                    }
+                    if version >= 8 {
+                        response =
+                            response.with_error_message(outcome.message.map(StrBytes::from_string));
+                    }
+                    response
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(topic.name.clone())
+                .with_partition_responses(partitions)
+        })
+        .collect();
+    ProduceResponse::default().with_responses(responses)
+}
+
+/// Appends the parts owned by this shard, concurrently, and reports each one's outcome.
+pub async fn append_local(shard: Rc<Shard>, parts: Vec<ProducePart>) -> Vec<ProduceOutcome> {
+    // Each task runs up to its first wait as it is spawned, so the appends enter their logs
+    // in request order.
+    let tasks: Vec<_> = parts
+        .into_iter()
+        .map(|part| {
+            let shard = Rc::clone(&shard);
+            glommio::spawn_local(async move { append_one(&shard, part).await })
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outcomes.push(task.await);
+    }
+    outcomes
+}
+
+async fn append_one(shard: &Shard, part: ProducePart) -> ProduceOutcome {
+    let Some(partition) = shard.partition(&part.topic, part.partition) else {
+        return ProduceOutcome::failed(
+            ResponseError::KafkaStorageError,
+            "the partition's log is not open on this broker (see its log)",
+        );
+    };
+    let max_bytes = partition.log.config().max_message_bytes;
+    let batches = match split_batches(&part.records, max_bytes) {
+        Ok(batches) => batches,
+        Err(error) => {
+            return ProduceOutcome::failed(errors::batch_error(&error), error.to_string())
+        }
+    };
+    let mut first: Option<ProduceOutcome> = None;
+    for batch in batches {
+        match partition.log.append(batch).await {
+            Ok(info) => {
+                first.get_or_insert(ProduceOutcome {
+                    error: None,
+                    message: None,
+                    base_offset: info.base_offset,
+                    log_append_time_ms: info.log_append_time_ms.unwrap_or(-1),
+                    log_start_offset: info.log_start_offset,
+                });
+            }
+            Err(error) => {
+                return ProduceOutcome::failed(errors::append_error(&error), error.to_string())
+            }
+        }
+    }
+    shard.appended.notify(usize::MAX);
+    first.unwrap_or_else(|| ProduceOutcome::failed(ResponseError::CorruptMessage, "no records"))
+}
+
+/// Splits a partition's records into its batches, each checked as a producer batch, so that
+/// nothing is appended when any of them is refused. Clients send one batch per partition;
+/// Kafka refuses more, ringlog appends them in order.
+fn split_batches(records: &Bytes, max_bytes: usize) -> Result<Vec<Bytes>, BatchError> {
+    let mut batches = Vec::with_capacity(1);
+    let mut start = 0;
+    while start < records.len() {
+        let rest = &records[start..];
+        let Some(length) = rest.get(8..12) else {
+            return Err(BatchError::TooShort {
+                actual_bytes: rest.len(),
+            });
+        };
+        let declared = i32::from_be_bytes([length[0], length[1], length[2], length[3]]);
+        let total = usize::try_from(declared)
+            .ok()
+            .and_then(|length| length.checked_add(12))
+            .filter(|&total| total <= rest.len())
+            .ok_or(BatchError::LengthMismatch {
+                declared: i64::from(declared),
+                actual_bytes: rest.len(),
+            })?;
+        let batch = records.slice(start..start + total);
+        let header = batch::validate(&batch, max_bytes)?;
+        batch::check_producer_batch(&header, &batch)?;
+        batches.push(batch);
+        start += total;
+    }
+    if batches.is_empty() {
+        return Err(BatchError::TooShort { actual_bytes: 0 });
+    }
+    Ok(batches)
+}
