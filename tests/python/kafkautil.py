@@ -16,11 +16,15 @@ ADMIN_TIMEOUT_S = 30
 
 
 def admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000})
+    # An AdminClient is a producer inside, and producers ask Metadata to auto-create the topics
+    # they look up; these tests create every topic explicitly.
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000,
+                        "allow.auto.create.topics": False})
 
 
 def create_topic(bootstrap: str, name: str, partitions: int, config: dict | None = None) -> None:
-    futures = admin(bootstrap).create_topics(
+    client = admin(bootstrap)  # must outlive the futures: destroying it fails them
+    futures = client.create_topics(
         [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})],
         operation_timeout=ADMIN_TIMEOUT_S, request_timeout=ADMIN_TIMEOUT_S,
     )

@@ -209,7 +209,7 @@ def test_corrupt_batch_is_refused_and_not_stored(broker, topic_name):
     bad[-1] ^= 0xFF  # last byte of the last record: the CRC no longer matches
     answer = kafkautil.parse_produce_v3_7(
         kafkautil.roundtrip(address, kafkautil.produce_v3_7(topic_name, 0, bytes(bad))))
-    assert len(answer) == 1 and answer[0][2] == KafkaError.CORRUPT_MESSAGE, answer
+    assert len(answer) == 1 and answer[0][2] == KafkaError.INVALID_MSG, answer
 
     # Partition that does not exist in an existing topic.
     answer = kafkautil.parse_produce_v3_7(
