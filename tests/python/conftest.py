@@ -148,9 +148,24 @@ class Broker:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"broker did not accept on {self.bootstrap} within {START_TIMEOUT_S}s:\n"
+                    f"broker did not accept on {self.bootstrap} within {START_TIMEOUT_S}s; "
+                    f"its threads (name, state, wait channel):\n{self.threads()}\n"
                     f"{self.log_tail()}")
             time.sleep(0.05)
+
+    def threads(self) -> str:
+        """Each thread of the running broker: name, state and kernel wait channel."""
+        lines = []
+        for task in sorted(Path(f"/proc/{self.process.pid}/task").glob("*")):
+            try:
+                name = (task / "comm").read_text().strip()
+                state = next(line for line in (task / "status").read_text().splitlines()
+                             if line.startswith("State:"))
+                wchan = (task / "wchan").read_text().strip()
+            except (OSError, StopIteration):
+                continue
+            lines.append(f"  {task.name} {name}: {state.split(':', 1)[1].strip()} {wchan}")
+        return "\n".join(lines)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -94,18 +94,22 @@ def test_clean_restart_keeps_topics_configs_and_records(broker, topic_name):
         assert after[p][o][2] == value
 
 
-def test_kill9_while_producing_keeps_acknowledged_records(broker, topic_name):
-    bootstrap = broker.bootstrap
-    partitions = 4
-    kafkautil.create_topic(bootstrap, topic_name, partitions)
+class AckRecorder:
+    """A confluent-kafka producer (acks=1, no retries) in a thread, producing sequence-numbered
+    records round-robin over the partitions and recording (partition, offset, sequence) of
+    every acknowledgement from its delivery callbacks."""
 
-    acked: list[tuple[int, int, int]] = []  # (partition, offset, sequence number)
-    failed = [0]
-    stop = threading.Event()
-    produced = [0]
+    def __init__(self, bootstrap: str, topic: str, partitions: int, first_seq: int):
+        self.bootstrap, self.topic, self.partitions = bootstrap, topic, partitions
+        self.seq = first_seq
+        self.acked: list[tuple[int, int, int]] = []
+        self.failed = 0
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
 
-    def run_producer():
-        p = kafkautil.producer(bootstrap, **{
+    def run(self):
+        p = kafkautil.producer(self.bootstrap, **{
             "acks": "1",
             # Never resend: a record is in the log at most once, and per partition in the order
             # produced, whatever the broker's death does to requests in flight.
@@ -118,47 +122,38 @@ def test_kill9_while_producing_keeps_acknowledged_records(broker, topic_name):
 
         def report(err, msg):
             if err is None:
-                acked.append((msg.partition(), msg.offset(), int(msg.value().split(b"-")[1])))
+                self.acked.append((msg.partition(), msg.offset(),
+                                   int(msg.value().split(b"-")[1])))
             else:
-                failed[0] += 1
+                self.failed += 1
 
-        seq = 0
-        while not stop.is_set():
+        while not self.stop_event.is_set():
+            seq = self.seq
             try:
-                p.produce(topic_name, value=f"seq-{seq}-".encode() + b"x" * (seq % 300),
-                          key=str(seq).encode(), partition=seq % partitions, on_delivery=report)
-                seq += 1
+                p.produce(self.topic, value=f"seq-{seq}-".encode() + b"x" * (seq % 300),
+                          key=str(seq).encode(), partition=seq % self.partitions,
+                          on_delivery=report)
+                self.seq += 1
             except BufferError:
                 p.poll(0.01)
             if seq % 100 == 0:
                 p.poll(0)
             if seq % 1000 == 0:
                 time.sleep(0.002)  # keep requests flowing rather than one huge backlog
-        produced[0] = seq
         # Give up on everything unsent or in flight; those are not acknowledged.
         p.purge(in_queue=True, in_flight=True)
         p.flush(15)
 
-    thread = threading.Thread(target=run_producer, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while len(acked) < 30_000 and time.monotonic() < deadline:
-        assert thread.is_alive()
-        time.sleep(0.05)
-    assert len(acked) >= 1000, f"only {len(acked)} acknowledgements in 60 s before the kill"
-    acked_at_kill = len(acked)
-    broker.kill9()
-    time.sleep(0.5)
-    stop.set()
-    thread.join(60)
-    assert not thread.is_alive(), "producer thread did not stop"
-    acknowledged = list(acked)
-    assert len(acknowledged) >= acked_at_kill
+    def stop(self):
+        self.stop_event.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "producer thread did not stop"
 
-    broker.start()
-    kafkautil.wait_for_topic(bootstrap, topic_name, partitions)
-    log = kafkautil.consume_all(bootstrap, topic_name, partitions)
 
+def check_log_after_crash(bootstrap, topic, partitions, acknowledged):
+    """Every acknowledged record at its offset; per partition contiguous offsets, production
+    order, no duplicates. Returns the log."""
+    log = kafkautil.consume_all(bootstrap, topic, partitions)
     by_position = {}
     for p, records in log.items():
         assert [r.offset for r in records] == list(range(len(records))), f"partition {p}: gaps"
@@ -171,13 +166,44 @@ def test_kill9_while_producing_keeps_acknowledged_records(broker, topic_name):
     lost = [(p, o, s) for p, o, s in acknowledged if by_position.get((p, o)) != s]
     assert not lost, (
         f"{len(lost)} of {len(acknowledged)} acknowledged records missing or moved after kill -9, "
-        f"first: {[(p, o, s, by_position.get((p, o))) for p, o, s in lost[:5]]}; log ends "
+        f"first (partition, offset, acked seq, seq found): "
+        f"{[(p, o, s, by_position.get((p, o))) for p, o, s in lost[:5]]}; log ends "
         f"{ {p: len(r) for p, r in log.items()} }")
+    return log
+
+
+def test_kill9_while_producing_keeps_acknowledged_records(broker, topic_name):
+    """Three rounds: produce, kill -9 the broker at a different moment each time, restart,
+    check every acknowledgement so far; the next round appends after the recovered log."""
+    bootstrap = broker.bootstrap
+    partitions = 4
+    kafkautil.create_topic(bootstrap, topic_name, partitions)
+    acknowledged: list[tuple[int, int, int]] = []
+    seq = 0
+    for round_no, (min_acks, extra_s) in enumerate([(2000, 0.0), (5000, 0.37), (20000, 0.11)]):
+        producer = AckRecorder(bootstrap, topic_name, partitions, seq)
+        deadline = time.monotonic() + 60
+        while len(producer.acked) < min_acks:
+            assert producer.thread.is_alive()
+            assert time.monotonic() < deadline, (
+                f"round {round_no}: only {len(producer.acked)} acknowledgements in 60 s")
+            time.sleep(0.01)
+        time.sleep(extra_s)
+        broker.kill9()
+        time.sleep(0.3)
+        producer.stop()
+        seq = producer.seq
+        assert producer.seq > len(producer.acked), "nothing was in flight at the kill"
+        acknowledged += producer.acked
+
+        broker.start()
+        kafkautil.wait_for_topic(bootstrap, topic_name, partitions)
+        log = check_log_after_crash(bootstrap, topic_name, partitions, acknowledged)
 
     # The restarted broker appends after what it recovered.
     p = kafkautil.producer(bootstrap, acks="all")
     offsets = []
-    p.produce(topic_name, value=b"after-restart", partition=0,
+    p.produce(topic_name, value=f"seq-{seq}-after".encode(), partition=0,
               on_delivery=lambda err, msg: offsets.append((err, msg.offset())))
     assert p.flush(30) == 0
     assert offsets == [(None, len(log[0]))]
