@@ -1,5 +1,5 @@
 """kafka-python (3.x, pure Python) and kcat (Debian's, librdkafka 2.0.2) produce to and consume
-from the same topic, and each sees the other's records."""
+from the same topic, and each sees the other's records (and confluent-kafka's gzip batches)."""
 
 from __future__ import annotations
 
@@ -99,11 +99,17 @@ def test_kafka_python_and_kcat_see_each_other(broker, topic_name):
 
     from_python = kafka_python_produce(bootstrap, topic_name)
     from_kcat = kcat_produce(bootstrap, topic_name)
+    # And gzip batches from librdkafka 2.16, which kafka-python decodes without extra packages.
+    from_confluent = [(f"cf-{i}".encode(), f"from-confluent-gzip-{i}".encode()) for i in range(EACH)]
+    p = kafkautil.producer(bootstrap, acks="all", **{"compression.type": "gzip"})
+    for k, v in from_confluent:
+        p.produce(topic_name, key=k, value=v)
+    assert p.flush(60) == 0
 
     seen_by_kcat = kcat_consume(bootstrap, topic_name)
     seen_by_python = kafka_python_consume(bootstrap, topic_name)
 
-    expected_pairs = sorted([(k, v) for _, _, k, v in from_python] + from_kcat)
+    expected_pairs = sorted([(k, v) for _, _, k, v in from_python] + from_kcat + from_confluent)
     assert sorted(seen_by_kcat.values()) == expected_pairs
     assert seen_by_python == seen_by_kcat, "kafka-python and kcat read different logs"
     # kafka-python's records are where its acknowledgements said.
