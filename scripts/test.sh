@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The tests need the Rust toolchain (cargo, rustfmt, clippy), kcat (installed below), python3
-# with venv (installed by scripts/python-tests.sh when root) and an
-# O_DIRECT-capable filesystem under target/ (ext4 or xfs; tmpfs does not do O_DIRECT).
+# The tests need the Rust toolchain (cargo, rustfmt, clippy), kcat, make and a C compiler
+# (these three installed below), python3 with venv (installed by scripts/python-tests.sh when
+# root) and an O_DIRECT-capable filesystem under target/ (ext4 or xfs; tmpfs does not do
+# O_DIRECT).
 for tool in cargo rustfmt cargo-clippy; do
     command -v "$tool" >/dev/null || { echo "missing $tool: install the Rust toolchain with rustfmt and clippy" >&2; exit 1; }
 done
@@ -18,12 +19,18 @@ if [ "$(id -u)" != 0 ] && [ "$(ulimit -l)" != unlimited ] && [ "$(ulimit -l)" -l
     exit 1
 fi
 
-# The end-to-end tests drive the broker with kcat (Debian's, librdkafka 2.0.2).
-if ! command -v kcat >/dev/null; then
+# The end-to-end tests drive the broker with kcat (Debian's, librdkafka 2.0.2) and with the
+# rdkafka crate, whose build compiles librdkafka 2.12 from source with its configure script
+# and make (a C compiler and make; zlib comes from the libz-sys crate if not installed).
+missing=()
+command -v kcat >/dev/null || missing+=(kcat)
+command -v make >/dev/null || missing+=(make)
+command -v cc >/dev/null || missing+=(gcc)
+if [ "${#missing[@]}" != 0 ]; then
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq kcat
+        apt-get update -qq && apt-get install -y -qq "${missing[@]}"
     else
-        echo "missing kcat: install it (sudo apt-get install kcat) and run again" >&2
+        echo "missing ${missing[*]}: install (sudo apt-get install ${missing[*]}) and run again" >&2
         exit 1
     fi
 fi

@@ -30,7 +30,7 @@ pub const DEFAULT_NODE_ID: i32 = 0;
 const AFTER_HELP: &str = "Each setting can also come from the environment variable shown \
 or from the TOML file given by --config (keys: listen, advertised_listener, data_dir, cores, \
 node_id, socket_request_max_bytes, auto_create_topics_enable, num_partitions, \
-log_retention_check_interval_ms). Flags win over the environment, which wins over the \
+log_retention_check_interval_ms, node_per_shard). Flags win over the environment, which wins over the \
 file, which wins over the defaults. Logging is filtered by RUST_LOG (default: info).";
 
 /// `ringlog serve` flags. Every value is optional here so that a missing flag falls through to
@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// [env: RINGLOG_LOG_RETENTION_CHECK_INTERVAL_MS] [default: 300000]
     #[arg(long, value_name = "MS")]
     pub log_retention_check_interval_ms: Option<u64>,
+    /// Advertise each core's shard as its own broker node: shard i is node NODE_ID+i on port
+    /// PORT+1+i (listen and advertised), leading the partitions it owns, so clients send each
+    /// request to the owning core [env: RINGLOG_NODE_PER_SHARD] [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub node_per_shard: Option<bool>,
 }
 
 /// A `host:port` pair as written by the user; the host may be a name or an IP (IPv6 in
@@ -165,6 +170,7 @@ pub struct Layer {
     pub auto_create_topics_enable: Option<bool>,
     pub num_partitions: Option<usize>,
     pub log_retention_check_interval_ms: Option<u64>,
+    pub node_per_shard: Option<bool>,
 }
 
 impl Layer {
@@ -179,6 +185,7 @@ impl Layer {
             auto_create_topics_enable: args.auto_create_topics_enable,
             num_partitions: args.num_partitions,
             log_retention_check_interval_ms: args.log_retention_check_interval_ms,
+            node_per_shard: args.node_per_shard,
         }
     }
 
@@ -197,6 +204,7 @@ impl Layer {
                 lookup,
                 "RINGLOG_LOG_RETENTION_CHECK_INTERVAL_MS",
             )?,
+            node_per_shard: env_value(lookup, "RINGLOG_NODE_PER_SHARD")?,
         })
     }
 
@@ -240,6 +248,7 @@ pub struct ServeConfig {
     pub auto_create_topics_enable: bool,
     pub num_partitions: usize,
     pub log_retention_check_interval_ms: u64,
+    pub node_per_shard: bool,
 }
 
 impl ServeConfig {
@@ -310,6 +319,7 @@ pub fn resolve(
             layer.log_retention_check_interval_ms
         })
         .unwrap_or(300_000),
+        node_per_shard: first(&layers, |layer| layer.node_per_shard).unwrap_or(false),
         listen,
     };
     check_ranges(&config, cores_available)?;

@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::broker::catalog::Catalog;
 use crate::broker::mesh::{self, Mesh, Message};
-use crate::broker::{self, BrokerSettings, Queues, Shard, ShardBroker};
+use crate::broker::{self, BrokerSettings, Queues, Shard, ShardBroker, Topology};
 use crate::config::{ServeArgs, ServeConfig};
 use crate::memlock;
 use crate::meta_properties::MetaProperties;
@@ -156,6 +156,13 @@ fn run_shards(
             cluster_id: meta.cluster_id.clone(),
         },
         settings: BrokerSettings {
+            topology: Topology {
+                base_node_id: config.node_id,
+                advertised_host: config.advertised_listener.host.clone(),
+                advertised_port: config.advertised_listener.port,
+                node_per_shard: config.node_per_shard && config.cores > 1,
+                shards: config.cores,
+            },
             data_dir: config.data_dir.clone(),
             shards: config.cores,
             auto_create_topics: config.auto_create_topics_enable,
@@ -274,18 +281,30 @@ async fn run_shard(
     start.ready.fetch_add(1, Ordering::AcqRel);
     wait_for_all(&start.ready, shards, Duration::from_secs(3600)).await;
 
-    let listener = match TcpListener::bind(start.address) {
-        Ok(listener) => listener,
-        Err(source) => {
-            // Without this shard the broker is incomplete: stop the others too.
-            start.stop.store(true, Ordering::Release);
-            return Err(ShardError::Bind {
-                address: start.address,
-                source,
-            });
+    // The shared (bootstrap) address, and with a node per shard this shard's own port.
+    let mut addresses = vec![start.address];
+    let offset = start.settings.topology.port_offset(id);
+    if offset > 0 {
+        let mut own = start.address;
+        own.set_port(start.address.port().saturating_add(offset));
+        addresses.push(own);
+    }
+    let mut listeners = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        match TcpListener::bind(address) {
+            Ok(listener) => listeners.push(listener),
+            Err(source) => {
+                // Without this shard the broker is incomplete: stop the others too.
+                start.stop.store(true, Ordering::Release);
+                return Err(ShardError::Bind { address, source });
+            }
         }
-    };
-    info!(shard = id, address = %start.address, "accepting Kafka clients");
+    }
+    for listener in &listeners {
+        if let Ok(address) = listener.local_addr() {
+            info!(shard = id, %address, "accepting Kafka clients");
+        }
+    }
     let shutdown = Rc::new(Shutdown::default());
     glommio::spawn_local(forward_stop(Arc::clone(&start.stop), Rc::clone(&shutdown))).detach();
     glommio::spawn_local_into(
@@ -297,10 +316,13 @@ async fn run_shard(
     let live_connections = Rc::new(Cell::new(0_usize));
     let connection = Rc::new(start.connection.clone());
     let broker = ShardBroker(Rc::clone(&shard));
-    glommio::spawn_local_into(
-        {
-            let shutdown = Rc::clone(&shutdown);
-            let live_connections = Rc::clone(&live_connections);
+    let mut accepting = Vec::with_capacity(listeners.len());
+    for listener in listeners {
+        let shutdown = Rc::clone(&shutdown);
+        let live_connections = Rc::clone(&live_connections);
+        let connection = Rc::clone(&connection);
+        let broker = broker.clone();
+        let task = glommio::spawn_local_into(
             async move {
                 accept_until_stopped(
                     &listener,
@@ -310,12 +332,15 @@ async fn run_shard(
                     &live_connections,
                 )
                 .await;
-            }
-        },
-        queues.requests,
-    )
-    .map_err(|_| ShardError::Mesh("cannot start accepting"))?
-    .await;
+            },
+            queues.requests,
+        )
+        .map_err(|_| ShardError::Mesh("cannot start accepting"))?;
+        accepting.push(task);
+    }
+    for task in accepting {
+        task.await;
+    }
     drain(id, &live_connections).await;
     start.drained.fetch_add(1, Ordering::AcqRel);
     if !wait_for_all(&start.drained, shards, DRAIN_TIMEOUT).await {

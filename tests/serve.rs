@@ -2,11 +2,12 @@
 //! with one core and talks to it over TCP, with raw Kafka requests (kafka-protocol) and with
 //! kcat (librdkafka 2.0.2 on Debian, which reads ApiVersions v3 replies strictly).
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{Shutdown, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -17,87 +18,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use kafka_protocol::ResponseError;
 
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-const START_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A running broker, killed when dropped (also when a test panics).
-struct Broker {
-    child: Child,
-    port: u16,
-    data_dir: PathBuf,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Broker {
-    fn start(name: &str, extra_env: &[(&str, String)]) -> Self {
-        let port = free_port();
-        let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{name}"));
-        std::fs::create_dir_all(&data_dir).expect("create data dir");
-        let log = std::fs::File::create(data_dir.join("broker.log")).expect("create log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ringlog"));
-        command
-            .args(["serve", "--cores", "1", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (key, value) in extra_env {
-            command.env(key, value);
-        }
-        let broker = Self {
-            child: command.spawn().expect("start ringlog serve"),
-            port,
-            data_dir,
-        };
-        broker.wait_until_accepting();
-        broker
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn wait_until_accepting(&self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect(self.address()).is_err() {
-            assert!(Instant::now() < deadline, "broker did not start accepting");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.address()).expect("connect");
-        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
-        stream
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-/// A port that was free a moment ago (bound with port 0, then released).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
-}
+use common::Broker;
 
 fn send_request<R: Encodable + HeaderVersion>(
     stream: &mut TcpStream,
@@ -210,6 +131,7 @@ fn assert_closed(stream: &mut TcpStream) {
 fn raw_client_gets_api_versions_and_metadata_for_the_advertised_listener() {
     let broker = Broker::start(
         "raw",
+        1,
         &[
             (
                 "RINGLOG_ADVERTISED_LISTENER",
@@ -264,7 +186,7 @@ fn raw_client_gets_api_versions_and_metadata_for_the_advertised_listener() {
 
 #[test]
 fn unsupported_api_versions_version_gets_an_error_in_v0_format() {
-    let broker = Broker::start("unsupported-api-versions", &[]);
+    let broker = Broker::start("unsupported-api-versions", 1, &[]);
     let mut stream = broker.connect();
     // kafka-protocol cannot encode a version it does not know; this is what a future client
     // sends: key 18, version 9, correlation id 5, null client id, no tagged fields.
@@ -290,7 +212,7 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn bad_input_closes_only_its_own_connection() {
-    let broker = Broker::start("bad-input", &[]);
+    let broker = Broker::start("bad-input", 1, &[]);
     let mut healthy = broker.connect();
     assert_api_ranges(&api_versions(&mut healthy, 3, 1));
 
@@ -325,7 +247,7 @@ fn bad_input_closes_only_its_own_connection() {
 
 #[test]
 fn kcat_lists_the_broker() {
-    let broker = Broker::start("kcat", &[]);
+    let broker = Broker::start("kcat", 1, &[]);
     let output = Command::new("timeout")
         .args([
             "30",
@@ -355,7 +277,7 @@ fn kcat_lists_the_broker() {
 
 #[test]
 fn sigterm_exits_zero_within_seconds_with_a_client_connected() {
-    let mut broker = Broker::start("sigterm", &[]);
+    let mut broker = Broker::start("sigterm", 1, &[]);
     let mut idle = broker.connect();
     assert_api_ranges(&api_versions(&mut idle, 3, 1));
     let pid = i32::try_from(broker.child.id()).expect("pid fits");
@@ -366,4 +288,114 @@ fn sigterm_exits_zero_within_seconds_with_a_client_connected() {
         .expect("exits within 5 s of SIGTERM");
     assert_eq!(status.code(), Some(0), "{status}");
     assert_closed(&mut idle);
+}
+
+/// Runs kcat with a time limit, feeding `input` on stdin; returns stdout.
+fn kcat(args: &[&str], input: &[u8]) -> String {
+    let mut child = Command::new("timeout")
+        .arg("60")
+        .arg("kcat")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kcat (scripts/test.sh installs it: apt-get install kcat)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("feed kcat");
+    let output = child.wait_with_output().expect("kcat output");
+    assert!(
+        output.status.success(),
+        "kcat {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// Two shards, partitions on both: records produced through either topology (one node that
+/// forwards between cores, or a node per core) all come back, in order per partition, with
+/// contiguous offsets, and Metadata names the owning core's node as leader.
+#[test]
+fn two_shards_serve_partitions_on_both_cores_in_both_topologies() {
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("skipped: needs 2 cores");
+        return;
+    }
+    for node_per_shard in [false, true] {
+        let broker = Broker::start(
+            &format!("two-shards-{node_per_shard}"),
+            2,
+            &[
+                ("RINGLOG_NUM_PARTITIONS", "4".to_owned()),
+                ("RINGLOG_NODE_PER_SHARD", node_per_shard.to_string()),
+            ],
+        );
+        let address = broker.address();
+        let input: String = (0..400).map(|i| format!("key{i}:value{i}\n")).collect();
+        kcat(
+            &["-b", &address, "-P", "-t", "spread", "-K:"],
+            input.as_bytes(),
+        );
+        let consumed = kcat(
+            &[
+                "-b",
+                &address,
+                "-C",
+                "-t",
+                "spread",
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+                "-f",
+                "%p %o %k %s\n",
+            ],
+            b"",
+        );
+        let mut next_offset = [0_i64; 4];
+        let mut seen = std::collections::BTreeSet::new();
+        for line in consumed.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let [partition, offset, key, value] = fields[..] else {
+                panic!("unexpected line {line:?}");
+            };
+            let partition: usize = partition.parse().expect("partition");
+            let offset: i64 = offset.parse().expect("offset");
+            assert_eq!(
+                offset, next_offset[partition],
+                "offsets contiguous in {line:?}"
+            );
+            next_offset[partition] += 1;
+            assert_eq!(key.strip_prefix("key"), value.strip_prefix("value"));
+            assert!(seen.insert(key.to_owned()), "{key} twice");
+        }
+        assert_eq!(seen.len(), 400, "node_per_shard={node_per_shard}");
+        assert!(
+            next_offset.iter().all(|&n| n > 0),
+            "every partition used: {next_offset:?}"
+        );
+
+        let listing: serde_json::Value =
+            serde_json::from_str(&kcat(&["-b", &address, "-L", "-J", "-t", "spread"], b""))
+                .expect("kcat prints JSON");
+        let brokers = listing["brokers"].as_array().expect("brokers");
+        let partitions = listing["topics"][0]["partitions"]
+            .as_array()
+            .expect("partitions");
+        let leaders: std::collections::BTreeSet<i64> = partitions
+            .iter()
+            .map(|p| p["leader"].as_i64().expect("leader"))
+            .collect();
+        if node_per_shard {
+            assert_eq!(brokers.len(), 2, "{listing}");
+            assert_eq!(leaders.len(), 2, "partitions led by both cores: {listing}");
+        } else {
+            assert_eq!(brokers.len(), 1, "{listing}");
+            assert_eq!(leaders.into_iter().collect::<Vec<_>>(), vec![0]);
+        }
+    }
 }

@@ -802,6 +802,7 @@ fn try_submit(inner: &Rc<Inner>, w: &mut Writer, config: &LogConfig, partial: bo
 
 async fn write_buffer(inner: Rc<Inner>, segment: Rc<Segment>, buf: DmaBuffer, pos: u64, id: u64) {
     let len = buf.len();
+    segment.reserve_ahead(pos + len as u64, &inner.config.borrow());
     let fault = inner
         .write_fault
         .as_ref()

@@ -50,6 +50,8 @@ pub struct Segment {
     pub(crate) index: RefCell<MmapIndex<OffsetEntry>>,
     pub(crate) time_index: RefCell<MmapIndex<TimeEntry>>,
     pub(crate) meta: RefCell<SegmentMeta>,
+    /// Length the `.log` file has been preallocated to (see `reserve_ahead`).
+    allocated: std::cell::Cell<u64>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -131,6 +133,9 @@ async fn open_dma(path: &Path, create: bool) -> Result<DmaFile, OpenError> {
     })
 }
 
+/// A segment's blocks are allocated this much at a time as it fills (`preallocate`).
+pub const PREALLOCATE_CHUNK_BYTES: u64 = 32 << 20;
+
 impl Segment {
     /// Creates an empty segment with its files, preallocated as configured.
     pub async fn create(
@@ -183,6 +188,7 @@ impl Segment {
             file: Rc::new(file),
             index: RefCell::new(index),
             time_index: RefCell::new(time_index),
+            allocated: std::cell::Cell::new(0),
             meta: RefCell::new(SegmentMeta {
                 size_bytes: 0,
                 next_offset: base_offset,
@@ -213,18 +219,48 @@ impl Segment {
             result.map_err(|e| IoFailure::new("growing index of", &self.log_path, e))?;
         }
         if config.preallocate {
-            // Not keep_size: the file is given its full length now, so no write extends it.
-            // On ext4 a direct write that extends the file runs under the exclusive inode
-            // lock and waits for the previous one (io_uring hands it to a worker thread): with
-            // keep_size, 16 KiB appends got 15% of fio's throughput and 1 MiB appends did not
-            // scale past one write in flight. The cost: after a crash the active segment ends
-            // in zeros up to its full size; recovery stops at the first zero chunk it reads.
-            let result = self.file.pre_allocate(config.segment_bytes, false).await;
-            if let Err(e) = result {
-                tracing::warn!(path = %self.log_path.display(), error = %e, "preallocation failed");
-            }
+            let wanted = self.meta().size_bytes + PREALLOCATE_CHUNK_BYTES;
+            self.allocated.set(0);
+            self.reserve(wanted.min(config.segment_bytes)).await;
         }
         Ok(())
+    }
+
+    /// Makes the file `len` bytes long with its blocks allocated (fallocate without
+    /// keep_size), unless it already is. Failure only costs speed: writes then extend the file.
+    ///
+    /// Not keep_size: the file gets its length now, so no write extends it. On ext4 a direct
+    /// write that extends the file runs under the exclusive inode lock and waits for the
+    /// previous one (io_uring hands it to a worker thread): with keep_size, 16 KiB appends got
+    /// 15% of fio's throughput and 1 MiB appends did not scale past one write in flight. The
+    /// cost: after a crash the active segment ends in zeros up to its allocated length;
+    /// recovery stops at the first zero chunk it reads.
+    async fn reserve(&self, len: u64) {
+        if len <= self.allocated.get() {
+            return;
+        }
+        self.allocated.set(len);
+        if let Err(e) = self.file.pre_allocate(len, false).await {
+            tracing::warn!(path = %self.log_path.display(), error = %e, "preallocation failed");
+        }
+    }
+
+    /// Called before each write ending at `end`: when the write comes within half a chunk of
+    /// the allocated length, the next chunk is allocated in a task of its own, so writes keep
+    /// landing in allocated blocks without waiting for it. A segment takes disk space as it
+    /// fills, a chunk at a time, not `segment.bytes` at creation (which put gigabytes on disk
+    /// for a few empty partitions).
+    pub(crate) fn reserve_ahead(self: &Rc<Self>, end: u64, config: &LogConfig) {
+        let allocated = self.allocated.get();
+        if !config.preallocate
+            || allocated >= config.segment_bytes
+            || end + PREALLOCATE_CHUNK_BYTES / 2 <= allocated
+        {
+            return;
+        }
+        let target = (end.max(allocated) + PREALLOCATE_CHUNK_BYTES).min(config.segment_bytes);
+        let segment = Rc::clone(self);
+        glommio::spawn_local(async move { segment.reserve(target).await }).detach();
     }
 
     /// Closes the segment's file now if nobody else holds the segment (otherwise the last

@@ -556,3 +556,46 @@ fn sealing_runs_in_the_background_queue_given() {
         assert!(selected() > 0, "the background queue never ran");
     });
 }
+
+/// With the default 1 GiB `segment.bytes`, a segment takes disk space a chunk at a time as it
+/// fills, not 1 GiB when it is created; and once written past several chunks its data reads
+/// back whole and survives a reopen.
+#[test]
+fn segments_are_preallocated_a_chunk_at_a_time() {
+    let dir = test_dir("prealloc-chunks");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig::default();
+        let (log, _) = PartitionLog::open(&path, config.clone())
+            .await
+            .expect("open");
+        let segment_file = path.join("00000000000000000000.log");
+        let allocated = |file: &std::path::Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(file).expect("metadata").blocks() * 512
+        };
+        let chunk = ringlog_engine::segment::PREALLOCATE_CHUNK_BYTES;
+        assert!(
+            allocated(&segment_file) <= chunk,
+            "empty segment over one chunk"
+        );
+        // ~94 MiB (batches under max.message.bytes): several chunks.
+        let expected = append_batches(&log, 100, 60, 16 * 1024).await;
+        let written = log.size_bytes();
+        let on_disk = allocated(&segment_file);
+        assert!(
+            on_disk >= written,
+            "{on_disk} bytes allocated for {written}"
+        );
+        assert!(
+            on_disk <= written + 2 * chunk,
+            "{on_disk} bytes allocated for {written}"
+        );
+        let end = log.log_end_offset();
+        drop(log);
+        let (log, report) = PartitionLog::open(&path, config).await.expect("reopen");
+        assert_eq!(report.corruption, None, "{report:?}");
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log, 0, 4 << 20).await, expected);
+    });
+}

@@ -51,6 +51,8 @@ pub struct TopicSpec {
     pub partitions: i32,
     pub replication_factor: i16,
     pub configs: BTreeMap<String, String>,
+    /// Owning shard of each partition when the client assigned them to nodes.
+    pub placement: Option<Vec<usize>>,
 }
 
 impl TopicSpec {
@@ -60,6 +62,7 @@ impl TopicSpec {
             partitions: i32::try_from(settings.num_partitions).unwrap_or(1),
             replication_factor: 1,
             configs: BTreeMap::new(),
+            placement: None,
         }
     }
 }
@@ -249,7 +252,10 @@ fn new_topic(controller: &Shard, catalog: &Catalog, spec: &TopicSpec) -> Result<
     }
     Ok(Topic {
         id: new_topic_id(),
-        partitions: catalog.place(controller.settings.shards, spec.partitions as usize),
+        partitions: spec
+            .placement
+            .clone()
+            .unwrap_or_else(|| catalog.place(controller.settings.shards, spec.partitions as usize)),
         configs: spec.configs.clone(),
     })
 }
@@ -263,23 +269,17 @@ pub async fn create_topics(
     request: CreateTopicsRequest,
     version: i16,
 ) -> CreateTopicsResponse {
-    let node = shard.identity.node_id;
     let specs: Vec<Result<TopicSpec, AdminError>> = request
         .topics
         .iter()
         .map(|topic| {
             let mut partitions = topic.num_partitions;
+            let mut placement = None;
             if !topic.assignments.is_empty() {
-                if topic
-                    .assignments
-                    .iter()
-                    .any(|a| a.broker_ids.iter().map(|b| b.0).ne([node]))
-                {
-                    return Err(AdminError::new(
-                        ResponseError::InvalidReplicaAssignment,
-                        format!("every partition must be assigned to broker {node} alone"),
-                    ));
-                }
+                placement = Some(assigned_shards(
+                    shard,
+                    topic.assignments.iter().map(|a| a.broker_ids.as_slice()),
+                )?);
                 partitions = topic.assignments.len() as i32;
             } else if partitions == -1 {
                 partitions = i32::try_from(shard.settings.num_partitions).unwrap_or(1);
@@ -299,6 +299,7 @@ pub async fn create_topics(
                 partitions,
                 replication_factor,
                 configs,
+                placement,
             })
         })
         .collect();
@@ -463,16 +464,17 @@ pub async fn create_partitions(
     request: CreatePartitionsRequest,
     _version: i16,
 ) -> CreatePartitionsResponse {
-    let node = shard.identity.node_id;
-    let asked: Vec<(String, i32, bool)> = request
+    type Asked = (String, i32, Result<Option<Vec<usize>>, AdminError>);
+    let asked: Vec<Asked> = request
         .topics
         .iter()
         .map(|topic| {
-            let foreign = topic.assignments.as_ref().is_some_and(|all| {
-                all.iter()
-                    .any(|a| a.broker_ids.iter().map(|b| b.0).ne([node]))
-            });
-            (topic.name.to_string(), topic.count, foreign)
+            let placement = topic
+                .assignments
+                .as_ref()
+                .map(|all| assigned_shards(shard, all.iter().map(|a| a.broker_ids.as_slice())))
+                .transpose();
+            (topic.name.to_string(), topic.count, placement)
         })
         .collect();
     let validate_only = request.validate_only;
@@ -481,8 +483,9 @@ pub async fn create_partitions(
         let mut catalog = controller.catalog.borrow().clone();
         let mut changes = Vec::new();
         let mut results = Vec::with_capacity(asked.len());
-        for (name, count, foreign) in asked {
-            let result = grow(&controller, &catalog, &name, count, foreign);
+        for (name, count, placement) in asked {
+            let result = placement
+                .and_then(|placement| grow(&controller, &catalog, &name, count, placement));
             if let (Ok(topic), false) = (&result, validate_only) {
                 catalog.topics.insert(name.clone(), topic.clone());
                 info!(topic = name, partitions = count, "adding partitions");
@@ -524,7 +527,7 @@ fn grow(
     catalog: &Catalog,
     name: &str,
     count: i32,
-    foreign: bool,
+    placement: Option<Vec<usize>>,
 ) -> Result<Topic, AdminError> {
     let Some(topic) = catalog.topics.get(name) else {
         return Err(AdminError::new(
@@ -540,20 +543,61 @@ fn grow(
             format!("topic '{name}' has {current} partitions; the new count must be larger, not {count}"),
         ));
     }
-    if foreign {
-        return Err(AdminError::new(
-            ResponseError::InvalidReplicaAssignment,
-            format!(
-                "every partition must be assigned to broker {} alone",
-                controller.identity.node_id
-            ),
-        ));
-    }
+    let added = match placement {
+        Some(placement) if placement.len() != wanted - current => {
+            return Err(AdminError::new(
+                ResponseError::InvalidReplicaAssignment,
+                format!(
+                    "{} assignments given for {} new partitions",
+                    placement.len(),
+                    wanted - current
+                ),
+            ))
+        }
+        Some(placement) => placement,
+        None => catalog.place(controller.settings.shards, wanted - current),
+    };
     let mut grown = topic.clone();
-    grown
-        .partitions
-        .extend(catalog.place(controller.settings.shards, wanted - current));
+    grown.partitions.extend(added);
     Ok(grown)
+}
+
+/// The owning shards of manually assigned partitions: each partition must name exactly one
+/// node (replication factor 1) and that node must be this broker (or, with a node per shard,
+/// one of its shards, which then owns the partition).
+fn assigned_shards<'a>(
+    shard: &Shard,
+    assignments: impl Iterator<Item = &'a [kafka_protocol::messages::BrokerId]>,
+) -> Result<Vec<usize>, AdminError> {
+    let topology = &shard.settings.topology;
+    let mut load = shard.catalog.borrow().load_per_shard(topology.shards);
+    assignments
+        .map(|nodes| {
+            let refused = || {
+                AdminError::new(
+                    ResponseError::InvalidReplicaAssignment,
+                    format!(
+                        "each partition must be assigned to one of the nodes {:?}, got {:?}",
+                        topology
+                            .nodes()
+                            .iter()
+                            .map(|(node, _)| *node)
+                            .collect::<Vec<_>>(),
+                        nodes.iter().map(|node| node.0).collect::<Vec<_>>()
+                    ),
+                )
+            };
+            let [node] = nodes else {
+                return Err(refused());
+            };
+            let owner = match topology.shard_of(node.0).map_err(|()| refused())? {
+                Some(owner) => owner,
+                None => (0..load.len()).min_by_key(|&s| (load[s], s)).unwrap_or(0),
+            };
+            load[owner] += 1;
+            Ok(owner)
+        })
+        .collect()
 }
 
 pub fn describe_configs(
@@ -663,7 +707,7 @@ fn broker_entries(shard: &Shard) -> Vec<Entry> {
     vec![
         entry(
             "node.id",
-            shard.identity.node_id.to_string(),
+            shard.settings.topology.node_of(shard.id).to_string(),
             ConfigType::Int,
             "This broker's id.",
         ),

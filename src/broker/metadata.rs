@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::metadata_response::{
-    MetadataResponsePartition, MetadataResponseTopic,
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
     BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
@@ -27,7 +27,21 @@ pub async fn metadata(
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
+    let topology = &shard.settings.topology;
     let mut response = single_broker_response(version, &shard.identity);
+    response.brokers = topology
+        .nodes()
+        .into_iter()
+        .map(|(node, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(node))
+                .with_host(StrBytes::from_string(topology.advertised_host.clone()))
+                .with_port(i32::from(port))
+        })
+        .collect();
+    if version >= 1 {
+        response.controller_id = BrokerId(topology.node_of(0));
+    }
     let auto_create =
         shard.settings.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     let Some(wanted) = &request.topics else {
@@ -79,9 +93,13 @@ pub async fn metadata(
 }
 
 fn describe_topic(shard: &Shard, version: i16, name: &str, topic: &Topic) -> MetadataResponseTopic {
-    let node = BrokerId(shard.identity.node_id);
-    let partitions = (0..topic.partitions.len())
-        .map(|index| {
+    let topology = &shard.settings.topology;
+    let partitions = topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(index, &owner)| {
+            let node = BrokerId(topology.node_of(owner));
             let mut partition = MetadataResponsePartition::default()
                 .with_partition_index(index as i32)
                 .with_leader_id(node)
@@ -110,7 +128,7 @@ pub fn describe_cluster(
     let identity = &shard.identity;
     let mut response = DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(identity.cluster_id.clone()))
-        .with_controller_id(BrokerId(identity.node_id));
+        .with_controller_id(BrokerId(shard.settings.topology.node_of(0)));
     if version >= 1 {
         response = response.with_endpoint_type(request.endpoint_type);
         if request.endpoint_type != ENDPOINT_BROKERS {
@@ -121,8 +139,16 @@ pub fn describe_cluster(
                 )));
         }
     }
-    response.with_brokers(vec![DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(identity.node_id))
-        .with_host(StrBytes::from_string(identity.advertised_host.clone()))
-        .with_port(i32::from(identity.advertised_port))])
+    let topology = &shard.settings.topology;
+    let brokers = topology
+        .nodes()
+        .into_iter()
+        .map(|(node, port)| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(node))
+                .with_host(StrBytes::from_string(topology.advertised_host.clone()))
+                .with_port(i32::from(port))
+        })
+        .collect();
+    response.with_brokers(brokers)
 }

@@ -38,9 +38,70 @@ use tracing::{error, info, warn};
 use self::catalog::{Catalog, Topic};
 use self::mesh::{Mesh, MeshError};
 
+/// How the shards appear to clients: as one broker node, or each as a node of its own.
+///
+/// With `node_per_shard`, shard `i` is node `base_node_id + i`, reachable on its own port
+/// `advertised_port + 1 + i` (bound on `listen port + 1 + i`), and Metadata names the owning
+/// shard's node as each partition's leader, so clients send produce and fetch requests straight
+/// to the core that owns the partition. The shared listen port stays the bootstrap address,
+/// accepted on every shard. Without it, the broker is one node and requests for partitions of
+/// other shards are forwarded through the mesh. Either way a request reaching the wrong shard
+/// is forwarded, never refused.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub base_node_id: i32,
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub node_per_shard: bool,
+    pub shards: usize,
+}
+
+impl Topology {
+    pub fn node_of(&self, shard: usize) -> i32 {
+        if self.node_per_shard {
+            self.base_node_id + shard as i32
+        } else {
+            self.base_node_id
+        }
+    }
+
+    /// The port offset (from the listen and advertised ports) of a shard's own listener.
+    pub fn port_offset(&self, shard: usize) -> u16 {
+        if self.node_per_shard {
+            1 + shard as u16
+        } else {
+            0
+        }
+    }
+
+    /// Every node clients are told about: (node id, port).
+    pub fn nodes(&self) -> Vec<(i32, u16)> {
+        let count = if self.node_per_shard { self.shards } else { 1 };
+        (0..count)
+            .map(|shard| {
+                (
+                    self.node_of(shard),
+                    self.advertised_port.saturating_add(self.port_offset(shard)),
+                )
+            })
+            .collect()
+    }
+
+    /// The shard a node id stands for; with one node for all shards, `None` means "any".
+    pub fn shard_of(&self, node: i32) -> Result<Option<usize>, ()> {
+        let index = node.checked_sub(self.base_node_id).ok_or(())?;
+        match (self.node_per_shard, usize::try_from(index)) {
+            (true, Ok(shard)) if shard < self.shards => Ok(Some(shard)),
+            (false, Ok(0)) => Ok(None),
+            _ => Err(()),
+        }
+    }
+}
+
 /// Broker-wide settings every shard reads.
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
+    pub topology: Topology,
     pub data_dir: PathBuf,
     pub shards: usize,
     /// `auto.create.topics.enable`: Metadata for an unknown topic creates it.
