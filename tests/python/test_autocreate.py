@@ -57,3 +57,23 @@ def test_produce_to_unknown_topic_default(broker, topic_name):
     else:
         assert missing not in md.topics
     assert broker.alive()
+
+
+def test_produce_to_unknown_topic_with_auto_create_on(broker_factory, topic_name):
+    auto_env = serve_setting_env(AUTO_CREATE_FLAG)
+    partitions_env = serve_setting_env("num-partitions")
+    if auto_env is None or partitions_env is None:
+        pytest.skip("`ringlog serve --help` lists no --auto-create-topics-enable/--num-partitions")
+    broker = broker_factory(env={auto_env: "true", partitions_env: "3"})
+    fresh = f"{topic_name}-auto"
+    p = kafkautil.producer(broker.bootstrap, acks="all")
+    results = []
+    for i in range(30):
+        p.produce(fresh, value=b"v%d" % i, key=b"k%d" % i,
+                  on_delivery=lambda err, msg: results.append((err, msg.partition(), msg.offset())))
+    assert p.flush(30) == 0
+    assert [err for err, _, _ in results] == [None] * 30
+    kafkautil.wait_for_topic(broker.bootstrap, fresh, 3)
+    log = kafkautil.consume_all(broker.bootstrap, fresh, 3)
+    assert sorted(r.value for records in log.values() for r in records) == \
+        sorted(b"v%d" % i for i in range(30))

@@ -8,7 +8,7 @@ import threading
 import time
 
 from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource,
-                                   NewPartitions, ResourceType)
+                                   NewPartitions, NewTopic, ResourceType)
 
 import kafkautil
 from kafkautil import ADMIN_TIMEOUT_S
@@ -207,3 +207,34 @@ def test_kill9_while_producing_keeps_acknowledged_records(broker, topic_name):
               on_delivery=lambda err, msg: offsets.append((err, msg.offset())))
     assert p.flush(30) == 0
     assert offsets == [(None, len(log[0]))]
+
+
+def test_kill9_right_after_admin_operations(broker, topic_name):
+    """Acknowledged CreateTopics, CreatePartitions, IncrementalAlterConfigs and DeleteTopics
+    survive a kill -9 that comes right after their answers."""
+    bootstrap = broker.bootstrap
+    keep, grow, gone = f"{topic_name}-keep", f"{topic_name}-grow", f"{topic_name}-gone"
+    kafkautil.create_topic(bootstrap, gone, 2)
+    kafkautil.create_topic(bootstrap, grow, 1)
+    client = kafkautil.admin(bootstrap)
+    client.create_topics([NewTopic(keep, num_partitions=3, replication_factor=1,
+                                   config={"retention.ms": "55555555"})],
+                         request_timeout=ADMIN_TIMEOUT_S)[keep].result(timeout=ADMIN_TIMEOUT_S)
+    client.create_partitions([NewPartitions(grow, 4)], request_timeout=ADMIN_TIMEOUT_S)[grow].result(
+        timeout=ADMIN_TIMEOUT_S)
+    resource = ConfigResource(ResourceType.TOPIC, grow, incremental_configs=[
+        ConfigEntry("retention.ms", "4444444", incremental_operation=AlterConfigOpType.SET)])
+    for future in client.incremental_alter_configs([resource], request_timeout=ADMIN_TIMEOUT_S).values():
+        future.result(timeout=ADMIN_TIMEOUT_S)
+    client.delete_topics([gone], request_timeout=ADMIN_TIMEOUT_S)[gone].result(
+        timeout=ADMIN_TIMEOUT_S)
+    broker.kill9()
+    del client
+
+    broker.start()
+    kafkautil.wait_for_topic(bootstrap, keep, 3)
+    kafkautil.wait_for_topic(bootstrap, grow, 4)
+    client = kafkautil.admin(bootstrap)
+    assert gone not in client.list_topics(timeout=15).topics, "deleted topic is back"
+    assert describe_topic_configs(client, keep).get("retention.ms") == "55555555"
+    assert describe_topic_configs(client, grow).get("retention.ms") == "4444444"
