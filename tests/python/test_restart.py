@@ -238,3 +238,23 @@ def test_kill9_right_after_admin_operations(broker, topic_name):
     assert gone not in client.list_topics(timeout=15).topics, "deleted topic is back"
     assert describe_topic_configs(client, keep).get("retention.ms") == "55555555"
     assert describe_topic_configs(client, grow).get("retention.ms") == "4444444"
+
+
+def test_sigterm_with_consumer_in_long_poll_exits_promptly(broker, topic_name):
+    """A live consumer at the end of the log is almost always inside a Fetch long poll; SIGTERM
+    must end that poll (Kafka completes delayed fetches at shutdown), not wait it out."""
+    from confluent_kafka import TopicPartition
+
+    kafkautil.create_topic(broker.bootstrap, topic_name, 1)
+    c = kafkautil.consumer(broker.bootstrap, **{"fetch.wait.max.ms": 20000,
+                                                "socket.timeout.ms": 60000})
+    try:
+        c.assign([TopicPartition(topic_name, 0, 0)])
+        assert c.poll(1.0) is None  # parked in Fetch at offset 0 of an empty partition
+        started = time.monotonic()
+        code = broker.stop(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        c.close()
+    assert code == 0
+    assert took < 2.0, f"SIGTERM took {took:.1f} s with one consumer in a long poll"
