@@ -246,3 +246,12 @@ def parse_produce_v3_7(body: bytes) -> list[tuple[str, int, int, int]]:
             pos += 4 + 2 + 8 + 8 + 8
             out.append((name, index, error_code, base_offset))
     return out
+
+
+def fetch_v4(topic: str, partition: int, offset: int, max_bytes: int, max_wait_ms: int = 0,
+             correlation_id: int = 21) -> bytes:
+    """A Fetch v4 request for one partition."""
+    body = (struct.pack(">iiiib", -1, max_wait_ms, 1, max_bytes, 0)
+            + struct.pack(">i", 1) + _string(topic)
+            + struct.pack(">i", 1) + struct.pack(">iqi", partition, offset, max_bytes))
+    return frame(1, 4, correlation_id, body)

@@ -234,3 +234,50 @@ def test_acks0_produce_gets_no_response(broker, topic_name):
         payload = kafkautil.recv_exact(sock, size)
         assert struct.unpack(">i", payload[:4])[0] == 99
     assert kafkautil.watermarks(broker.bootstrap, topic_name, 1) == {0: (0, 1)}
+
+
+def test_client_that_never_reads_does_not_block_others(broker, topic_name):
+    """Connections that ask for megabytes of Fetch answers and never read them fill their
+    socket buffers; the broker's cores must keep serving everyone else meanwhile."""
+    bootstrap = broker.bootstrap
+    big_topic = f"{topic_name}-big"
+    kafkautil.create_topic(bootstrap, big_topic, 1)
+    kafkautil.create_topic(bootstrap, topic_name, 3)
+    p = kafkautil.producer(bootstrap, acks="1")
+    chunk = os.urandom(10_000)
+    for i in range(2000):  # 20 MB, incompressible
+        p.produce(big_topic, value=chunk[i % 100:] + chunk[:i % 100], partition=0)
+        if i % 100 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    del p
+
+    stuck = []
+    with Traffic(bootstrap, topic_name, 3) as traffic:
+        traffic.progress("start")
+        for n in range(8):
+            sock = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            for k in range(20):
+                try:
+                    sock.sendall(kafkautil.fetch_v4(big_topic, 0, 0, 50_000_000,
+                                                    correlation_id=k))
+                except (socket.timeout, BlockingIOError):
+                    break  # the broker stopped reading: fine, it is backed up on us
+            stuck.append(sock)
+        traffic.progress("8 connections with 20 pipelined 20 MB Fetch answers each, unread")
+        rss_kib = int(next(line.split()[1] for line in
+                           open(f"/proc/{broker.process.pid}/status")
+                           if line.startswith("VmRSS:")))
+        # Answers wait in socket buffers and at most one in the broker per connection, not all
+        # 160 of them (3.2 GB).
+        assert rss_kib < 1_000_000, f"broker RSS {rss_kib} KiB with unread Fetch answers"
+        print(f"broker RSS with unread answers: {rss_kib} KiB")
+        assert kafkautil.api_versions_ok(("127.0.0.1", broker.port))
+        time.sleep(2)
+        traffic.progress("2 s later")
+        for sock in stuck:
+            sock.close()
+        traffic.progress("closing the unread connections")
+        assert broker.alive()
+    assert not traffic.errors, traffic.errors[:10]
