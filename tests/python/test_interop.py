@@ -127,3 +127,75 @@ def test_kafka_python_and_kcat_see_each_other(broker, topic_name):
             assert seen_by_kcat[(p, r.offset)] == (r.key, r.value)
             if r.key.startswith(b"kp-"):
                 assert r.headers == [("src", b"kafka-python")]
+
+
+def test_kafka_python_admin_and_offsets(broker, topic_name):
+    """kafka-python's own request versions (CreateTopics v7, CreatePartitions v3,
+    IncrementalAlterConfigs, DescribeConfigs, DeleteTopics, ListOffsets v10): same answers."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.errors import TopicAlreadyExistsError
+
+    bootstrap = broker.bootstrap
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    try:
+        admin.create_topics({topic_name: {"num_partitions": 3, "replication_factor": 1,
+                                          "configs": {"retention.ms": "3600000"}}},
+                            wait_for_metadata=True)
+        try:
+            admin.create_topics({topic_name: {"num_partitions": 1, "replication_factor": 1}})
+            raise AssertionError("second CreateTopics of the same name succeeded")
+        except TopicAlreadyExistsError:
+            pass
+        other = f"{topic_name}-other"
+        admin.create_topics({other: {}}, wait_for_metadata=True)  # broker default partitions
+        assert sorted(admin.list_topics()) == sorted([topic_name, other])
+
+        def retention():
+            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic_name)])
+            return configs["topic"][topic_name]["retention.ms"]["value"]
+
+        assert retention() == "3600000"
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic_name,
+                                            configs={"retention.ms": "7200000"})])
+        assert retention() == "7200000"
+        admin.create_partitions({topic_name: 5})
+        [described] = admin.describe_topics([topic_name])
+        assert sorted(p["partition_index"] for p in described["partitions"]) == list(range(5))
+        assert all(p["leader_id"] == 0 for p in described["partitions"])
+        cluster = admin.describe_cluster()
+        assert [(b["broker_id"], b["host"], b["port"]) for b in cluster["brokers"]] == \
+            [(0, "127.0.0.1", broker.port)]
+        admin.delete_topics([other])
+        deadline = time.monotonic() + 30
+        while other in admin.list_topics():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+    # Timestamps 1000, 2000, ... in partition 4 (a partition added by CreatePartitions).
+    producer = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks=1)
+    try:
+        for i in range(10):
+            producer.send(topic_name, value=b"t%d" % i, partition=4, timestamp_ms=1000 * (i + 1))
+        producer.flush(timeout=30)
+    finally:
+        producer.close(timeout=10)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic_name, 4)
+        assert consumer.beginning_offsets([tp]) == {tp: 0}
+        assert consumer.end_offsets([tp]) == {tp: 10}
+        for ts, want in [(0, 0), (1000, 0), (1001, 1), (5500, 5), (10_000, 9)]:
+            found = consumer.offsets_for_times({tp: ts})[tp]
+            assert found is not None and (found.offset, found.timestamp) == (want, 1000 * (want + 1)), ts
+        assert consumer.offsets_for_times({tp: 10_001})[tp] is None
+    finally:
+        consumer.close()
+
+    # kcat's ListOffsets v2 by time: -Q -t topic:partition:timestamp.
+    result = subprocess.run(["kcat", "-b", bootstrap, "-Q", "-t", f"{topic_name}:4:5500"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "offset 5" in result.stdout, result.stdout
