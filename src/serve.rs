@@ -261,6 +261,7 @@ async fn run_shard(
         return Err(ShardError::Mesh("mesh peer ids do not follow shard order"));
     }
     let shards = start.settings.shards;
+    let shutdown = Rc::new(Shutdown::default());
     let shard = Rc::new(Shard::new(
         id,
         start.settings.clone(),
@@ -268,6 +269,7 @@ async fn run_shard(
         start.catalog.clone(),
         (shards > 1).then(|| Mesh::new(senders)),
         queues,
+        Rc::clone(&shutdown),
     ));
     for (peer, receiver) in receivers.streams() {
         glommio::spawn_local_into(
@@ -305,14 +307,10 @@ async fn run_shard(
             info!(shard = id, %address, "accepting Kafka clients");
         }
     }
-    let shutdown = Rc::new(Shutdown::default());
     glommio::spawn_local(forward_stop(Arc::clone(&start.stop), Rc::clone(&shutdown))).detach();
-    glommio::spawn_local_into(
-        Rc::clone(&shard).maintain(Rc::clone(&shutdown)),
-        queues.background,
-    )
-    .map_err(|_| ShardError::Mesh("cannot start background work"))?
-    .detach();
+    glommio::spawn_local_into(Rc::clone(&shard).maintain(), queues.background)
+        .map_err(|_| ShardError::Mesh("cannot start background work"))?
+        .detach();
     let live_connections = Rc::new(Cell::new(0_usize));
     let connection = Rc::new(start.connection.clone());
     let broker = ShardBroker(Rc::clone(&shard));

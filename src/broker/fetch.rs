@@ -152,7 +152,15 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
                 }
             }));
         }
-        futures_lite::future::or(listener, glommio::timer::sleep(deadline - now)).await;
+        let stopping = Rc::clone(&shard.stopping);
+        futures_lite::future::or(
+            futures_lite::future::or(listener, glommio::timer::sleep(deadline - now)),
+            async move { stopping.wait().await },
+        )
+        .await;
+        if shard.stopping.is_triggered() {
+            break;
+        }
         // Waiters still running end by the deadline on their own; their answer is not needed.
         for waiter in waiters {
             waiter.detach();
@@ -273,7 +281,7 @@ pub async fn wait_for_data(
             return true;
         }
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || shard.stopping.is_triggered() {
             return false;
         }
         let woke = futures_lite::future::or(
@@ -282,7 +290,11 @@ pub async fn wait_for_data(
                 true
             },
             async {
-                glommio::timer::sleep(deadline - now).await;
+                futures_lite::future::or(
+                    glommio::timer::sleep(deadline - now),
+                    shard.stopping.wait(),
+                )
+                .await;
                 false
             },
         )

@@ -142,6 +142,8 @@ pub struct Shard {
     appended: Event,
     /// Serializes catalog changes (used on the controller, shard 0).
     admin: glommio::sync::Semaphore,
+    /// Triggered when the broker stops: long polls end early so connections drain.
+    pub stopping: Rc<ringlog_net::connection::Shutdown>,
 }
 
 /// A partition's place in a request: (topic index, partition index).
@@ -165,6 +167,7 @@ impl Shard {
         catalog: Catalog,
         mesh: Option<Mesh>,
         queues: Queues,
+        stopping: Rc<ringlog_net::connection::Shutdown>,
     ) -> Self {
         Self {
             id,
@@ -176,6 +179,7 @@ impl Shard {
             queues,
             appended: Event::new(),
             admin: glommio::sync::Semaphore::new(1),
+            stopping,
         }
     }
 
@@ -313,7 +317,8 @@ impl Shard {
     /// Background work for the shard's partitions, until the broker stops: flush.ms checks
     /// (every 100 ms), retention (every `log.retention.check.interval.ms`), recovery
     /// checkpoints (every minute).
-    pub async fn maintain(self: Rc<Self>, stopping: Rc<ringlog_net::connection::Shutdown>) {
+    pub async fn maintain(self: Rc<Self>) {
+        let stopping = Rc::clone(&self.stopping);
         const TICK: Duration = Duration::from_millis(100);
         const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
         let mut since_retention = Duration::ZERO;
