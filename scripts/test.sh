@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The tests need the Rust toolchain (cargo, rustfmt, clippy), kcat, make and a C compiler
-# (these three installed below) and an O_DIRECT-capable filesystem under target/ (ext4 or
-# xfs; tmpfs does not do O_DIRECT).
+# (these three installed below), python3 with venv (installed by scripts/python-tests.sh when
+# root) and an O_DIRECT-capable filesystem under target/ (ext4 or xfs; tmpfs does not do
+# O_DIRECT).
 for tool in cargo rustfmt cargo-clippy; do
     command -v "$tool" >/dev/null || { echo "missing $tool: install the Rust toolchain with rustfmt and clippy" >&2; exit 1; }
 done
@@ -38,5 +39,9 @@ export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --all-targets
+# End-to-end tests with real Kafka clients (confluent-kafka, kafka-python, kcat) against the
+# debug binary; installs python3-venv if missing and the pinned clients in target/pytest-venv.
+cargo build -p ringlog
+RINGLOG_BIN="$(realpath -m "${CARGO_TARGET_DIR:-target}")/debug/ringlog" scripts/python-tests.sh
 # Criterion benches must keep compiling (they are run by hand, not here).
 cargo bench --workspace --no-run

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# End-to-end tests with unmodified Kafka clients (confluent-kafka, kafka-python, kcat) against
+# the ringlog binary: creates a Python venv at target/pytest-venv, installs the pinned client
+# versions, runs pytest on tests/python.
+#
+#   scripts/python-tests.sh [pytest args...]     e.g. -k restart, -x, -v
+#
+# RINGLOG_BIN selects the binary (default: the debug build under $CARGO_TARGET_DIR or target/,
+# built here if missing). Broker data and logs go to target/pytest-data (must not be tmpfs:
+# O_DIRECT); a failed test keeps its data directory and prints its broker's log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Versions these tests were verified with.
+PINNED=(
+    confluent-kafka==2.16.1
+    kafka-python==3.0.12
+    pytest==9.2.0
+    pytest-timeout==2.4.0
+)
+VENV=target/pytest-venv
+
+as_root() { [ "$(id -u)" = 0 ]; }
+
+if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    if as_root && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq python3 python3-venv
+    else
+        echo "missing python3 with venv: install python3 and python3-venv and run again" >&2
+        exit 1
+    fi
+fi
+if ! command -v kcat >/dev/null; then
+    if as_root && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq kcat
+    else
+        echo "missing kcat: install it (sudo apt-get install kcat) and run again" >&2
+        exit 1
+    fi
+fi
+
+stamp="$VENV/.pinned"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${PINNED[*]}" ]; then
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PINNED[@]}"
+    echo "${PINNED[*]}" > "$stamp"
+fi
+
+export RINGLOG_BIN="${RINGLOG_BIN:-$(realpath -m "${CARGO_TARGET_DIR:-target}")/debug/ringlog}"
+if [ ! -x "$RINGLOG_BIN" ]; then
+    cargo build -p ringlog
+fi
+
+# Keep only this run's data: a failed test leaves its data directory and broker log here.
+rm -rf target/pytest-data
+exec "$VENV/bin/python" -m pytest tests/python "$@"

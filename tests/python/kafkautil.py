@@ -1,0 +1,257 @@
+"""Helpers shared by the tests: confluent-kafka admin/produce/consume with time limits, and a
+minimal raw Kafka wire client (framing, ApiVersions, Produce with a hand-built RecordBatch v2)
+for requests that real clients refuse to send."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ADMIN_TIMEOUT_S = 30
+
+
+def admin(bootstrap: str) -> AdminClient:
+    # An AdminClient is a producer inside, and producers ask Metadata to auto-create the topics
+    # they look up; these tests create every topic explicitly.
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000,
+                        "allow.auto.create.topics": False})
+
+
+def create_topic(bootstrap: str, name: str, partitions: int, config: dict | None = None) -> None:
+    client = admin(bootstrap)  # must outlive the futures: destroying it fails them
+    futures = client.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})],
+        operation_timeout=ADMIN_TIMEOUT_S, request_timeout=ADMIN_TIMEOUT_S,
+    )
+    futures[name].result(timeout=ADMIN_TIMEOUT_S)
+    wait_for_topic(bootstrap, name, partitions)
+
+
+def wait_for_topic(bootstrap: str, name: str, partitions: int, timeout: float = 30) -> None:
+    """Waits until Metadata shows `name` with `partitions` partitions, each with a leader."""
+    client = admin(bootstrap)
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        md = client.list_topics(topic=name, timeout=10)
+        topic = md.topics.get(name)
+        last = topic
+        if topic is not None and topic.error is None and len(topic.partitions) == partitions \
+                and all(p.leader >= 0 for p in topic.partitions.values()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"topic {name} not ready with {partitions} partitions: {last!r}")
+
+
+def producer(bootstrap: str, **config) -> Producer:
+    conf = {
+        "bootstrap.servers": bootstrap,
+        "linger.ms": 5,
+        "message.timeout.ms": 60000,
+        "socket.timeout.ms": 30000,
+    }
+    conf.update(config)
+    return Producer(conf)
+
+
+def consumer(bootstrap: str, **config) -> Consumer:
+    # group.id is required by the Python client even for assign(); no group APIs are used (the
+    # client sends no FindCoordinator while the broker does not advertise it) and nothing is
+    # committed.
+    conf = {
+        "bootstrap.servers": bootstrap,
+        "group.id": "ringlog-pytest",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 100,
+        "socket.timeout.ms": 30000,
+    }
+    conf.update(config)
+    return Consumer(conf)
+
+
+@dataclass
+class Rec:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list | None
+    timestamp: int = field(default=-1)
+    timestamp_type: int = field(default=-1)
+
+
+def consume_all(bootstrap: str, topic: str, partitions: int, end_offsets: dict[int, int] | None = None,
+                timeout: float = 120, **config) -> dict[int, list[Rec]]:
+    """Reads every partition of `topic` from offset 0 until each reaches its end offset (by
+    default the high watermark at the start). Returns records per partition, in log order."""
+    c = consumer(bootstrap, **config)
+    try:
+        if end_offsets is None:
+            end_offsets = {}
+            for p in range(partitions):
+                low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+                end_offsets[p] = high
+        out: dict[int, list[Rec]] = {p: [] for p in range(partitions)}
+        todo = {p for p in range(partitions) if end_offsets[p] > 0}
+        if todo:
+            c.assign([TopicPartition(topic, p, 0) for p in sorted(todo)])
+        deadline = time.monotonic() + timeout
+        while todo:
+            if time.monotonic() > deadline:
+                progress = {p: (len(out[p]), end_offsets[p]) for p in range(partitions)}
+                raise AssertionError(f"consume of {topic} timed out; (got, want) {progress}")
+            for msg in c.consume(num_messages=2000, timeout=0.5):
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaException(msg.error())
+                p = msg.partition()
+                ts_type, ts = msg.timestamp()
+                out[p].append(Rec(p, msg.offset(), msg.key(), msg.value(), msg.headers(), ts, ts_type))
+                if msg.offset() + 1 >= end_offsets[p]:
+                    todo.discard(p)
+        return out
+    finally:
+        c.close()
+
+
+def watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
+    c = consumer(bootstrap)
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30, cached=False)
+                for p in range(partitions)}
+    finally:
+        c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw wire protocol.
+
+_CRC32C_TABLE = []
+for _i in range(256):
+    _crc = _i
+    for _ in range(8):
+        _crc = (_crc >> 1) ^ 0x82F63B78 if _crc & 1 else _crc >> 1
+    _CRC32C_TABLE.append(_crc)
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    table = _CRC32C_TABLE
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _varint(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)  # zigzag
+    out = bytearray()
+    while True:
+        b = z & 0x7F
+        z >>= 7
+        if z:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def record_batch(values: list[bytes], timestamp_ms: int | None = None) -> bytes:
+    """An uncompressed RecordBatch v2 (magic 2) with null keys and no headers."""
+    ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    records = b""
+    for delta, value in enumerate(values):
+        body = (b"\x00" + _varint(0) + _varint(delta) + _varint(-1)
+                + _varint(len(value)) + value + _varint(0))
+        records += _varint(len(body)) + body
+    # From attributes on: covered by the CRC.
+    after_crc = struct.pack(">hiqqqhii", 0, len(values) - 1, ts, ts, -1, -1, -1, len(values)) + records
+    crc = crc32c(after_crc)
+    after_length = struct.pack(">ibI", -1, 2, crc) + after_crc  # leader epoch, magic, crc
+    return struct.pack(">qi", 0, len(after_length)) + after_length
+
+
+def _string(s: str | None) -> bytes:
+    if s is None:
+        return struct.pack(">h", -1)
+    data = s.encode()
+    return struct.pack(">h", len(data)) + data
+
+
+def frame(api_key: int, api_version: int, correlation_id: int, body: bytes,
+          client_id: str = "ringlog-pytest-raw") -> bytes:
+    """A request with header v1 (non-flexible versions only)."""
+    payload = struct.pack(">hhi", api_key, api_version, correlation_id) + _string(client_id) + body
+    return struct.pack(">i", len(payload)) + payload
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def roundtrip(address: tuple[str, int], request: bytes, timeout: float = 10) -> bytes:
+    """Sends one framed request on a new connection; returns the response payload after the
+    correlation id (response header v0)."""
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(request)
+        (size,) = struct.unpack(">i", recv_exact(sock, 4))
+        payload = recv_exact(sock, size)
+        return payload[4:]
+
+
+def api_versions_ok(address: tuple[str, int]) -> bool:
+    """ApiVersions v0 on a new connection answers with error code 0."""
+    body = roundtrip(address, frame(18, 0, 7, b""))
+    (error_code,) = struct.unpack(">h", body[:2])
+    return error_code == 0
+
+
+def produce_v3_7(topic: str, partition: int, batch: bytes, acks: int = 1, version: int = 7) -> bytes:
+    body = (_string(None) + struct.pack(">hi", acks, 10000)
+            + struct.pack(">i", 1) + _string(topic)
+            + struct.pack(">i", 1) + struct.pack(">i", partition)
+            + struct.pack(">i", len(batch)) + batch)
+    return frame(0, version, 11, body)
+
+
+def parse_produce_v3_7(body: bytes) -> list[tuple[str, int, int, int]]:
+    """(topic, partition, error_code, base_offset) from a Produce v5-v7 response."""
+    out = []
+    pos = 0
+    (ntopics,) = struct.unpack_from(">i", body, pos)
+    pos += 4
+    for _ in range(ntopics):
+        (nlen,) = struct.unpack_from(">h", body, pos)
+        pos += 2
+        name = body[pos:pos + nlen].decode()
+        pos += nlen
+        (nparts,) = struct.unpack_from(">i", body, pos)
+        pos += 4
+        for _ in range(nparts):
+            index, error_code, base_offset, _log_append_time, _log_start = struct.unpack_from(">ihqqq", body, pos)
+            pos += 4 + 2 + 8 + 8 + 8
+            out.append((name, index, error_code, base_offset))
+    return out
+
+
+def fetch_v4(topic: str, partition: int, offset: int, max_bytes: int, max_wait_ms: int = 0,
+             correlation_id: int = 21) -> bytes:
+    """A Fetch v4 request for one partition."""
+    body = (struct.pack(">iiiib", -1, max_wait_ms, 1, max_bytes, 0)
+            + struct.pack(">i", 1) + _string(topic)
+            + struct.pack(">i", 1) + struct.pack(">iqi", partition, offset, max_bytes))
+    return frame(1, 4, correlation_id, body)
