@@ -113,6 +113,12 @@ struct ShardStart {
     /// Shards that have opened their partitions; a shard accepts clients once all have,
     /// so a forwarded request never reaches a shard still opening the partition.
     ready: Arc<AtomicUsize>,
+    /// Each shard's peer id in the channel mesh. glommio numbers mesh peers by executor id,
+    /// which executor threads take as they start, in no fixed order; the shards exchange
+    /// theirs here once, at start.
+    peer_ids: Arc<std::sync::Mutex<Vec<Option<usize>>>>,
+    /// Shards that have published their peer id.
+    joined: Arc<AtomicUsize>,
     /// Shards that have drained their connections; logs close once all have, so no
     /// forwarded append finds its log closed.
     drained: Arc<AtomicUsize>,
@@ -173,6 +179,8 @@ fn run_shards(
         catalog,
         stop: Arc::clone(stop),
         ready: Arc::new(AtomicUsize::new(0)),
+        peer_ids: Arc::new(std::sync::Mutex::new(vec![None; config.cores])),
+        joined: Arc::new(AtomicUsize::new(0)),
         drained: Arc::new(AtomicUsize::new(0)),
     };
     let mesh = MeshBuilder::<Message, Full>::full(config.cores, mesh::CHANNEL_CAPACITY);
@@ -261,18 +269,30 @@ async fn run_shard(
         .join()
         .await
         .map_err(|_| ShardError::Mesh("cannot join the channel mesh"))?;
-    if senders.peer_id() != id {
-        start.stop.store(true, Ordering::Release);
-        return Err(ShardError::Mesh("mesh peer ids do not follow shard order"));
-    }
     let shards = start.settings.shards;
+    // Startup only, not the data path: a lock held for one store and one copy.
+    if let Ok(mut peer_ids) = start.peer_ids.lock() {
+        peer_ids[id] = Some(senders.peer_id());
+    }
+    start.joined.fetch_add(1, Ordering::AcqRel);
+    if !wait_for_all(&start.joined, shards, &start.stop, Duration::from_secs(60)).await {
+        start.stop.store(true, Ordering::Release);
+        return Err(ShardError::Mesh("not every shard joined the channel mesh"));
+    }
+    let peer_ids: Vec<usize> = match start.peer_ids.lock() {
+        Ok(peer_ids) => peer_ids
+            .iter()
+            .map(|peer| peer.unwrap_or(usize::MAX))
+            .collect(),
+        Err(_) => return Err(ShardError::Mesh("a shard failed while joining the mesh")),
+    };
     let shutdown = Rc::new(Shutdown::default());
     let shard = Rc::new(Shard::new(
         id,
         start.settings.clone(),
         start.identity.clone(),
         start.catalog.clone(),
-        (shards > 1).then(|| Mesh::new(senders)),
+        (shards > 1).then(|| Mesh::new(senders, peer_ids)),
         queues,
         Rc::clone(&shutdown),
     ));

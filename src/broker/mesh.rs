@@ -44,14 +44,17 @@ pub enum MeshError {
 /// One shard's end of the mesh.
 pub struct Mesh {
     senders: Senders<Message>,
+    /// Mesh peer id of each shard.
+    peer_of: Vec<usize>,
     waiting: RefCell<HashMap<u64, LocalSender<Reply>>>,
     next_id: Cell<u64>,
 }
 
 impl Mesh {
-    pub fn new(senders: Senders<Message>) -> Self {
+    pub fn new(senders: Senders<Message>, peer_of: Vec<usize>) -> Self {
         Self {
             senders,
+            peer_of,
             waiting: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
         }
@@ -71,9 +74,13 @@ impl Mesh {
         let job: Job = Box::new(move |shard| {
             Box::pin(async move { Box::new(job(shard).await) as Reply }) as LocalFuture
         });
+        let Some(&peer) = self.peer_of.get(target) else {
+            self.waiting.borrow_mut().remove(&id);
+            return Err(MeshError::Unreachable(target));
+        };
         if self
             .senders
-            .send_to(target, Message::Call { id, job })
+            .send_to(peer, Message::Call { id, job })
             .await
             .is_err()
         {
@@ -98,7 +105,8 @@ impl Mesh {
     }
 }
 
-/// Serves the messages shard `peer` sends to `shard` until the channel closes.
+/// Serves the messages mesh peer `peer` (a peer id, not a shard index) sends to `shard` until
+/// the channel closes; answers go back to the same peer.
 pub async fn receive(shard: Rc<Shard>, peer: usize, receiver: ConnectedReceiver<Message>) {
     while let Some(message) = receiver.recv().await {
         match message {
