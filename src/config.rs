@@ -75,9 +75,11 @@ pub struct ServeArgs {
     /// [env: RINGLOG_LOG_RETENTION_CHECK_INTERVAL_MS] [default: 300000]
     #[arg(long, value_name = "MS")]
     pub log_retention_check_interval_ms: Option<u64>,
-    /// Advertise each core's shard as its own broker node: shard i is node NODE_ID+i on port
-    /// PORT+1+i (listen and advertised), leading the partitions it owns, so clients send each
-    /// request to the owning core [env: RINGLOG_NODE_PER_SHARD] [default: false]
+    /// Advertise each core's shard as its own broker node: with more than one core, shard i is
+    /// node NODE_ID+i on port PORT+1+i (listen and advertised), leading the partitions it owns,
+    /// so clients send each request to the owning core; PORT stays the bootstrap address.
+    /// `false`: one node, requests forwarded between cores [env: RINGLOG_NODE_PER_SHARD]
+    /// [default: true]
     #[arg(long, value_name = "BOOL")]
     pub node_per_shard: Option<bool>,
 }
@@ -319,7 +321,7 @@ pub fn resolve(
             layer.log_retention_check_interval_ms
         })
         .unwrap_or(300_000),
-        node_per_shard: first(&layers, |layer| layer.node_per_shard).unwrap_or(false),
+        node_per_shard: first(&layers, |layer| layer.node_per_shard).unwrap_or(true),
         listen,
     };
     check_ranges(&config, cores_available)?;

@@ -45,10 +45,11 @@ const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(10);
 /// Why an executor stopped serving.
 #[derive(Debug, Error)]
 enum ShardError {
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}: {source}{hint}")]
     Bind {
         address: SocketAddr,
         source: glommio::GlommioError<()>,
+        hint: &'static str,
     },
     #[error("{0}")]
     Mesh(&'static str),
@@ -322,7 +323,17 @@ async fn run_shard(
                 // Without this shard the broker is incomplete: stop the others too.
                 start.stop.store(true, Ordering::Release);
                 shard.close_all().await;
-                return Err(ShardError::Bind { address, source });
+                let hint = if address == start.address {
+                    ""
+                } else {
+                    " (this core's own port as a node of its own; choose a --listen port \
+                     followed by free ones, or run with --node-per-shard false)"
+                };
+                return Err(ShardError::Bind {
+                    address,
+                    source,
+                    hint,
+                });
             }
         }
     }

@@ -52,6 +52,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive free ports: with more than one core the broker also
+    listens on PORT+1+i for core i (a node per core)."""
+    for _ in range(100):
+        first = free_port()
+        ok = True
+        for offset in range(1, count):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", first + offset))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return first
+    raise RuntimeError(f"no run of {count} free ports")
+
+
 def _die_with_parent() -> None:
     """preexec_fn: the broker gets SIGKILL if the pytest process dies."""
     try:
@@ -234,7 +252,7 @@ def broker_factory(request):
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:80]
         data_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=data_root()))
         dirs.append(data_dir)
-        broker = Broker(data_dir, free_port(), cores=cores, env=env, extra_args=extra_args)
+        broker = Broker(data_dir, free_port_run(cores + 1), cores=cores, env=env, extra_args=extra_args)
         brokers.append(broker)
         if start:
             broker.start()

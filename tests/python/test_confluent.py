@@ -179,9 +179,12 @@ def test_metadata_list_topics_and_describe_cluster(broker, topic_name):
         assert sorted(topic.partitions) == list(range(count))
         for partition in topic.partitions.values():
             assert partition.error is None
-            assert partition.leader == 0
-            assert partition.replicas == [0]
-            assert partition.isrs == [0]
+            # Each partition is led by the node of the core that owns it.
+            assert partition.leader in md.brokers
+            assert partition.replicas == [partition.leader]
+            assert partition.isrs == [partition.leader]
+        if count > 1:
+            assert len({p.leader for p in topic.partitions.values()}) == min(count, broker.cores)
     # A topic that does not exist (auto-creation is never asked for by an AdminClient).
     md = client.list_topics(topic=f"{topic_name}-missing", timeout=15)
     missing = md.topics[f"{topic_name}-missing"]
@@ -190,7 +193,8 @@ def test_metadata_list_topics_and_describe_cluster(broker, topic_name):
 
     cluster = client.describe_cluster(request_timeout=ADMIN_TIMEOUT_S).result(timeout=ADMIN_TIMEOUT_S)
     assert cluster.cluster_id == md.cluster_id
-    assert [(n.id, n.host, n.port) for n in cluster.nodes] == [(0, "127.0.0.1", broker.port)]
+    assert sorted((n.id, n.host, n.port) for n in cluster.nodes) == [
+        (core, "127.0.0.1", broker.port + 1 + core) for core in range(broker.cores)]
     assert cluster.controller is not None and cluster.controller.id == 0
 
 

@@ -162,10 +162,10 @@ def test_kafka_python_admin_and_offsets(broker, topic_name):
         admin.create_partitions({topic_name: 5})
         [described] = admin.describe_topics([topic_name])
         assert sorted(p["partition_index"] for p in described["partitions"]) == list(range(5))
-        assert all(p["leader_id"] == 0 for p in described["partitions"])
+        assert {p["leader_id"] for p in described["partitions"]} == set(range(broker.cores))
         cluster = admin.describe_cluster()
-        assert [(b["broker_id"], b["host"], b["port"]) for b in cluster["brokers"]] == \
-            [(0, "127.0.0.1", broker.port)]
+        assert sorted((b["broker_id"], b["host"], b["port"]) for b in cluster["brokers"]) == \
+            [(core, "127.0.0.1", broker.port + 1 + core) for core in range(broker.cores)]
         admin.delete_topics([other])
         deadline = time.monotonic() + 30
         while other in admin.list_topics():

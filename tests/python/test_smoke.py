@@ -13,9 +13,10 @@ def test_api_versions_raw(broker):
 
 def test_metadata_confluent(broker):
     md = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=15)
-    assert list(md.brokers) == [0]
-    node = md.brokers[0]
-    assert (node.host, node.port) == ("127.0.0.1", broker.port)
+    # A node per core (the default with more than one core): core i is node i on PORT+1+i.
+    assert sorted(md.brokers) == list(range(broker.cores))
+    for node_id, node in md.brokers.items():
+        assert (node.host, node.port) == ("127.0.0.1", broker.port + 1 + node_id)
     assert md.controller_id == 0
     assert md.cluster_id
 
@@ -24,7 +25,8 @@ def test_kcat_lists_broker(broker):
     out = subprocess.run(["kcat", "-b", broker.bootstrap, "-L", "-m", "15"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert f"broker 0 at 127.0.0.1:{broker.port}" in out.stdout
+    for core in range(broker.cores):
+        assert f"broker {core} at 127.0.0.1:{broker.port + 1 + core}" in out.stdout
 
 
 def test_sigterm_exits_cleanly(broker):
