@@ -13,6 +13,11 @@
 //! consumer group joined) up to the high watermarks seen at the start, and prints records/s
 //! and MB/s (MB counts keys and values, 10^6 bytes).
 //!
+//! `--end-to-end` produces at `--rate` while a consumer (assigned at the current end of every
+//! partition) reads the records back, and prints produce-to-consume latency percentiles: from
+//! each record's scheduled send time (carried in its first 8 bytes) to its arrival at the
+//! consumer, so it covers the Fetch path and its long-poll wake-up.
+//!
 //! ```text
 //! cargo run --release --example kafka_client_bench -- --bootstrap 127.0.0.1:9092 \
 //!     --topic bench --partitions 4 --records 1000000 --record-size 100 --acks all
@@ -78,12 +83,17 @@ struct Args {
     /// Read the whole topic from the beginning instead of producing.
     #[arg(long)]
     consume: bool,
+    /// Produce at --rate and measure produce-to-consume latency with a consumer at the end.
+    #[arg(long, conflicts_with = "consume")]
+    end_to_end: bool,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.consume {
         consume(&args)
+    } else if args.end_to_end {
+        end_to_end(&args)
     } else {
         produce(&args)
     }
@@ -150,6 +160,12 @@ fn create_topic_if_missing(args: &Args) -> Result<()> {
 }
 
 fn produce(args: &Args) -> Result<()> {
+    produce_stamped(args, None)
+}
+
+/// Produces as `produce` does; with `stamp_from`, each payload starts with the nanoseconds
+/// from that instant to the record's scheduled send time (for `--end-to-end`).
+fn produce_stamped(args: &Args, stamp_from: Option<Instant>) -> Result<()> {
     create_topic_if_missing(args)?;
     let recorder = DeliveryRecorder {
         latency_us: Mutex::new(
@@ -169,7 +185,10 @@ fn produce(args: &Args) -> Result<()> {
         .set("message.timeout.ms", "60000");
     let producer =
         ThreadedProducer::from_config_and_context(&config, recorder).context("create producer")?;
-    let payload = payload_bytes(args.record_size);
+    let mut payload = payload_bytes(
+        args.record_size
+            .max(if stamp_from.is_some() { 8 } else { 0 }),
+    );
 
     println!(
         "producing {} records of {} B to {} (acks={}, rate={}, linger.ms={}, batch.size={})",
@@ -197,6 +216,10 @@ fn produce(args: &Args) -> Result<()> {
             }
             scheduled
         };
+        if let Some(origin) = stamp_from {
+            let nanos = u64::try_from(intended_send.duration_since(origin).as_nanos()).unwrap_or(0);
+            payload[..8].copy_from_slice(&nanos.to_le_bytes());
+        }
         let mut record = BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(
             &args.topic,
             Box::new(intended_send),
@@ -330,6 +353,74 @@ fn consume(args: &Args) -> Result<()> {
         }
     }
     print_throughput("consumed", records, bytes, start.elapsed());
+    Ok(())
+}
+
+fn end_to_end(args: &Args) -> Result<()> {
+    if args.rate == 0 {
+        bail!("--end-to-end needs --rate: latency at an unlimited rate measures queueing");
+    }
+    create_topic_if_missing(args)?;
+    let consumer: BaseConsumer = client_config(args)
+        .set("group.id", "kafka-client-bench-unused")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .context("create consumer")?;
+    let metadata = consumer
+        .fetch_metadata(Some(&args.topic), REQUEST_TIMEOUT)
+        .context("Metadata")?;
+    let Some(topic) = metadata.topics().first() else {
+        bail!("no metadata for topic {}", args.topic);
+    };
+    // Start at each partition's current end, known exactly, so no record is skipped.
+    let mut assignment = TopicPartitionList::new();
+    for partition in topic.partitions() {
+        let (_, high) = consumer
+            .fetch_watermarks(&args.topic, partition.id(), REQUEST_TIMEOUT)
+            .context("watermarks")?;
+        assignment.add_partition_offset(&args.topic, partition.id(), Offset::Offset(high))?;
+    }
+    consumer.assign(&assignment).context("assign")?;
+    let origin = Instant::now();
+    let expected = args.records;
+    let reader = std::thread::spawn(move || -> Result<Histogram<u64>> {
+        let mut latency_us =
+            Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).context("histogram bounds")?;
+        let mut last_record = Instant::now();
+        let mut received = 0_u64;
+        while received < expected {
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                if last_record.elapsed() > CONSUME_IDLE_TIMEOUT {
+                    bail!("no record for {CONSUME_IDLE_TIMEOUT:?}; {received} of {expected}");
+                }
+                continue;
+            };
+            let message = message.context("fetch")?;
+            let arrived = origin.elapsed();
+            last_record = Instant::now();
+            let Some(stamp) = message.payload().and_then(|p| p.get(..8)) else {
+                bail!("record without a timestamp stamp");
+            };
+            let sent = Duration::from_nanos(u64::from_le_bytes(stamp.try_into()?));
+            let micros =
+                u64::try_from(arrived.saturating_sub(sent).as_micros()).unwrap_or(u64::MAX);
+            latency_us.saturating_record(micros.clamp(1, LATENCY_US_MAX));
+            received += 1;
+        }
+        Ok(latency_us)
+    });
+    produce_stamped(args, Some(origin))?;
+    let latency_us = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
+    println!(
+        "end-to-end latency (µs): p50 {} p99 {} p99.9 {} max {}",
+        latency_us.value_at_quantile(0.50),
+        latency_us.value_at_quantile(0.99),
+        latency_us.value_at_quantile(0.999),
+        latency_us.max()
+    );
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The broker measured with a real client (librdkafka, through examples/kafka_client_bench.rs):
-# produce throughput, consume throughput and produce latency at a fixed rate, against
+# produce throughput, consume throughput, produce latency and produce-to-consume latency at a
+# fixed rate, against
 # `ringlog serve` with 1 core, with all cores as one node (cross-core forwarding) and with all
 # cores as a node per core. The three set-ups run interleaved, REPEATS times, so a noisy
 # machine affects them alike; compare them within a round.
@@ -39,6 +40,10 @@ run_setup() { # name cores node_per_shard
     echo "== $name: produce at $RATE records/s ($RATE_RECORDS x $RECORD_SIZE B), acks=1, linger 1 ms"
     "$CLIENT" --bootstrap 127.0.0.1:$PORT --topic rate --partitions "$PARTITIONS" \
         --records "$RATE_RECORDS" --record-size "$RECORD_SIZE" --acks 1 --rate "$RATE" --linger-ms 1
+    echo "== $name: produce-to-consume at $RATE records/s ($RATE_RECORDS x $RECORD_SIZE B), acks=1, linger 1 ms"
+    "$CLIENT" --bootstrap 127.0.0.1:$PORT --topic e2e --partitions "$PARTITIONS" \
+        --records "$RATE_RECORDS" --record-size "$RECORD_SIZE" --acks 1 --rate "$RATE" --linger-ms 1 \
+        --end-to-end
     kill -TERM $pid; wait $pid || true
     trap - EXIT
 }
