@@ -70,6 +70,7 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
     let config = ServeConfig::load(args).map_err(|error| error.to_string())?;
     let address = config.listen_address().map_err(|error| error.to_string())?;
     memlock::ensure(config.cores, IO_MEMORY_BYTES).map_err(|error| error.to_string())?;
+    warn_if_strict_overcommit();
     std::fs::create_dir_all(&config.data_dir).map_err(|error| {
         format!(
             "cannot create data directory {}: {error}",
@@ -89,6 +90,18 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
         "starting ringlog"
     );
     Ok(run_shards(&config, &meta, address, &stop))
+}
+
+/// Hostile array counts in requests are survived by mapping huge reservations without
+/// committing memory (`ringlog_net::alloc`), which strict overcommit refuses.
+fn warn_if_strict_overcommit() {
+    let mode = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap_or_default();
+    if mode.trim() == "2" {
+        warn!(
+            "vm.overcommit_memory is 2 (strict): a request claiming billions of array elements \
+             can make the process abort; set it to 0 (sysctl vm.overcommit_memory=0) to be safe"
+        );
+    }
 }
 
 /// SIGINT and SIGTERM set the returned flag; a second one while it is set exits with 1, so an
