@@ -30,7 +30,7 @@ pub const DEFAULT_NODE_ID: i32 = 0;
 const AFTER_HELP: &str = "Each setting can also come from the environment variable shown \
 or from the TOML file given by --config (keys: listen, advertised_listener, data_dir, cores, \
 node_id, socket_request_max_bytes, auto_create_topics_enable, num_partitions, \
-log_retention_check_interval_ms, node_per_shard). Flags win over the environment, which wins over the \
+log_retention_check_interval_ms, node_per_shard, group_initial_rebalance_delay_ms). Flags win over the environment, which wins over the \
 file, which wins over the defaults. Logging is filtered by RUST_LOG (default: info).";
 
 /// `ringlog serve` flags. Every value is optional here so that a missing flag falls through to
@@ -82,6 +82,11 @@ pub struct ServeArgs {
     /// [default: true]
     #[arg(long, value_name = "BOOL")]
     pub node_per_shard: Option<bool>,
+    /// How long a consumer group's first rebalance waits for more members, Kafka's
+    /// group.initial.rebalance.delay.ms [env: RINGLOG_GROUP_INITIAL_REBALANCE_DELAY_MS]
+    /// [default: 3000]
+    #[arg(long, value_name = "MS")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
 }
 
 /// A `host:port` pair as written by the user; the host may be a name or an IP (IPv6 in
@@ -173,6 +178,7 @@ pub struct Layer {
     pub num_partitions: Option<usize>,
     pub log_retention_check_interval_ms: Option<u64>,
     pub node_per_shard: Option<bool>,
+    pub group_initial_rebalance_delay_ms: Option<u64>,
 }
 
 impl Layer {
@@ -188,6 +194,7 @@ impl Layer {
             num_partitions: args.num_partitions,
             log_retention_check_interval_ms: args.log_retention_check_interval_ms,
             node_per_shard: args.node_per_shard,
+            group_initial_rebalance_delay_ms: args.group_initial_rebalance_delay_ms,
         }
     }
 
@@ -207,6 +214,10 @@ impl Layer {
                 "RINGLOG_LOG_RETENTION_CHECK_INTERVAL_MS",
             )?,
             node_per_shard: env_value(lookup, "RINGLOG_NODE_PER_SHARD")?,
+            group_initial_rebalance_delay_ms: env_value(
+                lookup,
+                "RINGLOG_GROUP_INITIAL_REBALANCE_DELAY_MS",
+            )?,
         })
     }
 
@@ -251,6 +262,7 @@ pub struct ServeConfig {
     pub num_partitions: usize,
     pub log_retention_check_interval_ms: u64,
     pub node_per_shard: bool,
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 impl ServeConfig {
@@ -322,6 +334,10 @@ pub fn resolve(
         })
         .unwrap_or(300_000),
         node_per_shard: first(&layers, |layer| layer.node_per_shard).unwrap_or(true),
+        group_initial_rebalance_delay_ms: first(&layers, |layer| {
+            layer.group_initial_rebalance_delay_ms
+        })
+        .unwrap_or(3000),
         listen,
     };
     check_ranges(&config, cores_available)?;

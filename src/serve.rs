@@ -24,7 +24,8 @@ use ringlog_net::handlers::BrokerIdentity;
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
-use crate::broker::catalog::Catalog;
+use crate::broker::catalog::{Catalog, Topic};
+use crate::broker::groups;
 use crate::broker::mesh::{self, Mesh, Message};
 use crate::broker::{self, BrokerSettings, Queues, Shard, ShardBroker, Topology};
 use crate::config::{ServeArgs, ServeConfig};
@@ -153,6 +154,23 @@ fn run_shards(
             return ExitCode::FAILURE;
         }
     };
+    if !catalog.topics.contains_key(groups::OFFSETS_TOPIC) {
+        let topic = Topic {
+            id: broker::admin::new_topic_id(),
+            partitions: catalog.place(config.cores, groups::OFFSETS_TOPIC_PARTITIONS),
+            configs: groups::OFFSETS_TOPIC_CONFIGS
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        catalog
+            .topics
+            .insert(groups::OFFSETS_TOPIC.to_owned(), topic);
+        if let Err(error) = catalog.save(&config.data_dir) {
+            error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    }
     if catalog.fit_to_shards(config.cores) {
         warn!(
             cores = config.cores,
@@ -189,6 +207,9 @@ fn run_shards(
             num_partitions: config.num_partitions,
             log_defaults: LogConfig::default(),
             retention_check_interval: Duration::from_millis(config.log_retention_check_interval_ms),
+            group_initial_rebalance_delay: Duration::from_millis(
+                config.group_initial_rebalance_delay_ms,
+            ),
         },
         catalog,
         stop: Arc::clone(stop),

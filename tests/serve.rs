@@ -103,6 +103,15 @@ fn assert_api_ranges(response: &ApiVersionsResponse) {
         (ApiKey::CreatePartitions, 0, 3),
         (ApiKey::IncrementalAlterConfigs, 0, 1),
         (ApiKey::DescribeCluster, 0, 1),
+        (ApiKey::FindCoordinator, 0, 4),
+        (ApiKey::JoinGroup, 0, 9),
+        (ApiKey::SyncGroup, 0, 5),
+        (ApiKey::Heartbeat, 0, 4),
+        (ApiKey::LeaveGroup, 0, 5),
+        (ApiKey::OffsetCommit, 2, 8),
+        (ApiKey::OffsetFetch, 1, 8),
+        (ApiKey::ListGroups, 0, 4),
+        (ApiKey::DescribeGroups, 0, 5),
     ];
     let expected: Vec<(i16, i16, i16)> = expected
         .iter()
@@ -155,7 +164,14 @@ fn raw_client_gets_api_versions_and_metadata_for_the_advertised_listener() {
         assert_eq!(broker_entry.host.as_str(), "broker.example");
         assert_eq!(broker_entry.port, 19093);
         assert_eq!(response.controller_id.0, 0);
-        assert!(response.topics.is_empty(), "no topics exist yet");
+        // Only the internal offsets topic exists (internal from v1).
+        let names: Vec<&str> = response
+            .topics
+            .iter()
+            .filter_map(|topic| topic.name.as_ref().map(|name| name.0.as_str()))
+            .collect();
+        assert_eq!(names, ["__consumer_offsets"]);
+        assert!(response.topics[0].is_internal);
         if version >= 2 {
             // The cluster id is the one kept in the data directory's meta.properties.
             let properties = std::fs::read_to_string(broker.data_dir.join("meta.properties"))
@@ -272,7 +288,13 @@ fn kcat_lists_the_broker() {
     assert_eq!(brokers.len(), 1, "{listing}");
     assert_eq!(brokers[0]["id"], 0);
     assert_eq!(brokers[0]["name"], broker.address());
-    assert_eq!(listing["topics"].as_array().map(Vec::len), Some(0));
+    let topics: Vec<&str> = listing["topics"]
+        .as_array()
+        .expect("topics")
+        .iter()
+        .filter_map(|topic| topic["topic"].as_str())
+        .collect();
+    assert_eq!(topics, ["__consumer_offsets"], "{listing}");
 }
 
 #[test]

@@ -260,7 +260,7 @@ fn new_topic(controller: &Shard, catalog: &Catalog, spec: &TopicSpec) -> Result<
     })
 }
 
-fn new_topic_id() -> String {
+pub(crate) fn new_topic_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
@@ -401,6 +401,12 @@ pub async fn delete_topics(
                 None => catalog.by_id(id).map(|(n, t)| (n.clone(), t.clone())),
             };
             match found {
+                Some((name, _)) if name == super::groups::OFFSETS_TOPIC => {
+                    results.push(Err(AdminError::new(
+                        ResponseError::InvalidTopicException,
+                        "the internal offsets topic cannot be deleted",
+                    )));
+                }
                 Some((name, topic)) => {
                     catalog.topics.remove(&name);
                     info!(topic = name, "deleting topic");

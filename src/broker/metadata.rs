@@ -117,6 +117,9 @@ fn describe_topic(shard: &Shard, version: i16, name: &str, topic: &Topic) -> Met
     if version >= 10 {
         response = response.with_topic_id(topic.uuid());
     }
+    if version >= 1 && name == super::groups::OFFSETS_TOPIC {
+        response = response.with_is_internal(true);
+    }
     response
 }
 

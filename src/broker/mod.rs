@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod fetch;
+pub mod groups;
 pub mod mesh;
 pub mod metadata;
 pub mod offsets;
@@ -30,6 +31,13 @@ use kafka_protocol::messages::{
     DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, FetchResponse,
     IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListOffsetsRequest,
     ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+};
+use kafka_protocol::messages::{
+    DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse,
 };
 use ringlog_engine::{LogConfig, OpenOptions, PartitionLog};
 use ringlog_net::handlers::{Broker, BrokerIdentity};
@@ -113,6 +121,9 @@ pub struct BrokerSettings {
     pub log_defaults: LogConfig,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval: Duration,
+    /// `group.initial.rebalance.delay.ms`: how long a group's first rebalance waits for more
+    /// members to join.
+    pub group_initial_rebalance_delay: Duration,
 }
 
 /// The task queues of a shard: client requests get most of the executor; background work
@@ -144,6 +155,8 @@ pub struct Shard {
     admin: glommio::sync::Semaphore,
     /// Triggered when the broker stops: long polls end early so connections drain.
     pub stopping: Rc<ringlog_net::connection::Shutdown>,
+    /// The consumer groups this shard coordinates.
+    pub groups: groups::Coordinator,
 }
 
 /// A partition's place in a request: (topic index, partition index).
@@ -180,6 +193,7 @@ impl Shard {
             appended: Event::new(),
             admin: glommio::sync::Semaphore::new(1),
             stopping,
+            groups: groups::Coordinator::default(),
         }
     }
 
@@ -303,6 +317,7 @@ impl Shard {
             .map(|slots| slots.iter().flatten().count())
             .sum();
         info!(shard = self.id, partitions = opened, "partitions open");
+        groups::load_offsets(self).await;
     }
 
     /// Every open partition of this shard.
@@ -327,6 +342,7 @@ impl Shard {
             glommio::timer::sleep(TICK).await;
             since_retention += TICK;
             since_checkpoint += TICK;
+            groups::expire_sessions(&self);
             let partitions = self.owned();
             for partition in &partitions {
                 partition.log.tick();
@@ -494,5 +510,53 @@ impl Broker for ShardBroker {
         version: i16,
     ) -> DescribeClusterResponse {
         metadata::describe_cluster(&self.0, request, version)
+    }
+
+    async fn find_coordinator(
+        &self,
+        request: FindCoordinatorRequest,
+        version: i16,
+    ) -> FindCoordinatorResponse {
+        groups::find_coordinator(&self.0, request, version)
+    }
+
+    async fn join_group(&self, request: JoinGroupRequest, version: i16) -> JoinGroupResponse {
+        groups::join_group(&self.0, request, version).await
+    }
+
+    async fn sync_group(&self, request: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+        groups::sync_group(&self.0, request, version).await
+    }
+
+    async fn heartbeat(&self, request: HeartbeatRequest, version: i16) -> HeartbeatResponse {
+        groups::heartbeat(&self.0, request, version).await
+    }
+
+    async fn leave_group(&self, request: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+        groups::leave_group(&self.0, request, version).await
+    }
+
+    async fn offset_commit(
+        &self,
+        request: OffsetCommitRequest,
+        version: i16,
+    ) -> OffsetCommitResponse {
+        groups::offset_commit(&self.0, request, version).await
+    }
+
+    async fn offset_fetch(&self, request: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+        groups::offset_fetch(&self.0, request, version).await
+    }
+
+    async fn list_groups(&self, request: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+        groups::list_groups(&self.0, request, version).await
+    }
+
+    async fn describe_groups(
+        &self,
+        request: DescribeGroupsRequest,
+        version: i16,
+    ) -> DescribeGroupsResponse {
+        groups::describe_groups(&self.0, request, version).await
     }
 }

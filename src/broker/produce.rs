@@ -61,6 +61,13 @@ pub async fn produce(
         let mut row = Vec::with_capacity(topic.partition_data.len());
         for (partition_index, data) in topic.partition_data.iter().enumerate() {
             let name: &str = &topic.name.0;
+            if name == super::groups::OFFSETS_TOPIC {
+                row.push(Some(ProduceOutcome::failed(
+                    ResponseError::InvalidTopicException,
+                    "the internal offsets topic is written by the group coordinator only",
+                )));
+                continue;
+            }
             let outcome = match (shard.lookup(name, data.index), &data.records) {
                 (Lookup::Owner(owner), Some(records)) => {
                     let entry = by_owner.entry(owner).or_default();

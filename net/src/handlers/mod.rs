@@ -22,6 +22,13 @@ use kafka_protocol::messages::{
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
     ProduceResponse, RequestHeader, ResponseHeader,
 };
+use kafka_protocol::messages::{
+    DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 use thiserror::Error;
 
@@ -83,6 +90,27 @@ pub trait Broker {
         request: DescribeClusterRequest,
         version: i16,
     ) -> DescribeClusterResponse;
+    async fn find_coordinator(
+        &self,
+        request: FindCoordinatorRequest,
+        version: i16,
+    ) -> FindCoordinatorResponse;
+    async fn join_group(&self, request: JoinGroupRequest, version: i16) -> JoinGroupResponse;
+    async fn sync_group(&self, request: SyncGroupRequest, version: i16) -> SyncGroupResponse;
+    async fn heartbeat(&self, request: HeartbeatRequest, version: i16) -> HeartbeatResponse;
+    async fn leave_group(&self, request: LeaveGroupRequest, version: i16) -> LeaveGroupResponse;
+    async fn offset_commit(
+        &self,
+        request: OffsetCommitRequest,
+        version: i16,
+    ) -> OffsetCommitResponse;
+    async fn offset_fetch(&self, request: OffsetFetchRequest, version: i16) -> OffsetFetchResponse;
+    async fn list_groups(&self, request: ListGroupsRequest, version: i16) -> ListGroupsResponse;
+    async fn describe_groups(
+        &self,
+        request: DescribeGroupsRequest,
+        version: i16,
+    ) -> DescribeGroupsResponse;
 }
 
 /// Every API this broker implements, with the versions it answers. ApiVersions advertises
@@ -99,6 +127,15 @@ pub const API_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
 ];
 
 /// The versions of `api` this broker answers, if it implements it.
@@ -219,6 +256,60 @@ pub async fn handle_request<B: Broker>(
         ApiKey::DescribeCluster => {
             answer(api, version, payload, |request| async move {
                 Some(broker.describe_cluster(request, version).await)
+            })
+            .await
+        }
+        ApiKey::FindCoordinator => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.find_coordinator(request, version).await)
+            })
+            .await
+        }
+        ApiKey::JoinGroup => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.join_group(request, version).await)
+            })
+            .await
+        }
+        ApiKey::SyncGroup => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.sync_group(request, version).await)
+            })
+            .await
+        }
+        ApiKey::Heartbeat => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.heartbeat(request, version).await)
+            })
+            .await
+        }
+        ApiKey::LeaveGroup => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.leave_group(request, version).await)
+            })
+            .await
+        }
+        ApiKey::OffsetCommit => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.offset_commit(request, version).await)
+            })
+            .await
+        }
+        ApiKey::OffsetFetch => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.offset_fetch(request, version).await)
+            })
+            .await
+        }
+        ApiKey::ListGroups => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.list_groups(request, version).await)
+            })
+            .await
+        }
+        ApiKey::DescribeGroups => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.describe_groups(request, version).await)
             })
             .await
         }
@@ -364,6 +455,41 @@ mod tests {
         ) -> DescribeClusterResponse {
             DescribeClusterResponse::default()
         }
+        async fn find_coordinator(
+            &self,
+            _: FindCoordinatorRequest,
+            _: i16,
+        ) -> FindCoordinatorResponse {
+            FindCoordinatorResponse::default()
+        }
+        async fn join_group(&self, _: JoinGroupRequest, _: i16) -> JoinGroupResponse {
+            JoinGroupResponse::default()
+        }
+        async fn sync_group(&self, _: SyncGroupRequest, _: i16) -> SyncGroupResponse {
+            SyncGroupResponse::default()
+        }
+        async fn heartbeat(&self, _: HeartbeatRequest, _: i16) -> HeartbeatResponse {
+            HeartbeatResponse::default()
+        }
+        async fn leave_group(&self, _: LeaveGroupRequest, _: i16) -> LeaveGroupResponse {
+            LeaveGroupResponse::default()
+        }
+        async fn offset_commit(&self, _: OffsetCommitRequest, _: i16) -> OffsetCommitResponse {
+            OffsetCommitResponse::default()
+        }
+        async fn offset_fetch(&self, _: OffsetFetchRequest, _: i16) -> OffsetFetchResponse {
+            OffsetFetchResponse::default()
+        }
+        async fn list_groups(&self, _: ListGroupsRequest, _: i16) -> ListGroupsResponse {
+            ListGroupsResponse::default()
+        }
+        async fn describe_groups(
+            &self,
+            _: DescribeGroupsRequest,
+            _: i16,
+        ) -> DescribeGroupsResponse {
+            DescribeGroupsResponse::default()
+        }
     }
 
     fn broker() -> EmptyBroker {
@@ -436,6 +562,22 @@ mod tests {
                 IncrementalAlterConfigsRequest::default().encode(buffer, version)
             }
             ApiKey::DescribeCluster => DescribeClusterRequest::default().encode(buffer, version),
+            ApiKey::FindCoordinator => FindCoordinatorRequest::default().encode(buffer, version),
+            ApiKey::JoinGroup => JoinGroupRequest::default().encode(buffer, version),
+            ApiKey::SyncGroup => SyncGroupRequest::default().encode(buffer, version),
+            ApiKey::Heartbeat => HeartbeatRequest::default().encode(buffer, version),
+            ApiKey::LeaveGroup => {
+                let request = if version >= 3 {
+                    LeaveGroupRequest::default().with_members(vec![Default::default()])
+                } else {
+                    LeaveGroupRequest::default()
+                };
+                request.encode(buffer, version)
+            }
+            ApiKey::OffsetCommit => OffsetCommitRequest::default().encode(buffer, version),
+            ApiKey::OffsetFetch => OffsetFetchRequest::default().encode(buffer, version),
+            ApiKey::ListGroups => ListGroupsRequest::default().encode(buffer, version),
+            ApiKey::DescribeGroups => DescribeGroupsRequest::default().encode(buffer, version),
             other => panic!("{other:?} is not advertised"),
         };
         encoded.expect("an empty request encodes");

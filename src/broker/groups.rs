@@ -1,0 +1,1541 @@
+//! Consumer groups (the classic protocol) and committed offsets.
+//!
+//! Every group has a coordinator: the shard owning the group's partition of the internal
+//! `__consumer_offsets` topic (partition = Java `String.hashCode` of the group id, masked
+//! positive, modulo the partition count, as Kafka computes it). With a node per core,
+//! FindCoordinator names that shard's node, so clients talk to it directly; any group request
+//! reaching another shard is forwarded to it whole (the kafka-protocol request types are
+//! `Send`).
+//!
+//! Membership lives in memory on the coordinator, as a small state machine per group (Empty →
+//! PreparingRebalance → CompletingRebalance → Stable), driven by JoinGroup, SyncGroup,
+//! Heartbeat, LeaveGroup and session expiry. Committed offsets are appended to the group's
+//! `__consumer_offsets` partition before they are acknowledged, and replayed from it when the
+//! shard opens, so they survive restarts and crashes; members simply rejoin after a restart.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use event_listener::Event;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use ringlog_engine::batch::{self, BatchBuilder};
+use ringlog_net::errors;
+use tracing::{debug, info, warn};
+
+use super::Shard;
+
+/// The internal topic holding committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Its partitions when the broker creates it. Fixed once created: a group's coordinator is
+/// found by hashing over the count.
+pub const OFFSETS_TOPIC_PARTITIONS: usize = 8;
+/// Its settings: small segments, no preallocation (commits are small and rare next to data),
+/// kept forever (compaction, which Kafka uses here, does not exist yet).
+pub const OFFSETS_TOPIC_CONFIGS: &[(&str, &str)] = &[
+    ("segment.bytes", "104857600"),
+    ("segment.index.bytes", "1048576"),
+    ("preallocate", "false"),
+    ("retention.ms", "-1"),
+];
+/// Session timeouts accepted (Kafka's group.min/max.session.timeout.ms are 6 s and 30 min;
+/// the minimum is lower here so tests can expire members quickly).
+const MIN_SESSION_TIMEOUT: Duration = Duration::from_millis(1000);
+const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(1800);
+/// Kafka's offset.metadata.max.bytes.
+const MAX_OFFSET_METADATA_BYTES: usize = 4096;
+/// FindCoordinator key types.
+const KEY_TYPE_GROUP: i8 = 0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Empty => "Empty",
+            State::PreparingRebalance => "PreparingRebalance",
+            State::CompletingRebalance => "CompletingRebalance",
+            State::Stable => "Stable",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    instance_id: Option<String>,
+    protocols: Vec<(String, Bytes)>,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    assignment: Bytes,
+    /// Has (re)joined in the current rebalance.
+    joined: bool,
+    /// A JoinGroup or SyncGroup of it is waiting on the coordinator: its heartbeats pause.
+    awaiting: bool,
+    last_seen: Instant,
+    join_order: u64,
+}
+
+#[derive(Debug)]
+struct Group {
+    state: State,
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol: Option<String>,
+    leader: Option<String>,
+    members: BTreeMap<String, Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, not joined yet.
+    pending: HashSet<String>,
+    /// When the current rebalance completes at the latest.
+    deadline: Instant,
+    /// The rebalance started from an empty group: wait the initial delay for more members.
+    initial: bool,
+    completer_running: bool,
+    next_join_order: u64,
+}
+
+impl Group {
+    fn new() -> Self {
+        Self {
+            state: State::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol: None,
+            leader: None,
+            members: BTreeMap::new(),
+            pending: HashSet::new(),
+            deadline: Instant::now(),
+            initial: false,
+            completer_running: false,
+            next_join_order: 0,
+        }
+    }
+
+    fn start_rebalance(&mut self, now: Instant, initial_delay: Duration) {
+        let initial = self.state == State::Empty;
+        self.state = State::PreparingRebalance;
+        self.initial = initial;
+        for member in self.members.values_mut() {
+            member.joined = false;
+        }
+        let rebalance_timeout = self
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or(initial_delay);
+        self.deadline = now
+            + if initial {
+                initial_delay.min(rebalance_timeout)
+            } else {
+                rebalance_timeout
+            };
+    }
+
+    fn make_empty(&mut self) {
+        self.state = State::Empty;
+        self.generation += 1;
+        self.protocol = None;
+        self.leader = None;
+    }
+
+    /// Ends the join phase: drops members that did not rejoin, picks the protocol and leader,
+    /// starts the next generation.
+    fn complete_join(&mut self) {
+        self.members.retain(|_, member| member.joined);
+        if self.members.is_empty() {
+            self.make_empty();
+            return;
+        }
+        let mut common: Option<Vec<String>> = None;
+        for member in self.members.values() {
+            let names: Vec<String> = member.protocols.iter().map(|(n, _)| n.clone()).collect();
+            common = Some(match common {
+                None => names,
+                Some(common) => common.into_iter().filter(|n| names.contains(n)).collect(),
+            });
+        }
+        let common = common.unwrap_or_default();
+        // Each member votes for its first protocol everyone supports; the most votes win.
+        let mut votes: HashMap<&str, usize> = HashMap::new();
+        for member in self.members.values() {
+            if let Some((name, _)) = member.protocols.iter().find(|(n, _)| common.contains(n)) {
+                *votes.entry(name.as_str()).or_default() += 1;
+            }
+        }
+        let chosen = common
+            .iter()
+            .max_by_key(|name| votes.get(name.as_str()).copied().unwrap_or(0))
+            .cloned();
+        self.protocol = chosen;
+        let leader_stays = self
+            .leader
+            .as_ref()
+            .is_some_and(|leader| self.members.contains_key(leader));
+        if !leader_stays {
+            self.leader = self
+                .members
+                .iter()
+                .min_by_key(|(_, m)| m.join_order)
+                .map(|(id, _)| id.clone());
+        }
+        self.generation += 1;
+        self.state = State::CompletingRebalance;
+        for member in self.members.values_mut() {
+            member.assignment = Bytes::new();
+        }
+    }
+}
+
+/// A committed offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Committed {
+    offset: i64,
+    leader_epoch: i32,
+    metadata: Option<String>,
+}
+
+/// One group's committed offsets by (topic, partition).
+type GroupOffsets = BTreeMap<(String, i32), Committed>;
+
+/// The groups this shard coordinates and their committed offsets.
+#[derive(Default)]
+pub struct Coordinator {
+    groups: RefCell<HashMap<String, Group>>,
+    offsets: RefCell<HashMap<String, GroupOffsets>>,
+    /// Notified on every group change; waiting joins and syncs re-check their group.
+    changed: Event,
+    next_member: Cell<u64>,
+}
+
+/// Kafka's partition for a group: `Utils.abs(groupId.hashCode()) % partitions`.
+pub fn offsets_partition(group: &str, partitions: usize) -> usize {
+    let mut hash: i32 = 0;
+    for unit in group.encode_utf16() {
+        hash = hash.wrapping_mul(31).wrapping_add(i32::from(unit));
+    }
+    (hash & 0x7fff_ffff) as usize % partitions.max(1)
+}
+
+/// The shard coordinating `group`, per this shard's catalog.
+fn coordinator_of(shard: &Shard, group: &str) -> Option<(usize, usize)> {
+    let catalog = shard.catalog.borrow();
+    let topic = catalog.topics.get(OFFSETS_TOPIC)?;
+    let partition = offsets_partition(group, topic.partitions.len());
+    topic
+        .partitions
+        .get(partition)
+        .map(|&owner| (owner, partition))
+}
+
+fn str_bytes(text: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(text.into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Offsets records in __consumer_offsets: key = version 1, group, topic, partition; value =
+// offset, leader epoch, metadata (absent value: the offset was deleted).
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    out.extend_from_slice(&(bytes.len().min(u16::MAX as usize) as u16).to_be_bytes());
+    out.extend_from_slice(&bytes[..bytes.len().min(u16::MAX as usize)]);
+}
+
+fn take<'a>(bytes: &mut &'a [u8], count: usize) -> Option<&'a [u8]> {
+    let (head, rest) = (bytes.get(..count)?, bytes.get(count..)?);
+    *bytes = rest;
+    Some(head)
+}
+
+fn take_str(bytes: &mut &[u8]) -> Option<String> {
+    let len = take(bytes, 2)?;
+    let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+    String::from_utf8(take(bytes, len)?.to_vec()).ok()
+}
+
+fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
+    let mut key = vec![1];
+    put_str(&mut key, group);
+    put_str(&mut key, topic);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+fn offset_value(committed: &Committed) -> Vec<u8> {
+    let mut value = Vec::with_capacity(16);
+    value.extend_from_slice(&committed.offset.to_be_bytes());
+    value.extend_from_slice(&committed.leader_epoch.to_be_bytes());
+    match &committed.metadata {
+        Some(metadata) => {
+            value.push(1);
+            put_str(&mut value, metadata);
+        }
+        None => value.push(0),
+    }
+    value
+}
+
+fn decode_record(
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Option<(String, String, i32, Option<Committed>)> {
+    let mut key = key;
+    if take(&mut key, 1)? != [1] {
+        return None;
+    }
+    let group = take_str(&mut key)?;
+    let topic = take_str(&mut key)?;
+    let partition = i32::from_be_bytes(take(&mut key, 4)?.try_into().ok()?);
+    let Some(mut value) = value else {
+        return Some((group, topic, partition, None));
+    };
+    let offset = i64::from_be_bytes(take(&mut value, 8)?.try_into().ok()?);
+    let leader_epoch = i32::from_be_bytes(take(&mut value, 4)?.try_into().ok()?);
+    let metadata = match take(&mut value, 1)? {
+        [1] => Some(take_str(&mut value)?),
+        _ => None,
+    };
+    Some((
+        group,
+        topic,
+        partition,
+        Some(Committed {
+            offset,
+            leader_epoch,
+            metadata,
+        }),
+    ))
+}
+
+/// Rebuilds the committed offsets of the `__consumer_offsets` partitions this shard owns.
+pub async fn load_offsets(shard: &Shard) {
+    let owned: Vec<usize> = {
+        let catalog = shard.catalog.borrow();
+        let Some(topic) = catalog.topics.get(OFFSETS_TOPIC) else {
+            return;
+        };
+        (0..topic.partitions.len())
+            .filter(|&p| topic.partitions[p] == shard.id)
+            .collect()
+    };
+    let mut records = 0_usize;
+    for partition in owned {
+        let Some(log) = shard.partition(OFFSETS_TOPIC, partition as i32) else {
+            continue;
+        };
+        let mut offset = log.log.log_start_offset();
+        let end = log.log.log_end_offset();
+        while offset < end {
+            let fetched = match log.log.read(offset, 4 << 20, None).await {
+                Ok(fetched) => fetched,
+                Err(error) => {
+                    warn!(partition, "cannot replay committed offsets: {error}");
+                    break;
+                }
+            };
+            if fetched.is_empty() {
+                break;
+            }
+            let mut bytes = fetched.bytes();
+            while bytes.len() >= batch::HEADER_BYTES {
+                let length = i32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+                let total = 12 + usize::try_from(length).unwrap_or(0);
+                let Some(one) = bytes.get(..total) else { break };
+                if let Ok(views) = batch::uncompressed_records(one) {
+                    for view in views {
+                        if let Some((group, topic, p, committed)) =
+                            view.key.and_then(|key| decode_record(key, view.value))
+                        {
+                            apply_committed(&shard.groups, group, topic, p, committed);
+                            records += 1;
+                        }
+                    }
+                }
+                bytes = &bytes[total..];
+            }
+            offset = fetched.next_offset;
+        }
+    }
+    if records > 0 {
+        info!(shard = shard.id, records, "committed offsets replayed");
+    }
+}
+
+fn apply_committed(
+    coordinator: &Coordinator,
+    group: String,
+    topic: String,
+    partition: i32,
+    committed: Option<Committed>,
+) {
+    let mut offsets = coordinator.offsets.borrow_mut();
+    let entry = offsets.entry(group).or_default();
+    match committed {
+        Some(committed) => {
+            entry.insert((topic, partition), committed);
+        }
+        None => {
+            entry.remove(&(topic, partition));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// FindCoordinator
+
+pub fn find_coordinator(
+    shard: &Shard,
+    request: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let topology = &shard.settings.topology;
+    let locate = |key: &str| -> Result<(i32, u16), (ResponseError, &'static str)> {
+        if request.key_type != KEY_TYPE_GROUP {
+            return Err((
+                ResponseError::CoordinatorNotAvailable,
+                "only group coordinators exist: transactions are not supported",
+            ));
+        }
+        let (owner, _) = coordinator_of(shard, key).ok_or((
+            ResponseError::CoordinatorNotAvailable,
+            "the offsets topic is missing",
+        ))?;
+        Ok((
+            topology.node_of(owner),
+            topology
+                .advertised_port
+                .saturating_add(topology.port_offset(owner)),
+        ))
+    };
+    let host = str_bytes(topology.advertised_host.clone());
+    if version >= 4 {
+        let coordinators = request
+            .coordinator_keys
+            .iter()
+            .map(|key| {
+                let entry = CoordinatorEntry::default().with_key(key.clone());
+                match locate(key) {
+                    Ok((node, port)) => entry
+                        .with_node_id(BrokerId(node))
+                        .with_host(host.clone())
+                        .with_port(i32::from(port)),
+                    Err((error, message)) => entry
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1)
+                        .with_error_code(error.code())
+                        .with_error_message(Some(StrBytes::from_static_str(message))),
+                }
+            })
+            .collect();
+        return FindCoordinatorResponse::default().with_coordinators(coordinators);
+    }
+    match locate(&request.key) {
+        Ok((node, port)) => FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(node))
+            .with_host(host)
+            .with_port(i32::from(port)),
+        Err((error, message)) => {
+            let mut response = FindCoordinatorResponse::default()
+                .with_error_code(error.code())
+                .with_node_id(BrokerId(-1))
+                .with_port(-1);
+            if version >= 1 {
+                response = response.with_error_message(Some(StrBytes::from_static_str(message)));
+            }
+            response
+        }
+    }
+}
+
+/// Runs `job` on the coordinator of `group`, or answers `unavailable` when there is none.
+async fn on_coordinator<T, F, Fut>(shard: &Rc<Shard>, group: &str, unavailable: T, job: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    match coordinator_of(shard, group) {
+        Some((owner, _)) => shard.on(owner, job).await.unwrap_or(unavailable),
+        None => unavailable,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// JoinGroup
+
+pub async fn join_group(
+    shard: &Rc<Shard>,
+    request: JoinGroupRequest,
+    version: i16,
+) -> JoinGroupResponse {
+    let unavailable = join_error(ResponseError::CoordinatorNotAvailable, &request.member_id);
+    let group = request.group_id.to_string();
+    on_coordinator(shard, &group, unavailable, move |shard| async move {
+        join_local(&shard, request, version).await
+    })
+    .await
+}
+
+fn join_error(error: ResponseError, member_id: &StrBytes) -> JoinGroupResponse {
+    JoinGroupResponse::default()
+        .with_error_code(error.code())
+        .with_generation_id(-1)
+        .with_member_id(member_id.clone())
+        .with_protocol_name(Some(StrBytes::default()))
+}
+
+fn new_member_id(coordinator: &Coordinator) -> String {
+    let n = coordinator.next_member.get();
+    coordinator.next_member.set(n + 1);
+    format!("member-{n}-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn join_local(
+    shard: &Rc<Shard>,
+    request: JoinGroupRequest,
+    version: i16,
+) -> JoinGroupResponse {
+    let coordinator = &shard.groups;
+    let group_id = request.group_id.to_string();
+    let session_timeout =
+        Duration::from_millis(u64::try_from(request.session_timeout_ms).unwrap_or(0));
+    let rebalance_timeout = if version >= 1 && request.rebalance_timeout_ms > 0 {
+        Duration::from_millis(request.rebalance_timeout_ms as u64)
+    } else {
+        session_timeout
+    };
+    if group_id.is_empty() {
+        return join_error(ResponseError::InvalidGroupId, &request.member_id);
+    }
+    if !(MIN_SESSION_TIMEOUT..=MAX_SESSION_TIMEOUT).contains(&session_timeout) {
+        return join_error(ResponseError::InvalidSessionTimeout, &request.member_id);
+    }
+    if request.protocol_type.is_empty() || request.protocols.is_empty() {
+        return join_error(ResponseError::InconsistentGroupProtocol, &request.member_id);
+    }
+    let protocols: Vec<(String, Bytes)> = request
+        .protocols
+        .iter()
+        .map(|p| (p.name.to_string(), p.metadata.clone()))
+        .collect();
+    let instance_id = request.group_instance_id.as_ref().map(|i| i.to_string());
+    let now = Instant::now();
+    let (member_id, generation_at_join) = {
+        let mut groups = coordinator.groups.borrow_mut();
+        let group = groups.entry(group_id.clone()).or_insert_with(Group::new);
+        if !group.members.is_empty() {
+            if group.protocol_type.as_deref() != Some(&*request.protocol_type) {
+                return join_error(ResponseError::InconsistentGroupProtocol, &request.member_id);
+            }
+            let supported = group.members.values().all(|m| {
+                m.protocols
+                    .iter()
+                    .any(|(name, _)| protocols.iter().any(|(n, _)| n == name))
+            });
+            if !supported {
+                return join_error(ResponseError::InconsistentGroupProtocol, &request.member_id);
+            }
+        }
+        let mut member_id = request.member_id.to_string();
+        // A static member (group.instance.id) keeps its place: a rejoin with a new member id
+        // replaces the old one.
+        let static_previous = instance_id.as_ref().and_then(|instance| {
+            group
+                .members
+                .iter()
+                .find(|(_, m)| m.instance_id.as_ref() == Some(instance))
+                .map(|(id, _)| id.clone())
+        });
+        if member_id.is_empty() {
+            member_id = new_member_id(coordinator);
+            if version >= 4 && instance_id.is_none() {
+                group.pending.insert(member_id.clone());
+                return join_error(ResponseError::MemberIdRequired, &str_bytes(member_id));
+            }
+        } else if !group.members.contains_key(&member_id)
+            && !group.pending.contains(&member_id)
+            && static_previous.is_none()
+        {
+            return join_error(ResponseError::UnknownMemberId, &request.member_id);
+        }
+        group.pending.remove(&member_id);
+        let mut previous = static_previous
+            .filter(|old| *old != member_id)
+            .and_then(|old| group.members.remove(&old));
+        if let (Some(old), Some(leader)) = (&previous, &group.leader) {
+            if !group.members.contains_key(leader) && old.instance_id.is_some() {
+                group.leader = Some(member_id.clone());
+            }
+        }
+        let existing = group.members.remove(&member_id).or(previous.take());
+        let join_order = existing.as_ref().map_or_else(
+            || {
+                group.next_join_order += 1;
+                group.next_join_order
+            },
+            |m| m.join_order,
+        );
+        let changed_protocols = existing.as_ref().is_none_or(|m| m.protocols != protocols);
+        group.members.insert(
+            member_id.clone(),
+            Member {
+                instance_id,
+                protocols,
+                session_timeout,
+                rebalance_timeout,
+                assignment: existing
+                    .as_ref()
+                    .map(|m| m.assignment.clone())
+                    .unwrap_or_default(),
+                joined: true,
+                awaiting: true,
+                last_seen: now,
+                join_order,
+            },
+        );
+        group.protocol_type = Some(request.protocol_type.to_string());
+        match group.state {
+            State::PreparingRebalance => {}
+            // A known member rejoining a stable group with the same protocols (a static member
+            // after a restart, or a client that lost its SyncGroup answer) still triggers a
+            // rebalance, as Kafka does for dynamic members; simple and always correct.
+            State::Empty | State::Stable | State::CompletingRebalance => {
+                let _ = changed_protocols;
+                let initial_delay = shard.settings.group_initial_rebalance_delay;
+                group.start_rebalance(now, initial_delay);
+                if let Some(member) = group.members.get_mut(&member_id) {
+                    member.joined = true;
+                }
+                debug!(
+                    group = group_id,
+                    generation = group.generation,
+                    "rebalance started"
+                );
+            }
+        }
+        let generation = group.generation;
+        if !group.completer_running {
+            group.completer_running = true;
+            let shard = Rc::clone(shard);
+            let id = group_id.clone();
+            glommio::spawn_local(async move { complete_when_ready(&shard, &id).await }).detach();
+        }
+        (member_id, generation)
+    };
+    coordinator.changed.notify(usize::MAX);
+
+    // Wait for the join phase to end.
+    loop {
+        let listener = coordinator.changed.listen();
+        {
+            let mut groups = coordinator.groups.borrow_mut();
+            let Some(group) = groups.get_mut(&group_id) else {
+                return join_error(ResponseError::UnknownMemberId, &str_bytes(member_id));
+            };
+            let Some(member) = group.members.get_mut(&member_id) else {
+                return join_error(ResponseError::UnknownMemberId, &str_bytes(member_id));
+            };
+            if group.generation > generation_at_join {
+                member.awaiting = group.state == State::CompletingRebalance;
+                member.last_seen = Instant::now();
+                return join_response(group, &member_id, version);
+            }
+        }
+        if shard.stopping.is_triggered() {
+            return join_error(
+                ResponseError::CoordinatorNotAvailable,
+                &str_bytes(member_id),
+            );
+        }
+        futures_lite::future::or(listener, async {
+            shard.stopping.wait().await;
+        })
+        .await;
+    }
+}
+
+fn join_response(group: &Group, member_id: &str, version: i16) -> JoinGroupResponse {
+    let protocol = group.protocol.clone().unwrap_or_default();
+    let leader = group.leader.clone().unwrap_or_default();
+    let members = if leader == member_id {
+        group
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let metadata = m
+                    .protocols
+                    .iter()
+                    .find(|(name, _)| *name == protocol)
+                    .map(|(_, metadata)| metadata.clone())
+                    .unwrap_or_default();
+                let mut entry = JoinGroupResponseMember::default()
+                    .with_member_id(str_bytes(id.clone()))
+                    .with_metadata(metadata);
+                if version >= 5 {
+                    entry = entry.with_group_instance_id(m.instance_id.clone().map(str_bytes));
+                }
+                entry
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut response = JoinGroupResponse::default()
+        .with_generation_id(group.generation)
+        .with_protocol_name(Some(str_bytes(protocol)))
+        .with_leader(str_bytes(leader))
+        .with_member_id(str_bytes(member_id.to_owned()))
+        .with_members(members);
+    if version >= 7 {
+        response = response.with_protocol_type(group.protocol_type.clone().map(str_bytes));
+    }
+    response
+}
+
+/// Completes a group's join phase once every member has rejoined (or, for a group that was
+/// empty, once the initial delay has passed), or at the rebalance deadline.
+async fn complete_when_ready(shard: &Shard, group_id: &str) {
+    // Spawned tasks run at once up to their first wait, and every spawner holds the groups
+    // borrowed: step aside first.
+    futures_lite::future::yield_now().await;
+    let coordinator = &shard.groups;
+    loop {
+        let listener = coordinator.changed.listen();
+        let deadline = {
+            let mut groups = coordinator.groups.borrow_mut();
+            let Some(group) = groups.get_mut(group_id) else {
+                return;
+            };
+            if group.state != State::PreparingRebalance {
+                group.completer_running = false;
+                return;
+            }
+            let now = Instant::now();
+            let all_joined = group.members.values().all(|m| m.joined);
+            if now >= group.deadline || (!group.initial && all_joined) {
+                group.complete_join();
+                group.completer_running = false;
+                info!(
+                    group = group_id,
+                    generation = group.generation,
+                    members = group.members.len(),
+                    protocol = group.protocol.as_deref().unwrap_or(""),
+                    "rebalance completed"
+                );
+                drop(groups);
+                coordinator.changed.notify(usize::MAX);
+                return;
+            }
+            group.deadline
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        futures_lite::future::or(listener, glommio::timer::sleep(wait)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SyncGroup, Heartbeat, LeaveGroup
+
+pub async fn sync_group(
+    shard: &Rc<Shard>,
+    request: SyncGroupRequest,
+    version: i16,
+) -> SyncGroupResponse {
+    let unavailable =
+        SyncGroupResponse::default().with_error_code(ResponseError::CoordinatorNotAvailable.code());
+    let group = request.group_id.to_string();
+    on_coordinator(shard, &group, unavailable, move |shard| async move {
+        sync_local(&shard, request, version).await
+    })
+    .await
+}
+
+async fn sync_local(
+    shard: &Rc<Shard>,
+    request: SyncGroupRequest,
+    version: i16,
+) -> SyncGroupResponse {
+    let coordinator = &shard.groups;
+    let group_id = request.group_id.to_string();
+    let member_id = request.member_id.to_string();
+    let fail = |error: ResponseError| SyncGroupResponse::default().with_error_code(error.code());
+    let answer = |group: &Group, assignment: Bytes| {
+        let mut response = SyncGroupResponse::default().with_assignment(assignment);
+        if version >= 5 {
+            response = response
+                .with_protocol_type(group.protocol_type.clone().map(str_bytes))
+                .with_protocol_name(group.protocol.clone().map(str_bytes));
+        }
+        response
+    };
+    let waited_since = Instant::now();
+    loop {
+        let listener = coordinator.changed.listen();
+        let timeout = {
+            let mut groups = coordinator.groups.borrow_mut();
+            let Some(group) = groups.get_mut(&group_id) else {
+                return fail(ResponseError::UnknownMemberId);
+            };
+            if !group.members.contains_key(&member_id) {
+                return fail(ResponseError::UnknownMemberId);
+            }
+            if request.generation_id != group.generation {
+                return fail(ResponseError::IllegalGeneration);
+            }
+            match group.state {
+                State::Empty => return fail(ResponseError::UnknownMemberId),
+                State::PreparingRebalance => return fail(ResponseError::RebalanceInProgress),
+                State::Stable => {
+                    let member = group.members.get_mut(&member_id).expect("checked above");
+                    member.awaiting = false;
+                    member.last_seen = Instant::now();
+                    let assignment = member.assignment.clone();
+                    return answer(group, assignment);
+                }
+                State::CompletingRebalance => {}
+            }
+            if group.leader.as_deref() == Some(&*member_id) {
+                for assignment in &request.assignments {
+                    if let Some(member) = group.members.get_mut(&*assignment.member_id) {
+                        member.assignment = assignment.assignment.clone();
+                    }
+                }
+                group.state = State::Stable;
+                let member = group.members.get_mut(&member_id).expect("checked above");
+                member.awaiting = false;
+                member.last_seen = Instant::now();
+                let assignment = member.assignment.clone();
+                let response = answer(group, assignment);
+                drop(groups);
+                coordinator.changed.notify(usize::MAX);
+                return response;
+            }
+            let member = group.members.get_mut(&member_id).expect("checked above");
+            member.awaiting = true;
+            member.rebalance_timeout
+        };
+        // A leader that never sends its assignments must not hold the followers forever.
+        let remaining = timeout.saturating_sub(waited_since.elapsed());
+        if remaining.is_zero() || shard.stopping.is_triggered() {
+            let mut groups = coordinator.groups.borrow_mut();
+            if let Some(group) = groups.get_mut(&group_id) {
+                if group.state == State::CompletingRebalance
+                    && group.generation == request.generation_id
+                {
+                    let delay = shard.settings.group_initial_rebalance_delay;
+                    group.start_rebalance(Instant::now(), delay);
+                    if !group.completer_running {
+                        group.completer_running = true;
+                        let shard = Rc::clone(shard);
+                        let id = group_id.clone();
+                        glommio::spawn_local(async move { complete_when_ready(&shard, &id).await })
+                            .detach();
+                    }
+                }
+            }
+            drop(groups);
+            coordinator.changed.notify(usize::MAX);
+            return fail(ResponseError::RebalanceInProgress);
+        }
+        futures_lite::future::or(listener, glommio::timer::sleep(remaining)).await;
+    }
+}
+
+pub async fn heartbeat(
+    shard: &Rc<Shard>,
+    request: HeartbeatRequest,
+    _version: i16,
+) -> HeartbeatResponse {
+    let unavailable =
+        HeartbeatResponse::default().with_error_code(ResponseError::CoordinatorNotAvailable.code());
+    let group = request.group_id.to_string();
+    on_coordinator(shard, &group, unavailable, move |shard| async move {
+        let error = heartbeat_local(&shard, &request);
+        HeartbeatResponse::default().with_error_code(error.map_or(0, |e| e.code()))
+    })
+    .await
+}
+
+fn heartbeat_local(shard: &Shard, request: &HeartbeatRequest) -> Option<ResponseError> {
+    let mut groups = shard.groups.groups.borrow_mut();
+    let Some(group) = groups.get_mut(&**request.group_id) else {
+        return Some(ResponseError::UnknownMemberId);
+    };
+    let state = group.state;
+    let generation = group.generation;
+    let Some(member) = group.members.get_mut(&*request.member_id) else {
+        return Some(ResponseError::UnknownMemberId);
+    };
+    member.last_seen = Instant::now();
+    if state == State::PreparingRebalance {
+        return Some(ResponseError::RebalanceInProgress);
+    }
+    if request.generation_id != generation {
+        return Some(ResponseError::IllegalGeneration);
+    }
+    None
+}
+
+pub async fn leave_group(
+    shard: &Rc<Shard>,
+    request: LeaveGroupRequest,
+    version: i16,
+) -> LeaveGroupResponse {
+    let unavailable = LeaveGroupResponse::default()
+        .with_error_code(ResponseError::CoordinatorNotAvailable.code());
+    let group = request.group_id.to_string();
+    on_coordinator(shard, &group, unavailable, move |shard| async move {
+        leave_local(&shard, &request, version)
+    })
+    .await
+}
+
+fn leave_local(shard: &Rc<Shard>, request: &LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    let coordinator = &shard.groups;
+    let leaving: Vec<(String, Option<String>)> = if version >= 3 {
+        request
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|i| i.to_string()),
+                )
+            })
+            .collect()
+    } else {
+        vec![(request.member_id.to_string(), None)]
+    };
+    let mut results = Vec::with_capacity(leaving.len());
+    {
+        let mut groups = coordinator.groups.borrow_mut();
+        let Some(group) = groups.get_mut(&**request.group_id) else {
+            return LeaveGroupResponse::default()
+                .with_error_code(ResponseError::UnknownMemberId.code());
+        };
+        let mut removed_any = false;
+        for (member_id, instance_id) in &leaving {
+            let found = if member_id.is_empty() {
+                instance_id.as_ref().and_then(|instance| {
+                    group
+                        .members
+                        .iter()
+                        .find(|(_, m)| m.instance_id.as_ref() == Some(instance))
+                        .map(|(id, _)| id.clone())
+                })
+            } else {
+                group
+                    .members
+                    .contains_key(member_id)
+                    .then(|| member_id.clone())
+            };
+            match found.and_then(|id| group.members.remove(&id).map(|_| id)) {
+                Some(id) => {
+                    debug!(group = &**request.group_id, member = id, "member left");
+                    removed_any = true;
+                    results.push((member_id.clone(), instance_id.clone(), None));
+                }
+                None => results.push((
+                    member_id.clone(),
+                    instance_id.clone(),
+                    Some(ResponseError::UnknownMemberId),
+                )),
+            }
+        }
+        if removed_any {
+            member_gone(shard, &request.group_id, group);
+        }
+    }
+    coordinator.changed.notify(usize::MAX);
+    if version >= 3 {
+        let members = results
+            .into_iter()
+            .map(|(member_id, instance_id, error)| {
+                MemberResponse::default()
+                    .with_member_id(str_bytes(member_id))
+                    .with_group_instance_id(instance_id.map(str_bytes))
+                    .with_error_code(error.map_or(0, |e| e.code()))
+            })
+            .collect();
+        return LeaveGroupResponse::default().with_members(members);
+    }
+    let error = results.first().and_then(|(_, _, error)| *error);
+    LeaveGroupResponse::default().with_error_code(error.map_or(0, |e| e.code()))
+}
+
+/// After members left or expired: an empty group becomes Empty, otherwise the rest rebalance.
+fn member_gone(shard: &Rc<Shard>, group_id: &str, group: &mut Group) {
+    if group.members.is_empty() {
+        group.make_empty();
+        return;
+    }
+    if group.state != State::PreparingRebalance {
+        group.start_rebalance(Instant::now(), shard.settings.group_initial_rebalance_delay);
+    }
+    if !group.completer_running {
+        group.completer_running = true;
+        let shard = Rc::clone(shard);
+        let id = group_id.to_owned();
+        glommio::spawn_local(async move { complete_when_ready(&shard, &id).await }).detach();
+    }
+}
+
+/// Removes members whose session expired (no heartbeat for their session timeout, and no
+/// JoinGroup or SyncGroup waiting). Run periodically on every shard.
+pub fn expire_sessions(shard: &Rc<Shard>) {
+    let coordinator = &shard.groups;
+    let now = Instant::now();
+    let mut changed = false;
+    {
+        let mut groups = coordinator.groups.borrow_mut();
+        for (group_id, group) in groups.iter_mut() {
+            let before = group.members.len();
+            group.members.retain(|member_id, m| {
+                let alive = m.awaiting || now.duration_since(m.last_seen) <= m.session_timeout;
+                if !alive {
+                    info!(
+                        group = group_id,
+                        member = member_id,
+                        "member session expired"
+                    );
+                }
+                alive
+            });
+            if group.members.len() != before {
+                member_gone(shard, group_id, group);
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        coordinator.changed.notify(usize::MAX);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OffsetCommit, OffsetFetch
+
+pub async fn offset_commit(
+    shard: &Rc<Shard>,
+    request: OffsetCommitRequest,
+    version: i16,
+) -> OffsetCommitResponse {
+    let unavailable = commit_response(&request, |_, _| {
+        Some(ResponseError::CoordinatorNotAvailable)
+    });
+    let group = request.group_id.to_string();
+    on_coordinator(shard, &group, unavailable, move |shard| async move {
+        commit_local(&shard, request, version).await
+    })
+    .await
+}
+
+fn commit_response(
+    request: &OffsetCommitRequest,
+    error: impl Fn(&str, i32) -> Option<ResponseError>,
+) -> OffsetCommitResponse {
+    let topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(
+                            error(&topic.name, p.partition_index).map_or(0, |e| e.code()),
+                        )
+                })
+                .collect();
+            OffsetCommitResponseTopic::default()
+                .with_name(topic.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+async fn commit_local(
+    shard: &Rc<Shard>,
+    request: OffsetCommitRequest,
+    _version: i16,
+) -> OffsetCommitResponse {
+    let group_id = request.group_id.to_string();
+    // Whether the committer may commit for the group now.
+    let refused = {
+        let mut groups = shard.groups.groups.borrow_mut();
+        match groups.get_mut(&group_id) {
+            Some(group) if !group.members.is_empty() => {
+                let generation = group.generation;
+                let state = group.state;
+                match group.members.get_mut(&*request.member_id) {
+                    None => Some(ResponseError::UnknownMemberId),
+                    Some(_) if request.generation_id_or_member_epoch != generation => {
+                        Some(ResponseError::IllegalGeneration)
+                    }
+                    Some(_) if state == State::CompletingRebalance => {
+                        Some(ResponseError::RebalanceInProgress)
+                    }
+                    Some(member) => {
+                        member.last_seen = Instant::now();
+                        None
+                    }
+                }
+            }
+            // An empty or unknown group takes commits from anyone not claiming a generation
+            // (the "simple consumer" commits of assign-only clients).
+            _ if request.generation_id_or_member_epoch >= 0 => {
+                Some(ResponseError::IllegalGeneration)
+            }
+            _ => None,
+        }
+    };
+    if let Some(error) = refused {
+        return commit_response(&request, |_, _| Some(error));
+    }
+    let Some((_, partition)) = coordinator_of(shard, &group_id) else {
+        return commit_response(&request, |_, _| {
+            Some(ResponseError::CoordinatorNotAvailable)
+        });
+    };
+    let Some(log) = shard.partition(OFFSETS_TOPIC, partition as i32) else {
+        return commit_response(&request, |_, _| {
+            Some(ResponseError::CoordinatorNotAvailable)
+        });
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut builder = BatchBuilder::new(now_ms);
+    let mut accepted: Vec<(String, i32, Committed)> = Vec::new();
+    let mut too_large: HashSet<(String, i32)> = HashSet::new();
+    for topic in &request.topics {
+        for p in &topic.partitions {
+            let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
+            if metadata
+                .as_ref()
+                .is_some_and(|m| m.len() > MAX_OFFSET_METADATA_BYTES)
+            {
+                too_large.insert((topic.name.to_string(), p.partition_index));
+                continue;
+            }
+            let committed = Committed {
+                offset: p.committed_offset,
+                leader_epoch: p.committed_leader_epoch,
+                metadata,
+            };
+            builder = builder.record(
+                now_ms,
+                Some(&offset_key(&group_id, &topic.name, p.partition_index)),
+                Some(&offset_value(&committed)),
+            );
+            accepted.push((topic.name.to_string(), p.partition_index, committed));
+        }
+    }
+    let mut failure = None;
+    if !accepted.is_empty() {
+        if let Err(error) = log.log.append(Bytes::from(builder.build())).await {
+            warn!(group = group_id, "cannot store committed offsets: {error}");
+            failure = Some(match errors::append_error(&error) {
+                ResponseError::MessageTooLarge => ResponseError::OffsetMetadataTooLarge,
+                _ => ResponseError::CoordinatorNotAvailable,
+            });
+        }
+    }
+    if failure.is_none() {
+        for (topic, partition, committed) in accepted {
+            apply_committed(
+                &shard.groups,
+                group_id.clone(),
+                topic,
+                partition,
+                Some(committed),
+            );
+        }
+        shard
+            .groups
+            .groups
+            .borrow_mut()
+            .entry(group_id.clone())
+            .or_insert_with(Group::new);
+    }
+    commit_response(&request, |topic, partition| {
+        if too_large.contains(&(topic.to_owned(), partition)) {
+            Some(ResponseError::OffsetMetadataTooLarge)
+        } else {
+            failure
+        }
+    })
+}
+
+/// One group's committed offsets for the asked partitions (all when `topics` is `None`):
+/// (topic, [(partition, committed or None)]).
+type FetchedOffsets = Vec<(String, Vec<(i32, Option<Committed>)>)>;
+
+fn fetch_local(
+    shard: &Shard,
+    group: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> FetchedOffsets {
+    let offsets = shard.groups.offsets.borrow();
+    let committed = offsets.get(group);
+    match topics {
+        Some(topics) => topics
+            .into_iter()
+            .map(|(topic, partitions)| {
+                let found = partitions
+                    .into_iter()
+                    .map(|p| {
+                        (
+                            p,
+                            committed.and_then(|c| c.get(&(topic.clone(), p)).cloned()),
+                        )
+                    })
+                    .collect();
+                (topic, found)
+            })
+            .collect(),
+        None => {
+            let mut by_topic: BTreeMap<String, Vec<(i32, Option<Committed>)>> = BTreeMap::new();
+            for ((topic, p), c) in committed.into_iter().flatten() {
+                by_topic
+                    .entry(topic.clone())
+                    .or_default()
+                    .push((*p, Some(c.clone())));
+            }
+            by_topic.into_iter().collect()
+        }
+    }
+}
+
+async fn fetch_offsets(
+    shard: &Rc<Shard>,
+    group: String,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<FetchedOffsets, ResponseError> {
+    let Some((owner, _)) = coordinator_of(shard, &group) else {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    };
+    shard
+        .on(owner, move |owner| async move {
+            fetch_local(&owner, &group, topics)
+        })
+        .await
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)
+}
+
+pub async fn offset_fetch(
+    shard: &Rc<Shard>,
+    request: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    if version >= 8 {
+        let mut groups = Vec::with_capacity(request.groups.len());
+        for wanted in &request.groups {
+            let topics = wanted.topics.as_ref().map(|topics| {
+                topics
+                    .iter()
+                    .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
+                    .collect()
+            });
+            let entry = OffsetFetchResponseGroup::default().with_group_id(wanted.group_id.clone());
+            let entry = match fetch_offsets(shard, wanted.group_id.to_string(), topics).await {
+                Ok(found) => entry.with_topics(
+                    found
+                        .into_iter()
+                        .map(|(topic, partitions)| {
+                            OffsetFetchResponseTopics::default()
+                                .with_name(TopicName(str_bytes(topic)))
+                                .with_partitions(
+                                    partitions
+                                        .into_iter()
+                                        .map(|(p, c)| {
+                                            let (offset, epoch, metadata) = committed_fields(c);
+                                            OffsetFetchResponsePartitions::default()
+                                                .with_partition_index(p)
+                                                .with_committed_offset(offset)
+                                                .with_committed_leader_epoch(epoch)
+                                                .with_metadata(Some(str_bytes(metadata)))
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                ),
+                Err(error) => entry.with_error_code(error.code()),
+            };
+            groups.push(entry);
+        }
+        return OffsetFetchResponse::default().with_groups(groups);
+    }
+    let topics = request.topics.as_ref().map(|topics| {
+        topics
+            .iter()
+            .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
+            .collect()
+    });
+    match fetch_offsets(shard, request.group_id.to_string(), topics).await {
+        Ok(found) => {
+            let topics = found
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(TopicName(str_bytes(topic)))
+                        .with_partitions(
+                            partitions
+                                .into_iter()
+                                .map(|(p, c)| {
+                                    let (offset, epoch, metadata) = committed_fields(c);
+                                    let mut partition = OffsetFetchResponsePartition::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(offset)
+                                        .with_metadata(Some(str_bytes(metadata)));
+                                    if version >= 5 {
+                                        partition = partition.with_committed_leader_epoch(epoch);
+                                    }
+                                    partition
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            OffsetFetchResponse::default().with_topics(topics)
+        }
+        Err(error) => {
+            let response = OffsetFetchResponse::default();
+            if version >= 2 {
+                response.with_error_code(error.code())
+            } else {
+                response
+            }
+        }
+    }
+}
+
+/// (offset, leader epoch, metadata) as OffsetFetch reports them; -1 and "" when nothing is
+/// committed.
+fn committed_fields(committed: Option<Committed>) -> (i64, i32, String) {
+    match committed {
+        Some(c) => (c.offset, c.leader_epoch, c.metadata.unwrap_or_default()),
+        None => (-1, -1, String::new()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ListGroups, DescribeGroups
+
+/// (group id, protocol type, state) of every group this shard coordinates.
+fn groups_here(shard: &Shard) -> Vec<(String, String, &'static str)> {
+    shard
+        .groups
+        .groups
+        .borrow()
+        .iter()
+        .map(|(id, g)| {
+            (
+                id.clone(),
+                g.protocol_type.clone().unwrap_or_default(),
+                g.state.name(),
+            )
+        })
+        .collect()
+}
+
+pub async fn list_groups(
+    shard: &Rc<Shard>,
+    request: ListGroupsRequest,
+    version: i16,
+) -> ListGroupsResponse {
+    let mut listed = Vec::new();
+    for target in 0..shard.settings.shards {
+        match shard.on(target, |s| async move { groups_here(&s) }).await {
+            Ok(groups) => listed.extend(groups),
+            Err(_) => {
+                return ListGroupsResponse::default()
+                    .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+            }
+        }
+    }
+    let states: Vec<String> = request
+        .states_filter
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let groups = listed
+        .into_iter()
+        .filter(|(_, _, state)| {
+            states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(state))
+        })
+        .map(|(id, protocol_type, state)| {
+            let mut group = ListedGroup::default()
+                .with_group_id(GroupId(str_bytes(id)))
+                .with_protocol_type(str_bytes(protocol_type));
+            if version >= 4 {
+                group = group.with_group_state(StrBytes::from_static_str(state));
+            }
+            group
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
+}
+
+fn describe_local(shard: &Shard, group_id: &str, version: i16) -> DescribedGroup {
+    let groups = shard.groups.groups.borrow();
+    let described =
+        DescribedGroup::default().with_group_id(GroupId(str_bytes(group_id.to_owned())));
+    let Some(group) = groups.get(group_id) else {
+        return described.with_group_state(StrBytes::from_static_str("Dead"));
+    };
+    let protocol = group.protocol.clone().unwrap_or_default();
+    let members = group
+        .members
+        .iter()
+        .map(|(id, m)| {
+            let metadata = m
+                .protocols
+                .iter()
+                .find(|(name, _)| *name == protocol)
+                .map(|(_, metadata)| metadata.clone())
+                .unwrap_or_default();
+            let mut member = DescribedGroupMember::default()
+                .with_member_id(str_bytes(id.clone()))
+                .with_member_metadata(metadata)
+                .with_member_assignment(m.assignment.clone());
+            if version >= 4 {
+                member = member.with_group_instance_id(m.instance_id.clone().map(str_bytes));
+            }
+            member
+        })
+        .collect();
+    described
+        .with_group_state(StrBytes::from_static_str(group.state.name()))
+        .with_protocol_type(str_bytes(group.protocol_type.clone().unwrap_or_default()))
+        .with_protocol_data(str_bytes(protocol))
+        .with_members(members)
+}
+
+pub async fn describe_groups(
+    shard: &Rc<Shard>,
+    request: DescribeGroupsRequest,
+    version: i16,
+) -> DescribeGroupsResponse {
+    let mut described = Vec::with_capacity(request.groups.len());
+    for group in &request.groups {
+        let id = group.to_string();
+        let unavailable = DescribedGroup::default()
+            .with_group_id(group.clone())
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code());
+        let lookup = id.clone();
+        described.push(
+            on_coordinator(shard, &lookup, unavailable, move |s| async move {
+                describe_local(&s, &id, version)
+            })
+            .await,
+        );
+    }
+    DescribeGroupsResponse::default().with_groups(described)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_partitions_follow_java_string_hash_code() {
+        // "".hashCode() == 0; "a" == 97; Kafka's partitionFor masks the sign bit.
+        assert_eq!(offsets_partition("", 50), 0);
+        assert_eq!(offsets_partition("a", 50), 97 % 50);
+        // "polygenelubricants".hashCode() == i32::MIN: masked to 0.
+        assert_eq!(offsets_partition("polygenelubricants", 50), 0);
+    }
+
+    #[test]
+    fn offset_records_round_trip() {
+        let committed = Committed {
+            offset: 42,
+            leader_epoch: 3,
+            metadata: Some("meta".to_owned()),
+        };
+        let key = offset_key("group", "orders", 7);
+        let value = offset_value(&committed);
+        let decoded = decode_record(&key, Some(&value));
+        assert_eq!(
+            decoded,
+            Some(("group".into(), "orders".into(), 7, Some(committed)))
+        );
+        assert_eq!(
+            decode_record(&key, None),
+            Some(("group".into(), "orders".into(), 7, None))
+        );
+        assert_eq!(decode_record(&key[..3], Some(&value)), None);
+    }
+
+    fn member(order: u64, protocols: &[&str]) -> Member {
+        Member {
+            instance_id: None,
+            protocols: protocols
+                .iter()
+                .map(|p| ((*p).to_owned(), Bytes::new()))
+                .collect(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            assignment: Bytes::new(),
+            joined: true,
+            awaiting: true,
+            last_seen: Instant::now(),
+            join_order: order,
+        }
+    }
+
+    #[test]
+    fn completing_a_join_drops_absent_members_and_picks_a_common_protocol() {
+        let mut group = Group::new();
+        group
+            .members
+            .insert("a".into(), member(1, &["cooperative-sticky", "range"]));
+        group
+            .members
+            .insert("b".into(), member(2, &["range", "roundrobin"]));
+        group.start_rebalance(Instant::now(), Duration::ZERO);
+        group.members.get_mut("a").expect("a").joined = true;
+        group.members.get_mut("b").expect("b").joined = true;
+        group.members.insert("c".into(), member(3, &["range"]));
+        group.members.get_mut("c").expect("c").joined = false;
+        group.complete_join();
+        assert_eq!(group.state, State::CompletingRebalance);
+        assert_eq!(group.generation, 1);
+        assert_eq!(group.protocol.as_deref(), Some("range"));
+        assert_eq!(group.leader.as_deref(), Some("a"));
+        assert!(!group.members.contains_key("c"));
+    }
+}
