@@ -103,6 +103,7 @@ fn assert_api_ranges(response: &ApiVersionsResponse) {
         (ApiKey::CreatePartitions, 0, 3),
         (ApiKey::IncrementalAlterConfigs, 0, 1),
         (ApiKey::DescribeCluster, 0, 1),
+        (ApiKey::InitProducerId, 0, 5),
     ];
     let expected: Vec<(i16, i16, i16)> = expected
         .iter()

@@ -22,6 +22,7 @@ use kafka_protocol::messages::{
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
     ProduceResponse, RequestHeader, ResponseHeader,
 };
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 use thiserror::Error;
 
@@ -83,6 +84,12 @@ pub trait Broker {
         request: DescribeClusterRequest,
         version: i16,
     ) -> DescribeClusterResponse;
+    /// A producer id for an idempotent producer.
+    async fn init_producer_id(
+        &self,
+        request: InitProducerIdRequest,
+        version: i16,
+    ) -> InitProducerIdResponse;
 }
 
 /// Every API this broker implements, with the versions it answers. ApiVersions advertises
@@ -99,6 +106,7 @@ pub const API_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 /// The versions of `api` this broker answers, if it implements it.
@@ -219,6 +227,12 @@ pub async fn handle_request<B: Broker>(
         ApiKey::DescribeCluster => {
             answer(api, version, payload, |request| async move {
                 Some(broker.describe_cluster(request, version).await)
+            })
+            .await
+        }
+        ApiKey::InitProducerId => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.init_producer_id(request, version).await)
             })
             .await
         }
@@ -364,6 +378,13 @@ mod tests {
         ) -> DescribeClusterResponse {
             DescribeClusterResponse::default()
         }
+        async fn init_producer_id(
+            &self,
+            _: InitProducerIdRequest,
+            _: i16,
+        ) -> InitProducerIdResponse {
+            InitProducerIdResponse::default()
+        }
     }
 
     fn broker() -> EmptyBroker {
@@ -436,6 +457,7 @@ mod tests {
                 IncrementalAlterConfigsRequest::default().encode(buffer, version)
             }
             ApiKey::DescribeCluster => DescribeClusterRequest::default().encode(buffer, version),
+            ApiKey::InitProducerId => InitProducerIdRequest::default().encode(buffer, version),
             other => panic!("{other:?} is not advertised"),
         };
         encoded.expect("an empty request encodes");
