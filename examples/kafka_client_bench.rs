@@ -84,6 +84,10 @@ struct Args {
     /// --acks all). Off by default, librdkafka's default, so figures stay comparable.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     idempotence: bool,
+    /// librdkafka max.in.flight.requests.per.connection (its default when unset: 1000000, and
+    /// at most 5 with idempotence), to tell the client's in-flight cap from the broker's cost.
+    #[arg(long)]
+    max_in_flight: Option<u32>,
     /// Read the whole topic from the beginning instead of producing.
     #[arg(long)]
     consume: bool,
@@ -186,6 +190,12 @@ fn produce_stamped(args: &Args, stamp_from: Option<Instant>) -> Result<()> {
         .set("batch.size", args.batch_size.to_string())
         .set("enable.idempotence", args.idempotence.to_string())
         .set("message.timeout.ms", "60000");
+    if let Some(max_in_flight) = args.max_in_flight {
+        config.set(
+            "max.in.flight.requests.per.connection",
+            max_in_flight.to_string(),
+        );
+    }
     let producer =
         ThreadedProducer::from_config_and_context(&config, recorder).context("create producer")?;
     let mut payload = payload_bytes(

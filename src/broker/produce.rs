@@ -256,6 +256,7 @@ async fn append_batch(
             log_start_offset: info.log_start_offset,
         }),
         Err(CheckedAppendError::Refused(Refusal::Duplicate(producer_id, stored))) => {
+            tracing::debug!(dir = %partition.log.dir().display(), producer_id, ?stored, "a retried batch is already stored");
             wait_until_stored(shard, partition, producer_id, stored).await?;
             Ok(ProduceOutcome {
                 error: None,
@@ -265,10 +266,13 @@ async fn append_batch(
                 log_start_offset: partition.log.log_start_offset(),
             })
         }
-        Err(CheckedAppendError::Refused(Refusal::Sequence(error))) => Err(ProduceOutcome::failed(
-            error.error_code(),
-            error.to_string(),
-        )),
+        Err(CheckedAppendError::Refused(Refusal::Sequence(error))) => {
+            tracing::debug!(dir = %partition.log.dir().display(), "refused a producer batch: {error}");
+            Err(ProduceOutcome::failed(
+                error.error_code(),
+                error.to_string(),
+            ))
+        }
         Err(CheckedAppendError::Append(error)) => {
             if let Some((producer_id, base_offset)) = admitted.get() {
                 partition
