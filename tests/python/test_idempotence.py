@@ -234,7 +234,9 @@ class DroppingProxy:
 
 
 def test_dropped_produce_responses_are_retried_and_stored_once(broker_factory, topic_name):
-    broker = broker_factory(cores=1, extra_args=["--node-per-shard", "false"], start=False)
+    # The broker logs each retry it answers from its producer state at debug level.
+    broker = broker_factory(cores=1, extra_args=["--node-per-shard", "false"], start=False,
+                            env={"RUST_LOG": "info,ringlog::broker::produce=debug"})
     proxy = DroppingProxy(broker.port, drops=3)
     try:
         broker.advertised = f"127.0.0.1:{proxy.port}"
@@ -254,5 +256,7 @@ def test_dropped_produce_responses_are_retried_and_stored_once(broker_factory, t
         values = log_values(broker.bootstrap, topic_name)
         assert sorted(values) == sorted(f"px-{i}".encode() for i in range(count))
         assert kafkautil.watermarks(broker.bootstrap, topic_name, 1)[0] == (0, count)
+        # The retries did reach the broker and were answered without storing them again.
+        assert "a retried batch is already stored" in broker.log_paths[-1].read_text()
     finally:
         proxy.close()
