@@ -34,6 +34,10 @@ use tracing::warn;
 /// Batches remembered per producer: Kafka's limit on in-flight requests of an idempotent
 /// producer (`max.in.flight.requests.per.connection` ≤ 5), so any retry is among them.
 pub const BATCHES_KEPT: usize = 5;
+/// Producers remembered per partition. Past it, a new producer evicts the one idle longest (whose
+/// newest batch is oldest): that one's next batch is then taken as an unknown producer's, as
+/// after Kafka's `producer.id.expiration.ms`, which expires by time instead.
+pub const PRODUCERS_MAX: usize = 10_000;
 /// File name of the snapshot in the partition directory.
 pub const SNAPSHOT_FILE: &str = "producer-state.json";
 const SNAPSHOT_VERSION: u32 = 1;
@@ -200,6 +204,11 @@ impl ProducerStates {
             base_offset,
             last_offset: base_offset + i64::from(header.last_offset_delta),
         };
+        if self.producers.len() >= PRODUCERS_MAX
+            && !self.producers.contains_key(&header.producer_id)
+        {
+            self.evict_idlest();
+        }
         let entry = self
             .producers
             .entry(header.producer_id)
@@ -220,6 +229,22 @@ impl ProducerStates {
             entry.batches.pop_front();
         }
         entry.batches.push_back(batch);
+    }
+
+    fn evict_idlest(&mut self) {
+        let idlest = self
+            .producers
+            .values()
+            .min_by_key(|entry| {
+                entry
+                    .batches
+                    .back()
+                    .map_or(i64::MIN, |batch| batch.last_offset)
+            })
+            .map(|entry| entry.producer_id);
+        if let Some(producer_id) = idlest {
+            self.producers.remove(&producer_id);
+        }
     }
 
     /// Undoes [`apply`](Self::apply) for a batch whose append failed: forgets the producer's
@@ -474,6 +499,21 @@ mod tests {
             states.check(&header(1, 0, i32::MAX - 1, 4)),
             Ok(Admission::Duplicate(_))
         ));
+    }
+
+    #[test]
+    fn past_the_limit_the_idlest_producer_is_forgotten() {
+        let mut states = ProducerStates::default();
+        for producer_id in 0..PRODUCERS_MAX as i64 {
+            produce(&mut states, header(producer_id, 0, 0, 1), producer_id).expect("append");
+        }
+        // Producer 0 is active again; producer 1 is now the idlest.
+        produce(&mut states, header(0, 0, 1, 1), 20_000).expect("append");
+        produce(&mut states, header(-5, -1, -1, 1), 20_001).expect("plain batch");
+        produce(&mut states, header(99_999, 0, 0, 1), 20_002).expect("append");
+        assert!(states.entry(1).is_none());
+        assert!(states.entry(0).is_some() && states.entry(99_999).is_some());
+        assert_eq!(states.producers.len(), PRODUCERS_MAX);
     }
 
     #[test]
