@@ -80,6 +80,14 @@ struct Args {
     /// librdkafka batch.size: the most bytes in one batch of one partition.
     #[arg(long, default_value_t = 1_000_000)]
     batch_size: u64,
+    /// librdkafka enable.idempotence: producer ids and sequence checks on the broker (needs
+    /// --acks all). Off by default, librdkafka's default, so figures stay comparable.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    idempotence: bool,
+    /// librdkafka max.in.flight.requests.per.connection (its default when unset: 1000000, and
+    /// at most 5 with idempotence), to tell the client's in-flight cap from the broker's cost.
+    #[arg(long)]
+    max_in_flight: Option<u32>,
     /// Read the whole topic from the beginning instead of producing.
     #[arg(long)]
     consume: bool,
@@ -180,9 +188,14 @@ fn produce_stamped(args: &Args, stamp_from: Option<Instant>) -> Result<()> {
         .set("acks", &args.acks)
         .set("linger.ms", args.linger_ms.to_string())
         .set("batch.size", args.batch_size.to_string())
-        // The broker has no InitProducerId yet.
-        .set("enable.idempotence", "false")
+        .set("enable.idempotence", args.idempotence.to_string())
         .set("message.timeout.ms", "60000");
+    if let Some(max_in_flight) = args.max_in_flight {
+        config.set(
+            "max.in.flight.requests.per.connection",
+            max_in_flight.to_string(),
+        );
+    }
     let producer =
         ThreadedProducer::from_config_and_context(&config, recorder).context("create producer")?;
     let mut payload = payload_bytes(
@@ -191,11 +204,12 @@ fn produce_stamped(args: &Args, stamp_from: Option<Instant>) -> Result<()> {
     );
 
     println!(
-        "producing {} records of {} B to {} (acks={}, rate={}, linger.ms={}, batch.size={})",
+        "producing {} records of {} B to {} (acks={}, idempotence={}, rate={}, linger.ms={}, batch.size={})",
         args.records,
         args.record_size,
         args.topic,
         args.acks,
+        args.idempotence,
         if args.rate == 0 {
             "unlimited".to_owned()
         } else {

@@ -1,8 +1,8 @@
 //! End-to-end test of `ringlog serve` on two cores with a current librdkafka (2.12, through
 //! the Rust `rdkafka` crate): admin, producer and consumer, checked record by record.
 //!
-//! The broker has no consumer groups, FindCoordinator or InitProducerId yet, so the consumer
-//! has no `group.id` and assigns partitions itself, and the producer is not idempotent.
+//! The broker has no consumer groups or FindCoordinator yet, so the consumer has no `group.id`
+//! and assigns partitions itself. The producer is idempotent (InitProducerId, sequences).
 //! Every client call has a timeout, so a broker that stops answering fails the test within
 //! seconds instead of hanging it.
 
@@ -177,8 +177,7 @@ fn produce_all(broker: &Broker) -> Deliveries {
         .set("acks", "all")
         .set("compression.type", "lz4")
         .set("linger.ms", "5")
-        // InitProducerId is not implemented yet.
-        .set("enable.idempotence", "false")
+        .set("enable.idempotence", "true")
         .set(
             "message.timeout.ms",
             DELIVERY_TIMEOUT.as_millis().to_string(),

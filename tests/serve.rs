@@ -112,6 +112,7 @@ fn assert_api_ranges(response: &ApiVersionsResponse) {
         (ApiKey::OffsetFetch, 1, 8),
         (ApiKey::ListGroups, 0, 4),
         (ApiKey::DescribeGroups, 0, 5),
+        (ApiKey::InitProducerId, 0, 5),
     ];
     let expected: Vec<(i16, i16, i16)> = expected
         .iter()

@@ -58,6 +58,16 @@ pub enum AppendError {
     Closed,
 }
 
+/// Why [`crate::PartitionLog::append_checked`] stored nothing: the caller's admission check
+/// refused the batch, or the append itself was refused or failed.
+#[derive(Debug, Clone, Error)]
+pub enum CheckedAppendError<E> {
+    #[error("refused by the admission check")]
+    Refused(E),
+    #[error(transparent)]
+    Append(#[from] AppendError),
+}
+
 /// Why a read failed.
 #[derive(Debug, Clone, Error)]
 pub enum ReadError {

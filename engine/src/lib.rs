@@ -15,7 +15,7 @@ pub mod scan;
 pub mod segment;
 
 pub use config::{Clock, LogConfig, ManualClock, SystemClock};
-pub use error::{AppendError, IoFailure, LogError, OpenError, ReadError};
+pub use error::{AppendError, CheckedAppendError, IoFailure, LogError, OpenError, ReadError};
 pub use log::{
     AppendInfo, Corruption, FetchedBatches, LogStats, OpenOptions, PartitionLog, RecoveryReport,
     TimestampOffset, WriteFault,

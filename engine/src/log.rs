@@ -45,7 +45,7 @@ use glommio::sync::Semaphore;
 use crate::batch::{self, BatchHeader, StampedHeader, TimestampType, HEADER_BYTES};
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Clock, LogConfig, SystemClock};
-use crate::error::{AppendError, IoFailure, LogError, OpenError, ReadError};
+use crate::error::{AppendError, CheckedAppendError, IoFailure, LogError, OpenError, ReadError};
 use crate::scan::StopReason;
 use crate::segment::{self, Segment, BLOCK_BYTES};
 
@@ -1260,6 +1260,26 @@ impl PartitionLog {
     /// Appends one producer batch: validates it, assigns its offsets and returns once it is
     /// written (and synced, under group commit). Nothing of a refused batch is stored.
     pub async fn append(&self, batch: Bytes) -> Result<AppendInfo, AppendError> {
+        self.append_checked(batch, |_, _| Ok::<(), std::convert::Infallible>(()))
+            .await
+            .map_err(|error| match error {
+                CheckedAppendError::Append(error) => error,
+                CheckedAppendError::Refused(never) => match never {},
+            })
+    }
+
+    /// [`append`](Self::append), with `admit` deciding at the last moment whether the batch
+    /// goes in: it is called with the validated header and the base offset the batch will get,
+    /// synchronously right before the batch is queued, so nothing else can be queued on this
+    /// log between the decision and the assignment of offsets. The idempotent producer's
+    /// sequence checks need exactly that: the state `admit` consults and updates moves in the
+    /// same order as the log. `admit` is not called for a batch refused as invalid, nor when
+    /// the log is closed or poisoned.
+    pub async fn append_checked<E>(
+        &self,
+        batch: Bytes,
+        admit: impl FnOnce(&BatchHeader, i64) -> Result<(), E>,
+    ) -> Result<AppendInfo, CheckedAppendError<E>> {
         let (max_bytes, max_pending) = {
             let config = self.inner.config.borrow();
             (config.max_message_bytes, config.max_pending_bytes)
@@ -1268,30 +1288,65 @@ impl PartitionLog {
             return Err(AppendError::TooLarge {
                 size_bytes: batch.len(),
                 max_bytes,
-            });
+            }
+            .into());
         }
         let header = batch::validate(&batch, max_bytes).map_err(AppendError::InvalidBatch)?;
         batch::check_producer_batch(&header, &batch).map_err(AppendError::InvalidBatch)?;
-        loop {
+        let base_offset = loop {
             let listener = self.inner.progress.listen();
             {
                 let st = self.inner.state.borrow();
                 if st.closed {
-                    return Err(AppendError::Closed);
+                    return Err(AppendError::Closed.into());
                 }
                 if let Some(error) = &st.poisoned {
-                    return Err(AppendError::Io(error.clone()));
+                    return Err(AppendError::Io(error.clone()).into());
                 }
                 let room = st.pending.is_empty() || st.pending_bytes + batch.len() <= max_pending;
                 if !st.blocked && room {
-                    break;
+                    break st.next_offset;
                 }
             }
             listener.await;
-        }
+        };
+        admit(&header, base_offset).map_err(CheckedAppendError::Refused)?;
         let slot = self.enqueue(batch, header);
         pump(&self.inner);
-        SlotFuture(slot).await
+        Ok(SlotFuture(slot).await?)
+    }
+
+    /// Calls `visit` with the header of every batch from the one holding `from` (or the first
+    /// batch after it) to the log end, in order; returns the offset after the last one. Used to
+    /// rebuild state derived from batch headers (the idempotent producer's) after a restart.
+    pub async fn visit_batch_headers(
+        &self,
+        from: i64,
+        mut visit: impl FnMut(&BatchHeader),
+    ) -> Result<i64, ReadError> {
+        const READ_BYTES: usize = 1 << 20;
+        let mut offset = from.max(self.log_start_offset());
+        loop {
+            let batches = self.read(offset, READ_BYTES, None).await?;
+            if batches.is_empty() {
+                return Ok(offset);
+            }
+            let mut bytes = batches.bytes();
+            while bytes.len() >= HEADER_BYTES {
+                // `read` returns whole batches whose CRC it checked.
+                let Ok(header) = BatchHeader::decode(bytes) else {
+                    break;
+                };
+                let total = header.total_bytes().clamp(HEADER_BYTES, bytes.len());
+                if header.last_offset() >= offset {
+                    visit(&header);
+                }
+                bytes = &bytes[total..];
+            }
+            assert!(batches.next_offset > offset, "reads make progress");
+            offset = batches.next_offset;
+            glommio::yield_if_needed().await;
+        }
     }
 
     fn enqueue(&self, data: Bytes, header: BatchHeader) -> Rc<Slot> {

@@ -599,3 +599,52 @@ fn segments_are_preallocated_a_chunk_at_a_time() {
         assert_eq!(read_all(&log, 0, 4 << 20).await, expected);
     });
 }
+
+#[test]
+fn admission_checks_see_the_offset_they_assign_and_refusals_store_nothing() {
+    let dir = test_dir("append-checked");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, small_segments())
+            .await
+            .expect("open");
+        let mut seen = None;
+        let info = log
+            .append_checked(batch(1, 3, 10, 1000), |header, base_offset| {
+                seen = Some((header.records_count, base_offset));
+                Ok::<(), &str>(())
+            })
+            .await
+            .expect("admitted");
+        assert_eq!(seen, Some((3, 0)));
+        assert_eq!(info.base_offset, 0);
+        let refused = log
+            .append_checked(batch(2, 2, 10, 1000), |_, base_offset| {
+                assert_eq!(base_offset, 3);
+                Err("duplicate")
+            })
+            .await;
+        assert!(matches!(
+            refused,
+            Err(ringlog_engine::CheckedAppendError::Refused("duplicate"))
+        ));
+        assert_eq!(log.log_end_offset(), 3);
+        log.append(batch(3, 4, 10, 1000)).await.expect("append");
+        // Reopened without close: the headers after any offset can be visited again.
+        drop(log);
+        let (log, _) = PartitionLog::open(&path, small_segments())
+            .await
+            .expect("reopen");
+        let mut bases = Vec::new();
+        let end = log
+            .visit_batch_headers(1, |header| bases.push(header.base_offset))
+            .await
+            .expect("visit");
+        assert_eq!((bases, end), (vec![0, 3], 7));
+        let mut bases = Vec::new();
+        log.visit_batch_headers(3, |header| bases.push(header.base_offset))
+            .await
+            .expect("visit");
+        assert_eq!(bases, vec![3]);
+    });
+}

@@ -14,6 +14,8 @@ pub mod mesh;
 pub mod metadata;
 pub mod offsets;
 pub mod produce;
+pub mod producer_ids;
+pub mod producer_state;
 pub mod topic_config;
 
 use std::cell::RefCell;
@@ -39,6 +41,7 @@ use kafka_protocol::messages::{
     OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
     SyncGroupResponse,
 };
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 use ringlog_engine::{LogConfig, OpenOptions, PartitionLog};
 use ringlog_net::handlers::{Broker, BrokerIdentity};
 use tracing::{error, info, warn};
@@ -137,6 +140,17 @@ pub struct Queues {
 /// A partition this shard owns.
 pub struct Partition {
     pub log: PartitionLog,
+    /// The idempotent producers' sequences ([`producer_state`]), kept in step with `log`.
+    pub producers: RefCell<producer_state::ProducerStates>,
+}
+
+impl Partition {
+    /// Snapshots the producer state (at open, at each checkpoint, at close).
+    fn save_producer_state(&self) {
+        if let Err(error) = producer_state::save(&self.log, &self.producers.borrow()) {
+            warn!(dir = %self.log.dir().display(), "cannot write the producer state snapshot: {error}");
+        }
+    }
 }
 
 /// One executor's broker state.
@@ -157,6 +171,8 @@ pub struct Shard {
     pub stopping: Rc<ringlog_net::connection::Shutdown>,
     /// The consumer groups this shard coordinates.
     pub groups: groups::Coordinator,
+    /// The producer id allocator (used on the controller, shard 0; loaded on first use).
+    producer_ids: RefCell<Option<producer_ids::ProducerIdAllocator>>,
 }
 
 /// A partition's place in a request: (topic index, partition index).
@@ -194,6 +210,7 @@ impl Shard {
             admin: glommio::sync::Semaphore::new(1),
             stopping,
             groups: groups::Coordinator::default(),
+            producer_ids: RefCell::new(None),
         }
     }
 
@@ -272,6 +289,7 @@ impl Shard {
             }
             match PartitionLog::open_with(&dir, config.clone(), self.open_options()).await {
                 Ok((log, report)) => {
+                    let producers = RefCell::new(producer_state::recover(&log).await);
                     if let Some(corruption) = &report.corruption {
                         warn!(
                             topic = name,
@@ -285,7 +303,7 @@ impl Shard {
                     if slots.len() <= index {
                         slots.resize(index + 1, None);
                     }
-                    slots[index] = Some(Rc::new(Partition { log }));
+                    slots[index] = Some(Rc::new(Partition { log, producers }));
                 }
                 Err(source) => {
                     error!(
@@ -369,6 +387,7 @@ impl Shard {
                     if let Err(error) = partition.log.checkpoint().await {
                         warn!(dir = %partition.log.dir().display(), "checkpoint failed: {error}");
                     }
+                    partition.save_producer_state();
                 }
             }
         }
@@ -386,6 +405,7 @@ impl Shard {
             if let Err(error) = partition.log.close().await {
                 error!(dir = %partition.log.dir().display(), "closing the log failed: {error}");
             }
+            partition.save_producer_state();
         }
     }
 
@@ -558,5 +578,13 @@ impl Broker for ShardBroker {
         version: i16,
     ) -> DescribeGroupsResponse {
         groups::describe_groups(&self.0, request, version).await
+    }
+
+    async fn init_producer_id(
+        &self,
+        request: InitProducerIdRequest,
+        version: i16,
+    ) -> InitProducerIdResponse {
+        producer_ids::init_producer_id(&self.0, request, version).await
     }
 }

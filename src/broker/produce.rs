@@ -6,8 +6,10 @@
 //! `acks = 1` means: the append is complete when the log has written it per its durability
 //! settings (`flush.messages` / `flush.ms`).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -15,9 +17,11 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use ringlog_engine::batch::{self, BatchError};
+use ringlog_engine::CheckedAppendError;
 use ringlog_net::errors;
 
-use super::{ByOwner, Lookup, Shard};
+use super::producer_state::{Admission, BatchSequence, SequenceError};
+use super::{ByOwner, Lookup, Partition, Shard};
 
 /// One partition's records, sent to its owner.
 pub struct ProducePart {
@@ -203,23 +207,120 @@ async fn append_one(shard: &Shard, part: ProducePart) -> ProduceOutcome {
     };
     let mut first: Option<ProduceOutcome> = None;
     for batch in batches {
-        match partition.log.append(batch).await {
-            Ok(info) => {
-                first.get_or_insert(ProduceOutcome {
-                    error: None,
-                    message: None,
-                    base_offset: info.base_offset,
-                    log_append_time_ms: info.log_append_time_ms.unwrap_or(-1),
-                    log_start_offset: info.log_start_offset,
-                });
+        match append_batch(shard, &partition, batch).await {
+            Ok(outcome) => {
+                first.get_or_insert(outcome);
             }
-            Err(error) => {
-                return ProduceOutcome::failed(errors::append_error(&error), error.to_string())
+            Err(outcome) => {
+                // Duplicates waiting on a batch that failed here must learn it.
+                shard.appended.notify(usize::MAX);
+                return outcome;
             }
         }
     }
     shard.appended.notify(usize::MAX);
     first.unwrap_or_else(|| ProduceOutcome::failed(ResponseError::CorruptMessage, "no records"))
+}
+
+/// Why the idempotent producer's check kept a batch out of the log.
+enum Refusal {
+    /// A retry of a stored batch.
+    Duplicate(i64, BatchSequence),
+    Sequence(SequenceError),
+}
+
+/// Appends one batch, with the idempotent producer's checks when it carries a producer id: a
+/// retry of a stored batch is answered with that batch's offset and not stored again.
+async fn append_batch(
+    shard: &Shard,
+    partition: &Partition,
+    batch: Bytes,
+) -> Result<ProduceOutcome, ProduceOutcome> {
+    // (producer id, base offset) of an admitted idempotent batch, to undo if its append fails.
+    let admitted: Cell<Option<(i64, i64)>> = Cell::new(None);
+    let appended = partition
+        .log
+        .append_checked(batch, |header, base_offset| {
+            let mut producers = partition.producers.borrow_mut();
+            match producers.check(header).map_err(Refusal::Sequence)? {
+                Admission::Append => {
+                    producers.apply(header, base_offset);
+                    if header.producer_id >= 0 {
+                        admitted.set(Some((header.producer_id, base_offset)));
+                    }
+                    Ok(())
+                }
+                Admission::Duplicate(stored) => Err(Refusal::Duplicate(header.producer_id, stored)),
+            }
+        })
+        .await;
+    match appended {
+        Ok(info) => Ok(ProduceOutcome {
+            error: None,
+            message: None,
+            base_offset: info.base_offset,
+            log_append_time_ms: info.log_append_time_ms.unwrap_or(-1),
+            log_start_offset: info.log_start_offset,
+        }),
+        Err(CheckedAppendError::Refused(Refusal::Duplicate(producer_id, stored))) => {
+            tracing::debug!(dir = %partition.log.dir().display(), producer_id, ?stored, "a retried batch is already stored");
+            wait_until_stored(shard, partition, producer_id, stored).await?;
+            Ok(ProduceOutcome {
+                error: None,
+                message: None,
+                base_offset: stored.base_offset,
+                log_append_time_ms: -1,
+                log_start_offset: partition.log.log_start_offset(),
+            })
+        }
+        Err(CheckedAppendError::Refused(Refusal::Sequence(error))) => {
+            tracing::debug!(dir = %partition.log.dir().display(), "refused a producer batch: {error}");
+            Err(ProduceOutcome::failed(
+                error.error_code(),
+                error.to_string(),
+            ))
+        }
+        Err(CheckedAppendError::Append(error)) => {
+            if let Some((producer_id, base_offset)) = admitted.get() {
+                partition
+                    .producers
+                    .borrow_mut()
+                    .forget(producer_id, base_offset);
+            }
+            Err(ProduceOutcome::failed(
+                errors::append_error(&error),
+                error.to_string(),
+            ))
+        }
+    }
+}
+
+/// A retry may arrive while its original is still being written: it is answered only once the
+/// original is in the log, and with an error (the producer retries again) if that append
+/// failed.
+async fn wait_until_stored(
+    shard: &Shard,
+    partition: &Partition,
+    producer_id: i64,
+    stored: BatchSequence,
+) -> Result<(), ProduceOutcome> {
+    const POLL: Duration = Duration::from_millis(100);
+    const WAIT_MAX: Duration = Duration::from_secs(30);
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let listener = shard.appended.listen();
+        if partition.log.log_end_offset() > stored.last_offset {
+            return Ok(());
+        }
+        let remembered = partition.producers.borrow().remembers(producer_id, stored);
+        if !remembered || Instant::now() >= deadline {
+            return Err(ProduceOutcome::failed(
+                ResponseError::KafkaStorageError,
+                "the original of this retried batch was not stored",
+            ));
+        }
+        futures_lite::future::or(listener, glommio::timer::sleep(POLL)).await;
+    }
 }
 
 /// Splits a partition's records into its batches, each checked as a producer batch, so that

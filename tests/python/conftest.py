@@ -120,6 +120,9 @@ class Broker:
         self.cores = cores
         self.env = dict(env or {})
         self.extra_args = list(extra_args or [])
+        # What clients are told to connect to (a test proxy in front of the broker), if not the
+        # listen address.
+        self.advertised: str | None = None
         self.process: subprocess.Popen | None = None
         self.starts = 0
         self.log_paths: list[Path] = []
@@ -139,7 +142,7 @@ class Broker:
         command = [
             str(ringlog_bin()), "serve",
             "--listen", self.bootstrap,
-            "--advertised-listener", self.bootstrap,
+            "--advertised-listener", self.advertised or self.bootstrap,
             "--data-dir", str(self.data_dir),
             "--cores", str(self.cores),
             *self.extra_args,

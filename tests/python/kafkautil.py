@@ -163,8 +163,10 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def record_batch(values: list[bytes], timestamp_ms: int | None = None) -> bytes:
-    """An uncompressed RecordBatch v2 (magic 2) with null keys and no headers."""
+def record_batch(values: list[bytes], timestamp_ms: int | None = None, producer_id: int = -1,
+                 producer_epoch: int = -1, base_sequence: int = -1) -> bytes:
+    """An uncompressed RecordBatch v2 (magic 2) with null keys and no headers; with a producer
+    id, epoch and base sequence for an idempotent producer's batch."""
     ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
     records = b""
     for delta, value in enumerate(values):
@@ -172,7 +174,8 @@ def record_batch(values: list[bytes], timestamp_ms: int | None = None) -> bytes:
                 + _varint(len(value)) + value + _varint(0))
         records += _varint(len(body)) + body
     # From attributes on: covered by the CRC.
-    after_crc = struct.pack(">hiqqqhii", 0, len(values) - 1, ts, ts, -1, -1, -1, len(values)) + records
+    after_crc = struct.pack(">hiqqqhii", 0, len(values) - 1, ts, ts, producer_id, producer_epoch,
+                            base_sequence, len(values)) + records
     crc = crc32c(after_crc)
     after_length = struct.pack(">ibI", -1, 2, crc) + after_crc  # leader epoch, magic, crc
     return struct.pack(">qi", 0, len(after_length)) + after_length
@@ -246,6 +249,17 @@ def parse_produce_v3_7(body: bytes) -> list[tuple[str, int, int, int]]:
             pos += 4 + 2 + 8 + 8 + 8
             out.append((name, index, error_code, base_offset))
     return out
+
+
+def init_producer_id_v0(transactional_id: str | None = None, correlation_id: int = 31) -> bytes:
+    """An InitProducerId v0 request."""
+    return frame(22, 0, correlation_id, _string(transactional_id) + struct.pack(">i", 60000))
+
+
+def parse_init_producer_id_v0(body: bytes) -> tuple[int, int, int]:
+    """(error_code, producer_id, producer_epoch) from an InitProducerId v0 response."""
+    _throttle, error_code, producer_id, epoch = struct.unpack_from(">ihqh", body, 0)
+    return error_code, producer_id, epoch
 
 
 def fetch_v4(topic: str, partition: int, offset: int, max_bytes: int, max_wait_ms: int = 0,

@@ -17,10 +17,7 @@ EACH = 500
 def kafka_python_produce(bootstrap: str, topic: str) -> list[tuple[int, int, bytes, bytes]]:
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
-        # kafka-python 3 enables idempotence by default, which needs InitProducerId; ringlog does
-        # not implement it yet, so ask for a plain producer.
-        enable_idempotence=False,
-        acks=1,
+        # kafka-python 3's defaults: idempotence on, acks=all.
         linger_ms=5,
         request_timeout_ms=30000,
         max_block_ms=30000,
@@ -176,7 +173,7 @@ def test_kafka_python_admin_and_offsets(broker, topic_name):
         admin.close()
 
     # Timestamps 1000, 2000, ... in partition 4 (a partition added by CreatePartitions).
-    producer = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks=1)
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
     try:
         for i in range(10):
             producer.send(topic_name, value=b"t%d" % i, partition=4, timestamp_ms=1000 * (i + 1))

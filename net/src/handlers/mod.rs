@@ -29,6 +29,7 @@ use kafka_protocol::messages::{
     OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
     SyncGroupResponse,
 };
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 use thiserror::Error;
 
@@ -111,6 +112,12 @@ pub trait Broker {
         request: DescribeGroupsRequest,
         version: i16,
     ) -> DescribeGroupsResponse;
+    /// A producer id for an idempotent producer.
+    async fn init_producer_id(
+        &self,
+        request: InitProducerIdRequest,
+        version: i16,
+    ) -> InitProducerIdResponse;
 }
 
 /// Every API this broker implements, with the versions it answers. ApiVersions advertises
@@ -136,6 +143,7 @@ pub const API_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetFetch, 1, 8),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 /// The versions of `api` this broker answers, if it implements it.
@@ -310,6 +318,12 @@ pub async fn handle_request<B: Broker>(
         ApiKey::DescribeGroups => {
             answer(api, version, payload, |request| async move {
                 Some(broker.describe_groups(request, version).await)
+            })
+            .await
+        }
+        ApiKey::InitProducerId => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.init_producer_id(request, version).await)
             })
             .await
         }
@@ -490,6 +504,13 @@ mod tests {
         ) -> DescribeGroupsResponse {
             DescribeGroupsResponse::default()
         }
+        async fn init_producer_id(
+            &self,
+            _: InitProducerIdRequest,
+            _: i16,
+        ) -> InitProducerIdResponse {
+            InitProducerIdResponse::default()
+        }
     }
 
     fn broker() -> EmptyBroker {
@@ -578,6 +599,7 @@ mod tests {
             ApiKey::OffsetFetch => OffsetFetchRequest::default().encode(buffer, version),
             ApiKey::ListGroups => ListGroupsRequest::default().encode(buffer, version),
             ApiKey::DescribeGroups => DescribeGroupsRequest::default().encode(buffer, version),
+            ApiKey::InitProducerId => InitProducerIdRequest::default().encode(buffer, version),
             other => panic!("{other:?} is not advertised"),
         };
         encoded.expect("an empty request encodes");
