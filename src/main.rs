@@ -12,6 +12,7 @@ static ALLOCATOR: ringlog_net::alloc::ClaimTolerantAlloc = ringlog_net::alloc::C
 mod broker;
 mod config;
 mod dump_log;
+mod groups_cli;
 mod memlock;
 mod meta_properties;
 mod serve;
@@ -30,6 +31,9 @@ enum Command {
     /// Print the batches of `.log` segments and the entries of `.index` / `.timeindex` files,
     /// checking them as Kafka's kafka-dump-log does.
     DumpLog(dump_log::Args),
+    /// Consumer groups, like kafka-consumer-groups: list, describe (lag per partition),
+    /// reset-offsets, delete. Works against any Kafka-compatible broker.
+    Groups(groups_cli::Args),
 }
 
 /// Human-readable logs on stderr, filtered by RUST_LOG (default `info`).
@@ -50,5 +54,6 @@ fn main() -> ExitCode {
             serve::run(&args)
         }
         Command::DumpLog(args) => dump_log::run(&args),
+        Command::Groups(args) => groups_cli::run(&args),
     }
 }

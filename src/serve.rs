@@ -78,6 +78,7 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
             config.data_dir.display()
         )
     })?;
+    let _lock = lock_data_dir(&config.data_dir)?;
     let meta = MetaProperties::load_or_create(&config.data_dir, config.node_id)
         .map_err(|error| error.to_string())?;
     let stop =
@@ -91,6 +92,28 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
         "starting ringlog"
     );
     Ok(run_shards(&config, &meta, address, &stop))
+}
+
+/// Takes an exclusive lock on `DATA_DIR/.lock` for the life of the process (the returned file),
+/// so two brokers never share a data directory (as Kafka locks its log directories).
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "{} is in use by another ringlog process (lock {}): stop it or choose another --data-dir",
+            data_dir.display(),
+            path.display()
+        ));
+    }
+    Ok(file)
 }
 
 /// Hostile array counts in requests are survived by mapping huge reservations without

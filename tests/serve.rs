@@ -112,6 +112,8 @@ fn assert_api_ranges(response: &ApiVersionsResponse) {
         (ApiKey::OffsetFetch, 1, 8),
         (ApiKey::ListGroups, 0, 4),
         (ApiKey::DescribeGroups, 0, 5),
+        (ApiKey::DeleteGroups, 0, 2),
+        (ApiKey::OffsetDelete, 0, 0),
         (ApiKey::InitProducerId, 0, 5),
     ];
     let expected: Vec<(i16, i16, i16)> = expected
@@ -469,4 +471,23 @@ fn a_taken_shard_port_stops_the_broker_before_it_accepts() {
         log.contains(&format!("cannot listen on 127.0.0.1:{}", port + 2)),
         "{log}"
     );
+}
+
+/// A second broker on a data directory in use refuses to start, saying so, and the first keeps
+/// serving.
+#[test]
+fn a_data_dir_in_use_is_refused() {
+    let broker = Broker::start("locked", 1, &[]);
+    let output = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args(["serve", "--cores", "1", "--listen"])
+        .arg(format!("127.0.0.1:{}", common::free_port()))
+        .arg("--data-dir")
+        .arg(&broker.data_dir)
+        .output()
+        .expect("run a second broker");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(log.contains("in use by another ringlog process"), "{log}");
+    let mut stream = broker.connect();
+    assert_api_ranges(&api_versions(&mut stream, 3, 1));
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_listener::Event;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
@@ -27,6 +28,9 @@ use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
 };
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
@@ -38,6 +42,9 @@ use kafka_protocol::messages::{
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
     ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
     OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::messages::{
+    DeleteGroupsRequest, DeleteGroupsResponse, OffsetDeleteRequest, OffsetDeleteResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -1464,6 +1471,161 @@ pub async fn describe_groups(
         );
     }
     DescribeGroupsResponse::default().with_groups(described)
+}
+
+// ---------------------------------------------------------------------------------------------
+// DeleteGroups, OffsetDelete
+
+/// Writes tombstones for `partitions` of `group` to its offsets partition and forgets them.
+async fn forget_offsets(
+    shard: &Shard,
+    group: &str,
+    partitions: Vec<(String, i32)>,
+) -> Result<(), ResponseError> {
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    let Some((_, offsets_partition)) = coordinator_of(shard, group) else {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    };
+    let Some(log) = shard.partition(OFFSETS_TOPIC, offsets_partition as i32) else {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut builder = BatchBuilder::new(now_ms);
+    for (topic, partition) in &partitions {
+        builder = builder.record(now_ms, Some(&offset_key(group, topic, *partition)), None);
+    }
+    log.log
+        .append(Bytes::from(builder.build()))
+        .await
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+    for (topic, partition) in partitions {
+        apply_committed(&shard.groups, group.to_owned(), topic, partition, None);
+    }
+    Ok(())
+}
+
+/// Deletes an empty group and its committed offsets.
+async fn delete_local(shard: &Shard, group: &str) -> Option<ResponseError> {
+    {
+        let groups = shard.groups.groups.borrow();
+        let known = groups.contains_key(group) || shard.groups.offsets.borrow().contains_key(group);
+        if !known {
+            return Some(ResponseError::GroupIdNotFound);
+        }
+        if groups.get(group).is_some_and(|g| !g.members.is_empty()) {
+            return Some(ResponseError::NonEmptyGroup);
+        }
+    }
+    let committed: Vec<(String, i32)> = shard
+        .groups
+        .offsets
+        .borrow()
+        .get(group)
+        .map(|offsets| offsets.keys().cloned().collect())
+        .unwrap_or_default();
+    if let Err(error) = forget_offsets(shard, group, committed).await {
+        return Some(error);
+    }
+    shard.groups.groups.borrow_mut().remove(group);
+    shard.groups.offsets.borrow_mut().remove(group);
+    info!(group, "group deleted");
+    None
+}
+
+pub async fn delete_groups(
+    shard: &Rc<Shard>,
+    request: DeleteGroupsRequest,
+    _version: i16,
+) -> DeleteGroupsResponse {
+    let mut results = Vec::with_capacity(request.groups_names.len());
+    for group in &request.groups_names {
+        let id = group.to_string();
+        let lookup = id.clone();
+        let error = on_coordinator(
+            shard,
+            &lookup,
+            Some(ResponseError::CoordinatorNotAvailable),
+            move |s| async move { delete_local(&s, &id).await },
+        )
+        .await;
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(group.clone())
+                .with_error_code(error.map_or(0, |e| e.code())),
+        );
+    }
+    DeleteGroupsResponse::default().with_results(results)
+}
+
+pub async fn offset_delete(
+    shard: &Rc<Shard>,
+    request: OffsetDeleteRequest,
+    _version: i16,
+) -> OffsetDeleteResponse {
+    let unavailable = OffsetDeleteResponse::default()
+        .with_error_code(ResponseError::CoordinatorNotAvailable.code());
+    let group = request.group_id.to_string();
+    on_coordinator(shard, &group, unavailable, move |shard| async move {
+        offset_delete_local(&shard, &request).await
+    })
+    .await
+}
+
+async fn offset_delete_local(shard: &Shard, request: &OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let group = request.group_id.to_string();
+    let (known, active) = {
+        let groups = shard.groups.groups.borrow();
+        (
+            groups.contains_key(&group) || shard.groups.offsets.borrow().contains_key(&group),
+            groups.get(&group).is_some_and(|g| !g.members.is_empty()),
+        )
+    };
+    if !known {
+        return OffsetDeleteResponse::default()
+            .with_error_code(ResponseError::GroupIdNotFound.code());
+    }
+    // Members' subscriptions are not decoded here: while the group has members, none of its
+    // offsets are deleted (Kafka refuses only topics the members subscribe to).
+    let partition_error = if active {
+        Some(ResponseError::GroupSubscribedToTopic)
+    } else {
+        None
+    };
+    let mut doomed = Vec::new();
+    if partition_error.is_none() {
+        for topic in &request.topics {
+            for p in &topic.partitions {
+                doomed.push((topic.name.to_string(), p.partition_index));
+            }
+        }
+    }
+    let failure = forget_offsets(shard, &group, doomed).await.err();
+    let topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            OffsetDeleteResponseTopic::default()
+                .with_name(topic.name.clone())
+                .with_partitions(
+                    topic
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            OffsetDeleteResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(partition_error.map_or(0, |e| e.code()))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    OffsetDeleteResponse::default()
+        .with_error_code(failure.map_or(0, |e| e.code()))
+        .with_topics(topics)
 }
 
 #[cfg(test)]

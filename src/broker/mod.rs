@@ -35,6 +35,9 @@ use kafka_protocol::messages::{
     ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
 };
 use kafka_protocol::messages::{
+    DeleteGroupsRequest, DeleteGroupsResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+};
+use kafka_protocol::messages::{
     DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
     LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
@@ -570,6 +573,22 @@ impl Broker for ShardBroker {
 
     async fn list_groups(&self, request: ListGroupsRequest, version: i16) -> ListGroupsResponse {
         groups::list_groups(&self.0, request, version).await
+    }
+
+    async fn delete_groups(
+        &self,
+        request: DeleteGroupsRequest,
+        version: i16,
+    ) -> DeleteGroupsResponse {
+        groups::delete_groups(&self.0, request, version).await
+    }
+
+    async fn offset_delete(
+        &self,
+        request: OffsetDeleteRequest,
+        version: i16,
+    ) -> OffsetDeleteResponse {
+        groups::offset_delete(&self.0, request, version).await
     }
 
     async fn describe_groups(

@@ -23,6 +23,9 @@ use kafka_protocol::messages::{
     ProduceResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::messages::{
+    DeleteGroupsRequest, DeleteGroupsResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+};
+use kafka_protocol::messages::{
     DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
     LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
@@ -107,6 +110,16 @@ pub trait Broker {
     ) -> OffsetCommitResponse;
     async fn offset_fetch(&self, request: OffsetFetchRequest, version: i16) -> OffsetFetchResponse;
     async fn list_groups(&self, request: ListGroupsRequest, version: i16) -> ListGroupsResponse;
+    async fn delete_groups(
+        &self,
+        request: DeleteGroupsRequest,
+        version: i16,
+    ) -> DeleteGroupsResponse;
+    async fn offset_delete(
+        &self,
+        request: OffsetDeleteRequest,
+        version: i16,
+    ) -> OffsetDeleteResponse;
     async fn describe_groups(
         &self,
         request: DescribeGroupsRequest,
@@ -143,6 +156,8 @@ pub const API_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetFetch, 1, 8),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 5),
 ];
 
@@ -318,6 +333,18 @@ pub async fn handle_request<B: Broker>(
         ApiKey::DescribeGroups => {
             answer(api, version, payload, |request| async move {
                 Some(broker.describe_groups(request, version).await)
+            })
+            .await
+        }
+        ApiKey::DeleteGroups => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.delete_groups(request, version).await)
+            })
+            .await
+        }
+        ApiKey::OffsetDelete => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.offset_delete(request, version).await)
             })
             .await
         }
@@ -497,6 +524,12 @@ mod tests {
         async fn list_groups(&self, _: ListGroupsRequest, _: i16) -> ListGroupsResponse {
             ListGroupsResponse::default()
         }
+        async fn delete_groups(&self, _: DeleteGroupsRequest, _: i16) -> DeleteGroupsResponse {
+            DeleteGroupsResponse::default()
+        }
+        async fn offset_delete(&self, _: OffsetDeleteRequest, _: i16) -> OffsetDeleteResponse {
+            OffsetDeleteResponse::default()
+        }
         async fn describe_groups(
             &self,
             _: DescribeGroupsRequest,
@@ -600,6 +633,8 @@ mod tests {
             ApiKey::ListGroups => ListGroupsRequest::default().encode(buffer, version),
             ApiKey::DescribeGroups => DescribeGroupsRequest::default().encode(buffer, version),
             ApiKey::InitProducerId => InitProducerIdRequest::default().encode(buffer, version),
+            ApiKey::DeleteGroups => DeleteGroupsRequest::default().encode(buffer, version),
+            ApiKey::OffsetDelete => OffsetDeleteRequest::default().encode(buffer, version),
             other => panic!("{other:?} is not advertised"),
         };
         encoded.expect("an empty request encodes");
