@@ -86,7 +86,8 @@ class GroupRun:
     PARTITIONS = 6
 
     def __init__(self, bootstrap: str, topic: str, group: str, total: int, strategy: str | None,
-                 rate: float):
+                 rate: float, heartbeat_ms: int = HEARTBEAT_MS):
+        self.heartbeat_ms = heartbeat_ms
         self.bootstrap, self.topic, self.group, self.total = bootstrap, topic, group, total
         self.strategy, self.rate = strategy, rate
         self.lock = threading.Lock()
@@ -166,7 +167,7 @@ class GroupRun:
                     stint.closed = True
 
     def member(self, name: str) -> None:
-        config = {"client.id": name}
+        config = {"client.id": name, "heartbeat.interval.ms": self.heartbeat_ms}
         if self.strategy:
             config["partition.assignment.strategy"] = self.strategy
         c = group_consumer(self.bootstrap, self.group, **config)
@@ -238,10 +239,10 @@ class GroupRun:
 
 
 def run_group(broker, topic: str, strategy: str | None, total: int = 200_000,
-              rate: float = 25_000) -> dict:
+              rate: float = 25_000, heartbeat_ms: int = HEARTBEAT_MS) -> dict:
     kafkautil.create_topic(broker.bootstrap, topic, GroupRun.PARTITIONS)
     group = f"g-{topic}"
-    run = GroupRun(broker.bootstrap, topic, group, total, strategy, rate)
+    run = GroupRun(broker.bootstrap, topic, group, total, strategy, rate, heartbeat_ms)
     label = strategy or "default (range,roundrobin: eager)"
 
     for name in ("m0", "m1", "m2"):
@@ -308,7 +309,8 @@ def run_group(broker, topic: str, strategy: str | None, total: int = 200_000,
     assert committed == {p: high for p, (_, high) in marks.items()}
     summary = dict(strategy=label, records=total, duplicates=dup_count, bound=bound,
                    commit_failures=len(run.commit_failures), leave_rebalance_s=round(leave_s, 3),
-                   join_rebalance_s=round(join_s, 3), stints=len(run.stints))
+                   join_rebalance_s=round(join_s, 3), stints=len(run.stints),
+                   heartbeat_ms=heartbeat_ms)
     print(f"\nGROUP RUN {summary}")
     if run.commit_failures:
         print("commit failures:", run.commit_failures[:10])
@@ -496,6 +498,7 @@ def test_static_member_rejoins_with_its_partitions(broker_factory, topic_name):
     kafkautil.create_topic(broker.bootstrap, topic_name, partitions)
     group = f"static-{topic_name}"
     owned: dict[str, set[int]] = {}
+    revocations: Counter = Counter()
     lock = threading.Lock()
 
     def make(instance):
@@ -508,6 +511,7 @@ def test_static_member_rejoins_with_its_partitions(broker_factory, topic_name):
         def revoke(_c, parts):
             with lock:
                 owned[instance] = set()
+                revocations[instance] += 1
 
         c.subscribe([topic_name], on_assign=assign, on_revoke=revoke, on_lost=revoke)
         return c
@@ -533,6 +537,7 @@ def test_static_member_rejoins_with_its_partitions(broker_factory, topic_name):
             a.consume(num_messages=100, timeout=0.1)
         with lock:
             before = {k: set(v) for k, v in owned.items()}
+            b_revocations = revocations["static-b"]
         a.close()
         with lock:
             owned["static-a"] = set()
@@ -544,6 +549,11 @@ def test_static_member_rejoins_with_its_partitions(broker_factory, topic_name):
         with lock:
             after = {k: set(v) for k, v in owned.items()}
         assert after == before
+        # Kafka (KIP-345) does not rebalance when a static member rejoins with unchanged
+        # metadata; this broker does (groups.rs join_local), so the other member is revoked
+        # and reassigned the same partitions. Printed, not asserted.
+        print(f"\nstatic rejoin: static-b revoked {revocations['static-b'] - b_revocations} "
+              f"time(s)")
         # The restarted member's session never expired: it replaced itself.
         assert "member session expired" not in broker.log_paths[-1].read_text()
     finally:
@@ -770,11 +780,76 @@ def test_describe_groups_names_client_id_and_host(broker_factory, topic_name):
 # Rebalance times (printed; bounded loosely).
 
 
+@pytest.mark.parametrize("heartbeat_ms", [1000, 3000])  # 3000: librdkafka's default
 @pytest.mark.parametrize("strategy", [None, "cooperative-sticky"])
-def test_rebalance_times(broker_factory, topic_name, strategy):
+def test_rebalance_times(broker_factory, topic_name, strategy, heartbeat_ms):
     broker = broker_factory(extra_args=FAST_GROUPS)
-    summary = run_group(broker, topic_name, strategy, total=20_000, rate=10_000)
+    summary = run_group(broker, topic_name, strategy, total=20_000, rate=10_000,
+                        heartbeat_ms=heartbeat_ms)
     # Members learn of a rebalance from their next heartbeat (every HEARTBEAT_MS) or poll.
     assert summary["leave_rebalance_s"] < 10 and summary["join_rebalance_s"] < 10
     print(f"REBALANCE TIMES {summary['strategy']}: leave {summary['leave_rebalance_s']} s, "
-          f"join {summary['join_rebalance_s']} s (heartbeat.interval.ms={HEARTBEAT_MS})")
+          f"join {summary['join_rebalance_s']} s (heartbeat.interval.ms={heartbeat_ms})")
+
+
+# ---------------------------------------------------------------------------------------------
+# A live member across a broker restart.
+
+
+@pytest.mark.parametrize("clean", [True, False], ids=["sigterm", "kill9"])
+def test_live_member_survives_broker_restart(broker_factory, topic_name, clean):
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    partitions = 3
+    kafkautil.create_topic(broker.bootstrap, topic_name, partitions)
+    group = f"live-{topic_name}"
+    produce_values(broker.bootstrap, topic_name, 3000, partitions)
+    c = group_consumer(broker.bootstrap, group, **{"reconnect.backoff.max.ms": 500})
+    got: list[tuple[int, int]] = []
+    commit_errors: list[str] = []
+    uncommitted: set[tuple[int, int]] = set()  # records of batches whose commit failed
+
+    def consume_until(total: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(set(got)) < total:
+            assert time.monotonic() < deadline, (len(got), len(set(got)), commit_errors[-3:])
+            msgs = c.consume(num_messages=500, timeout=0.2)
+            ends = {}
+            batch = []
+            for m in msgs:
+                if m.error():
+                    continue  # transport errors while the broker is down
+                batch.append((m.partition(), m.offset()))
+                ends[m.partition()] = m.offset() + 1
+            got.extend(batch)
+            if ends:
+                try:
+                    result = c.commit(
+                        offsets=[TopicPartition(topic_name, p, o) for p, o in ends.items()],
+                        asynchronous=False)
+                    failed = {tp.partition for tp in result if tp.error is not None}
+                except KafkaException as e:
+                    commit_errors.append(str(e))
+                    failed = set(ends)
+                uncommitted.update(po for po in batch if po[0] in failed)
+
+    try:
+        c.subscribe([topic_name])
+        consume_until(3000, 60)
+        broker.restart(clean=clean)
+        produce_values(broker.bootstrap, topic_name, 3000, partitions)
+        consume_until(6000, 90)
+    finally:
+        c.close()
+    counts = Counter(got)
+    marks = kafkautil.watermarks(broker.bootstrap, topic_name, partitions)
+    assert set(counts) == {(p, o) for p, (_, high) in marks.items() for o in range(high)}
+    # Redelivered: only records whose commit failed. (The broker keeps no group membership
+    # across a restart, unlike Kafka, so a live member's first commit after it is refused with
+    # ILLEGAL_GENERATION and the member rejoins and rereads from the last commit.)
+    dups = sorted(po for po, n in counts.items() if n > 1)
+    assert set(dups) <= uncommitted, (dups[:3], commit_errors)
+    assert all(n <= 2 for n in counts.values())
+    assert committed_offsets(broker.bootstrap, group, topic_name, partitions) == \
+        {p: high for p, (_, high) in marks.items()}
+    print(f"\nlive member across restart ({'SIGTERM' if clean else 'kill -9'}): "
+          f"{len(dups)} records redelivered; commit errors {commit_errors[:3]}")
