@@ -1,0 +1,855 @@
+"""Consumer groups (classic protocol) and committed offsets with real clients: confluent-kafka
+groups under load with members leaving and joining (eager range, roundrobin and incremental
+cooperative-sticky), committed offsets across a clean restart and a kill -9, kafka-python 3,
+static membership, the admin APIs, raw-protocol error cases, and rebalance times."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions
+
+import kafkautil
+from kafkautil import _string, frame, recv_exact
+
+# Fast groups: no initial rebalance delay, short sessions and heartbeats.
+FAST_GROUPS = ["--group-initial-rebalance-delay-ms", "0"]
+SESSION_MS = 6000
+HEARTBEAT_MS = 1000
+
+
+def group_consumer(bootstrap: str, group: str, **config) -> Consumer:
+    conf = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": SESSION_MS,
+        "heartbeat.interval.ms": HEARTBEAT_MS,
+        "fetch.wait.max.ms": 100,
+        "socket.timeout.ms": 30000,
+    }
+    conf.update(config)
+    return Consumer(conf)
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offsets (OffsetFetch without joining)."""
+    c = group_consumer(bootstrap, group)
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        c.close()
+
+
+def wait_until(condition, timeout: float, what: str, step: float = 0.005) -> float:
+    """Polls `condition` until true; returns the time (monotonic) it became true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+# ---------------------------------------------------------------------------------------------
+# A group of confluent-kafka consumers under load.
+
+
+class Stint:
+    """One member's ownership of one partition: from an assignment to its revocation."""
+
+    def __init__(self, member: str, partition: int):
+        self.member, self.partition = member, partition
+        self.first: int | None = None
+        self.last: int | None = None
+        self.committed: int | None = None  # last successfully committed offset (next to read)
+        self.closed = False
+
+    def uncommitted(self) -> range:
+        """Offsets processed in this stint but not covered by its last successful commit."""
+        if self.last is None:
+            return range(0)
+        start = self.committed if self.committed is not None else self.first
+        return range(start, self.last + 1)
+
+
+class GroupRun:
+    PARTITIONS = 6
+
+    def __init__(self, bootstrap: str, topic: str, group: str, total: int, strategy: str | None,
+                 rate: float, heartbeat_ms: int = HEARTBEAT_MS):
+        self.heartbeat_ms = heartbeat_ms
+        self.bootstrap, self.topic, self.group, self.total = bootstrap, topic, group, total
+        self.strategy, self.rate = strategy, rate
+        self.lock = threading.Lock()
+        self.delivered: dict[int, tuple[int, int]] = {}  # value -> (partition, offset)
+        self.produce_errors: list[str] = []
+        self.produced_done = threading.Event()
+        self.processed: list[tuple[int, int, int, str]] = []  # (partition, offset, value, member)
+        self.distinct: set[tuple[int, int]] = set()
+        self.assignment: dict[str, set[int]] = {}
+        self.stints: list[Stint] = []
+        self.open_stints: dict[tuple[str, int], Stint] = {}
+        self.group_committed: dict[int, int] = {}
+        self.resume_mismatches: list[str] = []
+        self.commit_failures: list[str] = []
+        self.errors: list[str] = []
+        self.stop_flags: dict[str, threading.Event] = {}
+        self.closed: dict[str, threading.Event] = {}
+        self.close_started: dict[str, float] = {}
+        self.threads: list[threading.Thread] = []
+        self.all_done = threading.Event()
+
+    # -- producer
+    def produce(self):
+        p = kafkautil.producer(self.bootstrap, acks="all", **{"linger.ms": 5})
+        try:
+            started = time.monotonic()
+            for i in range(self.total):
+                def report(err, msg, i=i):
+                    if err is not None:
+                        self.produce_errors.append(f"{i}: {err}")
+                    else:
+                        self.delivered[i] = (msg.partition(), msg.offset())
+                while True:
+                    try:
+                        p.produce(self.topic, key=f"key-{i % 9973}".encode(),
+                                  value=str(i).encode(), on_delivery=report)
+                        break
+                    except BufferError:
+                        p.poll(0.05)
+                if i % 1000 == 999:
+                    p.poll(0)
+                    ahead = (i + 1) / self.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            remaining = p.flush(60)
+            if remaining:
+                self.produce_errors.append(f"{remaining} records not delivered")
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.produce_errors.append(repr(e))
+        finally:
+            self.produced_done.set()
+
+    # -- members
+    def start_member(self, name: str) -> None:
+        self.stop_flags[name] = threading.Event()
+        self.closed[name] = threading.Event()
+        with self.lock:
+            self.assignment[name] = set()
+        t = threading.Thread(target=self.member, args=(name,), daemon=True, name=name)
+        self.threads.append(t)
+        t.start()
+
+    def _open(self, name, partitions):
+        with self.lock:
+            for tp in partitions:
+                self.assignment[name].add(tp.partition)
+                stint = Stint(name, tp.partition)
+                self.open_stints[(name, tp.partition)] = stint
+                self.stints.append(stint)
+
+    def _close(self, name, partitions):
+        with self.lock:
+            for tp in partitions:
+                self.assignment[name].discard(tp.partition)
+                stint = self.open_stints.pop((name, tp.partition), None)
+                if stint is not None:
+                    stint.closed = True
+
+    def member(self, name: str) -> None:
+        config = {"client.id": name, "heartbeat.interval.ms": self.heartbeat_ms}
+        if self.strategy:
+            config["partition.assignment.strategy"] = self.strategy
+        c = group_consumer(self.bootstrap, self.group, **config)
+        try:
+            c.subscribe([self.topic],
+                        on_assign=lambda _c, parts: self._open(name, parts),
+                        on_revoke=lambda _c, parts: self._close(name, parts),
+                        on_lost=lambda _c, parts: self._close(name, parts))
+            while not self.stop_flags[name].is_set():
+                msgs = c.consume(num_messages=1000, timeout=0.1)
+                batch_end: dict[int, int] = {}
+                with self.lock:
+                    for m in msgs:
+                        if m.error():
+                            if m.error().code() != KafkaError._PARTITION_EOF:
+                                self.errors.append(f"{name}: {m.error()}")
+                            continue
+                        part, off = m.partition(), m.offset()
+                        stint = self.open_stints.get((name, part))
+                        if stint is None:
+                            self.errors.append(f"{name}: record {part}/{off} of no stint")
+                            continue
+                        if stint.first is None:
+                            stint.first = off
+                            want = self.group_committed.get(part, 0)
+                            if off != want:
+                                self.resume_mismatches.append(
+                                    f"{name} started {part} at {off}, group committed {want}")
+                        elif off != stint.last + 1:
+                            self.errors.append(f"{name}: {part} jumped {stint.last} -> {off}")
+                        stint.last = off
+                        self.processed.append((part, off, int(m.value()), name))
+                        self.distinct.add((part, off))
+                        batch_end[part] = off + 1
+                if batch_end:
+                    offsets = [TopicPartition(self.topic, p, o) for p, o in batch_end.items()]
+                    try:
+                        result = c.commit(offsets=offsets, asynchronous=False)
+                        ok = [tp for tp in result if tp.error is None]
+                        bad = [tp for tp in result if tp.error is not None]
+                    except KafkaException as e:
+                        ok, bad = [], offsets
+                        self.commit_failures.append(f"{name}: {e}")
+                    with self.lock:
+                        for tp in ok:
+                            stint = self.open_stints.get((name, tp.partition))
+                            if stint is not None:
+                                stint.committed = tp.offset
+                            self.group_committed[tp.partition] = tp.offset
+                        for tp in bad:
+                            if tp.error is not None:
+                                self.commit_failures.append(f"{name}: {tp.partition} {tp.error}")
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.errors.append(f"{name}: {e!r}")
+        finally:
+            self.close_started[name] = time.monotonic()
+            c.close()
+            self.closed[name].set()
+
+    def stop_member(self, name: str) -> None:
+        self.stop_flags[name].set()
+
+    def covered(self, members: list[str]) -> bool:
+        """The members' assignments are disjoint and cover every partition."""
+        with self.lock:
+            sets = [self.assignment[m] for m in members]
+        union = set().union(*sets)
+        return len(union) == self.PARTITIONS and sum(len(s) for s in sets) == self.PARTITIONS
+
+
+def run_group(broker, topic: str, strategy: str | None, total: int = 200_000,
+              rate: float = 25_000, heartbeat_ms: int = HEARTBEAT_MS) -> dict:
+    kafkautil.create_topic(broker.bootstrap, topic, GroupRun.PARTITIONS)
+    group = f"g-{topic}"
+    run = GroupRun(broker.bootstrap, topic, group, total, strategy, rate, heartbeat_ms)
+    label = strategy or "default (range,roundrobin: eager)"
+
+    for name in ("m0", "m1", "m2"):
+        run.start_member(name)
+    wait_until(lambda: run.covered(["m0", "m1", "m2"]) and all(run.assignment[m] for m in
+               ("m0", "m1", "m2")), 60, "the first assignment of three members")
+    producer = threading.Thread(target=run.produce, daemon=True)
+    producer.start()
+
+    # Mid-way one member leaves...
+    wait_until(lambda: len(run.distinct) >= total // 3, 90, "a third of the records processed",
+               step=0.05)
+    start = time.monotonic()
+    run.stop_member("m1")
+    end = wait_until(lambda: "m1" in run.close_started and run.covered(["m0", "m2"]), 60,
+                     "the survivors' assignment after m1 left")
+    leave_s = end - run.close_started["m1"]
+    assert run.closed["m1"].wait(30)
+    # ...and a new one joins.
+    wait_until(lambda: len(run.distinct) >= total // 2, 90, "half of the records processed",
+               step=0.05)
+    start = time.monotonic()
+    run.start_member("m3")
+    wait_until(lambda: run.assignment["m3"] and run.covered(["m0", "m2", "m3"]), 60,
+               "the assignment after m3 joined")
+    join_s = time.monotonic() - start
+
+    producer.join(120)
+    assert run.produced_done.is_set()
+    assert not run.produce_errors, run.produce_errors[:5]
+    assert len(run.delivered) == total
+    wait_until(lambda: len(run.distinct) >= total, 90, "every record processed", step=0.05)
+    for name in ("m0", "m2", "m3"):
+        run.stop_member(name)
+    for t in run.threads:
+        t.join(60)
+        assert not t.is_alive()
+
+    assert not run.errors, run.errors[:10]
+    # Every record was processed, at the (partition, offset) its delivery report named.
+    marks = kafkautil.watermarks(broker.bootstrap, topic, GroupRun.PARTITIONS)
+    assert sum(high for _, high in marks.values()) == total
+    counts = Counter((p, o) for p, o, _, _ in run.processed)
+    expected = {(p, o) for p, (_, high) in marks.items() for o in range(high)}
+    assert set(counts) == expected
+    for p, o, value, member in run.processed:
+        assert run.delivered[value] == (p, o), (value, member)
+    # Duplicates only where the protocol allows them: records a member processed after its
+    # last successful commit of a partition it then lost.
+    duplicates = {po: n - 1 for po, n in counts.items() if n > 1}
+    allowed = set()
+    for stint in run.stints:
+        for o in stint.uncommitted():
+            allowed.add((stint.partition, o))
+    outside = [po for po in duplicates if po not in allowed]
+    assert not outside, f"duplicates outside uncommitted ranges: {outside[:10]}"
+    bound = sum(len(s.uncommitted()) for s in run.stints)
+    dup_count = sum(duplicates.values())
+    assert dup_count <= bound
+    # Every new owner started at the group's committed offset.
+    assert not run.resume_mismatches, run.resume_mismatches[:10]
+    # The final committed offsets are the high watermarks.
+    committed = committed_offsets(broker.bootstrap, group, topic, GroupRun.PARTITIONS)
+    assert committed == {p: high for p, (_, high) in marks.items()}
+    summary = dict(strategy=label, records=total, duplicates=dup_count, bound=bound,
+                   commit_failures=len(run.commit_failures), leave_rebalance_s=round(leave_s, 3),
+                   join_rebalance_s=round(join_s, 3), stints=len(run.stints),
+                   heartbeat_ms=heartbeat_ms)
+    print(f"\nGROUP RUN {summary}")
+    if run.commit_failures:
+        print("commit failures:", run.commit_failures[:10])
+    return summary
+
+
+def test_group_eager_range_members_leave_and_join(broker_factory, topic_name):
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    run_group(broker, topic_name, None)
+
+
+def test_group_cooperative_sticky_members_leave_and_join(broker_factory, topic_name):
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    run_group(broker, topic_name, "cooperative-sticky")
+
+
+def test_group_roundrobin_members_leave_and_join(broker_factory, topic_name):
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    run_group(broker, topic_name, "roundrobin")
+
+
+# ---------------------------------------------------------------------------------------------
+# Committed offsets across restarts.
+
+
+def produce_values(bootstrap: str, topic: str, count: int, partitions: int) -> None:
+    p = kafkautil.producer(bootstrap, acks="all")
+    errors = []
+    for i in range(count):
+        p.produce(topic, value=f"v{i}".encode(), partition=i % partitions,
+                  on_delivery=lambda err, _m: err and errors.append(err))
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    assert not errors
+
+
+def wait_assigned(c: Consumer, partitions: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while len(c.assignment()) < partitions:
+        assert time.monotonic() < deadline, "no assignment"
+        c.consume(num_messages=1, timeout=0.1)  # nothing consumed is committed
+
+
+def resume_and_check(bootstrap: str, group: str, topic: str, partitions: int,
+                     expected: dict[int, int]) -> None:
+    """A new member of `group` reads from exactly `expected` to the high watermark."""
+    marks = kafkautil.watermarks(bootstrap, topic, partitions)
+    c = group_consumer(bootstrap, group)
+    got: dict[int, list[int]] = {p: [] for p in range(partitions)}
+    try:
+        c.subscribe([topic])
+        deadline = time.monotonic() + 60
+        while any((got[p][-1] + 1 if got[p] else expected[p]) < marks[p][1]
+                  for p in range(partitions)):
+            assert time.monotonic() < deadline, {p: len(v) for p, v in got.items()}
+            for m in c.consume(num_messages=1000, timeout=0.2):
+                assert not m.error(), m.error()
+                got[m.partition()].append(m.offset())
+    finally:
+        c.close()
+    for p in range(partitions):
+        assert got[p] == list(range(expected[p], marks[p][1])), \
+            (p, expected[p], got[p][:3], marks[p])
+
+
+def commit_as_member(bootstrap: str, group: str, topic: str, partitions: int,
+                     offsets: list[dict[int, int]]) -> None:
+    """Joins the group, commits each of `offsets` in turn (synchronously), leaves."""
+    c = group_consumer(bootstrap, group)
+    try:
+        c.subscribe([topic])
+        wait_assigned(c, partitions)
+        for commit in offsets:
+            result = c.commit(offsets=[TopicPartition(topic, p, o) for p, o in commit.items()],
+                              asynchronous=False)
+            assert all(tp.error is None for tp in result), result
+    finally:
+        c.close()
+
+
+def test_committed_offsets_survive_restart_and_kill9(broker_factory, topic_name):
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    partitions = 3
+    kafkautil.create_topic(broker.bootstrap, topic_name, partitions)
+    produce_values(broker.bootstrap, topic_name, 3000, partitions)
+    group = f"g-{topic_name}"
+
+    first = {0: 100, 1: 357, 2: 999}
+    commit_as_member(broker.bootstrap, group, topic_name, partitions,
+                     [{p: o - 50 for p, o in first.items()}, first])
+    assert committed_offsets(broker.bootstrap, group, topic_name, partitions) == first
+
+    assert broker.restart(clean=True) == 0
+    assert committed_offsets(broker.bootstrap, group, topic_name, partitions) == first
+    resume_and_check(broker.bootstrap, group, topic_name, partitions, first)
+
+    second = {0: 10, 1: 500, 2: 1000}
+    commit_as_member(broker.bootstrap, group, topic_name, partitions,
+                     [{0: 700, 1: 1, 2: 2}, second])
+    broker.restart(clean=False)  # kill -9
+    assert committed_offsets(broker.bootstrap, group, topic_name, partitions) == second
+    resume_and_check(broker.bootstrap, group, topic_name, partitions, second)
+    assert "committed offsets replayed" in broker.log_paths[-1].read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# kafka-python 3.
+
+
+def test_kafka_python_group_commit_and_resume(broker_factory, topic_name):
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import TopicPartition as KTP
+
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    partitions, total = 3, 3000
+    kafkautil.create_topic(broker.bootstrap, topic_name, partitions)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5,
+                             request_timeout_ms=30000, max_block_ms=30000)
+    try:
+        futures = [producer.send(topic_name, key=f"k{i}".encode(), value=f"kp-{i}".encode())
+                   for i in range(total)]
+        producer.flush(timeout=60)
+        for f in futures:
+            f.get(timeout=30)
+    finally:
+        producer.close(timeout=10)
+
+    group = f"kp-{topic_name}"
+    common = dict(bootstrap_servers=broker.bootstrap, group_id=group,
+                  auto_offset_reset="earliest", enable_auto_commit=False,
+                  session_timeout_ms=SESSION_MS, heartbeat_interval_ms=HEARTBEAT_MS,
+                  request_timeout_ms=30000)
+    seen: list[tuple[int, int, bytes]] = []
+    c1 = KafkaConsumer(topic_name, **common)
+    try:
+        deadline = time.monotonic() + 60
+        while len(seen) < total // 3:
+            assert time.monotonic() < deadline, len(seen)
+            for tp, records in c1.poll(timeout_ms=200, max_records=200).items():
+                seen.extend((tp.partition, r.offset, r.value) for r in records)
+        c1.commit()
+        committed = {p: c1.committed(KTP(topic_name, p)) for p in range(partitions)}
+    finally:
+        c1.close()
+    # The commit is the position after what was consumed.
+    for p in range(partitions):
+        mine = [o for q, o, _ in seen if q == p]
+        if mine:
+            assert committed[p] == max(mine) + 1, (p, committed)
+        else:  # fetched from 0 without records yet (committed as 0) or not fetched at all
+            assert committed[p] in (None, 0), (p, committed)
+    assert committed_offsets(broker.bootstrap, group, topic_name, partitions) == \
+        {p: (committed[p] if committed[p] is not None else -1001) for p in range(partitions)}
+
+    c2 = KafkaConsumer(topic_name, **common)
+    rest: list[tuple[int, int, bytes]] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(seen) + len(rest) < total:
+            assert time.monotonic() < deadline, len(rest)
+            for tp, records in c2.poll(timeout_ms=200).items():
+                rest.extend((tp.partition, r.offset, r.value) for r in records)
+        c2.commit()
+    finally:
+        c2.close()
+    for p in range(partitions):
+        firsts = [o for q, o, _ in rest if q == p]
+        if firsts:
+            assert firsts[0] == (committed[p] or 0), (p, firsts[0], committed[p])
+    values = sorted(v for _, _, v in seen + rest)
+    assert values == sorted(f"kp-{i}".encode() for i in range(total))  # exactly once
+    marks = kafkautil.watermarks(broker.bootstrap, topic_name, partitions)
+    assert committed_offsets(broker.bootstrap, group, topic_name, partitions) == \
+        {p: high for p, (_, high) in marks.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Static membership.
+
+
+def test_static_member_rejoins_with_its_partitions(broker_factory, topic_name):
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    partitions = 4
+    kafkautil.create_topic(broker.bootstrap, topic_name, partitions)
+    group = f"static-{topic_name}"
+    owned: dict[str, set[int]] = {}
+    revocations: Counter = Counter()
+    lock = threading.Lock()
+
+    def make(instance):
+        c = group_consumer(broker.bootstrap, group, **{"group.instance.id": instance})
+
+        def assign(_c, parts):
+            with lock:
+                owned[instance] = {tp.partition for tp in parts}
+
+        def revoke(_c, parts):
+            with lock:
+                owned[instance] = set()
+                revocations[instance] += 1
+
+        c.subscribe([topic_name], on_assign=assign, on_revoke=revoke, on_lost=revoke)
+        return c
+
+    def settled():
+        with lock:
+            a, b = owned.get("static-a", set()), owned.get("static-b", set())
+        return a and b and a | b == set(range(partitions)) and not a & b
+
+    a, b = make("static-a"), make("static-b")
+    stop = threading.Event()
+
+    def poll_b():
+        while not stop.is_set():
+            b.consume(num_messages=100, timeout=0.1)
+
+    poller = threading.Thread(target=poll_b, daemon=True)
+    poller.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not settled():
+            assert time.monotonic() < deadline, owned
+            a.consume(num_messages=100, timeout=0.1)
+        with lock:
+            before = {k: set(v) for k, v in owned.items()}
+            b_revocations = revocations["static-b"]
+        a.close()
+        with lock:
+            owned["static-a"] = set()
+        a = make("static-a")
+        deadline = time.monotonic() + 60
+        while not settled():
+            assert time.monotonic() < deadline, owned
+            a.consume(num_messages=100, timeout=0.1)
+        with lock:
+            after = {k: set(v) for k, v in owned.items()}
+        assert after == before
+        # Kafka (KIP-345) does not rebalance when a static member rejoins with unchanged
+        # metadata; this broker does (groups.rs join_local), so the other member is revoked
+        # and reassigned the same partitions. Printed, not asserted.
+        print(f"\nstatic rejoin: static-b revoked {revocations['static-b'] - b_revocations} "
+              f"time(s)")
+        # The restarted member's session never expired: it replaced itself.
+        assert "member session expired" not in broker.log_paths[-1].read_text()
+    finally:
+        stop.set()
+        poller.join(10)
+        a.close()
+        b.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw protocol: error cases.
+
+JOIN_GROUP, SYNC_GROUP, HEARTBEAT, OFFSET_COMMIT = 11, 14, 12, 8
+UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION, INVALID_SESSION_TIMEOUT = 25, 22, 26
+
+
+def _bytes(data: bytes) -> bytes:
+    return struct.pack(">i", len(data)) + data
+
+
+def join_group_v3(group: str, member: str, session_ms: int = 10000,
+                  rebalance_ms: int = 10000) -> bytes:
+    body = (_string(group) + struct.pack(">ii", session_ms, rebalance_ms) + _string(member)
+            + _string("consumer") + struct.pack(">i", 1) + _string("range") + _bytes(b"meta"))
+    return frame(JOIN_GROUP, 3, 41, body)
+
+
+class Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def unpack(self, fmt: str):
+        values = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return values if len(values) > 1 else values[0]
+
+    def string(self) -> str | None:
+        n = self.unpack(">h")
+        if n < 0:
+            return None
+        s = self.data[self.pos:self.pos + n].decode()
+        self.pos += n
+        return s
+
+
+def parse_join_group_v3(body: bytes) -> tuple[int, int, str, str]:
+    """(error, generation, leader, member_id)."""
+    r = Reader(body)
+    _throttle, error, generation = r.unpack(">ihi")
+    _protocol = r.string()
+    leader, member_id = r.string(), r.string()
+    return error, generation, leader, member_id
+
+
+def sync_group_v2(group: str, generation: int, member: str, assignment: bytes) -> bytes:
+    body = (_string(group) + struct.pack(">i", generation) + _string(member)
+            + struct.pack(">i", 1) + _string(member) + _bytes(assignment))
+    return frame(SYNC_GROUP, 2, 42, body)
+
+
+def heartbeat_v2(group: str, generation: int, member: str) -> bytes:
+    return frame(HEARTBEAT, 2, 43, _string(group) + struct.pack(">i", generation) + _string(member))
+
+
+def error_after_throttle(body: bytes) -> int:
+    return struct.unpack_from(">h", body, 4)[0]
+
+
+def offset_commit_v5(group: str, generation: int, member: str, topic: str,
+                     offsets: dict[int, int]) -> bytes:
+    body = (_string(group) + struct.pack(">i", generation) + _string(member)
+            + struct.pack(">i", 1) + _string(topic) + struct.pack(">i", len(offsets))
+            + b"".join(struct.pack(">iq", p, o) + _string("") for p, o in offsets.items()))
+    return frame(OFFSET_COMMIT, 5, 44, body)
+
+
+def parse_offset_commit_v5(body: bytes) -> dict[int, int]:
+    """partition -> error code, for the one topic."""
+    r = Reader(body)
+    _throttle, ntopics = r.unpack(">ii")
+    out = {}
+    for _ in range(ntopics):
+        r.string()
+        for _ in range(r.unpack(">i")):
+            p, err = r.unpack(">ih")
+            out[p] = err
+    return out
+
+
+def test_raw_group_errors(broker_factory, topic_name):
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    address = ("127.0.0.1", broker.port)
+    kafkautil.create_topic(broker.bootstrap, topic_name, 2)
+    group = f"raw-{topic_name}"
+
+    error, generation, leader, member = parse_join_group_v3(
+        kafkautil.roundtrip(address, join_group_v3(group, ""), timeout=30))
+    assert error == 0 and generation >= 1 and leader == member and member
+    assert error_after_throttle(kafkautil.roundtrip(
+        address, sync_group_v2(group, generation, member, b"assignment"))) == 0
+    assert error_after_throttle(kafkautil.roundtrip(
+        address, heartbeat_v2(group, generation, member))) == 0
+
+    # Heartbeat: unknown member, wrong generation.
+    assert error_after_throttle(kafkautil.roundtrip(
+        address, heartbeat_v2(group, generation, "no-such-member"))) == UNKNOWN_MEMBER_ID
+    assert error_after_throttle(kafkautil.roundtrip(
+        address, heartbeat_v2(group, generation + 5, member))) == ILLEGAL_GENERATION
+    # OffsetCommit: wrong generation is refused, the right one stored.
+    assert parse_offset_commit_v5(kafkautil.roundtrip(address, offset_commit_v5(
+        group, generation + 1, member, topic_name, {0: 5, 1: 6}))) == \
+        {0: ILLEGAL_GENERATION, 1: ILLEGAL_GENERATION}
+    assert parse_offset_commit_v5(kafkautil.roundtrip(address, offset_commit_v5(
+        group, generation, member, topic_name, {0: 5, 1: 6}))) == {0: 0, 1: 0}
+    assert committed_offsets(broker.bootstrap, group, topic_name, 2) == {0: 5, 1: 6}
+    # JoinGroup with a session timeout below the minimum.
+    error, *_ = parse_join_group_v3(kafkautil.roundtrip(
+        address, join_group_v3(f"{group}-2", "", session_ms=10), timeout=30))
+    assert error == INVALID_SESSION_TIMEOUT
+
+    # A truncated JoinGroup body: the broker drops that connection and serves the others.
+    whole = join_group_v3(f"{group}-3", "")
+    payload = whole[4:]
+    cut = payload[: len(payload) - 9]  # inside the protocols array
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(struct.pack(">i", len(cut)) + cut)
+        sock.settimeout(10)
+        try:
+            data = sock.recv(65536)
+            closed = data == b""
+        except (ConnectionResetError, BrokenPipeError):
+            closed = True
+        assert closed, f"answered a truncated JoinGroup: {data!r}"
+    assert kafkautil.api_versions_ok(address)
+    assert error_after_throttle(kafkautil.roundtrip(
+        address, heartbeat_v2(group, generation, member))) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Admin APIs.
+
+
+def describe_two_member_group(broker_factory, topic_name):
+    """Lists, describes and fetches the offsets of a stable two-member group; returns the
+    description."""
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    partitions = 4
+    kafkautil.create_topic(broker.bootstrap, topic_name, partitions)
+    produce_values(broker.bootstrap, topic_name, 400, partitions)
+    group = f"adm-{topic_name}"
+    members = [group_consumer(broker.bootstrap, group, **{"client.id": f"adm-{i}"})
+               for i in range(2)]
+    # Assignments as the rebalance callbacks report them: calling a consumer from another
+    # thread while its own thread polls can deadlock the Python client.
+    owned: list[set[int]] = [set(), set()]
+    to_commit: list[list[TopicPartition]] = []
+    committed = threading.Event()
+    stop = threading.Event()
+
+    def poll(i):
+        def assign(_c, parts):
+            owned[i] = {tp.partition for tp in parts}
+
+        def revoke(_c, parts):
+            owned[i] = set()
+
+        members[i].subscribe([topic_name], on_assign=assign, on_revoke=revoke)
+        while not stop.is_set():
+            members[i].consume(num_messages=100, timeout=0.1)
+            if i == 0 and to_commit:
+                members[0].commit(offsets=to_commit[0], asynchronous=False)
+                committed.set()
+                to_commit.clear()
+
+    threads = [threading.Thread(target=poll, args=(i,), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(owned[0]) == 2 and len(owned[1]) == 2, 60,
+                   "both members assigned", step=0.05)
+        want = {p: 10 + p for p in owned[0]}
+        to_commit.append([TopicPartition(topic_name, p, o) for p, o in want.items()])
+        assert committed.wait(30)
+        client = kafkautil.admin(broker.bootstrap)
+        listed = client.list_consumer_groups(request_timeout=30).result(timeout=30)
+        assert not listed.errors, listed.errors
+        ids = {g.group_id: g for g in listed.valid}
+        assert group in ids, list(ids)
+        desc = client.describe_consumer_groups([group], request_timeout=30)[group].result(30)
+        assert desc.group_id == group
+        assert str(desc.state).endswith("STABLE"), desc.state
+        assert len(desc.members) == 2
+        assigned = sorted(tp.partition for m in desc.members
+                          for tp in m.assignment.topic_partitions)
+        assert assigned == list(range(partitions))
+        offsets = client.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group)], request_timeout=30)[group].result(30)
+        got = {tp.partition: tp.offset for tp in offsets.topic_partitions
+               if tp.topic == topic_name}
+        assert got == want
+        return desc
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        for c in members:
+            c.close()
+
+
+def test_admin_lists_and_describes_groups(broker_factory, topic_name):
+    desc = describe_two_member_group(broker_factory, topic_name)
+    assert all(m.member_id for m in desc.members)
+
+
+@pytest.mark.xfail(strict=True, reason="broker bug: DescribeGroups members carry no client id "
+                   "or client host (groups.rs describe_local never sets them)")
+def test_describe_groups_names_client_id_and_host(broker_factory, topic_name):
+    desc = describe_two_member_group(broker_factory, topic_name)
+    assert {m.client_id for m in desc.members} == {"adm-0", "adm-1"}
+    assert all(m.host for m in desc.members)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rebalance times (printed; bounded loosely).
+
+
+@pytest.mark.parametrize("heartbeat_ms", [1000, 3000])  # 3000: librdkafka's default
+@pytest.mark.parametrize("strategy", [None, "cooperative-sticky"])
+def test_rebalance_times(broker_factory, topic_name, strategy, heartbeat_ms):
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    summary = run_group(broker, topic_name, strategy, total=20_000, rate=10_000,
+                        heartbeat_ms=heartbeat_ms)
+    # Members learn of a rebalance from their next heartbeat (every HEARTBEAT_MS) or poll.
+    assert summary["leave_rebalance_s"] < 10 and summary["join_rebalance_s"] < 10
+    print(f"REBALANCE TIMES {summary['strategy']}: leave {summary['leave_rebalance_s']} s, "
+          f"join {summary['join_rebalance_s']} s (heartbeat.interval.ms={heartbeat_ms})")
+
+
+# ---------------------------------------------------------------------------------------------
+# A live member across a broker restart.
+
+
+@pytest.mark.parametrize("clean", [True, False], ids=["sigterm", "kill9"])
+def test_live_member_survives_broker_restart(broker_factory, topic_name, clean):
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    partitions = 3
+    kafkautil.create_topic(broker.bootstrap, topic_name, partitions)
+    group = f"live-{topic_name}"
+    produce_values(broker.bootstrap, topic_name, 3000, partitions)
+    c = group_consumer(broker.bootstrap, group, **{"reconnect.backoff.max.ms": 500})
+    got: list[tuple[int, int]] = []
+    commit_errors: list[str] = []
+    uncommitted: set[tuple[int, int]] = set()  # records of batches whose commit failed
+
+    def consume_until(total: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(set(got)) < total:
+            assert time.monotonic() < deadline, (len(got), len(set(got)), commit_errors[-3:])
+            msgs = c.consume(num_messages=500, timeout=0.2)
+            ends = {}
+            batch = []
+            for m in msgs:
+                if m.error():
+                    continue  # transport errors while the broker is down
+                batch.append((m.partition(), m.offset()))
+                ends[m.partition()] = m.offset() + 1
+            got.extend(batch)
+            if ends:
+                try:
+                    result = c.commit(
+                        offsets=[TopicPartition(topic_name, p, o) for p, o in ends.items()],
+                        asynchronous=False)
+                    failed = {tp.partition for tp in result if tp.error is not None}
+                except KafkaException as e:
+                    commit_errors.append(str(e))
+                    failed = set(ends)
+                uncommitted.update(po for po in batch if po[0] in failed)
+
+    try:
+        c.subscribe([topic_name])
+        consume_until(3000, 60)
+        broker.restart(clean=clean)
+        produce_values(broker.bootstrap, topic_name, 3000, partitions)
+        consume_until(6000, 90)
+    finally:
+        c.close()
+    counts = Counter(got)
+    marks = kafkautil.watermarks(broker.bootstrap, topic_name, partitions)
+    assert set(counts) == {(p, o) for p, (_, high) in marks.items() for o in range(high)}
+    # Redelivered: only records whose commit failed. (The broker keeps no group membership
+    # across a restart, unlike Kafka, so a live member's first commit after it is refused with
+    # ILLEGAL_GENERATION and the member rejoins and rereads from the last commit.)
+    dups = sorted(po for po, n in counts.items() if n > 1)
+    assert set(dups) <= uncommitted, (dups[:3], commit_errors)
+    assert all(n <= 2 for n in counts.values())
+    assert committed_offsets(broker.bootstrap, group, topic_name, partitions) == \
+        {p: high for p, (_, high) in marks.items()}
+    print(f"\nlive member across restart ({'SIGTERM' if clean else 'kill -9'}): "
+          f"{len(dups)} records redelivered; commit errors {commit_errors[:3]}")
