@@ -347,6 +347,12 @@ fn describe(cluster: &mut Cluster, group: &str) -> Result<(), String> {
     // Who owns each partition, from the members' consumer-protocol assignments.
     let mut owners: HashMap<(String, i32), String> = HashMap::new();
     for member in &described.members {
+        let who = format!(
+            "{} {} {}",
+            member.member_id.as_str(),
+            member.client_host.as_str(),
+            member.client_id.as_str()
+        );
         let mut bytes = member.member_assignment.clone();
         if bytes.remaining() < 2 {
             continue;
@@ -355,7 +361,7 @@ fn describe(cluster: &mut Cluster, group: &str) -> Result<(), String> {
         if let Ok(assignment) = ConsumerProtocolAssignment::decode(&mut bytes, version) {
             for topic in assignment.assigned_partitions {
                 for p in topic.partitions {
-                    owners.insert((topic.topic.to_string(), p), member.member_id.to_string());
+                    owners.insert((topic.topic.to_string(), p), who.clone());
                 }
             }
         }
@@ -373,7 +379,7 @@ fn describe(cluster: &mut Cluster, group: &str) -> Result<(), String> {
     topics.sort();
     topics.dedup();
     println!(
-        "\n{:<30} {:>9} {:>15} {:>15} {:>10}  CONSUMER-ID",
+        "\n{:<30} {:>9} {:>15} {:>15} {:>10}  CONSUMER-ID HOST CLIENT-ID",
         "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG"
     );
     for topic in topics {

@@ -79,10 +79,14 @@ pub async fn serve<B: Broker>(
     broker: &B,
     shutdown: &Shutdown,
 ) -> Result<(), ConnectionError> {
+    let peer_host = stream
+        .peer_addr()
+        .map_or_else(|_| String::new(), |peer| peer.ip().to_string());
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0_u8; READ_CHUNK_BYTES];
     loop {
-        let needed = answer_buffered(&mut stream, &mut buffer, settings, broker).await?;
+        let needed =
+            answer_buffered(&mut stream, &mut buffer, settings, broker, &peer_host).await?;
         let idle = buffer.is_empty();
         if idle && shutdown.is_triggered() {
             return Ok(());
@@ -120,13 +124,14 @@ async fn answer_buffered<B: Broker>(
     buffer: &mut BytesMut,
     settings: &ConnectionSettings,
     broker: &B,
+    peer_host: &str,
 ) -> Result<usize, ConnectionError> {
     loop {
         match next_frame(buffer, settings.request_max_bytes)? {
             Frame::Complete { total } => {
                 let mut payload = buffer.split_to(total).freeze();
                 payload.advance(SIZE_PREFIX_BYTES);
-                if let Some(response) = handle_request(payload, broker).await? {
+                if let Some(response) = handle_request(payload, broker, peer_host).await? {
                     stream.write_all(&response).await?;
                 }
             }

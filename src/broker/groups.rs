@@ -50,6 +50,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use ringlog_engine::batch::{self, BatchBuilder};
 use ringlog_net::errors;
+use ringlog_net::handlers::ClientInfo;
 use tracing::{debug, info, warn};
 
 use super::Shard;
@@ -98,6 +99,7 @@ impl State {
 #[derive(Debug, Clone)]
 struct Member {
     instance_id: Option<String>,
+    client: ClientInfo,
     protocols: Vec<(String, Bytes)>,
     session_timeout: Duration,
     rebalance_timeout: Duration,
@@ -502,11 +504,12 @@ pub async fn join_group(
     shard: &Rc<Shard>,
     request: JoinGroupRequest,
     version: i16,
+    client: ClientInfo,
 ) -> JoinGroupResponse {
     let unavailable = join_error(ResponseError::CoordinatorNotAvailable, &request.member_id);
     let group = request.group_id.to_string();
     on_coordinator(shard, &group, unavailable, move |shard| async move {
-        join_local(&shard, request, version).await
+        join_local(&shard, request, version, client).await
     })
     .await
 }
@@ -529,6 +532,7 @@ async fn join_local(
     shard: &Rc<Shard>,
     request: JoinGroupRequest,
     version: i16,
+    client: ClientInfo,
 ) -> JoinGroupResponse {
     let coordinator = &shard.groups;
     let group_id = request.group_id.to_string();
@@ -615,6 +619,7 @@ async fn join_local(
             member_id.clone(),
             Member {
                 instance_id,
+                client,
                 protocols,
                 session_timeout,
                 rebalance_timeout,
@@ -1436,6 +1441,8 @@ fn describe_local(shard: &Shard, group_id: &str, version: i16) -> DescribedGroup
                 .unwrap_or_default();
             let mut member = DescribedGroupMember::default()
                 .with_member_id(str_bytes(id.clone()))
+                .with_client_id(str_bytes(m.client.client_id.clone()))
+                .with_client_host(str_bytes(format!("/{}", m.client.host)))
                 .with_member_metadata(metadata)
                 .with_member_assignment(m.assignment.clone());
             if version >= 4 {
@@ -1665,6 +1672,7 @@ mod tests {
     fn member(order: u64, protocols: &[&str]) -> Member {
         Member {
             instance_id: None,
+            client: ClientInfo::default(),
             protocols: protocols
                 .iter()
                 .map(|p| ((*p).to_owned(), Bytes::new()))

@@ -46,7 +46,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 use ringlog_engine::{LogConfig, OpenOptions, PartitionLog};
-use ringlog_net::handlers::{Broker, BrokerIdentity};
+use ringlog_net::handlers::{Broker, BrokerIdentity, ClientInfo};
 use tracing::{error, info, warn};
 
 use self::catalog::{Catalog, Topic};
@@ -543,8 +543,13 @@ impl Broker for ShardBroker {
         groups::find_coordinator(&self.0, request, version)
     }
 
-    async fn join_group(&self, request: JoinGroupRequest, version: i16) -> JoinGroupResponse {
-        groups::join_group(&self.0, request, version).await
+    async fn join_group(
+        &self,
+        request: JoinGroupRequest,
+        version: i16,
+        client: ClientInfo,
+    ) -> JoinGroupResponse {
+        groups::join_group(&self.0, request, version, client).await
     }
 
     async fn sync_group(&self, request: SyncGroupRequest, version: i16) -> SyncGroupResponse {

@@ -768,8 +768,6 @@ def test_admin_lists_and_describes_groups(broker_factory, topic_name):
     assert all(m.member_id for m in desc.members)
 
 
-@pytest.mark.xfail(strict=True, reason="broker bug: DescribeGroups members carry no client id "
-                   "or client host (groups.rs describe_local never sets them)")
 def test_describe_groups_names_client_id_and_host(broker_factory, topic_name):
     desc = describe_two_member_group(broker_factory, topic_name)
     assert {m.client_id for m in desc.members} == {"adm-0", "adm-1"}

@@ -99,7 +99,13 @@ pub trait Broker {
         request: FindCoordinatorRequest,
         version: i16,
     ) -> FindCoordinatorResponse;
-    async fn join_group(&self, request: JoinGroupRequest, version: i16) -> JoinGroupResponse;
+    /// `client`: who is joining, for DescribeGroups.
+    async fn join_group(
+        &self,
+        request: JoinGroupRequest,
+        version: i16,
+        client: ClientInfo,
+    ) -> JoinGroupResponse;
     async fn sync_group(&self, request: SyncGroupRequest, version: i16) -> SyncGroupResponse;
     async fn heartbeat(&self, request: HeartbeatRequest, version: i16) -> HeartbeatResponse;
     async fn leave_group(&self, request: LeaveGroupRequest, version: i16) -> LeaveGroupResponse;
@@ -131,6 +137,13 @@ pub trait Broker {
         request: InitProducerIdRequest,
         version: i16,
     ) -> InitProducerIdResponse;
+}
+
+/// Who sent a request: the client id from its header and the address it connected from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub host: String,
 }
 
 /// Every API this broker implements, with the versions it answers. ApiVersions advertises
@@ -200,6 +213,7 @@ pub enum RequestError {
 pub async fn handle_request<B: Broker>(
     payload: Bytes,
     broker: &B,
+    peer_host: &str,
 ) -> Result<Option<Bytes>, RequestError> {
     let prefix = RequestPrefix::parse(&payload)?;
     let Ok(api) = ApiKey::try_from(prefix.api_key) else {
@@ -289,10 +303,18 @@ pub async fn handle_request<B: Broker>(
             .await
         }
         ApiKey::JoinGroup => {
-            answer(api, version, payload, |request| async move {
-                Some(broker.join_group(request, version).await)
-            })
-            .await
+            let mut body = payload;
+            let header = decode_header::<JoinGroupRequest>(api, version, &mut body)?;
+            let request = decode_body::<JoinGroupRequest>(api, version, &mut body)?;
+            let client = ClientInfo {
+                client_id: header
+                    .client_id
+                    .as_ref()
+                    .map_or_else(String::new, |id| id.to_string()),
+                host: peer_host.to_owned(),
+            };
+            let response = broker.join_group(request, version, client).await;
+            encode_response(api, version, header.correlation_id, &response).map(Some)
         }
         ApiKey::SyncGroup => {
             answer(api, version, payload, |request| async move {
@@ -503,7 +525,12 @@ mod tests {
         ) -> FindCoordinatorResponse {
             FindCoordinatorResponse::default()
         }
-        async fn join_group(&self, _: JoinGroupRequest, _: i16) -> JoinGroupResponse {
+        async fn join_group(
+            &self,
+            _: JoinGroupRequest,
+            _: i16,
+            _: ClientInfo,
+        ) -> JoinGroupResponse {
             JoinGroupResponse::default()
         }
         async fn sync_group(&self, _: SyncGroupRequest, _: i16) -> SyncGroupResponse {
@@ -587,7 +614,7 @@ mod tests {
             payload.extend_from_slice(&api_version.to_be_bytes());
             payload.extend_from_slice(&correlation_id.to_be_bytes());
             payload.extend_from_slice(&rest);
-            let answer = futures_lite::future::block_on(handle_request(Bytes::from(payload), &broker()));
+            let answer = futures_lite::future::block_on(handle_request(Bytes::from(payload), &broker(), "test"));
             if let Ok(Some(frame)) = answer {
                 let size = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
                 prop_assert_eq!(size as usize + SIZE_PREFIX_BYTES, frame.len());
@@ -654,8 +681,11 @@ mod tests {
                     .encode(&mut buffer, api.request_header_version(version))
                     .expect("header");
                 encode_default_request(api, &mut buffer, version);
-                let answer =
-                    futures_lite::future::block_on(handle_request(buffer.freeze(), &broker()));
+                let answer = futures_lite::future::block_on(handle_request(
+                    buffer.freeze(),
+                    &broker(),
+                    "test",
+                ));
                 assert!(answer.is_ok(), "{api:?} v{version}: {answer:?}");
             }
         }
