@@ -1645,25 +1645,45 @@ impl PartitionLog {
     /// one) and advances the log start offset. Readers already inside a deleted segment finish
     /// reading it (the file stays open until they drop it). Returns the deleted base offsets.
     pub async fn enforce_retention(&self) -> Result<Vec<i64>, LogError> {
-        let _permit = self.admin_permit().await?;
         let config = self.config();
         let now_ms = self.inner.clock.now_ms();
+        self.drop_leading_segments(|meta, total_after| {
+            let newest = if meta.max_timestamp >= 0 {
+                meta.max_timestamp
+            } else {
+                meta.created_ms
+            };
+            let expired_by_time =
+                config.retention_ms >= 0 && now_ms.saturating_sub(newest) > config.retention_ms;
+            let over_size = config.retention_bytes >= 0 && total_after >= config.retention_bytes;
+            expired_by_time || over_size
+        })
+        .await
+    }
+
+    /// Deletes the oldest segments whose every offset is below `offset` (never the active
+    /// one) and moves the log start offset to the first remaining segment: for logs whose
+    /// owner knows everything before `offset` is superseded (the consumer-offsets topic after
+    /// it rewrote its live entries). Returns the base offsets of the deleted segments.
+    pub async fn delete_segments_before(&self, offset: i64) -> Result<Vec<i64>, LogError> {
+        self.drop_leading_segments(|meta, _| meta.next_offset <= offset)
+            .await
+    }
+
+    /// Deletes leading non-active segments while `doomed(meta, bytes left after deleting it)`
+    /// holds.
+    async fn drop_leading_segments(
+        &self,
+        mut doomed: impl FnMut(&segment::SegmentMeta, i64) -> bool,
+    ) -> Result<Vec<i64>, LogError> {
+        let _permit = self.admin_permit().await?;
         let deleted: Vec<Rc<Segment>> = {
             let mut st = self.inner.state.borrow_mut();
             let mut total: i64 = st.segments.iter().map(|s| s.meta().size_bytes as i64).sum();
             let mut count = 0;
             for segment in &st.segments[..st.segments.len() - 1] {
                 let meta = segment.meta();
-                let newest = if meta.max_timestamp >= 0 {
-                    meta.max_timestamp
-                } else {
-                    meta.created_ms
-                };
-                let expired_by_time =
-                    config.retention_ms >= 0 && now_ms.saturating_sub(newest) > config.retention_ms;
-                let over_size = config.retention_bytes >= 0
-                    && total - meta.size_bytes as i64 >= config.retention_bytes;
-                if !(expired_by_time || over_size) {
+                if !doomed(&meta, total - meta.size_bytes as i64) {
                     break;
                 }
                 total -= meta.size_bytes as i64;

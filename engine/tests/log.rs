@@ -648,3 +648,40 @@ fn admission_checks_see_the_offset_they_assign_and_refusals_store_nothing() {
         assert_eq!(bases, vec![3]);
     });
 }
+
+/// Deleting the segments before an offset removes only whole, non-active segments entirely
+/// below it, moves the log start there, and a reopen agrees.
+#[test]
+fn segments_before_an_offset_are_deleted_whole() {
+    let dir = test_dir("delete-before");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, small_segments())
+            .await
+            .expect("open");
+        let expected = append_batches(&log, 120, 3, 100).await;
+        let bases = log.segment_base_offsets();
+        assert!(bases.len() >= 4, "several segments: {bases:?}");
+        // An offset inside the third segment: the first two go, the third stays.
+        let cut = bases[2] + 1;
+        let deleted = log.delete_segments_before(cut).await.expect("delete");
+        assert_eq!(deleted, bases[..2].to_vec());
+        assert_eq!(log.log_start_offset(), bases[2]);
+        assert_eq!(log.segment_base_offsets(), bases[2..].to_vec());
+        // Nothing more to delete below the new start.
+        assert!(log
+            .delete_segments_before(bases[2])
+            .await
+            .expect("delete")
+            .is_empty());
+        let end = log.log_end_offset();
+        let kept = read_all(&log, bases[2], 1 << 20).await;
+        assert_eq!(kept, expected[expected.len() - kept.len()..].to_vec());
+        log.close().await.expect("close");
+        let (log, _) = PartitionLog::open(&path, small_segments())
+            .await
+            .expect("reopen");
+        assert_eq!(log.log_start_offset(), bases[2]);
+        assert_eq!(log.log_end_offset(), end);
+    });
+}

@@ -235,13 +235,27 @@ struct Committed {
 type GroupOffsets = BTreeMap<(String, i32), Committed>;
 
 /// The groups this shard coordinates and their committed offsets.
-#[derive(Default)]
 pub struct Coordinator {
     groups: RefCell<HashMap<String, Group>>,
     offsets: RefCell<HashMap<String, GroupOffsets>>,
     /// Notified on every group change; waiting joins and syncs re-check their group.
     changed: Event,
     next_member: Cell<u64>,
+    /// Commits hold it shared while they append; cleaning holds it alone, so its rewrite of the
+    /// live offsets cannot interleave with a newer commit.
+    writes: glommio::sync::RwLock<()>,
+}
+
+impl Default for Coordinator {
+    fn default() -> Self {
+        Self {
+            groups: RefCell::default(),
+            offsets: RefCell::default(),
+            changed: Event::new(),
+            next_member: Cell::new(0),
+            writes: glommio::sync::RwLock::new(()),
+        }
+    }
 }
 
 /// Kafka's partition for a group: `Utils.abs(groupId.hashCode()) % partitions`.
@@ -1175,6 +1189,7 @@ async fn commit_local(
         }
     }
     let mut failure = None;
+    let _writing = shard.groups.writes.read().await;
     if !accepted.is_empty() {
         if let Err(error) = log.log.append(Bytes::from(builder.build())).await {
             warn!(group = group_id, "cannot store committed offsets: {error}");
@@ -1481,6 +1496,90 @@ pub async fn describe_groups(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cleaning __consumer_offsets
+
+/// Records per batch when rewriting live offsets (well under max.message.bytes).
+const CLEANING_BATCH_RECORDS: usize = 2000;
+
+/// Drops superseded commits from the `__consumer_offsets` partitions this shard owns: a
+/// partition that has rolled at least one segment gets its live offsets (the latest commit of
+/// every group and partition hashed to it) appended afresh, and every segment entirely before
+/// that rewrite is deleted. Run with retention; replay after a restart reads the rewrite last,
+/// so it sees the same state. Returns the number of segments deleted.
+pub async fn clean_offsets(shard: &Shard) -> usize {
+    let owned: Vec<(usize, usize)> = {
+        let catalog = shard.catalog.borrow();
+        let Some(topic) = catalog.topics.get(OFFSETS_TOPIC) else {
+            return 0;
+        };
+        (0..topic.partitions.len())
+            .filter(|&p| topic.partitions[p] == shard.id)
+            .map(|p| (p, topic.partitions.len()))
+            .collect()
+    };
+    let mut deleted = 0;
+    for (partition, partitions) in owned {
+        let Some(log) = shard.partition(OFFSETS_TOPIC, partition as i32) else {
+            continue;
+        };
+        if log.log.segment_base_offsets().len() < 2 {
+            continue;
+        }
+        let Ok(_alone) = shard.groups.writes.write().await else {
+            continue;
+        };
+        let rewrite_from = log.log.log_end_offset();
+        let live: Vec<(Vec<u8>, Vec<u8>)> = shard
+            .groups
+            .offsets
+            .borrow()
+            .iter()
+            .filter(|(group, _)| offsets_partition(group, partitions) == partition)
+            .flat_map(|(group, committed)| {
+                committed
+                    .iter()
+                    .map(move |((topic, p), c)| (offset_key(group, topic, *p), offset_value(c)))
+            })
+            .collect();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut failed = false;
+        for chunk in live.chunks(CLEANING_BATCH_RECORDS) {
+            let mut builder = BatchBuilder::new(now_ms);
+            for (key, value) in chunk {
+                builder = builder.record(now_ms, Some(key), Some(value));
+            }
+            if let Err(error) = log.log.append(Bytes::from(builder.build())).await {
+                warn!(partition, "cannot rewrite live committed offsets: {error}");
+                failed = true;
+                break;
+            }
+        }
+        if failed {
+            continue;
+        }
+        match log.log.delete_segments_before(rewrite_from).await {
+            Ok(bases) if !bases.is_empty() => {
+                info!(
+                    partition,
+                    segments = bases.len(),
+                    live = live.len(),
+                    "cleaned committed offsets"
+                );
+                deleted += bases.len();
+            }
+            Ok(_) => {}
+            Err(error) => warn!(
+                partition,
+                "cannot delete superseded offsets segments: {error}"
+            ),
+        }
+    }
+    deleted
+}
+
+// ---------------------------------------------------------------------------------------------
 // DeleteGroups, OffsetDelete
 
 /// Writes tombstones for `partitions` of `group` to its offsets partition and forgets them.
@@ -1505,6 +1604,7 @@ async fn forget_offsets(
     for (topic, partition) in &partitions {
         builder = builder.record(now_ms, Some(&offset_key(group, topic, *partition)), None);
     }
+    let _writing = shard.groups.writes.read().await;
     log.log
         .append(Bytes::from(builder.build()))
         .await

@@ -370,6 +370,7 @@ impl Shard {
             }
             if since_retention >= self.settings.retention_check_interval {
                 since_retention = Duration::ZERO;
+                groups::clean_offsets(&self).await;
                 for partition in &partitions {
                     match partition.log.enforce_retention().await {
                         Ok(deleted) if !deleted.is_empty() => info!(
