@@ -304,7 +304,9 @@ fn payload_bytes(size: usize) -> Vec<u8> {
         .collect()
 }
 
-fn consume(args: &Args) -> Result<()> {
+/// A consumer that will be assigned partitions directly (no group joined, nothing committed),
+/// and the partition ids of `--topic`.
+fn assigning_consumer(args: &Args) -> Result<(BaseConsumer, Vec<i32>)> {
     let consumer: BaseConsumer = client_config(args)
         // librdkafka's assign() refuses to work without a group.id ("Local: Unknown group"),
         // but with assign and no commits the group is never joined.
@@ -322,12 +324,16 @@ fn consume(args: &Args) -> Result<()> {
     if let Some(error) = topic.error() {
         bail!("topic {}: {error:?}", args.topic);
     }
+    let partitions = topic.partitions().iter().map(|p| p.id()).collect();
+    Ok((consumer, partitions))
+}
 
+fn consume(args: &Args) -> Result<()> {
+    let (consumer, partitions) = assigning_consumer(args)?;
     // Read each partition up to the high watermark it has now.
     let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
-    for partition in topic.partitions() {
-        let id = partition.id();
+    for id in partitions {
         let (low, high) = consumer
             .fetch_watermarks(&args.topic, id, REQUEST_TIMEOUT)
             .with_context(|| format!("watermarks of partition {id}"))?;
@@ -375,25 +381,14 @@ fn end_to_end(args: &Args) -> Result<()> {
         bail!("--end-to-end needs --rate: latency at an unlimited rate measures queueing");
     }
     create_topic_if_missing(args)?;
-    let consumer: BaseConsumer = client_config(args)
-        .set("group.id", "kafka-client-bench-unused")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .create()
-        .context("create consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(&args.topic), REQUEST_TIMEOUT)
-        .context("Metadata")?;
-    let Some(topic) = metadata.topics().first() else {
-        bail!("no metadata for topic {}", args.topic);
-    };
+    let (consumer, partitions) = assigning_consumer(args)?;
     // Start at each partition's current end, known exactly, so no record is skipped.
     let mut assignment = TopicPartitionList::new();
-    for partition in topic.partitions() {
+    for id in partitions {
         let (_, high) = consumer
-            .fetch_watermarks(&args.topic, partition.id(), REQUEST_TIMEOUT)
+            .fetch_watermarks(&args.topic, id, REQUEST_TIMEOUT)
             .context("watermarks")?;
-        assignment.add_partition_offset(&args.topic, partition.id(), Offset::Offset(high))?;
+        assignment.add_partition_offset(&args.topic, id, Offset::Offset(high))?;
     }
     consumer.assign(&assignment).context("assign")?;
     let origin = Instant::now();

@@ -21,11 +21,13 @@ fi
 
 # The end-to-end tests drive the broker with kcat (Debian's, librdkafka 2.0.2) and with the
 # rdkafka crate, whose build compiles librdkafka 2.12 from source with its configure script
-# and make (a C compiler and make; zlib comes from the libz-sys crate if not installed).
+# and make (build-essential: C and C++ compilers, make, libc headers; zlib comes from the
+# libz-sys crate if not installed).
 missing=()
 command -v kcat >/dev/null || missing+=(kcat)
-command -v make >/dev/null || missing+=(make)
-command -v cc >/dev/null || missing+=(gcc)
+if ! command -v make >/dev/null || ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then
+    missing+=(build-essential)
+fi
 if [ "${#missing[@]}" != 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && apt-get install -y -qq "${missing[@]}"

@@ -160,20 +160,58 @@ async fn commit(
     Ok(())
 }
 
-/// Runs `job` on the controller; an unreachable controller fails every item.
-async fn on_controller<T, F, Fut>(
+/// Runs a batch of catalog edits on the controller, one batch at a time: `edit` decides each
+/// item against the catalog as edited so far and returns its result and the change it makes.
+/// Unless `validate_only`, the changes are applied to the catalog, written and applied by every
+/// shard (`commit`); if that fails, every item that succeeded fails with it. An unreachable
+/// controller fails every item.
+async fn edit_catalog<I, T, F>(
     shard: &Rc<Shard>,
-    items: usize,
-    job: F,
+    items: Vec<I>,
+    validate_only: bool,
+    edit: F,
 ) -> Vec<Result<T, AdminError>>
 where
+    I: Send + 'static,
     T: Send + 'static,
-    F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Vec<Result<T, AdminError>>> + 'static,
+    F: Fn(&Shard, &Catalog, I) -> Result<(T, Change), AdminError> + Send + 'static,
 {
+    let count = items.len();
+    let job = move |controller: Rc<Shard>| async move {
+        let _permit = controller.admin.acquire_permit(1).await;
+        let mut catalog = controller.catalog.borrow().clone();
+        let mut changes = Vec::new();
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let result = edit(&controller, &catalog, item).map(|(value, change)| {
+                if !validate_only {
+                    match &change {
+                        Change::Upsert { name, topic } => {
+                            info!(topic = name, partitions = topic.partitions.len(), configs = ?topic.configs, "topic created or changed");
+                            catalog.topics.insert(name.clone(), topic.clone());
+                        }
+                        Change::Remove { name, .. } => {
+                            info!(topic = name, "deleting topic");
+                            catalog.topics.remove(name);
+                        }
+                    }
+                    changes.push(change);
+                }
+                value
+            });
+            results.push(result);
+        }
+        if let Err(failure) = commit(&controller, &catalog, changes).await {
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(failure.clone())))
+                .collect();
+        }
+        results
+    };
     match shard.on(CONTROLLER, job).await {
         Ok(results) => results,
-        Err(error) => (0..items)
+        Err(error) => (0..count)
             .map(|_| {
                 Err(AdminError::new(
                     ResponseError::NotController,
@@ -190,35 +228,13 @@ pub async fn create_on_controller(
     specs: Vec<TopicSpec>,
     validate_only: bool,
 ) -> Vec<Result<Topic, AdminError>> {
-    let count = specs.len();
-    on_controller(shard, count, move |controller| async move {
-        let _permit = controller.admin.acquire_permit(1).await;
-        let mut catalog = controller.catalog.borrow().clone();
-        let mut changes = Vec::new();
-        let mut results = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let result = new_topic(&controller, &catalog, &spec);
-            if let (Ok(topic), false) = (&result, validate_only) {
-                catalog.topics.insert(spec.name.clone(), topic.clone());
-                changes.push(Change::Upsert {
-                    name: spec.name.clone(),
-                    topic: topic.clone(),
-                });
-                info!(
-                    topic = spec.name,
-                    partitions = topic.partitions.len(),
-                    "creating topic"
-                );
-            }
-            results.push(result);
-        }
-        if let Err(failure) = commit(&controller, &catalog, changes).await {
-            return results
-                .into_iter()
-                .map(|r| r.and(Err(failure.clone())))
-                .collect();
-        }
-        results
+    edit_catalog(shard, specs, validate_only, |controller, catalog, spec| {
+        let topic = new_topic(controller, catalog, &spec)?;
+        let change = Change::Upsert {
+            name: spec.name,
+            topic: topic.clone(),
+        };
+        Ok((topic, change))
     })
     .await
 }
@@ -386,53 +402,32 @@ pub async fn delete_topics(
             .map(|n| (Some(n.to_string()), uuid::Uuid::nil()))
             .collect()
     };
-    let asked = wanted.clone();
-    let results = on_controller(shard, wanted.len(), move |controller| async move {
-        let _permit = controller.admin.acquire_permit(1).await;
-        let mut catalog = controller.catalog.borrow().clone();
-        let mut changes = Vec::new();
-        let mut results = Vec::with_capacity(asked.len());
-        for (name, id) in asked {
-            let found = match &name {
-                Some(name) => catalog
-                    .topics
-                    .get_key_value(name)
-                    .map(|(n, t)| (n.clone(), t.clone())),
-                None => catalog.by_id(id).map(|(n, t)| (n.clone(), t.clone())),
-            };
-            match found {
-                Some((name, _)) if name == super::groups::OFFSETS_TOPIC => {
-                    results.push(Err(AdminError::new(
-                        ResponseError::InvalidTopicException,
-                        "the internal offsets topic cannot be deleted",
-                    )));
-                }
-                Some((name, topic)) => {
-                    catalog.topics.remove(&name);
-                    info!(topic = name, "deleting topic");
-                    changes.push(Change::Remove {
-                        name: name.clone(),
-                        topic: topic.clone(),
-                    });
-                    results.push(Ok((name, topic.uuid())));
-                }
-                None if name.is_some() => results.push(Err(AdminError::new(
-                    ResponseError::UnknownTopicOrPartition,
-                    "this server does not host this topic",
-                ))),
-                None => results.push(Err(AdminError::new(
-                    ResponseError::UnknownTopicId,
-                    "no topic has this id",
-                ))),
-            }
+    let results = edit_catalog(shard, wanted.clone(), false, |_, catalog, (name, id)| {
+        let found = match &name {
+            Some(name) => catalog.topics.get_key_value(name),
+            None => catalog.by_id(id),
+        };
+        match found {
+            Some((name, _)) if name == super::groups::OFFSETS_TOPIC => Err(AdminError::new(
+                ResponseError::InvalidTopicException,
+                "the internal offsets topic cannot be deleted",
+            )),
+            Some((name, topic)) => Ok((
+                (name.clone(), topic.uuid()),
+                Change::Remove {
+                    name: name.clone(),
+                    topic: topic.clone(),
+                },
+            )),
+            None if name.is_some() => Err(AdminError::new(
+                ResponseError::UnknownTopicOrPartition,
+                "this server does not host this topic",
+            )),
+            None => Err(AdminError::new(
+                ResponseError::UnknownTopicId,
+                "no topic has this id",
+            )),
         }
-        if let Err(failure) = commit(&controller, &catalog, changes).await {
-            return results
-                .into_iter()
-                .map(|r| r.and(Err(failure.clone())))
-                .collect();
-        }
-        results
     })
     .await;
     let responses = wanted
@@ -483,33 +478,15 @@ pub async fn create_partitions(
             (topic.name.to_string(), topic.count, placement)
         })
         .collect();
-    let validate_only = request.validate_only;
-    let results = on_controller(shard, asked.len(), move |controller| async move {
-        let _permit = controller.admin.acquire_permit(1).await;
-        let mut catalog = controller.catalog.borrow().clone();
-        let mut changes = Vec::new();
-        let mut results = Vec::with_capacity(asked.len());
-        for (name, count, placement) in asked {
-            let result = placement
-                .and_then(|placement| grow(&controller, &catalog, &name, count, placement));
-            if let (Ok(topic), false) = (&result, validate_only) {
-                catalog.topics.insert(name.clone(), topic.clone());
-                info!(topic = name, partitions = count, "adding partitions");
-                changes.push(Change::Upsert {
-                    name: name.clone(),
-                    topic: topic.clone(),
-                });
-            }
-            results.push(result.map(|_| ()));
-        }
-        if let Err(failure) = commit(&controller, &catalog, changes).await {
-            return results
-                .into_iter()
-                .map(|r| r.and(Err(failure.clone())))
-                .collect();
-        }
-        results
-    })
+    let results = edit_catalog(
+        shard,
+        asked,
+        request.validate_only,
+        |controller, catalog, (name, count, placement)| {
+            let topic = grow(controller, catalog, &name, count, placement?)?;
+            Ok(((), Change::Upsert { name, topic }))
+        },
+    )
     .await;
     let results = request
         .topics
@@ -782,32 +759,15 @@ pub async fn incremental_alter_configs(
         .iter()
         .filter_map(|a| a.as_ref().ok().cloned())
         .collect();
-    let validate_only = request.validate_only;
-    let mut altered = on_controller(shard, topics.len(), move |controller| async move {
-        let _permit = controller.admin.acquire_permit(1).await;
-        let mut catalog = controller.catalog.borrow().clone();
-        let mut changes = Vec::new();
-        let mut results = Vec::with_capacity(topics.len());
-        for (name, ops) in topics {
-            let result = alter(&catalog, &name, &ops);
-            if let (Ok(topic), false) = (&result, validate_only) {
-                catalog.topics.insert(name.clone(), topic.clone());
-                info!(topic = name, configs = ?topic.configs, "topic configs changed");
-                changes.push(Change::Upsert {
-                    name: name.clone(),
-                    topic: topic.clone(),
-                });
-            }
-            results.push(result.map(|_| ()));
-        }
-        if let Err(failure) = commit(&controller, &catalog, changes).await {
-            return results
-                .into_iter()
-                .map(|r| r.and(Err(failure.clone())))
-                .collect();
-        }
-        results
-    })
+    let mut altered = edit_catalog(
+        shard,
+        topics,
+        request.validate_only,
+        |_, catalog, (name, ops)| {
+            let topic = alter(catalog, &name, &ops)?;
+            Ok(((), Change::Upsert { name, topic }))
+        },
+    )
     .await
     .into_iter();
     let responses = request

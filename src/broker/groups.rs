@@ -49,6 +49,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use ringlog_engine::batch::{self, BatchBuilder};
+use ringlog_engine::{Clock, SystemClock};
 use ringlog_net::errors;
 use ringlog_net::handlers::ClientInfo;
 use tracing::{debug, info, warn};
@@ -612,15 +613,13 @@ async fn join_local(
             return join_error(ResponseError::UnknownMemberId, &request.member_id);
         }
         group.pending.remove(&member_id);
-        let mut previous = static_previous
-            .filter(|old| *old != member_id)
-            .and_then(|old| group.members.remove(&old));
-        if let (Some(old), Some(leader)) = (&previous, &group.leader) {
-            if !group.members.contains_key(leader) && old.instance_id.is_some() {
-                group.leader = Some(member_id.clone());
-            }
+        // The static member's old id gives way to the new one, leadership included.
+        let replaced = static_previous.filter(|old| *old != member_id);
+        if replaced.is_some() && group.leader == replaced {
+            group.leader = Some(member_id.clone());
         }
-        let existing = group.members.remove(&member_id).or(previous.take());
+        let previous = replaced.and_then(|old| group.members.remove(&old));
+        let existing = group.members.remove(&member_id).or(previous);
         let join_order = existing.as_ref().map_or_else(
             || {
                 group.next_join_order += 1;
@@ -628,7 +627,6 @@ async fn join_local(
             },
             |m| m.join_order,
         );
-        let changed_protocols = existing.as_ref().is_none_or(|m| m.protocols != protocols);
         group.members.insert(
             member_id.clone(),
             Member {
@@ -654,7 +652,6 @@ async fn join_local(
             // after a restart, or a client that lost its SyncGroup answer) still triggers a
             // rebalance, as Kafka does for dynamic members; simple and always correct.
             State::Empty | State::Stable | State::CompletingRebalance => {
-                let _ = changed_protocols;
                 let initial_delay = shard.settings.group_initial_rebalance_delay;
                 group.start_rebalance(now, initial_delay);
                 if let Some(member) = group.members.get_mut(&member_id) {
@@ -668,12 +665,7 @@ async fn join_local(
             }
         }
         let generation = group.generation;
-        if !group.completer_running {
-            group.completer_running = true;
-            let shard = Rc::clone(shard);
-            let id = group_id.clone();
-            glommio::spawn_local(async move { complete_when_ready(&shard, &id).await }).detach();
-        }
+        ensure_completer(shard, &group_id, group);
         (member_id, generation)
     };
     coordinator.changed.notify(usize::MAX);
@@ -878,13 +870,7 @@ async fn sync_local(
                 {
                     let delay = shard.settings.group_initial_rebalance_delay;
                     group.start_rebalance(Instant::now(), delay);
-                    if !group.completer_running {
-                        group.completer_running = true;
-                        let shard = Rc::clone(shard);
-                        let id = group_id.clone();
-                        glommio::spawn_local(async move { complete_when_ready(&shard, &id).await })
-                            .detach();
-                    }
+                    ensure_completer(shard, &group_id, group);
                 }
             }
             drop(groups);
@@ -1026,12 +1012,18 @@ fn member_gone(shard: &Rc<Shard>, group_id: &str, group: &mut Group) {
     if group.state != State::PreparingRebalance {
         group.start_rebalance(Instant::now(), shard.settings.group_initial_rebalance_delay);
     }
-    if !group.completer_running {
-        group.completer_running = true;
-        let shard = Rc::clone(shard);
-        let id = group_id.to_owned();
-        glommio::spawn_local(async move { complete_when_ready(&shard, &id).await }).detach();
+    ensure_completer(shard, group_id, group);
+}
+
+/// Starts the task completing `group`'s rebalance, unless one is running.
+fn ensure_completer(shard: &Rc<Shard>, group_id: &str, group: &mut Group) {
+    if group.completer_running {
+        return;
     }
+    group.completer_running = true;
+    let shard = Rc::clone(shard);
+    let id = group_id.to_owned();
+    glommio::spawn_local(async move { complete_when_ready(&shard, &id).await }).detach();
 }
 
 /// Removes members whose session expired (no heartbeat for their session timeout, and no
@@ -1159,9 +1151,7 @@ async fn commit_local(
             Some(ResponseError::CoordinatorNotAvailable)
         });
     };
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = SystemClock.now_ms();
     let mut builder = BatchBuilder::new(now_ms);
     let mut accepted: Vec<(String, i32, Committed)> = Vec::new();
     let mut too_large: HashSet<(String, i32)> = HashSet::new();
@@ -1541,9 +1531,7 @@ pub async fn clean_offsets(shard: &Shard) -> usize {
                     .map(move |((topic, p), c)| (offset_key(group, topic, *p), offset_value(c)))
             })
             .collect();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = SystemClock.now_ms();
         let mut failed = false;
         for chunk in live.chunks(CLEANING_BATCH_RECORDS) {
             let mut builder = BatchBuilder::new(now_ms);
@@ -1597,9 +1585,7 @@ async fn forget_offsets(
     let Some(log) = shard.partition(OFFSETS_TOPIC, offsets_partition as i32) else {
         return Err(ResponseError::CoordinatorNotAvailable);
     };
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = SystemClock.now_ms();
     let mut builder = BatchBuilder::new(now_ms);
     for (topic, partition) in &partitions {
         builder = builder.record(now_ms, Some(&offset_key(group, topic, *partition)), None);

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::metadata_response::{
-    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
     BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
@@ -13,7 +13,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use ringlog_net::handlers::metadata::{single_broker_response, unknown_topic};
+use ringlog_net::handlers::metadata::{cluster_response, unknown_topic};
 
 use super::admin::{self, TopicSpec};
 use super::catalog::{check_topic_name, Topic};
@@ -28,20 +28,12 @@ pub async fn metadata(
     version: i16,
 ) -> MetadataResponse {
     let topology = &shard.settings.topology;
-    let mut response = single_broker_response(version, &shard.identity);
-    response.brokers = topology
-        .nodes()
-        .into_iter()
-        .map(|(node, port)| {
-            MetadataResponseBroker::default()
-                .with_node_id(BrokerId(node))
-                .with_host(StrBytes::from_string(topology.advertised_host.clone()))
-                .with_port(i32::from(port))
-        })
-        .collect();
-    if version >= 1 {
-        response.controller_id = BrokerId(topology.node_of(0));
-    }
+    let mut response = cluster_response(
+        version,
+        &shard.identity,
+        &topology.nodes(),
+        topology.node_of(0),
+    );
     let auto_create =
         shard.settings.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     let Some(wanted) = &request.topics else {

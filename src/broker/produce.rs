@@ -323,9 +323,10 @@ async fn wait_until_stored(
     }
 }
 
-/// Splits a partition's records into its batches, each checked as a producer batch, so that
-/// nothing is appended when any of them is refused. Clients send one batch per partition;
-/// Kafka refuses more, ringlog appends them in order.
+/// Splits a partition's records into its batches. Clients send one batch per partition, which
+/// the log's append validates itself (CRC, records) before storing anything. Kafka refuses
+/// more; ringlog appends them in order, and checks every one of them as a producer batch
+/// first, so that nothing is appended when any of them is refused.
 fn split_batches(records: &Bytes, max_bytes: usize) -> Result<Vec<Bytes>, BatchError> {
     let mut batches = Vec::with_capacity(1);
     let mut start = 0;
@@ -345,14 +346,17 @@ fn split_batches(records: &Bytes, max_bytes: usize) -> Result<Vec<Bytes>, BatchE
                 declared: i64::from(declared),
                 actual_bytes: rest.len(),
             })?;
-        let batch = records.slice(start..start + total);
-        let header = batch::validate(&batch, max_bytes)?;
-        batch::check_producer_batch(&header, &batch)?;
-        batches.push(batch);
+        batches.push(records.slice(start..start + total));
         start += total;
     }
     if batches.is_empty() {
         return Err(BatchError::TooShort { actual_bytes: 0 });
+    }
+    if batches.len() > 1 {
+        for batch in &batches {
+            let header = batch::validate(batch, max_bytes)?;
+            batch::check_producer_batch(&header, batch)?;
+        }
     }
     Ok(batches)
 }

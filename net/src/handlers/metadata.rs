@@ -13,16 +13,26 @@ use kafka_protocol::ResponseError;
 
 use super::BrokerIdentity;
 
-/// A response listing this one broker as the whole cluster and its controller, with no topics.
-pub fn single_broker_response(version: i16, broker: &BrokerIdentity) -> MetadataResponse {
-    let this_broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(broker.node_id))
-        .with_host(StrBytes::from_string(broker.advertised_host.clone()))
-        .with_port(i32::from(broker.advertised_port));
-    let mut response = MetadataResponse::default().with_brokers(vec![this_broker]);
+/// A response listing the cluster's nodes, (node id, port) on the advertised host, with
+/// `controller_id` as controller, and no topics.
+pub fn cluster_response(
+    version: i16,
+    broker: &BrokerIdentity,
+    nodes: &[(i32, u16)],
+    controller_id: i32,
+) -> MetadataResponse {
+    let brokers = nodes
+        .iter()
+        .map(|&(node, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(node))
+                .with_host(StrBytes::from_string(broker.advertised_host.clone()))
+                .with_port(i32::from(port))
+        })
+        .collect();
+    let mut response = MetadataResponse::default().with_brokers(brokers);
     if version >= 1 {
-        // The only broker is its own controller.
-        response = response.with_controller_id(BrokerId(broker.node_id));
+        response = response.with_controller_id(BrokerId(controller_id));
     }
     if version >= 2 {
         response = response.with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())));

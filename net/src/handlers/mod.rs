@@ -473,7 +473,8 @@ mod tests {
             &self.0
         }
         async fn metadata(&self, _: MetadataRequest, version: i16) -> MetadataResponse {
-            metadata::single_broker_response(version, &self.0)
+            let node = (self.0.node_id, self.0.advertised_port);
+            metadata::cluster_response(version, &self.0, &[node], self.0.node_id)
         }
         async fn produce(&self, request: ProduceRequest, _: i16) -> Option<ProduceResponse> {
             (request.acks != 0).then(ProduceResponse::default)
