@@ -30,7 +30,8 @@ pub const DEFAULT_NODE_ID: i32 = 0;
 const AFTER_HELP: &str = "Each setting can also come from the environment variable shown \
 or from the TOML file given by --config (keys: listen, advertised_listener, data_dir, cores, \
 node_id, socket_request_max_bytes, auto_create_topics_enable, num_partitions, \
-log_retention_check_interval_ms, node_per_shard, group_initial_rebalance_delay_ms). Flags win over the environment, which wins over the \
+log_retention_check_interval_ms, node_per_shard, group_initial_rebalance_delay_ms, \
+group_consumer_heartbeat_interval_ms, group_consumer_session_timeout_ms). Flags win over the environment, which wins over the \
 file, which wins over the defaults. Logging is filtered by RUST_LOG (default: info).";
 
 /// `ringlog serve` flags. Every value is optional here so that a missing flag falls through to
@@ -87,6 +88,16 @@ pub struct ServeArgs {
     /// [default: 3000]
     #[arg(long, value_name = "MS")]
     pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// How often members of a consumer-protocol group (KIP-848) heartbeat, Kafka's
+    /// group.consumer.heartbeat.interval.ms [env: RINGLOG_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS]
+    /// [default: 5000]
+    #[arg(long, value_name = "MS")]
+    pub group_consumer_heartbeat_interval_ms: Option<u64>,
+    /// How long a consumer-protocol group member may go without a heartbeat before it is
+    /// removed, Kafka's group.consumer.session.timeout.ms
+    /// [env: RINGLOG_GROUP_CONSUMER_SESSION_TIMEOUT_MS] [default: 45000]
+    #[arg(long, value_name = "MS")]
+    pub group_consumer_session_timeout_ms: Option<u64>,
 }
 
 /// A `host:port` pair as written by the user; the host may be a name or an IP (IPv6 in
@@ -179,6 +190,8 @@ pub struct Layer {
     pub log_retention_check_interval_ms: Option<u64>,
     pub node_per_shard: Option<bool>,
     pub group_initial_rebalance_delay_ms: Option<u64>,
+    pub group_consumer_heartbeat_interval_ms: Option<u64>,
+    pub group_consumer_session_timeout_ms: Option<u64>,
 }
 
 impl Layer {
@@ -195,6 +208,8 @@ impl Layer {
             log_retention_check_interval_ms: args.log_retention_check_interval_ms,
             node_per_shard: args.node_per_shard,
             group_initial_rebalance_delay_ms: args.group_initial_rebalance_delay_ms,
+            group_consumer_heartbeat_interval_ms: args.group_consumer_heartbeat_interval_ms,
+            group_consumer_session_timeout_ms: args.group_consumer_session_timeout_ms,
         }
     }
 
@@ -217,6 +232,14 @@ impl Layer {
             group_initial_rebalance_delay_ms: env_value(
                 lookup,
                 "RINGLOG_GROUP_INITIAL_REBALANCE_DELAY_MS",
+            )?,
+            group_consumer_heartbeat_interval_ms: env_value(
+                lookup,
+                "RINGLOG_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS",
+            )?,
+            group_consumer_session_timeout_ms: env_value(
+                lookup,
+                "RINGLOG_GROUP_CONSUMER_SESSION_TIMEOUT_MS",
             )?,
         })
     }
@@ -263,6 +286,8 @@ pub struct ServeConfig {
     pub log_retention_check_interval_ms: u64,
     pub node_per_shard: bool,
     pub group_initial_rebalance_delay_ms: u64,
+    pub group_consumer_heartbeat_interval_ms: u64,
+    pub group_consumer_session_timeout_ms: u64,
 }
 
 impl ServeConfig {
@@ -338,6 +363,14 @@ pub fn resolve(
             layer.group_initial_rebalance_delay_ms
         })
         .unwrap_or(3000),
+        group_consumer_heartbeat_interval_ms: first(&layers, |layer| {
+            layer.group_consumer_heartbeat_interval_ms
+        })
+        .unwrap_or(5000),
+        group_consumer_session_timeout_ms: first(&layers, |layer| {
+            layer.group_consumer_session_timeout_ms
+        })
+        .unwrap_or(45_000),
         listen,
     };
     check_ranges(&config, cores_available)?;
@@ -376,6 +409,22 @@ fn check_ranges(config: &ServeConfig, cores_available: usize) -> Result<(), Conf
             setting: "node_id",
             expected: "0 or more".to_owned(),
             value: config.node_id.to_string(),
+        });
+    }
+    // Kafka requires the session to outlast the heartbeat interval; both travel as i32 ms.
+    let heartbeat_ms = config.group_consumer_heartbeat_interval_ms;
+    if heartbeat_ms == 0 || heartbeat_ms > i32::MAX as u64 {
+        return Err(ConfigError::OutOfRange {
+            setting: "group_consumer_heartbeat_interval_ms",
+            expected: format!("between 1 and {}", i32::MAX),
+            value: heartbeat_ms.to_string(),
+        });
+    }
+    if config.group_consumer_session_timeout_ms <= heartbeat_ms {
+        return Err(ConfigError::OutOfRange {
+            setting: "group_consumer_session_timeout_ms",
+            expected: format!("more than group_consumer_heartbeat_interval_ms ({heartbeat_ms})"),
+            value: config.group_consumer_session_timeout_ms.to_string(),
         });
     }
     // The size prefix is an i32; 8 bytes is the smallest request header.
@@ -421,6 +470,22 @@ mod tests {
         assert_eq!(config.cores, 4);
         assert_eq!(config.node_id, DEFAULT_NODE_ID);
         assert_eq!(config.socket_request_max_bytes, 104_857_600);
+        assert_eq!(config.group_consumer_heartbeat_interval_ms, 5000);
+        assert_eq!(config.group_consumer_session_timeout_ms, 45_000);
+    }
+
+    #[test]
+    fn consumer_group_timings_come_from_the_environment_and_are_checked() {
+        let env = env_of(&[
+            ("RINGLOG_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS", "500"),
+            ("RINGLOG_GROUP_CONSUMER_SESSION_TIMEOUT_MS", "3000"),
+        ]);
+        let config = resolve(&Layer::default(), &env, &Layer::default(), 1).expect("valid");
+        assert_eq!(config.group_consumer_heartbeat_interval_ms, 500);
+        assert_eq!(config.group_consumer_session_timeout_ms, 3000);
+        let env = env_of(&[("RINGLOG_GROUP_CONSUMER_SESSION_TIMEOUT_MS", "5000")]);
+        let error = resolve(&Layer::default(), &env, &Layer::default(), 1).expect_err("equal");
+        assert!(error.to_string().contains("session_timeout"), "{error}");
     }
 
     #[test]

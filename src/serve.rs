@@ -233,6 +233,12 @@ fn run_shards(
             group_initial_rebalance_delay: Duration::from_millis(
                 config.group_initial_rebalance_delay_ms,
             ),
+            group_consumer_heartbeat_interval: Duration::from_millis(
+                config.group_consumer_heartbeat_interval_ms,
+            ),
+            group_consumer_session_timeout: Duration::from_millis(
+                config.group_consumer_session_timeout_ms,
+            ),
         },
         catalog,
         stop: Arc::clone(stop),

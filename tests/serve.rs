@@ -108,13 +108,15 @@ fn assert_api_ranges(response: &ApiVersionsResponse) {
         (ApiKey::SyncGroup, 0, 5),
         (ApiKey::Heartbeat, 0, 4),
         (ApiKey::LeaveGroup, 0, 5),
-        (ApiKey::OffsetCommit, 2, 8),
-        (ApiKey::OffsetFetch, 1, 8),
-        (ApiKey::ListGroups, 0, 4),
+        (ApiKey::OffsetCommit, 2, 9),
+        (ApiKey::OffsetFetch, 1, 9),
+        (ApiKey::ListGroups, 0, 5),
         (ApiKey::DescribeGroups, 0, 5),
         (ApiKey::DeleteGroups, 0, 2),
         (ApiKey::OffsetDelete, 0, 0),
         (ApiKey::InitProducerId, 0, 5),
+        (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+        (ApiKey::ConsumerGroupDescribe, 0, 1),
     ];
     let expected: Vec<(i16, i16, i16)> = expected
         .iter()

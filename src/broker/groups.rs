@@ -1,4 +1,5 @@
-//! Consumer groups (the classic protocol) and committed offsets.
+//! Consumer groups (the classic protocol, and the glue of the new one, KIP-848, whose state
+//! machine is `consumer_group`) and committed offsets.
 //!
 //! Every group has a coordinator: the shard owning the group's partition of the internal
 //! `__consumer_offsets` topic (partition = Java `String.hashCode` of the group id, masked
@@ -20,6 +21,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_listener::Event;
+use kafka_protocol::messages::consumer_group_describe_response::{
+    Assignment as DescribedAssignment, DescribedGroup as ConsumerDescribedGroup,
+    Member as DescribedMember, TopicPartitions as DescribedTopicPartitions,
+};
+use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions as ConsumerGroupHeartbeatTopicPartitions;
+use kafka_protocol::messages::consumer_group_heartbeat_response::{
+    Assignment as HeartbeatAssignment, TopicPartitions as ConsumerGroupHeartbeatResponsePartitions,
+};
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
@@ -44,6 +53,10 @@ use kafka_protocol::messages::{
     OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::messages::{
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse,
+};
+use kafka_protocol::messages::{
     DeleteGroupsRequest, DeleteGroupsResponse, OffsetDeleteRequest, OffsetDeleteResponse,
 };
 use kafka_protocol::protocol::StrBytes;
@@ -54,6 +67,9 @@ use ringlog_net::errors;
 use ringlog_net::handlers::ClientInfo;
 use tracing::{debug, info, warn};
 
+use super::consumer_group::{
+    self, Assignment, ConsumerGroup, Heartbeat, HeartbeatAnswer, HeartbeatError, TopicInfo,
+};
 use super::Shard;
 
 /// The internal topic holding committed offsets.
@@ -238,6 +254,8 @@ type GroupOffsets = BTreeMap<(String, i32), Committed>;
 /// The groups this shard coordinates and their committed offsets.
 pub struct Coordinator {
     groups: RefCell<HashMap<String, Group>>,
+    /// Groups of the new protocol (KIP-848); a group id is in at most one of the two maps.
+    consumer: RefCell<HashMap<String, ConsumerGroup>>,
     offsets: RefCell<HashMap<String, GroupOffsets>>,
     /// Notified on every group change; waiting joins and syncs re-check their group.
     changed: Event,
@@ -251,6 +269,7 @@ impl Default for Coordinator {
     fn default() -> Self {
         Self {
             groups: RefCell::default(),
+            consumer: RefCell::default(),
             offsets: RefCell::default(),
             changed: Event::new(),
             next_member: Cell::new(0),
@@ -573,6 +592,17 @@ async fn join_local(
         .map(|p| (p.name.to_string(), p.metadata.clone()))
         .collect();
     let instance_id = request.group_instance_id.as_ref().map(|i| i.to_string());
+    {
+        // A group of the new protocol with members takes no classic member (Kafka's answer
+        // without online migration); an empty one becomes a classic group.
+        let mut consumer = coordinator.consumer.borrow_mut();
+        if let Some(group) = consumer.get(&group_id) {
+            if !group.members.is_empty() {
+                return join_error(ResponseError::InconsistentGroupProtocol, &request.member_id);
+            }
+            consumer.remove(&group_id);
+        }
+    }
     let now = Instant::now();
     let (member_id, generation_at_join) = {
         let mut groups = coordinator.groups.borrow_mut();
@@ -1031,6 +1061,7 @@ fn ensure_completer(shard: &Rc<Shard>, group_id: &str, group: &mut Group) {
 pub fn expire_sessions(shard: &Rc<Shard>) {
     let coordinator = &shard.groups;
     let now = Instant::now();
+    expire_consumer_members(shard, now);
     let mut changed = false;
     {
         let mut groups = coordinator.groups.borrow_mut();
@@ -1106,11 +1137,22 @@ fn commit_response(
 async fn commit_local(
     shard: &Rc<Shard>,
     request: OffsetCommitRequest,
-    _version: i16,
+    version: i16,
 ) -> OffsetCommitResponse {
     let group_id = request.group_id.to_string();
+    let consumer_refusal = shard.groups.consumer.borrow().get(&group_id).map(|group| {
+        consumer_commit_refusal(
+            group,
+            &request.member_id,
+            request.generation_id_or_member_epoch,
+            version,
+        )
+    });
+    let is_consumer_group = consumer_refusal.is_some();
     // Whether the committer may commit for the group now.
-    let refused = {
+    let refused = if let Some(refusal) = consumer_refusal {
+        refusal
+    } else {
         let mut groups = shard.groups.groups.borrow_mut();
         match groups.get_mut(&group_id) {
             Some(group) if !group.members.is_empty() => {
@@ -1199,6 +1241,8 @@ async fn commit_local(
                 Some(committed),
             );
         }
+    }
+    if failure.is_none() && !is_consumer_group {
         shard
             .groups
             .groups
@@ -1223,10 +1267,20 @@ fn fetch_local(
     shard: &Shard,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
-) -> FetchedOffsets {
+    member: Option<(String, i32)>,
+) -> Result<FetchedOffsets, ResponseError> {
+    if let Some(refusal) = shard
+        .groups
+        .consumer
+        .borrow()
+        .get(group)
+        .and_then(|g| consumer_fetch_refusal(g, member.as_ref()))
+    {
+        return Err(refusal);
+    }
     let offsets = shard.groups.offsets.borrow();
     let committed = offsets.get(group);
-    match topics {
+    Ok(match topics {
         Some(topics) => topics
             .into_iter()
             .map(|(topic, partitions)| {
@@ -1252,23 +1306,26 @@ fn fetch_local(
             }
             by_topic.into_iter().collect()
         }
-    }
+    })
 }
 
+/// `member`: the member id and epoch an OffsetFetch v9+ names, checked against a
+/// consumer-protocol group.
 async fn fetch_offsets(
     shard: &Rc<Shard>,
     group: String,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    member: Option<(String, i32)>,
 ) -> Result<FetchedOffsets, ResponseError> {
     let Some((owner, _)) = coordinator_of(shard, &group) else {
         return Err(ResponseError::CoordinatorNotAvailable);
     };
     shard
         .on(owner, move |owner| async move {
-            fetch_local(&owner, &group, topics)
+            fetch_local(&owner, &group, topics, member)
         })
         .await
-        .map_err(|_| ResponseError::CoordinatorNotAvailable)
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?
 }
 
 pub async fn offset_fetch(
@@ -1286,7 +1343,12 @@ pub async fn offset_fetch(
                     .collect()
             });
             let entry = OffsetFetchResponseGroup::default().with_group_id(wanted.group_id.clone());
-            let entry = match fetch_offsets(shard, wanted.group_id.to_string(), topics).await {
+            let member = wanted
+                .member_id
+                .as_ref()
+                .map(|id| (id.to_string(), wanted.member_epoch));
+            let group = wanted.group_id.to_string();
+            let entry = match fetch_offsets(shard, group, topics, member).await {
                 Ok(found) => entry.with_topics(
                     found
                         .into_iter()
@@ -1321,7 +1383,7 @@ pub async fn offset_fetch(
             .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
             .collect()
     });
-    match fetch_offsets(shard, request.group_id.to_string(), topics).await {
+    match fetch_offsets(shard, request.group_id.to_string(), topics, None).await {
         Ok(found) => {
             let topics = found
                 .into_iter()
@@ -1371,21 +1433,32 @@ fn committed_fields(committed: Option<Committed>) -> (i64, i32, String) {
 // ---------------------------------------------------------------------------------------------
 // ListGroups, DescribeGroups
 
-/// (group id, protocol type, state) of every group this shard coordinates.
-fn groups_here(shard: &Shard) -> Vec<(String, String, &'static str)> {
-    shard
-        .groups
-        .groups
-        .borrow()
-        .iter()
-        .map(|(id, g)| {
-            (
-                id.clone(),
-                g.protocol_type.clone().unwrap_or_default(),
-                g.state.name(),
-            )
-        })
-        .collect()
+/// A group as ListGroups shows it.
+struct Listed {
+    id: String,
+    protocol_type: String,
+    state: &'static str,
+    /// "classic" or "consumer" (KIP-848).
+    kind: &'static str,
+}
+
+/// Every group this shard coordinates.
+fn groups_here(shard: &Shard) -> Vec<Listed> {
+    let classic = shard.groups.groups.borrow();
+    let consumer = shard.groups.consumer.borrow();
+    let classic = classic.iter().map(|(id, g)| Listed {
+        id: id.clone(),
+        protocol_type: g.protocol_type.clone().unwrap_or_default(),
+        state: g.state.name(),
+        kind: "classic",
+    });
+    let consumer = consumer.iter().map(|(id, g)| Listed {
+        id: id.clone(),
+        protocol_type: "consumer".to_owned(),
+        state: g.state(),
+        kind: "consumer",
+    });
+    classic.chain(consumer).collect()
 }
 
 pub async fn list_groups(
@@ -1408,17 +1481,20 @@ pub async fn list_groups(
         .iter()
         .map(|s| s.to_string())
         .collect();
+    let types: Vec<String> = request.types_filter.iter().map(|t| t.to_string()).collect();
     let groups = listed
         .into_iter()
-        .filter(|(_, _, state)| {
-            states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(state))
-        })
-        .map(|(id, protocol_type, state)| {
+        .filter(|g| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(g.state)))
+        .filter(|g| types.is_empty() || types.iter().any(|t| t.eq_ignore_ascii_case(g.kind)))
+        .map(|g| {
             let mut group = ListedGroup::default()
-                .with_group_id(GroupId(str_bytes(id)))
-                .with_protocol_type(str_bytes(protocol_type));
+                .with_group_id(GroupId(str_bytes(g.id)))
+                .with_protocol_type(str_bytes(g.protocol_type));
             if version >= 4 {
-                group = group.with_group_state(StrBytes::from_static_str(state));
+                group = group.with_group_state(StrBytes::from_static_str(g.state));
+            }
+            if version >= 5 {
+                group = group.with_group_type(StrBytes::from_static_str(g.kind));
             }
             group
         })
@@ -1430,6 +1506,12 @@ fn describe_local(shard: &Shard, group_id: &str, version: i16) -> DescribedGroup
     let groups = shard.groups.groups.borrow();
     let described =
         DescribedGroup::default().with_group_id(GroupId(str_bytes(group_id.to_owned())));
+    if shard.groups.consumer.borrow().contains_key(group_id) {
+        // Not a classic group: ConsumerGroupDescribe describes it (Kafka, KIP-1043).
+        return described
+            .with_error_code(ResponseError::GroupIdNotFound.code())
+            .with_group_state(StrBytes::from_static_str("Dead"));
+    }
     let Some(group) = groups.get(group_id) else {
         return described.with_group_state(StrBytes::from_static_str("Dead"));
     };
@@ -1468,21 +1550,354 @@ pub async fn describe_groups(
     request: DescribeGroupsRequest,
     version: i16,
 ) -> DescribeGroupsResponse {
-    let mut described = Vec::with_capacity(request.groups.len());
-    for group in &request.groups {
-        let id = group.to_string();
-        let unavailable = DescribedGroup::default()
+    let unavailable = |group: &GroupId| {
+        DescribedGroup::default()
             .with_group_id(group.clone())
-            .with_error_code(ResponseError::CoordinatorNotAvailable.code());
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+    };
+    let described =
+        describe_each(shard, &request.groups, version, unavailable, describe_local).await;
+    DescribeGroupsResponse::default().with_groups(described)
+}
+
+/// Describes each group on its coordinator, in the order asked; `unavailable` answers for a
+/// group whose coordinator cannot be reached.
+async fn describe_each<T: Send + 'static>(
+    shard: &Rc<Shard>,
+    group_ids: &[GroupId],
+    version: i16,
+    unavailable: fn(&GroupId) -> T,
+    describe: fn(&Shard, &str, i16) -> T,
+) -> Vec<T> {
+    let mut described = Vec::with_capacity(group_ids.len());
+    for group in group_ids {
+        let id = group.to_string();
         let lookup = id.clone();
         described.push(
-            on_coordinator(shard, &lookup, unavailable, move |s| async move {
-                describe_local(&s, &id, version)
+            on_coordinator(shard, &lookup, unavailable(group), move |s| async move {
+                describe(&s, &id, version)
             })
             .await,
         );
     }
-    DescribeGroupsResponse::default().with_groups(described)
+    described
+}
+
+// ---------------------------------------------------------------------------------------------
+// The new consumer group protocol (KIP-848): ConsumerGroupHeartbeat, ConsumerGroupDescribe.
+// The state machine is `consumer_group`; here it meets the wire types, the catalog and the
+// classic groups sharing the same group ids.
+
+/// The Kafka error code of a refused heartbeat.
+fn heartbeat_error_code(error: &HeartbeatError) -> ResponseError {
+    match error {
+        HeartbeatError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        HeartbeatError::UnsupportedAssignor(_) => ResponseError::UnsupportedAssignor,
+        HeartbeatError::GroupIdNotFound => ResponseError::GroupIdNotFound,
+        HeartbeatError::UnknownMemberId => ResponseError::UnknownMemberId,
+        HeartbeatError::FencedMemberEpoch { .. } => ResponseError::FencedMemberEpoch,
+        HeartbeatError::UnreleasedInstanceId => ResponseError::UnreleasedInstanceId,
+        HeartbeatError::FencedInstanceId => ResponseError::FencedInstanceId,
+    }
+}
+
+pub async fn consumer_group_heartbeat(
+    shard: &Rc<Shard>,
+    request: ConsumerGroupHeartbeatRequest,
+    _version: i16,
+    client: ClientInfo,
+) -> ConsumerGroupHeartbeatResponse {
+    let unavailable = ConsumerGroupHeartbeatResponse::default()
+        .with_error_code(ResponseError::CoordinatorNotAvailable.code());
+    let group = request.group_id.to_string();
+    on_coordinator(shard, &group, unavailable, move |shard| async move {
+        consumer_heartbeat_local(&shard, &request, client)
+    })
+    .await
+}
+
+fn to_assignment(partitions: &[ConsumerGroupHeartbeatTopicPartitions]) -> Assignment {
+    let mut assignment = Assignment::new();
+    for topic in partitions {
+        assignment
+            .entry(topic.topic_id)
+            .or_default()
+            .extend(topic.partitions.iter().copied());
+    }
+    assignment.retain(|_, partitions| !partitions.is_empty());
+    assignment
+}
+
+fn consumer_heartbeat_local(
+    shard: &Shard,
+    request: &ConsumerGroupHeartbeatRequest,
+    client: ClientInfo,
+) -> ConsumerGroupHeartbeatResponse {
+    let group_id = request.group_id.to_string();
+    let heartbeat = Heartbeat {
+        member_id: request.member_id.to_string(),
+        member_epoch: request.member_epoch,
+        instance_id: request.instance_id.as_ref().map(|i| i.to_string()),
+        rack_id: request.rack_id.as_ref().map(|r| r.to_string()),
+        rebalance_timeout_ms: request.rebalance_timeout_ms,
+        subscribed_topic_names: request
+            .subscribed_topic_names
+            .as_ref()
+            .map(|names| names.iter().map(|n| n.to_string()).collect()),
+        subscribed_topic_regex: request
+            .subscribed_topic_regex
+            .as_ref()
+            .map(|r| r.to_string()),
+        server_assignor: request.server_assignor.as_ref().map(|a| a.to_string()),
+        owned: request.topic_partitions.as_deref().map(to_assignment),
+        client_id: client.client_id,
+        client_host: format!("/{}", client.host),
+    };
+    let result = consumer_group::validate(&group_id, &heartbeat)
+        .and_then(|()| apply_consumer_heartbeat(shard, &group_id, &heartbeat));
+    match result {
+        Ok(answer) => {
+            let assignment = answer.assignment.map(|assignment| {
+                HeartbeatAssignment::default().with_topic_partitions(
+                    assignment
+                        .into_iter()
+                        .map(|(topic, partitions)| {
+                            ConsumerGroupHeartbeatResponsePartitions::default()
+                                .with_topic_id(topic)
+                                .with_partitions(partitions.into_iter().collect())
+                        })
+                        .collect(),
+                )
+            });
+            let interval_ms = shard.settings.group_consumer_heartbeat_interval.as_millis();
+            ConsumerGroupHeartbeatResponse::default()
+                .with_member_id(Some(str_bytes(answer.member_id)))
+                .with_member_epoch(answer.member_epoch)
+                .with_heartbeat_interval_ms(i32::try_from(interval_ms).unwrap_or(i32::MAX))
+                .with_assignment(assignment)
+        }
+        Err(error) => {
+            debug!(
+                group = group_id,
+                member = heartbeat.member_id,
+                ?error,
+                "heartbeat refused"
+            );
+            ConsumerGroupHeartbeatResponse::default()
+                .with_error_code(heartbeat_error_code(&error).code())
+                .with_error_message(Some(str_bytes(error.message())))
+        }
+    }
+}
+
+/// Runs a heartbeat against the group, creating it on a first join. A non-empty classic group
+/// of the same id refuses it (GROUP_ID_NOT_FOUND, as Kafka does without group conversion); an
+/// empty one gives way.
+fn apply_consumer_heartbeat(
+    shard: &Shard,
+    group_id: &str,
+    heartbeat: &Heartbeat,
+) -> Result<HeartbeatAnswer, HeartbeatError> {
+    let coordinator = &shard.groups;
+    let mut groups = coordinator.consumer.borrow_mut();
+    if heartbeat.member_epoch < 0 {
+        let group = groups
+            .get_mut(group_id)
+            .ok_or(HeartbeatError::GroupIdNotFound)?;
+        let answer = group.leave(
+            &heartbeat.member_id,
+            heartbeat.instance_id.as_deref(),
+            heartbeat.member_epoch,
+        )?;
+        info!(
+            group = group_id,
+            member = heartbeat.member_id,
+            epoch = heartbeat.member_epoch,
+            "member left"
+        );
+        return Ok(answer);
+    }
+    if !groups.contains_key(group_id) {
+        if heartbeat.member_epoch > 0 {
+            // Kafka keeps groups across restarts and answers GROUP_ID_NOT_FOUND only for
+            // groups that never existed. Here membership does not survive a restart, so a
+            // member of a forgotten group is told to rejoin instead (librdkafka treats
+            // GROUP_ID_NOT_FOUND as fatal).
+            return Err(HeartbeatError::UnknownMemberId);
+        }
+        let mut classic = coordinator.groups.borrow_mut();
+        if classic.get(group_id).is_some_and(|g| !g.members.is_empty()) {
+            return Err(HeartbeatError::GroupIdNotFound);
+        }
+        classic.remove(group_id);
+        groups.insert(group_id.to_owned(), ConsumerGroup::default());
+    }
+    let group = groups
+        .get_mut(group_id)
+        .ok_or(HeartbeatError::GroupIdNotFound)?;
+    let catalog = shard.catalog.borrow();
+    let topics = |name: &str| {
+        catalog.topics.get(name).map(|topic| TopicInfo {
+            id: topic.uuid(),
+            partitions: i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX),
+        })
+    };
+    let known = group.members.contains_key(&heartbeat.member_id);
+    let assignment_epoch = group.assignment_epoch;
+    let answer = group.heartbeat(heartbeat, &topics, Instant::now())?;
+    // No partition held by two members (checked in debug builds: it walks the whole group).
+    debug_assert_eq!(group.check_invariants(), Ok(()));
+    if !known {
+        info!(
+            group = group_id,
+            member = answer.member_id,
+            instance = heartbeat.instance_id.as_deref().unwrap_or(""),
+            "member joined"
+        );
+    }
+    if group.assignment_epoch != assignment_epoch {
+        info!(
+            group = group_id,
+            epoch = group.assignment_epoch,
+            members = group.members.len(),
+            assignor = group.assignor.as_deref().unwrap_or(""),
+            "target assignment computed"
+        );
+    }
+    Ok(answer)
+}
+
+/// Fences consumer-protocol members whose session or revocation time ran out.
+fn expire_consumer_members(shard: &Shard, now: Instant) {
+    let session_timeout = shard.settings.group_consumer_session_timeout;
+    for (group_id, group) in shard.groups.consumer.borrow_mut().iter_mut() {
+        for (member, reason) in group.expire(now, session_timeout) {
+            info!(group = group_id, member, reason, "member fenced");
+        }
+    }
+}
+
+/// Whether an OffsetCommit may commit for a consumer-protocol group (Kafka's
+/// `ConsumerGroup.validateOffsetCommit`).
+fn consumer_commit_refusal(
+    group: &ConsumerGroup,
+    member_id: &str,
+    epoch: i32,
+    version: i16,
+) -> Option<ResponseError> {
+    // Admin tools and assign-only consumers commit without a member, to an empty group.
+    if epoch < 0 && group.members.is_empty() {
+        return None;
+    }
+    let Some(current) = group.member_epoch(member_id) else {
+        return Some(ResponseError::UnknownMemberId);
+    };
+    if version < 9 {
+        return Some(ResponseError::UnsupportedVersion);
+    }
+    (epoch != current).then_some(ResponseError::StaleMemberEpoch)
+}
+
+/// Whether an OffsetFetch (v9+, naming a member) may read a consumer-protocol group's offsets.
+fn consumer_fetch_refusal(
+    group: &ConsumerGroup,
+    member: Option<&(String, i32)>,
+) -> Option<ResponseError> {
+    let (member_id, epoch) = member?;
+    match group.member_epoch(member_id) {
+        None => Some(ResponseError::UnknownMemberId),
+        Some(current) if current != *epoch => Some(ResponseError::StaleMemberEpoch),
+        Some(_) => None,
+    }
+}
+
+pub async fn consumer_group_describe(
+    shard: &Rc<Shard>,
+    request: ConsumerGroupDescribeRequest,
+    version: i16,
+) -> ConsumerGroupDescribeResponse {
+    let unavailable = |group: &GroupId| {
+        ConsumerDescribedGroup::default()
+            .with_group_id(group.clone())
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+    };
+    let described = describe_each(
+        shard,
+        &request.group_ids,
+        version,
+        unavailable,
+        describe_consumer_local,
+    )
+    .await;
+    ConsumerGroupDescribeResponse::default().with_groups(described)
+}
+
+fn describe_consumer_local(shard: &Shard, group_id: &str, version: i16) -> ConsumerDescribedGroup {
+    let described = ConsumerDescribedGroup::default().with_group_id(GroupId(str_bytes(group_id)));
+    let groups = shard.groups.consumer.borrow();
+    let Some(group) = groups.get(group_id) else {
+        // Also what a classic group gets: librdkafka's AdminClient then asks DescribeGroups.
+        return described
+            .with_error_code(ResponseError::GroupIdNotFound.code())
+            .with_error_message(Some(str_bytes(format!(
+                "group {group_id} is not a consumer group"
+            ))));
+    };
+    let catalog = shard.catalog.borrow();
+    let named = |assignment: &Assignment| {
+        DescribedAssignment::default().with_topic_partitions(
+            assignment
+                .iter()
+                .map(|(topic, partitions)| {
+                    let name = catalog
+                        .by_id(*topic)
+                        .map_or_else(String::new, |(name, _)| name.clone());
+                    DescribedTopicPartitions::default()
+                        .with_topic_id(*topic)
+                        .with_topic_name(TopicName(str_bytes(name)))
+                        .with_partitions(partitions.iter().copied().collect())
+                })
+                .collect(),
+        )
+    };
+    let members = group
+        .members
+        .values()
+        .map(|m| {
+            let target = group.target.get(&m.id).cloned().unwrap_or_default();
+            let member = DescribedMember::default()
+                .with_member_id(str_bytes(m.id.clone()))
+                .with_instance_id(m.instance_id.clone().map(str_bytes))
+                .with_rack_id(m.rack_id.clone().map(str_bytes))
+                .with_member_epoch(m.epoch)
+                .with_client_id(str_bytes(m.client_id.clone()))
+                .with_client_host(str_bytes(m.client_host.clone()))
+                .with_subscribed_topic_names(
+                    m.subscribed
+                        .iter()
+                        .map(|t| TopicName(str_bytes(t.clone())))
+                        .collect(),
+                )
+                .with_assignment(named(&m.assigned))
+                .with_target_assignment(named(&target));
+            if version >= 1 {
+                member.with_member_type(1)
+            } else {
+                member
+            }
+        })
+        .collect();
+    described
+        .with_group_state(StrBytes::from_static_str(group.state()))
+        .with_group_epoch(group.group_epoch)
+        .with_assignment_epoch(group.assignment_epoch)
+        .with_assignor_name(str_bytes(
+            group
+                .assignor
+                .clone()
+                .unwrap_or_else(|| consumer_group::DEFAULT_ASSIGNOR.to_owned()),
+        ))
+        .with_members(members)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1605,11 +2020,16 @@ async fn forget_offsets(
 async fn delete_local(shard: &Shard, group: &str) -> Option<ResponseError> {
     {
         let groups = shard.groups.groups.borrow();
-        let known = groups.contains_key(group) || shard.groups.offsets.borrow().contains_key(group);
+        let consumer = shard.groups.consumer.borrow();
+        let known = groups.contains_key(group)
+            || consumer.contains_key(group)
+            || shard.groups.offsets.borrow().contains_key(group);
         if !known {
             return Some(ResponseError::GroupIdNotFound);
         }
-        if groups.get(group).is_some_and(|g| !g.members.is_empty()) {
+        if groups.get(group).is_some_and(|g| !g.members.is_empty())
+            || consumer.get(group).is_some_and(|g| !g.members.is_empty())
+        {
             return Some(ResponseError::NonEmptyGroup);
         }
     }
@@ -1624,6 +2044,7 @@ async fn delete_local(shard: &Shard, group: &str) -> Option<ResponseError> {
         return Some(error);
     }
     shard.groups.groups.borrow_mut().remove(group);
+    shard.groups.consumer.borrow_mut().remove(group);
     shard.groups.offsets.borrow_mut().remove(group);
     info!(group, "group deleted");
     None
@@ -1672,9 +2093,13 @@ async fn offset_delete_local(shard: &Shard, request: &OffsetDeleteRequest) -> Of
     let group = request.group_id.to_string();
     let (known, active) = {
         let groups = shard.groups.groups.borrow();
+        let consumer = shard.groups.consumer.borrow();
         (
-            groups.contains_key(&group) || shard.groups.offsets.borrow().contains_key(&group),
-            groups.get(&group).is_some_and(|g| !g.members.is_empty()),
+            groups.contains_key(&group)
+                || consumer.contains_key(&group)
+                || shard.groups.offsets.borrow().contains_key(&group),
+            groups.get(&group).is_some_and(|g| !g.members.is_empty())
+                || consumer.get(&group).is_some_and(|g| !g.members.is_empty()),
         )
     };
     if !known {

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod consumer_group;
 pub mod fetch;
 pub mod groups;
 pub mod mesh;
@@ -27,6 +28,10 @@ use std::time::Duration;
 
 use event_listener::Event;
 use glommio::TaskQueueHandle;
+use kafka_protocol::messages::{
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse,
+};
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
     DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse,
@@ -130,6 +135,10 @@ pub struct BrokerSettings {
     /// `group.initial.rebalance.delay.ms`: how long a group's first rebalance waits for more
     /// members to join.
     pub group_initial_rebalance_delay: Duration,
+    /// `group.consumer.heartbeat.interval.ms`: how often KIP-848 group members heartbeat.
+    pub group_consumer_heartbeat_interval: Duration,
+    /// `group.consumer.session.timeout.ms`: a KIP-848 member silent this long is removed.
+    pub group_consumer_session_timeout: Duration,
 }
 
 /// The task queues of a shard: client requests get most of the executor; background work
@@ -611,5 +620,22 @@ impl Broker for ShardBroker {
         version: i16,
     ) -> InitProducerIdResponse {
         producer_ids::init_producer_id(&self.0, request, version).await
+    }
+
+    async fn consumer_group_heartbeat(
+        &self,
+        request: ConsumerGroupHeartbeatRequest,
+        version: i16,
+        client: ClientInfo,
+    ) -> ConsumerGroupHeartbeatResponse {
+        groups::consumer_group_heartbeat(&self.0, request, version, client).await
+    }
+
+    async fn consumer_group_describe(
+        &self,
+        request: ConsumerGroupDescribeRequest,
+        version: i16,
+    ) -> ConsumerGroupDescribeResponse {
+        groups::consumer_group_describe(&self.0, request, version).await
     }
 }

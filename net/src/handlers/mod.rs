@@ -23,6 +23,10 @@ use kafka_protocol::messages::{
     ProduceResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::messages::{
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse,
+};
+use kafka_protocol::messages::{
     DeleteGroupsRequest, DeleteGroupsResponse, OffsetDeleteRequest, OffsetDeleteResponse,
 };
 use kafka_protocol::messages::{
@@ -137,6 +141,18 @@ pub trait Broker {
         request: InitProducerIdRequest,
         version: i16,
     ) -> InitProducerIdResponse;
+    /// A heartbeat of the new consumer group protocol (KIP-848); `client` as for JoinGroup.
+    async fn consumer_group_heartbeat(
+        &self,
+        request: ConsumerGroupHeartbeatRequest,
+        version: i16,
+        client: ClientInfo,
+    ) -> ConsumerGroupHeartbeatResponse;
+    async fn consumer_group_describe(
+        &self,
+        request: ConsumerGroupDescribeRequest,
+        version: i16,
+    ) -> ConsumerGroupDescribeResponse;
 }
 
 /// Who sent a request: the client id from its header and the address it connected from.
@@ -144,6 +160,18 @@ pub trait Broker {
 pub struct ClientInfo {
     pub client_id: String,
     pub host: String,
+}
+
+impl ClientInfo {
+    fn of(header: &RequestHeader, peer_host: &str) -> Self {
+        Self {
+            client_id: header
+                .client_id
+                .as_ref()
+                .map_or_else(String::new, |id| id.to_string()),
+            host: peer_host.to_owned(),
+        }
+    }
 }
 
 /// Every API this broker implements, with the versions it answers. ApiVersions advertises
@@ -165,13 +193,15 @@ pub const API_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 8),
-    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
 
 /// The versions of `api` this broker answers, if it implements it.
@@ -306,15 +336,25 @@ pub async fn handle_request<B: Broker>(
             let mut body = payload;
             let header = decode_header::<JoinGroupRequest>(api, version, &mut body)?;
             let request = decode_body::<JoinGroupRequest>(api, version, &mut body)?;
-            let client = ClientInfo {
-                client_id: header
-                    .client_id
-                    .as_ref()
-                    .map_or_else(String::new, |id| id.to_string()),
-                host: peer_host.to_owned(),
-            };
+            let client = ClientInfo::of(&header, peer_host);
             let response = broker.join_group(request, version, client).await;
             encode_response(api, version, header.correlation_id, &response).map(Some)
+        }
+        ApiKey::ConsumerGroupHeartbeat => {
+            let mut body = payload;
+            let header = decode_header::<ConsumerGroupHeartbeatRequest>(api, version, &mut body)?;
+            let request = decode_body::<ConsumerGroupHeartbeatRequest>(api, version, &mut body)?;
+            let client = ClientInfo::of(&header, peer_host);
+            let response = broker
+                .consumer_group_heartbeat(request, version, client)
+                .await;
+            encode_response(api, version, header.correlation_id, &response).map(Some)
+        }
+        ApiKey::ConsumerGroupDescribe => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.consumer_group_describe(request, version).await)
+            })
+            .await
         }
         ApiKey::SyncGroup => {
             answer(api, version, payload, |request| async move {
@@ -572,6 +612,21 @@ mod tests {
         ) -> InitProducerIdResponse {
             InitProducerIdResponse::default()
         }
+        async fn consumer_group_heartbeat(
+            &self,
+            _: ConsumerGroupHeartbeatRequest,
+            _: i16,
+            _: ClientInfo,
+        ) -> ConsumerGroupHeartbeatResponse {
+            ConsumerGroupHeartbeatResponse::default()
+        }
+        async fn consumer_group_describe(
+            &self,
+            _: ConsumerGroupDescribeRequest,
+            _: i16,
+        ) -> ConsumerGroupDescribeResponse {
+            ConsumerGroupDescribeResponse::default()
+        }
     }
 
     fn broker() -> EmptyBroker {
@@ -663,6 +718,12 @@ mod tests {
             ApiKey::InitProducerId => InitProducerIdRequest::default().encode(buffer, version),
             ApiKey::DeleteGroups => DeleteGroupsRequest::default().encode(buffer, version),
             ApiKey::OffsetDelete => OffsetDeleteRequest::default().encode(buffer, version),
+            ApiKey::ConsumerGroupHeartbeat => {
+                ConsumerGroupHeartbeatRequest::default().encode(buffer, version)
+            }
+            ApiKey::ConsumerGroupDescribe => {
+                ConsumerGroupDescribeRequest::default().encode(buffer, version)
+            }
             other => panic!("{other:?} is not advertised"),
         };
         encoded.expect("an empty request encodes");
