@@ -21,9 +21,10 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, ConsumerProtocolAssignment, DeleteGroupsRequest, DeleteGroupsResponse,
-    DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    GroupId, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ApiKey, BrokerId, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse,
+    ConsumerProtocolAssignment, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
     MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse,
     OffsetFetchRequest, OffsetFetchResponse, RequestHeader, ResponseHeader, TopicName,
 };
@@ -207,6 +208,11 @@ impl Cluster {
     }
 
     fn coordinator(&mut self, group: &str) -> Result<&mut Connection, String> {
+        let node = self.coordinator_node(group)?;
+        self.node(node)
+    }
+
+    fn coordinator_node(&mut self, group: &str) -> Result<i32, String> {
         let request =
             FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.to_owned()));
         let response: FindCoordinatorResponse =
@@ -215,7 +221,7 @@ impl Cluster {
         self.nodes
             .entry(response.node_id.0)
             .or_insert_with(|| format!("{}:{}", response.host, response.port));
-        self.node(response.node_id.0)
+        Ok(response.node_id.0)
     }
 
     /// (partition → leader) of `topic`.
@@ -335,7 +341,63 @@ fn list(cluster: &mut Cluster) -> Result<(), String> {
     Ok(())
 }
 
+/// Who owns each partition: "member-id host client-id" by (topic, partition).
+type Owners = HashMap<(String, i32), String>;
+
+fn owner_label(member_id: &str, host: &str, client_id: &str) -> String {
+    format!("{member_id} {host} {client_id}")
+}
+
 fn describe(cluster: &mut Cluster, group: &str) -> Result<(), String> {
+    let owners = match describe_consumer_group(cluster, group)? {
+        Some(owners) => owners,
+        None => describe_classic_group(cluster, group)?,
+    };
+    print_partitions(cluster, group, &owners)
+}
+
+/// A group of the new protocol (KIP-848) through ConsumerGroupDescribe; `None` when the group
+/// is not one (GROUP_ID_NOT_FOUND) or the broker does not know the API.
+fn describe_consumer_group(cluster: &mut Cluster, group: &str) -> Result<Option<Owners>, String> {
+    let node = cluster.coordinator_node(group)?;
+    let request = ConsumerGroupDescribeRequest::default()
+        .with_group_ids(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
+    let answer: Result<ConsumerGroupDescribeResponse, String> =
+        cluster
+            .node(node)?
+            .call(ApiKey::ConsumerGroupDescribe, 0, &request);
+    let Ok(response) = answer else {
+        // A broker without the API closes the connection: open a fresh one for what follows.
+        cluster.connections.remove(&node);
+        return Ok(None);
+    };
+    let described = response.groups.first().ok_or("no group in the answer")?;
+    if described.error_code == ResponseError::GroupIdNotFound.code() {
+        return Ok(None);
+    }
+    check(described.error_code, "ConsumerGroupDescribe")?;
+    let mut owners = Owners::new();
+    for member in &described.members {
+        let who = owner_label(&member.member_id, &member.client_host, &member.client_id);
+        for topic in &member.assignment.topic_partitions {
+            for &p in &topic.partitions {
+                owners.insert((topic.topic_name.to_string(), p), who.clone());
+            }
+        }
+    }
+    println!(
+        "group {group}: state {}, protocol consumer (KIP-848), assignor {}, group epoch {}, \
+         assignment epoch {}, {} member(s)",
+        described.group_state.as_str(),
+        described.assignor_name.as_str(),
+        described.group_epoch,
+        described.assignment_epoch,
+        described.members.len()
+    );
+    Ok(Some(owners))
+}
+
+fn describe_classic_group(cluster: &mut Cluster, group: &str) -> Result<Owners, String> {
     let request = DescribeGroupsRequest::default()
         .with_groups(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
     let response: DescribeGroupsResponse =
@@ -345,14 +407,9 @@ fn describe(cluster: &mut Cluster, group: &str) -> Result<(), String> {
     let described = response.groups.first().ok_or("no group in the answer")?;
     check(described.error_code, "DescribeGroups")?;
     // Who owns each partition, from the members' consumer-protocol assignments.
-    let mut owners: HashMap<(String, i32), String> = HashMap::new();
+    let mut owners = Owners::new();
     for member in &described.members {
-        let who = format!(
-            "{} {} {}",
-            member.member_id.as_str(),
-            member.client_host.as_str(),
-            member.client_id.as_str()
-        );
+        let who = owner_label(&member.member_id, &member.client_host, &member.client_id);
         let mut bytes = member.member_assignment.clone();
         if bytes.remaining() < 2 {
             continue;
@@ -373,6 +430,12 @@ fn describe(cluster: &mut Cluster, group: &str) -> Result<(), String> {
         described.protocol_data.as_str(),
         described.members.len()
     );
+    Ok(owners)
+}
+
+/// Committed offset, log end offset, lag and owner of every partition the group has a commit
+/// for or an owner of.
+fn print_partitions(cluster: &mut Cluster, group: &str, owners: &Owners) -> Result<(), String> {
     let committed = cluster.committed(group, None)?;
     let mut topics: Vec<String> = committed.keys().map(|(t, _)| t.clone()).collect();
     topics.extend(owners.keys().map(|(t, _)| t.clone()));
