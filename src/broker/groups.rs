@@ -648,8 +648,14 @@ async fn join_local(
         if replaced.is_some() && group.leader == replaced {
             group.leader = Some(member_id.clone());
         }
+        let replacing = replaced.is_some();
         let previous = replaced.and_then(|old| group.members.remove(&old));
         let existing = group.members.remove(&member_id).or(previous);
+        // KIP-345: a static member back under a new member id with the same protocols, to a
+        // stable group, takes its predecessor's place and assignment without a rebalance.
+        let static_return = replacing
+            && group.state == State::Stable
+            && existing.as_ref().is_some_and(|m| m.protocols == protocols);
         let join_order = existing.as_ref().map_or_else(
             || {
                 group.next_join_order += 1;
@@ -676,11 +682,24 @@ async fn join_local(
             },
         );
         group.protocol_type = Some(request.protocol_type.to_string());
+        if static_return {
+            if let Some(member) = group.members.get_mut(&member_id) {
+                member.awaiting = false;
+            }
+            info!(
+                group = group_id,
+                member = member_id,
+                generation = group.generation,
+                "static member rejoined with its assignment, no rebalance"
+            );
+            // Its SyncGroup of this generation gets the assignment it had (a stable group
+            // answers SyncGroup with the stored assignment, even to the leader).
+            return join_response(group, &member_id, version);
+        }
         match group.state {
             State::PreparingRebalance => {}
-            // A known member rejoining a stable group with the same protocols (a static member
-            // after a restart, or a client that lost its SyncGroup answer) still triggers a
-            // rebalance, as Kafka does for dynamic members; simple and always correct.
+            // A known dynamic member rejoining a stable group (a client that lost its SyncGroup
+            // answer), or a static one with changed protocols, triggers a rebalance.
             State::Empty | State::Stable | State::CompletingRebalance => {
                 let initial_delay = shard.settings.group_initial_rebalance_delay;
                 group.start_rebalance(now, initial_delay);
