@@ -187,6 +187,9 @@ class GroupRun:
                         on_assign=lambda _c, parts: self._open(name, parts),
                         on_revoke=lambda _c, parts: self._close(name, parts),
                         on_lost=lambda _c, parts: self._close(name, parts))
+            # Commits that failed (e.g. ILLEGAL_GENERATION or STALE_MEMBER_EPOCH while the group
+            # rebalances) are retried, as an application would, while the same stint lasts.
+            retry: dict[int, tuple[int, Stint]] = {}
             while not self.stop_flags[name].is_set():
                 msgs = c.consume(num_messages=1000, timeout=0.1)
                 batch_end: dict[int, int] = {}
@@ -213,6 +216,12 @@ class GroupRun:
                         self.processed.append((part, off, int(m.value()), name))
                         self.distinct.add((part, off))
                         batch_end[part] = off + 1
+                with self.lock:
+                    for p, (o, stint) in retry.items():
+                        if p not in batch_end and self.open_stints.get((name, p)) is stint:
+                            batch_end[p] = o
+                    stints = {p: self.open_stints.get((name, p)) for p in batch_end}
+                retry = {}
                 if batch_end:
                     offsets = [TopicPartition(self.topic, p, o) for p, o in batch_end.items()]
                     try:
@@ -231,6 +240,8 @@ class GroupRun:
                         for tp in bad:
                             if tp.error is not None:
                                 self.commit_failures.append(f"{name}: {tp.partition} {tp.error}")
+                            if stints.get(tp.partition) is not None:
+                                retry[tp.partition] = (tp.offset, stints[tp.partition])
         except Exception as e:  # noqa: BLE001 - reported by the test
             self.errors.append(f"{name}: {e!r}")
         finally:
