@@ -34,7 +34,7 @@ pub struct ReadControl {
     pub meter: Arc<Meter>,
     pub clock: Clock,
     /// Stop once this many records have been read, all shards together.
-    pub records_max: u64,
+    records_max: AtomicU64,
     /// Stop when no record has arrived for this long.
     pub idle_timeout: Duration,
     last_record_us: AtomicU64,
@@ -52,13 +52,18 @@ impl ReadControl {
         let control = Self {
             meter,
             clock,
-            records_max,
+            records_max: AtomicU64::new(records_max),
             idle_timeout,
             last_record_us: AtomicU64::new(0),
             timed_out: AtomicBool::new(false),
         };
         control.saw_records();
         Arc::new(control)
+    }
+
+    /// Changes the target (end-to-end: once the producer knows how many it sent).
+    pub fn set_records_max(&self, records_max: u64) {
+        self.records_max.store(records_max, Ordering::Relaxed);
     }
 
     pub fn timed_out(&self) -> bool {
@@ -79,7 +84,7 @@ impl ReadControl {
         if self.meter.should_stop() {
             return true;
         }
-        if self.meter.completed_records() >= self.records_max {
+        if self.meter.completed_records() >= self.records_max.load(Ordering::Relaxed) {
             self.meter.stop();
             return true;
         }

@@ -85,6 +85,8 @@ pub struct ProducerConfig {
 /// What was measured, for printing and JSON.
 pub struct ProducerOutcome {
     pub report: stats::Report,
+    /// Records the broker took, warm-up included.
+    pub acknowledged_records: u64,
     pub json: Value,
 }
 
@@ -160,7 +162,7 @@ pub fn run(
         meter.clone(),
         ReportOptions {
             window_ticks: 5,
-            on_window: progress_printer(progress),
+            on_window: progress_printer("sent", progress),
             duration: config.duration,
             histogram_out: config.histogram_out.clone(),
             expected_records: (config.duration.is_none()).then_some(expected),
@@ -212,7 +214,11 @@ pub fn run(
     };
     let latency = stats::latency_json(&report.latency_us, measured_from);
     let json = stats::report_json("producer", config.settings.clone(), &report, latency);
-    Ok(ProducerOutcome { report, json })
+    Ok(ProducerOutcome {
+        acknowledged_records: meter.completed_records(),
+        report,
+        json,
+    })
 }
 
 /// Connects, creates or waits for the topic, asks for a producer id.
@@ -306,7 +312,11 @@ fn split_budget(total: u64, weights: &[u64]) -> Vec<u64> {
     budgets
 }
 
-fn progress_printer(mut print: Box<dyn FnMut(&str) + Send>) -> Box<dyn FnMut(&Window<'_>) + Send> {
+/// Kafka's 5-second progress line; `verb` is "sent" for the producer.
+pub fn progress_printer(
+    verb: &'static str,
+    mut print: Box<dyn FnMut(&str) + Send>,
+) -> Box<dyn FnMut(&Window<'_>) + Send> {
     Box::new(move |window: &Window<'_>| {
         let interval = window.interval;
         let latency = &interval.latency_us;
@@ -316,7 +326,7 @@ fn progress_printer(mut print: Box<dyn FnMut(&str) + Send>) -> Box<dyn FnMut(&Wi
             (latency.mean() / 1e3, latency.max() as f64 / 1e3)
         };
         print(&format!(
-            "{} records sent, {:.1} records/sec ({:.2} MB/sec), {:.3} ms avg latency, {:.3} ms max latency.",
+            "{} records {verb}, {:.1} records/sec ({:.2} MB/sec), {:.3} ms avg latency, {:.3} ms max latency.",
             interval.records,
             stats::per_sec(interval.records as f64, window.elapsed),
             stats::per_sec(interval.bytes as f64 / 1_048_576.0, window.elapsed),
@@ -326,8 +336,9 @@ fn progress_printer(mut print: Box<dyn FnMut(&str) + Send>) -> Box<dyn FnMut(&Wi
     })
 }
 
-/// Kafka's final line, with microsecond precision and 99.99th added.
-pub fn final_line(report: &stats::Report) -> String {
+/// Kafka's final line, with microsecond precision and 99.99th added; `verb` is "sent" for
+/// the producer.
+pub fn final_line(report: &stats::Report, verb: &str) -> String {
     let latency = &report.latency_us;
     let ms = |quantile: f64| latency.value_at_quantile(quantile) as f64 / 1e3;
     let (mean, max) = if latency.is_empty() {
@@ -336,7 +347,7 @@ pub fn final_line(report: &stats::Report) -> String {
         (latency.mean() / 1e3, latency.max() as f64 / 1e3)
     };
     format!(
-        "{} records sent, {:.1} records/sec ({:.2} MB/sec), {:.3} ms avg latency, {:.3} ms max latency, \
+        "{} records {verb}, {:.1} records/sec ({:.2} MB/sec), {:.3} ms avg latency, {:.3} ms max latency, \
          {:.3} ms 50th, {:.3} ms 95th, {:.3} ms 99th, {:.3} ms 99.9th, {:.3} ms 99.99th.",
         report.records,
         report.records_per_sec(),
