@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::fetcher::{self, Assigned, ReadControl, Sink};
+use super::fetcher::{self, Assigned, ReadControl, ReadSetup, Sink};
 use super::payload;
 use super::producer::{self, ProducerConfig};
 use super::shards::{self, Clock};
@@ -140,61 +140,31 @@ pub fn run(
         max_bytes: 52_428_800,
         partition_max_bytes: 1_048_576,
     });
-    let cluster = Arc::new(start.cluster);
-    let mut handles = Vec::new();
-    for shard in 0..shard_count {
-        let mine: Vec<Assigned> = start
-            .assigned
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % shard_count == shard)
-            .map(|(_, a)| *a)
-            .collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let (cluster, settings, control, meter) = (
-            cluster.clone(),
-            settings.clone(),
-            control.clone(),
-            meter.clone(),
-        );
-        handles.push(shards::spawn_shard(
-            &format!("ringlog-perf-consumer-{shard}"),
-            None,
-            move || async move {
-                let make_sink = || -> Box<dyn Sink> {
-                    Box::new(LatencySink {
-                        meter: meter.clone(),
-                        clock,
-                        latencies_us: Vec::new(),
-                        bytes: 0,
-                    })
-                };
-                fetcher::read_partitions(shard, mine, cluster, settings, control, make_sink).await
-            },
-        )?);
-    }
+    let sink_meter = meter.clone();
+    let setup = ReadSetup {
+        cluster: Arc::new(start.cluster),
+        settings,
+        control: control.clone(),
+        sink: Arc::new(move || -> Box<dyn Sink> {
+            Box::new(LatencySink {
+                meter: sink_meter.clone(),
+                clock,
+                latencies_us: Vec::new(),
+                bytes: 0,
+            })
+        }),
+    };
+    let handles = fetcher::spawn_readers(&start.assigned, consumer_cores.max(1), &[], &setup)?;
     let mut producer_config = config.clone();
     producer_config.histogram_out = None;
     let produced = producer::run(producer_config, Box::new(|_: &str| {}));
-    let mut first_error = None;
     match &produced {
         Ok(outcome) => control.set_records_max(outcome.acknowledged_records),
-        Err(error) => {
-            meter.stop();
-            first_error = Some(format!("producer: {error}"));
-        }
+        Err(_) => meter.stop(),
     }
-    for handle in handles {
-        let outcome = handle
-            .join()
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(error) = outcome {
-            meter.stop();
-            first_error.get_or_insert(format!("consumer: {error}"));
-        }
+    let (_, mut first_error) = shards::join_all(handles, &meter);
+    if let Err(error) = &produced {
+        first_error = Some(format!("producer: {error}"));
     }
     meter.finish();
     let report = reporter

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::shards::Clock;
+use super::shards::{self, Clock};
 use super::stats::Meter;
 use crate::client::batch::{split_batches, BatchView, RecordView};
 use crate::client::cluster::ClusterInfo;
@@ -107,6 +107,57 @@ pub trait Sink {
     /// Called after each batch's records: hand the counts to the meter.
     fn flush(&mut self, shard: usize);
 }
+
+/// Makes one sink per leader connection, on the shard that uses it.
+pub type SinkFactory = Arc<dyn Fn() -> Box<dyn Sink> + Send + Sync>;
+
+/// What every reading shard shares.
+#[derive(Clone)]
+pub struct ReadSetup {
+    pub cluster: Arc<ClusterInfo>,
+    pub settings: Arc<FetchSettings>,
+    pub control: Arc<ReadControl>,
+    pub sink: SinkFactory,
+}
+
+/// Starts `shard_count` reading shards, the partitions dealt among them (shards left with
+/// none are not started). Each returns its partitions' next offsets.
+pub fn spawn_readers(
+    assigned: &[Assigned],
+    shard_count: usize,
+    cpus: &[usize],
+    setup: &ReadSetup,
+) -> Result<Vec<ReaderHandle>, String> {
+    let mut handles = Vec::new();
+    for shard in 0..shard_count {
+        let mine = shards::deal(assigned, shard_count, shard);
+        if mine.is_empty() {
+            continue;
+        }
+        let setup = setup.clone();
+        let name = format!("ringlog-perf-reader-{shard}");
+        handles.push(shards::spawn_shard(
+            &name,
+            shards::cpu_for(cpus, shard),
+            move || async move {
+                let sink = setup.sink.clone();
+                read_partitions(
+                    shard,
+                    mine,
+                    setup.cluster,
+                    setup.settings,
+                    setup.control,
+                    move || sink(),
+                )
+                .await
+            },
+        )?);
+    }
+    Ok(handles)
+}
+
+/// A reading shard: its partitions' next offsets when it is done.
+pub type ReaderHandle = glommio::ExecutorJoinHandle<Result<BTreeMap<i32, i64>, ClientError>>;
 
 /// Reads the assigned partitions until told to stop; returns each partition's next offset.
 pub async fn read_partitions(

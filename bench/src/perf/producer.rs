@@ -170,14 +170,9 @@ pub fn run(
     );
     let mut handles = Vec::new();
     for shard in 0..shard_count {
-        let mine: Vec<StreamSpec> = streams
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % shard_count == shard)
-            .map(|(_, s)| s.clone())
-            .collect();
+        let mine = shards::deal(&streams, shard_count, shard);
         let context = context.clone();
-        let cpu = (!config.cpus.is_empty()).then(|| config.cpus[shard % config.cpus.len()]);
+        let cpu = shards::cpu_for(&config.cpus, shard);
         let handle = shards::spawn_shard(&format!("ringlog-perf-{shard}"), cpu, move || {
             run_shard(shard, mine, context)
         });
@@ -189,17 +184,7 @@ pub fn run(
             }
         }
     }
-    let mut first_error = None;
-    for handle in handles {
-        let outcome = handle
-            .join()
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(error) = outcome {
-            meter.stop();
-            first_error.get_or_insert(error);
-        }
-    }
+    let (_, first_error) = shards::join_all(handles, &meter);
     meter.finish();
     let report = reporter
         .join()
@@ -381,12 +366,7 @@ async fn run_shard(
         let address = context.cluster.address(leader)?.to_owned();
         let connections = context.connections.min(streams.len());
         for connection in 0..connections {
-            let mine: Vec<StreamSpec> = streams
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % connections == connection)
-                .map(|(_, s)| s.clone())
-                .collect();
+            let mine = shards::deal(&streams, connections, connection);
             let conn = Connection::connect(&address, &context.settings.client_id).await?;
             let context = context.clone();
             tasks.push(glommio::spawn_local(async move {
