@@ -1,7 +1,9 @@
-//! ringlog-bench's library half, shared by the `ringlog-bench` binary, its tests and the
-//! criterion benches: size parsing, the batch workload and the machine description that goes
-//! with every result.
+//! ringlog-bench's library half, shared by the `ringlog-bench` and `ringlog-perf` binaries,
+//! their tests and the criterion benches: size parsing, the batch workload, the machine
+//! description that goes with every result, the glommio Kafka client and the perf tools.
 
+pub mod client;
 pub mod machine;
+pub mod perf;
 pub mod size;
 pub mod workload;
