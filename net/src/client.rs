@@ -253,6 +253,13 @@ impl Cluster {
         &mut self.bootstrap
     }
 
+    /// The node ids the metadata has named so far.
+    pub fn node_ids(&self) -> Vec<i32> {
+        let mut ids: Vec<i32> = self.nodes.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Metadata for `topics` (`None`: all of them), remembering the nodes it lists.
     fn metadata(&mut self, topics: Option<Vec<String>>) -> Result<MetadataResponse, ClientError> {
         let request = MetadataRequest::default()

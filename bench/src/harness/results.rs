@@ -1,0 +1,530 @@
+//! The results of a run, as written to `--output-json` and read back by `report` and
+//! `compare`: every process's own ringlog-perf result, totals per step and role, and a
+//! summary per broker, step and role across rounds.
+//!
+//! Aggregation rules, chosen so a figure never claims more than was measured:
+//! - throughput of concurrent processes adds up (their rates, each over its own run);
+//! - latency percentiles of several processes cannot be merged from percentiles, so a step's
+//!   latency is the worst process's (the highest of each percentile), which is exact for the
+//!   usual single producer and an upper bound otherwise;
+//! - across rounds the summary gives the median, with the minimum and maximum beside it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::perf::{PerfOutput, TimelinePoint};
+use crate::machine::MachineInfo;
+
+/// What a process did in a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Wrote the step's backlog before the rest started.
+    Backlog,
+    Producer,
+    Consumer,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Backlog => "backlog",
+            Self::Producer => "producer",
+            Self::Consumer => "consumer",
+        }
+    }
+}
+
+/// A whole run: what ran where, and every figure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub tool: String,
+    pub version: String,
+    pub workload: WorkloadInfo,
+    pub machine: MachineInfo,
+    pub started_at_unix_ms: u64,
+    pub finished_at_unix_ms: u64,
+    /// `/proc/loadavg` when the run ended (the machine's section has it from the start).
+    pub loadavg_end: String,
+    /// Brokers measured, in the order they took turns.
+    pub brokers: Vec<String>,
+    pub rounds: u32,
+    /// Each broker's turn in each round, in the order they ran.
+    pub runs: Vec<BrokerRound>,
+    pub summary: Vec<SummaryRow>,
+    /// Everything that failed, one line each (the run carries on past failures).
+    pub failures: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadInfo {
+    pub name: String,
+    pub description: String,
+    pub path: String,
+    /// The workload as parsed, defaults filled in.
+    pub spec: serde_json::Value,
+    pub perf_bin: String,
+}
+
+/// One broker's turn in one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrokerRound {
+    pub round: u32,
+    pub broker: String,
+    pub started_at_unix_ms: u64,
+    pub loadavg_before: String,
+    /// Why the turn ended early (the broker did not start, topics could not be created).
+    pub error: Option<String>,
+    pub steps: Vec<StepRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRun {
+    pub name: String,
+    pub warmup: bool,
+    pub started_at_unix_ms: u64,
+    pub elapsed_s: f64,
+    pub processes: Vec<ProcessRun>,
+    pub totals: Vec<RoleTotals>,
+}
+
+/// One ringlog-perf process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRun {
+    pub role: Role,
+    pub index: u32,
+    pub topic: String,
+    pub group: Option<String>,
+    pub command: Vec<String>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub output: Option<PerfOutput>,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub p9999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn worst(self, other: Self) -> Self {
+        Self {
+            p50: self.p50.max(other.p50),
+            p95: self.p95.max(other.p95),
+            p99: self.p99.max(other.p99),
+            p999: self.p999.max(other.p999),
+            p9999: self.p9999.max(other.p9999),
+            max: self.max.max(other.max),
+        }
+    }
+}
+
+/// What the processes of one role in one step did together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoleTotals {
+    pub role: Role,
+    pub processes: u32,
+    /// Processes without a result (failed, killed, no JSON).
+    pub failed: u32,
+    pub records: u64,
+    pub bytes: u64,
+    /// Sum of the processes' rates.
+    pub records_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub errors: u64,
+    /// The worst process's percentiles (see the module header).
+    pub latency_us: Option<Percentiles>,
+    /// Per second of the step, all processes added (latency: the worst process's).
+    pub timeline: Vec<TimelinePoint>,
+}
+
+/// A figure across rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_by(f64::total_cmp);
+        let middle = sorted.len() / 2;
+        let median = if sorted.len() % 2 == 1 {
+            sorted[middle]
+        } else {
+            (sorted[middle - 1] + sorted[middle]) / 2.0
+        };
+        Some(Self {
+            median,
+            min: sorted[0],
+            max: sorted[sorted.len() - 1],
+        })
+    }
+}
+
+/// One broker, step and role across all rounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummaryRow {
+    pub broker: String,
+    pub step: String,
+    pub role: Role,
+    /// Rounds with a result for this role.
+    pub rounds: u32,
+    pub records_per_sec: Spread,
+    pub mb_per_sec: Spread,
+    pub latency_us_p50: Option<Spread>,
+    pub latency_us_p99: Option<Spread>,
+    pub latency_us_p999: Option<Spread>,
+    pub latency_us_max: Option<Spread>,
+    pub errors: u64,
+    pub failed_processes: u32,
+}
+
+impl SummaryRow {
+    /// The summary's figures by name, for tables and ratios: (metric, value, higher is
+    /// better).
+    pub fn metrics(&self) -> Vec<(&'static str, f64, bool)> {
+        let mut metrics = vec![
+            ("records/s", self.records_per_sec.median, true),
+            ("MB/s", self.mb_per_sec.median, true),
+        ];
+        let latencies = [
+            ("p50 µs", self.latency_us_p50),
+            ("p99 µs", self.latency_us_p99),
+            ("p99.9 µs", self.latency_us_p999),
+            ("max µs", self.latency_us_max),
+        ];
+        for (name, spread) in latencies {
+            if let Some(spread) = spread {
+                metrics.push((name, spread.median, false));
+            }
+        }
+        metrics
+    }
+}
+
+/// Adds up one role's processes in a step. `step_started_at_unix_ms` aligns the processes'
+/// timelines, which count from each process's own start.
+pub fn role_totals(
+    role: Role,
+    processes: &[&ProcessRun],
+    step_started_at_unix_ms: u64,
+) -> RoleTotals {
+    let outputs: Vec<&PerfOutput> = processes.iter().filter_map(|p| p.output.as_ref()).collect();
+    let latency_us = outputs
+        .iter()
+        .filter_map(|o| o.latency.as_ref())
+        .map(|l| Percentiles {
+            p50: l.p50,
+            p95: l.p95,
+            p99: l.p99,
+            p999: l.p999,
+            p9999: l.p9999,
+            max: l.max,
+        })
+        .reduce(Percentiles::worst);
+    RoleTotals {
+        role,
+        processes: processes.len() as u32,
+        failed: processes.iter().filter(|p| p.output.is_none()).count() as u32,
+        records: outputs.iter().map(|o| o.records).sum(),
+        bytes: outputs.iter().map(|o| o.bytes).sum(),
+        records_per_sec: outputs.iter().map(|o| o.records_per_sec).sum(),
+        mb_per_sec: outputs.iter().map(|o| o.mb_per_sec).sum(),
+        errors: outputs.iter().map(|o| o.errors).sum(),
+        latency_us,
+        timeline: merge_timelines(&outputs, step_started_at_unix_ms),
+    }
+}
+
+/// The processes' timelines on the step's clock, one point per whole second: counts added,
+/// latency figures the worst of the processes.
+fn merge_timelines(outputs: &[&PerfOutput], step_started_at_unix_ms: u64) -> Vec<TimelinePoint> {
+    let mut seconds: BTreeMap<u64, TimelinePoint> = BTreeMap::new();
+    for output in outputs {
+        let offset_s = output
+            .started_at_unix_ms
+            .saturating_sub(step_started_at_unix_ms) as f64
+            / 1e3;
+        for point in &output.timeline {
+            let second = (offset_s + point.t_s).round().max(0.0) as u64;
+            let merged = seconds.entry(second).or_insert(TimelinePoint {
+                t_s: second as f64,
+                records: 0,
+                bytes: 0,
+                p50_us: None,
+                p99_us: None,
+                max_us: None,
+            });
+            merged.records += point.records;
+            merged.bytes += point.bytes;
+            merged.p50_us = worst(merged.p50_us, point.p50_us);
+            merged.p99_us = worst(merged.p99_us, point.p99_us);
+            merged.max_us = worst(merged.max_us, point.max_us);
+        }
+    }
+    seconds.into_values().collect()
+}
+
+fn worst(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Totals for each role present in a step, in role order.
+pub fn step_totals(processes: &[ProcessRun], step_started_at_unix_ms: u64) -> Vec<RoleTotals> {
+    let mut roles: Vec<Role> = processes.iter().map(|p| p.role).collect();
+    roles.sort();
+    roles.dedup();
+    roles
+        .into_iter()
+        .map(|role| {
+            let of_role: Vec<&ProcessRun> = processes.iter().filter(|p| p.role == role).collect();
+            role_totals(role, &of_role, step_started_at_unix_ms)
+        })
+        .collect()
+}
+
+/// The summary: one row per broker, measured (non-warm-up) step and role, in the order the
+/// brokers and steps ran.
+pub fn summarize(brokers: &[String], runs: &[BrokerRound]) -> Vec<SummaryRow> {
+    let mut keys: Vec<(String, String, Role)> = Vec::new();
+    let mut found: BTreeMap<(String, String, Role), Vec<&RoleTotals>> = BTreeMap::new();
+    for broker in brokers {
+        for run in runs.iter().filter(|r| &r.broker == broker) {
+            for step in run.steps.iter().filter(|s| !s.warmup) {
+                for totals in &step.totals {
+                    let key = (broker.clone(), step.name.clone(), totals.role);
+                    if !found.contains_key(&key) {
+                        keys.push(key.clone());
+                    }
+                    found.entry(key).or_default().push(totals);
+                }
+            }
+        }
+    }
+    keys.into_iter()
+        .filter_map(|key| {
+            let totals = found.remove(&key)?;
+            let (broker, step, role) = key;
+            summary_row(broker, step, role, &totals)
+        })
+        .collect()
+}
+
+fn summary_row(
+    broker: String,
+    step: String,
+    role: Role,
+    totals: &[&RoleTotals],
+) -> Option<SummaryRow> {
+    let measured: Vec<&&RoleTotals> = totals.iter().filter(|t| t.processes > t.failed).collect();
+    let spread = |f: &dyn Fn(&RoleTotals) -> f64| {
+        Spread::of(&measured.iter().map(|t| f(t)).collect::<Vec<_>>())
+    };
+    let latency = |f: &dyn Fn(&Percentiles) -> f64| {
+        Spread::of(
+            &measured
+                .iter()
+                .filter_map(|t| t.latency_us.as_ref().map(f))
+                .collect::<Vec<_>>(),
+        )
+    };
+    Some(SummaryRow {
+        rounds: measured.len() as u32,
+        records_per_sec: spread(&|t| t.records_per_sec)?,
+        mb_per_sec: spread(&|t| t.mb_per_sec)?,
+        latency_us_p50: latency(&|p| p.p50),
+        latency_us_p99: latency(&|p| p.p99),
+        latency_us_p999: latency(&|p| p.p999),
+        latency_us_max: latency(&|p| p.max),
+        errors: totals.iter().map(|t| t.errors).sum(),
+        failed_processes: totals.iter().map(|t| t.failed).sum(),
+        broker,
+        step,
+        role,
+    })
+}
+
+impl RunResult {
+    pub fn read(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not a ringlog-bench result: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use crate::harness::perf::tests::{consumer_fixture, producer_fixture};
+
+    pub fn process(role: Role, index: u32, json: Option<String>) -> ProcessRun {
+        ProcessRun {
+            role,
+            index,
+            topic: "t".to_owned(),
+            group: None,
+            command: vec![],
+            exit_code: Some(if json.is_some() { 0 } else { 1 }),
+            error: json.is_none().then(|| "exited with 1".to_owned()),
+            output: json.map(|j| PerfOutput::parse(&j).expect("fixture")),
+        }
+    }
+
+    /// Two rounds of one broker: two producers and a consumer each round, round 2 `scale`
+    /// times as fast as round 1 ... and one warm-up step that must not count.
+    pub fn broker_rounds(broker: &str, scale: f64) -> Vec<BrokerRound> {
+        (1..=2)
+            .map(|round| {
+                let speed = if round == 1 { scale } else { scale * 1.5 };
+                let processes = vec![
+                    process(Role::Producer, 0, Some(producer_fixture(speed, 1000))),
+                    process(Role::Producer, 1, Some(producer_fixture(speed * 2.0, 2000))),
+                    process(Role::Consumer, 0, Some(consumer_fixture(speed, 1000))),
+                ];
+                let measured = StepRun {
+                    name: "produce".to_owned(),
+                    warmup: false,
+                    started_at_unix_ms: 1000,
+                    elapsed_s: 3.0,
+                    totals: step_totals(&processes, 1000),
+                    processes,
+                };
+                let warmup_processes =
+                    vec![process(Role::Producer, 0, Some(producer_fixture(100.0, 0)))];
+                let warmup = StepRun {
+                    name: "warm".to_owned(),
+                    warmup: true,
+                    started_at_unix_ms: 0,
+                    elapsed_s: 1.0,
+                    totals: step_totals(&warmup_processes, 0),
+                    processes: warmup_processes,
+                };
+                BrokerRound {
+                    round,
+                    broker: broker.to_owned(),
+                    started_at_unix_ms: 0,
+                    loadavg_before: "0.10 0.20 0.30".to_owned(),
+                    error: None,
+                    steps: vec![warmup, measured],
+                }
+            })
+            .collect()
+    }
+
+    /// A whole result with brokers "a" (1x) and "b" (`b_scale` times as fast).
+    pub fn run_fixture(b_scale: f64) -> RunResult {
+        let brokers = vec!["a".to_owned(), "b".to_owned()];
+        let mut runs = broker_rounds("a", 1.0);
+        runs.extend(broker_rounds("b", b_scale));
+        RunResult {
+            tool: "ringlog-bench".to_owned(),
+            version: "0.1.0".to_owned(),
+            workload: WorkloadInfo {
+                name: "w".to_owned(),
+                description: "fixture".to_owned(),
+                path: "w.toml".to_owned(),
+                spec: serde_json::json!({}),
+                perf_bin: "ringlog-perf".to_owned(),
+            },
+            machine: MachineInfo::collect(),
+            started_at_unix_ms: 0,
+            finished_at_unix_ms: 10_000,
+            loadavg_end: "0.1 0.2 0.3".to_owned(),
+            summary: summarize(&brokers, &runs),
+            brokers,
+            rounds: 2,
+            runs,
+            failures: vec![],
+        }
+    }
+
+    #[test]
+    fn concurrent_processes_add_up_and_latency_is_the_worst() {
+        let processes = vec![
+            process(Role::Producer, 0, Some(producer_fixture(1.0, 1000))),
+            process(Role::Producer, 1, Some(producer_fixture(2.0, 2000))),
+            process(Role::Producer, 2, None),
+        ];
+        let totals = step_totals(&processes, 1000);
+        assert_eq!(totals.len(), 1);
+        let producers = &totals[0];
+        assert_eq!((producers.processes, producers.failed), (3, 1));
+        assert_eq!(producers.records, 20_000);
+        // 5000 records/s and 10000 records/s.
+        assert!((producers.records_per_sec - 15_000.0).abs() < 1e-6);
+        let latency = producers.latency_us.expect("latency");
+        assert_eq!(
+            (latency.p50, latency.p99, latency.max),
+            (500.0, 1000.0, 4000.0)
+        );
+        // The second process started a second later: its points land on seconds 2 and 3.
+        let seconds: Vec<(f64, u64)> = producers
+            .timeline
+            .iter()
+            .map(|p| (p.t_s, p.records))
+            .collect();
+        assert_eq!(seconds, vec![(1.0, 5000), (2.0, 10_000), (3.0, 5000)]);
+        assert_eq!(producers.timeline[1].max_us, Some(4000.0));
+    }
+
+    #[test]
+    fn summary_takes_the_median_of_rounds_and_skips_warmups() {
+        let result = run_fixture(2.0);
+        let rows: Vec<(&str, &str, Role)> = result
+            .summary
+            .iter()
+            .map(|r| (r.broker.as_str(), r.step.as_str(), r.role))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("a", "produce", Role::Producer),
+                ("a", "produce", Role::Consumer),
+                ("b", "produce", Role::Producer),
+                ("b", "produce", Role::Consumer)
+            ]
+        );
+        // Round 1 of a: 5000 + 10000 records/s; round 2 1.5x that; the median of two is the mean.
+        let a = &result.summary[0];
+        assert_eq!(a.rounds, 2);
+        assert!((a.records_per_sec.median - 18_750.0).abs() < 1e-6);
+        assert!((a.records_per_sec.min - 15_000.0).abs() < 1e-6);
+        let p99 = a.latency_us_p99.expect("p99");
+        assert!((p99.max - 1000.0).abs() < 1e-9);
+        assert!(result.summary[1].latency_us_p99.is_none());
+    }
+
+    #[test]
+    fn spread_of_odd_and_even_counts() {
+        let odd = Spread::of(&[3.0, 1.0, 2.0]).expect("odd");
+        assert_eq!((odd.median, odd.min, odd.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of(&[4.0, 1.0]).map(|s| s.median), Some(2.5));
+        assert!(Spread::of(&[]).is_none());
+        assert!(Spread::of(&[f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn results_round_trip_through_json() {
+        let result = run_fixture(1.5);
+        let text = serde_json::to_string(&result).expect("encode");
+        let again: RunResult = serde_json::from_str(&text).expect("decode");
+        assert_eq!(again, result);
+    }
+}
