@@ -602,6 +602,31 @@ pub mod tests {
     }
 
     #[test]
+    fn shipped_workloads_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("bench/workloads") {
+            let path = entry.expect("entry").path();
+            let workload = Workload::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                path.file_stem().and_then(|s| s.to_str()),
+                Some(workload.name.as_str())
+            );
+            assert!(workload.brokers.iter().all(|b| b.start.is_some()));
+            names.push(workload.name);
+        }
+        names.sort();
+        let expected = [
+            "catch-up",
+            "fan-out",
+            "low-latency",
+            "many-partitions",
+            "max-throughput",
+        ];
+        assert_eq!(names, expected);
+    }
+
+    #[test]
     fn start_commands_get_their_placeholders() {
         let workload = Workload::parse(MINIMAL).expect("valid");
         let command = workload.brokers[0].expand(
