@@ -14,8 +14,6 @@ use serde_json::Value;
 
 use super::spec::{BrokerSpec, ConsumerSpec, ProducerSpec};
 
-/// `--num-records` for a producer bounded only by `--duration`: far beyond any run.
-pub const UNBOUNDED_RECORDS: u64 = 1 << 50;
 /// Bytes per MB in `mb_per_sec`, as Kafka's perf tools count.
 pub const BYTES_PER_MB: f64 = 1_048_576.0;
 
@@ -133,13 +131,13 @@ pub fn producer_args(
     producer: &ProducerSpec,
     output_json: &Path,
 ) -> Vec<String> {
-    let records = producer.records.unwrap_or(UNBOUNDED_RECORDS);
-    let mut args: Vec<String> = vec![
-        "producer".into(),
-        "--topic".into(),
-        producer.topic.clone(),
-        "--num-records".into(),
-        records.to_string(),
+    let mut args: Vec<String> = vec!["producer".into(), "--topic".into(), producer.topic.clone()];
+    // Without a record count ringlog-perf sends until --duration ends.
+    if let Some(records) = producer.records {
+        args.push("--num-records".into());
+        args.push(records.to_string());
+    }
+    args.extend([
         "--record-size".into(),
         producer.record_size.to_string(),
         "--throughput".into(),
@@ -147,7 +145,7 @@ pub fn producer_args(
         "--producer-props".into(),
         format!("bootstrap.servers={}", broker.bootstrap),
         format!("acks={}", producer.acks),
-    ];
+    ]);
     if let Some(linger_ms) = producer.linger_ms {
         args.push(format!("linger.ms={linger_ms}"));
     }
@@ -301,12 +299,9 @@ pub mod tests {
         let producer = producer_args(broker, &step.producers[0], Path::new("/o/p.json")).join(" ");
         assert_eq!(
             producer,
-            format!(
-                "producer --topic t --num-records {UNBOUNDED_RECORDS} --record-size 1024 \
-                 --throughput -1 --producer-props bootstrap.servers=127.0.0.1:9092 acks=1 \
-                 linger.ms=2 compression.type=lz4 --duration 30 --cores 2 --key-size 8 \
-                 --keys 100 --output-json /o/p.json"
-            )
+            "producer --topic t --record-size 1024 --throughput -1 --producer-props \
+             bootstrap.servers=127.0.0.1:9092 acks=1 linger.ms=2 compression.type=lz4 \
+             --duration 30 --cores 2 --key-size 8 --keys 100 --output-json /o/p.json"
         );
         let consumer =
             consumer_args(broker, &step.consumers[0], "g1", 50, Path::new("/o/c.json")).join(" ");
