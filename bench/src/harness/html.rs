@@ -2,9 +2,9 @@
 //! can be mailed, attached to an issue or opened offline years later.
 //!
 //! For every step and role it draws the throughput over time (one line per broker and round,
-//! colour by broker) and, where there is latency, the latency by percentile on the log-scaled
-//! percentile axis HdrHistogram's plots use (0%, 90%, 99%, 99.9%, ... equally spaced), every
-//! broker in the same axes so they compare at a glance. A summary table gives the median
+//! colour by broker) and, where there is latency, the p99 over time and the latency by
+//! percentile on the log-scaled percentile axis HdrHistogram's plots use (0%, 90%, 99%, 99.9%,
+//! ... equally spaced), every broker in the same axes so they compare at a glance. A summary table gives the median
 //! across rounds with its range and the ratio to the first broker.
 //!
 //! The SVG is written by hand: a line chart is a few dozen lines, and a plotting crate would
@@ -13,6 +13,7 @@
 use std::fmt::Write as _;
 
 use super::compare::{figure, short_sha};
+use super::perf::TimelinePoint;
 use super::results::{BrokerRound, Role, RunResult, SummaryRow};
 
 const WIDTH: f64 = 760.0;
@@ -221,21 +222,31 @@ fn round_dash(round: u32) -> &'static str {
     DASHES[(round.saturating_sub(1) as usize) % DASHES.len()]
 }
 
-/// Throughput per second of `role` in step `step`, one series per broker and round.
-fn throughput_series(result: &RunResult, step: &str, role: Role) -> Vec<Series> {
+/// A figure of each second of `role` in step `step` (`None`: no figure that second), one
+/// series per broker and round.
+fn timeline_series(
+    result: &RunResult,
+    step: &str,
+    role: Role,
+    figure: impl Fn(&TimelinePoint) -> Option<f64>,
+) -> Vec<Series> {
     let mut series = Vec::new();
     for run in &result.runs {
         for step_run in run.steps.iter().filter(|s| s.name == step) {
             for totals in step_run.totals.iter().filter(|t| t.role == role) {
+                let points: Vec<(f64, f64)> = totals
+                    .timeline
+                    .iter()
+                    .filter_map(|p| Some((p.t_s, figure(p)?)))
+                    .collect();
+                if points.is_empty() {
+                    continue;
+                }
                 series.push(Series {
                     label: format!("{} round {}", run.broker, run.round),
                     color: broker_color(result, &run.broker),
                     dash: round_dash(run.round),
-                    points: totals
-                        .timeline
-                        .iter()
-                        .map(|p| (p.t_s, p.bytes as f64 / super::perf::BYTES_PER_MB))
-                        .collect(),
+                    points,
                 });
             }
         }
@@ -458,7 +469,9 @@ pub fn render(result: &RunResult) -> String {
             escape(&step),
             role.name()
         );
-        let throughput = throughput_series(result, &step, role);
+        let throughput = timeline_series(result, &step, role, |p| {
+            Some(p.bytes as f64 / super::perf::BYTES_PER_MB)
+        });
         let _ = write!(
             html,
             "<figure><figcaption>Throughput over time</figcaption>{}{}</figure>",
@@ -472,6 +485,20 @@ pub fn render(result: &RunResult) -> String {
                 "<figure><figcaption>Latency by percentile</figcaption>{}{}</figure>",
                 line_chart(&latency, XAxis::Percentile, "percentile", "latency (µs)"),
                 legend(&latency)
+            );
+        }
+        let p99 = timeline_series(result, &step, role, |p| p.p99_us);
+        if !p99.is_empty() {
+            let _ = write!(
+                html,
+                "<figure><figcaption>p99 latency over time</figcaption>{}{}</figure>",
+                line_chart(
+                    &p99,
+                    XAxis::Seconds,
+                    "seconds into the step",
+                    "p99 latency (µs)"
+                ),
+                legend(&p99)
             );
         }
         html.push_str("</div>\n");
@@ -516,7 +543,8 @@ mod tests {
         // One throughput chart per step and role (warm-up included), latency for producers.
         assert_eq!(html.matches("Throughput over time").count(), 3);
         assert_eq!(html.matches("Latency by percentile").count(), 2);
-        assert_eq!(html.matches("<svg class=\"chart\"").count(), 5);
+        assert_eq!(html.matches("p99 latency over time").count(), 2);
+        assert_eq!(html.matches("<svg class=\"chart\"").count(), 7);
         // Two brokers x two rounds of throughput lines in the measured producer chart, in the
         // first broker's colour and the second's.
         assert!(html.contains(PALETTE[0]) && html.contains(PALETTE[1]));
