@@ -51,6 +51,11 @@ export RINGLOG_BIN="${RINGLOG_BIN:-$(realpath -m "${CARGO_TARGET_DIR:-target}")/
 if [ ! -x "$RINGLOG_BIN" ]; then
     cargo build -p ringlog
 fi
+# ringlog-perf (tests/python/test_perf_tool.py) sits beside the broker binary.
+export RINGLOG_PERF_BIN="${RINGLOG_PERF_BIN:-$(dirname "$RINGLOG_BIN")/ringlog-perf}"
+if [ ! -x "$RINGLOG_PERF_BIN" ]; then
+    cargo build -p ringlog-bench --bin ringlog-perf
+fi
 
 # Keep only this run's data: a failed test leaves its data directory and broker log here.
 rm -rf target/pytest-data

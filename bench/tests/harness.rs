@@ -1,6 +1,10 @@
 //! `ringlog-bench run` end to end against real `ringlog serve` brokers that the harness starts
 //! and stops itself, on free loopback ports with data under CARGO_TARGET_TMPDIR.
 //!
+//! - With the real ringlog-perf: a tiny workload (3000 records, 2 rounds) against ringlog with
+//!   1 core and with 2 cores, interleaved; every process's result is in the JSON, the summary
+//!   has both brokers, the HTML report has the plots, `report` re-renders it identically from
+//!   the JSON and `compare` pairs the two brokers.
 //! - With a stand-in for ringlog-perf (a shell script writing results, failing or hanging on
 //!   cue): the harness records a failed process and one that runs past its step's timeout,
 //!   carries on, exits non-zero, and still writes the figures of what worked.
@@ -177,4 +181,138 @@ fn failures_are_recorded_and_the_run_goes_on() {
     assert!(!work_dir.join("data").join("one").exists());
     let log = std::fs::read_to_string(work_dir.join("logs/r1/one/broker.log")).expect("log");
     assert!(log.contains("stopped"), "{log}");
+}
+
+/// ringlog-perf, built with this crate.
+const PERF_BIN: &str = env!("CARGO_BIN_EXE_ringlog-perf");
+
+#[test]
+fn tiny_workload_against_two_ringlogs() {
+    let dir = test_dir("harness-tiny");
+    let (one_core, _) = ringlog_broker("ringlog-1core", 1);
+    let (two_cores, two_cores_port) = ringlog_broker("ringlog-2cores", 2);
+    let workload = format!(
+        "name = \"tiny\"\nrounds = 2\n{one_core}\n{two_cores}\n\
+         [[topic]]\nname = \"tiny\"\npartitions = 2\n\
+         [[step]]\nname = \"produce-consume\"\ntimeout_s = 120\n\
+         [[step.producer]]\ntopic = \"tiny\"\nrecords = 3000\nrecord_size = 512\nlinger_ms = 1\n\
+         [[step.consumer]]\ntopic = \"tiny\"\ntimeout_ms = 20000\n"
+    );
+    let workload_path = dir.path().join("tiny.toml");
+    std::fs::write(&workload_path, workload).expect("write workload");
+    let json = dir.path().join("tiny.json");
+    let html = dir.path().join("tiny.html");
+    let output = run_bench(&[
+        "run",
+        workload_path.to_str().expect("utf-8"),
+        "--perf-bin",
+        PERF_BIN,
+        "--work-dir",
+        dir.path().join("work").to_str().expect("utf-8"),
+        "--output-json",
+        json.to_str().expect("utf-8"),
+        "--html",
+        html.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        output.status.success(),
+        "run failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result = read_json(&json);
+    assert_eq!(result["failures"], serde_json::json!([]));
+    assert!(result["machine"]["git_sha"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    assert!(result["machine"]["cores"].as_u64().is_some_and(|n| n > 0));
+    // Interleaved: each round runs both brokers, in the workload's order.
+    let order: Vec<(u64, &str)> = result["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|run| {
+            (
+                run["round"].as_u64().unwrap_or(0),
+                run["broker"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (1, "ringlog-1core"),
+            (1, "ringlog-2cores"),
+            (2, "ringlog-1core"),
+            (2, "ringlog-2cores")
+        ]
+    );
+    for run in result["runs"].as_array().expect("runs") {
+        let processes = run["steps"][0]["processes"].as_array().expect("processes");
+        assert_eq!(processes.len(), 2, "{run}");
+        for process in processes {
+            let output = &process["output"];
+            assert_eq!(output["tool"], "ringlog-perf", "{process}");
+            assert_eq!(output["records"], 3000, "{process}");
+            assert_eq!(output["bytes"], 3000 * 512, "{process}");
+            assert!(
+                output["mb_per_sec"].as_f64().is_some_and(|v| v > 0.0),
+                "{process}"
+            );
+            assert!(!output["timeline"].as_array().expect("timeline").is_empty());
+        }
+        let latency = &processes
+            .iter()
+            .find(|p| p["role"] == "producer")
+            .expect("producer")["output"]["latency"];
+        assert!(
+            latency["p99"].as_f64().is_some_and(|v| v > 0.0),
+            "{latency}"
+        );
+        assert!(latency["distribution"]
+            .as_array()
+            .is_some_and(|d| d.len() > 1));
+    }
+    let summary = result["summary"].as_array().expect("summary");
+    assert_eq!(summary.len(), 4, "two brokers x producer and consumer");
+    for row in summary {
+        assert_eq!(row["rounds"], 2, "{row}");
+        assert!(row["records_per_sec"]["median"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0));
+    }
+    // Every broker was stopped.
+    assert!(TcpStream::connect(("127.0.0.1", two_cores_port)).is_err());
+
+    let report = std::fs::read_to_string(&html).expect("HTML written");
+    assert!(report.contains("ringlog-1core") && report.contains("ringlog-2cores"));
+    assert_eq!(report.matches("Throughput over time").count(), 2);
+    assert_eq!(report.matches("Latency by percentile").count(), 1);
+    assert!(!report.contains("http") && !report.contains("<script"));
+    // `report` renders the same page from the JSON alone.
+    let again = dir.path().join("again.html");
+    let rendered = run_bench(&[
+        "report",
+        json.to_str().expect("utf-8"),
+        "--html",
+        again.to_str().expect("utf-8"),
+    ]);
+    assert!(rendered.status.success());
+    assert_eq!(std::fs::read_to_string(&again).expect("again"), report);
+    // The two brokers of one run compared.
+    let compared = run_bench(&[
+        "compare",
+        json.to_str().expect("utf-8"),
+        json.to_str().expect("utf-8"),
+        "--a-broker",
+        "ringlog-1core",
+        "--b-broker",
+        "ringlog-2cores",
+    ]);
+    let text = String::from_utf8_lossy(&compared.stdout);
+    assert!(compared.status.success(), "{text}");
+    assert!(
+        text.contains("ringlog-2cores vs ringlog-1core") && text.contains("B/A"),
+        "{text}"
+    );
 }

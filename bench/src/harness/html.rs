@@ -78,12 +78,10 @@ fn ticks(max: f64) -> Vec<f64> {
 }
 
 fn tick_label(value: f64) -> String {
+    // Ticks are round numbers: print them with no trailing zeros.
     let short = |v: f64| {
-        if v.fract() == 0.0 {
-            format!("{v:.0}")
-        } else {
-            figure(v)
-        }
+        let text = format!("{v:.3}");
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
     };
     if value >= 1e6 {
         format!("{}M", short(value / 1e6))
@@ -177,7 +175,19 @@ pub fn line_chart(series: &[Series], x_axis: XAxis, x_label: &str, y_label: &str
         MARGIN_TOP + plot_height / 2.0,
         escape(y_label)
     );
-    for line in series.iter().filter(|s| !s.points.is_empty()) {
+    // A lone point draws no line: mark it.
+    for line in series.iter().filter(|s| s.points.len() == 1) {
+        let (x, y) = line.points[0];
+        let _ = writeln!(
+            svg,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"><title>{}</title></circle>",
+            px(x_of(x)),
+            py(y),
+            line.color,
+            escape(&line.label)
+        );
+    }
+    for line in series.iter().filter(|s| s.points.len() > 1) {
         let path: Vec<String> = line
             .points
             .iter()
@@ -528,6 +538,9 @@ mod tests {
         assert_eq!(ticks(9.0), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
         assert_eq!(ticks(1234.0), vec![0.0, 500.0, 1000.0, 1500.0]);
         assert_eq!(ticks(0.0), vec![0.0, 1.0]);
+        assert_eq!(tick_label(2.5), "2.5");
+        assert_eq!(tick_label(20_000.0), "20k");
+        assert_eq!(tick_label(1_500_000.0), "1.5M");
     }
 
     #[test]
@@ -549,6 +562,8 @@ mod tests {
         // first broker's colour and the second's.
         assert!(html.contains(PALETTE[0]) && html.contains(PALETTE[1]));
         assert!(html.contains("b round 2"));
+        // The consumers' one-second timelines are single points, drawn as markers.
+        assert_eq!(html.matches("<circle").count(), 4);
         assert!(html.contains("99.9%"));
         // The summary table's ratio to the first broker: b is about 2x as fast.
         assert!(html.contains("2.00×"), "no ratio in the summary");

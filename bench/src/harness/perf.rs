@@ -199,9 +199,15 @@ pub fn consumer_args(
     if consumer.from_latest {
         args.push("--from-latest".into());
     }
-    if let Some(timeout_ms) = consumer.timeout_ms {
-        args.push("--timeout".into());
-        args.push(timeout_ms.to_string());
+    let options = [
+        ("--timeout", consumer.timeout_ms),
+        ("--cores", consumer.cores.map(u64::from)),
+    ];
+    for (flag, value) in options {
+        if let Some(value) = value {
+            args.push(flag.into());
+            args.push(value.to_string());
+        }
     }
     args.push("--output-json".into());
     args.push(output_json.display().to_string());
@@ -292,7 +298,7 @@ pub mod tests {
         let producer = "duration_s = 30\nlinger_ms = 2\ncores = 2\nkeys = 100\nkey_size = 8\n\
                         props = { \"compression.type\" = \"lz4\" }";
         let text = MINIMAL.replace("records = 1000", producer)
-            + "[[step.consumer]]\ntopic = \"t\"\nmessages = 50\nfrom_latest = true\n";
+            + "[[step.consumer]]\ntopic = \"t\"\nmessages = 50\nfrom_latest = true\ncores = 2\n";
         let workload = Workload::parse(&text).expect("valid");
         let broker = &workload.brokers[0];
         let step = &workload.steps[0];
@@ -308,7 +314,7 @@ pub mod tests {
         assert_eq!(
             consumer,
             "consumer --bootstrap-server 127.0.0.1:9092 --topic t --messages 50 --group g1 \
-             --from-latest --output-json /o/c.json"
+             --from-latest --cores 2 --output-json /o/c.json"
         );
     }
 }

@@ -257,6 +257,8 @@ pub struct ConsumerSpec {
     pub from_latest: bool,
     /// A consumer stops after this long without a record (ringlog-perf's --timeout).
     pub timeout_ms: Option<u64>,
+    /// Client shards (one per core) in each consumer process.
+    pub cores: Option<u32>,
 }
 
 impl Workload {

@@ -1,0 +1,362 @@
+//! Bootstrap and cluster metadata: ApiVersions negotiation, Metadata (partition leaders and
+//! broker addresses), topic creation, InitProducerId and ListOffsets.
+//!
+//! What is learnt here is plain data (`ClusterInfo`, `TopicInfo`): the tools learn it once on
+//! one executor and hand copies to every client shard, which then open their own connections.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    ApiVersionsRequest, BrokerId, CreateTopicsRequest, InitProducerIdRequest, ListOffsetsRequest,
+    MetadataRequest, TopicName,
+};
+use kafka_protocol::protocol::{Request, StrBytes};
+
+use super::connection::Connection;
+use super::error::{check_code, is_retriable_code, ClientError};
+use super::wire::api_name;
+
+/// Kafka's TOPIC_ALREADY_EXISTS.
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+/// How long to wait for a topic's partitions to all have leaders.
+const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The version ranges a broker offered in ApiVersions, by API key.
+#[derive(Debug, Clone, Default)]
+pub struct ApiVersions {
+    ranges: HashMap<i16, (i16, i16)>,
+}
+
+impl ApiVersions {
+    /// The highest version of `R` both sides speak, at most `ours_max` (the client may not
+    /// handle every version `kafka-protocol` knows, e.g. the hand-written Produce frame).
+    pub fn pick<R: Request>(&self, ours_max: i16) -> Result<i16, ClientError> {
+        let ours_min = R::VERSIONS.min;
+        let ours_max = ours_max.min(R::VERSIONS.max);
+        let unsupported = ClientError::Unsupported {
+            api: api_name::<R>(),
+            min: ours_min,
+            max: ours_max,
+        };
+        let &(theirs_min, theirs_max) = self.ranges.get(&R::KEY).ok_or(unsupported)?;
+        let version = ours_max.min(theirs_max);
+        if version < ours_min.max(theirs_min) {
+            return Err(ClientError::Unsupported {
+                api: api_name::<R>(),
+                min: ours_min,
+                max: ours_max,
+            });
+        }
+        Ok(version)
+    }
+
+    /// The highest version of an API (by key) within `ours`, for requests written by hand.
+    pub fn pick_key(
+        &self,
+        key: i16,
+        name: &'static str,
+        ours: (i16, i16),
+    ) -> Result<i16, ClientError> {
+        let unsupported = ClientError::Unsupported {
+            api: name,
+            min: ours.0,
+            max: ours.1,
+        };
+        let &(theirs_min, theirs_max) = self.ranges.get(&key).ok_or(unsupported)?;
+        let version = ours.1.min(theirs_max);
+        if version < ours.0.max(theirs_min) {
+            return Err(ClientError::Unsupported {
+                api: name,
+                min: ours.0,
+                max: ours.1,
+            });
+        }
+        Ok(version)
+    }
+}
+
+/// One partition of a topic and its leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub index: i32,
+    pub leader: i32,
+}
+
+/// A topic's partitions, sorted by index.
+#[derive(Debug, Clone)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// What a client shard needs to reach the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterInfo {
+    pub client_id: String,
+    /// Broker node id → `host:port`.
+    pub brokers: BTreeMap<i32, String>,
+    pub versions: ApiVersions,
+}
+
+impl ClusterInfo {
+    pub fn address(&self, node: i32) -> Result<&str, ClientError> {
+        self.brokers
+            .get(&node)
+            .map(String::as_str)
+            .ok_or(ClientError::UnknownNode { node })
+    }
+}
+
+/// A control connection to one bootstrap broker.
+pub struct Cluster {
+    connection: Connection,
+    info: ClusterInfo,
+}
+
+impl Cluster {
+    /// Connects to the first reachable of the comma-separated bootstrap servers and asks
+    /// which API versions it speaks.
+    pub async fn connect(bootstrap: &str, client_id: &str) -> Result<Self, ClientError> {
+        let mut last_error = None;
+        for address in bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            match Self::connect_one(address, client_id).await {
+                Ok(cluster) => return Ok(cluster),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ClientError::Connect {
+            address: bootstrap.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no bootstrap server given",
+            ),
+        }))
+    }
+
+    async fn connect_one(address: &str, client_id: &str) -> Result<Self, ClientError> {
+        let mut connection = Connection::connect(address, client_id).await?;
+        // Version 0 is answered by every broker, whatever it supports.
+        let response = connection.call(&ApiVersionsRequest::default(), 0).await?;
+        check_code(response.error_code, || {
+            format!("ApiVersions from {address}")
+        })?;
+        let ranges = response
+            .api_keys
+            .iter()
+            .map(|api| (api.api_key, (api.min_version, api.max_version)))
+            .collect();
+        Ok(Self {
+            connection,
+            info: ClusterInfo {
+                client_id: client_id.to_owned(),
+                brokers: BTreeMap::new(),
+                versions: ApiVersions { ranges },
+            },
+        })
+    }
+
+    pub fn info(&self) -> &ClusterInfo {
+        &self.info
+    }
+
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.connection
+    }
+
+    /// Metadata for one topic; refreshes the broker list. With `auto_create` the broker may
+    /// create a missing topic (as Kafka's perf tools rely on).
+    pub async fn metadata(
+        &mut self,
+        topic: &str,
+        auto_create: bool,
+    ) -> Result<TopicInfo, ClientError> {
+        let version = self.info.versions.pick::<MetadataRequest>(12)?;
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                TopicName(StrBytes::from_string(topic.to_owned())),
+            ))]))
+            .with_allow_auto_topic_creation(auto_create);
+        let response = self.connection.call(&request, version).await?;
+        self.info.brokers = response
+            .brokers
+            .iter()
+            .map(|broker| {
+                (
+                    broker.node_id.0,
+                    format!("{}:{}", broker.host.as_str(), broker.port),
+                )
+            })
+            .collect();
+        let entry = response
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|name| name.as_str() == topic))
+            .ok_or_else(|| ClientError::Topic {
+                topic: topic.to_owned(),
+                reason: "not in the Metadata answer".to_owned(),
+            })?;
+        check_code(entry.error_code, || format!("Metadata for topic {topic}"))?;
+        let mut partitions: Vec<PartitionInfo> = entry
+            .partitions
+            .iter()
+            .map(|p| PartitionInfo {
+                index: p.partition_index,
+                leader: if p.error_code == 0 { p.leader_id.0 } else { -1 },
+            })
+            .collect();
+        partitions.sort_by_key(|p| p.index);
+        Ok(TopicInfo {
+            name: topic.to_owned(),
+            partitions,
+        })
+    }
+
+    /// Waits until the topic exists with a leader for every partition (auto-creating it if
+    /// the broker does that), at most 30 s.
+    pub async fn wait_for_topic(
+        &mut self,
+        topic: &str,
+        auto_create: bool,
+    ) -> Result<TopicInfo, ClientError> {
+        let deadline = Instant::now() + TOPIC_READY_TIMEOUT;
+        loop {
+            let outcome = self.metadata(topic, auto_create).await;
+            let retriable = match &outcome {
+                Ok(info) => {
+                    let ready = !info.partitions.is_empty()
+                        && info.partitions.iter().all(|p| p.leader >= 0);
+                    if ready {
+                        return outcome;
+                    }
+                    true
+                }
+                Err(error) => error.is_retriable(),
+            };
+            if !retriable || Instant::now() > deadline {
+                return outcome.and_then(|_| {
+                    Err(ClientError::Topic {
+                        topic: topic.to_owned(),
+                        reason: "partitions without a leader after 30 s".to_owned(),
+                    })
+                });
+            }
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Creates a topic with `partitions` partitions (replication factor 1) unless it exists.
+    pub async fn create_topic(&mut self, topic: &str, partitions: i32) -> Result<(), ClientError> {
+        let version = self.info.versions.pick::<CreateTopicsRequest>(7)?;
+        let request = CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1)])
+            .with_timeout_ms(30_000);
+        let response = self.connection.call(&request, version).await?;
+        for result in &response.topics {
+            if result.error_code != TOPIC_ALREADY_EXISTS {
+                check_code(result.error_code, || format!("CreateTopics {topic}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A producer id and epoch for an idempotent producer (no transactional id).
+    pub async fn init_producer_id(&mut self) -> Result<(i64, i16), ClientError> {
+        let version = self.info.versions.pick::<InitProducerIdRequest>(4)?;
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(-1)
+            .with_producer_id((-1).into())
+            .with_producer_epoch(-1);
+        for _ in 0..50 {
+            let response = self.connection.call(&request, version).await?;
+            if is_retriable_code(response.error_code) {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            check_code(response.error_code, || "InitProducerId".to_owned())?;
+            return Ok((response.producer_id.0, response.producer_epoch));
+        }
+        Err(ClientError::Timeout {
+            what: "InitProducerId (retriable errors)".to_owned(),
+            timeout_ms: 5_000,
+        })
+    }
+
+    /// The offset of each partition at `timestamp` (-1: the end, -2: the start), asked of
+    /// each partition's leader.
+    pub async fn list_offsets(
+        &mut self,
+        topic: &TopicInfo,
+        timestamp: i64,
+    ) -> Result<BTreeMap<i32, i64>, ClientError> {
+        let version = self.info.versions.pick::<ListOffsetsRequest>(7)?;
+        let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        for partition in &topic.partitions {
+            by_leader
+                .entry(partition.leader)
+                .or_default()
+                .push(partition.index);
+        }
+        let mut offsets = BTreeMap::new();
+        for (leader, partitions) in by_leader {
+            let address = self.info.address(leader)?.to_owned();
+            let mut connection = Connection::connect(&address, &self.info.client_id).await?;
+            let request = ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.name.clone())))
+                    .with_partitions(
+                        partitions
+                            .iter()
+                            .map(|&index| {
+                                ListOffsetsPartition::default()
+                                    .with_partition_index(index)
+                                    .with_current_leader_epoch(-1)
+                                    .with_timestamp(timestamp)
+                            })
+                            .collect(),
+                    )]);
+            let response = connection.call(&request, version).await?;
+            for topic_response in &response.topics {
+                for partition in &topic_response.partitions {
+                    check_code(partition.error_code, || {
+                        format!("ListOffsets {}-{}", topic.name, partition.partition_index)
+                    })?;
+                    offsets.insert(partition.partition_index, partition.offset);
+                }
+            }
+        }
+        Ok(offsets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::ProduceRequest;
+
+    #[test]
+    fn versions_are_the_highest_both_speak() {
+        let versions = ApiVersions {
+            ranges: [(0, (3, 11)), (3, (0, 9)), (22, (5, 5))]
+                .into_iter()
+                .collect(),
+        };
+        assert_eq!(versions.pick::<ProduceRequest>(8).expect("produce"), 8);
+        assert_eq!(versions.pick::<MetadataRequest>(12).expect("metadata"), 9);
+        assert!(versions.pick::<InitProducerIdRequest>(4).is_err());
+        assert!(versions.pick::<CreateTopicsRequest>(7).is_err());
+        assert_eq!(versions.pick_key(0, "Produce", (3, 8)).expect("key"), 8);
+    }
+}

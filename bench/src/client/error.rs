@@ -1,0 +1,79 @@
+//! The client's one error type. Kafka error codes stay numbers with their name attached; the
+//! caller decides whether one is retriable (`is_retriable`).
+
+use std::io;
+
+use kafka_protocol::error::ResponseError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot connect to {address}: {source}")]
+    Connect { address: String, source: io::Error },
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    #[error("the broker closed the connection")]
+    Closed,
+    #[error("response frame of {size} bytes is over the client's limit of {max}")]
+    FrameTooLarge { size: usize, max: usize },
+    #[error("cannot encode {api} v{version}: {reason}")]
+    Encode {
+        api: &'static str,
+        version: i16,
+        reason: String,
+    },
+    #[error("cannot decode {what}: {reason}")]
+    Decode { what: &'static str, reason: String },
+    #[error("response has correlation id {got}, expected {expected}")]
+    Correlation { expected: i32, got: i32 },
+    #[error("the broker supports no version of {api} this client speaks ({min}..={max})")]
+    Unsupported {
+        api: &'static str,
+        min: i16,
+        max: i16,
+    },
+    #[error("{what}: {}", error_name(*.code))]
+    Kafka { what: String, code: i16 },
+    #[error("{what}: no answer within {timeout_ms} ms")]
+    Timeout { what: String, timeout_ms: u64 },
+    #[error("topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+    #[error("broker node {node} is not in the cluster metadata")]
+    UnknownNode { node: i32 },
+    #[error("record batch: {0}")]
+    Batch(String),
+}
+
+impl ClientError {
+    /// A Kafka error code the operation may succeed after retrying (leader moves, timeouts,
+    /// coordinator loading), as the protocol classifies it.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Kafka { code, .. } => is_retriable_code(*code),
+            Self::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether a Kafka error code is retriable (NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT, ...).
+pub fn is_retriable_code(code: i16) -> bool {
+    ResponseError::try_from_code(code).is_some_and(|error| error.is_retriable())
+}
+
+/// The protocol's name of an error code, with the code: `NotLeaderOrFollower (6)`.
+pub fn error_name(code: i16) -> String {
+    match ResponseError::try_from_code(code) {
+        None => "no error (0)".to_owned(),
+        Some(error) => format!("{error} ({code})"),
+    }
+}
+
+/// `Ok` for error code 0, the error otherwise.
+pub fn check_code(code: i16, what: impl FnOnce() -> String) -> Result<(), ClientError> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(ClientError::Kafka { what: what(), code })
+    }
+}

@@ -1,0 +1,420 @@
+//! The classic consumer-group protocol, for one member subscribed to one topic.
+//!
+//! FindCoordinator, then JoinGroup (again with the member id the broker hands out, for
+//! versions that require one); the member the coordinator names leader runs the range
+//! assignor over every member's subscription and hands the result to SyncGroup. Heartbeats
+//! keep the membership; OffsetFetch and OffsetCommit read and store positions; LeaveGroup ends
+//! it. Subscriptions and assignments use the consumer protocol's version 0 layout:
+//!
+//! ```text
+//! subscription: version i16 | topics [string] | user_data bytes (null)
+//! assignment:   version i16 | [topic string | partitions [i32]] | user_data bytes (null)
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::{
+    FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
+    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::cluster::{ApiVersions, Cluster};
+use super::connection::Connection;
+use super::error::{check_code, is_retriable_code, ClientError};
+
+/// MEMBER_ID_REQUIRED: JoinGroup v4+ answers a first join with the member id to use.
+const MEMBER_ID_REQUIRED: i16 = 79;
+/// REBALANCE_IN_PROGRESS, as a Heartbeat answer: the member must join again.
+pub const REBALANCE_IN_PROGRESS: i16 = 27;
+/// The assignor this member offers.
+const RANGE: &str = "range";
+/// Attempts at a coordinator request that keeps failing with retriable errors.
+const ATTEMPTS_MAX: u32 = 50;
+
+/// How the member joins.
+#[derive(Debug, Clone)]
+pub struct GroupSettings {
+    pub group: String,
+    pub topic: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+}
+
+/// A joined member: its coordinator connection, generation and assignment.
+pub struct GroupMember {
+    connection: Connection,
+    versions: ApiVersions,
+    settings: GroupSettings,
+    pub member_id: String,
+    pub generation_id: i32,
+    pub assignment: Vec<i32>,
+}
+
+/// The consumer protocol's subscription to one topic.
+pub fn encode_subscription(topic: &str) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_i16(0);
+    out.put_i32(1);
+    put_string(&mut out, topic);
+    out.put_i32(-1);
+    out.freeze()
+}
+
+/// The topics of a consumer-protocol subscription.
+pub fn decode_subscription(mut data: Bytes) -> Result<Vec<String>, ClientError> {
+    let bad = || ClientError::Decode {
+        what: "consumer subscription",
+        reason: "truncated".to_owned(),
+    };
+    if data.remaining() < 6 {
+        return Err(bad());
+    }
+    let _version = data.get_i16();
+    let count = data.get_i32();
+    let mut topics = Vec::new();
+    for _ in 0..count.max(0) {
+        topics.push(get_string(&mut data).ok_or_else(bad)?);
+    }
+    Ok(topics)
+}
+
+/// The consumer protocol's assignment of partitions of one topic.
+pub fn encode_assignment(topic: &str, partitions: &[i32]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_i16(0);
+    out.put_i32(1);
+    put_string(&mut out, topic);
+    out.put_i32(partitions.len() as i32);
+    for &partition in partitions {
+        out.put_i32(partition);
+    }
+    out.put_i32(-1);
+    out.freeze()
+}
+
+/// The partitions of `topic` in a consumer-protocol assignment (empty for an empty one).
+pub fn decode_assignment(mut data: Bytes, topic: &str) -> Result<Vec<i32>, ClientError> {
+    let bad = || ClientError::Decode {
+        what: "consumer assignment",
+        reason: "truncated".to_owned(),
+    };
+    if data.is_empty() {
+        return Ok(Vec::new());
+    }
+    if data.remaining() < 6 {
+        return Err(bad());
+    }
+    let _version = data.get_i16();
+    let topics = data.get_i32();
+    let mut mine = Vec::new();
+    for _ in 0..topics.max(0) {
+        let name = get_string(&mut data).ok_or_else(bad)?;
+        if data.remaining() < 4 {
+            return Err(bad());
+        }
+        let count = data.get_i32().max(0) as usize;
+        if data.remaining() < count * 4 {
+            return Err(bad());
+        }
+        for _ in 0..count {
+            let partition = data.get_i32();
+            if name == topic {
+                mine.push(partition);
+            }
+        }
+    }
+    Ok(mine)
+}
+
+/// Kafka's range assignor for one topic: members sorted by id, each a run of consecutive
+/// partitions, the first `partitions mod members` one more.
+pub fn range_assign(members: &[String], partition_count: i32) -> BTreeMap<String, Vec<i32>> {
+    let mut sorted: Vec<&String> = members.iter().collect();
+    sorted.sort();
+    let count = sorted.len().max(1) as i32;
+    let (each, extra) = (partition_count / count, partition_count % count);
+    let mut next = 0;
+    sorted
+        .into_iter()
+        .enumerate()
+        .map(|(i, member)| {
+            let take = each + i32::from((i as i32) < extra);
+            let assigned = (next..next + take).collect();
+            next += take;
+            (member.clone(), assigned)
+        })
+        .collect()
+}
+
+fn put_string(out: &mut BytesMut, text: &str) {
+    out.put_i16(text.len() as i16);
+    out.put_slice(text.as_bytes());
+}
+
+fn get_string(data: &mut Bytes) -> Option<String> {
+    if data.remaining() < 2 {
+        return None;
+    }
+    let length = usize::try_from(data.get_i16()).ok()?;
+    if data.remaining() < length {
+        return None;
+    }
+    let text = data.split_to(length);
+    String::from_utf8(text.to_vec()).ok()
+}
+
+fn str_bytes(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_owned())
+}
+
+impl GroupMember {
+    /// Finds the coordinator, joins and syncs; returns the member with its assignment.
+    pub async fn join(
+        cluster: &mut Cluster,
+        settings: GroupSettings,
+        partition_count: i32,
+    ) -> Result<Self, ClientError> {
+        let versions = cluster.info().versions.clone();
+        let address = find_coordinator(cluster, &settings.group).await?;
+        let connection = Connection::connect(&address, &cluster.info().client_id).await?;
+        let mut member = Self {
+            connection,
+            versions,
+            settings,
+            member_id: String::new(),
+            generation_id: -1,
+            assignment: Vec::new(),
+        };
+        member.rejoin(partition_count).await?;
+        Ok(member)
+    }
+
+    /// JoinGroup and SyncGroup (again, after a rebalance).
+    pub async fn rejoin(&mut self, partition_count: i32) -> Result<(), ClientError> {
+        let version = self.versions.pick::<JoinGroupRequest>(7)?;
+        let mut attempts = 0;
+        let response = loop {
+            let request = JoinGroupRequest::default()
+                .with_group_id(GroupId(str_bytes(&self.settings.group)))
+                .with_session_timeout_ms(self.settings.session_timeout_ms)
+                .with_rebalance_timeout_ms(self.settings.rebalance_timeout_ms)
+                .with_member_id(str_bytes(&self.member_id))
+                .with_protocol_type(str_bytes("consumer"))
+                .with_protocols(vec![JoinGroupRequestProtocol::default()
+                    .with_name(str_bytes(RANGE))
+                    .with_metadata(encode_subscription(&self.settings.topic))]);
+            let response = self.connection.call(&request, version).await?;
+            attempts += 1;
+            if response.error_code == MEMBER_ID_REQUIRED && attempts < ATTEMPTS_MAX {
+                self.member_id = response.member_id.to_string();
+                continue;
+            }
+            if is_retriable_code(response.error_code) && attempts < ATTEMPTS_MAX {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            check_code(response.error_code, || {
+                format!("JoinGroup {}", self.settings.group)
+            })?;
+            break response;
+        };
+        self.member_id = response.member_id.to_string();
+        self.generation_id = response.generation_id;
+        let assignments = if response.leader == response.member_id {
+            self.assign(&response.members, partition_count)?
+        } else {
+            Vec::new()
+        };
+        let version = self.versions.pick::<SyncGroupRequest>(5)?;
+        let request = SyncGroupRequest::default()
+            .with_group_id(GroupId(str_bytes(&self.settings.group)))
+            .with_generation_id(self.generation_id)
+            .with_member_id(str_bytes(&self.member_id))
+            .with_protocol_type(Some(str_bytes("consumer")))
+            .with_protocol_name(Some(str_bytes(RANGE)))
+            .with_assignments(assignments);
+        let response = self.connection.call(&request, version).await?;
+        check_code(response.error_code, || {
+            format!("SyncGroup {}", self.settings.group)
+        })?;
+        self.assignment = decode_assignment(response.assignment, &self.settings.topic)?;
+        Ok(())
+    }
+
+    fn assign(
+        &self,
+        members: &[kafka_protocol::messages::join_group_response::JoinGroupResponseMember],
+        partition_count: i32,
+    ) -> Result<Vec<SyncGroupRequestAssignment>, ClientError> {
+        let mut subscribed = Vec::new();
+        for member in members {
+            if decode_subscription(member.metadata.clone())?.contains(&self.settings.topic) {
+                subscribed.push(member.member_id.to_string());
+            }
+        }
+        let plan = range_assign(&subscribed, partition_count);
+        Ok(members
+            .iter()
+            .map(|member| {
+                let partitions = plan
+                    .get(member.member_id.as_str())
+                    .cloned()
+                    .unwrap_or_default();
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(member.member_id.clone())
+                    .with_assignment(encode_assignment(&self.settings.topic, &partitions))
+            })
+            .collect())
+    }
+
+    /// One heartbeat; the error code (REBALANCE_IN_PROGRESS means join again).
+    pub async fn heartbeat(&mut self) -> Result<i16, ClientError> {
+        let version = self.versions.pick::<HeartbeatRequest>(4)?;
+        let request = HeartbeatRequest::default()
+            .with_group_id(GroupId(str_bytes(&self.settings.group)))
+            .with_generation_id(self.generation_id)
+            .with_member_id(str_bytes(&self.member_id));
+        Ok(self.connection.call(&request, version).await?.error_code)
+    }
+
+    /// The committed offset of each assigned partition (-1 when none).
+    pub async fn committed(&mut self) -> Result<BTreeMap<i32, i64>, ClientError> {
+        let version = self.versions.pick::<OffsetFetchRequest>(7)?;
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(str_bytes(&self.settings.group)))
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(TopicName(str_bytes(&self.settings.topic)))
+                .with_partition_indexes(self.assignment.clone())]));
+        let response = self.connection.call(&request, version).await?;
+        check_code(response.error_code, || {
+            format!("OffsetFetch {}", self.settings.group)
+        })?;
+        let mut offsets = BTreeMap::new();
+        for topic in &response.topics {
+            for partition in &topic.partitions {
+                check_code(partition.error_code, || {
+                    format!("OffsetFetch partition {}", partition.partition_index)
+                })?;
+                offsets.insert(partition.partition_index, partition.committed_offset);
+            }
+        }
+        Ok(offsets)
+    }
+
+    /// Commits the next offset to read of each partition.
+    pub async fn commit(&mut self, offsets: &BTreeMap<i32, i64>) -> Result<(), ClientError> {
+        let version = self.versions.pick::<OffsetCommitRequest>(8)?;
+        let request = OffsetCommitRequest::default()
+            .with_group_id(GroupId(str_bytes(&self.settings.group)))
+            .with_generation_id_or_member_epoch(self.generation_id)
+            .with_member_id(str_bytes(&self.member_id))
+            .with_retention_time_ms(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(str_bytes(&self.settings.topic)))
+                .with_partitions(
+                    offsets
+                        .iter()
+                        .map(|(&partition, &offset)| {
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(partition)
+                                .with_committed_offset(offset)
+                                .with_committed_leader_epoch(-1)
+                        })
+                        .collect(),
+                )]);
+        let response = self.connection.call(&request, version).await?;
+        for topic in &response.topics {
+            for partition in &topic.partitions {
+                check_code(partition.error_code, || {
+                    format!("OffsetCommit partition {}", partition.partition_index)
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves the group, so that the others rebalance at once instead of after the session
+    /// timeout.
+    pub async fn leave(&mut self) -> Result<(), ClientError> {
+        let version = self.versions.pick::<LeaveGroupRequest>(4)?;
+        let mut request =
+            LeaveGroupRequest::default().with_group_id(GroupId(str_bytes(&self.settings.group)));
+        if version >= 3 {
+            request = request.with_members(vec![
+                MemberIdentity::default().with_member_id(str_bytes(&self.member_id))
+            ]);
+        } else {
+            request = request.with_member_id(str_bytes(&self.member_id));
+        }
+        let response = self.connection.call(&request, version).await?;
+        check_code(response.error_code, || {
+            format!("LeaveGroup {}", self.settings.group)
+        })
+    }
+}
+
+async fn find_coordinator(cluster: &mut Cluster, group: &str) -> Result<String, ClientError> {
+    let version = cluster.info().versions.pick::<FindCoordinatorRequest>(3)?;
+    let request = FindCoordinatorRequest::default()
+        .with_key(str_bytes(group))
+        .with_key_type(0);
+    for _ in 0..ATTEMPTS_MAX {
+        let response = cluster.connection().call(&request, version).await?;
+        if is_retriable_code(response.error_code) {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        check_code(response.error_code, || format!("FindCoordinator {group}"))?;
+        return Ok(format!("{}:{}", response.host.as_str(), response.port));
+    }
+    Err(ClientError::Timeout {
+        what: format!("FindCoordinator {group} (retriable errors)"),
+        timeout_ms: 5_000,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_assignment_gives_runs_and_the_extra_to_the_first() {
+        let members = vec!["b".to_owned(), "a".to_owned(), "c".to_owned()];
+        let plan = range_assign(&members, 8);
+        assert_eq!(plan["a"], vec![0, 1, 2]);
+        assert_eq!(plan["b"], vec![3, 4, 5]);
+        assert_eq!(plan["c"], vec![6, 7]);
+        let plan = range_assign(&members[..1], 2);
+        assert_eq!(plan["b"], vec![0, 1]);
+    }
+
+    #[test]
+    fn subscriptions_and_assignments_round_trip() {
+        assert_eq!(
+            decode_subscription(encode_subscription("t")).expect("sub"),
+            vec!["t"]
+        );
+        let assignment = encode_assignment("t", &[2, 5]);
+        assert_eq!(
+            decode_assignment(assignment.clone(), "t").expect("mine"),
+            vec![2, 5]
+        );
+        assert!(decode_assignment(assignment.clone(), "other")
+            .expect("none")
+            .is_empty());
+        assert!(decode_assignment(Bytes::new(), "t")
+            .expect("empty")
+            .is_empty());
+        assert!(decode_assignment(assignment.slice(..9), "t").is_err());
+    }
+}

@@ -1,0 +1,268 @@
+//! Reading partitions as fast as their leaders answer: the fetch loop shared by the consumer
+//! and the end-to-end modes.
+//!
+//! A shard opens one connection per leader and keeps up to one Fetch in flight per partition
+//! on it: as soon as a partition's answer is in, the next Fetch for it goes out, while the
+//! requests for its neighbours are still outstanding (a partition cannot be pipelined with
+//! itself: its next offset is known only from the answer). Each answered batch goes to a
+//! `Sink`, which counts, checks or times its records.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::shards::Clock;
+use super::stats::Meter;
+use crate::client::batch::{split_batches, BatchView, RecordView};
+use crate::client::cluster::ClusterInfo;
+use crate::client::connection::Connection;
+use crate::client::error::{check_code, is_retriable_code};
+use crate::client::fetch::{decode_fetch_response, fetch_request, FetchSettings};
+use crate::client::ClientError;
+
+/// A partition to read, from where, and from whom.
+#[derive(Debug, Clone, Copy)]
+pub struct Assigned {
+    pub partition: i32,
+    pub leader: i32,
+    pub offset: i64,
+}
+
+/// Shared by every shard of a read: when to stop.
+pub struct ReadControl {
+    pub meter: Arc<Meter>,
+    pub clock: Clock,
+    /// Stop once this many records have been read, all shards together.
+    pub records_max: u64,
+    /// Stop when no record has arrived for this long.
+    pub idle_timeout: Duration,
+    last_record_us: AtomicU64,
+    timed_out: AtomicBool,
+}
+
+impl ReadControl {
+    /// The idle timeout counts from now (the join, before, is not idleness).
+    pub fn new(
+        meter: Arc<Meter>,
+        clock: Clock,
+        records_max: u64,
+        idle_timeout: Duration,
+    ) -> Arc<Self> {
+        let control = Self {
+            meter,
+            clock,
+            records_max,
+            idle_timeout,
+            last_record_us: AtomicU64::new(0),
+            timed_out: AtomicBool::new(false),
+        };
+        control.saw_records();
+        Arc::new(control)
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Relaxed)
+    }
+
+    fn since_start_us(&self) -> u64 {
+        u64::try_from(self.clock.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn saw_records(&self) {
+        self.last_record_us
+            .fetch_max(self.since_start_us(), Ordering::Relaxed);
+    }
+
+    /// Whether to stop (and tell every shard to): enough read, idle too long, or stopped.
+    fn should_stop(&self) -> bool {
+        if self.meter.should_stop() {
+            return true;
+        }
+        if self.meter.completed_records() >= self.records_max {
+            self.meter.stop();
+            return true;
+        }
+        let idle_us = self
+            .since_start_us()
+            .saturating_sub(self.last_record_us.load(Ordering::Relaxed));
+        if idle_us > u64::try_from(self.idle_timeout.as_micros()).unwrap_or(u64::MAX) {
+            self.timed_out.store(true, Ordering::Relaxed);
+            self.meter.stop();
+            return true;
+        }
+        false
+    }
+}
+
+/// What is done with the records read.
+pub trait Sink {
+    /// Called with each record at or past the position asked for.
+    fn record(&mut self, record: &RecordView<'_>, now: Instant);
+    /// Called after each batch's records: hand the counts to the meter.
+    fn flush(&mut self, shard: usize);
+}
+
+/// Reads the assigned partitions until told to stop; returns each partition's next offset.
+pub async fn read_partitions(
+    shard: usize,
+    assigned: Vec<Assigned>,
+    cluster: Arc<ClusterInfo>,
+    settings: Arc<FetchSettings>,
+    control: Arc<ReadControl>,
+    mut make_sink: impl FnMut() -> Box<dyn Sink>,
+) -> Result<BTreeMap<i32, i64>, ClientError> {
+    let mut by_leader: BTreeMap<i32, Vec<Assigned>> = BTreeMap::new();
+    for partition in assigned {
+        by_leader
+            .entry(partition.leader)
+            .or_default()
+            .push(partition);
+    }
+    let mut tasks = Vec::new();
+    for (leader, partitions) in by_leader {
+        let address = cluster.address(leader)?.to_owned();
+        let connection = Connection::connect(&address, &settings.client_id).await?;
+        let (settings, control, sink) = (settings.clone(), control.clone(), make_sink());
+        tasks.push(glommio::spawn_local(read_from_leader(
+            shard, connection, partitions, settings, control, sink,
+        )));
+    }
+    let mut offsets = BTreeMap::new();
+    let mut result = Ok(());
+    for task in tasks {
+        match task.await {
+            Ok(done) => offsets.extend(done),
+            Err(error) => {
+                control.meter.stop();
+                if result.is_ok() {
+                    result = Err(error);
+                }
+            }
+        }
+    }
+    result.map(|()| offsets)
+}
+
+struct Position {
+    partition: i32,
+    offset: i64,
+    in_flight: bool,
+    retry_at: Option<Instant>,
+}
+
+async fn read_from_leader(
+    shard: usize,
+    connection: Connection,
+    assigned: Vec<Assigned>,
+    settings: Arc<FetchSettings>,
+    control: Arc<ReadControl>,
+    mut sink: Box<dyn Sink>,
+) -> Result<BTreeMap<i32, i64>, ClientError> {
+    let (mut writer, mut reader) = connection.split();
+    let mut positions: Vec<Position> = assigned
+        .iter()
+        .map(|a| Position {
+            partition: a.partition,
+            offset: a.offset,
+            in_flight: false,
+            retry_at: None,
+        })
+        .collect();
+    let mut in_flight: VecDeque<(i32, Vec<usize>)> = VecDeque::new();
+    let mut correlation_id = 0_i32;
+    loop {
+        if control.should_stop() {
+            break;
+        }
+        let now = Instant::now();
+        let idle: Vec<usize> = (0..positions.len())
+            .filter(|&i| {
+                !positions[i].in_flight && positions[i].retry_at.is_none_or(|at| at <= now)
+            })
+            .collect();
+        if !idle.is_empty() {
+            correlation_id = correlation_id.wrapping_add(1);
+            let asked: Vec<(i32, i64)> = idle
+                .iter()
+                .map(|&i| (positions[i].partition, positions[i].offset))
+                .collect();
+            let frame = fetch_request(&settings, correlation_id, &asked)?;
+            writer.write_frame(&frame).await?;
+            for &i in &idle {
+                positions[i].in_flight = true;
+                positions[i].retry_at = None;
+            }
+            in_flight.push_back((correlation_id, idle));
+        }
+        let Some((expected, asked)) = in_flight.pop_front() else {
+            // Every partition is backing off after an error.
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let payload = reader.read_frame().await?;
+        let (code, parts) = decode_fetch_response(payload, settings.version, expected)?;
+        check_code(code, || "Fetch".to_owned())?;
+        let now = Instant::now();
+        for &i in &asked {
+            positions[i].in_flight = false;
+        }
+        for part in parts {
+            let Some(position) = positions.iter_mut().find(|p| p.partition == part.partition)
+            else {
+                continue;
+            };
+            if part.error_code != 0 {
+                if is_retriable_code(part.error_code) {
+                    position.retry_at = Some(now + Duration::from_millis(100));
+                    continue;
+                }
+                check_code(part.error_code, || {
+                    format!("Fetch partition {}", part.partition)
+                })?;
+            }
+            let mut any = false;
+            for batch in split_batches(&part.records)? {
+                any |= deliver(shard, &batch, position, sink.as_mut(), now)?;
+            }
+            if any {
+                control.saw_records();
+            }
+        }
+    }
+    Ok(positions.iter().map(|p| (p.partition, p.offset)).collect())
+}
+
+/// Hands a batch's records past the position to the sink and moves the position past it.
+fn deliver(
+    shard: usize,
+    batch: &BatchView,
+    position: &mut Position,
+    sink: &mut dyn Sink,
+    now: Instant,
+) -> Result<bool, ClientError> {
+    if batch.next_offset() <= position.offset {
+        return Ok(false);
+    }
+    if !batch.crc_matches() {
+        return Err(ClientError::Batch(format!(
+            "partition {} batch at offset {}: CRC mismatch",
+            position.partition,
+            batch.base_offset()
+        )));
+    }
+    let from = position.offset;
+    position.offset = batch.next_offset();
+    if batch.is_control() {
+        return Ok(false);
+    }
+    let mut delivered = false;
+    batch.for_each_record(|record| {
+        if record.offset >= from {
+            sink.record(&record, now);
+            delivered = true;
+        }
+    })?;
+    sink.flush(shard);
+    Ok(delivered)
+}

@@ -1,0 +1,76 @@
+//! Client shards: one glommio executor per `--cores`, each on its own thread, each with its
+//! own connections. What they share is the `Meter` (one mutex per shard) and the stop flag.
+
+use std::future::Future;
+use std::time::{Instant, SystemTime};
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::client::ClientError;
+
+/// Runs `make()`'s future on a fresh executor thread and returns its output: for the
+/// bootstrap steps that happen before the shards start.
+pub fn run_once<T, F, G>(make: G) -> Result<T, String>
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = Result<T, ClientError>> + 'static,
+    T: Send + 'static,
+{
+    spawn_shard("ringlog-perf-setup", None, make)?
+        .join()
+        .map_err(|e| format!("setup executor: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
+/// Starts one shard. `cpu` pins it; `None` leaves placement to the kernel (the default: on a
+/// machine shared with the broker under test, pinning both to the same cores only adds
+/// contention).
+pub fn spawn_shard<T, F, G>(
+    name: &str,
+    cpu: Option<usize>,
+    make: G,
+) -> Result<glommio::ExecutorJoinHandle<T>, String>
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
+    LocalExecutorBuilder::new(placement)
+        .name(name)
+        // The client does no file I/O: the smallest registered-buffer area glommio accepts.
+        .io_memory(512 << 10)
+        .spawn(make)
+        .map_err(|e| format!("starting executor {name}: {e}"))
+}
+
+/// Instants on the run's clock, converted to wall-clock microseconds (for record stamps and
+/// CreateTime timestamps).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub start: Instant,
+    start_unix_us: u64,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let start_unix_us = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        Self {
+            start: Instant::now(),
+            start_unix_us,
+        }
+    }
+
+    pub fn unix_us(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.start);
+        self.start_unix_us + u64::try_from(since.as_micros()).unwrap_or(u64::MAX / 2)
+    }
+
+    /// Wall-clock microseconds back to the run's clock (`None` before the run started).
+    pub fn instant_of_unix_us(&self, unix_us: u64) -> Option<Instant> {
+        let since = unix_us.checked_sub(self.start_unix_us)?;
+        Some(self.start + std::time::Duration::from_micros(since))
+    }
+}

@@ -1,0 +1,245 @@
+"""ringlog-perf against the broker, checked with confluent-kafka: what ringlog-perf produces is
+read back intact (values, keys, count, per-partition order), what confluent-kafka produced is
+what ringlog-perf consumes, and its --output-json follows the contract ringlog-bench reads.
+
+The binary is $RINGLOG_PERF_BIN, by default ringlog-perf beside $RINGLOG_BIN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ringlog_bin
+from confluent_kafka import TopicPartition
+
+from kafkautil import consume_all, consumer, crc32c, create_topic, producer
+
+PERF_TIMEOUT_S = 120
+STAMP_BYTES = 16
+
+
+def perf_bin() -> Path:
+    return Path(os.environ.get("RINGLOG_PERF_BIN", ringlog_bin().parent / "ringlog-perf"))
+
+
+def run_perf(*args: str, timeout: float = PERF_TIMEOUT_S) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(perf_bin()), *args], capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f"ringlog-perf {args} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2, as its default partitioner uses it (unsigned 32-bit result)."""
+    m, r = 0x5BD1E995, 24
+    h = (0x9747B28C ^ len(data)) & 0xFFFFFFFF
+    whole = len(data) // 4 * 4
+    for i in range(0, whole, 4):
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+    tail = data[whole:]
+    if len(tail) >= 3:
+        h ^= tail[2] << 16
+    if len(tail) >= 2:
+        h ^= tail[1] << 8
+    if tail:
+        h ^= tail[0]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+def filler(record_size: int) -> bytes:
+    return bytes(ord("A") + i % 26 for i in range(STAMP_BYTES, record_size))
+
+
+def check_contract(doc: dict, mode: str, latency_from: str | None) -> None:
+    """The fields ringlog-bench relies on, with their types."""
+    assert doc["tool"] == "ringlog-perf" and doc["mode"] == mode
+    assert isinstance(doc["version"], str) and isinstance(doc["settings"], dict)
+    assert isinstance(doc["started_at_unix_ms"], int) and doc["started_at_unix_ms"] > 1_600_000_000_000
+    assert isinstance(doc["elapsed_s"], float) and doc["elapsed_s"] > 0
+    for name in ("records", "bytes", "errors"):
+        assert isinstance(doc[name], int), name
+    for name in ("records_per_sec", "mb_per_sec"):
+        assert isinstance(doc[name], float), name
+    assert abs(doc["mb_per_sec"] - doc["bytes"] / 1048576 / doc["elapsed_s"]) < 1e-6 * max(1, doc["mb_per_sec"])
+    assert isinstance(doc["timeline"], list)
+    for point in doc["timeline"]:
+        assert set(point) >= {"t_s", "records", "bytes", "p50_us", "p99_us", "max_us"}
+        assert isinstance(point["t_s"], float) and isinstance(point["records"], int)
+    if latency_from is None:
+        assert doc["latency"] is None
+        return
+    latency = doc["latency"]
+    assert latency["measured_from"] == latency_from and latency["unit"] == "us"
+    assert isinstance(latency["mean"], float)
+    for name in ("count", "p50", "p95", "p99", "p999", "p9999", "max"):
+        assert isinstance(latency[name], int), name
+    assert latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["p999"] <= latency["p9999"] <= latency["max"]
+    points = latency["distribution"]
+    assert 2 <= len(points) <= 301
+    assert all(isinstance(p, float) and isinstance(v, int) for p, v in points)
+    assert [v for _, v in points] == sorted(v for _, v in points)
+
+
+@pytest.mark.timeout(240)
+def test_unkeyed_records_read_back_intact_in_order(broker, topic_name, tmp_path):
+    partitions, records, size = 4, 20_000, 200
+    out = tmp_path / "producer.json"
+    hist = tmp_path / "latency.hlog"
+    result = run_perf(
+        "producer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+        "--partitions", str(partitions), "--num-records", str(records), "--record-size", str(size),
+        "--producer-props", "acks=1", "linger.ms=1", "batch.size=8192", "unknown.prop=1",
+        "--cores", "2", "--connections", "2", "--output-json", str(out), "--histogram-out", str(hist),
+    )
+    assert "unknown.prop" in result.stderr, "unknown properties are warned about"
+    final = result.stdout.strip().splitlines()[-1]
+    assert final.startswith(f"{records} records sent, ") and "ms 99.99th." in final, final
+
+    got = consume_all(broker.bootstrap, topic_name, partitions)
+    assert sum(len(v) for v in got.values()) == records
+    tail = filler(size)
+    for partition, recs in got.items():
+        assert len(recs) in (records // partitions, records // partitions + 1)
+        for sequence, rec in enumerate(recs):
+            assert rec.key is None
+            assert len(rec.value) == size
+            assert struct.unpack(">Q", rec.value[:8])[0] == sequence, (partition, rec.offset)
+            assert rec.value[STAMP_BYTES:] == tail
+
+    doc = json.loads(out.read_text())
+    check_contract(doc, "producer", "send-time")
+    assert doc["records"] == records and doc["bytes"] == records * size and doc["errors"] == 0
+    assert doc["latency"]["count"] == records
+    assert doc["settings"]["producer_props"]["acks"] == "1"
+    assert hist.read_text().startswith("#")
+
+
+@pytest.mark.timeout(240)
+def test_keyed_idempotent_records_land_where_kafka_would_put_them(broker, topic_name, tmp_path):
+    partitions, records, keys = 3, 6_000, 40
+    out = tmp_path / "producer.json"
+    run_perf(
+        "producer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+        "--partitions", str(partitions), "--num-records", str(records), "--record-size", "64",
+        "--key-size", "6", "--keys", str(keys), "--throughput", "6000", "--warmup-records", "500",
+        "--producer-props", "acks=all", "enable.idempotence=true", "linger.ms=2",
+        "compression.type=lz4", "--cores", "2", "--output-json", str(out),
+    )
+    got = consume_all(broker.bootstrap, topic_name, partitions)
+    assert sum(len(v) for v in got.values()) == records
+    seen_keys = set()
+    for partition, recs in got.items():
+        sequences = [struct.unpack(">Q", rec.value[:8])[0] for rec in recs]
+        assert sequences == list(range(len(recs))), f"partition {partition} out of order"
+        for rec in recs:
+            assert len(rec.key) == 6 and rec.key.isdigit()
+            assert (murmur2(rec.key) & 0x7FFFFFFF) % partitions == partition, rec.key
+            seen_keys.add(rec.key)
+    assert len(seen_keys) == keys
+    doc = json.loads(out.read_text())
+    check_contract(doc, "producer", "intended-send-time")
+    # The warm-up is sent but neither counted nor timed.
+    assert doc["records"] == records - 500 and doc["latency"]["count"] == records - 500
+
+
+@pytest.mark.timeout(120)
+def test_payload_file_values_are_sent_in_turn(broker, topic_name, tmp_path):
+    payloads = tmp_path / "payloads.txt"
+    payloads.write_text("alpha|beta|gamma")
+    run_perf(
+        "producer", "--producer-props", f"bootstrap.servers={broker.bootstrap}", "acks=1",
+        "--topic", topic_name, "--partitions", "1", "--num-records", "7",
+        "--payload-file", str(payloads), "--payload-delimiter", "|",
+    )
+    got = consume_all(broker.bootstrap, topic_name, 1)
+    assert [r.value for r in got[0]] == [b"alpha", b"beta", b"gamma", b"alpha", b"beta", b"gamma", b"alpha"]
+
+
+def test_bad_arguments_fail_cleanly(broker, topic_name):
+    result = subprocess.run(
+        [str(perf_bin()), "producer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+         "--num-records", "1", "--record-size", "1", "--producer-props", "acks=2"],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "acks=2" in result.stderr
+
+
+def record_checksum(key: bytes | None, value: bytes | None) -> int:
+    """ringlog-perf consumer --checksum's per-record term."""
+    key_length = -1 if key is None else len(key)
+    return crc32c(struct.pack(">i", key_length) + (key or b"") + (value or b""))
+
+
+@pytest.mark.timeout(240)
+def test_consumer_reads_exactly_what_confluent_produced(broker, topic_name, tmp_path):
+    partitions, count = 3, 6_000
+    create_topic(broker.bootstrap, topic_name, partitions)
+    p = producer(broker.bootstrap, **{"compression.type": "lz4"})
+    expected_sum, expected_bytes = 0, 0
+    for i in range(count):
+        key = None if i % 3 == 0 else f"key-{i % 97}".encode()
+        value = os.urandom(20 + i % 200)
+        p.produce(topic_name, value=value, key=key, partition=i % partitions)
+        expected_sum += record_checksum(key, value)
+        expected_bytes += len(value) + (len(key) if key else 0)
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+
+    out = tmp_path / "consumer.json"
+    result = run_perf("consumer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+                      "--messages", str(count), "--checksum", "--cores", "2",
+                      "--timeout", "20000", "--output-json", str(out))
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("start.time, end.time, data.consumed.in.MB, MB.sec")
+    assert f"checksum: {expected_sum % 2**64}" in lines
+    doc = json.loads(out.read_text())
+    check_contract(doc, "consumer", None)
+    assert doc["records"] == count and doc["bytes"] == expected_bytes
+    assert doc["checksum"] == expected_sum % 2**64
+    for name in ("rebalance_time_ms", "fetch_time_ms"):
+        assert isinstance(doc[name], int)
+    for name in ("fetch_mb_per_sec", "fetch_records_per_sec"):
+        assert isinstance(doc[name], float)
+
+
+@pytest.mark.timeout(240)
+def test_consumer_group_commits_where_it_stopped(broker, topic_name, tmp_path):
+    partitions, count = 4, 4_000
+    create_topic(broker.bootstrap, topic_name, partitions)
+    run_perf("producer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+             "--num-records", str(count), "--record-size", "50", "--producer-props", "acks=1")
+    group = f"{topic_name}-group"
+    out = tmp_path / "consumer.json"
+    run_perf("consumer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+             "--messages", str(count), "--group", group, "--timeout", "20000",
+             "--output-json", str(out))
+    assert json.loads(out.read_text())["records"] == count
+    c = consumer(broker.bootstrap, **{"group.id": group})
+    try:
+        committed = c.committed([TopicPartition(topic_name, p) for p in range(partitions)], timeout=30)
+        assert [tp.offset for tp in committed] == [count // partitions] * partitions
+    finally:
+        c.close()
+    # A second member of the same group starts at the committed offsets: nothing left.
+    result = run_perf("consumer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+                      "--messages", "1", "--group", group, "--timeout", "1500",
+                      "--show-detailed-stats", "--output-json", str(out))
+    assert "WARNING: Exiting before consuming the expected number of messages" in result.stdout
+    assert result.stdout.startswith("time, threadId, data.consumed.in.MB")
+    doc = json.loads(out.read_text())
+    assert doc["records"] == 0 and doc["timed_out"] is True
