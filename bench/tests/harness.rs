@@ -272,6 +272,10 @@ fn tiny_workload_against_two_ringlogs() {
         assert!(latency["distribution"]
             .as_array()
             .is_some_and(|d| d.len() > 1));
+        // The step's latency comes from the producer's HdrHistogram log.
+        let producers = &run["steps"][0]["totals"][0];
+        assert_eq!(producers["role"], "producer");
+        assert_eq!(producers["latency_exact"], true, "{producers}");
     }
     let summary = result["summary"].as_array().expect("summary");
     assert_eq!(summary.len(), 4, "two brokers x producer and consumer");

@@ -13,7 +13,7 @@
 use std::fmt::Write as _;
 
 use super::compare::{figure, short_sha};
-use super::perf::TimelinePoint;
+use super::perf::{Latency, PercentilePoint, TimelinePoint};
 use super::results::{BrokerRound, Role, RunResult, SummaryRow};
 
 const WIDTH: f64 = 760.0;
@@ -264,27 +264,41 @@ fn timeline_series(
     series
 }
 
-/// Every process's latency distribution of `role` in step `step`.
+/// The latency distribution of `role` in step `step`: one series per broker and round from
+/// the merged histograms, or one per process where they could not be merged.
 fn latency_series(result: &RunResult, step: &str, role: Role) -> Vec<Series> {
     let mut series = Vec::new();
     for run in &result.runs {
         for step_run in run.steps.iter().filter(|s| s.name == step) {
-            let processes = step_run.processes.iter().filter(|p| p.role == role);
-            for process in processes {
-                let Some(latency) = process.output.as_ref().and_then(|o| o.latency.as_ref()) else {
-                    continue;
-                };
+            let latencies: Vec<(u32, &Latency)> = step_run
+                .processes
+                .iter()
+                .filter(|p| p.role == role)
+                .filter_map(|p| Some((p.index, p.output.as_ref()?.latency.as_ref()?)))
+                .collect();
+            let count: u64 = latencies.iter().map(|(_, l)| l.count).sum();
+            let merged = step_run
+                .totals
+                .iter()
+                .find(|t| t.role == role && t.latency_exact && !t.latency_distribution.is_empty());
+            let lines: Vec<(String, u64, &[PercentilePoint])> = match merged {
+                Some(totals) => vec![(String::new(), count, &totals.latency_distribution)],
+                None => latencies
+                    .iter()
+                    .map(|(index, l)| (format!(" #{index}"), l.count, l.distribution.as_slice()))
+                    .collect(),
+            };
+            for (suffix, count, distribution) in lines {
                 // The maximum is the last of `count` samples: draw it at the percentile that
                 // resolution reaches rather than at an infinite number of nines.
-                let last = 100.0 * (1.0 - 1.0 / latency.count.max(2) as f64);
+                let last = 100.0 * (1.0 - 1.0 / count.max(2) as f64);
                 series.push(Series {
-                    label: format!("{} round {} #{}", run.broker, run.round, process.index),
+                    label: format!("{} round {}{suffix}", run.broker, run.round),
                     color: broker_color(result, &run.broker),
                     dash: round_dash(run.round),
-                    points: latency
-                        .distribution
+                    points: distribution
                         .iter()
-                        .map(|&(p, value)| (p.min(last), value))
+                        .map(|&(p, v)| (p.min(last), v))
                         .collect(),
                 });
             }
@@ -467,8 +481,8 @@ pub fn render(result: &RunResult) -> String {
     }
     html.push_str(
         "<h2>Summary</h2><p>Median across rounds, (min–max) beside it. Concurrent processes' \
-         throughput adds up; a step's latency is its worst process's. Warm-up steps are not \
-         counted. MB = 2<sup>20</sup> bytes.</p>\n",
+         throughput adds up; a step's latency is its processes' histograms merged. Warm-up steps \
+         are not counted. MB = 2<sup>20</sup> bytes.</p>\n",
     );
     html.push_str(&summary_table(result));
     for (step, warmup, role) in step_roles(&result.runs) {

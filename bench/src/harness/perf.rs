@@ -9,6 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use base64::Engine as _;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -43,6 +47,9 @@ pub struct PerfOutput {
     pub extra: BTreeMap<String, Value>,
 }
 
+/// (percentile in 0..=100, latency in µs).
+pub type PercentilePoint = (f64, f64);
+
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
@@ -61,7 +68,7 @@ pub struct Latency {
     pub max: f64,
     /// (percentile, value) pairs, percentile in 0..=100, ascending.
     #[serde(default)]
-    pub distribution: Vec<(f64, f64)>,
+    pub distribution: Vec<PercentilePoint>,
 }
 
 fn microseconds() -> String {
@@ -125,11 +132,36 @@ impl PerfOutput {
     }
 }
 
-/// The arguments (after the program) of one producer process.
+/// Adds every interval histogram of a ringlog-perf `--histogram-out` log (latency in µs, the
+/// measured part of the run only) to `into`.
+pub fn add_histogram_log(path: &Path, into: &mut Histogram<u64>) -> Result<(), String> {
+    let context = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let log = std::fs::read(path).map_err(|e| context(&e))?;
+    let mut deserializer = Deserializer::new();
+    for entry in IntervalLogIterator::new(&log) {
+        let entry = entry.map_err(|e| context(&format!("{e:?}")))?;
+        let LogEntry::Interval(interval) = entry else {
+            continue;
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(interval.encoded_histogram())
+            .map_err(|e| context(&e))?;
+        let histogram: Histogram<u64> = deserializer
+            .deserialize(&mut bytes.as_slice())
+            .map_err(|e| context(&format!("{e:?}")))?;
+        into.add(&histogram)
+            .map_err(|e| context(&format!("{e:?}")))?;
+    }
+    Ok(())
+}
+
+/// The arguments (after the program) of one producer process; with `histogram_log` it also
+/// writes its latency histograms there.
 pub fn producer_args(
     broker: &BrokerSpec,
     producer: &ProducerSpec,
     output_json: &Path,
+    histogram_log: Option<&Path>,
 ) -> Vec<String> {
     let mut args: Vec<String> = vec!["producer".into(), "--topic".into(), producer.topic.clone()];
     // Without a record count ringlog-perf sends until --duration ends.
@@ -171,6 +203,10 @@ pub fn producer_args(
             args.push(flag.into());
             args.push(value.to_string());
         }
+    }
+    if let Some(path) = histogram_log {
+        args.push("--histogram-out".into());
+        args.push(path.display().to_string());
     }
     args.push("--output-json".into());
     args.push(output_json.display().to_string());
@@ -302,12 +338,19 @@ pub mod tests {
         let workload = Workload::parse(&text).expect("valid");
         let broker = &workload.brokers[0];
         let step = &workload.steps[0];
-        let producer = producer_args(broker, &step.producers[0], Path::new("/o/p.json")).join(" ");
+        let producer = producer_args(
+            broker,
+            &step.producers[0],
+            Path::new("/o/p.json"),
+            Some(Path::new("/o/p.hlog")),
+        )
+        .join(" ");
         assert_eq!(
             producer,
             "producer --topic t --record-size 1024 --throughput -1 --producer-props \
              bootstrap.servers=127.0.0.1:9092 acks=1 linger.ms=2 compression.type=lz4 \
-             --duration 30 --cores 2 --key-size 8 --keys 100 --output-json /o/p.json"
+             --duration 30 --cores 2 --key-size 8 --keys 100 --histogram-out /o/p.hlog \
+             --output-json /o/p.json"
         );
         let consumer =
             consumer_args(broker, &step.consumers[0], "g1", 50, Path::new("/o/c.json")).join(" ");

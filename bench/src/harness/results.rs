@@ -5,15 +5,19 @@
 //! Aggregation rules, chosen so a figure never claims more than was measured:
 //! - throughput of concurrent processes adds up (their rates, each over its own run);
 //! - latency percentiles of several processes cannot be merged from percentiles, so a step's
-//!   latency is the worst process's (the highest of each percentile), which is exact for the
-//!   usual single producer and an upper bound otherwise;
+//!   latency comes from their histograms (ringlog-perf's `--histogram-out` logs) added up:
+//!   exact. Where a log is missing or unreadable it falls back to the worst process's figures
+//!   (the highest of each percentile), exact for one process and an upper bound otherwise,
+//!   and says so (`latency_exact: false`);
 //! - across rounds the summary gives the median, with the minimum and maximum beside it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::perf::{PerfOutput, TimelinePoint};
+use hdrhistogram::Histogram;
+
+use super::perf::{add_histogram_log, PercentilePoint, PerfOutput, TimelinePoint};
 use crate::machine::MachineInfo;
 
 /// What a process did in a step.
@@ -100,6 +104,9 @@ pub struct ProcessRun {
     pub exit_code: Option<i32>,
     pub error: Option<String>,
     pub output: Option<PerfOutput>,
+    /// The process's HdrHistogram interval log (µs), when it wrote one.
+    #[serde(default)]
+    pub histogram_log: Option<String>,
 }
 
 /// Latency percentiles in microseconds.
@@ -139,8 +146,14 @@ pub struct RoleTotals {
     pub records_per_sec: f64,
     pub mb_per_sec: f64,
     pub errors: u64,
-    /// The worst process's percentiles (see the module header).
+    /// Percentiles of all processes' latencies together (see the module header).
     pub latency_us: Option<Percentiles>,
+    /// Whether `latency_us` comes from the merged histograms (else: the worst process's).
+    #[serde(default)]
+    pub latency_exact: bool,
+    /// (percentile, µs) of the merged histogram, when exact.
+    #[serde(default)]
+    pub latency_distribution: Vec<PercentilePoint>,
     /// Per second of the step, all processes added (latency: the worst process's).
     pub timeline: Vec<TimelinePoint>,
 }
@@ -223,19 +236,26 @@ pub fn role_totals(
     step_started_at_unix_ms: u64,
 ) -> RoleTotals {
     let outputs: Vec<&PerfOutput> = processes.iter().filter_map(|p| p.output.as_ref()).collect();
-    let latency_us = outputs
-        .iter()
-        .filter_map(|o| o.latency.as_ref())
-        .map(|l| Percentiles {
-            p50: l.p50,
-            p95: l.p95,
-            p99: l.p99,
-            p999: l.p999,
-            p9999: l.p9999,
-            max: l.max,
-        })
-        .reduce(Percentiles::worst);
+    let merged = merged_latency(processes).map(|(percentiles, points)| (Some(percentiles), points));
+    let latency_exact = merged.is_some();
+    let (latency_us, latency_distribution) = merged.unwrap_or_else(|| {
+        let worst = outputs
+            .iter()
+            .filter_map(|o| o.latency.as_ref())
+            .map(|l| Percentiles {
+                p50: l.p50,
+                p95: l.p95,
+                p99: l.p99,
+                p999: l.p999,
+                p9999: l.p9999,
+                max: l.max,
+            })
+            .reduce(Percentiles::worst);
+        (worst, Vec::new())
+    });
     RoleTotals {
+        latency_exact,
+        latency_distribution,
         role,
         processes: processes.len() as u32,
         failed: processes.iter().filter(|p| p.output.is_none()).count() as u32,
@@ -247,6 +267,56 @@ pub fn role_totals(
         latency_us,
         timeline: merge_timelines(&outputs, step_started_at_unix_ms),
     }
+}
+
+/// Points at most in a merged latency distribution.
+const DISTRIBUTION_POINTS_MAX: usize = 200;
+
+/// The percentiles and distribution of the successful processes' latency histograms added up,
+/// when every one of those with latency left a readable, non-empty log.
+fn merged_latency(processes: &[&ProcessRun]) -> Option<(Percentiles, Vec<PercentilePoint>)> {
+    let timed: Vec<&ProcessRun> = processes
+        .iter()
+        .copied()
+        .filter(|p| p.output.as_ref().is_some_and(|o| o.latency.is_some()))
+        .collect();
+    if timed.is_empty() {
+        return None;
+    }
+    let mut merged = Histogram::<u64>::new(3).ok()?;
+    for process in timed {
+        let path = process.histogram_log.as_ref()?;
+        add_histogram_log(std::path::Path::new(path), &mut merged).ok()?;
+    }
+    if merged.is_empty() {
+        return None;
+    }
+    let at = |q: f64| merged.value_at_quantile(q) as f64;
+    let percentiles = Percentiles {
+        p50: at(0.5),
+        p95: at(0.95),
+        p99: at(0.99),
+        p999: at(0.999),
+        p9999: at(0.9999),
+        max: merged.max() as f64,
+    };
+    let points: Vec<PercentilePoint> = merged
+        .iter_quantiles(5)
+        .map(|v| {
+            (
+                v.quantile_iterated_to() * 100.0,
+                v.value_iterated_to() as f64,
+            )
+        })
+        .collect();
+    let step = points.len().div_ceil(DISTRIBUTION_POINTS_MAX).max(1);
+    let mut distribution: Vec<PercentilePoint> = points.iter().copied().step_by(step).collect();
+    if let Some(&last) = points.last() {
+        if distribution.last() != Some(&last) {
+            distribution.push(last);
+        }
+    }
+    Some((percentiles, distribution))
 }
 
 /// The processes' timelines on the step's clock, one point per whole second: counts added,
@@ -384,6 +454,7 @@ pub mod tests {
             exit_code: Some(if json.is_some() { 0 } else { 1 }),
             error: json.is_none().then(|| "exited with 1".to_owned()),
             output: json.map(|j| PerfOutput::parse(&j).expect("fixture")),
+            histogram_log: None,
         }
     }
 
@@ -482,6 +553,64 @@ pub mod tests {
             .collect();
         assert_eq!(seconds, vec![(1.0, 5000), (2.0, 10_000), (3.0, 5000)]);
         assert_eq!(producers.timeline[1].max_us, Some(4000.0));
+    }
+
+    /// Writes an HdrHistogram interval log as ringlog-perf does: one interval per value set.
+    fn write_log(path: &std::path::Path, intervals: &[Vec<u64>]) {
+        use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+        use hdrhistogram::serialization::V2DeflateSerializer;
+        let mut file = std::fs::File::create(path).expect("create log");
+        let mut serializer = V2DeflateSerializer::new();
+        let now = std::time::SystemTime::now();
+        let mut log = IntervalLogWriterBuilder::new()
+            .with_start_time(now)
+            .with_base_time(now)
+            .begin_log_with(&mut file, &mut serializer)
+            .expect("begin log");
+        for (second, values) in intervals.iter().enumerate() {
+            let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+            for &value in values {
+                histogram.record(value).expect("record");
+            }
+            let start = std::time::Duration::from_secs(second as u64);
+            log.write_histogram(&histogram, start, std::time::Duration::from_secs(1), None)
+                .expect("write interval");
+        }
+    }
+
+    #[test]
+    fn latency_of_several_processes_comes_from_their_merged_histograms() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Process 0: 98 fast records over two intervals; process 1: 2 slow ones. Merged, the
+        // p99 is slow; neither process's own p50 is the merged p50 either.
+        let fast = dir.path().join("fast.hlog");
+        write_log(&fast, &[vec![100; 50], vec![200; 48]]);
+        let slow = dir.path().join("slow.hlog");
+        write_log(&slow, &[vec![50_000, 60_000]]);
+        let mut processes = [
+            process(Role::Producer, 0, Some(producer_fixture(1.0, 1000))),
+            process(Role::Producer, 1, Some(producer_fixture(1.0, 1000))),
+        ];
+        processes[0].histogram_log = Some(fast.display().to_string());
+        processes[1].histogram_log = Some(slow.display().to_string());
+        let refs: Vec<&ProcessRun> = processes.iter().collect();
+        let totals = role_totals(Role::Producer, &refs, 1000);
+        assert!(totals.latency_exact);
+        let latency = totals.latency_us.expect("latency");
+        assert_eq!(latency.p50, 100.0);
+        assert_eq!(latency.p95, 200.0);
+        assert!((latency.p99 - 50_000.0).abs() <= 50.0, "{latency:?}");
+        assert!((latency.max - 60_000.0).abs() <= 60.0, "{latency:?}");
+        let last = totals.latency_distribution.last().expect("distribution");
+        assert_eq!(last.0, 100.0);
+
+        // One log missing: the worst process's figures, marked as such.
+        processes[1].histogram_log = Some(dir.path().join("gone.hlog").display().to_string());
+        let refs: Vec<&ProcessRun> = processes.iter().collect();
+        let totals = role_totals(Role::Producer, &refs, 1000);
+        assert!(!totals.latency_exact);
+        assert!(totals.latency_distribution.is_empty());
+        assert_eq!(totals.latency_us.map(|l| l.p99), Some(1000.0));
     }
 
     #[test]

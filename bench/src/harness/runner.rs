@@ -490,6 +490,7 @@ fn new_process(
         exit_code: None,
         error: None,
         output: None,
+        histogram_log: None,
     }
 }
 
@@ -503,9 +504,12 @@ fn launch_producers(
 ) -> Vec<Launched> {
     (0..producer.count)
         .map(|index| {
-            let json = logs_dir.join(format!("{}-{}-{index}.json", step.name, role.name()));
-            let args = producer_args(broker, producer, &json);
-            let process = new_process(role, index, &producer.topic, None, args);
+            let stem = format!("{}-{}-{index}", step.name, role.name());
+            let json = logs_dir.join(format!("{stem}.json"));
+            let histogram_log = logs_dir.join(format!("{stem}.hlog"));
+            let args = producer_args(broker, producer, &json, Some(&histogram_log));
+            let mut process = new_process(role, index, &producer.topic, None, args);
+            process.histogram_log = Some(histogram_log.display().to_string());
             launch(context, process, json, logs_dir, &step.name)
         })
         .collect()
