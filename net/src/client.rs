@@ -449,14 +449,24 @@ impl Cluster {
         let controller = self.controller()?;
         let version = controller.version::<DeleteTopicsRequest>(1..=5)?;
         let response = controller.call(version, &request)?;
+        let mut answers = Vec::new();
         for result in &response.responses {
+            let name = result.name.as_ref().map_or("?", |n| n.as_str());
+            answers.push(format!("{name}: error code {}", result.error_code));
             if result.error_code == ResponseError::UnknownTopicOrPartition.code() {
                 continue;
             }
-            let name = result.name.as_ref().map_or("?", |n| n.as_str());
             check(result.error_code, &format!("deleting topic {name}"))?;
         }
+        let answered = format!("DeleteTopics v{version} answered {}", answers.join(", "));
         self.wait_for_topics(names, false, started, timeout)
+            .map_err(|error| match error {
+                ClientError::Timeout { what, waited } => ClientError::Timeout {
+                    what: format!("{what} ({answered})"),
+                    waited,
+                },
+                other => other,
+            })
     }
 
     /// Polls the metadata until every topic in `names` exists with a leader for each
@@ -497,7 +507,20 @@ impl Cluster {
             } else {
                 "the deleted topics to leave the metadata"
             };
-            wait_a_little(started, timeout, what)?;
+            let listed: Vec<String> = response
+                .topics
+                .iter()
+                .map(|topic| {
+                    let name = topic.name.as_ref().map_or("?", |n| n.as_str());
+                    format!(
+                        "{name}: error code {}, {} partitions",
+                        topic.error_code,
+                        topic.partitions.len()
+                    )
+                })
+                .collect();
+            let what = format!("{what}; the metadata lists {}", listed.join(", "));
+            wait_a_little(started, timeout, &what)?;
         }
     }
 }
