@@ -154,7 +154,8 @@ pub struct RoleTotals {
     /// (percentile, µs) of the merged histogram, when exact.
     #[serde(default)]
     pub latency_distribution: Vec<PercentilePoint>,
-    /// Per second of the step, all processes added (latency: the worst process's).
+    /// Per second of the step: records and bytes are the processes' rates (per second) added
+    /// up, latency figures the worst process's.
     pub timeline: Vec<TimelinePoint>,
 }
 
@@ -319,8 +320,14 @@ fn merged_latency(processes: &[&ProcessRun]) -> Option<(Percentiles, Vec<Percent
     Some((percentiles, distribution))
 }
 
-/// The processes' timelines on the step's clock, one point per whole second: counts added,
-/// latency figures the worst of the processes.
+/// An interval ending this close after a whole second still counts as ending on it (the
+/// tools' one-second ticks land a little late).
+const TICK_SLACK_S: f64 = 0.05;
+
+/// The processes' timelines on the step's clock, one point per whole second `s` of the step
+/// covering the intervals that end in (s-1, s]: each process's rate in it (its bytes and
+/// records over the intervals' length, so a short final interval is not read as a slow
+/// second), added up across processes; latency figures the worst of the processes.
 fn merge_timelines(outputs: &[&PerfOutput], step_started_at_unix_ms: u64) -> Vec<TimelinePoint> {
     let mut seconds: BTreeMap<u64, TimelinePoint> = BTreeMap::new();
     for output in outputs {
@@ -328,8 +335,17 @@ fn merge_timelines(outputs: &[&PerfOutput], step_started_at_unix_ms: u64) -> Vec
             .started_at_unix_ms
             .saturating_sub(step_started_at_unix_ms) as f64
             / 1e3;
+        // second → (records, bytes, seconds covered) of this process.
+        let mut own: BTreeMap<u64, (u64, u64, f64)> = BTreeMap::new();
+        let mut previous_t_s = 0.0;
         for point in &output.timeline {
-            let second = (offset_s + point.t_s).round().max(0.0) as u64;
+            let length_s = (point.t_s - previous_t_s).max(1e-3);
+            previous_t_s = point.t_s;
+            let second = (offset_s + point.t_s - TICK_SLACK_S).ceil().max(0.0) as u64;
+            let covered = own.entry(second).or_insert((0, 0, 0.0));
+            covered.0 += point.records;
+            covered.1 += point.bytes;
+            covered.2 += length_s;
             let merged = seconds.entry(second).or_insert(TimelinePoint {
                 t_s: second as f64,
                 records: 0,
@@ -338,11 +354,15 @@ fn merge_timelines(outputs: &[&PerfOutput], step_started_at_unix_ms: u64) -> Vec
                 p99_us: None,
                 max_us: None,
             });
-            merged.records += point.records;
-            merged.bytes += point.bytes;
             merged.p50_us = worst(merged.p50_us, point.p50_us);
             merged.p99_us = worst(merged.p99_us, point.p99_us);
             merged.max_us = worst(merged.max_us, point.max_us);
+        }
+        for (second, (records, bytes, length_s)) in own {
+            if let Some(merged) = seconds.get_mut(&second) {
+                merged.records += (records as f64 / length_s).round() as u64;
+                merged.bytes += (bytes as f64 / length_s).round() as u64;
+            }
         }
     }
     seconds.into_values().collect()
@@ -553,6 +573,23 @@ pub mod tests {
             .collect();
         assert_eq!(seconds, vec![(1.0, 5000), (2.0, 10_000), (3.0, 5000)]);
         assert_eq!(producers.timeline[1].max_us, Some(4000.0));
+    }
+
+    #[test]
+    fn a_short_last_interval_counts_as_a_rate() {
+        let mut output = PerfOutput::parse(&producer_fixture(1.0, 1000)).expect("fixture");
+        // Ticks land a little late; the run ends 0.4 s into its third second.
+        output.timeline[0].t_s = 1.0003;
+        output.timeline[1].t_s = 2.0004;
+        let mut last = output.timeline[1].clone();
+        last.t_s = 2.4004;
+        last.records = 2000;
+        last.bytes = 2000 * 1024;
+        output.timeline.push(last);
+        let timeline = merge_timelines(&[&output], 1000);
+        let points: Vec<(f64, u64)> = timeline.iter().map(|p| (p.t_s, p.records)).collect();
+        // 5000 records in 1.0003 s, 5000 in 1.0001 s, 2000 in 0.4 s.
+        assert_eq!(points, vec![(1.0, 4999), (2.0, 5000), (3.0, 5000)]);
     }
 
     /// Writes an HdrHistogram interval log as ringlog-perf does: one interval per value set.
