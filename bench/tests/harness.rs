@@ -1,8 +1,8 @@
 //! `ringlog-bench run` end to end against real `ringlog serve` brokers that the harness starts
 //! and stops itself, on free loopback ports with data under CARGO_TARGET_TMPDIR.
 //!
-//! - With the real ringlog-perf: a tiny workload (3000 records, 2 rounds) against ringlog with
-//!   1 core and with 2 cores, interleaved; every process's result is in the JSON, the summary
+//! - With the real ringlog-perf: a tiny workload (3000 records produced and consumed, then
+//!   1000 end to end; 2 rounds) against ringlog with 1 core and with 2 cores, interleaved; every process's result is in the JSON, the summary
 //!   has both brokers, the HTML report has the plots, `report` re-renders it identically from
 //!   the JSON and `compare` pairs the two brokers.
 //! - With a stand-in for ringlog-perf (a shell script writing results, failing or hanging on
@@ -77,6 +77,13 @@ fn run_bench(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run ringlog-bench")
+}
+
+/// The (`a`, `b`) string fields of each row.
+fn pairs<'a>(rows: &'a [Value], a: &str, b: &str) -> Vec<(&'a str, &'a str)> {
+    rows.iter()
+        .map(|row| (row[a].as_str().unwrap_or(""), row[b].as_str().unwrap_or("")))
+        .collect()
 }
 
 /// Stands in for ringlog-perf: by topic, writes a plausible result ("good"), exits 3
@@ -158,15 +165,7 @@ fn failures_are_recorded_and_the_run_goes_on() {
     );
     // What worked is there: the first step, and the consumer of the half-failed one.
     let summary = result["summary"].as_array().expect("summary");
-    let rows: Vec<(&str, &str)> = summary
-        .iter()
-        .map(|row| {
-            (
-                row["step"].as_str().unwrap_or(""),
-                row["role"].as_str().unwrap_or(""),
-            )
-        })
-        .collect();
+    let rows = pairs(summary, "step", "role");
     assert_eq!(rows, vec![("works", "producer"), ("half", "consumer")]);
     assert_eq!(summary[0]["records_per_sec"]["median"], 1000.0);
     let consumer = &result["runs"][0]["steps"][1]["processes"][0];
@@ -196,7 +195,10 @@ fn tiny_workload_against_two_ringlogs() {
          [[topic]]\nname = \"tiny\"\npartitions = 2\n\
          [[step]]\nname = \"produce-consume\"\ntimeout_s = 120\n\
          [[step.producer]]\ntopic = \"tiny\"\nrecords = 3000\nrecord_size = 512\nlinger_ms = 1\n\
-         [[step.consumer]]\ntopic = \"tiny\"\ntimeout_ms = 20000\n"
+         [[step.consumer]]\ntopic = \"tiny\"\ntimeout_ms = 20000\n\
+         [[topic]]\nname = \"tiny-e2e\"\n\
+         [[step]]\nname = \"latency\"\ntimeout_s = 120\n\
+         [[step.end_to_end]]\ntopic = \"tiny-e2e\"\nrecords = 1000\nthroughput = 2000\n"
     );
     let workload_path = dir.path().join("tiny.toml");
     std::fs::write(&workload_path, workload).expect("write workload");
@@ -278,7 +280,24 @@ fn tiny_workload_against_two_ringlogs() {
         assert_eq!(producers["latency_exact"], true, "{producers}");
     }
     let summary = result["summary"].as_array().expect("summary");
-    assert_eq!(summary.len(), 4, "two brokers x producer and consumer");
+    let rows = pairs(summary, "broker", "role");
+    assert_eq!(
+        rows,
+        vec![
+            ("ringlog-1core", "producer"),
+            ("ringlog-1core", "consumer"),
+            ("ringlog-1core", "end-to-end"),
+            ("ringlog-2cores", "producer"),
+            ("ringlog-2cores", "consumer"),
+            ("ringlog-2cores", "end-to-end")
+        ]
+    );
+    let end_to_end = &result["runs"][0]["steps"][1]["processes"][0]["output"];
+    assert_eq!(end_to_end["mode"], "end-to-end", "{end_to_end}");
+    assert_eq!(end_to_end["records"], 1000, "{end_to_end}");
+    assert!(end_to_end["latency"]["p99"]
+        .as_f64()
+        .is_some_and(|v| v > 0.0));
     for row in summary {
         assert_eq!(row["rounds"], 2, "{row}");
         assert!(row["records_per_sec"]["median"]
@@ -290,8 +309,8 @@ fn tiny_workload_against_two_ringlogs() {
 
     let report = std::fs::read_to_string(&html).expect("HTML written");
     assert!(report.contains("ringlog-1core") && report.contains("ringlog-2cores"));
-    assert_eq!(report.matches("Throughput over time").count(), 2);
-    assert_eq!(report.matches("Latency by percentile").count(), 1);
+    assert_eq!(report.matches("Throughput over time").count(), 3);
+    assert_eq!(report.matches("Latency by percentile").count(), 2);
     assert!(!report.contains("http") && !report.contains("<script"));
     // `report` renders the same page from the JSON alone.
     let again = dir.path().join("again.html");

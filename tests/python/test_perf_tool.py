@@ -243,3 +243,24 @@ def test_consumer_group_commits_where_it_stopped(broker, topic_name, tmp_path):
     assert result.stdout.startswith("time, threadId, data.consumed.in.MB")
     doc = json.loads(out.read_text())
     assert doc["records"] == 0 and doc["timed_out"] is True
+
+
+@pytest.mark.timeout(180)
+def test_end_to_end_times_every_record_it_produced(broker, topic_name, tmp_path):
+    out = tmp_path / "e2e.json"
+    records, warmup = 3_000, 300
+    result = run_perf("end-to-end", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+                      "--partitions", "2", "--num-records", str(records), "--record-size", "100",
+                      "--throughput", "3000", "--warmup-records", str(warmup),
+                      "--producer-props", "acks=1", "linger.ms=0", "--output-json", str(out))
+    assert "produce-to-consume" in result.stdout
+    doc = json.loads(out.read_text())
+    check_contract(doc, "end-to-end", "produce-to-consume")
+    assert doc["produced_records"] == records
+    assert doc["records"] == records - warmup and doc["latency"]["count"] == records - warmup
+    assert doc["latency"]["p50"] > 0 and doc["timed_out"] is False
+    # A rate is what end-to-end latency is measured against.
+    bad = subprocess.run([str(perf_bin()), "end-to-end", "--bootstrap-server", broker.bootstrap,
+                          "--topic", topic_name, "--num-records", "10", "--record-size", "100"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "--throughput" in bad.stderr

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use ringlog_bench::perf::consumer::{self, ConsumerConfig};
 use ringlog_bench::perf::producer::{self, ProducerConfig};
 use ringlog_bench::perf::props::{read_properties_file, split_pairs, ProducerProps};
-use ringlog_bench::perf::{payload, stats};
+use ringlog_bench::perf::{end_to_end, payload, stats};
 use serde_json::{json, Value};
 
 #[derive(Debug, Parser)]
@@ -31,6 +31,20 @@ enum Command {
     Producer(ProducerArgs),
     /// Consume records and report throughput, like kafka-consumer-perf-test.
     Consumer(ConsumerArgs),
+    /// Produce at --throughput and read the records back: produce-to-consume latency.
+    EndToEnd(EndToEndArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EndToEndArgs {
+    #[command(flatten)]
+    producer: ProducerArgs,
+    /// Consumer shards (glommio executors), the partitions dealt among them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    consumer_cores: u64,
+    /// How long the broker may hold a Fetch waiting for data (fetch.max.wait.ms).
+    #[arg(long, default_value_t = 500)]
+    fetch_max_wait_ms: i32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -170,6 +184,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Producer(args) => run_producer(args),
         Command::Consumer(args) => run_consumer(args),
+        Command::EndToEnd(args) => run_end_to_end(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -216,7 +231,8 @@ fn producer_settings(args: &ProducerArgs, props: &ProducerProps) -> Value {
     })
 }
 
-fn run_producer(args: ProducerArgs) -> Result<(), String> {
+/// The producer's configuration from its flags and properties.
+fn producer_config(args: &ProducerArgs) -> Result<ProducerConfig, String> {
     let mut entries = match &args.producer_config {
         Some(path) => read_properties_file(path)?,
         None => Vec::new(),
@@ -262,8 +278,8 @@ fn run_producer(args: ProducerArgs) -> Result<(), String> {
         (_, None) => 1000,
     };
     let throughput = (args.throughput > 0.0).then_some(args.throughput);
-    let settings = producer_settings(&args, &props);
-    let config = ProducerConfig {
+    let settings = producer_settings(args, &props);
+    Ok(ProducerConfig {
         bootstrap,
         topic: args.topic.clone(),
         create_partitions: args.partitions,
@@ -281,7 +297,12 @@ fn run_producer(args: ProducerArgs) -> Result<(), String> {
         cpus: args.cpus.clone(),
         histogram_out: args.histogram_out.clone(),
         settings,
-    };
+    })
+}
+
+fn run_producer(args: ProducerArgs) -> Result<(), String> {
+    let config = producer_config(&args)?;
+    let throughput = config.throughput;
     let outcome = producer::run(config, Box::new(|line: &str| println!("{line}")))?;
     if let Some(rate) = throughput {
         println!(
@@ -289,7 +310,7 @@ fn run_producer(args: ProducerArgs) -> Result<(), String> {
              free of coordinated omission."
         );
     }
-    println!("{}", producer::final_line(&outcome.report));
+    println!("{}", producer::final_line(&outcome.report, "sent"));
     if outcome.report.errors > 0 {
         println!("{} records failed.", outcome.report.errors);
     }
@@ -365,6 +386,39 @@ fn run_consumer(args: ConsumerArgs) -> Result<(), String> {
         println!("checksum: {checksum}");
     }
     if let Some(path) = &args.output_json {
+        stats::write_json(path, &outcome.json).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn run_end_to_end(args: EndToEndArgs) -> Result<(), String> {
+    let mut config = producer_config(&args.producer)?;
+    let Some(rate) = config.throughput else {
+        return Err("end-to-end needs a rate: --throughput RECORDS_PER_SEC".to_owned());
+    };
+    config.settings["consumer_cores"] = json!(args.consumer_cores);
+    config.settings["fetch_max_wait_ms"] = json!(args.fetch_max_wait_ms);
+    let outcome = end_to_end::run(
+        config,
+        args.consumer_cores as usize,
+        args.fetch_max_wait_ms,
+        Box::new(|line: &str| println!("{line}")),
+    )?;
+    println!(
+        "Latency is produce-to-consume, from each record's intended send time (open loop at {rate} records/sec) \
+         to its arrival at the consumer."
+    );
+    println!("{}", producer::final_line(&outcome.report, "received"));
+    if outcome.timed_out {
+        println!(
+            "WARNING: {} of the {} records produced were not read back in time.",
+            outcome
+                .produced
+                .saturating_sub(outcome.report.records + args.producer.warmup_records),
+            outcome.produced
+        );
+    }
+    if let Some(path) = &args.producer.output_json {
         stats::write_json(path, &outcome.json).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())

@@ -15,8 +15,10 @@ use kafka_protocol::protocol::Request;
 use super::error::ClientError;
 use super::wire::{api_name, decode_response, encode_request, split_frame};
 
-/// Bytes asked of the socket at a time when no larger frame is pending.
-const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// Bytes asked of the socket at a time when no larger frame is pending. Small: the buffer is
+/// zero-filled up to what is asked, and Produce answers are tens of bytes; a large frame is
+/// read in one go once its size prefix is in.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// How long a control request may take.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -60,8 +62,8 @@ impl<R: futures_lite::AsyncRead + Unpin> FrameReader<R> {
             }
             let have = self.buffer.len();
             let want = needed.saturating_sub(have).max(READ_CHUNK_BYTES);
-            // Zero-filled once per read; reading into uninitialised memory would need unsafe
-            // for a cost that measured small next to the socket copy itself.
+            // Zero-filled up to what is asked; reading into uninitialised memory would need
+            // unsafe code for a cost small next to the socket copy itself.
             self.buffer.resize(have + want, 0);
             let read = self.stream.read(&mut self.buffer[have..]).await;
             let count = match read {

@@ -155,15 +155,17 @@ pub fn add_histogram_log(path: &Path, into: &mut Histogram<u64>) -> Result<(), S
     Ok(())
 }
 
-/// The arguments (after the program) of one producer process; with `histogram_log` it also
-/// writes its latency histograms there.
+/// The arguments (after the program) of one producer process (`mode` "producer") or
+/// end-to-end process ("end-to-end", which takes the same flags); with `histogram_log` it
+/// also writes its latency histograms there.
 pub fn producer_args(
+    mode: &str,
     broker: &BrokerSpec,
     producer: &ProducerSpec,
     output_json: &Path,
     histogram_log: Option<&Path>,
 ) -> Vec<String> {
-    let mut args: Vec<String> = vec!["producer".into(), "--topic".into(), producer.topic.clone()];
+    let mut args: Vec<String> = vec![mode.into(), "--topic".into(), producer.topic.clone()];
     // Without a record count ringlog-perf sends until --duration ends.
     if let Some(records) = producer.records {
         args.push("--num-records".into());
@@ -339,6 +341,7 @@ pub mod tests {
         let broker = &workload.brokers[0];
         let step = &workload.steps[0];
         let producer = producer_args(
+            "producer",
             broker,
             &step.producers[0],
             Path::new("/o/p.json"),

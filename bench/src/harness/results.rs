@@ -28,6 +28,8 @@ pub enum Role {
     Backlog,
     Producer,
     Consumer,
+    /// Produced and read back its own records (produce-to-consume latency).
+    EndToEnd,
 }
 
 impl Role {
@@ -36,6 +38,7 @@ impl Role {
             Self::Backlog => "backlog",
             Self::Producer => "producer",
             Self::Consumer => "consumer",
+            Self::EndToEnd => "end-to-end",
         }
     }
 }

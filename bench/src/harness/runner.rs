@@ -463,6 +463,16 @@ fn run_step(
             logs_dir,
         ));
     }
+    for end_to_end in &step.end_to_end {
+        launched.extend(launch_producers(
+            context,
+            broker,
+            step,
+            end_to_end,
+            Role::EndToEnd,
+            logs_dir,
+        ));
+    }
     processes.extend(wait_all(launched, deadline, &context.interrupted));
     StepRun {
         name: step.name.clone(),
@@ -507,7 +517,11 @@ fn launch_producers(
             let stem = format!("{}-{}-{index}", step.name, role.name());
             let json = logs_dir.join(format!("{stem}.json"));
             let histogram_log = logs_dir.join(format!("{stem}.hlog"));
-            let args = producer_args(broker, producer, &json, Some(&histogram_log));
+            let mode = match role {
+                Role::EndToEnd => "end-to-end",
+                _ => "producer",
+            };
+            let args = producer_args(mode, broker, producer, &json, Some(&histogram_log));
             let mut process = new_process(role, index, &producer.topic, None, args);
             process.histogram_log = Some(histogram_log.display().to_string());
             launch(context, process, json, logs_dir, &step.name)

@@ -1,6 +1,6 @@
 //! The workload file: which brokers to measure, the topics to create on each, and the steps
-//! to run against them (producers and consumers started together, optionally after a
-//! backlog is written).
+//! to run against them (producers, consumers and end-to-end latency processes started
+//! together, optionally after a backlog is written).
 //!
 //! ```toml
 //! name = "max-throughput"
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 /// Rounds a workload may ask for; more is a mistake, not a benchmark.
 pub const ROUNDS_MAX: u32 = 1000;
-/// Processes one step may start (producers and consumers together).
+/// Processes one step may start (all kinds together).
 pub const PROCESSES_PER_STEP_MAX: u32 = 256;
 
 /// Why a workload file cannot be run.
@@ -179,6 +179,10 @@ pub struct StepSpec {
     pub backlog: Option<ProducerSpec>,
     #[serde(rename = "producer", default)]
     pub producers: Vec<ProducerSpec>,
+    /// ringlog-perf end-to-end processes: each produces at its rate and reads its records
+    /// back, for produce-to-consume latency (same settings as a producer).
+    #[serde(rename = "end_to_end", default)]
+    pub end_to_end: Vec<ProducerSpec>,
     #[serde(rename = "consumer", default)]
     pub consumers: Vec<ConsumerSpec>,
     /// Seconds the step may take before its processes are stopped and it counts as failed;
@@ -327,14 +331,14 @@ impl Workload {
 
     fn check_step(&self, step: &StepSpec) -> Result<(), SpecError> {
         check_name("step", &step.name)?;
-        if step.producers.is_empty() && step.consumers.is_empty() {
+        if step.producers.is_empty() && step.consumers.is_empty() && step.end_to_end.is_empty() {
             return Err(step_error(
                 &step.name,
-                "has neither producers nor consumers",
+                "has no producers, consumers or end_to_end processes",
             ));
         }
         let mut processes = 0u32;
-        for producer in step.backlog.iter().chain(&step.producers) {
+        for producer in step.writers() {
             self.check_producer(&step.name, producer)?;
             processes = processes.saturating_add(producer.count);
         }
@@ -413,15 +417,21 @@ impl StepSpec {
     /// Records the step's backlog and producers write to `topic` in all, when every one of
     /// them has a record count.
     pub fn records_to(&self, topic: &str) -> Option<u64> {
-        self.backlog
-            .iter()
-            .chain(&self.producers)
+        self.writers()
             .filter(|p| p.topic == topic)
             .map(|p| {
                 p.records
                     .map(|records| records.saturating_mul(u64::from(p.count)))
             })
             .sum()
+    }
+
+    /// Everything in the step that writes records: backlog, producers, end-to-end processes.
+    pub fn writers(&self) -> impl Iterator<Item = &ProducerSpec> {
+        self.backlog
+            .iter()
+            .chain(&self.producers)
+            .chain(&self.end_to_end)
     }
 
     /// Records each consumer of `consumer` reads.
@@ -435,9 +445,7 @@ impl StepSpec {
     /// How long the step may run.
     pub fn timeout_s(&self) -> u64 {
         let longest = self
-            .backlog
-            .iter()
-            .chain(&self.producers)
+            .writers()
             .filter_map(|p| p.duration_s)
             .max()
             .unwrap_or(0);
@@ -548,6 +556,14 @@ pub mod tests {
         let step = &workload.steps[0];
         assert_eq!(step.records_to("t"), Some(2000));
         assert_eq!(step.messages_per_consumer(&step.consumers[0]), 667);
+        // End-to-end processes write to their topic too.
+        let with_end_to_end = parse_with(
+            "[[step.end_to_end]]\ntopic = \"t\"\nrecords = 100\nthroughput = 50\n\
+             [[step.consumer]]\ntopic = \"t\"",
+        )
+        .expect("valid");
+        let step = &with_end_to_end.steps[0];
+        assert_eq!(step.messages_per_consumer(&step.consumers[0]), 1100);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use super::fetcher::{self, Assigned, ReadControl, Sink};
+use super::fetcher::{self, Assigned, ReadControl, ReadSetup, Sink};
 use super::shards::{self, Clock};
 use super::stats::{self, Meter, ReportOptions, Window};
 use crate::client::batch::RecordView;
@@ -301,62 +301,27 @@ pub fn run(
         max_bytes: config.fetch_max_bytes,
         partition_max_bytes: config.fetch_size,
     });
-    let cluster = Arc::new(start.cluster.clone());
     let checksum = config
         .checksum
         .then(|| Arc::new(std::sync::atomic::AtomicU64::new(0)));
-    let mut handles = Vec::new();
-    for shard in 0..shard_count {
-        let mine: Vec<Assigned> = start
-            .assigned
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % shard_count == shard)
-            .map(|(_, a)| *a)
-            .collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let (cluster, settings, control, meter, checksum) = (
-            cluster.clone(),
-            settings.clone(),
-            control.clone(),
-            meter.clone(),
-            checksum.clone(),
-        );
-        let cpu = (!config.cpus.is_empty()).then(|| config.cpus[shard % config.cpus.len()]);
-        handles.push(shards::spawn_shard(
-            &format!("ringlog-perf-{shard}"),
-            cpu,
-            move || async move {
-                let make_sink = || -> Box<dyn Sink> {
-                    Box::new(CountingSink {
-                        meter: meter.clone(),
-                        checksum: checksum.clone(),
-                        records: 0,
-                        bytes: 0,
-                        sum: 0,
-                    })
-                };
-                fetcher::read_partitions(shard, mine, cluster, settings, control, make_sink).await
-            },
-        )?);
-    }
-    let mut offsets = BTreeMap::new();
-    let mut first_error = None;
-    for handle in handles {
-        match handle
-            .join()
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            Ok(done) => offsets.extend(done),
-            Err(error) => {
-                meter.stop();
-                first_error.get_or_insert(error);
-            }
-        }
-    }
+    let (sink_meter, sink_checksum) = (meter.clone(), checksum.clone());
+    let setup = ReadSetup {
+        cluster: Arc::new(start.cluster.clone()),
+        settings,
+        control: control.clone(),
+        sink: Arc::new(move || -> Box<dyn Sink> {
+            Box::new(CountingSink {
+                meter: sink_meter.clone(),
+                checksum: sink_checksum.clone(),
+                records: 0,
+                bytes: 0,
+                sum: 0,
+            })
+        }),
+    };
+    let handles = fetcher::spawn_readers(&start.assigned, shard_count, &config.cpus, &setup)?;
+    let (done, mut first_error) = shards::join_all(handles, &meter);
+    let offsets: BTreeMap<i32, i64> = done.into_iter().flatten().collect();
     meter.finish();
     let ended_wall = SystemTime::now();
     let report = reporter

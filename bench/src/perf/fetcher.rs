@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::shards::Clock;
+use super::shards::{self, Clock};
 use super::stats::Meter;
 use crate::client::batch::{split_batches, BatchView, RecordView};
 use crate::client::cluster::ClusterInfo;
@@ -34,7 +34,7 @@ pub struct ReadControl {
     pub meter: Arc<Meter>,
     pub clock: Clock,
     /// Stop once this many records have been read, all shards together.
-    pub records_max: u64,
+    records_max: AtomicU64,
     /// Stop when no record has arrived for this long.
     pub idle_timeout: Duration,
     last_record_us: AtomicU64,
@@ -52,13 +52,18 @@ impl ReadControl {
         let control = Self {
             meter,
             clock,
-            records_max,
+            records_max: AtomicU64::new(records_max),
             idle_timeout,
             last_record_us: AtomicU64::new(0),
             timed_out: AtomicBool::new(false),
         };
         control.saw_records();
         Arc::new(control)
+    }
+
+    /// Changes the target (end-to-end: once the producer knows how many it sent).
+    pub fn set_records_max(&self, records_max: u64) {
+        self.records_max.store(records_max, Ordering::Relaxed);
     }
 
     pub fn timed_out(&self) -> bool {
@@ -79,7 +84,7 @@ impl ReadControl {
         if self.meter.should_stop() {
             return true;
         }
-        if self.meter.completed_records() >= self.records_max {
+        if self.meter.completed_records() >= self.records_max.load(Ordering::Relaxed) {
             self.meter.stop();
             return true;
         }
@@ -102,6 +107,57 @@ pub trait Sink {
     /// Called after each batch's records: hand the counts to the meter.
     fn flush(&mut self, shard: usize);
 }
+
+/// Makes one sink per leader connection, on the shard that uses it.
+pub type SinkFactory = Arc<dyn Fn() -> Box<dyn Sink> + Send + Sync>;
+
+/// What every reading shard shares.
+#[derive(Clone)]
+pub struct ReadSetup {
+    pub cluster: Arc<ClusterInfo>,
+    pub settings: Arc<FetchSettings>,
+    pub control: Arc<ReadControl>,
+    pub sink: SinkFactory,
+}
+
+/// Starts `shard_count` reading shards, the partitions dealt among them (shards left with
+/// none are not started). Each returns its partitions' next offsets.
+pub fn spawn_readers(
+    assigned: &[Assigned],
+    shard_count: usize,
+    cpus: &[usize],
+    setup: &ReadSetup,
+) -> Result<Vec<ReaderHandle>, String> {
+    let mut handles = Vec::new();
+    for shard in 0..shard_count {
+        let mine = shards::deal(assigned, shard_count, shard);
+        if mine.is_empty() {
+            continue;
+        }
+        let setup = setup.clone();
+        let name = format!("ringlog-perf-reader-{shard}");
+        handles.push(shards::spawn_shard(
+            &name,
+            shards::cpu_for(cpus, shard),
+            move || async move {
+                let sink = setup.sink.clone();
+                read_partitions(
+                    shard,
+                    mine,
+                    setup.cluster,
+                    setup.settings,
+                    setup.control,
+                    move || sink(),
+                )
+                .await
+            },
+        )?);
+    }
+    Ok(handles)
+}
+
+/// A reading shard: its partitions' next offsets when it is done.
+pub type ReaderHandle = glommio::ExecutorJoinHandle<Result<BTreeMap<i32, i64>, ClientError>>;
 
 /// Reads the assigned partitions until told to stop; returns each partition's next offset.
 pub async fn read_partitions(

@@ -4,6 +4,7 @@
 //! build the JSON document (`--output-json`) that the ringlog-bench harness reads.
 
 pub mod consumer;
+pub mod end_to_end;
 pub mod fetcher;
 pub mod payload;
 pub mod producer;

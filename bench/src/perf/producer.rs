@@ -85,6 +85,8 @@ pub struct ProducerConfig {
 /// What was measured, for printing and JSON.
 pub struct ProducerOutcome {
     pub report: stats::Report,
+    /// Records the broker took, warm-up included.
+    pub acknowledged_records: u64,
     pub json: Value,
 }
 
@@ -160,7 +162,7 @@ pub fn run(
         meter.clone(),
         ReportOptions {
             window_ticks: 5,
-            on_window: progress_printer(progress),
+            on_window: progress_printer("sent", progress),
             duration: config.duration,
             histogram_out: config.histogram_out.clone(),
             expected_records: (config.duration.is_none()).then_some(expected),
@@ -168,14 +170,9 @@ pub fn run(
     );
     let mut handles = Vec::new();
     for shard in 0..shard_count {
-        let mine: Vec<StreamSpec> = streams
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % shard_count == shard)
-            .map(|(_, s)| s.clone())
-            .collect();
+        let mine = shards::deal(&streams, shard_count, shard);
         let context = context.clone();
-        let cpu = (!config.cpus.is_empty()).then(|| config.cpus[shard % config.cpus.len()]);
+        let cpu = shards::cpu_for(&config.cpus, shard);
         let handle = shards::spawn_shard(&format!("ringlog-perf-{shard}"), cpu, move || {
             run_shard(shard, mine, context)
         });
@@ -187,17 +184,7 @@ pub fn run(
             }
         }
     }
-    let mut first_error = None;
-    for handle in handles {
-        let outcome = handle
-            .join()
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(error) = outcome {
-            meter.stop();
-            first_error.get_or_insert(error);
-        }
-    }
+    let (_, first_error) = shards::join_all(handles, &meter);
     meter.finish();
     let report = reporter
         .join()
@@ -212,7 +199,11 @@ pub fn run(
     };
     let latency = stats::latency_json(&report.latency_us, measured_from);
     let json = stats::report_json("producer", config.settings.clone(), &report, latency);
-    Ok(ProducerOutcome { report, json })
+    Ok(ProducerOutcome {
+        acknowledged_records: meter.completed_records(),
+        report,
+        json,
+    })
 }
 
 /// Connects, creates or waits for the topic, asks for a producer id.
@@ -306,7 +297,11 @@ fn split_budget(total: u64, weights: &[u64]) -> Vec<u64> {
     budgets
 }
 
-fn progress_printer(mut print: Box<dyn FnMut(&str) + Send>) -> Box<dyn FnMut(&Window<'_>) + Send> {
+/// Kafka's 5-second progress line; `verb` is "sent" for the producer.
+pub fn progress_printer(
+    verb: &'static str,
+    mut print: Box<dyn FnMut(&str) + Send>,
+) -> Box<dyn FnMut(&Window<'_>) + Send> {
     Box::new(move |window: &Window<'_>| {
         let interval = window.interval;
         let latency = &interval.latency_us;
@@ -316,7 +311,7 @@ fn progress_printer(mut print: Box<dyn FnMut(&str) + Send>) -> Box<dyn FnMut(&Wi
             (latency.mean() / 1e3, latency.max() as f64 / 1e3)
         };
         print(&format!(
-            "{} records sent, {:.1} records/sec ({:.2} MB/sec), {:.3} ms avg latency, {:.3} ms max latency.",
+            "{} records {verb}, {:.1} records/sec ({:.2} MB/sec), {:.3} ms avg latency, {:.3} ms max latency.",
             interval.records,
             stats::per_sec(interval.records as f64, window.elapsed),
             stats::per_sec(interval.bytes as f64 / 1_048_576.0, window.elapsed),
@@ -326,8 +321,9 @@ fn progress_printer(mut print: Box<dyn FnMut(&str) + Send>) -> Box<dyn FnMut(&Wi
     })
 }
 
-/// Kafka's final line, with microsecond precision and 99.99th added.
-pub fn final_line(report: &stats::Report) -> String {
+/// Kafka's final line, with microsecond precision and 99.99th added; `verb` is "sent" for
+/// the producer.
+pub fn final_line(report: &stats::Report, verb: &str) -> String {
     let latency = &report.latency_us;
     let ms = |quantile: f64| latency.value_at_quantile(quantile) as f64 / 1e3;
     let (mean, max) = if latency.is_empty() {
@@ -336,7 +332,7 @@ pub fn final_line(report: &stats::Report) -> String {
         (latency.mean() / 1e3, latency.max() as f64 / 1e3)
     };
     format!(
-        "{} records sent, {:.1} records/sec ({:.2} MB/sec), {:.3} ms avg latency, {:.3} ms max latency, \
+        "{} records {verb}, {:.1} records/sec ({:.2} MB/sec), {:.3} ms avg latency, {:.3} ms max latency, \
          {:.3} ms 50th, {:.3} ms 95th, {:.3} ms 99th, {:.3} ms 99.9th, {:.3} ms 99.99th.",
         report.records,
         report.records_per_sec(),
@@ -370,12 +366,7 @@ async fn run_shard(
         let address = context.cluster.address(leader)?.to_owned();
         let connections = context.connections.min(streams.len());
         for connection in 0..connections {
-            let mine: Vec<StreamSpec> = streams
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % connections == connection)
-                .map(|(_, s)| s.clone())
-                .collect();
+            let mine = shards::deal(&streams, connections, connection);
             let conn = Connection::connect(&address, &context.settings.client_id).await?;
             let context = context.clone();
             tasks.push(glommio::spawn_local(async move {

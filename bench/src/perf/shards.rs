@@ -6,7 +6,47 @@ use std::time::{Instant, SystemTime};
 
 use glommio::{LocalExecutorBuilder, Placement};
 
+use super::stats::Meter;
 use crate::client::ClientError;
+
+/// The items shard `shard` of `count` takes: item i goes to shard i mod count.
+pub fn deal<T: Clone>(items: &[T], count: usize, shard: usize) -> Vec<T> {
+    items
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % count == shard)
+        .map(|(_, item)| item.clone())
+        .collect()
+}
+
+/// The CPU shard `shard` is pinned to (`cpus` dealt in turn), if any were given.
+pub fn cpu_for(cpus: &[usize], shard: usize) -> Option<usize> {
+    (!cpus.is_empty()).then(|| cpus[shard % cpus.len()])
+}
+
+/// Waits for every shard; the first failure stops the others (through the meter) and is
+/// returned beside the successes.
+pub fn join_all<T: Send + 'static>(
+    handles: Vec<glommio::ExecutorJoinHandle<Result<T, ClientError>>>,
+    meter: &Meter,
+) -> (Vec<T>, Option<String>) {
+    let mut done = Vec::new();
+    let mut first_error = None;
+    for handle in handles {
+        match handle
+            .join()
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            Ok(value) => done.push(value),
+            Err(error) => {
+                meter.stop();
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    (done, first_error)
+}
 
 /// Runs `make()`'s future on a fresh executor thread and returns its output: for the
 /// bootstrap steps that happen before the shards start.
