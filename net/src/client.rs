@@ -60,6 +60,12 @@ pub enum ClientError {
     },
     #[error("{0}")]
     Missing(String),
+    #[error("topic {topic} has {partitions} partitions, {asked} were asked for")]
+    WrongLayout {
+        topic: String,
+        partitions: usize,
+        asked: i32,
+    },
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout { what: String, waited: Duration },
 }
@@ -432,7 +438,20 @@ impl Cluster {
             }
         }
         let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
-        self.wait_for_topics(&names, true, started, timeout)
+        self.wait_for_topics(&names, true, started, timeout)?;
+        // A topic that was already there (auto-created by a client's Metadata, say) may have
+        // another layout than asked: say so rather than measure the wrong thing.
+        for topic in topics {
+            let partitions = self.leaders(&topic.name)?.len();
+            if partitions != usize::try_from(topic.partitions).unwrap_or(0) {
+                return Err(ClientError::WrongLayout {
+                    topic: topic.name.clone(),
+                    partitions,
+                    asked: topic.partitions,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Deletes `names` (those that do not exist are skipped) and waits until the metadata no
