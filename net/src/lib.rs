@@ -8,6 +8,7 @@
 //! `handlers` has one module per implemented API and `connection` serves one client socket.
 
 pub mod alloc;
+pub mod client;
 pub mod connection;
 pub mod errors;
 pub mod handlers;
