@@ -209,6 +209,7 @@ fn run_shards(
         address,
         connection: ConnectionSettings {
             request_max_bytes: config.socket_request_max_bytes,
+            fetch_send: config.fetch_send,
         },
         identity: BrokerIdentity {
             node_id: config.node_id,
@@ -233,6 +234,7 @@ fn run_shards(
             group_initial_rebalance_delay: Duration::from_millis(
                 config.group_initial_rebalance_delay_ms,
             ),
+            fetch_cache_bytes: config.fetch_cache_bytes,
         },
         catalog,
         stop: Arc::clone(stop),
@@ -448,6 +450,7 @@ async fn run_shard(
             "other shards are still draining; closing this shard's partitions anyway"
         );
     }
+    shard.log_fetch_stats();
     shard.close_all().await;
     Ok(())
 }

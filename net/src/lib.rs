@@ -11,6 +11,8 @@ pub mod alloc;
 pub mod connection;
 pub mod errors;
 pub mod handlers;
+pub mod response;
+pub mod send;
 
 // The tests feed hostile array counts to the decoders; they need the allocator the broker
 // runs with.
