@@ -170,10 +170,12 @@ pub(crate) fn start_stream(
     })
 }
 
-/// What a stream's window gave: the records, and the stream to keep for the next fetch.
+/// What a stream's window gave: the records, and either the stream to keep for the next fetch
+/// (its window still holds enough) or where the next fetch will start (segment, offset,
+/// position) for a new window.
 pub(crate) struct StreamRead {
     pub records: FetchedRecords,
-    pub next: Option<Stream>,
+    pub next: Result<Stream, (Rc<Segment>, i64, u64)>,
 }
 
 /// Serves a fetch at `stream.next_offset` from its window. `None` when the window does not
@@ -223,7 +225,7 @@ pub(crate) async fn read_stream(
     let end = position + taken.bytes as u64;
     let left = rest.len() - taken.bytes;
     let next = if left >= max_bytes.max(HEADER_BYTES) {
-        Some(Stream {
+        Ok(Stream {
             next_offset: taken.next_offset,
             segment,
             position: end,
@@ -231,7 +233,7 @@ pub(crate) async fn read_stream(
             window: Window::Ready(data),
         })
     } else {
-        start_stream(segment, taken.next_offset, end, window_bytes(max_bytes))
+        Err((segment, taken.next_offset, end))
     };
     Ok(Some(StreamRead {
         records: FetchedRecords {

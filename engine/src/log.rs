@@ -1499,6 +1499,30 @@ impl PartitionLog {
         }
     }
 
+    /// Starts reading ahead for a reader whose next fetch is at `offset`, at `position` of
+    /// `segment`, or at the start of the next segment when that one ends there.
+    fn read_ahead_from(&self, segment: Rc<Segment>, offset: i64, position: u64, max_bytes: usize) {
+        let mut segment = segment;
+        let mut position = position;
+        if position >= segment.meta().size_bytes && segment.meta().next_offset == offset {
+            let next = self
+                .inner
+                .state
+                .borrow()
+                .segments
+                .iter()
+                .find(|s| s.base_offset == offset)
+                .cloned();
+            let Some(next) = next else { return };
+            segment = next;
+            position = 0;
+        }
+        let window = fetch::window_bytes(max_bytes);
+        if let Some(stream) = fetch::start_stream(segment, offset, position, window) {
+            self.inner.read_ahead.borrow_mut().put(stream);
+        }
+    }
+
     /// Checks that a read may start at `offset` and returns the offset it must stay below.
     fn read_bound(&self, offset: i64, upper_bound: Option<i64>) -> Result<i64, ReadError> {
         let st = self.inner.state.borrow();
@@ -1529,6 +1553,8 @@ impl PartitionLog {
         }
         if let Some((cache, id)) = &self.inner.cache {
             if let Some(hit) = cache.read(*id, offset, max_bytes, upper) {
+                // A reader that caught up with the cache needs no read-ahead any more.
+                self.inner.read_ahead.borrow_mut().take(offset);
                 return Ok(FetchedRecords {
                     pieces: hit.slices.into_iter().map(RecordPiece::Cached).collect(),
                     first_offset: hit.first_offset,
@@ -1542,8 +1568,11 @@ impl PartitionLog {
         let stream = self.inner.read_ahead.borrow_mut().take(offset);
         if let Some(stream) = stream {
             if let Some(read) = fetch::read_stream(stream, max_bytes, upper).await? {
-                if let Some(next) = read.next {
-                    self.inner.read_ahead.borrow_mut().put(next);
+                match read.next {
+                    Ok(next) => self.inner.read_ahead.borrow_mut().put(next),
+                    Err((segment, offset, position)) => {
+                        self.read_ahead_from(segment, offset, position, max_bytes);
+                    }
                 }
                 return Ok(read.records);
             }
@@ -1572,12 +1601,7 @@ impl PartitionLog {
             let Some(data) = read.data.filter(|_| read.batch_count > 0) else {
                 return Ok(FetchedRecords::empty(offset));
             };
-            let window = fetch::window_bytes(max_bytes);
-            if let Some(next) =
-                fetch::start_stream(segment, read.next_offset, read.end_position, window)
-            {
-                self.inner.read_ahead.borrow_mut().put(next);
-            }
+            self.read_ahead_from(segment, read.next_offset, read.end_position, max_bytes);
             return Ok(FetchedRecords {
                 bytes: data.len(),
                 pieces: vec![RecordPiece::Disk(data)],

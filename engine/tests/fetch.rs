@@ -125,7 +125,7 @@ fn a_tiny_budget_evicts_and_backlog_reads_use_read_ahead() {
         let cache = Rc::new(TailCache::new(128 << 10));
         let log = open(&path, &cache).await;
         // Concurrent appends fill whole write buffers.
-        let appends: Vec<_> = (0..400u64)
+        let appends: Vec<_> = (0..800u64)
             .map(|seed| {
                 let b = batch(seed, 2, 600, 1);
                 (b.clone(), log.append(b))
@@ -150,6 +150,13 @@ fn a_tiny_budget_evicts_and_backlog_reads_use_read_ahead() {
             disk_reads * 3 < sources.len(),
             "mostly read ahead: {sources:?}"
         );
+        // Fetches that end where a segment ends: read-ahead continues in the next segment.
+        // (The only log registered has id 0: dropping its entries sends every read to disk.)
+        cache.forget(0);
+        let sources = fetch_all(&log, 0, 200 << 10, &stored).await;
+        assert!(log.segment_base_offsets().len() > 2);
+        let disk_reads = sources.iter().filter(|s| **s == ReadSource::Disk).count();
+        assert_eq!(disk_reads, 1, "{sources:?}");
         log.close().await.expect("close");
     });
 }
