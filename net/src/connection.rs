@@ -11,11 +11,12 @@ use std::io;
 
 use bytes::{Buf, BytesMut};
 use event_listener::Event;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 use thiserror::Error;
 
 use crate::handlers::{handle_request, Broker, RequestError};
+use crate::send::{FetchSend, FrameSender};
 use crate::{next_frame, Frame, FrameError, SIZE_PREFIX_BYTES};
 
 /// Bytes read from the socket at a time. Larger frames arrive over several reads.
@@ -26,6 +27,8 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 pub struct ConnectionSettings {
     /// `socket.request.max.bytes`: the largest request frame accepted.
     pub request_max_bytes: usize,
+    /// How responses carrying records are written (see [`crate::send`]).
+    pub fetch_send: FetchSend,
 }
 
 /// Why a connection ended other than by the client closing it between requests.
@@ -79,14 +82,20 @@ pub async fn serve<B: Broker>(
     broker: &B,
     shutdown: &Shutdown,
 ) -> Result<(), ConnectionError> {
-    let peer_host = stream
-        .peer_addr()
-        .map_or_else(|_| String::new(), |peer| peer.ip().to_string());
+    let peer = stream.peer_addr().ok().map(|peer| peer.ip());
+    let peer_host = peer.map_or_else(String::new, |ip| ip.to_string());
+    let sender = FrameSender::new(settings.fetch_send, peer);
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0_u8; READ_CHUNK_BYTES];
     loop {
-        let needed =
-            answer_buffered(&mut stream, &mut buffer, settings, broker, &peer_host).await?;
+        let needed = answer_buffered(
+            (&mut stream, &sender),
+            &mut buffer,
+            settings,
+            broker,
+            &peer_host,
+        )
+        .await?;
         let idle = buffer.is_empty();
         if idle && shutdown.is_triggered() {
             return Ok(());
@@ -120,7 +129,7 @@ pub async fn serve<B: Broker>(
 /// Answers every whole frame at the start of `buffer`, in order, and returns how many bytes
 /// the next (incomplete) frame needs in all.
 async fn answer_buffered<B: Broker>(
-    stream: &mut TcpStream,
+    (stream, sender): (&mut TcpStream, &FrameSender),
     buffer: &mut BytesMut,
     settings: &ConnectionSettings,
     broker: &B,
@@ -132,7 +141,7 @@ async fn answer_buffered<B: Broker>(
                 let mut payload = buffer.split_to(total).freeze();
                 payload.advance(SIZE_PREFIX_BYTES);
                 if let Some(response) = handle_request(payload, broker, peer_host).await? {
-                    stream.write_all(&response).await?;
+                    sender.send(stream, response).await?;
                 }
             }
             // The buffer grows only as bytes arrive, not by the claimed size: a client that

@@ -12,6 +12,8 @@ pub mod client;
 pub mod connection;
 pub mod errors;
 pub mod handlers;
+pub mod response;
+pub mod send;
 
 // The tests feed hostile array counts to the decoders; they need the allocator the broker
 // runs with.

@@ -18,9 +18,9 @@ use kafka_protocol::messages::{
     ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
     CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest,
     DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest,
-    FetchResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader,
 };
 use kafka_protocol::messages::{
     ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
@@ -40,6 +40,7 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 use thiserror::Error;
 
+use crate::response::{self, FetchAnswer, ResponseFrame};
 use crate::{HeaderError, RequestPrefix, SIZE_PREFIX_BYTES};
 
 /// What this broker tells clients about itself. Built once at start, shared read-only by every
@@ -66,7 +67,9 @@ pub trait Broker {
     async fn metadata(&self, request: MetadataRequest, version: i16) -> MetadataResponse;
     /// `None` for `acks = 0`: the client expects no response at all.
     async fn produce(&self, request: ProduceRequest, version: i16) -> Option<ProduceResponse>;
-    async fn fetch(&self, request: FetchRequest, version: i16) -> FetchResponse;
+    /// The response with every partition's records left out, and the records beside it (see
+    /// [`crate::response`]): they are written to the socket from where they lie.
+    async fn fetch(&self, request: FetchRequest, version: i16) -> FetchAnswer;
     async fn list_offsets(&self, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse;
     async fn create_topics(
         &self,
@@ -239,8 +242,44 @@ pub enum RequestError {
 
 /// Answers one request payload (a frame without its size prefix) with a whole response frame,
 /// size prefix included, or with nothing when the client asked for no response (Produce with
-/// `acks = 0`).
+/// `acks = 0`). A Fetch response is a frame of pieces: its records are not copied into it.
 pub async fn handle_request<B: Broker>(
+    payload: Bytes,
+    broker: &B,
+    peer_host: &str,
+) -> Result<Option<ResponseFrame>, RequestError> {
+    if RequestPrefix::parse(&payload)?.api_key == ApiKey::Fetch as i16 {
+        return handle_fetch(payload, broker).await.map(Some);
+    }
+    let response = handle_encoded(payload, broker, peer_host).await?;
+    Ok(response.map(ResponseFrame::whole))
+}
+
+async fn handle_fetch<B: Broker>(
+    mut payload: Bytes,
+    broker: &B,
+) -> Result<ResponseFrame, RequestError> {
+    let (api, version) = (ApiKey::Fetch, RequestPrefix::parse(&payload)?.api_version);
+    check_supported(api, version)?;
+    let header = decode_header::<FetchRequest>(api, version, &mut payload)?;
+    let request = decode_body::<FetchRequest>(api, version, &mut payload)?;
+    let answer = broker.fetch(request, version).await;
+    response::encode_fetch(version, header.correlation_id, answer)
+}
+
+/// Refuses a version of `api` this broker does not answer.
+fn check_supported(api: ApiKey, version: i16) -> Result<(), RequestError> {
+    match supported_versions(api) {
+        Some((min, max)) if (min..=max).contains(&version) => Ok(()),
+        _ => Err(RequestError::Unsupported {
+            api,
+            api_version: version,
+        }),
+    }
+}
+
+/// Answers every request but Fetch with one encoded frame.
+async fn handle_encoded<B: Broker>(
     payload: Bytes,
     broker: &B,
     peer_host: &str,
@@ -256,15 +295,7 @@ pub async fn handle_request<B: Broker>(
         return api_versions::handle(prefix, payload).map(Some);
     }
     let version = prefix.api_version;
-    match supported_versions(api) {
-        Some((min, max)) if (min..=max).contains(&version) => {}
-        _ => {
-            return Err(RequestError::Unsupported {
-                api,
-                api_version: version,
-            })
-        }
-    }
+    check_supported(api, version)?;
     match api {
         ApiKey::Metadata => {
             answer(api, version, payload, |request| async move {
@@ -275,12 +306,6 @@ pub async fn handle_request<B: Broker>(
         ApiKey::Produce => {
             answer(api, version, payload, |request| {
                 broker.produce(request, version)
-            })
-            .await
-        }
-        ApiKey::Fetch => {
-            answer(api, version, payload, |request| async move {
-                Some(broker.fetch(request, version).await)
             })
             .await
         }
@@ -519,8 +544,8 @@ mod tests {
         async fn produce(&self, request: ProduceRequest, _: i16) -> Option<ProduceResponse> {
             (request.acks != 0).then(ProduceResponse::default)
         }
-        async fn fetch(&self, _: FetchRequest, _: i16) -> FetchResponse {
-            FetchResponse::default()
+        async fn fetch(&self, _: FetchRequest, _: i16) -> FetchAnswer {
+            FetchAnswer::default()
         }
         async fn list_offsets(&self, _: ListOffsetsRequest, _: i16) -> ListOffsetsResponse {
             ListOffsetsResponse::default()
@@ -672,6 +697,7 @@ mod tests {
             payload.extend_from_slice(&rest);
             let answer = futures_lite::future::block_on(handle_request(Bytes::from(payload), &broker(), "test"));
             if let Ok(Some(frame)) = answer {
+                let frame = frame.to_vec();
                 let size = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
                 prop_assert_eq!(size as usize + SIZE_PREFIX_BYTES, frame.len());
                 let echoed = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
