@@ -362,10 +362,9 @@ fn run_consumer(args: ConsumerArgs) -> Result<(), String> {
         println!("{}", consumer::header(args.show_detailed_stats));
     }
     let detailed = args.show_detailed_stats;
-    let on_window = Box::new(move |window: &stats::Window<'_>| {
+    let on_window = Box::new(move |window: &stats::Window<'_>, rebalance_ms: u64| {
         if detailed {
-            // The intervals start once the group is joined: none of them contains the join.
-            println!("{}", consumer::detailed_line(window, 0));
+            println!("{}", consumer::detailed_line(window, rebalance_ms));
         }
     });
     let window_ticks = u32::try_from(args.reporting_interval / 1000)

@@ -39,6 +39,9 @@ pub struct ReadControl {
     pub idle_timeout: Duration,
     last_record_us: AtomicU64,
     timed_out: AtomicBool,
+    /// Set when the group takes the partitions back (a rebalance): the shards of this
+    /// generation stop and hand their positions over, the run goes on.
+    revoked: AtomicBool,
 }
 
 impl ReadControl {
@@ -56,6 +59,7 @@ impl ReadControl {
             idle_timeout,
             last_record_us: AtomicU64::new(0),
             timed_out: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
         };
         control.saw_records();
         Arc::new(control)
@@ -64,6 +68,22 @@ impl ReadControl {
     /// Changes the target (end-to-end: once the producer knows how many it sent).
     pub fn set_records_max(&self, records_max: u64) {
         self.records_max.store(records_max, Ordering::Relaxed);
+    }
+
+    /// Stops the shards reading the current assignment (without ending the run).
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed)
+    }
+
+    /// A new assignment starts: reading may go on, and the idle timeout counts from now (a
+    /// rebalance is not idleness).
+    pub fn begin_assignment(&self) {
+        self.revoked.store(false, Ordering::Relaxed);
+        self.saw_records();
     }
 
     pub fn timed_out(&self) -> bool {
@@ -79,9 +99,10 @@ impl ReadControl {
             .fetch_max(self.since_start_us(), Ordering::Relaxed);
     }
 
-    /// Whether to stop (and tell every shard to): enough read, idle too long, or stopped.
-    fn should_stop(&self) -> bool {
-        if self.meter.should_stop() {
+    /// Whether to stop (and tell every shard to): enough read, idle too long, stopped, or
+    /// the assignment revoked.
+    pub fn should_stop(&self) -> bool {
+        if self.meter.should_stop() || self.is_revoked() {
             return true;
         }
         if self.meter.completed_records() >= self.records_max.load(Ordering::Relaxed) {
