@@ -338,3 +338,39 @@ def test_two_group_members_split_the_partitions_and_read_each_record_once(
                 and not line.startswith("time")]
     assert any(int(fields[6]) > 0 for fields in detailed), logs[1]
     assert docs[1]["rebalance_time_ms"] > 0
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_producer_rides_out_a_broker_restart(broker, topic_name, tmp_path, idempotent):
+    """SIGTERM and restart the broker (same data and ports) halfway through a rate-limited run:
+    the producer looks the leaders up again, reconnects and finishes; every acknowledged record
+    is in the log (with idempotence, exactly once, in order)."""
+    partitions, count, rate, size = 4, 40_000, 5_000, 100
+    create_topic(broker.bootstrap, topic_name, partitions)
+    out = tmp_path / "producer.json"
+    props = ["acks=all", "enable.idempotence=true"] if idempotent else \
+        ["acks=1", "enable.idempotence=false"]
+    produce = spawn_perf("producer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+                         "--num-records", str(count), "--record-size", str(size),
+                         "--throughput", str(rate), "--producer-props", "linger.ms=5", *props,
+                         "--output-json", str(out))
+    time.sleep(3)
+    assert produce.poll() is None, "the producer finished before the restart"
+    assert broker.restart() == 0, "the broker did not stop cleanly"
+    log = finish(produce)
+    assert "looking up the leader again" in log, log
+    doc = json.loads(out.read_text())
+    acknowledged = doc["records"]
+
+    got = consume_all(broker.bootstrap, topic_name, partitions)
+    stored = sum(len(v) for v in got.values())
+    assert stored >= acknowledged, (stored, acknowledged, log)
+    for partition, recs in got.items():
+        sequences = [struct.unpack(">Q", rec.value[:8])[0] for rec in recs]
+        # Nothing acknowledged is missing: every sequence up to the partition's last is there.
+        assert set(sequences) == set(range(max(sequences) + 1)), partition
+        if idempotent:
+            assert sequences == list(range(len(sequences))), f"partition {partition}: duplicates"
+    if idempotent:
+        assert acknowledged == count and stored == count and doc["errors"] == 0, (doc, log)

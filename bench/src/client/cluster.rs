@@ -96,6 +96,8 @@ pub struct TopicInfo {
 /// What a client shard needs to reach the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterInfo {
+    /// The bootstrap servers as given, for refreshing metadata later.
+    pub bootstrap: String,
     pub client_id: String,
     /// Broker node id → `host:port`.
     pub brokers: BTreeMap<i32, String>,
@@ -127,7 +129,7 @@ impl Cluster {
             .map(str::trim)
             .filter(|a| !a.is_empty())
         {
-            match Self::connect_one(address, client_id).await {
+            match Self::connect_one(bootstrap, address, client_id).await {
                 Ok(cluster) => return Ok(cluster),
                 Err(error) => last_error = Some(error),
             }
@@ -141,7 +143,11 @@ impl Cluster {
         }))
     }
 
-    async fn connect_one(address: &str, client_id: &str) -> Result<Self, ClientError> {
+    async fn connect_one(
+        bootstrap: &str,
+        address: &str,
+        client_id: &str,
+    ) -> Result<Self, ClientError> {
         let mut connection = Connection::connect(address, client_id).await?;
         // Version 0 is answered by every broker, whatever it supports.
         let response = connection.call(&ApiVersionsRequest::default(), 0).await?;
@@ -156,6 +162,7 @@ impl Cluster {
         Ok(Self {
             connection,
             info: ClusterInfo {
+                bootstrap: bootstrap.to_owned(),
                 client_id: client_id.to_owned(),
                 brokers: BTreeMap::new(),
                 versions: ApiVersions { ranges },
