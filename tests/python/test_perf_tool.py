@@ -19,7 +19,7 @@ import pytest
 from conftest import ringlog_bin
 from confluent_kafka import TopicPartition
 
-from kafkautil import consume_all, consumer, crc32c, create_topic, producer
+from kafkautil import admin, consume_all, consumer, crc32c, create_topic, producer
 
 PERF_TIMEOUT_S = 120
 STAMP_BYTES = 16
@@ -374,3 +374,16 @@ def test_producer_rides_out_a_broker_restart(broker, topic_name, tmp_path, idemp
             assert sequences == list(range(len(sequences))), f"partition {partition}: duplicates"
     if idempotent:
         assert acknowledged == count and stored == count and doc["errors"] == 0, (doc, log)
+
+
+@pytest.mark.timeout(120)
+def test_a_missing_topic_is_an_error_not_auto_created(broker, topic_name):
+    for mode in (["producer", "--num-records", "10", "--record-size", "10"],
+                 ["consumer", "--messages", "10", "--timeout", "2000"]):
+        result = subprocess.run([str(perf_bin()), *mode[:1], "--bootstrap-server", broker.bootstrap,
+                                 "--topic", topic_name, *mode[1:]],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0, result.stdout
+        assert "does not exist" in result.stderr, result.stderr
+    metadata = admin(broker.bootstrap).list_topics(timeout=10)
+    assert topic_name not in metadata.topics

@@ -248,6 +248,9 @@ fn run_steps(
         print_step(&step_run);
         steps.push(step_run);
     }
+    // Every process of every step has exited here (wait_all reaps each one, killing those
+    // past the step's timeout), and ringlog-perf never asks Metadata to auto-create a topic:
+    // nothing can bring a topic back with the broker's default layout after this deletion.
     // A fresh connection: the step may have taken longer than the broker keeps idle ones.
     let mut cluster = Cluster::connect(&broker.bootstrap, CLIENT_ID)
         .map_err(|e| format!("reconnecting to delete topics: {e}"))?;

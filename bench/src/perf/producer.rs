@@ -228,7 +228,7 @@ fn bootstrap(
         if let Some(partitions) = create {
             cluster.create_topic(&topic, partitions).await?;
         }
-        let info = cluster.wait_for_topic(&topic, true).await?;
+        let info = cluster.wait_for_topic(&topic, false).await?;
         let producer = if idempotence {
             Some(cluster.init_producer_id().await?)
         } else {
