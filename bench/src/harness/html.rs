@@ -354,7 +354,7 @@ fn summary_table(result: &RunResult) -> String {
     };
     let mut html = String::from(
         "<table><tr><th>broker</th><th>step</th><th>role</th><th>rounds</th><th>MB/s</th>\
-         <th>records/s</th><th>p50 µs</th><th>p99 µs</th><th>p99.9 µs</th><th>max µs</th>\
+         <th>fetch-only MB/s</th><th>records/s</th><th>p50 µs</th><th>p99 µs</th><th>p99.9 µs</th><th>max µs</th>\
          <th>MB/s vs first</th><th>p99 vs first</th><th>errors</th><th>failed</th></tr>\n",
     );
     for row in &result.summary {
@@ -363,12 +363,14 @@ fn summary_table(result: &RunResult) -> String {
         let _ = writeln!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td></tr>",
             escape(&row.broker),
             escape(&row.step),
             row.role.name(),
             row.rounds,
             spread_cell(Some(row.mb_per_sec)),
+            spread_cell(row.fetch_mb_per_sec),
             spread_cell(Some(row.records_per_sec)),
             spread_cell(row.latency_us_p50),
             spread_cell(row.latency_us_p99),

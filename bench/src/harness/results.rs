@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use hdrhistogram::Histogram;
 
@@ -148,6 +149,10 @@ pub struct RoleTotals {
     /// Sum of the processes' rates.
     pub records_per_sec: f64,
     pub mb_per_sec: f64,
+    /// Consumers: the sum of the processes' rates over their fetch time only (the group join
+    /// left out), when every process reported one.
+    #[serde(default)]
+    pub fetch_mb_per_sec: Option<f64>,
     pub errors: u64,
     /// Percentiles of all processes' latencies together (see the module header).
     pub latency_us: Option<Percentiles>,
@@ -201,6 +206,9 @@ pub struct SummaryRow {
     pub rounds: u32,
     pub records_per_sec: Spread,
     pub mb_per_sec: Spread,
+    /// Consumers: MB/s over the fetch time only (see `RoleTotals::fetch_mb_per_sec`).
+    #[serde(default)]
+    pub fetch_mb_per_sec: Option<Spread>,
     pub latency_us_p50: Option<Spread>,
     pub latency_us_p99: Option<Spread>,
     pub latency_us_p999: Option<Spread>,
@@ -217,6 +225,9 @@ impl SummaryRow {
             ("records/s", self.records_per_sec.median, true),
             ("MB/s", self.mb_per_sec.median, true),
         ];
+        if let Some(fetch) = self.fetch_mb_per_sec {
+            metrics.push(("fetch MB/s", fetch.median, true));
+        }
         let latencies = [
             ("p50 µs", self.latency_us_p50),
             ("p99 µs", self.latency_us_p99),
@@ -267,10 +278,22 @@ pub fn role_totals(
         bytes: outputs.iter().map(|o| o.bytes).sum(),
         records_per_sec: outputs.iter().map(|o| o.records_per_sec).sum(),
         mb_per_sec: outputs.iter().map(|o| o.mb_per_sec).sum(),
+        fetch_mb_per_sec: fetch_mb_per_sec(&outputs),
         errors: outputs.iter().map(|o| o.errors).sum(),
         latency_us,
         timeline: merge_timelines(&outputs, step_started_at_unix_ms),
     }
+}
+
+/// The consumers' fetch-only rates added up; `None` unless every output has one.
+fn fetch_mb_per_sec(outputs: &[&PerfOutput]) -> Option<f64> {
+    if outputs.is_empty() {
+        return None;
+    }
+    outputs
+        .iter()
+        .map(|o| o.extra.get("fetch_mb_per_sec").and_then(Value::as_f64))
+        .sum()
 }
 
 /// Points at most in a merged latency distribution.
@@ -441,6 +464,12 @@ fn summary_row(
         rounds: measured.len() as u32,
         records_per_sec: spread(&|t| t.records_per_sec)?,
         mb_per_sec: spread(&|t| t.mb_per_sec)?,
+        fetch_mb_per_sec: Spread::of(
+            &measured
+                .iter()
+                .filter_map(|t| t.fetch_mb_per_sec)
+                .collect::<Vec<_>>(),
+        ),
         latency_us_p50: latency(&|p| p.p50),
         latency_us_p99: latency(&|p| p.p99),
         latency_us_p999: latency(&|p| p.p999),
@@ -576,6 +605,30 @@ pub mod tests {
             .collect();
         assert_eq!(seconds, vec![(1.0, 5000), (2.0, 10_000), (3.0, 5000)]);
         assert_eq!(producers.timeline[1].max_us, Some(4000.0));
+    }
+
+    #[test]
+    fn consumers_fetch_only_rates_add_up_and_reach_the_summary() {
+        let consumers = vec![
+            process(Role::Consumer, 0, Some(consumer_fixture(1.0, 1000))),
+            process(Role::Consumer, 1, Some(consumer_fixture(2.0, 1000))),
+        ];
+        let totals = step_totals(&consumers, 1000);
+        let fetch = totals[0].fetch_mb_per_sec.expect("consumers report one");
+        assert!((fetch - 2.0 * 9.77).abs() < 1e-9, "{fetch}");
+        let producers = vec![process(Role::Producer, 0, Some(producer_fixture(1.0, 0)))];
+        assert_eq!(step_totals(&producers, 0)[0].fetch_mb_per_sec, None);
+        let result = run_fixture(1.0);
+        let row = result
+            .summary
+            .iter()
+            .find(|r| r.role == Role::Consumer)
+            .expect("consumer row");
+        assert!(row.fetch_mb_per_sec.is_some());
+        assert!(row
+            .metrics()
+            .iter()
+            .any(|(name, _, _)| *name == "fetch MB/s"));
     }
 
     #[test]

@@ -661,6 +661,11 @@ pub fn describe_totals(totals: &RoleTotals) -> String {
         totals.records_per_sec,
         totals.records
     );
+    if let Some(fetch) = totals.fetch_mb_per_sec {
+        line.push_str(&format!(
+            " ({fetch:.1} MB/s fetch-only, group join left out)"
+        ));
+    }
     if let Some(latency) = &totals.latency_us {
         line.push_str(&format!(
             ", latency p50 {:.0} µs p99 {:.0} µs p99.9 {:.0} µs max {:.0} µs",
