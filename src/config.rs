@@ -105,7 +105,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS")]
     pub group_consumer_session_timeout_ms: Option<u64>,
     /// Memory each core keeps of recently written batches to answer tail fetches without
-    /// reading the disk (the tail cache; 0 turns it off) [env: RINGLOG_FETCH_CACHE_BYTES]
+    /// reading the disk (the tail cache; 0 turns it off). Each core registers (locks) this
+    /// plus 32 MiB for reads as io_uring memory [env: RINGLOG_FETCH_CACHE_BYTES]
     /// [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     pub fetch_cache_bytes: Option<usize>,

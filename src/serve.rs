@@ -32,9 +32,6 @@ use crate::config::{ServeArgs, ServeConfig};
 use crate::memlock;
 use crate::meta_properties::MetaProperties;
 
-/// io_uring registered-buffer memory per executor (glommio's default, set explicitly so the
-/// locked-memory check below knows it).
-pub const IO_MEMORY_BYTES: usize = 10 << 20;
 /// Cluster id reported in Metadata. A persisted, generated id comes with cluster metadata.
 /// How often an executor looks at the process-wide stop flag.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -70,7 +67,9 @@ pub fn run(args: &ServeArgs) -> ExitCode {
 fn start(args: &ServeArgs) -> Result<ExitCode, String> {
     let config = ServeConfig::load(args).map_err(|error| error.to_string())?;
     let address = config.listen_address().map_err(|error| error.to_string())?;
-    memlock::ensure(config.cores, IO_MEMORY_BYTES).map_err(|error| error.to_string())?;
+    let io_memory = memlock::io_memory_bytes(config.fetch_cache_bytes);
+    let io_memory =
+        memlock::choose_io_memory(config.cores, io_memory).map_err(|error| error.to_string())?;
     warn_if_strict_overcommit();
     std::fs::create_dir_all(&config.data_dir).map_err(|error| {
         format!(
@@ -88,10 +87,11 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
         advertised = %config.advertised_listener,
         data_dir = %config.data_dir.display(),
         cores = config.cores,
+        io_memory_bytes = io_memory,
         cluster_id = %meta.cluster_id,
         "starting ringlog"
     );
-    Ok(run_shards(&config, &meta, address, &stop))
+    Ok(run_shards(&config, &meta, address, io_memory, &stop))
 }
 
 /// Takes an exclusive lock on `DATA_DIR/.lock` for the life of the process (the returned file),
@@ -168,6 +168,7 @@ fn run_shards(
     config: &ServeConfig,
     meta: &MetaProperties,
     address: SocketAddr,
+    io_memory_bytes: usize,
     stop: &Arc<AtomicBool>,
 ) -> ExitCode {
     let mut catalog = match Catalog::load(&config.data_dir) {
@@ -261,7 +262,7 @@ fn run_shards(
         let cpu = cpus.get(shard).copied().unwrap_or(shard);
         let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringlog-shard-{shard}"))
-            .io_memory(IO_MEMORY_BYTES)
+            .io_memory(io_memory_bytes)
             .spawn(move || run_shard(shard, start, mesh));
         match spawned {
             Ok(handle) => handles.push((shard, handle)),

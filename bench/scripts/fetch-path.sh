@@ -9,6 +9,11 @@
 #
 #   bench/scripts/fetch-path.sh            # MAIN_BIN=path/to/main/ringlog to include main
 #
+# BEFORE_BIN=path/to/ringlog adds a set-up for another build of the fetch path (copy mode), e.g.
+# the commit before a change. CPU is split into user and system time, with the broker's minor
+# page faults per GB fetched (/proc/PID/stat minflt: an O_DIRECT read into fresh memory faults
+# in every page).
+#
 # Settings (environment): TAIL_RECORDS (40000 x 1 KiB: fits the default 64 MiB cache, read
 # TAIL_PASSES=10 times), BACKLOG_RECORDS (400000 x 1 KiB, read BACKLOG_PASSES=3 times), RATE (20000 records/s for the live tail run),
 # RATE_RECORDS (200000), SMALL_CACHE_BYTES (4 MiB), DATA_DIR (target/bench-fetch-path, must be
@@ -32,6 +37,8 @@ CLIENT=$TARGET/release/examples/kafka_client_bench
 TICKS=$(getconf CLK_TCK)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
+minor_faults() { awk '{print $10}' "/proc/$1/stat"; }
 read_bytes() { awk '/^read_bytes/ {print $2}' "/proc/$1/io"; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
@@ -41,8 +48,9 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 # the disk meanwhile (/proc/PID/io read_bytes).
 measure() { # label pid passes client-args...
     local label=$1 pid=$2 passes=$3; shift 3
-    local cpu0 io0 out bytes=0 secs=0 cpu1 io1
+    local cpu0 io0 out bytes=0 secs=0 cpu1 io1 user0 user1 faults0 faults1
     cpu0=$(cpu_ticks "$pid"); io0=$(read_bytes "$pid")
+    user0=$(user_ticks "$pid"); faults0=$(minor_faults "$pid")
     for _ in $(seq "$passes"); do
         out=$("$CLIENT" --bootstrap 127.0.0.1:$PORT "$@")
         bytes=$((bytes + $(sed -n 's/^consumed [0-9]* records, \([0-9]*\) B in.*/\1/p' <<<"$out")))
@@ -50,10 +58,13 @@ measure() { # label pid passes client-args...
             'BEGIN {print a + b}')
     done
     cpu1=$(cpu_ticks "$pid"); io1=$(read_bytes "$pid")
+    user1=$(user_ticks "$pid"); faults1=$(minor_faults "$pid")
     awk -v l="$label" -v b="$bytes" -v s="$secs" -v c=$((cpu1 - cpu0)) -v t="$TICKS" \
+        -v u=$((user1 - user0)) -v f=$((faults1 - faults0)) \
         -v r=$((io1 - io0)) -v load="$(load)" 'BEGIN {
-        printf "%-34s %8.1f MB/s %7.3f CPU s/GB  disk reads %d B  (%.2f GB fetched, load %s)\n",
-            l, b / s / 1e6, (c / t) / (b / 1e9), r, b / 1e9, load }'
+        gb = b / 1e9
+        printf "%-34s %8.1f MB/s %7.3f CPU s/GB (user %.3f sys %.3f)  %d minor faults/GB  disk reads %d B  (%.2f GB fetched, load %s)\n",
+            l, b / s / 1e6, (c / t) / gb, (u / t) / gb, ((c - u) / t) / gb, f / gb, r, gb, load }'
 }
 
 start_broker() { # extra serve args...
@@ -91,6 +102,9 @@ echo "machine: $(nproc) cores, $(uname -r), load $(load), commit $(git rev-parse
 echo "records of 1 KiB; tail: $TAIL_RECORDS produced then consumed; backlog: $BACKLOG_RECORDS"
 if [ -n "${MAIN_BIN:-}" ]; then
     run_setup "main (copy into frame)" "$MAIN_BIN"
+fi
+if [ -n "${BEFORE_BIN:-}" ]; then
+    run_setup "before (another build, copy)" "$BEFORE_BIN" --fetch-send copy
 fi
 run_setup "copy" "$BROKER" --fetch-send copy
 run_setup "zero-copy" "$BROKER" --fetch-send zero-copy

@@ -139,11 +139,20 @@ impl ReadAheads {
     }
 }
 
-/// The window a reader asking for `max_bytes` per fetch gets.
+/// The window a reader asking for `max_bytes` per fetch gets: a power of two, so that an
+/// aligned read of it is exactly one block of glommio's registered-memory (buddy) allocator.
 pub(crate) fn window_bytes(max_bytes: usize) -> usize {
     max_bytes
         .saturating_mul(2)
         .clamp(WINDOW_BYTES_MIN, WINDOW_BYTES_MAX)
+        .next_power_of_two()
+}
+
+/// Bytes to read from `position` so that the O_DIRECT read (which starts at `position`
+/// aligned down) spans exactly `window` bytes: a window one block larger would take a buddy
+/// block twice its size, or not fit in the registered memory and be freshly mapped.
+pub(crate) fn window_read_bytes(position: u64, window: usize, alignment: u64) -> usize {
+    window - (position % alignment) as usize
 }
 
 /// Starts reading `[position, position + window)` of `segment`, clipped to its visible size;
@@ -158,6 +167,7 @@ pub(crate) fn start_stream(
     if position >= visible {
         return None;
     }
+    let window = window_read_bytes(position, window, segment.file.alignment());
     let len = (visible - position).min(window as u64) as usize;
     let file = Rc::clone(&segment.file);
     let task = glommio::spawn_local(async move { file.read_at(position, len).await });
@@ -301,4 +311,33 @@ pub(crate) fn take_batches(
         taken.count += 1;
     }
     Ok(taken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_powers_of_two_within_bounds() {
+        assert_eq!(window_bytes(0), WINDOW_BYTES_MIN);
+        assert_eq!(window_bytes(1 << 20), 2 << 20);
+        assert_eq!(window_bytes((1 << 20) + 1), 4 << 20);
+        assert_eq!(window_bytes(usize::MAX), WINDOW_BYTES_MAX);
+        for max_bytes in [1, 4095, 700_000, 3 << 20, 100 << 20] {
+            let window = window_bytes(max_bytes);
+            assert!(window.is_power_of_two(), "{max_bytes} -> {window}");
+            assert!((WINDOW_BYTES_MIN..=WINDOW_BYTES_MAX).contains(&window));
+        }
+    }
+
+    #[test]
+    fn an_aligned_window_read_spans_exactly_the_window() {
+        let (window, alignment) = (2 << 20, 4096_u64);
+        for position in [0_u64, 1, 4095, 4096, 123_456_789] {
+            let len = window_read_bytes(position, window, alignment);
+            let start = position - position % alignment;
+            let end = (position + len as u64).div_ceil(alignment) * alignment;
+            assert_eq!(end - start, window as u64, "at {position}");
+        }
+    }
 }

@@ -19,9 +19,11 @@
 //! responses leave in order; frames without records (or below the size threshold) use plain
 //! SENDMSG on the same ring.
 //!
-//! The buffers are not registered with the second ring (fixed buffers): the cache's buffers
-//! come from glommio's allocator, and SENDMSG_ZC with a list of pieces cannot name fixed
-//! buffers through the `io-uring` crate; the kernel pins the pages per send instead.
+//! The buffers are not registered with the second ring (fixed buffers): the cache's and the
+//! reads' buffers come from glommio's private registered arena, and SENDMSG_ZC with a list of
+//! pieces cannot name fixed buffers; the kernel pins the pages per send instead, which was
+//! profiled at about 2% of the broker's CPU (docs/fetch-path.md, "Registered buffers for
+//! SEND_ZC").
 //!
 //! # Choosing
 //! `copy` always copies; `zero-copy` sends every frame carrying records with SENDMSG_ZC;
