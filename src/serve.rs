@@ -1,7 +1,8 @@
 //! `ringlog serve`: the broker process. It assembles the settings, makes sure io_uring can lock
 //! the memory it needs, then runs one glommio executor pinned to each core. Every executor
 //! binds its own listener to the same address (glommio sets SO_REUSEPORT), so the kernel
-//! spreads connections over the cores and a connection lives on the core that accepted it.
+//! spreads connections over the cores and a connection lives on the core that accepted it. A
+//! port another process listens on is refused first (SO_REUSEPORT would share it silently).
 //!
 //! Shutdown: SIGINT/SIGTERM set a process-wide flag (signal-hook; a second signal exits at
 //! once). Each executor polls it, stops accepting, lets its connections finish the request
@@ -79,6 +80,7 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
         )
     })?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    ensure_ports_free(&config, address)?;
     let meta = MetaProperties::load_or_create(&config.data_dir, config.node_id)
         .map_err(|error| error.to_string())?;
     let stop =
@@ -114,6 +116,38 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
         ));
     }
     Ok(file)
+}
+
+/// Refuses to start when a listen port is in use by another process. glommio binds every
+/// listener with SO_REUSEPORT (each shard binds the shared port itself), so a port that another
+/// SO_REUSEPORT listener holds (another ringlog, say) would be bound without an error and the
+/// kernel would deal new connections between the two processes. A plain bind (without
+/// SO_REUSEPORT) fails on any port someone listens on; the probe is released at once, before the
+/// shards bind. Port 0 (each shard gets a port of its own) needs no probe.
+fn ensure_ports_free(config: &ServeConfig, address: SocketAddr) -> Result<(), String> {
+    if address.port() == 0 {
+        return Ok(());
+    }
+    let node_per_shard = config.node_per_shard && config.cores > 1;
+    let own_ports = if node_per_shard { config.cores } else { 0 };
+    for offset in 0..=own_ports {
+        let mut probe = address;
+        let port = u16::try_from(offset)
+            .ok()
+            .and_then(|offset| address.port().checked_add(offset))
+            .ok_or_else(|| format!("no port {} + {offset}: over 65535", address.port()))?;
+        probe.set_port(port);
+        if let Err(source) = std::net::TcpListener::bind(probe) {
+            let hint = if offset == 0 {
+                " (in use by another process: stop it or choose another --listen port)"
+            } else {
+                " (a core's own port as a node of its own, in use by another process; choose a \
+                 --listen port followed by free ones, or run with --node-per-shard false)"
+            };
+            return Err(format!("cannot listen on {probe}: {source}{hint}"));
+        }
+    }
+    Ok(())
 }
 
 /// Hostile array counts in requests are survived by mapping huge reservations without
