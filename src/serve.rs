@@ -41,6 +41,8 @@ pub const IO_MEMORY_BYTES: usize = 10 << 20;
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How long stopping waits for connections to finish a request before dropping them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the check for another listener on a port waits for its connection.
+const PORT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause after a failed accept (for example EMFILE), so the loop does not spin.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(10);
 
@@ -118,12 +120,13 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
-/// Refuses to start when a listen port is in use by another process. glommio binds every
+/// Refuses to start when another process listens on a listen port. glommio binds every
 /// listener with SO_REUSEPORT (each shard binds the shared port itself), so a port that another
-/// SO_REUSEPORT listener holds (another ringlog, say) would be bound without an error and the
-/// kernel would deal new connections between the two processes. A plain bind (without
-/// SO_REUSEPORT) fails on any port someone listens on; the probe is released at once, before the
-/// shards bind. Port 0 (each shard gets a port of its own) needs no probe.
+/// SO_REUSEPORT listener of the same user holds (another ringlog, say) would be bound without an
+/// error, and the kernel would deal new connections between the two processes. A bind probe
+/// cannot tell that listener from the closing connections a previous broker on the port left
+/// behind (which SO_REUSEPORT rightly ignores), so the probe connects: only a listener accepts.
+/// Port 0 (each shard gets a port of its own) needs no probe.
 fn ensure_ports_free(config: &ServeConfig, address: SocketAddr) -> Result<(), String> {
     if address.port() == 0 {
         return Ok(());
@@ -131,20 +134,30 @@ fn ensure_ports_free(config: &ServeConfig, address: SocketAddr) -> Result<(), St
     let node_per_shard = config.node_per_shard && config.cores > 1;
     let own_ports = if node_per_shard { config.cores } else { 0 };
     for offset in 0..=own_ports {
-        let mut probe = address;
         let port = u16::try_from(offset)
             .ok()
             .and_then(|offset| address.port().checked_add(offset))
             .ok_or_else(|| format!("no port {} + {offset}: over 65535", address.port()))?;
-        probe.set_port(port);
-        if let Err(source) = std::net::TcpListener::bind(probe) {
+        let mut listen = address;
+        listen.set_port(port);
+        let mut probe = listen;
+        if probe.ip().is_unspecified() {
+            probe.set_ip(match probe {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        if std::net::TcpStream::connect_timeout(&probe, PORT_PROBE_TIMEOUT).is_ok() {
             let hint = if offset == 0 {
-                " (in use by another process: stop it or choose another --listen port)"
+                "stop it or choose another --listen port"
             } else {
-                " (a core's own port as a node of its own, in use by another process; choose a \
-                 --listen port followed by free ones, or run with --node-per-shard false)"
+                "this is a core's own port as a node of its own: choose a --listen port followed \
+                 by free ones, or run with --node-per-shard false"
             };
-            return Err(format!("cannot listen on {probe}: {source}{hint}"));
+            return Err(format!(
+                "cannot listen on {listen}: in use by another process (it accepts connections \
+                 there); {hint}"
+            ));
         }
     }
     Ok(())
