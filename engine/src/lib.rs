@@ -17,6 +17,6 @@ pub mod segment;
 pub use config::{Clock, LogConfig, ManualClock, SystemClock};
 pub use error::{AppendError, CheckedAppendError, IoFailure, LogError, OpenError, ReadError};
 pub use log::{
-    AppendInfo, Corruption, FetchedBatches, LogStats, OpenOptions, PartitionLog, RecoveryReport,
-    TimestampOffset, WriteFault,
+    AppendInfo, Appending, Corruption, FetchedBatches, LogStats, OpenOptions, PartitionLog,
+    RecoveryReport, TimestampOffset, WriteFault,
 };

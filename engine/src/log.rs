@@ -194,6 +194,18 @@ impl Future for SlotFuture {
     }
 }
 
+/// A queued batch's write, from [`PartitionLog::enqueue_checked`]: resolves as `append` does
+/// once the batch is written (and synced, under group commit). Dropping it does not unqueue the
+/// batch; it is written all the same.
+pub struct Appending(SlotFuture);
+
+impl Future for Appending {
+    type Output = Result<AppendInfo, AppendError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 /// A batch queued for writing.
 struct Pending {
     header: StampedHeader,
@@ -1280,6 +1292,20 @@ impl PartitionLog {
         batch: Bytes,
         admit: impl FnOnce(&BatchHeader, i64) -> Result<(), E>,
     ) -> Result<AppendInfo, CheckedAppendError<E>> {
+        let appending = self.enqueue_checked(batch, admit).await?;
+        Ok(appending.await?)
+    }
+
+    /// The first half of [`append_checked`](Self::append_checked): returns as soon as the
+    /// batch has its offsets and its place in the write queue (waiting only while the queue is
+    /// full), with the rest, its write, as a future. A batch queued by a later call comes after
+    /// it in the log, so a caller can take its next batch while this one is written (a
+    /// connection pipelining produce requests keeps their order this way).
+    pub async fn enqueue_checked<E>(
+        &self,
+        batch: Bytes,
+        admit: impl FnOnce(&BatchHeader, i64) -> Result<(), E>,
+    ) -> Result<Appending, CheckedAppendError<E>> {
         let (max_bytes, max_pending) = {
             let config = self.inner.config.borrow();
             (config.max_message_bytes, config.max_pending_bytes)
@@ -1313,7 +1339,7 @@ impl PartitionLog {
         admit(&header, base_offset).map_err(CheckedAppendError::Refused)?;
         let slot = self.enqueue(batch, header);
         pump(&self.inner);
-        Ok(SlotFuture(slot).await?)
+        Ok(Appending(SlotFuture(slot)))
     }
 
     /// Calls `visit` with the header of every batch from the one holding `from` (or the first

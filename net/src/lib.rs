@@ -11,6 +11,7 @@ pub mod alloc;
 pub mod connection;
 pub mod errors;
 pub mod handlers;
+pub mod receive;
 
 // The tests feed hostile array counts to the decoders; they need the allocator the broker
 // runs with.
