@@ -104,7 +104,7 @@ pub async fn serve<B: Broker>(
         if idle && shutdown.is_triggered() {
             return Ok(());
         }
-        match next_event(&stream, &mut frames, &mut unanswered, shutdown, idle).await {
+        match next_event(&mut stream, &mut frames, &mut unanswered, shutdown, idle).await {
             Event::Answered(response) => {
                 unanswered.pop_front();
                 write_response(&mut stream, response?).await?;
@@ -143,7 +143,7 @@ enum Event {
 /// [`PIPELINE_MAX`] requests are unanswered: beyond that the client waits, as TCP's window
 /// fills), or, when `idle`, for the shard to stop.
 async fn next_event(
-    stream: &TcpStream,
+    stream: &mut TcpStream,
     frames: &mut FrameReader,
     unanswered: &mut Unanswered,
     shutdown: &Shutdown,

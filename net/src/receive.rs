@@ -15,6 +15,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 
 use crate::connection::ConnectionError;
@@ -24,6 +25,9 @@ use crate::{next_frame, Frame, FrameError, SIZE_PREFIX_BYTES};
 /// small requests arrive several at a time. Small, because whatever of the next frame arrives
 /// with it is copied once when that frame's room is reserved.
 const RECEIVE_MIN_BYTES: usize = 16 * 1024;
+/// Bytes taken by the read that waits for data: a size prefix and then some. Small, so it is
+/// filled whole and glommio arms no early poll for the rest.
+const WAIT_READ_BYTES: usize = 64;
 /// Room reserved ahead of the received bytes for a frame that is still arriving.
 pub const RESERVE_AHEAD_BYTES: usize = 8 << 20;
 
@@ -69,7 +73,7 @@ impl FrameReader {
     /// Receives more bytes, waiting until some arrive; `Ok(0)` when the client has closed its
     /// side. Asks for the rest of the frame being received (within the limits above), or
     /// [`RECEIVE_MIN_BYTES`] when less is missing.
-    pub async fn fill(&mut self, stream: &TcpStream) -> Result<usize, ConnectionError> {
+    pub async fn fill(&mut self, stream: &mut TcpStream) -> Result<usize, ConnectionError> {
         let missing = self.needed()?.saturating_sub(self.buffer.len());
         let ahead = self.buffer.len().max(RESERVE_AHEAD_BYTES);
         let want = missing.clamp(RECEIVE_MIN_BYTES, ahead);
@@ -79,10 +83,14 @@ impl FrameReader {
                 Ok(received) => return Ok(received),
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    // Wait until something can be received (or the end of the stream), without
-                    // taking it: a one-byte peek on the executor's ring.
-                    let mut probe = [0_u8; 1];
-                    stream.peek(&mut probe).await.map_err(io::Error::from)?;
+                    // Nothing yet: wait with glommio's own read, which arms a poll on the
+                    // executor's ring and keeps it armed in the stream if this wait is dropped
+                    // (an answer was ready first), so the next wait costs no new submission.
+                    // It takes the first few bytes; the rest is received in place.
+                    let mut first = [0_u8; WAIT_READ_BYTES];
+                    let received = stream.read(&mut first).await?;
+                    self.buffer.extend_from_slice(&first[..received]);
+                    return Ok(received);
                 }
                 Err(error) => return Err(error.into()),
             }
