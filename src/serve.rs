@@ -43,6 +43,8 @@ const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the check for another listener on a port waits for its connection.
 const PORT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a port must keep accepting connections to count as in use by another process.
+const PORT_PROBE_WINDOW: Duration = Duration::from_secs(3);
 /// Pause after a failed accept (for example EMFILE), so the loop does not spin.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(10);
 
@@ -125,7 +127,8 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
 /// SO_REUSEPORT listener of the same user holds (another ringlog, say) would be bound without an
 /// error, and the kernel would deal new connections between the two processes. A bind probe
 /// cannot tell that listener from the closing connections a previous broker on the port left
-/// behind (which SO_REUSEPORT rightly ignores), so the probe connects: only a listener accepts.
+/// behind (which SO_REUSEPORT rightly ignores), so the probe connects: only a listener accepts,
+/// and only a live one keeps accepting.
 /// Port 0 (each shard gets a port of its own) needs no probe.
 fn ensure_ports_free(config: &ServeConfig, address: SocketAddr) -> Result<(), String> {
     if address.port() == 0 {
@@ -147,7 +150,7 @@ fn ensure_ports_free(config: &ServeConfig, address: SocketAddr) -> Result<(), St
                 SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
-        if std::net::TcpStream::connect_timeout(&probe, PORT_PROBE_TIMEOUT).is_ok() {
+        if keeps_accepting(probe) {
             let hint = if offset == 0 {
                 "stop it or choose another --listen port"
             } else {
@@ -161,6 +164,22 @@ fn ensure_ports_free(config: &ServeConfig, address: SocketAddr) -> Result<(), St
         }
     }
     Ok(())
+}
+
+/// Whether something accepts connections on `address` for the whole of
+/// [`PORT_PROBE_WINDOW`]. A broker killed a moment ago may still accept for a few milliseconds:
+/// its io_uring is torn down after the process is gone, and the listening socket with it.
+fn keeps_accepting(address: SocketAddr) -> bool {
+    let deadline = Instant::now() + PORT_PROBE_WINDOW;
+    loop {
+        if std::net::TcpStream::connect_timeout(&address, PORT_PROBE_TIMEOUT).is_err() {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Hostile array counts in requests are survived by mapping huge reservations without
