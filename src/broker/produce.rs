@@ -1,7 +1,9 @@
 //! Produce: validate each partition's batch, append it on the owning shard, report offsets.
 //!
 //! The partitions of a request are grouped by owner; each owner gets one call with all of its
-//! partitions and appends them concurrently (so one group commit can cover them). `acks = 0`
+//! partitions, queues them all before waiting for any (so one write and one group commit can
+//! cover them). The request returns to its connection once this shard's partitions are queued,
+//! so the connection can take its next request while they are written (see `produce`). `acks = 0`
 //! is written the same way, only nothing is answered. On one node `acks = all` means what
 //! `acks = 1` means: the append is complete when the log has written it per its durability
 //! settings (`flush.messages` / `flush.ms`).
