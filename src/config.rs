@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use clap::Args;
+use ringlog_net::send::FetchSend;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -26,12 +27,17 @@ fn default_listen() -> HostPort {
 pub const DEFAULT_DATA_DIR: &str = "./ringlog-data";
 /// Default `--node-id`.
 pub const DEFAULT_NODE_ID: i32 = 0;
+/// Default `--fetch-cache-bytes`: per shard. Room for 64 of the engine's 1 MiB write buffers,
+/// a few seconds of the tail at the produce rates measured here; consumers that fall further
+/// behind are served by O_DIRECT reads with read-ahead.
+pub const DEFAULT_FETCH_CACHE_BYTES: usize = 64 << 20;
 
 const AFTER_HELP: &str = "Each setting can also come from the environment variable shown \
 or from the TOML file given by --config (keys: listen, advertised_listener, data_dir, cores, \
 node_id, socket_request_max_bytes, auto_create_topics_enable, num_partitions, \
 log_retention_check_interval_ms, node_per_shard, group_initial_rebalance_delay_ms, \
-group_consumer_heartbeat_interval_ms, group_consumer_session_timeout_ms). Flags win over the environment, which wins over the \
+group_consumer_heartbeat_interval_ms, group_consumer_session_timeout_ms, \
+fetch_cache_bytes, fetch_send). Flags win over the environment, which wins over the \
 file, which wins over the defaults. Logging is filtered by RUST_LOG (default: info).";
 
 /// `ringlog serve` flags. Every value is optional here so that a missing flag falls through to
@@ -98,6 +104,17 @@ pub struct ServeArgs {
     /// [env: RINGLOG_GROUP_CONSUMER_SESSION_TIMEOUT_MS] [default: 45000]
     #[arg(long, value_name = "MS")]
     pub group_consumer_session_timeout_ms: Option<u64>,
+    /// Memory each core keeps of recently written batches to answer tail fetches without
+    /// reading the disk (the tail cache; 0 turns it off) [env: RINGLOG_FETCH_CACHE_BYTES]
+    /// [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    pub fetch_cache_bytes: Option<usize>,
+    /// How fetch responses are sent: zero-copy (io_uring SENDMSG_ZC), copy (plain sendmsg) or
+    /// auto (zero-copy only to peers off loopback, for responses of 64 KiB or more; on
+    /// loopback the kernel copies anyway and zero-copy costs more CPU)
+    /// [env: RINGLOG_FETCH_SEND] [default: auto]
+    #[arg(long, value_name = "MODE")]
+    pub fetch_send: Option<FetchSend>,
 }
 
 /// A `host:port` pair as written by the user; the host may be a name or an IP (IPv6 in
@@ -192,6 +209,20 @@ pub struct Layer {
     pub group_initial_rebalance_delay_ms: Option<u64>,
     pub group_consumer_heartbeat_interval_ms: Option<u64>,
     pub group_consumer_session_timeout_ms: Option<u64>,
+    pub fetch_cache_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "from_text")]
+    pub fetch_send: Option<FetchSend>,
+}
+
+/// Deserializes a setting from its text form (its `FromStr`).
+fn from_text<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 impl Layer {
@@ -210,6 +241,8 @@ impl Layer {
             group_initial_rebalance_delay_ms: args.group_initial_rebalance_delay_ms,
             group_consumer_heartbeat_interval_ms: args.group_consumer_heartbeat_interval_ms,
             group_consumer_session_timeout_ms: args.group_consumer_session_timeout_ms,
+            fetch_cache_bytes: args.fetch_cache_bytes,
+            fetch_send: args.fetch_send,
         }
     }
 
@@ -241,6 +274,8 @@ impl Layer {
                 lookup,
                 "RINGLOG_GROUP_CONSUMER_SESSION_TIMEOUT_MS",
             )?,
+            fetch_cache_bytes: env_value(lookup, "RINGLOG_FETCH_CACHE_BYTES")?,
+            fetch_send: env_value(lookup, "RINGLOG_FETCH_SEND")?,
         })
     }
 
@@ -288,6 +323,8 @@ pub struct ServeConfig {
     pub group_initial_rebalance_delay_ms: u64,
     pub group_consumer_heartbeat_interval_ms: u64,
     pub group_consumer_session_timeout_ms: u64,
+    pub fetch_cache_bytes: usize,
+    pub fetch_send: FetchSend,
 }
 
 impl ServeConfig {
@@ -371,6 +408,9 @@ pub fn resolve(
             layer.group_consumer_session_timeout_ms
         })
         .unwrap_or(45_000),
+        fetch_cache_bytes: first(&layers, |layer| layer.fetch_cache_bytes)
+            .unwrap_or(DEFAULT_FETCH_CACHE_BYTES),
+        fetch_send: first(&layers, |layer| layer.fetch_send).unwrap_or_default(),
         listen,
     };
     check_ranges(&config, cores_available)?;

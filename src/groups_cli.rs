@@ -2,36 +2,28 @@
 //! list them, describe one (members, assignments, committed offset, log end offset and lag per
 //! partition), reset its offsets (dry run unless `--execute`), delete one.
 //!
-//! A small blocking Kafka client (kafka-protocol codecs over a `std` TCP stream): group
-//! requests go to the group's coordinator (FindCoordinator), ListOffsets to each partition's
-//! leader (Metadata), so it works against any Kafka-compatible broker, not only ringlog.
+//! It talks through `ringlog_net::client`, the blocking tool client (group requests to the
+//! group's coordinator, ListOffsets to each partition's leader), so it works against any
+//! Kafka-compatible broker, not only ringlog.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::collections::HashMap;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Buf;
 use clap::{Args as ClapArgs, Subcommand};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
-use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse,
-    ConsumerProtocolAssignment, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
-    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
-    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, RequestHeader, ResponseHeader, TopicName,
+    ConsumerGroupDescribeRequest, ConsumerProtocolAssignment, DeleteGroupsRequest,
+    DescribeGroupsRequest, GroupId, ListGroupsRequest, OffsetCommitRequest,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
+use ringlog_net::client::{check, topic_name, Cluster};
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// The client id the groups tool sends in every request header.
+const CLIENT_ID: &str = "ringlog-groups";
 
 #[derive(Debug, ClapArgs)]
 pub struct Args {
@@ -79,7 +71,7 @@ pub fn run(args: &Args) -> ExitCode {
 }
 
 fn execute(args: &Args) -> Result<(), String> {
-    let mut cluster = Cluster::connect(&args.bootstrap_server)?;
+    let mut cluster = Cluster::connect(&args.bootstrap_server, CLIENT_ID)?;
     match &args.command {
         Command::List => list(&mut cluster),
         Command::Describe { group } => describe(&mut cluster, group),
@@ -103,229 +95,8 @@ fn execute(args: &Args) -> Result<(), String> {
     }
 }
 
-/// One connection per broker node, opened on first use.
-struct Cluster {
-    bootstrap: Connection,
-    nodes: HashMap<i32, String>,
-    connections: HashMap<i32, Connection>,
-}
-
-struct Connection {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl Connection {
-    fn open(address: &str) -> Result<Self, String> {
-        let stream =
-            TcpStream::connect(address).map_err(|e| format!("cannot connect to {address}: {e}"))?;
-        stream
-            .set_read_timeout(Some(TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        stream
-            .set_write_timeout(Some(TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        Ok(Self {
-            stream,
-            correlation_id: 0,
-        })
-    }
-
-    fn call<Req, Resp>(&mut self, api: ApiKey, version: i16, request: &Req) -> Result<Resp, String>
-    where
-        Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
-    {
-        self.correlation_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("ringlog-groups")));
-        let mut frame = BytesMut::new();
-        frame.put_i32(0);
-        header
-            .encode(&mut frame, Req::header_version(version))
-            .and_then(|()| request.encode(&mut frame, version))
-            .map_err(|e| format!("encoding {api:?}: {e:#}"))?;
-        let size = (frame.len() - 4) as i32;
-        frame[..4].copy_from_slice(&size.to_be_bytes());
-        self.stream
-            .write_all(&frame)
-            .map_err(|e| format!("sending {api:?}: {e}"))?;
-        let mut size = [0u8; 4];
-        self.stream
-            .read_exact(&mut size)
-            .map_err(|e| format!("reading {api:?}: {e}"))?;
-        let size = usize::try_from(i32::from_be_bytes(size))
-            .map_err(|_| "negative frame size".to_owned())?;
-        let mut body = vec![0u8; size];
-        self.stream
-            .read_exact(&mut body)
-            .map_err(|e| format!("reading {api:?}: {e}"))?;
-        let mut body = Bytes::from(body);
-        let header = ResponseHeader::decode(&mut body, Resp::header_version(version))
-            .map_err(|e| format!("decoding {api:?} header: {e:#}"))?;
-        if header.correlation_id != self.correlation_id {
-            return Err(format!("{api:?}: answer to another request"));
-        }
-        Resp::decode(&mut body, version).map_err(|e| format!("decoding {api:?}: {e:#}"))
-    }
-}
-
-impl Cluster {
-    fn connect(bootstrap: &str) -> Result<Self, String> {
-        let mut bootstrap = Connection::open(bootstrap)?;
-        let metadata: MetadataResponse = bootstrap.call(
-            ApiKey::Metadata,
-            12,
-            &MetadataRequest::default().with_topics(Some(Vec::new())),
-        )?;
-        let nodes = metadata
-            .brokers
-            .iter()
-            .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
-            .collect();
-        Ok(Self {
-            bootstrap,
-            nodes,
-            connections: HashMap::new(),
-        })
-    }
-
-    fn node(&mut self, node: i32) -> Result<&mut Connection, String> {
-        if !self.connections.contains_key(&node) {
-            let address = self
-                .nodes
-                .get(&node)
-                .ok_or(format!("node {node} is not in the cluster metadata"))?;
-            let connection = Connection::open(address)?;
-            self.connections.insert(node, connection);
-        }
-        self.connections
-            .get_mut(&node)
-            .ok_or_else(|| "no connection".to_owned())
-    }
-
-    fn coordinator(&mut self, group: &str) -> Result<&mut Connection, String> {
-        let node = self.coordinator_node(group)?;
-        self.node(node)
-    }
-
-    fn coordinator_node(&mut self, group: &str) -> Result<i32, String> {
-        let request =
-            FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.to_owned()));
-        let response: FindCoordinatorResponse =
-            self.bootstrap.call(ApiKey::FindCoordinator, 3, &request)?;
-        check(response.error_code, "FindCoordinator")?;
-        self.nodes
-            .entry(response.node_id.0)
-            .or_insert_with(|| format!("{}:{}", response.host, response.port));
-        Ok(response.node_id.0)
-    }
-
-    /// (partition → leader) of `topic`.
-    fn leaders(&mut self, topic: &str) -> Result<BTreeMap<i32, i32>, String> {
-        let request = MetadataRequest::default()
-            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
-                TopicName(StrBytes::from_string(topic.to_owned())),
-            ))]))
-            .with_allow_auto_topic_creation(false);
-        let response: MetadataResponse = self.bootstrap.call(ApiKey::Metadata, 12, &request)?;
-        let found = response.topics.first().ok_or("no topic in the answer")?;
-        check(found.error_code, &format!("topic {topic}"))?;
-        Ok(found
-            .partitions
-            .iter()
-            .map(|p| (p.partition_index, p.leader_id.0))
-            .collect())
-    }
-
-    /// Offsets of `topic`'s partitions at `timestamp` (-1 latest, -2 earliest).
-    fn offsets(&mut self, topic: &str, timestamp: i64) -> Result<BTreeMap<i32, i64>, String> {
-        let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-        for (partition, leader) in self.leaders(topic)? {
-            by_leader.entry(leader).or_default().push(partition);
-        }
-        let mut offsets = BTreeMap::new();
-        for (leader, partitions) in by_leader {
-            let request = ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_topics(vec![ListOffsetsTopic::default()
-                    .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-                    .with_partitions(
-                        partitions
-                            .iter()
-                            .map(|&p| {
-                                ListOffsetsPartition::default()
-                                    .with_partition_index(p)
-                                    .with_timestamp(timestamp)
-                            })
-                            .collect(),
-                    )]);
-            let response: ListOffsetsResponse =
-                self.node(leader)?.call(ApiKey::ListOffsets, 7, &request)?;
-            for topic in response.topics {
-                for p in topic.partitions {
-                    check(
-                        p.error_code,
-                        &format!("ListOffsets partition {}", p.partition_index),
-                    )?;
-                    offsets.insert(p.partition_index, p.offset);
-                }
-            }
-        }
-        Ok(offsets)
-    }
-
-    /// Committed offsets of `group`: (topic, partition) → offset.
-    fn committed(
-        &mut self,
-        group: &str,
-        topics: Option<Vec<(String, Vec<i32>)>>,
-    ) -> Result<BTreeMap<(String, i32), i64>, String> {
-        let request = OffsetFetchRequest::default()
-            .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
-            .with_topics(topics.map(|topics| {
-                topics
-                    .into_iter()
-                    .map(|(name, partitions)| {
-                        OffsetFetchRequestTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(name)))
-                            .with_partition_indexes(partitions)
-                    })
-                    .collect()
-            }));
-        let response: OffsetFetchResponse =
-            self.coordinator(group)?
-                .call(ApiKey::OffsetFetch, 7, &request)?;
-        check(response.error_code, "OffsetFetch")?;
-        let mut committed = BTreeMap::new();
-        for topic in response.topics {
-            for p in topic.partitions {
-                check(p.error_code, "OffsetFetch partition")?;
-                committed.insert(
-                    (topic.name.to_string(), p.partition_index),
-                    p.committed_offset,
-                );
-            }
-        }
-        Ok(committed)
-    }
-}
-
-fn check(code: i16, what: &str) -> Result<(), String> {
-    match ResponseError::try_from_code(code) {
-        None => Ok(()),
-        Some(error) => Err(format!("{what}: {error:?} ({code})")),
-    }
-}
-
 fn list(cluster: &mut Cluster) -> Result<(), String> {
-    let response: ListGroupsResponse =
-        cluster
-            .bootstrap
-            .call(ApiKey::ListGroups, 4, &ListGroupsRequest::default())?;
+    let response = cluster.bootstrap().call(4, &ListGroupsRequest::default())?;
     check(response.error_code, "ListGroups")?;
     println!("{:<40} {:<20} PROTOCOL-TYPE", "GROUP", "STATE");
     let mut groups = response.groups;
@@ -362,13 +133,10 @@ fn describe_consumer_group(cluster: &mut Cluster, group: &str) -> Result<Option<
     let node = cluster.coordinator_node(group)?;
     let request = ConsumerGroupDescribeRequest::default()
         .with_group_ids(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
-    let answer: Result<ConsumerGroupDescribeResponse, String> =
-        cluster
-            .node(node)?
-            .call(ApiKey::ConsumerGroupDescribe, 0, &request);
+    let answer = cluster.node(node)?.call(0, &request);
     let Ok(response) = answer else {
         // A broker without the API closes the connection: open a fresh one for what follows.
-        cluster.connections.remove(&node);
+        cluster.forget(node);
         return Ok(None);
     };
     let described = response.groups.first().ok_or("no group in the answer")?;
@@ -400,10 +168,7 @@ fn describe_consumer_group(cluster: &mut Cluster, group: &str) -> Result<Option<
 fn describe_classic_group(cluster: &mut Cluster, group: &str) -> Result<Owners, String> {
     let request = DescribeGroupsRequest::default()
         .with_groups(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
-    let response: DescribeGroupsResponse =
-        cluster
-            .coordinator(group)?
-            .call(ApiKey::DescribeGroups, 5, &request)?;
+    let response = cluster.coordinator(group)?.call(5, &request)?;
     let described = response.groups.first().ok_or("no group in the answer")?;
     check(described.error_code, "DescribeGroups")?;
     // Who owns each partition, from the members' consumer-protocol assignments.
@@ -510,7 +275,7 @@ fn reset(
         .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
         .with_generation_id_or_member_epoch(-1)
         .with_topics(vec![OffsetCommitRequestTopic::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_name(topic_name(topic))
             .with_partitions(
                 plan.iter()
                     .map(|&(p, offset)| {
@@ -520,10 +285,7 @@ fn reset(
                     })
                     .collect(),
             )]);
-    let response: OffsetCommitResponse =
-        cluster
-            .coordinator(group)?
-            .call(ApiKey::OffsetCommit, 8, &request)?;
+    let response = cluster.coordinator(group)?.call(8, &request)?;
     for topic in response.topics {
         for p in topic.partitions {
             check(
@@ -542,10 +304,7 @@ fn reset(
 fn delete(cluster: &mut Cluster, group: &str) -> Result<(), String> {
     let request = DeleteGroupsRequest::default()
         .with_groups_names(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
-    let response: DeleteGroupsResponse =
-        cluster
-            .coordinator(group)?
-            .call(ApiKey::DeleteGroups, 2, &request)?;
+    let response = cluster.coordinator(group)?.call(2, &request)?;
     for result in response.results {
         check(
             result.error_code,

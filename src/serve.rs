@@ -275,6 +275,7 @@ fn run_shards(
         address,
         connection: ConnectionSettings {
             request_max_bytes: config.socket_request_max_bytes,
+            fetch_send: config.fetch_send,
         },
         identity: BrokerIdentity {
             node_id: config.node_id,
@@ -305,6 +306,7 @@ fn run_shards(
             group_consumer_session_timeout: Duration::from_millis(
                 config.group_consumer_session_timeout_ms,
             ),
+            fetch_cache_bytes: config.fetch_cache_bytes,
         },
         catalog,
         stop: Arc::clone(stop),
@@ -520,6 +522,7 @@ async fn run_shard(
             "other shards are still draining; closing this shard's partitions anyway"
         );
     }
+    shard.log_fetch_stats();
     shard.close_all().await;
     Ok(())
 }

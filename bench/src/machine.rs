@@ -4,13 +4,13 @@
 use std::path::Path;
 use std::process::Command;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// glommio refuses to start an executor below this RLIMIT_MEMLOCK (its own check).
 pub const GLOMMIO_MIN_MEMLOCK_BYTES: u64 = 512 << 10;
 
 /// The machine and code a measurement belongs to, recorded beside every result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineInfo {
     pub git_sha: String,
     /// Uncommitted changes in the work tree, when git could tell.
@@ -85,7 +85,8 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-fn loadavg() -> String {
+/// `/proc/loadavg`'s 1-, 5- and 15-minute load averages, now.
+pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".to_string())

@@ -7,6 +7,10 @@
 //! - `mesh` measures cross-core hand-offs through glommio's channel mesh (two pinned
 //!   executors, request and echo), with and without spinning, closed loop and pipelined.
 //!
+//! - `run` runs a workload file against one or more Kafka-compatible brokers with ringlog-perf
+//!   processes (see `ringlog_bench::harness`); `report` renders a run's JSON as HTML and
+//!   `compare` prints the ratios between two runs.
+//!
 //! All print a human summary and can write a JSON object (`--output-json`) for scripts.
 
 mod cmd;
@@ -37,6 +41,64 @@ enum Command {
     Recover(RecoverArgs),
     /// Time round trips between two pinned executors through a glommio channel mesh.
     Mesh(MeshArgs),
+    /// Run a workload file (brokers, topics, producers and consumers) with ringlog-perf
+    /// processes, round by round, the brokers taking turns.
+    Run(RunWorkloadArgs),
+    /// Render a `run` result (JSON) as a self-contained HTML report.
+    Report(ReportArgs),
+    /// Print the ratios B/A between two `run` results, per broker, step, role and figure.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunWorkloadArgs {
+    /// The workload file (TOML); bench/workloads/ has examples.
+    pub workload: PathBuf,
+    /// Write every figure as JSON here.
+    #[arg(long)]
+    pub output_json: Option<PathBuf>,
+    /// Write the HTML report here.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Rounds (replaces the workload's `rounds`).
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Only this broker of the workload (repeat for several).
+    #[arg(long = "broker", value_name = "NAME")]
+    pub brokers: Vec<String>,
+    /// The ringlog-perf binary (default: next to this executable).
+    #[arg(long)]
+    pub perf_bin: Option<PathBuf>,
+    /// Brokers' data directories and the processes' logs and results (must support O_DIRECT
+    /// for ringlog: ext4 or xfs, not tmpfs).
+    #[arg(long, default_value = "./ringlog-bench-data")]
+    pub work_dir: PathBuf,
+    /// Keep each broker's data directory after its round.
+    #[arg(long)]
+    pub keep_data: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// A result written by `run --output-json`.
+    pub result: PathBuf,
+    /// Where to write the HTML.
+    #[arg(long)]
+    pub html: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// The baseline result.
+    pub a: PathBuf,
+    /// The result compared with it.
+    pub b: PathBuf,
+    /// Compare this broker of A ...
+    #[arg(long, requires = "b_broker")]
+    pub a_broker: Option<String>,
+    /// ... with this broker of B (A and B may be the same file).
+    #[arg(long, requires = "a_broker")]
+    pub b_broker: Option<String>,
 }
 
 /// When appends are made durable.
@@ -162,6 +224,9 @@ fn main() -> ExitCode {
         Command::Append(args) => cmd::append::run(args),
         Command::Recover(args) => cmd::recover::run(args),
         Command::Mesh(args) => cmd::mesh::run(args),
+        Command::Run(args) => cmd::harness::run(args),
+        Command::Report(args) => cmd::harness::report(args),
+        Command::Compare(args) => cmd::harness::compare(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

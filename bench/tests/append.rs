@@ -3,9 +3,12 @@
 //! `append --no-close` reports an unclean open without corruption, then a clean one.
 //! (The size parser's and workload's unit tests live beside them in `src/`.)
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
+use common::{read_json, test_dir};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringlog-bench");
@@ -17,17 +20,6 @@ const HEADLINE_KEYS: [&str; 6] = [
     "latency_us_p999",
     "latency_us_max",
 ];
-
-/// A fresh directory on the target's filesystem: O_DIRECT needs ext4 or xfs, and /tmp may be
-/// tmpfs.
-fn test_dir(name: &str) -> tempfile::TempDir {
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&root).expect("target tmpdir");
-    tempfile::Builder::new()
-        .prefix(name)
-        .tempdir_in(root)
-        .expect("tempdir")
-}
 
 fn run(args: &[&str]) -> Output {
     let output = Command::new(BIN)
@@ -42,11 +34,6 @@ fn run(args: &[&str]) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).expect("JSON written");
-    serde_json::from_str(&text).expect("valid JSON")
 }
 
 fn append(dir: &Path, json: &Path, extra: &[&str]) -> Value {

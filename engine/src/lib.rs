@@ -6,16 +6,20 @@
 //! invariants and `docs/storage-format.md` for the on-disk layout.
 
 pub mod batch;
+pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod fetch;
 pub mod index;
 mod log;
 pub mod scan;
 pub mod segment;
 
+pub use cache::{CacheStats, TailCache};
 pub use config::{Clock, LogConfig, ManualClock, SystemClock};
 pub use error::{AppendError, CheckedAppendError, IoFailure, LogError, OpenError, ReadError};
+pub use fetch::{FetchedRecords, ReadSource, RecordPiece};
 pub use log::{
     AppendInfo, Appending, Corruption, FetchedBatches, LogStats, OpenOptions, PartitionLog,
     RecoveryReport, TimestampOffset, WriteFault,

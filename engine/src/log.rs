@@ -43,9 +43,11 @@ use glommio::io::{DmaBuffer, ReadResult};
 use glommio::sync::Semaphore;
 
 use crate::batch::{self, BatchHeader, StampedHeader, TimestampType, HEADER_BYTES};
+use crate::cache::TailCache;
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Clock, LogConfig, SystemClock};
 use crate::error::{AppendError, CheckedAppendError, IoFailure, LogError, OpenError, ReadError};
+use crate::fetch::{self, FetchedRecords, ReadSource, RecordPiece};
 use crate::scan::StopReason;
 use crate::segment::{self, Segment, BLOCK_BYTES};
 
@@ -67,6 +69,8 @@ pub struct FetchedBatches {
     /// Offset after the last batch returned: where the next read continues.
     pub next_offset: i64,
     pub batch_count: usize,
+    /// File position after the last batch returned.
+    end_position: u64,
 }
 
 impl FetchedBatches {
@@ -76,6 +80,7 @@ impl FetchedBatches {
             first_offset: next_offset,
             next_offset,
             batch_count: 0,
+            end_position: 0,
         }
     }
 
@@ -151,6 +156,9 @@ pub struct OpenOptions {
     /// repairing after a failed write), so it can be given fewer shares than client requests.
     /// `None` runs it in the queue of whoever triggers it.
     pub background_queue: Option<glommio::TaskQueueHandle>,
+    /// The shard's tail cache: written buffers are kept there and tail reads served from it
+    /// (see `cache.rs`). `None`: every read goes to the disk.
+    pub tail_cache: Option<Rc<TailCache>>,
 }
 
 impl Default for OpenOptions {
@@ -159,6 +167,7 @@ impl Default for OpenOptions {
             clock: Rc::new(SystemClock),
             write_fault: None,
             background_queue: None,
+            tail_cache: None,
         }
     }
 }
@@ -414,6 +423,19 @@ struct Inner {
     progress: Event,
     /// Serializes administrative operations (truncate, retention, checkpoint, close).
     admin: Semaphore,
+    /// The shard's tail cache and this log's id in it.
+    cache: Option<(Rc<TailCache>, u64)>,
+    /// Sequential readers' read-ahead (see `fetch.rs`).
+    read_ahead: RefCell<crate::fetch::ReadAheads>,
+}
+
+impl Inner {
+    fn forget_cached(&self) {
+        if let Some((cache, id)) = &self.cache {
+            cache.forget(*id);
+        }
+        self.read_ahead.borrow_mut().clear();
+    }
 }
 
 /// A partition's log. Lives on one shard; see the module documentation.
@@ -498,7 +520,7 @@ fn pump(inner: &Rc<Inner>) {
         let mut guard = inner.state.borrow_mut();
         let st = &mut *guard;
         retire_writes(st);
-        acknowledge_written(st, &config, inner.clock.now_ms());
+        acknowledge_written(st, &config, inner.clock.now_ms(), inner.cache.as_ref());
         if st.writer.failure.is_some() {
             handle_failure(inner, st);
         }
@@ -528,7 +550,12 @@ fn retire_writes(st: &mut State) {
     }
 }
 
-fn acknowledge_written(st: &mut State, config: &LogConfig, now_ms: i64) {
+fn acknowledge_written(
+    st: &mut State,
+    config: &LogConfig,
+    now_ms: i64,
+    cache: Option<&(Rc<TailCache>, u64)>,
+) {
     let log_start_offset = st.log_start_offset;
     let w = &mut st.writer;
     while w.copied.front().is_some_and(|c| c.end() <= w.written_pos) {
@@ -537,6 +564,11 @@ fn acknowledge_written(st: &mut State, config: &LogConfig, now_ms: i64) {
         };
         w.segment
             .record_batch(batch.position, &batch.info, config.index_interval_bytes);
+        if let Some((cache, id)) = cache {
+            let offsets = (batch.info.base_offset, batch.info.last_offset());
+            let len = batch.info.total_bytes();
+            cache.record_batch(*id, w.segment.base_offset, batch.position, offsets, len);
+        }
         w.unsynced_messages += batch.info.records_count as u64;
         w.oldest_unsynced_ms.get_or_insert(now_ms);
         if config.group_commit() {
@@ -565,6 +597,8 @@ fn handle_failure(inner: &Rc<Inner>, st: &mut State) {
     let Some(error) = st.writer.failure.take() else {
         return;
     };
+    // Bytes after the visible end are rewritten by the repair: nothing cached may outlive it.
+    inner.forget_cached();
     tracing::warn!(dir = %inner.dir.display(), %error, "write failed; failing unwritten appends");
     let failed = AppendError::Io(error);
     for batch in st.writer.copied.drain(..) {
@@ -808,32 +842,45 @@ fn try_submit(inner: &Rc<Inner>, w: &mut Writer, config: &LogConfig, partial: bo
         result: None,
     });
     let rewrites_head = cur.submitted > 0;
-    let task = write_buffer(
+    let written = Written {
+        buffer: Rc::new(cur.buf),
+        file_pos: cur.file_pos,
+        len: cur.filled,
+        capacity: config.write_buffer_bytes,
+    };
+    spawn_deferred(write_buffer(
         inner.clone(),
         w.segment.clone(),
-        cur.buf,
-        cur.file_pos,
+        written,
         id,
         rewrites_head,
-    );
-    spawn_deferred(task);
+    ));
     true
 }
 
 /// Writes after a partial flush up to this size are split in two (see [`write_at`]).
 const SPLIT_WRITE_MAX_BYTES: usize = 64 * 1024;
 
+/// A buffer handed to a write: it covers the file from `file_pos`, `len` bytes of data (then
+/// zero padding to the block), and was allocated `capacity` bytes.
+struct Written {
+    buffer: Rc<DmaBuffer>,
+    file_pos: u64,
+    len: usize,
+    capacity: usize,
+}
+
 /// `rewrites_head`: the buffer starts with the unfinished block of an earlier (completed)
 /// partial write.
 async fn write_buffer(
     inner: Rc<Inner>,
     segment: Rc<Segment>,
-    buf: DmaBuffer,
-    pos: u64,
+    written: Written,
     id: u64,
     rewrites_head: bool,
 ) {
-    let len = buf.len();
+    let pos = written.file_pos;
+    let len = written.buffer.len();
     segment.reserve_ahead(pos + len as u64, &inner.config.borrow());
     let fault = inner
         .write_fault
@@ -841,8 +888,11 @@ async fn write_buffer(
         .and_then(|fault| fault(segment.base_offset, pos, len));
     let result = match fault {
         Some(error) => Err(error),
-        None => write_at(&segment, buf, pos, rewrites_head).await,
+        None => write_at(&segment, &written.buffer, pos, rewrites_head).await,
     };
+    if result.is_ok() && !inner.state.borrow().abandoned {
+        cache_written(&inner, &segment, written);
+    }
     {
         let mut st = inner.state.borrow_mut();
         if let Some(slot) = st.writer.inflight.iter_mut().find(|w| w.id == id) {
@@ -861,14 +911,14 @@ async fn write_buffer(
 /// Larger writes stay whole: the hand-off is small next to them, and splitting copies the rest.
 async fn write_at(
     segment: &Segment,
-    buf: DmaBuffer,
+    buf: &Rc<DmaBuffer>,
     pos: u64,
     rewrites_head: bool,
 ) -> std::io::Result<()> {
     let block = BLOCK_BYTES as usize;
     let len = buf.len();
     if !rewrites_head || len <= block || len > SPLIT_WRITE_MAX_BYTES {
-        return write_whole(segment, buf, pos).await;
+        return write_whole(segment, Rc::clone(buf), pos).await;
     }
     let mut head = glommio::allocate_dma_buffer(block);
     head.as_bytes_mut()
@@ -876,18 +926,17 @@ async fn write_at(
     let mut rest = glommio::allocate_dma_buffer(len - block);
     rest.as_bytes_mut()
         .copy_from_slice(&buf.as_bytes()[block..]);
-    drop(buf);
     let (head, rest) = futures_lite::future::zip(
-        write_whole(segment, head, pos),
-        write_whole(segment, rest, pos + BLOCK_BYTES),
+        write_whole(segment, Rc::new(head), pos),
+        write_whole(segment, Rc::new(rest), pos + BLOCK_BYTES),
     )
     .await;
     head.and(rest)
 }
 
-async fn write_whole(segment: &Segment, buf: DmaBuffer, pos: u64) -> std::io::Result<()> {
+async fn write_whole(segment: &Segment, buf: Rc<DmaBuffer>, pos: u64) -> std::io::Result<()> {
     let len = buf.len();
-    match segment.file.write_at(buf, pos).await {
+    match segment.file.write_rc_at(buf, pos).await {
         Ok(written) if written == len => Ok(()),
         Ok(written) => Err(std::io::Error::new(
             std::io::ErrorKind::WriteZero,
@@ -895,6 +944,28 @@ async fn write_whole(segment: &Segment, buf: DmaBuffer, pos: u64) -> std::io::Re
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Offers a buffer whose write completed to the tail cache. Under-filled buffers (an idle
+/// log writes each append from a fresh one) are copied into a right-sized buffer first.
+fn cache_written(inner: &Inner, segment: &Segment, written: Written) {
+    let Some((cache, id)) = &inner.cache else {
+        return;
+    };
+    let Written {
+        mut buffer,
+        file_pos,
+        len,
+        mut capacity,
+    } = written;
+    if TailCache::should_compact(capacity, len) {
+        let mut compact = glommio::allocate_dma_buffer(align_up(len as u64) as usize);
+        compact.as_bytes_mut()[..len].copy_from_slice(&buffer.as_bytes()[..len]);
+        capacity = compact.len();
+        buffer = Rc::new(compact);
+        cache.note_compacted();
+    }
+    cache.insert(*id, segment.base_offset, file_pos, buffer, len, capacity);
 }
 
 /// The next queued batch starts a new segment: flush what the old one has, and once every
@@ -1268,6 +1339,11 @@ impl PartitionLog {
                 state: RefCell::new(state),
                 progress: Event::new(),
                 admin: Semaphore::new(1),
+                cache: options.tail_cache.map(|cache| {
+                    let id = cache.register();
+                    (cache, id)
+                }),
+                read_ahead: RefCell::new(crate::fetch::ReadAheads::default()),
             }),
         };
         // Everything is verified now: checkpoint it so the next recovery starts here.
@@ -1479,22 +1555,8 @@ impl PartitionLog {
         max_bytes: usize,
         upper_bound: Option<i64>,
     ) -> Result<FetchedBatches, ReadError> {
-        let (log_start, log_end, mut index) = {
-            let st = self.inner.state.borrow();
-            (
-                st.log_start_offset,
-                st.log_end_offset(),
-                st.segment_index(offset),
-            )
-        };
-        if offset < log_start || offset > log_end {
-            return Err(ReadError::OffsetOutOfRange {
-                offset,
-                log_start_offset: log_start,
-                log_end_offset: log_end,
-            });
-        }
-        let upper = upper_bound.map_or(log_end, |u| u.min(log_end));
+        let upper = self.read_bound(offset, upper_bound)?;
+        let mut index = self.inner.state.borrow().segment_index(offset);
         loop {
             if offset >= upper {
                 return Ok(FetchedBatches::empty(offset));
@@ -1510,6 +1572,120 @@ impl PartitionLog {
             }
             let interval = self.inner.config.borrow().index_interval_bytes as usize;
             return read_segment(&segment, offset, max_bytes, upper, interval).await;
+        }
+    }
+
+    /// Starts reading ahead for a reader whose next fetch is at `offset`, at `position` of
+    /// `segment`, or at the start of the next segment when that one ends there.
+    fn read_ahead_from(&self, segment: Rc<Segment>, offset: i64, position: u64, max_bytes: usize) {
+        let mut segment = segment;
+        let mut position = position;
+        if position >= segment.meta().size_bytes && segment.meta().next_offset == offset {
+            let next = self
+                .inner
+                .state
+                .borrow()
+                .segments
+                .iter()
+                .find(|s| s.base_offset == offset)
+                .cloned();
+            let Some(next) = next else { return };
+            segment = next;
+            position = 0;
+        }
+        let window = fetch::window_bytes(max_bytes);
+        if let Some(stream) = fetch::start_stream(segment, offset, position, window) {
+            self.inner.read_ahead.borrow_mut().put(stream);
+        }
+    }
+
+    /// Checks that a read may start at `offset` and returns the offset it must stay below.
+    fn read_bound(&self, offset: i64, upper_bound: Option<i64>) -> Result<i64, ReadError> {
+        let st = self.inner.state.borrow();
+        let (log_start, log_end) = (st.log_start_offset, st.log_end_offset());
+        if offset < log_start || offset > log_end {
+            return Err(ReadError::OffsetOutOfRange {
+                offset,
+                log_start_offset: log_start,
+                log_end_offset: log_end,
+            });
+        }
+        Ok(upper_bound.map_or(log_end, |u| u.min(log_end)))
+    }
+
+    /// Reads whole batches for a consumer, as [`PartitionLog::read`] does, from the tail
+    /// cache when it holds them, else from a sequential reader's read-ahead, else from the
+    /// disk (then starting read-ahead for the next fetch). The bytes are returned in the
+    /// buffers they are held or were read into.
+    pub async fn fetch(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper_bound: Option<i64>,
+    ) -> Result<FetchedRecords, ReadError> {
+        let upper = self.read_bound(offset, upper_bound)?;
+        if offset >= upper {
+            return Ok(FetchedRecords::empty(offset));
+        }
+        if let Some((cache, id)) = &self.inner.cache {
+            if let Some(hit) = cache.read(*id, offset, max_bytes, upper) {
+                // A reader that caught up with the cache needs no read-ahead any more.
+                self.inner.read_ahead.borrow_mut().take(offset);
+                return Ok(FetchedRecords {
+                    pieces: hit.slices.into_iter().map(RecordPiece::Cached).collect(),
+                    first_offset: hit.first_offset,
+                    next_offset: hit.next_offset,
+                    batch_count: hit.batch_count,
+                    bytes: hit.bytes,
+                    source: ReadSource::TailCache,
+                });
+            }
+        }
+        let stream = self.inner.read_ahead.borrow_mut().take(offset);
+        if let Some(stream) = stream {
+            if let Some(read) = fetch::read_stream(stream, max_bytes, upper).await? {
+                match read.next {
+                    Ok(next) => self.inner.read_ahead.borrow_mut().put(next),
+                    Err((segment, offset, position)) => {
+                        self.read_ahead_from(segment, offset, position, max_bytes);
+                    }
+                }
+                return Ok(read.records);
+            }
+        }
+        self.fetch_from_disk(offset, max_bytes, upper).await
+    }
+
+    async fn fetch_from_disk(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper: i64,
+    ) -> Result<FetchedRecords, ReadError> {
+        let mut index = self.inner.state.borrow().segment_index(offset);
+        loop {
+            let segment = self.inner.state.borrow().segments.get(index).cloned();
+            let Some(segment) = segment else {
+                return Ok(FetchedRecords::empty(offset));
+            };
+            if offset >= segment.meta().next_offset {
+                index += 1;
+                continue;
+            }
+            let interval = self.inner.config.borrow().index_interval_bytes as usize;
+            let read = read_segment(&segment, offset, max_bytes, upper, interval).await?;
+            let Some(data) = read.data.filter(|_| read.batch_count > 0) else {
+                return Ok(FetchedRecords::empty(offset));
+            };
+            self.read_ahead_from(segment, read.next_offset, read.end_position, max_bytes);
+            return Ok(FetchedRecords {
+                bytes: data.len(),
+                pieces: vec![RecordPiece::Disk(data)],
+                first_offset: read.first_offset,
+                next_offset: read.next_offset,
+                batch_count: read.batch_count,
+                source: ReadSource::Disk,
+            });
         }
     }
 
@@ -1707,6 +1883,8 @@ impl PartitionLog {
         next_offset: i64,
         log_start_offset: i64,
     ) -> Result<(), IoFailure> {
+        // The file is rewritten from here on (truncation): nothing cached may outlive that.
+        self.inner.forget_cached();
         let capacity = self.inner.config.borrow().write_buffer_bytes;
         let size = segment.meta().size_bytes;
         let (cur, next_buf_pos) = load_tail(&segment, size, capacity).await?;
@@ -1779,6 +1957,10 @@ impl PartitionLog {
             deleted
         };
         let bases: Vec<i64> = deleted.iter().map(|s| s.base_offset).collect();
+        if let (Some((cache, id)), Some(&last)) = (&self.inner.cache, bases.last()) {
+            // Slices already handed out keep their buffers until their sends finish.
+            cache.forget_segments_before(*id, last + 1);
+        }
         for segment in deleted {
             remove_segment_files(&self.inner.dir, segment.base_offset)?;
             // The space comes back only when the last descriptor closes; readers still inside
@@ -1857,6 +2039,9 @@ impl Drop for PartitionLog {
     fn drop(&mut self) {
         if let Ok(mut st) = self.inner.state.try_borrow_mut() {
             st.abandoned = true;
+        }
+        if let Some((cache, id)) = &self.inner.cache {
+            cache.unregister(*id);
         }
     }
 }
@@ -1944,40 +2129,19 @@ async fn read_segment(
     if data.len() < want && data.len() < max_bytes {
         data = segment.read(position, want).await?;
     }
-    let mut at = 0usize;
-    let mut next_offset = offset;
-    let mut count = 0usize;
-    while at + HEADER_BYTES <= data.len() {
-        let header = BatchHeader::decode(&data[at..]).map_err(|e| ReadError::Corrupt {
-            segment_base_offset: segment.base_offset,
-            position: position + at as u64,
-            reason: StopReason::Invalid(e),
-        })?;
-        let total = header.total_bytes();
-        let fits = count == 0 || at + total <= max_bytes;
-        if !fits || at + total > data.len() || header.last_offset() >= upper {
-            break;
-        }
-        // Pair assertion: the CRC checked before the write is checked again after the read.
-        let computed = batch::compute_crc(&data[at..at + total]);
-        if computed != header.crc {
-            return Err(ReadError::Corrupt {
-                segment_base_offset: segment.base_offset,
-                position: position + at as u64,
-                reason: StopReason::Invalid(batch::BatchError::CrcMismatch {
-                    stored: header.crc,
-                    computed,
-                }),
-            });
-        }
-        at += total;
-        next_offset = header.next_offset();
-        count += 1;
-    }
+    let taken = fetch::take_batches(
+        &data,
+        segment.base_offset,
+        position,
+        offset,
+        max_bytes,
+        upper,
+    )?;
     Ok(FetchedBatches {
-        data: ReadResult::slice(&data, 0, at),
+        data: ReadResult::slice(&data, 0, taken.bytes),
         first_offset: first.base_offset,
-        next_offset,
-        batch_count: count,
+        next_offset: taken.next_offset,
+        batch_count: taken.count,
+        end_position: position + taken.bytes as u64,
     })
 }

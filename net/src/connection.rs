@@ -15,13 +15,14 @@ use std::collections::VecDeque;
 use std::io;
 
 use bytes::Bytes;
-use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use kafka_protocol::messages::ApiKey;
 use thiserror::Error;
 
 use crate::handlers::{start_request, Broker, Handled, Later, RequestError};
 use crate::receive::FrameReader;
+use crate::response::ResponseFrame;
+use crate::send::{FetchSend, FrameSender};
 use crate::{FrameError, RequestPrefix};
 
 /// Produce requests a connection takes before it has answered the first of them. Kafka
@@ -33,6 +34,8 @@ pub const PIPELINE_MAX: usize = 8;
 pub struct ConnectionSettings {
     /// `socket.request.max.bytes`: the largest request frame accepted.
     pub request_max_bytes: usize,
+    /// How responses carrying records are written (see [`crate::send`]).
+    pub fetch_send: FetchSend,
 }
 
 /// Why a connection ended other than by the client closing it between requests.
@@ -86,14 +89,14 @@ pub async fn serve<B: Broker>(
     broker: &B,
     shutdown: &Shutdown,
 ) -> Result<(), ConnectionError> {
-    let peer_host = stream
-        .peer_addr()
-        .map_or_else(|_| String::new(), |peer| peer.ip().to_string());
+    let peer = stream.peer_addr().ok().map(|peer| peer.ip());
+    let peer_host = peer.map_or_else(String::new, |ip| ip.to_string());
+    let sender = FrameSender::new(settings.fetch_send, peer);
     let mut frames = FrameReader::new(settings.request_max_bytes);
     let mut unanswered = Unanswered::new();
     loop {
         take_frames(
-            &mut stream,
+            (&mut stream, &sender),
             &mut frames,
             &mut unanswered,
             broker,
@@ -107,14 +110,14 @@ pub async fn serve<B: Broker>(
         match next_event(&mut stream, &mut frames, &mut unanswered, shutdown, idle).await {
             Event::Answered(response) => {
                 unanswered.pop_front();
-                write_response(&mut stream, response?).await?;
+                write_response((&mut stream, &sender), whole(response)?).await?;
             }
             Event::Received(received) => {
                 if received? > 0 {
                     continue;
                 }
                 // The client closed its side: answer what it sent whole, then close.
-                answer_all(&mut stream, &mut unanswered).await?;
+                answer_all((&mut stream, &sender), &mut unanswered).await?;
                 return match frames.buffered() {
                     0 => Ok(()),
                     buffered => Err(ConnectionError::Truncated {
@@ -181,7 +184,7 @@ async fn next_event(
 /// may depend on their records: a Fetch, an offset commit) and is answered whole. Responses
 /// leave in request order either way, as Kafka clients require.
 async fn take_frames<B: Broker>(
-    stream: &mut TcpStream,
+    (stream, sender): (&mut TcpStream, &FrameSender),
     frames: &mut FrameReader,
     unanswered: &mut Unanswered,
     broker: &B,
@@ -194,14 +197,14 @@ async fn take_frames<B: Broker>(
         let produce = RequestPrefix::parse(&payload)
             .is_ok_and(|prefix| prefix.api_key == ApiKey::Produce as i16);
         if !produce {
-            answer_all(stream, unanswered).await?;
+            answer_all((&mut *stream, sender), unanswered).await?;
         }
         match start_request(payload, broker, peer_host).await {
-            Ok(Handled::Now(response)) => write_response(stream, response).await?,
+            Ok(Handled::Now(response)) => write_response((&mut *stream, sender), response).await?,
             Ok(Handled::Later(later)) => unanswered.push_back(later),
             Err(error) => {
                 // The requests before the unreadable one still get their answers.
-                answer_all(stream, unanswered).await?;
+                answer_all((&mut *stream, sender), unanswered).await?;
                 return Err(error.into());
             }
         }
@@ -211,21 +214,30 @@ async fn take_frames<B: Broker>(
 
 /// Waits for every unanswered request's response, in order, and writes it.
 async fn answer_all(
-    stream: &mut TcpStream,
+    (stream, sender): (&mut TcpStream, &FrameSender),
     unanswered: &mut Unanswered,
 ) -> Result<(), ConnectionError> {
     while let Some(later) = unanswered.pop_front() {
-        write_response(stream, later.await?).await?;
+        write_response((&mut *stream, sender), whole(later.await)?).await?;
     }
     Ok(())
 }
 
+/// A produce answer (one encoded frame) as a frame to send.
+fn whole(
+    response: Result<Option<Bytes>, RequestError>,
+) -> Result<Option<ResponseFrame>, RequestError> {
+    response.map(|frame| frame.map(ResponseFrame::whole))
+}
+
+/// Writes a response through the connection's sender: every write of a connection goes the
+/// same way (with zero-copy sends, through the shard's second ring), so they keep their order.
 async fn write_response(
-    stream: &mut TcpStream,
-    response: Option<Bytes>,
+    (stream, sender): (&mut TcpStream, &FrameSender),
+    response: Option<ResponseFrame>,
 ) -> Result<(), ConnectionError> {
     if let Some(response) = response {
-        stream.write_all(&response).await?;
+        sender.send(stream, response).await?;
     }
     Ok(())
 }

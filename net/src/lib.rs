@@ -8,10 +8,13 @@
 //! `handlers` has one module per implemented API and `connection` serves one client socket.
 
 pub mod alloc;
+pub mod client;
 pub mod connection;
 pub mod errors;
 pub mod handlers;
 pub mod receive;
+pub mod response;
+pub mod send;
 
 // The tests feed hostile array counts to the decoders; they need the allocator the broker
 // runs with.

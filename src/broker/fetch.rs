@@ -6,6 +6,11 @@
 //! past the offset asked for, or the deadline; the first owner to report new data ends the
 //! wait and the next round reads again. Fetch sessions (KIP-227) are not kept: every response
 //! has session id 0, which tells clients to send full fetch requests.
+//!
+//! Partitions owned by this shard are read into pieces that stay where the engine holds them
+//! (the tail cache's buffers, O_DIRECT read buffers) and are written to the socket from there
+//! (`ringlog_net::response`). Partitions of other shards come back through the mesh as a copy:
+//! those buffers belong to the other executor's thread.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -16,7 +21,9 @@ use event_listener::Event;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
+use ringlog_engine::FetchedRecords;
 use ringlog_net::errors;
+use ringlog_net::response::{FetchAnswer, Piece};
 
 use super::{Lookup, Shard};
 
@@ -35,27 +42,55 @@ pub struct FetchPart {
     pub max_bytes: usize,
 }
 
-/// What one partition read returned.
+/// What one partition read returned: `records` are pieces of memory on this shard, or
+/// (`Bytes`) a copy that came through the mesh.
 #[derive(Debug, Clone)]
-pub struct FetchOutcome {
+pub struct FetchOutcome<R = Vec<Piece>> {
     pub error: Option<ResponseError>,
     pub high_watermark: i64,
     pub log_start_offset: i64,
-    pub records: Bytes,
+    pub records: R,
 }
 
-impl FetchOutcome {
+/// A partition read on another shard, sent back through the mesh.
+pub type RemoteOutcome = FetchOutcome<Bytes>;
+
+impl<R: Default> FetchOutcome<R> {
     fn failed(error: ResponseError) -> Self {
         Self {
             error: Some(error),
             high_watermark: -1,
             log_start_offset: -1,
-            records: Bytes::new(),
+            records: R::default(),
         }
     }
 }
 
-pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> FetchResponse {
+impl FetchOutcome {
+    fn record_bytes(&self) -> usize {
+        self.records.iter().map(|p| p.as_bytes().len()).sum()
+    }
+}
+
+impl<R> FetchOutcome<R> {
+    /// The same outcome with its records in another form.
+    fn map<S>(self, convert: impl FnOnce(R) -> S) -> FetchOutcome<S> {
+        FetchOutcome {
+            error: self.error,
+            high_watermark: self.high_watermark,
+            log_start_offset: self.log_start_offset,
+            records: convert(self.records),
+        }
+    }
+}
+
+impl From<RemoteOutcome> for FetchOutcome {
+    fn from(remote: RemoteOutcome) -> Self {
+        remote.map(|bytes| vec![Piece::Bytes(bytes)])
+    }
+}
+
+pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> FetchAnswer {
     let started = Instant::now();
     let max_wait =
         Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_CAP);
@@ -103,11 +138,17 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
             let owned = owned.clone();
             let shard = Rc::clone(shard);
             let task = glommio::spawn_local(async move {
-                shard
+                if owner == shard.id {
+                    return Ok(read_local(&shard, owned).await);
+                }
+                let remote = shard
                     .on(owner, move |owner| async move {
-                        read_local(&owner, owned).await
+                        read_for_remote(&owner, owned).await
                     })
-                    .await
+                    .await?;
+                Ok::<_, super::mesh::MeshError>(
+                    remote.into_iter().map(FetchOutcome::from).collect(),
+                )
             });
             tasks.push((positions.clone(), task));
         }
@@ -122,7 +163,11 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
                 outcomes[position] = Some(outcome);
             }
         }
-        let bytes: usize = outcomes.iter().flatten().map(|o| o.records.len()).sum();
+        let bytes: usize = outcomes
+            .iter()
+            .flatten()
+            .map(FetchOutcome::record_bytes)
+            .sum();
         let failed = parts.iter().any(|(_, _, resolved)| resolved.is_err())
             || outcomes.iter().flatten().any(|o| o.error.is_some());
         let now = Instant::now();
@@ -175,7 +220,9 @@ fn build_response(
     parts: &[(usize, usize, Resolved)],
     outcomes: Vec<Option<FetchOutcome>>,
     max_bytes: usize,
-) -> FetchResponse {
+) -> FetchAnswer {
+    // Each topic's partitions' records, in the order the partitions are added below.
+    let mut records: Vec<Vec<Vec<Piece>>> = vec![Vec::new(); request.topics.len()];
     let mut topics: Vec<FetchableTopicResponse> = request
         .topics
         .iter()
@@ -196,21 +243,23 @@ fn build_response(
             (Ok(_), Some(outcome)) => outcome,
             (Ok(_), None) => FetchOutcome::failed(ResponseError::UnknownServerError),
         };
-        let mut records = outcome.records;
-        if !records.is_empty() {
-            if included_any && records.len() > budget {
-                records = Bytes::new();
+        let len = outcome.record_bytes();
+        let mut pieces = outcome.records;
+        if len > 0 {
+            if included_any && len > budget {
+                pieces = Vec::new();
             } else {
-                budget = budget.saturating_sub(records.len());
+                budget = budget.saturating_sub(len);
                 included_any = true;
             }
         }
+        records[*topic_index].push(pieces);
+        // `records` stays unset: the frame carries the pieces in its place.
         let mut data = PartitionData::default()
             .with_partition_index(wanted.partition)
             .with_error_code(outcome.error.map_or(0, |e| e.code()))
             .with_high_watermark(outcome.high_watermark)
-            .with_last_stable_offset(outcome.high_watermark)
-            .with_records(Some(records));
+            .with_last_stable_offset(outcome.high_watermark);
         if version >= 5 {
             data = data.with_log_start_offset(outcome.log_start_offset);
         }
@@ -222,41 +271,64 @@ fn build_response(
         }
         topics[*topic_index].partitions.push(data);
     }
-    FetchResponse::default().with_responses(topics)
+    FetchAnswer {
+        response: FetchResponse::default().with_responses(topics),
+        records: records.into_iter().flatten().collect(),
+    }
 }
 
-/// Reads the parts owned by this shard, each up to its own `max_bytes`.
+/// Reads the parts owned by this shard, each up to its own `max_bytes`, as pieces of the
+/// engine's buffers.
 pub async fn read_local(shard: &Shard, parts: Vec<FetchPart>) -> Vec<FetchOutcome> {
     let mut outcomes = Vec::with_capacity(parts.len());
     for part in parts {
-        outcomes.push(read_one(shard, &part).await);
+        let outcome = read_one(shard, &part).await;
+        outcomes
+            .push(outcome.map(|records| records.pieces.into_iter().map(Piece::Records).collect()));
     }
     outcomes
 }
 
-async fn read_one(shard: &Shard, part: &FetchPart) -> FetchOutcome {
+/// Reads the parts owned by this shard for a connection on another shard: a copy, since the
+/// buffers cannot leave this executor's thread.
+pub async fn read_for_remote(shard: &Shard, parts: Vec<FetchPart>) -> Vec<RemoteOutcome> {
+    let mut outcomes = Vec::with_capacity(parts.len());
+    for part in parts {
+        let outcome = read_one(shard, &part).await;
+        outcomes.push(outcome.map(|records| Bytes::from(records.to_vec())));
+    }
+    outcomes
+}
+
+async fn read_one(shard: &Shard, part: &FetchPart) -> FetchOutcome<FetchedRecords> {
+    let empty = || FetchedRecords::empty(part.offset);
     let Some(partition) = shard.partition(&part.topic, part.partition) else {
-        return FetchOutcome::failed(ResponseError::KafkaStorageError);
+        return FetchOutcome {
+            error: Some(ResponseError::KafkaStorageError),
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: empty(),
+        };
     };
     let log = &partition.log;
     let high_watermark = log.log_end_offset();
-    let log_start_offset = log.log_start_offset();
     let mut outcome = FetchOutcome {
         error: None,
         high_watermark,
-        log_start_offset,
-        records: Bytes::new(),
+        log_start_offset: log.log_start_offset(),
+        records: empty(),
     };
     if part.offset == high_watermark || part.max_bytes == 0 {
         return outcome;
     }
     match log
-        .read(part.offset, part.max_bytes, Some(high_watermark))
+        .fetch(part.offset, part.max_bytes, Some(high_watermark))
         .await
     {
-        // A copy out of the read buffer: responses are encoded by kafka-protocol, which takes
-        // `Bytes`. Serving from registered buffers without copies is the zero-copy fetch work.
-        Ok(batches) => outcome.records = Bytes::copy_from_slice(batches.bytes()),
+        Ok(records) => {
+            shard.count_read(records.source, records.bytes);
+            outcome.records = records;
+        }
         Err(error) => outcome.error = Some(errors::read_error(&error)),
     }
     outcome

@@ -19,7 +19,7 @@ pub mod producer_ids;
 pub mod producer_state;
 pub mod topic_config;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -35,9 +35,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
     DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, FetchResponse,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse,
 };
 use kafka_protocol::messages::{
     DeleteGroupsRequest, DeleteGroupsResponse, OffsetDeleteRequest, OffsetDeleteResponse,
@@ -50,8 +50,9 @@ use kafka_protocol::messages::{
     SyncGroupResponse,
 };
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
-use ringlog_engine::{LogConfig, OpenOptions, PartitionLog};
+use ringlog_engine::{LogConfig, OpenOptions, PartitionLog, ReadSource, TailCache};
 use ringlog_net::handlers::{Broker, BrokerIdentity, ClientInfo};
+use ringlog_net::response::FetchAnswer;
 use tracing::{error, info, warn};
 
 use self::catalog::{Catalog, Topic};
@@ -139,6 +140,16 @@ pub struct BrokerSettings {
     pub group_consumer_heartbeat_interval: Duration,
     /// `group.consumer.session.timeout.ms`: a KIP-848 member silent this long is removed.
     pub group_consumer_session_timeout: Duration,
+    /// Bytes of recently written batches each shard keeps for tail fetches (the tail cache).
+    pub fetch_cache_bytes: usize,
+}
+
+/// Fetch reads of a shard by where their bytes came from: (reads, bytes) per source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadCounts {
+    pub tail_cache: (u64, u64),
+    pub read_ahead: (u64, u64),
+    pub disk: (u64, u64),
 }
 
 /// The task queues of a shard: client requests get most of the executor; background work
@@ -185,6 +196,9 @@ pub struct Shard {
     pub groups: groups::Coordinator,
     /// The producer id allocator (used on the controller, shard 0; loaded on first use).
     producer_ids: RefCell<Option<producer_ids::ProducerIdAllocator>>,
+    /// Recently written batches of every partition this shard owns, for tail fetches.
+    pub tail_cache: Rc<TailCache>,
+    read_counts: Cell<ReadCounts>,
 }
 
 /// A partition's place in a request: (topic index, partition index).
@@ -212,7 +226,6 @@ impl Shard {
     ) -> Self {
         Self {
             id,
-            settings,
             identity,
             catalog: RefCell::new(catalog),
             partitions: RefCell::new(HashMap::new()),
@@ -223,7 +236,42 @@ impl Shard {
             stopping,
             groups: groups::Coordinator::default(),
             producer_ids: RefCell::new(None),
+            tail_cache: Rc::new(TailCache::new(settings.fetch_cache_bytes)),
+            read_counts: Cell::new(ReadCounts::default()),
+            settings,
         }
+    }
+
+    /// Counts a fetch read by where its bytes came from.
+    pub fn count_read(&self, source: ReadSource, bytes: usize) {
+        let mut counts = self.read_counts.get();
+        let slot = match source {
+            ReadSource::Empty => return,
+            ReadSource::TailCache => &mut counts.tail_cache,
+            ReadSource::ReadAhead => &mut counts.read_ahead,
+            ReadSource::Disk => &mut counts.disk,
+        };
+        slot.0 += 1;
+        slot.1 += bytes as u64;
+        self.read_counts.set(counts);
+    }
+
+    pub fn read_counts(&self) -> ReadCounts {
+        self.read_counts.get()
+    }
+
+    /// Logs what the fetch path did (at stop, for operators and benchmarks).
+    pub fn log_fetch_stats(&self) {
+        let reads = self.read_counts();
+        let cache = self.tail_cache.stats();
+        let sends = ringlog_net::send::stats();
+        info!(
+            shard = self.id,
+            ?reads,
+            ?cache,
+            ?sends,
+            "fetch path: reads by source (count, bytes), tail cache, sends"
+        );
     }
 
     /// Which shard owns `topic`/`partition`, per this shard's copy of the catalog.
@@ -277,6 +325,7 @@ impl Shard {
     fn open_options(&self) -> OpenOptions {
         OpenOptions {
             background_queue: Some(self.queues.background),
+            tail_cache: Some(Rc::clone(&self.tail_cache)),
             ..OpenOptions::default()
         }
     }
@@ -493,7 +542,7 @@ impl Broker for ShardBroker {
         produce::produce(&self.0, request, version).await
     }
 
-    async fn fetch(&self, request: FetchRequest, version: i16) -> FetchResponse {
+    async fn fetch(&self, request: FetchRequest, version: i16) -> FetchAnswer {
         fetch::fetch(&self.0, request, version).await
     }
 

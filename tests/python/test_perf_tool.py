@@ -11,6 +11,7 @@ import json
 import os
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from conftest import ringlog_bin
 from confluent_kafka import TopicPartition
 
-from kafkautil import consume_all, consumer, crc32c, create_topic, producer
+from kafkautil import admin, consume_all, consumer, crc32c, create_topic, producer
 
 PERF_TIMEOUT_S = 120
 STAMP_BYTES = 16
@@ -264,3 +265,125 @@ def test_end_to_end_times_every_record_it_produced(broker, topic_name, tmp_path)
                           "--topic", topic_name, "--num-records", "10", "--record-size", "100"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode != 0 and "--throughput" in bad.stderr
+
+
+def spawn_perf(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([str(perf_bin()), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = PERF_TIMEOUT_S) -> str:
+    """Waits for a spawned ringlog-perf; its stdout + stderr. Kills it on timeout."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(f"ringlog-perf {process.args} did not finish:\n{out}\n{err}")
+    assert process.returncode == 0, f"ringlog-perf {process.args} failed:\n{out}\n{err}"
+    return out + err
+
+
+@pytest.mark.timeout(240)
+def test_two_group_members_split_the_partitions_and_read_each_record_once(
+        broker, topic_name, tmp_path):
+    """A second member joining (and later leaving) makes the first give up half its partitions:
+    between them every record is read exactly once, each partition's reads contiguous."""
+    partitions, count, rate = 4, 24_000, 2_000
+    create_topic(broker.bootstrap, topic_name, partitions)
+    group = f"{topic_name}-group"
+    produce = spawn_perf("producer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+                         "--num-records", str(count), "--record-size", "100",
+                         "--throughput", str(rate), "--producer-props", "acks=1", "linger.ms=5")
+    outputs = [tmp_path / "a.json", tmp_path / "b.json"]
+    consumers = []
+    for out in outputs:
+        consumers.append(spawn_perf(
+            "consumer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+            "--messages", str(10 * count), "--group", group, "--timeout", "5000",
+            "--show-detailed-stats", "--reporting-interval", "1000", "--output-json", str(out)))
+        # The second joins once the first reads (after the broker's 3-s initial rebalance
+        # delay of a new group): the group must rebalance under it.
+        time.sleep(4.5)
+    finish(produce)
+    logs = [finish(c) for c in consumers]
+    docs = [json.loads(out.read_text()) for out in outputs]
+
+    assert sum(doc["records"] for doc in docs) == count, logs
+    for doc in docs:
+        check_contract(doc, "consumer", None)
+        assert doc["records"] > 0, "both members must have read after the rebalance"
+    # The first member read under at least two assignments (alone, then beside the second).
+    assert len(docs[0]["assignments"]) >= 2, docs[0]["assignments"]
+    assert "rebalancing" in logs[0]
+    # Each partition: the members' reads, in order of offset, follow on from each other, cover
+    # 0 .. end and never overlap (the revoked positions were committed before the rejoin).
+    ranges: dict[int, list[tuple[int, int]]] = {p: [] for p in range(partitions)}
+    for doc in docs:
+        for assignment in doc["assignments"]:
+            for part in assignment["partitions"]:
+                if part["to_offset"] > part["from_offset"]:
+                    ranges[part["partition"]].append((part["from_offset"], part["to_offset"]))
+    for partition, reads in ranges.items():
+        reads.sort()
+        assert reads and reads[0][0] == 0, (partition, reads)
+        for (_, end), (start, _) in zip(reads, reads[1:]):
+            assert start == end, f"partition {partition} read twice or with a gap: {reads}"
+        assert reads[-1][1] == count // partitions, (partition, reads)
+    # While both were members, each owned two partitions.
+    shared = [a for a in docs[1]["assignments"] if len(a["partitions"]) == 2]
+    assert shared, docs[1]["assignments"]
+    # Rebalance time shows in the detailed stats (column 7) and in the JSON.
+    detailed = [line.split(", ") for line in logs[1].splitlines() if line.count(", ") == 9
+                and not line.startswith("time")]
+    assert any(int(fields[6]) > 0 for fields in detailed), logs[1]
+    assert docs[1]["rebalance_time_ms"] > 0
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_producer_rides_out_a_broker_restart(broker, topic_name, tmp_path, idempotent):
+    """SIGTERM and restart the broker (same data and ports) halfway through a rate-limited run:
+    the producer looks the leaders up again, reconnects and finishes; every acknowledged record
+    is in the log (with idempotence, exactly once, in order)."""
+    partitions, count, rate, size = 4, 40_000, 5_000, 100
+    create_topic(broker.bootstrap, topic_name, partitions)
+    out = tmp_path / "producer.json"
+    props = ["acks=all", "enable.idempotence=true"] if idempotent else \
+        ["acks=1", "enable.idempotence=false"]
+    produce = spawn_perf("producer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+                         "--num-records", str(count), "--record-size", str(size),
+                         "--throughput", str(rate), "--producer-props", "linger.ms=5", *props,
+                         "--output-json", str(out))
+    time.sleep(3)
+    assert produce.poll() is None, "the producer finished before the restart"
+    assert broker.restart() == 0, "the broker did not stop cleanly"
+    log = finish(produce)
+    assert "looking up the leader again" in log, log
+    doc = json.loads(out.read_text())
+    acknowledged = doc["records"]
+
+    got = consume_all(broker.bootstrap, topic_name, partitions)
+    stored = sum(len(v) for v in got.values())
+    assert stored >= acknowledged, (stored, acknowledged, log)
+    for partition, recs in got.items():
+        sequences = [struct.unpack(">Q", rec.value[:8])[0] for rec in recs]
+        # Nothing acknowledged is missing: every sequence up to the partition's last is there.
+        assert set(sequences) == set(range(max(sequences) + 1)), partition
+        if idempotent:
+            assert sequences == list(range(len(sequences))), f"partition {partition}: duplicates"
+    if idempotent:
+        assert acknowledged == count and stored == count and doc["errors"] == 0, (doc, log)
+
+
+@pytest.mark.timeout(120)
+def test_a_missing_topic_is_an_error_not_auto_created(broker, topic_name):
+    for mode in (["producer", "--num-records", "10", "--record-size", "10"],
+                 ["consumer", "--messages", "10", "--timeout", "2000"]):
+        result = subprocess.run([str(perf_bin()), *mode[:1], "--bootstrap-server", broker.bootstrap,
+                                 "--topic", topic_name, *mode[1:]],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0, result.stdout
+        assert "does not exist" in result.stderr, result.stderr
+    metadata = admin(broker.bootstrap).list_topics(timeout=10)
+    assert topic_name not in metadata.topics

@@ -141,8 +141,9 @@ struct ProducerArgs {
     /// Broker(s) to bootstrap from, comma-separated (or bootstrap.servers).
     #[arg(long, value_name = "HOST:PORT")]
     bootstrap_server: Option<String>,
-    /// Create the topic with this many partitions (replication factor 1) if it is missing;
-    /// otherwise the broker's auto-creation is relied on, as with Kafka's tool.
+    /// Create the topic with this many partitions (replication factor 1) if it is missing.
+    /// Without it the topic must exist: ringlog-perf never asks the broker to auto-create one
+    /// (a topic auto-created with the broker's default layout would be measured unnoticed).
     #[arg(long)]
     partitions: Option<i32>,
     /// Stop after this many seconds of the measured part.
@@ -362,10 +363,9 @@ fn run_consumer(args: ConsumerArgs) -> Result<(), String> {
         println!("{}", consumer::header(args.show_detailed_stats));
     }
     let detailed = args.show_detailed_stats;
-    let on_window = Box::new(move |window: &stats::Window<'_>| {
+    let on_window = Box::new(move |window: &stats::Window<'_>, rebalance_ms: u64| {
         if detailed {
-            // The intervals start once the group is joined: none of them contains the join.
-            println!("{}", consumer::detailed_line(window, 0));
+            println!("{}", consumer::detailed_line(window, rebalance_ms));
         }
     });
     let window_ticks = u32::try_from(args.reporting_interval / 1000)

@@ -20,8 +20,11 @@ use super::connection::Connection;
 use super::error::{check_code, is_retriable_code, ClientError};
 use super::wire::api_name;
 
-/// Kafka's TOPIC_ALREADY_EXISTS.
+/// Kafka's TOPIC_ALREADY_EXISTS and UNKNOWN_TOPIC_OR_PARTITION.
 const TOPIC_ALREADY_EXISTS: i16 = 36;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+/// How long a topic may be unknown before waiting for it is given up.
+const TOPIC_MISSING_GRACE: Duration = Duration::from_secs(2);
 /// How long to wait for a topic's partitions to all have leaders.
 const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -96,6 +99,8 @@ pub struct TopicInfo {
 /// What a client shard needs to reach the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterInfo {
+    /// The bootstrap servers as given, for refreshing metadata later.
+    pub bootstrap: String,
     pub client_id: String,
     /// Broker node id → `host:port`.
     pub brokers: BTreeMap<i32, String>,
@@ -127,7 +132,7 @@ impl Cluster {
             .map(str::trim)
             .filter(|a| !a.is_empty())
         {
-            match Self::connect_one(address, client_id).await {
+            match Self::connect_one(bootstrap, address, client_id).await {
                 Ok(cluster) => return Ok(cluster),
                 Err(error) => last_error = Some(error),
             }
@@ -141,7 +146,11 @@ impl Cluster {
         }))
     }
 
-    async fn connect_one(address: &str, client_id: &str) -> Result<Self, ClientError> {
+    async fn connect_one(
+        bootstrap: &str,
+        address: &str,
+        client_id: &str,
+    ) -> Result<Self, ClientError> {
         let mut connection = Connection::connect(address, client_id).await?;
         // Version 0 is answered by every broker, whatever it supports.
         let response = connection.call(&ApiVersionsRequest::default(), 0).await?;
@@ -156,6 +165,7 @@ impl Cluster {
         Ok(Self {
             connection,
             info: ClusterInfo {
+                bootstrap: bootstrap.to_owned(),
                 client_id: client_id.to_owned(),
                 brokers: BTreeMap::new(),
                 versions: ApiVersions { ranges },
@@ -220,13 +230,16 @@ impl Cluster {
     }
 
     /// Waits until the topic exists with a leader for every partition (auto-creating it if
-    /// the broker does that), at most 30 s.
+    /// the broker does that and `auto_create` asks for it), at most 30 s; without
+    /// `auto_create`, a topic still unknown after 2 s is an error at once.
     pub async fn wait_for_topic(
         &mut self,
         topic: &str,
         auto_create: bool,
     ) -> Result<TopicInfo, ClientError> {
         let deadline = Instant::now() + TOPIC_READY_TIMEOUT;
+        // A topic created a moment ago may not be in every shard's metadata yet.
+        let missing_deadline = Instant::now() + TOPIC_MISSING_GRACE;
         loop {
             let outcome = self.metadata(topic, auto_create).await;
             let retriable = match &outcome {
@@ -237,6 +250,18 @@ impl Cluster {
                         return outcome;
                     }
                     true
+                }
+                Err(ClientError::Kafka { code, .. })
+                    if *code == UNKNOWN_TOPIC_OR_PARTITION
+                        && !auto_create
+                        && Instant::now() > missing_deadline =>
+                {
+                    return Err(ClientError::Topic {
+                        topic: topic.to_owned(),
+                        reason: "does not exist (ringlog-perf never has topics created through \
+                                 Metadata: create it first, or give the producer --partitions N)"
+                            .to_owned(),
+                    });
                 }
                 Err(error) => error.is_retriable(),
             };

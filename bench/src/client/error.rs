@@ -40,6 +40,13 @@ pub enum ClientError {
     Topic { topic: String, reason: String },
     #[error("broker node {node} is not in the cluster metadata")]
     UnknownNode { node: i32 },
+    #[error("{what}: no usable leader after {attempts} attempts in {waited_ms} ms; the last error: {last}")]
+    Reconnect {
+        what: String,
+        attempts: u32,
+        waited_ms: u64,
+        last: String,
+    },
     #[error("record batch: {0}")]
     Batch(String),
 }

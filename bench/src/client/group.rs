@@ -36,6 +36,10 @@ use super::error::{check_code, is_retriable_code, ClientError};
 const MEMBER_ID_REQUIRED: i16 = 79;
 /// REBALANCE_IN_PROGRESS, as a Heartbeat answer: the member must join again.
 pub const REBALANCE_IN_PROGRESS: i16 = 27;
+/// ILLEGAL_GENERATION: the group moved on to a generation this member has not joined.
+pub const ILLEGAL_GENERATION: i16 = 22;
+/// UNKNOWN_MEMBER_ID: the coordinator forgot the member (session expired); join afresh.
+pub const UNKNOWN_MEMBER_ID: i16 = 25;
 /// The assignor this member offers.
 const RANGE: &str = "range";
 /// Attempts at a coordinator request that keeps failing with retriable errors.
@@ -58,6 +62,8 @@ pub struct GroupMember {
     pub member_id: String,
     pub generation_id: i32,
     pub assignment: Vec<i32>,
+    /// What this member, as leader, hands out in its next SyncGroup.
+    pending_assignments: Vec<SyncGroupRequestAssignment>,
 }
 
 /// The consumer protocol's subscription to one topic.
@@ -194,13 +200,38 @@ impl GroupMember {
             member_id: String::new(),
             generation_id: -1,
             assignment: Vec::new(),
+            pending_assignments: Vec::new(),
         };
         member.rejoin(partition_count).await?;
         Ok(member)
     }
 
-    /// JoinGroup and SyncGroup (again, after a rebalance).
+    /// JoinGroup and SyncGroup (again, after a rebalance). A SyncGroup refused because yet
+    /// another rebalance began (or the member was forgotten) joins again, a bounded number of
+    /// times.
     pub async fn rejoin(&mut self, partition_count: i32) -> Result<(), ClientError> {
+        for _ in 0..ATTEMPTS_MAX {
+            self.join_once(partition_count).await?;
+            let code = self.sync().await?;
+            match code {
+                0 => return Ok(()),
+                REBALANCE_IN_PROGRESS | ILLEGAL_GENERATION => continue,
+                UNKNOWN_MEMBER_ID => self.member_id.clear(),
+                code => check_code(code, || format!("SyncGroup {}", self.settings.group))?,
+            }
+        }
+        Err(ClientError::Timeout {
+            what: format!(
+                "joining group {} (rebalances kept failing)",
+                self.settings.group
+            ),
+            timeout_ms: 0,
+        })
+    }
+
+    /// JoinGroup until the coordinator answers with a generation; the assignments to hand
+    /// out when this member leads, kept for `sync`.
+    async fn join_once(&mut self, partition_count: i32) -> Result<(), ClientError> {
         let version = self.versions.pick::<JoinGroupRequest>(7)?;
         let mut attempts = 0;
         let response = loop {
@@ -219,6 +250,10 @@ impl GroupMember {
                 self.member_id = response.member_id.to_string();
                 continue;
             }
+            if response.error_code == UNKNOWN_MEMBER_ID && attempts < ATTEMPTS_MAX {
+                self.member_id.clear();
+                continue;
+            }
             if is_retriable_code(response.error_code) && attempts < ATTEMPTS_MAX {
                 glommio::timer::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -230,11 +265,17 @@ impl GroupMember {
         };
         self.member_id = response.member_id.to_string();
         self.generation_id = response.generation_id;
-        let assignments = if response.leader == response.member_id {
+        self.pending_assignments = if response.leader == response.member_id {
             self.assign(&response.members, partition_count)?
         } else {
             Vec::new()
         };
+        Ok(())
+    }
+
+    /// SyncGroup: hands out the leader's assignments, takes this member's. Returns the error
+    /// code (0: `assignment` is set).
+    async fn sync(&mut self) -> Result<i16, ClientError> {
         let version = self.versions.pick::<SyncGroupRequest>(5)?;
         let request = SyncGroupRequest::default()
             .with_group_id(GroupId(str_bytes(&self.settings.group)))
@@ -242,13 +283,12 @@ impl GroupMember {
             .with_member_id(str_bytes(&self.member_id))
             .with_protocol_type(Some(str_bytes("consumer")))
             .with_protocol_name(Some(str_bytes(RANGE)))
-            .with_assignments(assignments);
+            .with_assignments(std::mem::take(&mut self.pending_assignments));
         let response = self.connection.call(&request, version).await?;
-        check_code(response.error_code, || {
-            format!("SyncGroup {}", self.settings.group)
-        })?;
-        self.assignment = decode_assignment(response.assignment, &self.settings.topic)?;
-        Ok(())
+        if response.error_code == 0 {
+            self.assignment = decode_assignment(response.assignment, &self.settings.topic)?;
+        }
+        Ok(response.error_code)
     }
 
     fn assign(

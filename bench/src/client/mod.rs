@@ -16,6 +16,7 @@
 //! - `cluster`: bootstrap, ApiVersions negotiation, Metadata (leaders per partition), topic
 //!   creation, InitProducerId, ListOffsets;
 //! - `fetch`: Fetch requests and their responses;
+//! - `reconnect`: finding a leader again (fresh metadata, a new connection, backoff);
 //! - `group`: the classic consumer-group protocol (JoinGroup, SyncGroup, Heartbeat,
 //!   OffsetFetch, OffsetCommit, LeaveGroup) with a range assignor run by the group leader.
 
@@ -26,6 +27,7 @@ pub mod error;
 pub mod fetch;
 pub mod group;
 pub mod produce;
+pub mod reconnect;
 pub mod wire;
 
 pub use error::ClientError;

@@ -2,6 +2,7 @@
 //! directory convention and JSON output.
 
 pub mod append;
+pub mod harness;
 pub mod mesh;
 pub mod recover;
 
@@ -43,7 +44,7 @@ pub enum BenchError {
 }
 
 impl BenchError {
-    fn io(what: &'static str, path: &Path, source: std::io::Error) -> Self {
+    pub fn io(what: &'static str, path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             what,
             path: path.to_path_buf(),

@@ -3,11 +3,17 @@
 //! Without `--group` the topic's partitions are assigned directly (from the earliest offset,
 //! or the latest with `--from-latest`). With `--group` the process joins the group as one
 //! member (classic protocol, range assignment) on its own executor thread, which keeps it
-//! alive with heartbeats while the shards read and commits the final positions at the end.
+//! alive with heartbeats while the shards read. When the coordinator announces a rebalance
+//! (a member joined or left), the member revokes the assignment: the shards stop and hand
+//! their positions back, the member commits them and joins again, and the shards start over
+//! on the new assignment from its committed offsets (the classic eager protocol). At the end
+//! it commits the final positions and leaves.
 //! Either way the partitions are dealt to `--cores` shards, each reading from the leaders
 //! (`fetcher`). Bytes count keys and values, as Kafka's tool does; MB = 1048576 bytes.
+//! The time spent joining counts as rebalance time, not fetch time, as in Kafka's tool.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -19,12 +25,21 @@ use super::shards::{self, Clock};
 use super::stats::{self, Meter, ReportOptions, Window};
 use crate::client::batch::RecordView;
 use crate::client::cluster::{Cluster, ClusterInfo, TopicInfo};
+use crate::client::error::{check_code, is_retriable_code};
 use crate::client::fetch::{FetchSettings, FETCH_VERSION_MAX};
-use crate::client::group::{GroupMember, GroupSettings, REBALANCE_IN_PROGRESS};
+use crate::client::group::{
+    GroupMember, GroupSettings, ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID,
+};
 use crate::client::ClientError;
 
 /// Heartbeat period of the group member (Kafka's default heartbeat.interval.ms).
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
+/// Kafka's default session.timeout.ms.
+const SESSION_TIMEOUT_MS: i32 = 45_000;
+/// How long the coordinator waits for every member to rejoin. Below the client's 30-s limit
+/// on a control request, so that a JoinGroup held for a slow member is answered, not
+/// abandoned.
+const REBALANCE_TIMEOUT_MS: i32 = 25_000;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -71,7 +86,7 @@ pub fn record_checksum(key: Option<&[u8]>, value: Option<&[u8]>) -> u64 {
 /// Counts (and checksums) what it is given.
 struct CountingSink {
     meter: Arc<Meter>,
-    checksum: Option<Arc<std::sync::atomic::AtomicU64>>,
+    checksum: Option<Arc<AtomicU64>>,
     records: u64,
     bytes: u64,
     sum: u64,
@@ -93,18 +108,34 @@ impl Sink for CountingSink {
         self.meter
             .complete(shard, self.records, self.bytes, |_| None);
         if let Some(checksum) = &self.checksum {
-            checksum.fetch_add(self.sum, std::sync::atomic::Ordering::Relaxed);
+            checksum.fetch_add(self.sum, Ordering::Relaxed);
         }
         (self.records, self.bytes, self.sum) = (0, 0, 0);
     }
 }
 
-/// The assignment the tool reads, and how long getting it took.
-struct Start {
+/// One assignment to read: the partitions and where each starts.
+struct Assignment {
     cluster: ClusterInfo,
     assigned: Vec<Assigned>,
-    rebalance_ms: u64,
     fetch_version: i16,
+    /// The group generation (-1 without a group).
+    generation_id: i32,
+    /// How long the join that produced it took (for the first, since the run started).
+    rebalance_ms: u64,
+}
+
+/// What the group member tells the reading side.
+enum MemberEvent {
+    Assigned(Assignment),
+    Failed(String),
+}
+
+/// The positions of a revoked (or the final) assignment, handed back to the group member to
+/// commit; `last`: the run is over, leave the group afterwards.
+struct Handback {
+    offsets: BTreeMap<i32, i64>,
+    last: bool,
 }
 
 /// Where each assigned partition starts: the committed offset, else the earliest (or the
@@ -125,6 +156,9 @@ async fn start_offsets(
             .copied()
             .collect(),
     };
+    if mine.partitions.is_empty() {
+        return Ok(Vec::new());
+    }
     let reset = cluster
         .list_offsets(&mine, if from_latest { -1 } else { -2 })
         .await?;
@@ -143,91 +177,136 @@ async fn start_offsets(
         .collect())
 }
 
-/// The group member's thread: join, report the assignment, heartbeat until `finish` sends
-/// the final offsets, commit them, leave.
+fn millis_since(at: Instant) -> u64 {
+    u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The member's side of one assignment: heartbeats until the run hands the positions back
+/// (the end) or the coordinator announces a rebalance, in which case the reading shards are
+/// told to stop (`control.revoke`) and their positions awaited. Returns the positions and
+/// whether the member must rejoin with a fresh member id.
+async fn serve_assignment(
+    member: &mut GroupMember,
+    control: &ReadControl,
+    handbacks: &mpsc::Receiver<Handback>,
+) -> Result<(Handback, bool), ClientError> {
+    let mut next_heartbeat = Instant::now() + HEARTBEAT_INTERVAL;
+    let mut forget_member_id = false;
+    loop {
+        match handbacks.try_recv() {
+            Ok(handback) => return Ok((handback, forget_member_id)),
+            Err(mpsc::TryRecvError::Disconnected) => {
+                return Err(ClientError::Closed);
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        if control.is_revoked() || Instant::now() < next_heartbeat {
+            continue;
+        }
+        next_heartbeat = Instant::now() + HEARTBEAT_INTERVAL;
+        match member.heartbeat().await? {
+            0 => {}
+            REBALANCE_IN_PROGRESS | ILLEGAL_GENERATION => control.revoke(),
+            UNKNOWN_MEMBER_ID => {
+                forget_member_id = true;
+                control.revoke();
+            }
+            code if is_retriable_code(code) => {}
+            code => check_code(code, || "Heartbeat".to_owned())?,
+        }
+    }
+}
+
+/// The group member's thread: join, hand each assignment to the reading side, and on a
+/// rebalance commit the revoked partitions' positions before joining again (the classic
+/// eager protocol: a member owns nothing while the group rebalances, so no partition is read
+/// by two members at once); at the end commit and leave.
 fn spawn_group_member(
     config: &ConsumerConfig,
     group: String,
     started: Instant,
-    start_tx: mpsc::Sender<Result<Start, String>>,
-    finish_rx: mpsc::Receiver<BTreeMap<i32, i64>>,
-) -> Result<glommio::ExecutorJoinHandle<Result<(), ClientError>>, String> {
+    control: Arc<ReadControl>,
+    events: mpsc::Sender<MemberEvent>,
+    handbacks: mpsc::Receiver<Handback>,
+) -> Result<glommio::ExecutorJoinHandle<()>, String> {
     let (bootstrap, topic, client_id, from_latest) = (
         config.bootstrap.clone(),
         config.topic.clone(),
         config.client_id.clone(),
         config.from_latest,
     );
-    let session_timeout_ms = 45_000;
-    let group_name = group;
     shards::spawn_shard("ringlog-perf-group", None, move || async move {
-        let joined = async {
+        let member_loop = async {
             let mut cluster = Cluster::connect(&bootstrap, &client_id).await?;
             let info = cluster.wait_for_topic(&topic, false).await?;
-            let settings = GroupSettings {
-                group: group_name.clone(),
-                topic: topic.clone(),
-                session_timeout_ms,
-                rebalance_timeout_ms: session_timeout_ms,
-            };
-            let mut member =
-                GroupMember::join(&mut cluster, settings, info.partitions.len() as i32).await?;
-            let committed = member.committed().await?;
-            let assigned = start_offsets(
-                &mut cluster,
-                &info,
-                &member.assignment,
-                &committed,
-                from_latest,
-            )
-            .await?;
+            let partition_count = info.partitions.len() as i32;
             let fetch_version = cluster
                 .info()
                 .versions
                 .pick::<kafka_protocol::messages::FetchRequest>(FETCH_VERSION_MAX)?;
-            let start = Start {
-                cluster: cluster.info().clone(),
-                assigned,
-                rebalance_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(0),
-                fetch_version,
+            let settings = GroupSettings {
+                group: group.clone(),
+                topic: topic.clone(),
+                session_timeout_ms: SESSION_TIMEOUT_MS,
+                rebalance_timeout_ms: REBALANCE_TIMEOUT_MS,
             };
-            Ok::<_, ClientError>((member, info, start))
+            let mut member = GroupMember::join(&mut cluster, settings, partition_count).await?;
+            let mut join_started = started;
+            loop {
+                let committed = member.committed().await?;
+                let assigned = start_offsets(
+                    &mut cluster,
+                    &info,
+                    &member.assignment,
+                    &committed,
+                    from_latest,
+                )
+                .await?;
+                let assignment = Assignment {
+                    cluster: cluster.info().clone(),
+                    assigned,
+                    fetch_version,
+                    generation_id: member.generation_id,
+                    rebalance_ms: millis_since(join_started),
+                };
+                if events.send(MemberEvent::Assigned(assignment)).is_err() {
+                    return Ok(());
+                }
+                let (handback, forget_member_id) =
+                    serve_assignment(&mut member, &control, &handbacks).await?;
+                join_started = Instant::now();
+                // A commit refused because the generation moved on is what the protocol
+                // allows: the next owner re-reads from the last committed position.
+                if let Err(error) = member.commit(&handback.offsets).await {
+                    eprintln!(
+                        "ringlog-perf: warning: group {group}: committing revoked positions failed ({error}); the next owner re-reads from the last commit"
+                    );
+                }
+                if handback.last {
+                    return member.leave().await;
+                }
+                eprintln!(
+                    "ringlog-perf: group {group} is rebalancing: partitions {:?} revoked, rejoining",
+                    member.assignment
+                );
+                if forget_member_id {
+                    member.member_id.clear();
+                }
+                member.rejoin(partition_count).await?;
+            }
         }
         .await;
-        let (mut member, info, start) = match joined {
-            Ok(joined) => joined,
-            Err(error) => {
-                let _ = start_tx.send(Err(error.to_string()));
-                return Ok(());
-            }
-        };
-        let _ = start_tx.send(Ok(start));
-        let mut next_heartbeat = Instant::now() + HEARTBEAT_INTERVAL;
-        let offsets = loop {
-            match finish_rx.try_recv() {
-                Ok(offsets) => break offsets,
-                Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
-                Err(mpsc::TryRecvError::Empty) => {}
-            }
-            glommio::timer::sleep(Duration::from_millis(100)).await;
-            if Instant::now() >= next_heartbeat {
-                next_heartbeat += HEARTBEAT_INTERVAL;
-                let code = member.heartbeat().await?;
-                if code == REBALANCE_IN_PROGRESS {
-                    eprintln!(
-                        "ringlog-perf: warning: group {group_name} is rebalancing; rejoining, but this run keeps reading its first assignment"
-                    );
-                    member.rejoin(info.partitions.len() as i32).await?;
-                }
-            }
-        };
-        member.commit(&offsets).await?;
-        member.leave().await
+        if let Err(error) = member_loop {
+            // The reading side waits for an event or for its shards to stop: give it both.
+            control.revoke();
+            let _ = events.send(MemberEvent::Failed(format!("group {group}: {error}")));
+        }
     })
 }
 
-/// Metadata and start offsets without a group.
-fn assign_directly(config: &ConsumerConfig, started: Instant) -> Result<Start, String> {
+/// Metadata and start offsets without a group: every partition.
+fn assign_directly(config: &ConsumerConfig, started: Instant) -> Result<Assignment, String> {
     let (bootstrap, topic, client_id, from_latest) = (
         config.bootstrap.clone(),
         config.topic.clone(),
@@ -244,56 +323,26 @@ fn assign_directly(config: &ConsumerConfig, started: Instant) -> Result<Start, S
             .info()
             .versions
             .pick::<kafka_protocol::messages::FetchRequest>(FETCH_VERSION_MAX)?;
-        Ok(Start {
+        Ok(Assignment {
             cluster: cluster.info().clone(),
             assigned,
-            rebalance_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(0),
             fetch_version,
+            generation_id: -1,
+            rebalance_ms: millis_since(started),
         })
     })
 }
 
-/// Runs the consumer; `window` receives each reporting interval (for --show-detailed-stats).
-pub fn run(
-    config: ConsumerConfig,
-    window_ticks: u32,
-    on_window: Box<dyn FnMut(&Window<'_>) + Send>,
-) -> Result<ConsumerOutcome, String> {
-    let started_wall = SystemTime::now();
-    let clock = Clock::now();
-    let shard_count = config.cores.max(1);
-    let meter = Meter::new(shard_count, 0);
-    let (finish_tx, finish_rx) = mpsc::channel();
-    let (start_tx, start_rx) = mpsc::channel();
-    let group_member = match &config.group {
-        Some(group) => Some(spawn_group_member(
-            &config,
-            group.clone(),
-            clock.start,
-            start_tx,
-            finish_rx,
-        )?),
-        None => {
-            let _ = start_tx.send(assign_directly(&config, clock.start));
-            None
-        }
-    };
-    let start = start_rx
-        .recv()
-        .map_err(|_| "the group member stopped before joining".to_owned())??;
-    let reporter = stats::start_reporter(
-        meter.clone(),
-        ReportOptions {
-            window_ticks,
-            on_window,
-            duration: None,
-            histogram_out: None,
-            expected_records: Some(config.messages),
-        },
-    );
-    let control = ReadControl::new(meter.clone(), clock, config.messages, config.timeout);
+/// Reads one assignment until the run ends or the assignment is revoked; returns each
+/// partition's next offset (the start offset for partitions no shard got to).
+fn read_assignment(
+    config: &ConsumerConfig,
+    assignment: &Assignment,
+    control: &Arc<ReadControl>,
+    make_sink: &fetcher::SinkFactory,
+) -> (BTreeMap<i32, i64>, Option<String>) {
     let settings = Arc::new(FetchSettings {
-        version: start.fetch_version,
+        version: assignment.fetch_version,
         client_id: config.client_id.clone(),
         topic: config.topic.clone(),
         max_wait_ms: config.fetch_max_wait_ms,
@@ -301,55 +350,177 @@ pub fn run(
         max_bytes: config.fetch_max_bytes,
         partition_max_bytes: config.fetch_size,
     });
-    let checksum = config
-        .checksum
-        .then(|| Arc::new(std::sync::atomic::AtomicU64::new(0)));
-    let (sink_meter, sink_checksum) = (meter.clone(), checksum.clone());
     let setup = ReadSetup {
-        cluster: Arc::new(start.cluster.clone()),
+        cluster: Arc::new(assignment.cluster.clone()),
         settings,
         control: control.clone(),
-        sink: Arc::new(move || -> Box<dyn Sink> {
-            Box::new(CountingSink {
-                meter: sink_meter.clone(),
-                checksum: sink_checksum.clone(),
-                records: 0,
-                bytes: 0,
-                sum: 0,
-            })
-        }),
+        sink: make_sink.clone(),
     };
-    let handles = fetcher::spawn_readers(&start.assigned, shard_count, &config.cpus, &setup)?;
-    let (done, mut first_error) = shards::join_all(handles, &meter);
-    let offsets: BTreeMap<i32, i64> = done.into_iter().flatten().collect();
+    let mut offsets: BTreeMap<i32, i64> = assignment
+        .assigned
+        .iter()
+        .map(|a| (a.partition, a.offset))
+        .collect();
+    let shard_count = config.cores.max(1);
+    let handles =
+        match fetcher::spawn_readers(&assignment.assigned, shard_count, &config.cpus, &setup) {
+            Ok(handles) => handles,
+            Err(error) => return (offsets, Some(error)),
+        };
+    if handles.is_empty() {
+        // Nothing assigned to this member: wait for the end or the next rebalance.
+        while !control.should_stop() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let (done, first_error) = shards::join_all(handles, &control.meter);
+    offsets.extend(done.into_iter().flatten());
+    (offsets, first_error)
+}
+
+/// What was read of one assignment, for the JSON: per partition, the offsets from and to.
+fn assignment_json(assignment: &Assignment, offsets: &BTreeMap<i32, i64>) -> Value {
+    let partitions: Vec<Value> = assignment
+        .assigned
+        .iter()
+        .map(|a| {
+            json!({
+                "partition": a.partition,
+                "from_offset": a.offset,
+                "to_offset": offsets.get(&a.partition).copied().unwrap_or(a.offset),
+            })
+        })
+        .collect();
+    json!({
+        "generation_id": assignment.generation_id,
+        "rebalance_time_ms": assignment.rebalance_ms,
+        "partitions": partitions,
+    })
+}
+
+/// Called with each reporting interval and the milliseconds of group joins completed in it
+/// (for --show-detailed-stats).
+pub type WindowPrinter = Box<dyn FnMut(&Window<'_>, u64) + Send>;
+
+/// Runs the consumer; `on_window` receives each reporting interval.
+pub fn run(
+    config: ConsumerConfig,
+    window_ticks: u32,
+    mut on_window: WindowPrinter,
+) -> Result<ConsumerOutcome, String> {
+    let started_wall = SystemTime::now();
+    let clock = Clock::now();
+    let meter = Meter::new(config.cores.max(1), 0);
+    // Joins so far, in ms, all together: the reporter's windows take their share.
+    let rebalance_ms_total = Arc::new(AtomicU64::new(0));
+    let rebalance_seen = rebalance_ms_total.clone();
+    let mut rebalance_reported = 0;
+    // The reporter runs from the start, so that the timeline and the detailed stats show
+    // the join as time with nothing read (Kafka's tool counts it the same way).
+    let reporter = stats::start_reporter(
+        meter.clone(),
+        ReportOptions {
+            window_ticks,
+            on_window: Box::new(move |window: &Window<'_>| {
+                let total = rebalance_seen.load(Ordering::Relaxed);
+                on_window(window, total - rebalance_reported);
+                rebalance_reported = total;
+            }),
+            duration: None,
+            histogram_out: None,
+            expected_records: Some(config.messages),
+        },
+    );
+    let control = ReadControl::new(meter.clone(), clock, config.messages, config.timeout);
+    let checksum = config.checksum.then(|| Arc::new(AtomicU64::new(0)));
+    let (sink_meter, sink_checksum) = (meter.clone(), checksum.clone());
+    let make_sink: fetcher::SinkFactory = Arc::new(move || -> Box<dyn Sink> {
+        Box::new(CountingSink {
+            meter: sink_meter.clone(),
+            checksum: sink_checksum.clone(),
+            records: 0,
+            bytes: 0,
+            sum: 0,
+        })
+    });
+    let (events_tx, events) = mpsc::channel();
+    let (handback_tx, handbacks) = mpsc::channel();
+    let member = match &config.group {
+        Some(group) => Some(spawn_group_member(
+            &config,
+            group.clone(),
+            clock.start,
+            control.clone(),
+            events_tx,
+            handbacks,
+        )?),
+        None => {
+            let event = match assign_directly(&config, clock.start) {
+                Ok(assignment) => MemberEvent::Assigned(assignment),
+                Err(error) => MemberEvent::Failed(error),
+            };
+            let _ = events_tx.send(event);
+            None
+        }
+    };
+    let mut first_error = None;
+    let mut assignments_json = Vec::new();
+    loop {
+        let assignment = match events.recv() {
+            Ok(MemberEvent::Assigned(assignment)) => assignment,
+            Ok(MemberEvent::Failed(error)) => {
+                first_error = Some(error);
+                break;
+            }
+            Err(_) => {
+                first_error = Some("the group member stopped without a reason".to_owned());
+                break;
+            }
+        };
+        rebalance_ms_total.fetch_add(assignment.rebalance_ms, Ordering::Relaxed);
+        control.begin_assignment();
+        let (offsets, error) = read_assignment(&config, &assignment, &control, &make_sink);
+        assignments_json.push(assignment_json(&assignment, &offsets));
+        let last = error.is_some() || meter.should_stop() || member.is_none();
+        first_error = first_error.or(error);
+        if member.is_none() {
+            break;
+        }
+        if handback_tx.send(Handback { offsets, last }).is_err() || last {
+            break;
+        }
+    }
+    drop(handback_tx);
+    meter.stop();
     meter.finish();
     let ended_wall = SystemTime::now();
     let report = reporter
         .join()
         .map_err(|_| "the reporter thread panicked".to_owned())?;
-    if let Some(member) = group_member {
-        let _ = finish_tx.send(offsets);
-        let committed = member
-            .join()
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(error) = committed {
-            first_error.get_or_insert(format!("committing offsets: {error}"));
+    if let Some(member) = member {
+        if member.join().is_err() {
+            first_error.get_or_insert("the group member's executor failed".to_owned());
+        }
+        // A failure after the last assignment (committing, leaving) comes as a last event.
+        if let Ok(MemberEvent::Failed(error)) = events.try_recv() {
+            first_error.get_or_insert(error);
         }
     }
     if let Some(error) = first_error {
         return Err(error);
     }
+    let rebalance_ms = rebalance_ms_total.load(Ordering::Relaxed);
     let total_ms = u64::try_from(report.elapsed.as_millis()).unwrap_or(0);
-    let fetch_ms = total_ms.saturating_sub(start.rebalance_ms);
+    let fetch_ms = total_ms.saturating_sub(rebalance_ms);
     let fetch = Duration::from_millis(fetch_ms);
-    let checksum = checksum.map(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+    let checksum = checksum.map(|c| c.load(Ordering::Relaxed));
     let mut json = stats::report_json("consumer", config.settings.clone(), &report, Value::Null);
-    json["rebalance_time_ms"] = json!(start.rebalance_ms);
+    json["rebalance_time_ms"] = json!(rebalance_ms);
     json["fetch_time_ms"] = json!(fetch_ms);
     json["fetch_mb_per_sec"] = json!(stats::per_sec(report.bytes as f64 / 1_048_576.0, fetch));
     json["fetch_records_per_sec"] = json!(stats::per_sec(report.records as f64, fetch));
     json["timed_out"] = json!(control.timed_out());
+    json["assignments"] = json!(assignments_json);
     if let Some(checksum) = checksum {
         json["checksum"] = json!(checksum);
     }
@@ -358,7 +529,7 @@ pub fn run(
         report,
         started: started_wall,
         ended: ended_wall,
-        rebalance_ms: start.rebalance_ms,
+        rebalance_ms,
         fetch_ms,
         checksum,
         json,

@@ -80,7 +80,7 @@ fn prepare(config: &ProducerConfig) -> Result<Start, String> {
         if let Some(partitions) = create {
             cluster.create_topic(&topic, partitions).await?;
         }
-        let info = cluster.wait_for_topic(&topic, true).await?;
+        let info = cluster.wait_for_topic(&topic, false).await?;
         let ends = cluster.list_offsets(&info, -1).await?;
         let fetch_version = cluster
             .info()

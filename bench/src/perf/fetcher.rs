@@ -5,7 +5,9 @@
 //! on it: as soon as a partition's answer is in, the next Fetch for it goes out, while the
 //! requests for its neighbours are still outstanding (a partition cannot be pipelined with
 //! itself: its next offset is known only from the answer). Each answered batch goes to a
-//! `Sink`, which counts, checks or times its records.
+//! `Sink`, which counts, checks or times its records. When the connection breaks or the
+//! broker no longer leads a partition, the shard looks the leader up again and goes on from
+//! the positions it had delivered (`client::reconnect`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,8 +19,11 @@ use super::stats::Meter;
 use crate::client::batch::{split_batches, BatchView, RecordView};
 use crate::client::cluster::ClusterInfo;
 use crate::client::connection::Connection;
-use crate::client::error::{check_code, is_retriable_code};
+use crate::client::error::{check_code, error_name, is_retriable_code};
 use crate::client::fetch::{decode_fetch_response, fetch_request, FetchSettings};
+use crate::client::reconnect::{
+    is_connection_error, is_stale_metadata_code, reconnect_to_leader, ReconnectPolicy,
+};
 use crate::client::ClientError;
 
 /// A partition to read, from where, and from whom.
@@ -39,6 +44,9 @@ pub struct ReadControl {
     pub idle_timeout: Duration,
     last_record_us: AtomicU64,
     timed_out: AtomicBool,
+    /// Set when the group takes the partitions back (a rebalance): the shards of this
+    /// generation stop and hand their positions over, the run goes on.
+    revoked: AtomicBool,
 }
 
 impl ReadControl {
@@ -56,6 +64,7 @@ impl ReadControl {
             idle_timeout,
             last_record_us: AtomicU64::new(0),
             timed_out: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
         };
         control.saw_records();
         Arc::new(control)
@@ -64,6 +73,22 @@ impl ReadControl {
     /// Changes the target (end-to-end: once the producer knows how many it sent).
     pub fn set_records_max(&self, records_max: u64) {
         self.records_max.store(records_max, Ordering::Relaxed);
+    }
+
+    /// Stops the shards reading the current assignment (without ending the run).
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed)
+    }
+
+    /// A new assignment starts: reading may go on, and the idle timeout counts from now (a
+    /// rebalance is not idleness).
+    pub fn begin_assignment(&self) {
+        self.revoked.store(false, Ordering::Relaxed);
+        self.saw_records();
     }
 
     pub fn timed_out(&self) -> bool {
@@ -79,9 +104,10 @@ impl ReadControl {
             .fetch_max(self.since_start_us(), Ordering::Relaxed);
     }
 
-    /// Whether to stop (and tell every shard to): enough read, idle too long, or stopped.
-    fn should_stop(&self) -> bool {
-        if self.meter.should_stop() {
+    /// Whether to stop (and tell every shard to): enough read, idle too long, stopped, or
+    /// the assignment revoked.
+    pub fn should_stop(&self) -> bool {
+        if self.meter.should_stop() || self.is_revoked() {
             return true;
         }
         if self.meter.completed_records() >= self.records_max.load(Ordering::Relaxed) {
@@ -181,7 +207,13 @@ pub async fn read_partitions(
         let connection = Connection::connect(&address, &settings.client_id).await?;
         let (settings, control, sink) = (settings.clone(), control.clone(), make_sink());
         tasks.push(glommio::spawn_local(read_from_leader(
-            shard, connection, partitions, settings, control, sink,
+            shard,
+            connection,
+            partitions,
+            cluster.clone(),
+            settings,
+            control,
+            sink,
         )));
     }
     let mut offsets = BTreeMap::new();
@@ -207,15 +239,30 @@ struct Position {
     retry_at: Option<Instant>,
 }
 
+/// How the reading side looks for a leader again: 100 ms, doubling, for up to 60 s (the read
+/// also ends earlier when the run stops, e.g. at its idle timeout).
+const FETCH_RECONNECT: ReconnectPolicy = ReconnectPolicy {
+    backoff: Duration::from_millis(100),
+    deadline: Duration::from_secs(60),
+};
+
+/// Why a reading session on one connection ended.
+enum Session {
+    /// The run is over or the assignment revoked.
+    Done,
+    /// The broker no longer leads (or knows) a partition: look the leader up again.
+    StaleMetadata(i16),
+}
+
 async fn read_from_leader(
     shard: usize,
-    connection: Connection,
+    mut connection: Connection,
     assigned: Vec<Assigned>,
+    cluster: Arc<ClusterInfo>,
     settings: Arc<FetchSettings>,
     control: Arc<ReadControl>,
     mut sink: Box<dyn Sink>,
 ) -> Result<BTreeMap<i32, i64>, ClientError> {
-    let (mut writer, mut reader) = connection.split();
     let mut positions: Vec<Position> = assigned
         .iter()
         .map(|a| Position {
@@ -225,11 +272,64 @@ async fn read_from_leader(
             retry_at: None,
         })
         .collect();
+    loop {
+        let outcome = read_session(
+            shard,
+            connection,
+            &mut positions,
+            &settings,
+            &control,
+            sink.as_mut(),
+        )
+        .await;
+        let why = match outcome {
+            Ok(Session::Done) => break,
+            Ok(Session::StaleMetadata(code)) => error_name(code),
+            Err(error) if is_connection_error(&error) => error.to_string(),
+            Err(error) => return Err(error),
+        };
+        for position in &mut positions {
+            position.in_flight = false;
+            position.retry_at = None;
+        }
+        let partitions: Vec<i32> = positions.iter().map(|p| p.partition).collect();
+        let found = reconnect_to_leader(
+            &cluster,
+            &settings.topic,
+            &partitions,
+            FETCH_RECONNECT,
+            &why,
+        );
+        let stopped = async {
+            while !control.should_stop() {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(None)
+        };
+        match futures_lite::future::or(async { found.await.map(Some) }, stopped).await? {
+            Some((_, fresh)) => connection = fresh,
+            None => break,
+        }
+    }
+    Ok(positions.iter().map(|p| (p.partition, p.offset)).collect())
+}
+
+/// Fetches on one connection until the run stops, the metadata is stale or the connection
+/// fails; the positions move past what was delivered.
+async fn read_session(
+    shard: usize,
+    connection: Connection,
+    positions: &mut [Position],
+    settings: &FetchSettings,
+    control: &ReadControl,
+    sink: &mut dyn Sink,
+) -> Result<Session, ClientError> {
+    let (mut writer, mut reader) = connection.split();
     let mut in_flight: VecDeque<(i32, Vec<usize>)> = VecDeque::new();
     let mut correlation_id = 0_i32;
     loop {
         if control.should_stop() {
-            break;
+            return Ok(Session::Done);
         }
         let now = Instant::now();
         let idle: Vec<usize> = (0..positions.len())
@@ -243,7 +343,7 @@ async fn read_from_leader(
                 .iter()
                 .map(|&i| (positions[i].partition, positions[i].offset))
                 .collect();
-            let frame = fetch_request(&settings, correlation_id, &asked)?;
+            let frame = fetch_request(settings, correlation_id, &asked)?;
             writer.write_frame(&frame).await?;
             for &i in &idle {
                 positions[i].in_flight = true;
@@ -268,6 +368,9 @@ async fn read_from_leader(
             else {
                 continue;
             };
+            if is_stale_metadata_code(part.error_code) {
+                return Ok(Session::StaleMetadata(part.error_code));
+            }
             if part.error_code != 0 {
                 if is_retriable_code(part.error_code) {
                     position.retry_at = Some(now + Duration::from_millis(100));
@@ -279,14 +382,13 @@ async fn read_from_leader(
             }
             let mut any = false;
             for batch in split_batches(&part.records)? {
-                any |= deliver(shard, &batch, position, sink.as_mut(), now)?;
+                any |= deliver(shard, &batch, position, sink, now)?;
             }
             if any {
                 control.saw_records();
             }
         }
     }
-    Ok(positions.iter().map(|p| (p.partition, p.offset)).collect())
 }
 
 /// Hands a batch's records past the position to the sink and moves the position past it.

@@ -10,6 +10,11 @@
 //! *completer* task, which reads the answers in order, times each record and re-queues
 //! batches that failed with a retriable error.
 //!
+//! When its connection breaks (the broker restarted) or the broker answers that it no longer
+//! leads a partition, a sender looks the leader up again and reconnects (backoff, bounded by
+//! delivery.timeout.ms; `client::reconnect`); the batches that had no answer go again first,
+//! in order, with the same sequence numbers, so an idempotent producer writes each once.
+//!
 //! Latency is measured to the answer from the record's intended send time when a rate is set
 //! (open loop: a stalled broker shows up as latency, not as a slower sender), else from the
 //! moment its batch was built (Kafka's tool measures from its `send` call, the same moment).
@@ -38,6 +43,9 @@ use crate::client::error::{error_name, is_retriable_code};
 use crate::client::produce::{
     decode_produce_response, ProduceFrame, ProduceSettings, PRODUCE_VERSION_MAX,
     PRODUCE_VERSION_MIN,
+};
+use crate::client::reconnect::{
+    is_connection_error, is_stale_metadata_code, reconnect_to_leader, ReconnectPolicy,
 };
 use crate::client::ClientError;
 
@@ -220,7 +228,7 @@ fn bootstrap(
         if let Some(partitions) = create {
             cluster.create_topic(&topic, partitions).await?;
         }
-        let info = cluster.wait_for_topic(&topic, true).await?;
+        let info = cluster.wait_for_topic(&topic, false).await?;
         let producer = if idempotence {
             Some(cluster.init_producer_id().await?)
         } else {
@@ -420,6 +428,26 @@ impl Stream {
 struct Shared {
     streams: Vec<Stream>,
     first_error: Option<String>,
+    /// A partition answered NOT_LEADER_OR_FOLLOWER or UNKNOWN_TOPIC_OR_PARTITION: finish the
+    /// requests in flight, then look the leader up again.
+    stale_metadata: bool,
+}
+
+/// Why a sender's session on one connection ended.
+enum SessionEnd {
+    Done,
+    StaleMetadata,
+}
+
+impl Shared {
+    /// Batches that got no answer (the connection failed) go back to their streams, to be
+    /// sent before anything new.
+    fn requeue(&mut self, batches: Vec<SentBatch>) {
+        for mut batch in batches {
+            batch.retry_at = Instant::now();
+            self.streams[batch.stream].retries.push_back(batch);
+        }
+    }
 }
 
 struct Sender {
@@ -454,13 +482,60 @@ impl Sender {
             shared: Rc::new(RefCell::new(Shared {
                 streams,
                 first_error: None,
+                stale_metadata: false,
             })),
             next_stream: 0,
             key: Vec::new(),
         }
     }
 
-    async fn run(mut self, connection: Connection) -> Result<(), ClientError> {
+    async fn run(mut self, mut connection: Connection) -> Result<(), ClientError> {
+        loop {
+            let why = match self.session(connection).await {
+                Ok(SessionEnd::Done) => break,
+                Ok(SessionEnd::StaleMetadata) => {
+                    "the broker no longer leads a partition".to_owned()
+                }
+                Err(error) if is_connection_error(&error) => error.to_string(),
+                Err(error) => return Err(error),
+            };
+            connection = self.reconnect(&why).await?;
+        }
+        if let Some(error) = self.shared.borrow().first_error.clone() {
+            eprintln!("ringlog-perf: some records failed; the first error: {error}");
+        }
+        Ok(())
+    }
+
+    /// Looks the streams' leader up again and connects to it; the batches to send again are
+    /// put back in sequence order (a failed write and the answers lost with the connection
+    /// were re-queued in no particular order).
+    async fn reconnect(&mut self, why: &str) -> Result<Connection, ClientError> {
+        let partitions: Vec<i32> = {
+            let mut shared = self.shared.borrow_mut();
+            shared.stale_metadata = false;
+            for stream in &mut shared.streams {
+                stream.retries.make_contiguous().sort_by_key(|b| b.first);
+            }
+            shared.streams.iter().map(|s| s.spec.partition).collect()
+        };
+        eprintln!("ringlog-perf: partitions {partitions:?}: {why}; looking up the leader again");
+        let policy = ReconnectPolicy {
+            backoff: self.context.props.retry_backoff,
+            deadline: self.context.props.delivery_timeout,
+        };
+        let topic = &self.context.settings.topic;
+        let (leader, connection) =
+            reconnect_to_leader(&self.context.cluster, topic, &partitions, policy, why).await?;
+        for stream in &mut self.shared.borrow_mut().streams {
+            stream.spec.leader = leader;
+        }
+        Ok(connection)
+    }
+
+    /// Sends on one connection until every stream is done, the connection fails, or the
+    /// metadata turns out stale.
+    async fn session(&mut self, connection: Connection) -> Result<SessionEnd, ClientError> {
         let max_in_flight = self.context.props.max_in_flight as u64;
         let permits = Rc::new(Semaphore::new(max_in_flight));
         let (mut writer, reader) = connection.split();
@@ -477,13 +552,17 @@ impl Sender {
         });
         let mut buffer = BytesMut::with_capacity(self.context.props.batch_size * 2 + 4096);
         let mut correlation_id: i32 = 0;
-        let outcome: Result<(), ClientError> = async {
+        let outcome: Result<SessionEnd, ClientError> = async {
             loop {
                 if permits.acquire(1).await.is_err() {
-                    break; // the completer failed and closed the semaphore
+                    // The completer failed and closed the semaphore; its error is the one.
+                    return Ok(SessionEnd::Done);
                 }
                 if self.context.meter.should_stop() {
                     self.stop_new_records();
+                }
+                if self.shared.borrow().stale_metadata {
+                    return Ok(SessionEnd::StaleMetadata);
                 }
                 let now = Instant::now();
                 match self.plan(now) {
@@ -491,7 +570,10 @@ impl Sender {
                         correlation_id = correlation_id.wrapping_add(1);
                         buffer.clear();
                         self.encode(&mut buffer, correlation_id, &batches)?;
-                        writer.write_frame(&buffer).await?;
+                        if let Err(error) = writer.write_frame(&buffer).await {
+                            self.shared.borrow_mut().requeue(batches);
+                            return Err(error);
+                        }
                         if acks_zero {
                             self.complete_unacknowledged(&batches);
                             permits.signal(1);
@@ -516,13 +598,12 @@ impl Sender {
                     Plan::Done => {
                         permits.signal(1);
                         if permits.available() == max_in_flight {
-                            break;
+                            return Ok(SessionEnd::Done);
                         }
                         glommio::timer::sleep(DRAIN_POLL).await;
                     }
                 }
             }
-            Ok(())
         }
         .await;
         drop(to_completer);
@@ -532,11 +613,7 @@ impl Sender {
             }
             completer.await?;
         }
-        outcome?;
-        if let Some(error) = self.shared.borrow().first_error.clone() {
-            eprintln!("ringlog-perf: some records failed; the first error: {error}");
-        }
-        Ok(())
+        outcome
     }
 
     fn stop_new_records(&mut self) {
@@ -766,15 +843,14 @@ impl Completer {
             match outcome {
                 Ok(response) => self.settle(&sent, &response),
                 Err(error) => {
-                    // The connection is unusable: everything in flight on it failed. Closing
-                    // the permits stops the sender, which then closes the channel.
+                    // The connection is unusable: what is in flight on it goes again on the
+                    // next one. Closing the permits stops the sender, which then closes the
+                    // channel.
                     self.permits.close();
-                    self.context.meter.stop();
-                    let mut failed: u64 = sent.batches.iter().map(|b| b.count).sum();
+                    self.shared.borrow_mut().requeue(sent.batches);
                     while let Some(more) = requests.recv().await {
-                        failed += more.batches.iter().map(|b| b.count).sum::<u64>();
+                        self.shared.borrow_mut().requeue(more.batches);
                     }
-                    self.context.meter.fail(self.shard, failed);
                     return Err(error);
                 }
             }
@@ -794,6 +870,7 @@ impl Completer {
                 .flat_map(|topic| topic.partition_responses.iter())
                 .find(|p| p.index == partition)
                 .map_or(-1, |p| p.error_code);
+            shared.stale_metadata |= is_stale_metadata_code(code);
             let stream = &mut shared.streams[batch.stream];
             let idempotent = self.context.producer.is_some();
             if code == 0 || (idempotent && code == DUPLICATE_SEQUENCE) {

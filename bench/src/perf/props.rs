@@ -29,6 +29,10 @@ pub struct ProducerProps {
     /// Times a batch is sent again after a retriable error before it counts as failed.
     pub retries: u32,
     pub retry_backoff: Duration,
+    /// How long a sender may go without a usable connection to its partitions' leader
+    /// (looking it up again and reconnecting) before the run fails, as Kafka's
+    /// delivery.timeout.ms bounds a record's retries.
+    pub delivery_timeout: Duration,
     /// Every property as given, for the JSON settings.
     pub given: BTreeMap<String, String>,
 }
@@ -85,6 +89,7 @@ impl ProducerProps {
             request_timeout_ms: 30_000,
             retries: 10,
             retry_backoff: Duration::from_millis(100),
+            delivery_timeout: Duration::from_secs(120),
             given: given.clone(),
         };
         let mut warnings = Vec::new();
@@ -127,6 +132,9 @@ impl ProducerProps {
                 "retries" => props.retries = number(key, value)?,
                 "retry.backoff.ms" => {
                     props.retry_backoff = Duration::from_millis(number(key, value)?)
+                }
+                "delivery.timeout.ms" => {
+                    props.delivery_timeout = Duration::from_millis(number(key, value)?)
                 }
                 known if IGNORED_KEYS.contains(&known) => {}
                 unknown => warnings.push(format!(

@@ -19,9 +19,9 @@ use kafka_protocol::messages::{
     ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
     CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest,
     DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest,
-    FetchResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader,
 };
 use kafka_protocol::messages::{
     ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
@@ -41,6 +41,7 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 use thiserror::Error;
 
+use crate::response::{self, FetchAnswer, ResponseFrame};
 use crate::{HeaderError, RequestPrefix, SIZE_PREFIX_BYTES};
 
 /// What this broker tells clients about itself. Built once at start, shared read-only by every
@@ -76,7 +77,9 @@ pub trait Broker {
         request: ProduceRequest,
         version: i16,
     ) -> Later<Option<ProduceResponse>>;
-    async fn fetch(&self, request: FetchRequest, version: i16) -> FetchResponse;
+    /// The response with every partition's records left out, and the records beside it (see
+    /// [`crate::response`]): they are written to the socket from where they lie.
+    async fn fetch(&self, request: FetchRequest, version: i16) -> FetchAnswer;
     async fn list_offsets(&self, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse;
     async fn create_topics(
         &self,
@@ -171,18 +174,8 @@ pub type Later<T> = Pin<Box<dyn Future<Output = T>>>;
 /// A request taken by [`start_request`]: answered already, or to be answered once its future
 /// resolves (a response frame, or nothing).
 pub enum Handled {
-    Now(Option<Bytes>),
+    Now(Option<ResponseFrame>),
     Later(Later<Result<Option<Bytes>, RequestError>>),
-}
-
-impl Handled {
-    /// The response frame, waiting for it if it comes later.
-    pub async fn response(self) -> Result<Option<Bytes>, RequestError> {
-        match self {
-            Self::Now(response) => Ok(response),
-            Self::Later(later) => later.await,
-        }
-    }
 }
 
 /// Who sent a request: the client id from its header and the address it connected from.
@@ -280,7 +273,9 @@ pub async fn start_request<B: Broker>(
     let supported = supported_versions(ApiKey::Produce)
         .is_some_and(|(min, max)| (min..=max).contains(&version));
     if prefix.api_key == ApiKey::Produce as i16 && supported {
-        return start_produce(version, payload, broker).await;
+        return start_produce(version, payload, broker)
+            .await
+            .map(Handled::Later);
     }
     handle_request(payload, broker, peer_host)
         .await
@@ -293,24 +288,60 @@ async fn start_produce<B: Broker>(
     version: i16,
     mut payload: Bytes,
     broker: &B,
-) -> Result<Handled, RequestError> {
+) -> Result<Later<Result<Option<Bytes>, RequestError>>, RequestError> {
     let api = ApiKey::Produce;
     let header = decode_header::<ProduceRequest>(api, version, &mut payload)?;
     let request = decode_body::<ProduceRequest>(api, version, &mut payload)?;
     let later = broker.produce(request, version).await;
     let correlation_id = header.correlation_id;
-    Ok(Handled::Later(Box::pin(async move {
+    Ok(Box::pin(async move {
         match later.await {
             Some(response) => encode_response(api, version, correlation_id, &response).map(Some),
             None => Ok(None),
         }
-    })))
+    }))
 }
 
 /// Answers one request payload (a frame without its size prefix) with a whole response frame,
 /// size prefix included, or with nothing when the client asked for no response (Produce with
-/// `acks = 0`).
+/// `acks = 0`). A Fetch response is a frame of pieces: its records are not copied into it.
 pub async fn handle_request<B: Broker>(
+    payload: Bytes,
+    broker: &B,
+    peer_host: &str,
+) -> Result<Option<ResponseFrame>, RequestError> {
+    if RequestPrefix::parse(&payload)?.api_key == ApiKey::Fetch as i16 {
+        return handle_fetch(payload, broker).await.map(Some);
+    }
+    let response = handle_encoded(payload, broker, peer_host).await?;
+    Ok(response.map(ResponseFrame::whole))
+}
+
+async fn handle_fetch<B: Broker>(
+    mut payload: Bytes,
+    broker: &B,
+) -> Result<ResponseFrame, RequestError> {
+    let (api, version) = (ApiKey::Fetch, RequestPrefix::parse(&payload)?.api_version);
+    check_supported(api, version)?;
+    let header = decode_header::<FetchRequest>(api, version, &mut payload)?;
+    let request = decode_body::<FetchRequest>(api, version, &mut payload)?;
+    let answer = broker.fetch(request, version).await;
+    response::encode_fetch(version, header.correlation_id, answer)
+}
+
+/// Refuses a version of `api` this broker does not answer.
+fn check_supported(api: ApiKey, version: i16) -> Result<(), RequestError> {
+    match supported_versions(api) {
+        Some((min, max)) if (min..=max).contains(&version) => Ok(()),
+        _ => Err(RequestError::Unsupported {
+            api,
+            api_version: version,
+        }),
+    }
+}
+
+/// Answers every request but Fetch with one encoded frame.
+async fn handle_encoded<B: Broker>(
     payload: Bytes,
     broker: &B,
     peer_host: &str,
@@ -326,15 +357,7 @@ pub async fn handle_request<B: Broker>(
         return api_versions::handle(prefix, payload).map(Some);
     }
     let version = prefix.api_version;
-    match supported_versions(api) {
-        Some((min, max)) if (min..=max).contains(&version) => {}
-        _ => {
-            return Err(RequestError::Unsupported {
-                api,
-                api_version: version,
-            })
-        }
-    }
+    check_supported(api, version)?;
     match api {
         ApiKey::Metadata => {
             answer(api, version, payload, |request| async move {
@@ -342,18 +365,7 @@ pub async fn handle_request<B: Broker>(
             })
             .await
         }
-        ApiKey::Produce => {
-            start_produce(version, payload, broker)
-                .await?
-                .response()
-                .await
-        }
-        ApiKey::Fetch => {
-            answer(api, version, payload, |request| async move {
-                Some(broker.fetch(request, version).await)
-            })
-            .await
-        }
+        ApiKey::Produce => start_produce(version, payload, broker).await?.await,
         ApiKey::ListOffsets => {
             answer(api, version, payload, |request| async move {
                 Some(broker.list_offsets(request, version).await)
@@ -591,8 +603,8 @@ mod tests {
                 (request.acks != 0).then(ProduceResponse::default),
             ))
         }
-        async fn fetch(&self, _: FetchRequest, _: i16) -> FetchResponse {
-            FetchResponse::default()
+        async fn fetch(&self, _: FetchRequest, _: i16) -> FetchAnswer {
+            FetchAnswer::default()
         }
         async fn list_offsets(&self, _: ListOffsetsRequest, _: i16) -> ListOffsetsResponse {
             ListOffsetsResponse::default()
@@ -744,6 +756,7 @@ mod tests {
             payload.extend_from_slice(&rest);
             let answer = futures_lite::future::block_on(handle_request(Bytes::from(payload), &broker(), "test"));
             if let Ok(Some(frame)) = answer {
+                let frame = frame.to_vec();
                 let size = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
                 prop_assert_eq!(size as usize + SIZE_PREFIX_BYTES, frame.len());
                 let echoed = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
