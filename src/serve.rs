@@ -1,7 +1,8 @@
 //! `ringlog serve`: the broker process. It assembles the settings, makes sure io_uring can lock
 //! the memory it needs, then runs one glommio executor pinned to each core. Every executor
 //! binds its own listener to the same address (glommio sets SO_REUSEPORT), so the kernel
-//! spreads connections over the cores and a connection lives on the core that accepted it.
+//! spreads connections over the cores and a connection lives on the core that accepted it. A
+//! port another process listens on is refused first (SO_REUSEPORT would share it silently).
 //!
 //! Shutdown: SIGINT/SIGTERM set a process-wide flag (signal-hook; a second signal exits at
 //! once). Each executor polls it, stops accepting, lets its connections finish the request
@@ -37,6 +38,10 @@ use crate::meta_properties::MetaProperties;
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How long stopping waits for connections to finish a request before dropping them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the check for another listener on a port waits for its connection.
+const PORT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a port must keep accepting connections to count as in use by another process.
+const PORT_PROBE_WINDOW: Duration = Duration::from_secs(3);
 /// Pause after a failed accept (for example EMFILE), so the loop does not spin.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(10);
 
@@ -78,6 +83,7 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
         )
     })?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    ensure_ports_free(&config, address)?;
     let meta = MetaProperties::load_or_create(&config.data_dir, config.node_id)
         .map_err(|error| error.to_string())?;
     let stop =
@@ -114,6 +120,66 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
         ));
     }
     Ok(file)
+}
+
+/// Refuses to start when another process listens on a listen port. glommio binds every
+/// listener with SO_REUSEPORT (each shard binds the shared port itself), so a port that another
+/// SO_REUSEPORT listener of the same user holds (another ringlog, say) would be bound without an
+/// error, and the kernel would deal new connections between the two processes. A bind probe
+/// cannot tell that listener from the closing connections a previous broker on the port left
+/// behind (which SO_REUSEPORT rightly ignores), so the probe connects: only a listener accepts,
+/// and only a live one keeps accepting.
+/// Port 0 (each shard gets a port of its own) needs no probe.
+fn ensure_ports_free(config: &ServeConfig, address: SocketAddr) -> Result<(), String> {
+    if address.port() == 0 {
+        return Ok(());
+    }
+    let node_per_shard = config.node_per_shard && config.cores > 1;
+    let own_ports = if node_per_shard { config.cores } else { 0 };
+    for offset in 0..=own_ports {
+        let port = u16::try_from(offset)
+            .ok()
+            .and_then(|offset| address.port().checked_add(offset))
+            .ok_or_else(|| format!("no port {} + {offset}: over 65535", address.port()))?;
+        let mut listen = address;
+        listen.set_port(port);
+        let mut probe = listen;
+        if probe.ip().is_unspecified() {
+            probe.set_ip(match probe {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        if keeps_accepting(probe) {
+            let hint = if offset == 0 {
+                "stop it or choose another --listen port"
+            } else {
+                "this is a core's own port as a node of its own: choose a --listen port followed \
+                 by free ones, or run with --node-per-shard false"
+            };
+            return Err(format!(
+                "cannot listen on {listen}: in use by another process (it accepts connections \
+                 there); {hint}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether something accepts connections on `address` for the whole of
+/// [`PORT_PROBE_WINDOW`]. A broker killed a moment ago may still accept for a few milliseconds:
+/// its io_uring is torn down after the process is gone, and the listening socket with it.
+fn keeps_accepting(address: SocketAddr) -> bool {
+    let deadline = Instant::now() + PORT_PROBE_WINDOW;
+    loop {
+        if std::net::TcpStream::connect_timeout(&address, PORT_PROBE_TIMEOUT).is_err() {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Hostile array counts in requests are survived by mapping huge reservations without

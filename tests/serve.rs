@@ -439,7 +439,7 @@ fn a_taken_shard_port_stops_the_broker_before_it_accepts() {
     // Shard 1's own port (PORT + 2) is taken.
     let _taken = std::net::TcpListener::bind(("127.0.0.1", port + 2)).expect("bind");
     let data_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ringlog"))
         .args([
             "serve",
             "--cores",
@@ -455,24 +455,60 @@ fn a_taken_shard_port_stops_the_broker_before_it_accepts() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start ringlog serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the broker kept running with a shard that could not bind");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let output = child.wait_with_output().expect("output");
+    let output = exit_within(child, Duration::from_secs(20))
+        .expect("the broker kept running with a shard that could not bind");
     let log = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(status.code(), Some(1), "{log}");
+    assert_eq!(output.status.code(), Some(1), "{log}");
     assert!(
         log.contains(&format!("cannot listen on 127.0.0.1:{}", port + 2)),
         "{log}"
     );
+}
+
+/// Waits at most `limit` for `child` to exit and returns its output (stderr piped by the
+/// caller); kills it and returns `None` if it is still running then.
+fn exit_within(mut child: std::process::Child, limit: Duration) -> Option<std::process::Output> {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().expect("output"))
+}
+
+/// glommio binds with SO_REUSEPORT, which would let a second broker share the port of a running
+/// one (and take half its new connections): the second must refuse to start, saying why, and the
+/// first keeps serving every connection.
+#[test]
+fn a_listen_port_in_use_by_another_broker_is_refused() {
+    let broker = Broker::start("port-owner", 1, &[]);
+    let data_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let child = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args(["serve", "--cores", "1", "--listen"])
+        .arg(broker.address())
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a second ringlog serve");
+    let output = exit_within(child, Duration::from_secs(20))
+        .expect("a second broker started on a port in use");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("cannot listen on {}", broker.address())),
+        "{log}"
+    );
+    assert!(log.contains("in use by another process"), "{log}");
+    for correlation_id in 0..8 {
+        let mut stream = broker.connect();
+        assert_api_ranges(&api_versions(&mut stream, 3, correlation_id));
+    }
 }
 
 /// A second broker on a data directory in use refuses to start, saying so, and the first keeps

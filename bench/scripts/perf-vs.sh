@@ -14,8 +14,7 @@
 # Every figure is printed with the load average at the time (`/proc/loadavg`); the JSON of
 # every run stays in OUT_DIR. Settings (environment): BYTES (3 GiB), RATE (50000),
 # RATE_SECONDS (20), ROUNDS (2), COMPARE_RECORDS (1000000), BACKLOG (4 GiB), DATA_DIR
-# (target/perf-vs: must be ext4/xfs, not tmpfs), OUT_DIR (target/perf-vs-results), PORT (47311; glommio binds with SO_REUSEPORT, so a
-# second broker on the same port silently takes half the connections: pick a port no one uses).
+# (target/perf-vs: must be ext4/xfs, not tmpfs), OUT_DIR (target/perf-vs-results), PORT (47311; `ringlog serve` refuses a port in use).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BYTES=${BYTES:-3221225472}

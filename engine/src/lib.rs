@@ -21,6 +21,6 @@ pub use config::{Clock, LogConfig, ManualClock, SystemClock};
 pub use error::{AppendError, CheckedAppendError, IoFailure, LogError, OpenError, ReadError};
 pub use fetch::{FetchedRecords, ReadSource, RecordPiece};
 pub use log::{
-    AppendInfo, Corruption, FetchedBatches, LogStats, OpenOptions, PartitionLog, RecoveryReport,
-    TimestampOffset, WriteFault,
+    AppendInfo, Appending, Corruption, FetchedBatches, LogStats, OpenOptions, PartitionLog,
+    RecoveryReport, TimestampOffset, WriteFault,
 };

@@ -203,6 +203,18 @@ impl Future for SlotFuture {
     }
 }
 
+/// A queued batch's write, from [`PartitionLog::enqueue_checked`]: resolves as `append` does
+/// once the batch is written (and synced, under group commit). Dropping it does not unqueue the
+/// batch; it is written all the same.
+pub struct Appending(SlotFuture);
+
+impl Future for Appending {
+    type Output = Result<AppendInfo, AppendError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 /// A batch queued for writing.
 struct Pending {
     header: StampedHeader,
@@ -829,15 +841,25 @@ fn try_submit(inner: &Rc<Inner>, w: &mut Writer, config: &LogConfig, partial: bo
         end_pos,
         result: None,
     });
+    let rewrites_head = cur.submitted > 0;
     let written = Written {
         buffer: Rc::new(cur.buf),
         file_pos: cur.file_pos,
         len: cur.filled,
         capacity: config.write_buffer_bytes,
     };
-    spawn_deferred(write_buffer(inner.clone(), w.segment.clone(), written, id));
+    spawn_deferred(write_buffer(
+        inner.clone(),
+        w.segment.clone(),
+        written,
+        id,
+        rewrites_head,
+    ));
     true
 }
+
+/// Writes after a partial flush up to this size are split in two (see [`write_at`]).
+const SPLIT_WRITE_MAX_BYTES: usize = 64 * 1024;
 
 /// A buffer handed to a write: it covers the file from `file_pos`, `len` bytes of data (then
 /// zero padding to the block), and was allocated `capacity` bytes.
@@ -848,7 +870,15 @@ struct Written {
     capacity: usize,
 }
 
-async fn write_buffer(inner: Rc<Inner>, segment: Rc<Segment>, written: Written, id: u64) {
+/// `rewrites_head`: the buffer starts with the unfinished block of an earlier (completed)
+/// partial write.
+async fn write_buffer(
+    inner: Rc<Inner>,
+    segment: Rc<Segment>,
+    written: Written,
+    id: u64,
+    rewrites_head: bool,
+) {
     let pos = written.file_pos;
     let len = written.buffer.len();
     segment.reserve_ahead(pos + len as u64, &inner.config.borrow());
@@ -858,18 +888,7 @@ async fn write_buffer(inner: Rc<Inner>, segment: Rc<Segment>, written: Written, 
         .and_then(|fault| fault(segment.base_offset, pos, len));
     let result = match fault {
         Some(error) => Err(error),
-        None => match segment
-            .file
-            .write_rc_at(Rc::clone(&written.buffer), pos)
-            .await
-        {
-            Ok(written) if written == len => Ok(()),
-            Ok(written) => Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                format!("short write: {written} of {len} bytes"),
-            )),
-            Err(e) => Err(e.into()),
-        },
+        None => write_at(&segment, &written.buffer, pos, rewrites_head).await,
     };
     if result.is_ok() && !inner.state.borrow().abandoned {
         cache_written(&inner, &segment, written);
@@ -882,6 +901,49 @@ async fn write_buffer(inner: Rc<Inner>, segment: Rc<Segment>, written: Written, 
         }
     }
     pump(&inner);
+}
+
+/// Writes `buf` at `pos`. A small buffer that starts by rewriting the unfinished block of a
+/// completed partial write is written as two writes at once, that block and the rest: as one
+/// write it covers a written block and unwritten (preallocated) ones, which ext4 does not take
+/// as an overwrite, so io_uring hands it to a worker thread (a context switch each way, most of
+/// the broker's CPU at moderate rates, where almost every write follows a partial flush).
+/// Larger writes stay whole: the hand-off is small next to them, and splitting copies the rest.
+async fn write_at(
+    segment: &Segment,
+    buf: &Rc<DmaBuffer>,
+    pos: u64,
+    rewrites_head: bool,
+) -> std::io::Result<()> {
+    let block = BLOCK_BYTES as usize;
+    let len = buf.len();
+    if !rewrites_head || len <= block || len > SPLIT_WRITE_MAX_BYTES {
+        return write_whole(segment, Rc::clone(buf), pos).await;
+    }
+    let mut head = glommio::allocate_dma_buffer(block);
+    head.as_bytes_mut()
+        .copy_from_slice(&buf.as_bytes()[..block]);
+    let mut rest = glommio::allocate_dma_buffer(len - block);
+    rest.as_bytes_mut()
+        .copy_from_slice(&buf.as_bytes()[block..]);
+    let (head, rest) = futures_lite::future::zip(
+        write_whole(segment, Rc::new(head), pos),
+        write_whole(segment, Rc::new(rest), pos + BLOCK_BYTES),
+    )
+    .await;
+    head.and(rest)
+}
+
+async fn write_whole(segment: &Segment, buf: Rc<DmaBuffer>, pos: u64) -> std::io::Result<()> {
+    let len = buf.len();
+    match segment.file.write_rc_at(buf, pos).await {
+        Ok(written) if written == len => Ok(()),
+        Ok(written) => Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            format!("short write: {written} of {len} bytes"),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Offers a buffer whose write completed to the tail cache. Under-filled buffers (an idle
@@ -1363,6 +1425,20 @@ impl PartitionLog {
         batch: Bytes,
         admit: impl FnOnce(&BatchHeader, i64) -> Result<(), E>,
     ) -> Result<AppendInfo, CheckedAppendError<E>> {
+        let appending = self.enqueue_checked(batch, admit).await?;
+        Ok(appending.await?)
+    }
+
+    /// The first half of [`append_checked`](Self::append_checked): returns as soon as the
+    /// batch has its offsets and its place in the write queue (waiting only while the queue is
+    /// full), with the rest, its write, as a future. A batch queued by a later call comes after
+    /// it in the log, so a caller can take its next batch while this one is written (a
+    /// connection pipelining produce requests keeps their order this way).
+    pub async fn enqueue_checked<E>(
+        &self,
+        batch: Bytes,
+        admit: impl FnOnce(&BatchHeader, i64) -> Result<(), E>,
+    ) -> Result<Appending, CheckedAppendError<E>> {
         let (max_bytes, max_pending) = {
             let config = self.inner.config.borrow();
             (config.max_message_bytes, config.max_pending_bytes)
@@ -1396,7 +1472,7 @@ impl PartitionLog {
         admit(&header, base_offset).map_err(CheckedAppendError::Refused)?;
         let slot = self.enqueue(batch, header);
         pump(&self.inner);
-        Ok(SlotFuture(slot).await?)
+        Ok(Appending(SlotFuture(slot)))
     }
 
     /// Calls `visit` with the header of every batch from the one holding `from` (or the first

@@ -12,6 +12,7 @@ pub mod client;
 pub mod connection;
 pub mod errors;
 pub mod handlers;
+pub mod receive;
 pub mod response;
 pub mod send;
 

@@ -534,7 +534,11 @@ impl Broker for ShardBroker {
         metadata::metadata(&self.0, request, version).await
     }
 
-    async fn produce(&self, request: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+    async fn produce(
+        &self,
+        request: ProduceRequest,
+        version: i16,
+    ) -> ringlog_net::handlers::Later<Option<ProduceResponse>> {
         produce::produce(&self.0, request, version).await
     }
 

@@ -1,7 +1,9 @@
 //! Produce: validate each partition's batch, append it on the owning shard, report offsets.
 //!
 //! The partitions of a request are grouped by owner; each owner gets one call with all of its
-//! partitions and appends them concurrently (so one group commit can cover them). `acks = 0`
+//! partitions, queues them all before waiting for any (so one write and one group commit can
+//! cover them). The request returns to its connection once this shard's partitions are queued,
+//! so the connection can take its next request while they are written (see `produce`). `acks = 0`
 //! is written the same way, only nothing is answered. On one node `acks = all` means what
 //! `acks = 1` means: the append is complete when the log has written it per its durability
 //! settings (`flush.messages` / `flush.ms`).
@@ -17,8 +19,9 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use ringlog_engine::batch::{self, BatchError};
-use ringlog_engine::CheckedAppendError;
+use ringlog_engine::{AppendInfo, CheckedAppendError};
 use ringlog_net::errors;
+use ringlog_net::handlers::Later;
 
 use super::producer_state::{Admission, BatchSequence, SequenceError};
 use super::{ByOwner, Lookup, Partition, Shard};
@@ -52,18 +55,24 @@ impl ProduceOutcome {
     }
 }
 
+/// Queues the request's records in their logs and returns its response to come (see
+/// [`ringlog_net::handlers::Broker::produce`]). Partitions of this shard are queued here and
+/// now; partitions of other shards are appended there through the mesh before this returns,
+/// so that a later request on the connection cannot overtake them either.
 pub async fn produce(
     shard: &Rc<Shard>,
-    request: ProduceRequest,
+    mut request: ProduceRequest,
     version: i16,
-) -> Option<ProduceResponse> {
+) -> Later<Option<ProduceResponse>> {
     let acks = request.acks;
     // Outcomes in request order: (topic index, partition index) → outcome.
     let mut outcomes: Vec<Vec<Option<ProduceOutcome>>> = Vec::new();
     let mut by_owner: ByOwner<ProducePart> = BTreeMap::new();
-    for (topic_index, topic) in request.topic_data.iter().enumerate() {
+    // The records move into the parts (the response needs the request's names and indexes
+    // only), so the request's frame is let go once they are written.
+    for (topic_index, topic) in request.topic_data.iter_mut().enumerate() {
         let mut row = Vec::with_capacity(topic.partition_data.len());
-        for (partition_index, data) in topic.partition_data.iter().enumerate() {
+        for (partition_index, data) in topic.partition_data.iter_mut().enumerate() {
             let name: &str = &topic.name.0;
             if name == super::groups::OFFSETS_TOPIC {
                 row.push(Some(ProduceOutcome::failed(
@@ -72,14 +81,14 @@ pub async fn produce(
                 )));
                 continue;
             }
-            let outcome = match (shard.lookup(name, data.index), &data.records) {
+            let outcome = match (shard.lookup(name, data.index), data.records.take()) {
                 (Lookup::Owner(owner), Some(records)) => {
                     let entry = by_owner.entry(owner).or_default();
                     entry.0.push((topic_index, partition_index));
                     entry.1.push(ProducePart {
                         topic: name.to_owned(),
                         partition: data.index,
-                        records: records.clone(),
+                        records,
                     });
                     None
                 }
@@ -98,10 +107,15 @@ pub async fn produce(
         }
         outcomes.push(row);
     }
-    let calls: Vec<_> = by_owner
-        .into_iter()
-        .map(|(owner, (positions, parts))| {
+    let mut local = None;
+    let mut remote = Vec::new();
+    for (owner, (positions, parts)) in by_owner {
+        if owner == shard.id {
+            local = Some((positions, queue_local(shard, parts).await));
+        } else {
             let shard = Rc::clone(shard);
+            // Spawned, so that the calls to several owners run at once; each runs up to its
+            // first wait now.
             let task = glommio::spawn_local(async move {
                 shard
                     .on(owner, move |owner| async move {
@@ -109,27 +123,42 @@ pub async fn produce(
                     })
                     .await
             });
-            (positions, task)
-        })
-        .collect();
-    for (positions, task) in calls {
-        let results = match task.await {
-            Ok(results) => results,
-            Err(error) => {
-                vec![
-                    ProduceOutcome::failed(ResponseError::NotLeaderOrFollower, error.to_string());
-                    positions.len()
-                ]
-            }
-        };
-        for ((topic_index, partition_index), outcome) in positions.into_iter().zip(results) {
-            outcomes[topic_index][partition_index] = Some(outcome);
+            remote.push((positions, task));
         }
     }
-    if acks == 0 {
-        return None;
+    for (positions, task) in remote {
+        let results = task.await.unwrap_or_else(|error| {
+            let outcome =
+                ProduceOutcome::failed(ResponseError::NotLeaderOrFollower, error.to_string());
+            vec![outcome; positions.len()]
+        });
+        fill_outcomes(&mut outcomes, positions, results);
     }
-    Some(build_response(version, &request, outcomes))
+    let Some((positions, queued)) = local else {
+        let response = (acks != 0).then(|| build_response(version, &request, outcomes));
+        return Box::pin(std::future::ready(response));
+    };
+    // The writes run whether or not anyone waits for their answer (a connection may close):
+    // the task, detached, still notifies waiting fetches and undoes refused producer state.
+    let written = glommio::spawn_local(async move {
+        let results = written_outcomes(queued).await;
+        fill_outcomes(&mut outcomes, positions, results);
+        (acks != 0).then(|| build_response(version, &request, outcomes))
+    })
+    .detach();
+    // `None` from the handle: the task was cancelled, which happens only as the executor
+    // shuts down; the client then gets no answer, as on a closed connection.
+    Box::pin(async move { written.await.flatten() })
+}
+
+fn fill_outcomes(
+    outcomes: &mut [Vec<Option<ProduceOutcome>>],
+    positions: Vec<(usize, usize)>,
+    results: Vec<ProduceOutcome>,
+) {
+    for ((topic_index, partition_index), outcome) in positions.into_iter().zip(results) {
+        outcomes[topic_index][partition_index] = Some(outcome);
+    }
 }
 
 fn build_response(
@@ -173,53 +202,86 @@ fn build_response(
     ProduceResponse::default().with_responses(responses)
 }
 
-/// Appends the parts owned by this shard, concurrently, and reports each one's outcome.
+/// Appends the parts owned by this shard and reports each one's outcome. All of them are
+/// queued before any is waited for, so one write (and one group commit) can cover several.
 pub async fn append_local(shard: Rc<Shard>, parts: Vec<ProducePart>) -> Vec<ProduceOutcome> {
-    // Each task runs up to its first wait as it is spawned, so the appends enter their logs
-    // in request order.
-    let tasks: Vec<_> = parts
-        .into_iter()
-        .map(|part| {
-            let shard = Rc::clone(&shard);
-            glommio::spawn_local(async move { append_one(&shard, part).await })
-        })
-        .collect();
-    let mut outcomes = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        outcomes.push(task.await);
+    let queued = queue_local(&shard, parts).await;
+    written_outcomes(queued).await
+}
+
+/// One partition's part once queued: its outcome, to come once it is written.
+type Queued = Later<ProduceOutcome>;
+
+/// Queues each part in its log, in order, and returns what to wait for.
+async fn queue_local(shard: &Rc<Shard>, parts: Vec<ProducePart>) -> Vec<Queued> {
+    let mut queued = Vec::with_capacity(parts.len());
+    for part in parts {
+        queued.push(queue_one(shard, part).await);
+    }
+    queued
+}
+
+async fn written_outcomes(queued: Vec<Queued>) -> Vec<ProduceOutcome> {
+    let mut outcomes = Vec::with_capacity(queued.len());
+    for part in queued {
+        outcomes.push(part.await);
     }
     outcomes
 }
 
-async fn append_one(shard: &Shard, part: ProducePart) -> ProduceOutcome {
+fn known(outcome: ProduceOutcome) -> Queued {
+    Box::pin(std::future::ready(outcome))
+}
+
+async fn queue_one(shard: &Rc<Shard>, part: ProducePart) -> Queued {
     let Some(partition) = shard.partition(&part.topic, part.partition) else {
-        return ProduceOutcome::failed(
+        return known(ProduceOutcome::failed(
             ResponseError::KafkaStorageError,
             "the partition's log is not open on this broker (see its log)",
-        );
+        ));
     };
     let max_bytes = partition.log.config().max_message_bytes;
-    let batches = match split_batches(&part.records, max_bytes) {
+    let mut batches = match split_batches(&part.records, max_bytes) {
         Ok(batches) => batches,
         Err(error) => {
-            return ProduceOutcome::failed(errors::batch_error(&error), error.to_string())
+            return known(ProduceOutcome::failed(
+                errors::batch_error(&error),
+                error.to_string(),
+            ))
         }
     };
+    if batches.len() == 1 {
+        let batch = batches.pop().expect("one batch");
+        let writing = queue_batch(Rc::clone(shard), partition, batch).await;
+        let shard = Rc::clone(shard);
+        return Box::pin(async move {
+            let outcome = writing.await.unwrap_or_else(|outcome| outcome);
+            shard.appended.notify(usize::MAX);
+            outcome
+        });
+    }
+    // Several batches in one part (clients send one): appended one after the other, here.
     let mut first: Option<ProduceOutcome> = None;
     for batch in batches {
-        match append_batch(shard, &partition, batch).await {
+        match queue_batch(Rc::clone(shard), Rc::clone(&partition), batch)
+            .await
+            .await
+        {
             Ok(outcome) => {
                 first.get_or_insert(outcome);
             }
             Err(outcome) => {
                 // Duplicates waiting on a batch that failed here must learn it.
                 shard.appended.notify(usize::MAX);
-                return outcome;
+                return known(outcome);
             }
         }
     }
     shard.appended.notify(usize::MAX);
-    first.unwrap_or_else(|| ProduceOutcome::failed(ResponseError::CorruptMessage, "no records"))
+    known(
+        first
+            .unwrap_or_else(|| ProduceOutcome::failed(ResponseError::CorruptMessage, "no records")),
+    )
 }
 
 /// Why the idempotent producer's check kept a batch out of the log.
@@ -229,18 +291,19 @@ enum Refusal {
     Sequence(SequenceError),
 }
 
-/// Appends one batch, with the idempotent producer's checks when it carries a producer id: a
-/// retry of a stored batch is answered with that batch's offset and not stored again.
-async fn append_batch(
-    shard: &Shard,
-    partition: &Partition,
+/// Queues one batch, with the idempotent producer's checks when it carries a producer id, and
+/// returns its outcome to come: a retry of a stored batch is answered with that batch's offset
+/// (once it is stored) and not stored again.
+async fn queue_batch(
+    shard: Rc<Shard>,
+    partition: Rc<Partition>,
     batch: Bytes,
-) -> Result<ProduceOutcome, ProduceOutcome> {
+) -> Later<Result<ProduceOutcome, ProduceOutcome>> {
     // (producer id, base offset) of an admitted idempotent batch, to undo if its append fails.
     let admitted: Cell<Option<(i64, i64)>> = Cell::new(None);
-    let appended = partition
+    let queued = partition
         .log
-        .append_checked(batch, |header, base_offset| {
+        .enqueue_checked(batch, |header, base_offset| {
             let mut producers = partition.producers.borrow_mut();
             match producers.check(header).map_err(Refusal::Sequence)? {
                 Admission::Append => {
@@ -254,6 +317,22 @@ async fn append_batch(
             }
         })
         .await;
+    let admitted = admitted.get();
+    Box::pin(async move {
+        let appended = match queued {
+            Ok(writing) => writing.await.map_err(CheckedAppendError::Append),
+            Err(refused) => Err(refused),
+        };
+        batch_outcome(&shard, &partition, admitted, appended).await
+    })
+}
+
+async fn batch_outcome(
+    shard: &Shard,
+    partition: &Partition,
+    admitted: Option<(i64, i64)>,
+    appended: Result<AppendInfo, CheckedAppendError<Refusal>>,
+) -> Result<ProduceOutcome, ProduceOutcome> {
     match appended {
         Ok(info) => Ok(ProduceOutcome {
             error: None,
@@ -281,7 +360,7 @@ async fn append_batch(
             ))
         }
         Err(CheckedAppendError::Append(error)) => {
-            if let Some((producer_id, base_offset)) = admitted.get() {
+            if let Some((producer_id, base_offset)) = admitted {
                 partition
                     .producers
                     .borrow_mut()

@@ -223,12 +223,13 @@ def api_versions_ok(address: tuple[str, int]) -> bool:
     return error_code == 0
 
 
-def produce_v3_7(topic: str, partition: int, batch: bytes, acks: int = 1, version: int = 7) -> bytes:
+def produce_v3_7(topic: str, partition: int, batch: bytes, acks: int = 1, version: int = 7,
+                 correlation_id: int = 11) -> bytes:
     body = (_string(None) + struct.pack(">hi", acks, 10000)
             + struct.pack(">i", 1) + _string(topic)
             + struct.pack(">i", 1) + struct.pack(">i", partition)
             + struct.pack(">i", len(batch)) + batch)
-    return frame(0, version, 11, body)
+    return frame(0, version, correlation_id, body)
 
 
 def parse_produce_v3_7(body: bytes) -> list[tuple[str, int, int, int]]:
@@ -269,3 +270,15 @@ def fetch_v4(topic: str, partition: int, offset: int, max_bytes: int, max_wait_m
             + struct.pack(">i", 1) + _string(topic)
             + struct.pack(">i", 1) + struct.pack(">iqi", partition, offset, max_bytes))
     return frame(1, 4, correlation_id, body)
+
+
+def fetch_v4_high_watermark(body: bytes) -> tuple[int, int]:
+    """(error_code, high_watermark) of the first partition of a Fetch v4 response."""
+    pos = 4  # throttle time
+    (ntopics,) = struct.unpack_from(">i", body, pos)
+    assert ntopics >= 1, "no topic in the Fetch response"
+    pos += 4
+    (nlen,) = struct.unpack_from(">h", body, pos)
+    pos += 2 + nlen + 4  # name, partition count
+    _partition, error_code, high_watermark = struct.unpack_from(">ihq", body, pos)
+    return error_code, high_watermark

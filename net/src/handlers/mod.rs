@@ -12,6 +12,7 @@ pub mod api_versions;
 pub mod metadata;
 
 use std::future::Future;
+use std::pin::Pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -65,8 +66,17 @@ pub struct BrokerIdentity {
 pub trait Broker {
     fn identity(&self) -> &BrokerIdentity;
     async fn metadata(&self, request: MetadataRequest, version: i16) -> MetadataResponse;
-    /// `None` for `acks = 0`: the client expects no response at all.
-    async fn produce(&self, request: ProduceRequest, version: i16) -> Option<ProduceResponse>;
+    /// Produce, in two steps so that a connection can take its next produce request while this
+    /// one's records are written. The call returns once every partition's records have their
+    /// place in their log (offsets assigned, queued for writing; a later call's records come
+    /// after them), or have been refused; the future it returns then gives the response once
+    /// the records are written per each log's durability settings. `None` for `acks = 0`: the
+    /// client expects no response at all.
+    async fn produce(
+        &self,
+        request: ProduceRequest,
+        version: i16,
+    ) -> Later<Option<ProduceResponse>>;
     /// The response with every partition's records left out, and the records beside it (see
     /// [`crate::response`]): they are written to the socket from where they lie.
     async fn fetch(&self, request: FetchRequest, version: i16) -> FetchAnswer;
@@ -158,6 +168,16 @@ pub trait Broker {
     ) -> ConsumerGroupDescribeResponse;
 }
 
+/// The second step of a request that is answered later: see [`Broker::produce`].
+pub type Later<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// A request taken by [`start_request`]: answered already, or to be answered once its future
+/// resolves (a response frame, or nothing).
+pub enum Handled {
+    Now(Option<ResponseFrame>),
+    Later(Later<Result<Option<Bytes>, RequestError>>),
+}
+
 /// Who sent a request: the client id from its header and the address it connected from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientInfo {
@@ -240,6 +260,48 @@ pub enum RequestError {
     },
 }
 
+/// Takes one request payload (a frame without its size prefix), as [`handle_request`] does, but
+/// returns a supported Produce request as soon as its records are queued in their logs
+/// ([`Broker::produce`]), with its response to come; every other request is answered whole.
+pub async fn start_request<B: Broker>(
+    payload: Bytes,
+    broker: &B,
+    peer_host: &str,
+) -> Result<Handled, RequestError> {
+    let prefix = RequestPrefix::parse(&payload)?;
+    let version = prefix.api_version;
+    let supported = supported_versions(ApiKey::Produce)
+        .is_some_and(|(min, max)| (min..=max).contains(&version));
+    if prefix.api_key == ApiKey::Produce as i16 && supported {
+        return start_produce(version, payload, broker)
+            .await
+            .map(Handled::Later);
+    }
+    handle_request(payload, broker, peer_host)
+        .await
+        .map(Handled::Now)
+}
+
+/// Decodes a Produce request (of a supported version), queues its records and returns the
+/// encoding of its response to come.
+async fn start_produce<B: Broker>(
+    version: i16,
+    mut payload: Bytes,
+    broker: &B,
+) -> Result<Later<Result<Option<Bytes>, RequestError>>, RequestError> {
+    let api = ApiKey::Produce;
+    let header = decode_header::<ProduceRequest>(api, version, &mut payload)?;
+    let request = decode_body::<ProduceRequest>(api, version, &mut payload)?;
+    let later = broker.produce(request, version).await;
+    let correlation_id = header.correlation_id;
+    Ok(Box::pin(async move {
+        match later.await {
+            Some(response) => encode_response(api, version, correlation_id, &response).map(Some),
+            None => Ok(None),
+        }
+    }))
+}
+
 /// Answers one request payload (a frame without its size prefix) with a whole response frame,
 /// size prefix included, or with nothing when the client asked for no response (Produce with
 /// `acks = 0`). A Fetch response is a frame of pieces: its records are not copied into it.
@@ -303,12 +365,7 @@ async fn handle_encoded<B: Broker>(
             })
             .await
         }
-        ApiKey::Produce => {
-            answer(api, version, payload, |request| {
-                broker.produce(request, version)
-            })
-            .await
-        }
+        ApiKey::Produce => start_produce(version, payload, broker).await?.await,
         ApiKey::ListOffsets => {
             answer(api, version, payload, |request| async move {
                 Some(broker.list_offsets(request, version).await)
@@ -541,8 +598,10 @@ mod tests {
             let node = (self.0.node_id, self.0.advertised_port);
             metadata::cluster_response(version, &self.0, &[node], self.0.node_id)
         }
-        async fn produce(&self, request: ProduceRequest, _: i16) -> Option<ProduceResponse> {
-            (request.acks != 0).then(ProduceResponse::default)
+        async fn produce(&self, request: ProduceRequest, _: i16) -> Later<Option<ProduceResponse>> {
+            Box::pin(std::future::ready(
+                (request.acks != 0).then(ProduceResponse::default),
+            ))
         }
         async fn fetch(&self, _: FetchRequest, _: i16) -> FetchAnswer {
             FetchAnswer::default()

@@ -1,0 +1,116 @@
+//! Receiving request frames straight into the buffers their payloads live in.
+//!
+//! A connection's bytes are received into one growing `BytesMut`; each whole frame is split
+//! off it as the `Bytes` the handlers decode from, and Produce records stay slices of it until
+//! the log copies them into its write buffers. There is no intermediate read chunk: once a
+//! frame's size prefix is known, room for the rest of the frame is reserved and the kernel
+//! copies the bytes into place, so a request's bytes are copied once on the way in (by the
+//! kernel) instead of twice, and a large frame is not moved again as its buffer grows.
+//!
+//! Limits: a frame over `socket.request.max.bytes` is refused from its prefix. Room is reserved
+//! for at most [`RESERVE_AHEAD_BYTES`] beyond what has arrived (then doubled as bytes arrive),
+//! so a client that announces 100 MiB and sends nothing costs little.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::AsyncReadExt;
+use glommio::net::TcpStream;
+
+use crate::connection::ConnectionError;
+use crate::{next_frame, Frame, FrameError, SIZE_PREFIX_BYTES};
+
+/// Bytes asked for at least per receive: between frames, and for the tail of a frame, so that
+/// small requests arrive several at a time. Small, because whatever of the next frame arrives
+/// with it is copied once when that frame's room is reserved.
+const RECEIVE_MIN_BYTES: usize = 16 * 1024;
+/// Bytes taken by the read that waits for data: a size prefix and then some. Small, so it is
+/// filled whole and glommio arms no early poll for the rest.
+const WAIT_READ_BYTES: usize = 64;
+/// Room reserved ahead of the received bytes for a frame that is still arriving.
+pub const RESERVE_AHEAD_BYTES: usize = 8 << 20;
+
+/// The frames of one connection, as they arrive.
+#[derive(Debug)]
+pub struct FrameReader {
+    buffer: BytesMut,
+    request_max_bytes: usize,
+}
+
+impl FrameReader {
+    pub fn new(request_max_bytes: usize) -> Self {
+        Self {
+            buffer: BytesMut::new(),
+            request_max_bytes,
+        }
+    }
+
+    /// Bytes received and not yet taken as a frame.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// The payload (without its size prefix) of the next whole frame, if it has arrived.
+    pub fn next_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
+        match next_frame(&self.buffer, self.request_max_bytes)? {
+            Frame::Complete { total } => {
+                let mut payload = self.buffer.split_to(total).freeze();
+                payload.advance(SIZE_PREFIX_BYTES);
+                Ok(Some(payload))
+            }
+            Frame::Incomplete { .. } => Ok(None),
+        }
+    }
+
+    /// Bytes the next frame needs in all (its size prefix included), as far as known.
+    pub fn needed(&self) -> Result<usize, FrameError> {
+        match next_frame(&self.buffer, self.request_max_bytes)? {
+            Frame::Complete { total } | Frame::Incomplete { total } => Ok(total),
+        }
+    }
+
+    /// Receives more bytes, waiting until some arrive; `Ok(0)` when the client has closed its
+    /// side. Asks for the rest of the frame being received (within the limits above), or
+    /// [`RECEIVE_MIN_BYTES`] when less is missing.
+    pub async fn fill(&mut self, stream: &mut TcpStream) -> Result<usize, ConnectionError> {
+        let missing = self.needed()?.saturating_sub(self.buffer.len());
+        let ahead = self.buffer.len().max(RESERVE_AHEAD_BYTES);
+        let want = missing.clamp(RECEIVE_MIN_BYTES, ahead);
+        self.buffer.reserve(want);
+        loop {
+            match receive_into(stream.as_raw_fd(), &mut self.buffer, want) {
+                Ok(received) => return Ok(received),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing yet: wait with glommio's own read, which arms a poll on the
+                    // executor's ring and keeps it armed in the stream if this wait is dropped
+                    // (an answer was ready first), so the next wait costs no new submission.
+                    // It takes the first few bytes; the rest is received in place.
+                    let mut first = [0_u8; WAIT_READ_BYTES];
+                    let received = stream.read(&mut first).await?;
+                    self.buffer.extend_from_slice(&first[..received]);
+                    return Ok(received);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+/// One non-blocking `recv` of at most `want` bytes into `buffer`'s spare capacity.
+fn receive_into(fd: RawFd, buffer: &mut BytesMut, want: usize) -> io::Result<usize> {
+    let spare = buffer.spare_capacity_mut();
+    let len = spare.len().min(want);
+    // SAFETY: `recv` writes at most `len` bytes to the pointer, and the spare capacity is valid
+    // for writes of that many; no reference to uninitialized bytes is made.
+    let received = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
+    let received = usize::try_from(received).map_err(|_| io::Error::last_os_error())?;
+    assert!(
+        received <= len,
+        "recv returned more than it was given room for"
+    );
+    // SAFETY: the kernel initialized the first `received` bytes of the spare capacity.
+    unsafe { buffer.set_len(buffer.len() + received) };
+    Ok(received)
+}
