@@ -52,6 +52,11 @@ impl Chunk {
     fn end(&self) -> u64 {
         self.file_pos + self.len as u64
     }
+
+    /// Where the chunk sorts among a log's chunks.
+    fn key(&self) -> (i64, u64) {
+        (self.segment_base, self.file_pos)
+    }
 }
 
 /// Part of a cached chunk, handed to a reader. Holding it pins the chunk: it cannot be evicted
@@ -128,6 +133,29 @@ struct LogEntries {
 }
 
 impl LogEntries {
+    /// The last chunk of segment `segment_base` that starts at or before `position`, by index.
+    /// Chunks are sorted by (segment, file position), and a later write of a segment never ends
+    /// before an earlier one (a buffer starts with the unfinished tail block of the one before,
+    /// then holds more), so this is the chunk holding `position` if any does; were that ever
+    /// not so, a read would miss the cache, never return wrong bytes. A binary search: every
+    /// read and every acknowledged batch asks, and a log may hold thousands of small chunks.
+    fn chunk_at_or_before(&self, segment_base: i64, position: u64) -> Option<usize> {
+        let after = self
+            .chunks
+            .partition_point(|c| c.key() <= (segment_base, position));
+        let at = after.checked_sub(1)?;
+        (self.chunks[at].segment_base == segment_base).then_some(at)
+    }
+
+    /// Removes `chunk` (found by its sort key, then by identity).
+    fn remove_chunk(&mut self, chunk: &Rc<Chunk>) {
+        let from = self.chunks.partition_point(|c| c.key() < chunk.key());
+        let found = self.chunks.range(from..).position(|c| Rc::ptr_eq(c, chunk));
+        if let Some(at) = found {
+            self.chunks.remove(from + at);
+        }
+    }
+
     /// Drops leading batch entries no remaining chunk covers; returns how many.
     fn prune_batches(&mut self) -> usize {
         let before = self.batches.len();
@@ -280,7 +308,7 @@ impl TailCache {
         // order; keep them sorted so reads can walk them.
         let at = entries
             .chunks
-            .partition_point(|c| (c.segment_base, c.file_pos) <= (segment_base, file_pos));
+            .partition_point(|c| c.key() <= (segment_base, file_pos));
         entries.chunks.insert(at, Rc::clone(&chunk));
         st.order.push_back((log_id, chunk));
         st.used_bytes += charge_bytes;
@@ -303,12 +331,10 @@ impl TailCache {
     ) {
         let mut guard = self.state.borrow_mut();
         let st = &mut *guard;
-        let covered = st.logs.get(&log_id).is_some_and(|entries| {
-            entries
-                .chunks
-                .iter()
-                .any(|c| c.segment_base == segment_base && c.file_pos <= position)
-        });
+        let covered = st
+            .logs
+            .get(&log_id)
+            .is_some_and(|entries| entries.chunk_at_or_before(segment_base, position).is_some());
         // A batch no chunk starts at or before cannot be served: its chunk was refused.
         if !covered || !make_room(st, BATCH_ENTRY_BYTES) {
             return;
@@ -415,7 +441,7 @@ fn make_room(st: &mut CacheState, bytes: usize) -> bool {
         st.used_bytes -= chunk.charge_bytes;
         st.stats.chunks_evicted += 1;
         if let Some(entries) = st.logs.get_mut(&log_id) {
-            entries.chunks.retain(|c| !Rc::ptr_eq(c, &chunk));
+            entries.remove_chunk(&chunk);
             let pruned = entries.prune_batches();
             st.used_bytes -= pruned * BATCH_ENTRY_BYTES;
         }
@@ -473,13 +499,15 @@ fn map_range(
     start: u64,
     end: u64,
 ) -> Option<Vec<CachedSlice>> {
+    let first = entries.chunk_at_or_before(segment_base, start)?;
     let mut slices = Vec::new();
     let mut at = start;
-    for chunk in &entries.chunks {
-        if at == end {
+    for chunk in entries.chunks.range(first..) {
+        // Chunks after one that starts past `at` (or in a later segment) start past it too.
+        if at == end || chunk.segment_base != segment_base || chunk.file_pos > at {
             break;
         }
-        if chunk.segment_base != segment_base || chunk.end() <= at || chunk.file_pos > at {
+        if chunk.end() <= at {
             continue;
         }
         let until = end.min(chunk.end());
@@ -568,6 +596,41 @@ mod tests {
             );
             let stats = cache.stats();
             assert_eq!((stats.hits, stats.misses), (3, 2));
+        });
+    }
+
+    #[test]
+    fn reads_starting_in_an_overlap_or_a_gap_find_the_right_chunk() {
+        on_executor(|| {
+            let cache = TailCache::new(1 << 20);
+            let log = cache.register();
+            // Chunks of a later segment sort after every chunk of an earlier one.
+            insert(&cache, log, 0, 0, 5000);
+            insert(&cache, log, 0, 4096, 9000 - 4096);
+            insert(&cache, log, 0, 16384, 4096);
+            insert(&cache, log, 30, 0, 4096);
+            cache.record_batch(log, 0, 0, (0, 9), 4500);
+            cache.record_batch(log, 0, 4500, (10, 19), 4500);
+            // Recorded (a chunk starts before it) but its bytes fell in the refused write.
+            cache.record_batch(log, 0, 9000, (20, 24), 3000);
+            cache.record_batch(log, 0, 16384, (25, 29), 4096);
+            cache.record_batch(log, 30, 0, (30, 39), 4096);
+
+            // One batch: with the next one the range would reach bytes no chunk holds.
+            let inside = cache.read(log, 10, 4500, 100).expect("cached");
+            assert_eq!((inside.first_offset, inside.next_offset), (10, 20));
+            let expected: Vec<u8> = (4500..9000).map(|p| byte_at(0, p)).collect();
+            assert_eq!(concat(&inside), expected);
+            assert!(
+                cache.read(log, 20, 1 << 20, 100).is_none(),
+                "bytes no chunk holds"
+            );
+            let after_gap = cache.read(log, 25, 1 << 20, 100).expect("cached");
+            let expected: Vec<u8> = (16384..20480).map(|p| byte_at(0, p)).collect();
+            assert_eq!(concat(&after_gap), expected);
+            let next_segment = cache.read(log, 30, 1 << 20, 100).expect("cached");
+            let expected: Vec<u8> = (0..4096).map(|p| byte_at(30, p)).collect();
+            assert_eq!(concat(&next_segment), expected);
         });
     }
 
