@@ -1556,23 +1556,24 @@ impl PartitionLog {
         upper_bound: Option<i64>,
     ) -> Result<FetchedBatches, ReadError> {
         let upper = self.read_bound(offset, upper_bound)?;
-        let mut index = self.inner.state.borrow().segment_index(offset);
-        loop {
-            if offset >= upper {
-                return Ok(FetchedBatches::empty(offset));
-            }
-            let segment = self.inner.state.borrow().segments.get(index).cloned();
-            let Some(segment) = segment else {
-                return Ok(FetchedBatches::empty(offset));
-            };
-            let meta = segment.meta();
-            if offset >= meta.next_offset {
-                index += 1;
-                continue;
-            }
-            let interval = self.inner.config.borrow().index_interval_bytes as usize;
-            return read_segment(&segment, offset, max_bytes, upper, interval).await;
+        if offset >= upper {
+            return Ok(FetchedBatches::empty(offset));
         }
+        let Some(segment) = self.segment_from(offset) else {
+            return Ok(FetchedBatches::empty(offset));
+        };
+        let interval = self.inner.config.borrow().index_interval_bytes as usize;
+        read_segment(&segment, offset, max_bytes, upper, interval).await
+    }
+
+    /// The first segment, from the one `offset` falls in on, that holds batches at or after
+    /// `offset`; `None` when no batch does.
+    fn segment_from(&self, offset: i64) -> Option<Rc<Segment>> {
+        let st = self.inner.state.borrow();
+        st.segments[st.segment_index(offset)..]
+            .iter()
+            .find(|segment| offset < segment.meta().next_offset)
+            .cloned()
     }
 
     /// Starts reading ahead for a reader whose next fetch is at `offset`, at `position` of
@@ -1662,31 +1663,23 @@ impl PartitionLog {
         max_bytes: usize,
         upper: i64,
     ) -> Result<FetchedRecords, ReadError> {
-        let mut index = self.inner.state.borrow().segment_index(offset);
-        loop {
-            let segment = self.inner.state.borrow().segments.get(index).cloned();
-            let Some(segment) = segment else {
-                return Ok(FetchedRecords::empty(offset));
-            };
-            if offset >= segment.meta().next_offset {
-                index += 1;
-                continue;
-            }
-            let interval = self.inner.config.borrow().index_interval_bytes as usize;
-            let read = read_segment(&segment, offset, max_bytes, upper, interval).await?;
-            let Some(data) = read.data.filter(|_| read.batch_count > 0) else {
-                return Ok(FetchedRecords::empty(offset));
-            };
-            self.read_ahead_from(segment, read.next_offset, read.end_position, max_bytes);
-            return Ok(FetchedRecords {
-                bytes: data.len(),
-                pieces: vec![RecordPiece::Disk(data)],
-                first_offset: read.first_offset,
-                next_offset: read.next_offset,
-                batch_count: read.batch_count,
-                source: ReadSource::Disk,
-            });
-        }
+        let Some(segment) = self.segment_from(offset) else {
+            return Ok(FetchedRecords::empty(offset));
+        };
+        let interval = self.inner.config.borrow().index_interval_bytes as usize;
+        let read = read_segment(&segment, offset, max_bytes, upper, interval).await?;
+        let Some(data) = read.data.filter(|_| read.batch_count > 0) else {
+            return Ok(FetchedRecords::empty(offset));
+        };
+        self.read_ahead_from(segment, read.next_offset, read.end_position, max_bytes);
+        Ok(FetchedRecords {
+            bytes: data.len(),
+            pieces: vec![RecordPiece::Disk(data)],
+            first_offset: read.first_offset,
+            next_offset: read.next_offset,
+            batch_count: read.batch_count,
+            source: ReadSource::Disk,
+        })
     }
 
     /// The first offset whose record timestamp is at or after `timestamp` (ListOffsets by
