@@ -270,9 +270,8 @@ pub async fn start_request<B: Broker>(
 ) -> Result<Handled, RequestError> {
     let prefix = RequestPrefix::parse(&payload)?;
     let version = prefix.api_version;
-    let supported = supported_versions(ApiKey::Produce)
-        .is_some_and(|(min, max)| (min..=max).contains(&version));
-    if prefix.api_key == ApiKey::Produce as i16 && supported {
+    if prefix.api_key == ApiKey::Produce as i16 && check_supported(ApiKey::Produce, version).is_ok()
+    {
         return start_produce(version, payload, broker)
             .await
             .map(Handled::Later);
@@ -310,18 +309,22 @@ pub async fn handle_request<B: Broker>(
     broker: &B,
     peer_host: &str,
 ) -> Result<Option<ResponseFrame>, RequestError> {
-    if RequestPrefix::parse(&payload)?.api_key == ApiKey::Fetch as i16 {
-        return handle_fetch(payload, broker).await.map(Some);
+    let prefix = RequestPrefix::parse(&payload)?;
+    if prefix.api_key == ApiKey::Fetch as i16 {
+        return handle_fetch(prefix.api_version, payload, broker)
+            .await
+            .map(Some);
     }
-    let response = handle_encoded(payload, broker, peer_host).await?;
+    let response = handle_encoded(prefix, payload, broker, peer_host).await?;
     Ok(response.map(ResponseFrame::whole))
 }
 
 async fn handle_fetch<B: Broker>(
+    version: i16,
     mut payload: Bytes,
     broker: &B,
 ) -> Result<ResponseFrame, RequestError> {
-    let (api, version) = (ApiKey::Fetch, RequestPrefix::parse(&payload)?.api_version);
+    let api = ApiKey::Fetch;
     check_supported(api, version)?;
     let header = decode_header::<FetchRequest>(api, version, &mut payload)?;
     let request = decode_body::<FetchRequest>(api, version, &mut payload)?;
@@ -342,11 +345,11 @@ fn check_supported(api: ApiKey, version: i16) -> Result<(), RequestError> {
 
 /// Answers every request but Fetch with one encoded frame.
 async fn handle_encoded<B: Broker>(
+    prefix: RequestPrefix,
     payload: Bytes,
     broker: &B,
     peer_host: &str,
 ) -> Result<Option<Bytes>, RequestError> {
-    let prefix = RequestPrefix::parse(&payload)?;
     let Ok(api) = ApiKey::try_from(prefix.api_key) else {
         return Err(RequestError::UnknownApiKey {
             api_key: prefix.api_key,
