@@ -118,11 +118,6 @@ impl<'a> BatchWriter<'a> {
         self.record_count
     }
 
-    /// Bytes written so far, header included (before compression).
-    pub fn written_bytes(&self) -> usize {
-        self.out.len() - self.start
-    }
-
     /// Appends a record whose value is the concatenation of `value_parts`.
     pub fn push(&mut self, key: Option<&[u8]>, value_parts: &[&[u8]], timestamp_ms: i64) {
         let timestamp_delta = timestamp_ms - self.header.base_timestamp_ms;

@@ -30,7 +30,7 @@ use bytes::BytesMut;
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::sync::Semaphore;
 use kafka_protocol::messages::ProduceResponse;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::payload::{self, STAMP_BYTES};
 use super::props::ProducerProps;
@@ -353,11 +353,6 @@ pub fn final_line(report: &stats::Report, verb: &str) -> String {
         ms(0.999),
         ms(0.9999),
     )
-}
-
-/// The JSON settings shared by every mode: the producer properties as given.
-pub fn props_json(props: &ProducerProps) -> Value {
-    json!(props.given)
 }
 
 async fn run_shard(
