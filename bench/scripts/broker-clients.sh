@@ -19,10 +19,11 @@ RATE_RECORDS=${RATE_RECORDS:-200000}
 DATA_DIR=${DATA_DIR:-target/bench-broker}
 PORT=${PORT:-29092}
 CORES_ALL=$(nproc)
+TARGET=${CARGO_TARGET_DIR:-target}
 
 cargo build --release -p ringlog --bin ringlog --example kafka_client_bench >&2
-BROKER=target/release/ringlog
-CLIENT=target/release/examples/kafka_client_bench
+BROKER=$TARGET/release/ringlog
+CLIENT=$TARGET/release/examples/kafka_client_bench
 
 run_setup() { # name cores node_per_shard
     local name=$1 cores=$2 nps=$3

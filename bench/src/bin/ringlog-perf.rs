@@ -225,7 +225,7 @@ fn producer_settings(args: &ProducerArgs, props: &ProducerProps) -> Value {
         "acks": props.acks,
         "linger_ms": props.linger.as_millis() as u64,
         "batch_size": props.batch_size,
-        "compression_type": format!("{:?}", props.compression).to_lowercase(),
+        "compression_type": props.compression.name(),
         "enable_idempotence": props.idempotence,
         "max_in_flight": props.max_in_flight,
         "client_id": props.client_id,

@@ -26,8 +26,6 @@ use super::error::ClientError;
 
 const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
-/// The attribute bit of control batches (transaction markers).
-const CONTROL_BIT: i16 = 0x20;
 
 /// The batch compression codecs (attribute bits 0-2), as the storage engine names them.
 pub use ringlog_engine::batch::Compression;
@@ -118,11 +116,6 @@ impl<'a> BatchWriter<'a> {
 
     pub fn record_count(&self) -> i32 {
         self.record_count
-    }
-
-    /// Bytes written so far, header included (before compression).
-    pub fn written_bytes(&self) -> usize {
-        self.out.len() - self.start
     }
 
     /// Appends a record whose value is the concatenation of `value_parts`.
@@ -246,7 +239,6 @@ pub fn put_varint(out: &mut BytesMut, value: i64) {
 #[derive(Debug, Clone)]
 pub struct BatchView {
     pub header: engine_batch::BatchHeader,
-    pub compression: Compression,
     /// The whole batch, header included.
     pub bytes: Bytes,
 }
@@ -262,12 +254,12 @@ impl BatchView {
 
     /// Control batches (transaction markers) carry no user records.
     pub fn is_control(&self) -> bool {
-        self.header.attributes & CONTROL_BIT != 0
+        self.header.is_control()
     }
 
     /// The offset after this batch.
     pub fn next_offset(&self) -> i64 {
-        self.header.base_offset + i64::from(self.header.last_offset_delta) + 1
+        self.header.next_offset()
     }
 
     /// Checks the CRC32C over attributes..end.
@@ -279,10 +271,11 @@ impl BatchView {
     /// by the storage engine's parser; a compressed batch is rebuilt uncompressed for it.
     pub fn for_each_record(&self, mut each: impl FnMut(RecordView<'_>)) -> Result<(), ClientError> {
         let rebuilt;
-        let batch: &[u8] = if self.compression == Compression::None {
+        let compression = self.header.compression();
+        let batch: &[u8] = if compression == Compression::None {
             &self.bytes
         } else {
-            let records = decompress(self.compression, self.bytes.slice(BATCH_HEADER_BYTES..))?;
+            let records = decompress(compression, self.bytes.slice(BATCH_HEADER_BYTES..))?;
             let mut whole = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
             whole.extend_from_slice(&self.bytes[..BATCH_HEADER_BYTES]);
             whole.extend_from_slice(&records);
@@ -339,7 +332,6 @@ pub fn split_batches(records: &Bytes) -> Result<Vec<BatchView>, ClientError> {
         }
         batches.push(BatchView {
             header,
-            compression: header.compression(),
             bytes: records.slice(position..position + total),
         });
         position += total;

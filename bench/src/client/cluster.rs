@@ -36,28 +36,14 @@ pub struct ApiVersions {
 
 impl ApiVersions {
     /// The highest version of `R` both sides speak, at most `ours_max` (the client may not
-    /// handle every version `kafka-protocol` knows, e.g. the hand-written Produce frame).
+    /// handle every version `kafka-protocol` knows).
     pub fn pick<R: Request>(&self, ours_max: i16) -> Result<i16, ClientError> {
-        let ours_min = R::VERSIONS.min;
-        let ours_max = ours_max.min(R::VERSIONS.max);
-        let unsupported = ClientError::Unsupported {
-            api: api_name::<R>(),
-            min: ours_min,
-            max: ours_max,
-        };
-        let &(theirs_min, theirs_max) = self.ranges.get(&R::KEY).ok_or(unsupported)?;
-        let version = ours_max.min(theirs_max);
-        if version < ours_min.max(theirs_min) {
-            return Err(ClientError::Unsupported {
-                api: api_name::<R>(),
-                min: ours_min,
-                max: ours_max,
-            });
-        }
-        Ok(version)
+        let ours = (R::VERSIONS.min, ours_max.min(R::VERSIONS.max));
+        self.pick_key(R::KEY, api_name::<R>(), ours)
     }
 
-    /// The highest version of an API (by key) within `ours`, for requests written by hand.
+    /// The highest version of an API (by key) within `ours`; for requests written by hand
+    /// (the Produce frame), whose lowest version is the client's, not `kafka-protocol`'s.
     pub fn pick_key(
         &self,
         key: i16,
@@ -69,14 +55,12 @@ impl ApiVersions {
             min: ours.0,
             max: ours.1,
         };
-        let &(theirs_min, theirs_max) = self.ranges.get(&key).ok_or(unsupported)?;
+        let Some(&(theirs_min, theirs_max)) = self.ranges.get(&key) else {
+            return Err(unsupported);
+        };
         let version = ours.1.min(theirs_max);
         if version < ours.0.max(theirs_min) {
-            return Err(ClientError::Unsupported {
-                api: name,
-                min: ours.0,
-                max: ours.1,
-            });
+            return Err(unsupported);
         }
         Ok(version)
     }

@@ -4,7 +4,9 @@
 //! versions that require one); the member the coordinator names leader runs the range
 //! assignor over every member's subscription and hands the result to SyncGroup. Heartbeats
 //! keep the membership; OffsetFetch and OffsetCommit read and store positions; LeaveGroup ends
-//! it. Subscriptions and assignments use the consumer protocol's version 0 layout:
+//! it. Subscriptions and assignments are `kafka-protocol`'s consumer-protocol messages, written
+//! at version 0 and read at the version the writer put in front (other members may be Java
+//! or librdkafka consumers writing later versions):
 //!
 //! ```text
 //! subscription: version i16 | topics [string] | user_data bytes (null)
@@ -15,6 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
@@ -23,10 +26,11 @@ use kafka_protocol::messages::offset_commit_request::{
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
-    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest, TopicName,
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, FindCoordinatorRequest, GroupId,
+    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest,
+    SyncGroupRequest, TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
 
 use super::cluster::{ApiVersions, Cluster};
 use super::connection::Connection;
@@ -66,80 +70,80 @@ pub struct GroupMember {
     pending_assignments: Vec<SyncGroupRequestAssignment>,
 }
 
-/// The consumer protocol's subscription to one topic.
-pub fn encode_subscription(topic: &str) -> Bytes {
+/// The consumer protocol version this member writes: v0, topics and user data only.
+const CONSUMER_PROTOCOL_VERSION: i16 = 0;
+
+/// `message` behind the consumer protocol's version prefix.
+fn encode_consumer_protocol<M: Encodable>(
+    message: &M,
+    what: &'static str,
+) -> Result<Bytes, ClientError> {
     let mut out = BytesMut::new();
-    out.put_i16(0);
-    out.put_i32(1);
-    put_string(&mut out, topic);
-    out.put_i32(-1);
-    out.freeze()
+    out.put_i16(CONSUMER_PROTOCOL_VERSION);
+    message
+        .encode(&mut out, CONSUMER_PROTOCOL_VERSION)
+        .map_err(|e| ClientError::Encode {
+            api: what,
+            version: CONSUMER_PROTOCOL_VERSION,
+            reason: e.to_string(),
+        })?;
+    Ok(out.freeze())
+}
+
+/// Reads the version prefix, then the message. A version above what `kafka-protocol` knows
+/// is read as its highest: later versions of the consumer protocol only append fields.
+fn decode_consumer_protocol<M: Decodable + Message>(
+    mut data: Bytes,
+    what: &'static str,
+) -> Result<M, ClientError> {
+    let bad = |reason: String| ClientError::Decode { what, reason };
+    if data.remaining() < 2 {
+        return Err(bad("truncated".to_owned()));
+    }
+    let version = data.get_i16().clamp(M::VERSIONS.min, M::VERSIONS.max);
+    M::decode(&mut data, version).map_err(|e| bad(e.to_string()))
+}
+
+/// The consumer protocol's subscription to one topic.
+pub fn encode_subscription(topic: &str) -> Result<Bytes, ClientError> {
+    let subscription = ConsumerProtocolSubscription::default().with_topics(vec![str_bytes(topic)]);
+    encode_consumer_protocol(&subscription, "consumer subscription")
 }
 
 /// The topics of a consumer-protocol subscription.
-pub fn decode_subscription(mut data: Bytes) -> Result<Vec<String>, ClientError> {
-    let bad = || ClientError::Decode {
-        what: "consumer subscription",
-        reason: "truncated".to_owned(),
-    };
-    if data.remaining() < 6 {
-        return Err(bad());
-    }
-    let _version = data.get_i16();
-    let count = data.get_i32();
-    let mut topics = Vec::new();
-    for _ in 0..count.max(0) {
-        topics.push(get_string(&mut data).ok_or_else(bad)?);
-    }
-    Ok(topics)
+pub fn decode_subscription(data: Bytes) -> Result<Vec<String>, ClientError> {
+    let subscription: ConsumerProtocolSubscription =
+        decode_consumer_protocol(data, "consumer subscription")?;
+    Ok(subscription
+        .topics
+        .iter()
+        .map(ToString::to_string)
+        .collect())
 }
 
 /// The consumer protocol's assignment of partitions of one topic.
-pub fn encode_assignment(topic: &str, partitions: &[i32]) -> Bytes {
-    let mut out = BytesMut::new();
-    out.put_i16(0);
-    out.put_i32(1);
-    put_string(&mut out, topic);
-    out.put_i32(partitions.len() as i32);
-    for &partition in partitions {
-        out.put_i32(partition);
-    }
-    out.put_i32(-1);
-    out.freeze()
+pub fn encode_assignment(topic: &str, partitions: &[i32]) -> Result<Bytes, ClientError> {
+    let assignment = ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
+        TopicPartition::default()
+            .with_topic(TopicName(str_bytes(topic)))
+            .with_partitions(partitions.to_vec()),
+    ]);
+    encode_consumer_protocol(&assignment, "consumer assignment")
 }
 
 /// The partitions of `topic` in a consumer-protocol assignment (empty for an empty one).
-pub fn decode_assignment(mut data: Bytes, topic: &str) -> Result<Vec<i32>, ClientError> {
-    let bad = || ClientError::Decode {
-        what: "consumer assignment",
-        reason: "truncated".to_owned(),
-    };
+pub fn decode_assignment(data: Bytes, topic: &str) -> Result<Vec<i32>, ClientError> {
     if data.is_empty() {
         return Ok(Vec::new());
     }
-    if data.remaining() < 6 {
-        return Err(bad());
-    }
-    let _version = data.get_i16();
-    let topics = data.get_i32();
-    let mut mine = Vec::new();
-    for _ in 0..topics.max(0) {
-        let name = get_string(&mut data).ok_or_else(bad)?;
-        if data.remaining() < 4 {
-            return Err(bad());
-        }
-        let count = data.get_i32().max(0) as usize;
-        if data.remaining() < count * 4 {
-            return Err(bad());
-        }
-        for _ in 0..count {
-            let partition = data.get_i32();
-            if name == topic {
-                mine.push(partition);
-            }
-        }
-    }
-    Ok(mine)
+    let assignment: ConsumerProtocolAssignment =
+        decode_consumer_protocol(data, "consumer assignment")?;
+    Ok(assignment
+        .assigned_partitions
+        .into_iter()
+        .filter(|assigned| assigned.topic.as_str() == topic)
+        .flat_map(|assigned| assigned.partitions)
+        .collect())
 }
 
 /// Kafka's range assignor for one topic: members sorted by id, each a run of consecutive
@@ -160,23 +164,6 @@ pub fn range_assign(members: &[String], partition_count: i32) -> BTreeMap<String
             (member.clone(), assigned)
         })
         .collect()
-}
-
-fn put_string(out: &mut BytesMut, text: &str) {
-    out.put_i16(text.len() as i16);
-    out.put_slice(text.as_bytes());
-}
-
-fn get_string(data: &mut Bytes) -> Option<String> {
-    if data.remaining() < 2 {
-        return None;
-    }
-    let length = usize::try_from(data.get_i16()).ok()?;
-    if data.remaining() < length {
-        return None;
-    }
-    let text = data.split_to(length);
-    String::from_utf8(text.to_vec()).ok()
 }
 
 fn str_bytes(text: &str) -> StrBytes {
@@ -233,6 +220,7 @@ impl GroupMember {
     /// out when this member leads, kept for `sync`.
     async fn join_once(&mut self, partition_count: i32) -> Result<(), ClientError> {
         let version = self.versions.pick::<JoinGroupRequest>(7)?;
+        let subscription = encode_subscription(&self.settings.topic)?;
         let mut attempts = 0;
         let response = loop {
             let request = JoinGroupRequest::default()
@@ -243,7 +231,7 @@ impl GroupMember {
                 .with_protocol_type(str_bytes("consumer"))
                 .with_protocols(vec![JoinGroupRequestProtocol::default()
                     .with_name(str_bytes(RANGE))
-                    .with_metadata(encode_subscription(&self.settings.topic))]);
+                    .with_metadata(subscription.clone())]);
             let response = self.connection.call(&request, version).await?;
             attempts += 1;
             if response.error_code == MEMBER_ID_REQUIRED && attempts < ATTEMPTS_MAX {
@@ -303,18 +291,17 @@ impl GroupMember {
             }
         }
         let plan = range_assign(&subscribed, partition_count);
-        Ok(members
+        members
             .iter()
             .map(|member| {
                 let partitions = plan
                     .get(member.member_id.as_str())
-                    .cloned()
-                    .unwrap_or_default();
-                SyncGroupRequestAssignment::default()
+                    .map_or(&[][..], Vec::as_slice);
+                Ok(SyncGroupRequestAssignment::default()
                     .with_member_id(member.member_id.clone())
-                    .with_assignment(encode_assignment(&self.settings.topic, &partitions))
+                    .with_assignment(encode_assignment(&self.settings.topic, partitions)?))
             })
-            .collect())
+            .collect()
     }
 
     /// One heartbeat; the error code (REBALANCE_IN_PROGRESS means join again).
@@ -441,10 +428,10 @@ mod tests {
     #[test]
     fn subscriptions_and_assignments_round_trip() {
         assert_eq!(
-            decode_subscription(encode_subscription("t")).expect("sub"),
+            decode_subscription(encode_subscription("t").expect("encode")).expect("sub"),
             vec!["t"]
         );
-        let assignment = encode_assignment("t", &[2, 5]);
+        let assignment = encode_assignment("t", &[2, 5]).expect("encode");
         assert_eq!(
             decode_assignment(assignment.clone(), "t").expect("mine"),
             vec![2, 5]

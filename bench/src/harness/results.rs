@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 
 use super::perf::{add_histogram_log, PercentilePoint, PerfOutput, TimelinePoint};
 use crate::machine::MachineInfo;
+use crate::perf::stats::percentile_distribution;
 
 /// What a process did in a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -327,22 +328,10 @@ fn merged_latency(processes: &[&ProcessRun]) -> Option<(Percentiles, Vec<Percent
         p9999: at(0.9999),
         max: merged.max() as f64,
     };
-    let points: Vec<PercentilePoint> = merged
-        .iter_quantiles(5)
-        .map(|v| {
-            (
-                v.quantile_iterated_to() * 100.0,
-                v.value_iterated_to() as f64,
-            )
-        })
+    let distribution = percentile_distribution(&merged, DISTRIBUTION_POINTS_MAX)
+        .into_iter()
+        .map(|(percentile, value)| (percentile, value as f64))
         .collect();
-    let step = points.len().div_ceil(DISTRIBUTION_POINTS_MAX).max(1);
-    let mut distribution: Vec<PercentilePoint> = points.iter().copied().step_by(step).collect();
-    if let Some(&last) = points.last() {
-        if distribution.last() != Some(&last) {
-            distribution.push(last);
-        }
-    }
     Some((percentiles, distribution))
 }
 

@@ -9,7 +9,7 @@
 //! broker no longer leads a partition, the shard looks the leader up again and goes on from
 //! the positions it had delivered (`client::reconnect`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -325,6 +325,13 @@ async fn read_session(
     sink: &mut dyn Sink,
 ) -> Result<Session, ClientError> {
     let (mut writer, mut reader) = connection.split();
+    // Partition → index in `positions`, so that an answer naming hundreds of partitions is
+    // matched to them in one pass.
+    let index_of: HashMap<i32, usize> = positions
+        .iter()
+        .enumerate()
+        .map(|(index, position)| (position.partition, index))
+        .collect();
     let mut in_flight: VecDeque<(i32, Vec<usize>)> = VecDeque::new();
     let mut correlation_id = 0_i32;
     loop {
@@ -364,10 +371,10 @@ async fn read_session(
             positions[i].in_flight = false;
         }
         for part in parts {
-            let Some(position) = positions.iter_mut().find(|p| p.partition == part.partition)
-            else {
+            let Some(&index) = index_of.get(&part.partition) else {
                 continue;
             };
+            let position = &mut positions[index];
             if is_stale_metadata_code(part.error_code) {
                 return Ok(Session::StaleMetadata(part.error_code));
             }

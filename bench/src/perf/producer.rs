@@ -20,7 +20,7 @@
 //! moment its batch was built (Kafka's tool measures from its `send` call, the same moment).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use bytes::BytesMut;
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::sync::Semaphore;
 use kafka_protocol::messages::ProduceResponse;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::payload::{self, STAMP_BYTES};
 use super::props::ProducerProps;
@@ -353,11 +353,6 @@ pub fn final_line(report: &stats::Report, verb: &str) -> String {
         ms(0.999),
         ms(0.9999),
     )
-}
-
-/// The JSON settings shared by every mode: the producer properties as given.
-pub fn props_json(props: &ProducerProps) -> Value {
-    json!(props.given)
 }
 
 async fn run_shard(
@@ -861,15 +856,18 @@ impl Completer {
 
     fn settle(&self, sent: &InFlight, response: &ProduceResponse) {
         let now = Instant::now();
+        // Each partition's error code, gathered once: a request carries a batch for each of up
+        // to hundreds of partitions, and searching the answer for each would be quadratic.
+        let codes: HashMap<i32, i16> = response
+            .responses
+            .iter()
+            .flat_map(|topic| topic.partition_responses.iter())
+            .map(|p| (p.index, p.error_code))
+            .collect();
         let mut shared = self.shared.borrow_mut();
         for batch in &sent.batches {
             let partition = shared.streams[batch.stream].spec.partition;
-            let code = response
-                .responses
-                .iter()
-                .flat_map(|topic| topic.partition_responses.iter())
-                .find(|p| p.index == partition)
-                .map_or(-1, |p| p.error_code);
+            let code = codes.get(&partition).copied().unwrap_or(-1);
             shared.stale_metadata |= is_stale_metadata_code(code);
             let stream = &mut shared.streams[batch.stream];
             let idempotent = self.context.producer.is_some();

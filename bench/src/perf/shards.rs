@@ -107,10 +107,4 @@ impl Clock {
         let since = at.saturating_duration_since(self.start);
         self.start_unix_us + u64::try_from(since.as_micros()).unwrap_or(u64::MAX / 2)
     }
-
-    /// Wall-clock microseconds back to the run's clock (`None` before the run started).
-    pub fn instant_of_unix_us(&self, unix_us: u64) -> Option<Instant> {
-        let since = unix_us.checked_sub(self.start_unix_us)?;
-        Some(self.start + std::time::Duration::from_micros(since))
-    }
 }

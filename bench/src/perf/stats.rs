@@ -408,25 +408,29 @@ fn progress_indicator(records: u64, expected: Option<u64>, done: bool) {
     let _ = stderr.flush();
 }
 
+/// (percentile in 0..=100, value) along HdrHistogram's quantile iteration, thinned to about
+/// `points_max` points and always ending at the maximum.
+pub fn percentile_distribution(histogram: &Histogram<u64>, points_max: usize) -> Vec<(f64, u64)> {
+    let points: Vec<(f64, u64)> = histogram
+        .iter_quantiles(5)
+        .map(|v| (v.quantile_iterated_to() * 100.0, v.value_iterated_to()))
+        .collect();
+    let step = points.len().div_ceil(points_max.max(1)).max(1);
+    let mut thinned: Vec<(f64, u64)> = points.iter().copied().step_by(step).collect();
+    if let Some(&last) = points.last() {
+        if thinned.last() != Some(&last) {
+            thinned.push(last);
+        }
+    }
+    thinned
+}
+
 /// The latency summary of the JSON contract.
 pub fn latency_json(histogram: &Histogram<u64>, measured_from: &str) -> Value {
     if histogram.is_empty() {
         return Value::Null;
     }
-    let mut points: Vec<(f64, u64)> = histogram
-        .iter_quantiles(5)
-        .map(|v| (v.quantile_iterated_to() * 100.0, v.value_iterated_to()))
-        .collect();
-    if points.len() > DISTRIBUTION_POINTS_MAX {
-        let step = points.len().div_ceil(DISTRIBUTION_POINTS_MAX);
-        let last = points.last().copied();
-        points = points.into_iter().step_by(step).collect();
-        if let Some(last) = last {
-            if points.last() != Some(&last) {
-                points.push(last);
-            }
-        }
-    }
+    let points = percentile_distribution(histogram, DISTRIBUTION_POINTS_MAX);
     json!({
         "measured_from": measured_from,
         "unit": "us",
