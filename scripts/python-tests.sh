@@ -6,8 +6,9 @@
 #   scripts/python-tests.sh [pytest args...]     e.g. -k restart, -x, -v
 #
 # RINGLOG_BIN selects the binary (default: the debug build under $CARGO_TARGET_DIR or target/,
-# brought up to date here; a given one is built only if missing). Broker data and logs go to target/pytest-data (must not be tmpfs:
-# O_DIRECT); a failed test keeps its data directory and prints its broker's log.
+# brought up to date here; a given one is built only if missing). Broker data and logs go to
+# target/pytest-data (must not be tmpfs: O_DIRECT); a failed test keeps its data directory and
+# prints its broker's log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
