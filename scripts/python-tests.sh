@@ -6,8 +6,9 @@
 #   scripts/python-tests.sh [pytest args...]     e.g. -k restart, -x, -v
 #
 # RINGLOG_BIN selects the binary (default: the debug build under $CARGO_TARGET_DIR or target/,
-# built here if missing). Broker data and logs go to target/pytest-data (must not be tmpfs:
-# O_DIRECT); a failed test keeps its data directory and prints its broker's log.
+# brought up to date here; a given one is built only if missing). Broker data and logs go to
+# target/pytest-data (must not be tmpfs: O_DIRECT); a failed test keeps its data directory and
+# prints its broker's log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,12 +48,17 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${PINNED[*
     echo "${PINNED[*]}" > "$stamp"
 fi
 
+# Without RINGLOG_BIN the debug build of this tree is tested, so it is brought up to date first
+# (a stale binary would pass tests the source no longer does); cargo does nothing when it is.
+# ringlog-perf (tests/python/test_perf_tool.py) sits beside the broker binary.
+if [ -z "${RINGLOG_BIN:-}" ]; then
+    cargo build -p ringlog -p ringlog-bench --bin ringlog --bin ringlog-perf
+fi
 export RINGLOG_BIN="${RINGLOG_BIN:-$(realpath -m "${CARGO_TARGET_DIR:-target}")/debug/ringlog}"
+export RINGLOG_PERF_BIN="${RINGLOG_PERF_BIN:-$(dirname "$RINGLOG_BIN")/ringlog-perf}"
 if [ ! -x "$RINGLOG_BIN" ]; then
     cargo build -p ringlog
 fi
-# ringlog-perf (tests/python/test_perf_tool.py) sits beside the broker binary.
-export RINGLOG_PERF_BIN="${RINGLOG_PERF_BIN:-$(dirname "$RINGLOG_BIN")/ringlog-perf}"
 if [ ! -x "$RINGLOG_PERF_BIN" ]; then
     cargo build -p ringlog-bench --bin ringlog-perf
 fi

@@ -29,7 +29,14 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import kafkautil  # noqa: E402 (found through the path above)
+
 START_TIMEOUT_S = 30
+# A broker killed a moment ago can still accept on its port for a few milliseconds (its
+# io_uring, and the listening socket with it, is torn down after the process is gone), and a
+# connection it accepted is then reset. So a start is complete only when the new broker has
+# answered ApiVersions on this many new connections in a row, not at the first accepted one.
+START_ANSWERS_IN_A_ROW = 5
 STOP_TIMEOUT_S = 15
 
 
@@ -152,24 +159,27 @@ class Broker:
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=env, preexec_fn=_die_with_parent,
             )
-        self._wait_until_accepting()
+        self._wait_until_answering()
         return self
 
-    def _wait_until_accepting(self) -> None:
+    def _wait_until_answering(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
+        answered = 0
+        while answered < START_ANSWERS_IN_A_ROW:
             code = self.process.poll()
             if code is not None:
                 raise RuntimeError(
                     f"broker exited with {code} while starting:\n{self.log_tail()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
+                if kafkautil.api_versions_ok(("127.0.0.1", self.port), timeout=1):
+                    answered += 1
+                    continue
             except OSError:
                 pass
+            answered = 0
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"broker did not accept on {self.bootstrap} within {START_TIMEOUT_S}s; "
+                    f"broker did not answer on {self.bootstrap} within {START_TIMEOUT_S}s; "
                     f"its threads (name, state, wait channel):\n{self.threads()}\n"
                     f"{self.log_tail()}")
             time.sleep(0.05)

@@ -216,9 +216,9 @@ def roundtrip(address: tuple[str, int], request: bytes, timeout: float = 10) -> 
         return payload[4:]
 
 
-def api_versions_ok(address: tuple[str, int]) -> bool:
+def api_versions_ok(address: tuple[str, int], timeout: float = 10) -> bool:
     """ApiVersions v0 on a new connection answers with error code 0."""
-    body = roundtrip(address, frame(18, 0, 7, b""))
+    body = roundtrip(address, frame(18, 0, 7, b""), timeout=timeout)
     (error_code,) = struct.unpack(">h", body[:2])
     return error_code == 0
 

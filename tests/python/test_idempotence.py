@@ -8,7 +8,6 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-import time
 
 from kafka import KafkaProducer
 
@@ -35,22 +34,6 @@ def produce(address, topic, values, producer_id, epoch, sequence) -> tuple[int, 
     return error_code, base_offset
 
 
-def restart(broker, clean: bool) -> None:
-    """Restarts the broker and waits until it answers: a raw connection made right as it starts
-    accepting can be reset (seen here), and these raw requests are not retried."""
-    broker.restart(clean=clean)
-    address = ("127.0.0.1", broker.port)
-    deadline = time.monotonic() + 15
-    answered = 0
-    while answered < 5:
-        assert time.monotonic() < deadline, "broker does not answer after a restart"
-        try:
-            answered = answered + 1 if kafkautil.api_versions_ok(address) else 0
-        except OSError:
-            answered = 0
-            time.sleep(0.1)
-
-
 def log_values(bootstrap, topic) -> list[bytes]:
     return [r.value for r in kafkautil.consume_all(bootstrap, topic, 1)[0]]
 
@@ -64,10 +47,10 @@ def test_producer_ids_are_unique_across_restarts_and_transactions_are_refused(br
     assert first[1] != second[1]
     assert init_producer_id(address, "tx")[0] == TRANSACTIONAL_ID_AUTHORIZATION_FAILED
     assert init_producer_id(address, "")[0] == INVALID_REQUEST
-    restart(broker, clean=False)
+    broker.restart(clean=False)
     after_crash = init_producer_id(address)
     assert after_crash[0] == NONE and after_crash[1] > second[1]
-    restart(broker, clean=True)
+    broker.restart(clean=True)
     after_restart = init_producer_id(address)
     assert after_restart[0] == NONE and after_restart[1] > after_crash[1]
 
@@ -90,11 +73,11 @@ def test_retried_batches_are_stored_once_also_after_restart_and_kill9(broker, to
     assert produce(address, topic_name, [b"o"], other, 0, 0) == (NONE, 4)
     assert kafkautil.watermarks(broker.bootstrap, topic_name, 1)[0] == (0, 5)
 
-    restart(broker, clean=True)
+    broker.restart(clean=True)
     assert produce(address, topic_name, [b"d"], pid, epoch, 3) == (NONE, 3)
     assert produce(address, topic_name, [b"e"], pid, epoch, 4) == (NONE, 5)
 
-    restart(broker, clean=False)
+    broker.restart(clean=False)
     assert produce(address, topic_name, [b"e"], pid, epoch, 4) == (NONE, 5)
     assert produce(address, topic_name, [b"a", b"b", b"c"], pid, epoch, 0) == (NONE, 0)
     assert produce(address, topic_name, [b"o"], other, 0, 0) == (NONE, 4)
@@ -103,7 +86,7 @@ def test_retried_batches_are_stored_once_also_after_restart_and_kill9(broker, to
     assert produce(address, topic_name, [b"f"], pid, epoch + 1, 0) == (NONE, 6)
     assert produce(address, topic_name, [b"g"], pid, epoch, 5)[0] == INVALID_PRODUCER_EPOCH
 
-    restart(broker, clean=False)
+    broker.restart(clean=False)
     assert produce(address, topic_name, [b"f"], pid, epoch + 1, 0) == (NONE, 6)
     assert produce(address, topic_name, [b"g"], pid, epoch, 5)[0] == INVALID_PRODUCER_EPOCH
     assert log_values(broker.bootstrap, topic_name) == [b"a", b"b", b"c", b"d", b"o", b"e", b"f"]

@@ -10,21 +10,13 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 import kafkautil
+from test_groups import committed_offsets
 
 OFFSETS = "__consumer_offsets"
 
 
 def offsets_segments(data_dir) -> int:
     return sum(len(list(d.glob("*.log"))) for d in data_dir.glob(f"{OFFSETS}-*"))
-
-
-def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        tps = c.committed([TopicPartition(topic, p) for p in range(2)], timeout=30)
-        return {tp.partition: tp.offset for tp in tps}
-    finally:
-        c.close()
 
 
 def test_superseded_commits_are_cleaned(broker_factory, topic_name):
@@ -44,14 +36,14 @@ def test_superseded_commits_are_cleaned(broker_factory, topic_name):
         consumer.commit(offsets=[TopicPartition(topic_name, 0, i), TopicPartition(topic_name, 1, 2 * i)],
                         asynchronous=False)
     consumer.close()
-    assert committed(bootstrap, group, topic_name) == {0: 2999, 1: 5998}
+    assert committed_offsets(bootstrap, group, topic_name, 2) == {0: 2999, 1: 5998}
 
     deadline = time.monotonic() + 30
     while offsets_segments(broker.data_dir) > 4 and time.monotonic() < deadline:
         time.sleep(0.3)
     # 8 partitions, each with at least its active segment; the busy one is down to a couple.
     assert offsets_segments(broker.data_dir) <= 10, "superseded segments were not deleted"
-    assert committed(bootstrap, group, topic_name) == {0: 2999, 1: 5998}
+    assert committed_offsets(bootstrap, group, topic_name, 2) == {0: 2999, 1: 5998}
 
     assert broker.restart() == 0
-    assert committed(bootstrap, group, topic_name) == {0: 2999, 1: 5998}
+    assert committed_offsets(bootstrap, group, topic_name, 2) == {0: 2999, 1: 5998}
