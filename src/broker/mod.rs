@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod consumer_group;
+pub mod durable;
 pub mod fetch;
 pub mod groups;
 pub mod mesh;

@@ -21,7 +21,7 @@
 //! lost in a crash) is ignored and the whole log replayed.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 use kafka_protocol::ResponseError;
@@ -317,9 +317,8 @@ fn read_snapshot(dir: &Path) -> Option<Snapshot> {
     }
 }
 
-/// Writes the snapshot of `states` at the log's end durably: temporary file, fsync, rename,
-/// directory fsync. Small (at most five batches per producer), so written with blocking calls
-/// as the topic catalog is.
+/// Writes the snapshot of `states` at the log's end durably ([`super::durable`]). Small (at
+/// most five batches per producer), so written with blocking calls as the topic catalog is.
 pub fn save(log: &PartitionLog, states: &ProducerStates) -> io::Result<()> {
     let offset = log.log_end_offset();
     let snapshot = Snapshot {
@@ -327,15 +326,8 @@ pub fn save(log: &PartitionLog, states: &ProducerStates) -> io::Result<()> {
         offset,
         producers: states.below(offset),
     };
-    let dir = log.dir();
-    let path = dir.join(SNAPSHOT_FILE);
-    let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     let text = serde_json::to_vec(&snapshot).map_err(io::Error::other)?;
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&text)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
-    std::fs::File::open(dir)?.sync_all()
+    super::durable::replace_file(log.dir(), SNAPSHOT_FILE, &text)
 }
 
 /// Rebuilds a partition's producer state at open: the snapshot, then every batch after it.
