@@ -2035,22 +2035,40 @@ async fn forget_offsets(
     Ok(())
 }
 
+/// What DeleteGroups and OffsetDelete need to know of a group id on its coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    /// No group of either protocol, and no committed offsets.
+    Unknown,
+    /// Known (a group without members, or only committed offsets).
+    Empty,
+    /// A group of either protocol with members.
+    Active,
+}
+
+fn presence(coordinator: &Coordinator, group: &str) -> Presence {
+    let classic = coordinator.groups.borrow();
+    let consumer = coordinator.consumer.borrow();
+    let active = classic.get(group).is_some_and(|g| !g.members.is_empty())
+        || consumer.get(group).is_some_and(|g| !g.members.is_empty());
+    if active {
+        Presence::Active
+    } else if classic.contains_key(group)
+        || consumer.contains_key(group)
+        || coordinator.offsets.borrow().contains_key(group)
+    {
+        Presence::Empty
+    } else {
+        Presence::Unknown
+    }
+}
+
 /// Deletes an empty group and its committed offsets.
 async fn delete_local(shard: &Shard, group: &str) -> Option<ResponseError> {
-    {
-        let groups = shard.groups.groups.borrow();
-        let consumer = shard.groups.consumer.borrow();
-        let known = groups.contains_key(group)
-            || consumer.contains_key(group)
-            || shard.groups.offsets.borrow().contains_key(group);
-        if !known {
-            return Some(ResponseError::GroupIdNotFound);
-        }
-        if groups.get(group).is_some_and(|g| !g.members.is_empty())
-            || consumer.get(group).is_some_and(|g| !g.members.is_empty())
-        {
-            return Some(ResponseError::NonEmptyGroup);
-        }
+    match presence(&shard.groups, group) {
+        Presence::Unknown => return Some(ResponseError::GroupIdNotFound),
+        Presence::Active => return Some(ResponseError::NonEmptyGroup),
+        Presence::Empty => {}
     }
     let committed: Vec<(String, i32)> = shard
         .groups
@@ -2110,28 +2128,15 @@ pub async fn offset_delete(
 
 async fn offset_delete_local(shard: &Shard, request: &OffsetDeleteRequest) -> OffsetDeleteResponse {
     let group = request.group_id.to_string();
-    let (known, active) = {
-        let groups = shard.groups.groups.borrow();
-        let consumer = shard.groups.consumer.borrow();
-        (
-            groups.contains_key(&group)
-                || consumer.contains_key(&group)
-                || shard.groups.offsets.borrow().contains_key(&group),
-            groups.get(&group).is_some_and(|g| !g.members.is_empty())
-                || consumer.get(&group).is_some_and(|g| !g.members.is_empty()),
-        )
-    };
-    if !known {
+    let presence = presence(&shard.groups, &group);
+    if presence == Presence::Unknown {
         return OffsetDeleteResponse::default()
             .with_error_code(ResponseError::GroupIdNotFound.code());
     }
     // Members' subscriptions are not decoded here: while the group has members, none of its
     // offsets are deleted (Kafka refuses only topics the members subscribe to).
-    let partition_error = if active {
-        Some(ResponseError::GroupSubscribedToTopic)
-    } else {
-        None
-    };
+    let partition_error =
+        (presence == Presence::Active).then_some(ResponseError::GroupSubscribedToTopic);
     let mut doomed = Vec::new();
     if partition_error.is_none() {
         for topic in &request.topics {
