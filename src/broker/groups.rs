@@ -378,17 +378,22 @@ fn decode_record(
     ))
 }
 
+/// The `__consumer_offsets` partitions this shard owns, and the topic's partition count (none
+/// and 0 without the topic).
+fn owned_offsets_partitions(shard: &Shard) -> (Vec<usize>, usize) {
+    let catalog = shard.catalog.borrow();
+    let Some(topic) = catalog.topics.get(OFFSETS_TOPIC) else {
+        return (Vec::new(), 0);
+    };
+    let owned = (0..topic.partitions.len())
+        .filter(|&p| topic.partitions[p] == shard.id)
+        .collect();
+    (owned, topic.partitions.len())
+}
+
 /// Rebuilds the committed offsets of the `__consumer_offsets` partitions this shard owns.
 pub async fn load_offsets(shard: &Shard) {
-    let owned: Vec<usize> = {
-        let catalog = shard.catalog.borrow();
-        let Some(topic) = catalog.topics.get(OFFSETS_TOPIC) else {
-            return;
-        };
-        (0..topic.partitions.len())
-            .filter(|&p| topic.partitions[p] == shard.id)
-            .collect()
-    };
+    let (owned, _) = owned_offsets_partitions(shard);
     let mut records = 0_usize;
     for partition in owned {
         let Some(log) = shard.partition(OFFSETS_TOPIC, partition as i32) else {
@@ -1931,18 +1936,9 @@ const CLEANING_BATCH_RECORDS: usize = 2000;
 /// that rewrite is deleted. Run with retention; replay after a restart reads the rewrite last,
 /// so it sees the same state. Returns the number of segments deleted.
 pub async fn clean_offsets(shard: &Shard) -> usize {
-    let owned: Vec<(usize, usize)> = {
-        let catalog = shard.catalog.borrow();
-        let Some(topic) = catalog.topics.get(OFFSETS_TOPIC) else {
-            return 0;
-        };
-        (0..topic.partitions.len())
-            .filter(|&p| topic.partitions[p] == shard.id)
-            .map(|p| (p, topic.partitions.len()))
-            .collect()
-    };
+    let (owned, partitions) = owned_offsets_partitions(shard);
     let mut deleted = 0;
-    for (partition, partitions) in owned {
+    for partition in owned {
         let Some(log) = shard.partition(OFFSETS_TOPIC, partition as i32) else {
             continue;
         };
