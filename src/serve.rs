@@ -42,6 +42,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const PORT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a port must keep accepting connections to count as in use by another process.
 const PORT_PROBE_WINDOW: Duration = Duration::from_secs(3);
+/// What to do about a core's own port (node per shard) that is taken.
+const OWN_PORT_HINT: &str = "this is a core's own port as a node of its own: choose a --listen \
+                             port followed by free ones, or run with --node-per-shard false";
 /// Pause after a failed accept (for example EMFILE), so the loop does not spin.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(10);
 
@@ -52,7 +55,8 @@ enum ShardError {
     Bind {
         address: SocketAddr,
         source: glommio::GlommioError<()>,
-        hint: &'static str,
+        /// What to do about it, after "; " (empty for the shared listen port).
+        hint: String,
     },
     #[error("{0}")]
     Mesh(&'static str),
@@ -154,8 +158,7 @@ fn ensure_ports_free(config: &ServeConfig, address: SocketAddr) -> Result<(), St
             let hint = if offset == 0 {
                 "stop it or choose another --listen port"
             } else {
-                "this is a core's own port as a node of its own: choose a --listen port followed \
-                 by free ones, or run with --node-per-shard false"
+                OWN_PORT_HINT
             };
             return Err(format!(
                 "cannot listen on {listen}: in use by another process (it accepts connections \
@@ -456,10 +459,9 @@ async fn run_shard(
                 start.stop.store(true, Ordering::Release);
                 shard.close_all().await;
                 let hint = if address == start.address {
-                    ""
+                    String::new()
                 } else {
-                    " (this core's own port as a node of its own; choose a --listen port \
-                     followed by free ones, or run with --node-per-shard false)"
+                    format!("; {OWN_PORT_HINT}")
                 };
                 return Err(ShardError::Bind {
                     address,

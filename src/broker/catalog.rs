@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -83,21 +83,12 @@ impl Catalog {
 
     /// Writes the catalog durably: temporary file, fsync, rename, fsync of the directory.
     pub fn save(&self, data_dir: &Path) -> Result<(), CatalogError> {
-        let path = data_dir.join(CATALOG_FILE);
-        let temporary = data_dir.join(format!("{CATALOG_FILE}.tmp"));
         let write_error = |source| CatalogError::Write {
-            path: path.clone(),
+            path: data_dir.join(CATALOG_FILE),
             source,
         };
         let text = serde_json::to_vec_pretty(self).map_err(|error| write_error(error.into()))?;
-        let mut file = fs::File::create(&temporary).map_err(write_error)?;
-        file.write_all(&text).map_err(write_error)?;
-        file.sync_all().map_err(write_error)?;
-        fs::rename(&temporary, &path).map_err(write_error)?;
-        fs::File::open(data_dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(write_error)?;
-        Ok(())
+        super::durable::replace_file(data_dir, CATALOG_FILE, &text).map_err(write_error)
     }
 
     /// Moves every partition placed on a shard that no longer exists (the broker was restarted

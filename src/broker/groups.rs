@@ -378,17 +378,22 @@ fn decode_record(
     ))
 }
 
+/// The `__consumer_offsets` partitions this shard owns, and the topic's partition count (none
+/// and 0 without the topic).
+fn owned_offsets_partitions(shard: &Shard) -> (Vec<usize>, usize) {
+    let catalog = shard.catalog.borrow();
+    let Some(topic) = catalog.topics.get(OFFSETS_TOPIC) else {
+        return (Vec::new(), 0);
+    };
+    let owned = (0..topic.partitions.len())
+        .filter(|&p| topic.partitions[p] == shard.id)
+        .collect();
+    (owned, topic.partitions.len())
+}
+
 /// Rebuilds the committed offsets of the `__consumer_offsets` partitions this shard owns.
 pub async fn load_offsets(shard: &Shard) {
-    let owned: Vec<usize> = {
-        let catalog = shard.catalog.borrow();
-        let Some(topic) = catalog.topics.get(OFFSETS_TOPIC) else {
-            return;
-        };
-        (0..topic.partitions.len())
-            .filter(|&p| topic.partitions[p] == shard.id)
-            .collect()
-    };
+    let (owned, _) = owned_offsets_partitions(shard);
     let mut records = 0_usize;
     for partition in owned {
         let Some(log) = shard.partition(OFFSETS_TOPIC, partition as i32) else {
@@ -1931,18 +1936,9 @@ const CLEANING_BATCH_RECORDS: usize = 2000;
 /// that rewrite is deleted. Run with retention; replay after a restart reads the rewrite last,
 /// so it sees the same state. Returns the number of segments deleted.
 pub async fn clean_offsets(shard: &Shard) -> usize {
-    let owned: Vec<(usize, usize)> = {
-        let catalog = shard.catalog.borrow();
-        let Some(topic) = catalog.topics.get(OFFSETS_TOPIC) else {
-            return 0;
-        };
-        (0..topic.partitions.len())
-            .filter(|&p| topic.partitions[p] == shard.id)
-            .map(|p| (p, topic.partitions.len()))
-            .collect()
-    };
+    let (owned, partitions) = owned_offsets_partitions(shard);
     let mut deleted = 0;
-    for (partition, partitions) in owned {
+    for partition in owned {
         let Some(log) = shard.partition(OFFSETS_TOPIC, partition as i32) else {
             continue;
         };
@@ -2035,22 +2031,40 @@ async fn forget_offsets(
     Ok(())
 }
 
+/// What DeleteGroups and OffsetDelete need to know of a group id on its coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    /// No group of either protocol, and no committed offsets.
+    Unknown,
+    /// Known (a group without members, or only committed offsets).
+    Empty,
+    /// A group of either protocol with members.
+    Active,
+}
+
+fn presence(coordinator: &Coordinator, group: &str) -> Presence {
+    let classic = coordinator.groups.borrow();
+    let consumer = coordinator.consumer.borrow();
+    let active = classic.get(group).is_some_and(|g| !g.members.is_empty())
+        || consumer.get(group).is_some_and(|g| !g.members.is_empty());
+    if active {
+        Presence::Active
+    } else if classic.contains_key(group)
+        || consumer.contains_key(group)
+        || coordinator.offsets.borrow().contains_key(group)
+    {
+        Presence::Empty
+    } else {
+        Presence::Unknown
+    }
+}
+
 /// Deletes an empty group and its committed offsets.
 async fn delete_local(shard: &Shard, group: &str) -> Option<ResponseError> {
-    {
-        let groups = shard.groups.groups.borrow();
-        let consumer = shard.groups.consumer.borrow();
-        let known = groups.contains_key(group)
-            || consumer.contains_key(group)
-            || shard.groups.offsets.borrow().contains_key(group);
-        if !known {
-            return Some(ResponseError::GroupIdNotFound);
-        }
-        if groups.get(group).is_some_and(|g| !g.members.is_empty())
-            || consumer.get(group).is_some_and(|g| !g.members.is_empty())
-        {
-            return Some(ResponseError::NonEmptyGroup);
-        }
+    match presence(&shard.groups, group) {
+        Presence::Unknown => return Some(ResponseError::GroupIdNotFound),
+        Presence::Active => return Some(ResponseError::NonEmptyGroup),
+        Presence::Empty => {}
     }
     let committed: Vec<(String, i32)> = shard
         .groups
@@ -2110,28 +2124,15 @@ pub async fn offset_delete(
 
 async fn offset_delete_local(shard: &Shard, request: &OffsetDeleteRequest) -> OffsetDeleteResponse {
     let group = request.group_id.to_string();
-    let (known, active) = {
-        let groups = shard.groups.groups.borrow();
-        let consumer = shard.groups.consumer.borrow();
-        (
-            groups.contains_key(&group)
-                || consumer.contains_key(&group)
-                || shard.groups.offsets.borrow().contains_key(&group),
-            groups.get(&group).is_some_and(|g| !g.members.is_empty())
-                || consumer.get(&group).is_some_and(|g| !g.members.is_empty()),
-        )
-    };
-    if !known {
+    let presence = presence(&shard.groups, &group);
+    if presence == Presence::Unknown {
         return OffsetDeleteResponse::default()
             .with_error_code(ResponseError::GroupIdNotFound.code());
     }
     // Members' subscriptions are not decoded here: while the group has members, none of its
     // offsets are deleted (Kafka refuses only topics the members subscribe to).
-    let partition_error = if active {
-        Some(ResponseError::GroupSubscribedToTopic)
-    } else {
-        None
-    };
+    let partition_error =
+        (presence == Presence::Active).then_some(ResponseError::GroupSubscribedToTopic);
     let mut doomed = Vec::new();
     if partition_error.is_none() {
         for topic in &request.topics {

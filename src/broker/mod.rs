@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod consumer_group;
+pub mod durable;
 pub mod fetch;
 pub mod groups;
 pub mod mesh;
@@ -165,13 +166,32 @@ pub struct Partition {
     pub log: PartitionLog,
     /// The idempotent producers' sequences ([`producer_state`]), kept in step with `log`.
     pub producers: RefCell<producer_state::ProducerStates>,
+    /// The log end offset of the producer state snapshot on disk, if it holds the current
+    /// state: the state below an offset never changes, so there is nothing new to write until
+    /// the log end moves.
+    producer_snapshot_offset: Cell<Option<i64>>,
 }
 
 impl Partition {
-    /// Snapshots the producer state (at open, at each checkpoint, at close).
+    fn new(log: PartitionLog, recovered: producer_state::Recovered) -> Self {
+        Self {
+            log,
+            producers: RefCell::new(recovered.states),
+            producer_snapshot_offset: Cell::new(recovered.snapshot_offset),
+        }
+    }
+
+    /// Snapshots the producer state (at open, at each checkpoint, at close) when the log end
+    /// moved since the last snapshot: an idle partition costs no write and no fsync.
     fn save_producer_state(&self) {
-        if let Err(error) = producer_state::save(&self.log, &self.producers.borrow()) {
-            warn!(dir = %self.log.dir().display(), "cannot write the producer state snapshot: {error}");
+        if self.producer_snapshot_offset.get() == Some(self.log.log_end_offset()) {
+            return;
+        }
+        match producer_state::save(&self.log, &self.producers.borrow()) {
+            Ok(offset) => self.producer_snapshot_offset.set(Some(offset)),
+            Err(error) => {
+                warn!(dir = %self.log.dir().display(), "cannot write the producer state snapshot: {error}");
+            }
         }
     }
 }
@@ -350,7 +370,9 @@ impl Shard {
             }
             match PartitionLog::open_with(&dir, config.clone(), self.open_options()).await {
                 Ok((log, report)) => {
-                    let producers = RefCell::new(producer_state::recover(&log).await);
+                    let recovered = producer_state::recover(&log).await;
+                    let partition = Partition::new(log, recovered);
+                    partition.save_producer_state();
                     if let Some(corruption) = &report.corruption {
                         warn!(
                             topic = name,
@@ -364,7 +386,7 @@ impl Shard {
                     if slots.len() <= index {
                         slots.resize(index + 1, None);
                     }
-                    slots[index] = Some(Rc::new(Partition { log, producers }));
+                    slots[index] = Some(Rc::new(partition));
                 }
                 Err(source) => {
                     error!(
@@ -690,5 +712,85 @@ impl Broker for ShardBroker {
         version: i16,
     ) -> ConsumerGroupDescribeResponse {
         groups::consumer_group_describe(&self.0, request, version).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use bytes::Bytes;
+    use ringlog_engine::batch::BatchBuilder;
+
+    use super::*;
+
+    async fn open(dir: &Path) -> Partition {
+        let (log, _) = PartitionLog::open(dir, LogConfig::default())
+            .await
+            .expect("open");
+        let recovered = producer_state::recover(&log).await;
+        Partition::new(log, recovered)
+    }
+
+    fn written_at(dir: &Path) -> Option<i64> {
+        let text = std::fs::read(dir.join(producer_state::SNAPSHOT_FILE)).ok()?;
+        let snapshot: serde_json::Value = serde_json::from_slice(&text).expect("json");
+        snapshot["offset"].as_i64()
+    }
+
+    #[test]
+    fn producer_state_is_written_only_when_the_log_end_moved() {
+        // On the target's filesystem: O_DIRECT needs ext4 or xfs, not tmpfs.
+        let exe = std::env::current_exe().expect("test binary");
+        let root = exe.parent().expect("target dir");
+        let temp = tempfile::tempdir_in(root).expect("temp dir");
+        let dir = temp.path().to_owned();
+        let snapshot = dir.join(producer_state::SNAPSHOT_FILE);
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(2 << 20)
+            .spawn(move || async move {
+                // A new, empty log: no snapshot is the same as an empty one at its start.
+                let partition = open(&dir).await;
+                partition.save_producer_state();
+                assert_eq!(written_at(&dir), None);
+                let batch = BatchBuilder::new(0).record(0, None, Some(b"v")).build();
+                partition
+                    .log
+                    .append(Bytes::from(batch))
+                    .await
+                    .expect("append");
+                partition.save_producer_state();
+                assert_eq!(written_at(&dir), Some(1));
+                // Nothing new since: the file is not written again.
+                std::fs::remove_file(&snapshot).expect("remove");
+                partition.save_producer_state();
+                assert_eq!(written_at(&dir), None);
+                partition.log.close().await.expect("close");
+
+                // Reopened without a snapshot: one is written at open.
+                let partition = open(&dir).await;
+                partition.save_producer_state();
+                assert_eq!(written_at(&dir), Some(1));
+                partition.log.close().await.expect("close");
+
+                // Reopened with a snapshot at the log end: nothing to write.
+                let partition = open(&dir).await;
+                std::fs::remove_file(&snapshot).expect("remove");
+                partition.save_producer_state();
+                assert_eq!(written_at(&dir), None);
+                partition.log.close().await.expect("close");
+
+                // A snapshot ahead of the log (its tail lost in a crash) is replaced at open,
+                // before the log can grow past it and make it look valid.
+                std::fs::write(&snapshot, br#"{"version":1,"offset":100,"producers":[]}"#)
+                    .expect("write");
+                let partition = open(&dir).await;
+                partition.save_producer_state();
+                assert_eq!(written_at(&dir), Some(1));
+                partition.log.close().await.expect("close");
+            })
+            .expect("executor starts")
+            .join()
+            .expect("executor finishes");
     }
 }

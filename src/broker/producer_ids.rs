@@ -3,7 +3,7 @@
 //! Shard 0, the controller, hands out every id (any shard receiving the request asks it through
 //! the mesh). Ids are reserved in blocks of [`BLOCK_IDS`]: before the first id of a block is
 //! given out, the end of the block is written durably to `DATA_DIR/producer-ids.json`
-//! (temporary file, fsync, rename, directory fsync, as the topic catalog is), and a restart
+//! ([`super::durable`], as the topic catalog is), and a restart
 //! starts at the last reserved end. A crash therefore skips the rest of a block but never
 //! hands out an id twice.
 //!
@@ -16,7 +16,7 @@
 //! message, where the coordinator errors (COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR) would
 //! make them retry forever. An empty transactional id is INVALID_REQUEST, as in Kafka.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -91,14 +91,8 @@ impl ProducerIdAllocator {
 }
 
 fn save(data_dir: &Path, reservation: Reservation) -> io::Result<()> {
-    let path = data_dir.join(PRODUCER_IDS_FILE);
-    let temporary = data_dir.join(format!("{PRODUCER_IDS_FILE}.tmp"));
     let text = serde_json::to_vec(&reservation).map_err(io::Error::other)?;
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&text)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
-    std::fs::File::open(data_dir)?.sync_all()
+    super::durable::replace_file(data_dir, PRODUCER_IDS_FILE, &text)
 }
 
 /// Runs on the controller: the next producer id.

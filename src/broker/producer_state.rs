@@ -16,12 +16,13 @@
 //!
 //! The state is a pure function of the batch headers in the log, so it survives a restart or a
 //! crash by construction: a snapshot (`producer-state.json`, taken at open, every checkpoint and
-//! at close) holds the state of every batch below its offset, and opening a partition replays
-//! the headers of the batches from there to the log end. A snapshot ahead of the log (its tail
-//! lost in a crash) is ignored and the whole log replayed.
+//! at close, unless the log end has not moved since the last one) holds the state of every
+//! batch below its offset, and opening a partition replays the headers of the batches from
+//! there to the log end. A snapshot ahead of the log (its tail lost in a crash) is ignored and
+//! the whole log replayed.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 use kafka_protocol::ResponseError;
@@ -294,60 +295,79 @@ struct Snapshot {
     producers: Vec<ProducerEntry>,
 }
 
-fn read_snapshot(dir: &Path) -> Option<Snapshot> {
+/// What [`read_snapshot`] found.
+enum SnapshotFile {
+    /// None was ever written: the same as an empty snapshot at the log start.
+    Missing,
+    /// One that cannot be used (reported): the state is rebuilt from the whole log.
+    Unusable,
+    Found(Snapshot),
+}
+
+fn read_snapshot(dir: &Path) -> SnapshotFile {
     let path = dir.join(SNAPSHOT_FILE);
     let text = match std::fs::read(&path) {
         Ok(text) => text,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return None,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return SnapshotFile::Missing,
         Err(error) => {
             warn!(path = %path.display(), "cannot read the producer state snapshot: {error}");
-            return None;
+            return SnapshotFile::Unusable;
         }
     };
     match serde_json::from_slice::<Snapshot>(&text) {
-        Ok(snapshot) if snapshot.version == SNAPSHOT_VERSION => Some(snapshot),
+        Ok(snapshot) if snapshot.version == SNAPSHOT_VERSION => SnapshotFile::Found(snapshot),
         Ok(snapshot) => {
             warn!(path = %path.display(), version = snapshot.version, "unknown producer state snapshot version; rebuilding from the log");
-            None
+            SnapshotFile::Unusable
         }
         Err(error) => {
             warn!(path = %path.display(), "damaged producer state snapshot; rebuilding from the log: {error}");
-            None
+            SnapshotFile::Unusable
         }
     }
 }
 
-/// Writes the snapshot of `states` at the log's end durably: temporary file, fsync, rename,
-/// directory fsync. Small (at most five batches per producer), so written with blocking calls
-/// as the topic catalog is.
-pub fn save(log: &PartitionLog, states: &ProducerStates) -> io::Result<()> {
+/// Writes the snapshot of `states` at the log's end durably ([`super::durable`]) and returns
+/// that offset. Small (at most five batches per producer), so written with blocking calls as
+/// the topic catalog is.
+pub fn save(log: &PartitionLog, states: &ProducerStates) -> io::Result<i64> {
     let offset = log.log_end_offset();
     let snapshot = Snapshot {
         version: SNAPSHOT_VERSION,
         offset,
         producers: states.below(offset),
     };
-    let dir = log.dir();
-    let path = dir.join(SNAPSHOT_FILE);
-    let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     let text = serde_json::to_vec(&snapshot).map_err(io::Error::other)?;
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&text)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
-    std::fs::File::open(dir)?.sync_all()
+    super::durable::replace_file(log.dir(), SNAPSHOT_FILE, &text)?;
+    Ok(offset)
+}
+
+/// A partition's producer state as rebuilt at open.
+pub struct Recovered {
+    pub states: ProducerStates,
+    /// The offset of a snapshot on disk that already holds `states` (the log end offset then),
+    /// if there is one: saving again at that offset would write the same state.
+    pub snapshot_offset: Option<i64>,
 }
 
 /// Rebuilds a partition's producer state at open: the snapshot, then every batch after it.
 /// A log that cannot be read back is reported and what was rebuilt so far is kept: its
 /// producers' retries may then be stored twice, which is what a producer without idempotence
 /// gets.
-pub async fn recover(log: &PartitionLog) -> ProducerStates {
+pub async fn recover(log: &PartitionLog) -> Recovered {
     let mut states = ProducerStates::default();
+    let log_end = log.log_end_offset();
     let mut from = log.log_start_offset();
-    if let Some(snapshot) = read_snapshot(log.dir()) {
-        if snapshot.offset <= log.log_end_offset() {
+    // Where the state on disk ends; a snapshot ahead of the log (its tail lost in a crash)
+    // must be overwritten before the log grows past it again.
+    let mut snapshot_offset = None;
+    match read_snapshot(log.dir()) {
+        SnapshotFile::Missing => snapshot_offset = Some(from),
+        SnapshotFile::Unusable => {}
+        SnapshotFile::Found(snapshot) if snapshot.offset > log_end => {}
+        SnapshotFile::Found(snapshot) => {
             from = from.max(snapshot.offset);
+            snapshot_offset = Some(snapshot.offset);
             for entry in snapshot.producers {
                 if !entry.batches.is_empty() && entry.batches.len() <= BATCHES_KEPT {
                     states.producers.insert(entry.producer_id, entry);
@@ -361,10 +381,10 @@ pub async fn recover(log: &PartitionLog) -> ProducerStates {
     if let Err(error) = replayed {
         warn!(dir = %log.dir().display(), "cannot replay producer state from the log: {error}");
     }
-    if let Err(error) = save(log, &states) {
-        warn!(dir = %log.dir().display(), "cannot write the producer state snapshot: {error}");
+    Recovered {
+        states,
+        snapshot_offset,
     }
-    states
 }
 
 #[cfg(test)]
