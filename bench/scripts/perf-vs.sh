@@ -30,9 +30,11 @@ CORES_ALL=$(nproc)
 RECORD_SIZE=1024
 TARGET=${CARGO_TARGET_DIR:-target}
 
-if ! command -v iperf3 >/dev/null && [ "$(id -u)" = 0 ]; then
-    apt-get install -y -qq iperf3 >/dev/null
-fi
+for tool in fio iperf3; do
+    if ! command -v $tool >/dev/null && [ "$(id -u)" = 0 ]; then
+        apt-get install -y -qq $tool >/dev/null
+    fi
+done
 cargo build --release -p ringlog --bin ringlog --example kafka_client_bench >&2
 cargo build --release -p ringlog-bench --bin ringlog-perf >&2
 BROKER=$TARGET/release/ringlog
