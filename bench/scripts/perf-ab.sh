@@ -28,27 +28,8 @@ CORES_ALL=$(nproc)
 RECORD_SIZE=1024
 mkdir -p "$OUT_DIR" "$DATA_DIR"
 
-load() { cut -d' ' -f1-3 /proc/loadavg; }
-json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
-ratio() { python3 -c "print(round($1 / $2, 2))"; }
-
-BROKER_PID=
-start_broker() { # bin-dir cores
-    rm -rf "$DATA_DIR/log"
-    "$1/ringlog" serve --listen 127.0.0.1:$PORT --data-dir "$DATA_DIR/log" --cores "$2" \
-        2>"$OUT_DIR/broker.log" &
-    BROKER_PID=$!
-    for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return; sleep 0.05; done
-    echo "broker did not start" >&2; exit 1
-}
-# CPU seconds (user + system) the broker has used so far, all threads.
-broker_cpu_s() {
-    awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$BROKER_PID/stat"
-}
-stop_broker() {
-    [ -n "$BROKER_PID" ] && { kill -TERM "$BROKER_PID"; wait "$BROKER_PID" || true; }
-    BROKER_PID=
-}
+# shellcheck source=bench/scripts/lib.sh
+. bench/scripts/lib.sh
 trap 'stop_broker; true' EXIT
 
 echo "machine: $CORES_ALL cores, $(uname -r), commit $(git rev-parse --short HEAD); BASE=$BASE NEW=$NEW"
@@ -72,7 +53,7 @@ for round in $(seq "$ROUNDS"); do
     for cores in 1 "$CORES_ALL"; do
         for side in BASE NEW; do
             dir=${!side}
-            start_broker "$dir" "$cores"
+            start_broker "$dir/ringlog" "$cores"
             out="$OUT_DIR/producer-$side-cores$cores-$round.json"
             before=$(load)
             /usr/bin/time -f "%U %S" -o "$OUT_DIR/client-time" "$dir/ringlog-perf" producer \
@@ -90,7 +71,7 @@ for round in $(seq "$ROUNDS"); do
     done
     for side in BASE NEW; do
         dir=${!side}
-        start_broker "$dir" "$CORES_ALL"
+        start_broker "$dir/ringlog" "$CORES_ALL"
         out="$OUT_DIR/latency-$side-$round.json"
         before=$(load)
         "$dir/ringlog-perf" producer --bootstrap-server 127.0.0.1:$PORT --topic rate \

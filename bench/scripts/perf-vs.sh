@@ -42,22 +42,8 @@ PERF=$TARGET/release/ringlog-perf
 RDKAFKA=$TARGET/release/examples/kafka_client_bench
 mkdir -p "$OUT_DIR"
 
-load() { cut -d' ' -f1-3 /proc/loadavg; }
-json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
-
-BROKER_PID=
-start_broker() { # cores
-    rm -rf "$DATA_DIR"; mkdir -p "$DATA_DIR"
-    "$BROKER" serve --listen 127.0.0.1:$PORT --data-dir "$DATA_DIR/log" --cores "$1" \
-        2>"$OUT_DIR/broker.log" &
-    BROKER_PID=$!
-    for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return; sleep 0.05; done
-    echo "broker did not start" >&2; exit 1
-}
-stop_broker() {
-    [ -n "$BROKER_PID" ] && { kill -TERM "$BROKER_PID"; wait "$BROKER_PID" || true; }
-    BROKER_PID=
-}
+# shellcheck source=bench/scripts/lib.sh
+. bench/scripts/lib.sh
 trap 'stop_broker; [ -n "${IPERF_PID:-}" ] && kill $IPERF_PID 2>/dev/null; true' EXIT
 
 # The producer settings every throughput run uses (the librdkafka run gets the same ones).
@@ -89,7 +75,7 @@ fi
 
 RECORDS=$((BYTES / RECORD_SIZE))
 for cores in 1 "$CORES_ALL"; do
-    start_broker "$cores"
+    start_broker "$BROKER" "$cores"
     out="$OUT_DIR/producer-cores$cores.json"
     echo "== ringlog-perf producer -> ringlog serve --cores $cores: $RECORDS x $RECORD_SIZE B, ${PROPS[*]}, unlimited, $((2 * cores)) partitions, $cores client shards (load $(load))"
     "$PERF" producer --bootstrap-server 127.0.0.1:$PORT --topic tput --partitions $((2 * cores)) \
@@ -100,7 +86,7 @@ for cores in 1 "$CORES_ALL"; do
     stop_broker
 done
 
-start_broker "$CORES_ALL"
+start_broker "$BROKER" "$CORES_ALL"
 out="$OUT_DIR/latency.json"
 echo "== fixed rate: $RATE records/s x $RECORD_SIZE B for $RATE_SECONDS s, acks=1, linger.ms=0, $CORES_ALL partitions (load $(load))"
 "$PERF" producer --bootstrap-server 127.0.0.1:$PORT --topic rate --partitions "$CORES_ALL" \
@@ -109,7 +95,7 @@ echo "== fixed rate: $RATE records/s x $RECORD_SIZE B for $RATE_SECONDS s, acks=
 echo "RESULT latency at $RATE/s: p50 $(json "$out" "d['latency']['p50']") us, p99 $(json "$out" "d['latency']['p99']") us, p99.9 $(json "$out" "d['latency']['p999']") us (load after $(load))"
 stop_broker
 
-start_broker "$CORES_ALL"
+start_broker "$BROKER" "$CORES_ALL"
 echo "== ringlog-perf vs librdkafka: $COMPARE_RECORDS x $RECORD_SIZE B, acks=1, linger 5 ms, batch 1 MB, $CORES_ALL partitions, one client thread/shard, interleaved"
 for round in $(seq "$ROUNDS"); do
     out="$OUT_DIR/compare-perf-$round.json"
@@ -126,7 +112,7 @@ for round in $(seq "$ROUNDS"); do
 done
 stop_broker
 
-start_broker "$CORES_ALL"
+start_broker "$BROKER" "$CORES_ALL"
 BACKLOG_RECORDS=$((BACKLOG / RECORD_SIZE))
 echo "== consumer: write a $BACKLOG_RECORDS x $RECORD_SIZE B backlog, then read it from the start (load $(load))"
 "$PERF" producer --bootstrap-server 127.0.0.1:$PORT --topic backlog --partitions "$CORES_ALL" \
