@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import ConsumerGroupTopicPartitions
 
 import kafkautil
-from kafkautil import _string, frame, recv_exact
+from kafkautil import Reader, _string, frame, recv_exact
 
 # Fast groups: no initial rebalance delay, short sessions and heartbeats.
 FAST_GROUPS = ["--group-initial-rebalance-delay-ms", "0"]
@@ -622,28 +622,10 @@ def _bytes(data: bytes) -> bytes:
 
 
 def join_group_v3(group: str, member: str, session_ms: int = 10000,
-                  rebalance_ms: int = 10000) -> bytes:
+                  rebalance_ms: int = 10000, protocol_type: str = "consumer") -> bytes:
     body = (_string(group) + struct.pack(">ii", session_ms, rebalance_ms) + _string(member)
-            + _string("consumer") + struct.pack(">i", 1) + _string("range") + _bytes(b"meta"))
+            + _string(protocol_type) + struct.pack(">i", 1) + _string("range") + _bytes(b"meta"))
     return frame(JOIN_GROUP, 3, 41, body)
-
-
-class Reader:
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def unpack(self, fmt: str):
-        values = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return values if len(values) > 1 else values[0]
-
-    def string(self) -> str | None:
-        n = self.unpack(">h")
-        if n < 0:
-            return None
-        s = self.data[self.pos:self.pos + n].decode()
-        self.pos += n
-        return s
 
 
 def parse_join_group_v3(body: bytes) -> tuple[int, int, str, str]:
