@@ -62,6 +62,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 use ringlog_engine::batch::{self, BatchBuilder};
+use ringlog_engine::scan;
 use ringlog_engine::{Clock, SystemClock};
 use ringlog_net::errors;
 use ringlog_net::handlers::ClientInfo;
@@ -399,37 +400,24 @@ pub async fn load_offsets(shard: &Shard) {
         let Some(log) = shard.partition(OFFSETS_TOPIC, partition as i32) else {
             continue;
         };
-        let mut offset = log.log.log_start_offset();
-        let end = log.log.log_end_offset();
-        while offset < end {
-            let fetched = match log.log.read(offset, 4 << 20, None).await {
-                Ok(fetched) => fetched,
-                Err(error) => {
-                    warn!(partition, "cannot replay committed offsets: {error}");
-                    break;
-                }
+        // Batch by batch, yielding between reads: a long offsets log must not keep the
+        // shard's other tasks (connections, other partitions opening) waiting.
+        let replayed = scan::visit_batches(&log.log, 0, |_, one| {
+            let Ok(views) = batch::uncompressed_records(one) else {
+                return;
             };
-            if fetched.is_empty() {
-                break;
-            }
-            let mut bytes = fetched.bytes();
-            while bytes.len() >= batch::HEADER_BYTES {
-                let length = i32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-                let total = 12 + usize::try_from(length).unwrap_or(0);
-                let Some(one) = bytes.get(..total) else { break };
-                if let Ok(views) = batch::uncompressed_records(one) {
-                    for view in views {
-                        if let Some((group, topic, p, committed)) =
-                            view.key.and_then(|key| decode_record(key, view.value))
-                        {
-                            apply_committed(&shard.groups, group, topic, p, committed);
-                            records += 1;
-                        }
-                    }
+            for view in views {
+                if let Some((group, topic, p, committed)) =
+                    view.key.and_then(|key| decode_record(key, view.value))
+                {
+                    apply_committed(&shard.groups, group, topic, p, committed);
+                    records += 1;
                 }
-                bytes = &bytes[total..];
             }
-            offset = fetched.next_offset;
+        })
+        .await;
+        if let Err(error) = replayed {
+            warn!(partition, "cannot replay committed offsets: {error}");
         }
     }
     // A group whose every offset was deleted (DeleteGroups, or OffsetDelete of all of them)

@@ -217,6 +217,22 @@ def roundtrip(address: tuple[str, int], request: bytes, timeout: float = 10) -> 
         return payload[4:]
 
 
+def pipelined(address: tuple[str, int], requests: list[bytes], window: int = 32,
+              timeout: float = 30) -> list[bytes]:
+    """Sends framed requests on one connection, `window` at a time, and returns each response
+    payload after the correlation id (response header v0), in order."""
+    out = []
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        for start in range(0, len(requests), window):
+            batch = requests[start:start + window]
+            sock.sendall(b"".join(batch))
+            for _ in batch:
+                (size,) = struct.unpack(">i", recv_exact(sock, 4))
+                out.append(recv_exact(sock, size)[4:])
+    return out
+
+
 def api_versions_ok(address: tuple[str, int], timeout: float = 10) -> bool:
     """ApiVersions v0 on a new connection answers with error code 0."""
     body = roundtrip(address, frame(18, 0, 7, b""), timeout=timeout)
@@ -316,12 +332,12 @@ def _topics_array(topics: dict[str, list[int]], partition: Callable[[int], bytes
         for name, parts in topics.items())
 
 
-def offset_commit_v2(group: str, topic: str, offsets: dict[int, int]) -> bytes:
+def offset_commit_v2(group: str, topic: str, offsets: dict[int, int], metadata: str = "") -> bytes:
     """An OffsetCommit v2 outside any generation (generation -1, no member): how a consumer
     with manually assigned partitions commits."""
     body = (_string(group) + struct.pack(">i", -1) + _string("") + struct.pack(">q", -1)
             + _topics_array({topic: list(offsets)},
-                            lambda p: struct.pack(">iq", p, offsets[p]) + _string("")))
+                            lambda p: struct.pack(">iq", p, offsets[p]) + _string(metadata)))
     return frame(OFFSET_COMMIT, 2, 51, body)
 
 
