@@ -182,6 +182,9 @@ pub struct CacheStats {
     pub budget_bytes: usize,
     pub used_bytes: usize,
     pub chunks: usize,
+    /// Cached chunks that readers hold (in-flight sends, zero-copy sends until the kernel's
+    /// notification): they cannot be evicted.
+    pub pinned_chunks: usize,
     /// Reads answered from the cache.
     pub hits: u64,
     /// Reads the cache could not answer (they went to the disk).
@@ -252,6 +255,7 @@ impl TailCache {
         CacheStats {
             used_bytes: st.used_bytes,
             chunks: st.order.len(),
+            pinned_chunks: st.order.iter().filter(|(_, c)| c.pins.get() > 0).count(),
             ..st.stats
         }
     }
@@ -675,6 +679,7 @@ mod tests {
             let pinned = cache.read(log, 0, 1, 100).expect("cached");
             let held = pinned.slices[0].clone();
             drop(pinned);
+            assert_eq!(cache.stats().pinned_chunks, 1, "a clone pins as well");
             insert(&cache, log, 0, 16384, 8192);
             cache.record_batch(log, 0, 16384, (20, 29), 8192);
             assert_eq!(cache.stats().chunks_evicted, 1);
@@ -694,8 +699,10 @@ mod tests {
             let expected: Vec<u8> = (0..8192).map(|p| byte_at(0, p)).collect();
             assert_eq!(held.as_bytes(), &expected[..], "pinned bytes are intact");
             // Unpinned, the oldest goes first.
+            assert_eq!(cache.stats().pinned_chunks, 2);
             drop(held);
             drop(also_held);
+            assert_eq!(cache.stats().pinned_chunks, 0);
             insert(&cache, log, 0, 24576, 8192);
             assert!(cache.read(log, 0, 1, 100).is_none());
             assert!(cache.read(log, 20, 1, 100).is_some());

@@ -10,6 +10,12 @@
 //! index lookup and, usually, without waiting for the disk. At most [`MAX_STREAMS`] streams per
 //! log (the least recently used is dropped), each window at most [`WINDOW_BYTES_MAX`].
 //!
+//! A reader whose window ran out at the read bound (the end of the visible data, where a
+//! consumer waits for new records with empty fetches) keeps its stream, waiting: there is
+//! nothing to read ahead yet. The first fetch that finds records there reads the stream's
+//! next window (and waits for it, as a disk read would), without an index lookup, and the
+//! fetches after it are served from that window again.
+//!
 //! # Lifetimes
 //! A [`RecordPiece`] owns its memory: a cached slice pins its cache chunk, a disk read holds
 //! its DMA buffer. Retention may delete the segment meanwhile; the bytes stay valid until the
@@ -101,6 +107,8 @@ type PendingRead = glommio::Task<Result<ReadResult, glommio::GlommioError<()>>>;
 enum Window {
     Pending(PendingRead),
     Ready(ReadResult),
+    /// Nothing was visible past the stream's position: read when a fetch finds records there.
+    Waiting,
 }
 
 /// A sequential reader: its next fetch asks for `next_offset`, which starts at `position` in
@@ -163,14 +171,7 @@ pub(crate) fn start_stream(
     position: u64,
     window: usize,
 ) -> Option<Stream> {
-    let visible = segment.meta().size_bytes;
-    if position >= visible {
-        return None;
-    }
-    let window = window_read_bytes(position, window, segment.file.alignment());
-    let len = (visible - position).min(window as u64) as usize;
-    let file = Rc::clone(&segment.file);
-    let task = glommio::spawn_local(async move { file.read_at(position, len).await });
+    let task = read_window(&segment, position, window)?;
     Some(Stream {
         next_offset,
         segment,
@@ -178,6 +179,21 @@ pub(crate) fn start_stream(
         window_pos: position,
         window: Window::Pending(task),
     })
+}
+
+/// Starts the read of `[position, position + window)` of `segment`, clipped to its visible
+/// size; `None` when nothing is visible there.
+fn read_window(segment: &Segment, position: u64, window: usize) -> Option<PendingRead> {
+    let visible = segment.meta().size_bytes;
+    if position >= visible {
+        return None;
+    }
+    let window = window_read_bytes(position, window, segment.file.alignment());
+    let len = (visible - position).min(window as u64) as usize;
+    let file = Rc::clone(&segment.file);
+    Some(glommio::spawn_local(async move {
+        file.read_at(position, len).await
+    }))
 }
 
 /// What a stream's window gave: the records, and either the stream to keep for the next fetch
@@ -202,9 +218,19 @@ pub(crate) async fn read_stream(
         window_pos,
         window,
     } = stream;
-    let data = match window {
-        Window::Ready(data) => data,
-        Window::Pending(task) => task
+    let pending = match window {
+        Window::Ready(data) => Ok(data),
+        Window::Pending(task) => Err(task),
+        // Records have come since the reader waited at the bound; in another segment (the log
+        // rolled) they are the disk path's.
+        Window::Waiting => match read_window(&segment, position, window_bytes(max_bytes)) {
+            Some(task) => Err(task),
+            None => return Ok(None),
+        },
+    };
+    let data = match pending {
+        Ok(data) => data,
+        Err(task) => task
             .await
             .map_err(|e| IoFailure::new("reading ahead in", segment.log_path(), e.into()))?,
     };
@@ -234,6 +260,9 @@ pub(crate) async fn read_stream(
     };
     let end = position + taken.bytes as u64;
     let left = rest.len() - taken.bytes;
+    // At the bound with nothing visible after it in this segment, the reader will wait there:
+    // keep its stream (starting a window now would read nothing).
+    let at_bound = taken.next_offset >= upper && end >= segment.meta().size_bytes;
     let next = if left >= max_bytes.max(HEADER_BYTES) {
         Ok(Stream {
             next_offset: taken.next_offset,
@@ -241,6 +270,14 @@ pub(crate) async fn read_stream(
             position: end,
             window_pos,
             window: Window::Ready(data),
+        })
+    } else if at_bound {
+        Ok(Stream {
+            next_offset: taken.next_offset,
+            segment,
+            position: end,
+            window_pos: end,
+            window: Window::Waiting,
         })
     } else {
         Err((segment, taken.next_offset, end))

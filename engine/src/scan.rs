@@ -4,8 +4,49 @@
 //! a batch is accepted only when its header is sane, its CRC matches and (when the caller knows
 //! what offset must come next) its base offset continues the log. The scan stops at the first
 //! byte that is not such a batch and says why; it never panics and never reads past the slice.
+//!
+//! [`visit_batches`] walks a whole open log batch by batch, for state rebuilt from a log when
+//! a shard starts (idempotent producers, committed offsets): it reads a bounded amount at a
+//! time and yields to the executor between reads, so a long log does not stall the shard.
 
 use crate::batch::{self, BatchError, BatchHeader, HEADER_BYTES, LOG_OVERHEAD_BYTES};
+use crate::error::ReadError;
+use crate::log::PartitionLog;
+
+/// Bytes [`visit_batches`] reads at a time (more when one batch is larger), and so at most
+/// between two chances for the shard's other tasks to run.
+pub const VISIT_READ_BYTES: usize = 1 << 20;
+
+/// Calls `visit` with every batch (its header and its whole bytes, CRC checked by the read)
+/// from the one holding `from` (or the first batch after it) to the log end, in order;
+/// returns the offset after the last one. Yields to the executor (when its time slice is up)
+/// after every [`VISIT_READ_BYTES`].
+pub async fn visit_batches(
+    log: &PartitionLog,
+    from: i64,
+    mut visit: impl FnMut(&BatchHeader, &[u8]),
+) -> Result<i64, ReadError> {
+    let mut offset = from.max(log.log_start_offset());
+    loop {
+        let batches = log.read(offset, VISIT_READ_BYTES, None).await?;
+        if batches.is_empty() {
+            return Ok(offset);
+        }
+        let bytes = batches.bytes();
+        // `read` returns whole, valid batches: the scan finds them all.
+        let report = scan_slice(bytes, 0, None, bytes.len());
+        debug_assert!(report.stop.is_none(), "a read returned {:?}", report.stop);
+        for ScannedBatch { position, header } in report.batches {
+            let start = position as usize;
+            if header.last_offset() >= offset {
+                visit(&header, &bytes[start..start + header.total_bytes()]);
+            }
+        }
+        assert!(batches.next_offset > offset, "reads make progress");
+        offset = batches.next_offset;
+        glommio::yield_if_needed().await;
+    }
+}
 
 /// Why a scan stopped before the end of the bytes it was given.
 #[derive(Debug, Clone, PartialEq, Eq)]

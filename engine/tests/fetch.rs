@@ -205,3 +205,56 @@ fn pieces_outlive_retention_and_truncation_drops_cached_data() {
         log.close().await.expect("close");
     });
 }
+
+/// A consumer reading past the cache catches up with the log end and waits there (empty
+/// fetches): its read-ahead stream is kept, so when records come the next fetches are served
+/// from read-ahead again, not from an index lookup and a disk read.
+#[test]
+fn read_ahead_continues_after_empty_fetches_at_the_bound() {
+    let dir = test_dir("fetch-bound");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        // No cache budget: every read is past the cache.
+        let cache = Rc::new(TailCache::new(0));
+        let log = open(&path, &cache).await;
+        let stored = with_offsets(append_batches(&log, 40, 2, 500).await);
+        let sources = fetch_all(&log, 0, 4 << 10, &stored).await;
+        assert_eq!(sources.first(), Some(&ReadSource::Disk));
+        assert_eq!(sources.last(), Some(&ReadSource::ReadAhead), "{sources:?}");
+
+        // At the bound: nothing to return, again and again.
+        let end = log.log_end_offset();
+        for _ in 0..3 {
+            let empty = log.fetch(end, 4 << 10, None).await.expect("fetch");
+            assert_eq!((empty.batch_count, empty.source), (0, ReadSource::Empty));
+        }
+
+        // New records in the same segment: the waiting stream reads them.
+        let mut more = stored;
+        for seed in 100..140u64 {
+            let b = batch(seed, 2, 500, 1);
+            let info = log.append(b.clone()).await.expect("append");
+            more.push((info.base_offset, stored_form(&b, info.base_offset)));
+        }
+        assert_eq!(log.segment_base_offsets().len(), 1, "no roll in this test");
+        let sources = fetch_all(&log, end, 4 << 10, &more).await;
+        assert!(sources.len() > 2, "{sources:?}");
+        assert!(
+            sources.iter().all(|s| *s == ReadSource::ReadAhead),
+            "read-ahead went on after the empty fetches: {sources:?}"
+        );
+
+        // Once the log rolls, the records past a waiting stream are in the next segment: the
+        // disk serves them, then read-ahead resumes there.
+        let end = log.log_end_offset();
+        let filler = log.segment_base_offsets().len();
+        while log.segment_base_offsets().len() == filler {
+            let b = batch(7, 4, 8000, 1);
+            let info = log.append(b.clone()).await.expect("append");
+            more.push((info.base_offset, stored_form(&b, info.base_offset)));
+        }
+        let sources = fetch_all(&log, end, 4 << 10, &more).await;
+        assert!(!sources.is_empty());
+        log.close().await.expect("close");
+    });
+}

@@ -52,6 +52,21 @@ impl ResponseFrame {
         }
     }
 
+    /// A frame of `pieces`, in order (the size prefix is the caller's).
+    pub fn from_pieces(pieces: Vec<Piece>) -> Self {
+        let len = pieces.iter().map(|p| p.as_bytes().len()).sum();
+        let record_bytes = pieces
+            .iter()
+            .filter(|p| matches!(p, Piece::Records(_)))
+            .map(|p| p.as_bytes().len())
+            .sum();
+        Self {
+            pieces,
+            len,
+            record_bytes,
+        }
+    }
+
     pub fn pieces(&self) -> &[Piece] {
         &self.pieces
     }

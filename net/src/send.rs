@@ -19,6 +19,16 @@
 //! responses leave in order; frames without records (or below the size threshold) use plain
 //! SENDMSG on the same ring.
 //!
+//! A send future may be dropped at any point (its connection closes, a select drops it).
+//! Each operation the ring has seen is owned by the ring's operation table, not by the
+//! future: the table keeps the frame (and so the pins on the cache chunks and read buffers its
+//! records live in), the iovecs, the message header and a duplicate of the socket's
+//! descriptor until the operation's last completion, the notification for a zero-copy send.
+//! A dropped future only marks its operation abandoned and asks the kernel to cancel it if it
+//! has not completed; the table frees everything when the completions come. The duplicate
+//! descriptor keeps the number in a submission that the kernel has not consumed yet (a failed
+//! `io_uring_enter`) from naming another socket once the connection closes its own.
+//!
 //! The buffers are not registered with the second ring (fixed buffers): the cache's and the
 //! reads' buffers come from glommio's private registered arena, and SENDMSG_ZC with a list of
 //! pieces cannot name fixed buffers; the kernel pins the pages per send instead, which was
@@ -32,13 +42,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::poll_fn;
+use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::str::FromStr;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -57,6 +68,8 @@ const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
 const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 /// Most iovecs in one send (Linux's UIO_MAXIOV).
 const IOV_MAX: usize = 1024;
+/// The user data of cancellations: never an operation id (those count up from 0).
+const CANCEL_USER_DATA: u64 = u64::MAX;
 
 /// `--fetch-send`: how fetch responses are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,6 +126,8 @@ pub struct SendStats {
     /// Zero-copy notifications that said the kernel copied after all (loopback does).
     pub zero_copy_notifications_copied: u64,
     pub zero_copy_notifications: u64,
+    /// Ring operations whose send future was dropped before it took their result.
+    pub abandoned_operations: u64,
 }
 
 thread_local! {
@@ -137,6 +152,9 @@ fn count(update: impl FnOnce(&mut SendStats)) {
 pub struct FrameSender {
     ring: Option<Rc<ZeroCopyRing>>,
     zero_copy_min_bytes: usize,
+    /// For the ring: the connection's socket descriptor and a duplicate of it that its
+    /// operations hold (see the module documentation).
+    socket: RefCell<Option<(RawFd, Rc<OwnedFd>)>>,
 }
 
 impl FrameSender {
@@ -150,6 +168,7 @@ impl FrameSender {
             Ok(ring) => Self {
                 ring: Some(ring),
                 zero_copy_min_bytes: threshold,
+                socket: RefCell::new(None),
             },
             Err(_) => Self::copying(),
         }
@@ -159,6 +178,7 @@ impl FrameSender {
         Self {
             ring: None,
             zero_copy_min_bytes: usize::MAX,
+            socket: RefCell::new(None),
         }
     }
 
@@ -188,10 +208,30 @@ impl FrameSender {
                         s.copied_bytes += frame.len() as u64;
                     }
                 });
-                ring.send(stream.as_raw_fd(), Rc::new(frame), zero_copy)
-                    .await
+                let socket = self.socket_for(stream)?;
+                ring.send(&socket, Rc::new(frame), zero_copy).await
             }
         }
+    }
+
+    /// The duplicate of `stream`'s descriptor that ring operations hold, made on first use.
+    fn socket_for(&self, stream: &TcpStream) -> io::Result<Rc<OwnedFd>> {
+        let fd = stream.as_raw_fd();
+        let mut cached = self.socket.borrow_mut();
+        if let Some((cached_fd, socket)) = cached.as_ref() {
+            if *cached_fd == fd {
+                return Ok(Rc::clone(socket));
+            }
+        }
+        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor (or -1, checked) nothing else owns.
+        let duplicate = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if duplicate < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `duplicate` is a fresh descriptor owned here from now on.
+        let socket = Rc::new(unsafe { OwnedFd::from_raw_fd(duplicate) });
+        *cached = Some((fd, Rc::clone(&socket)));
+        Ok(socket)
     }
 }
 
@@ -266,19 +306,30 @@ async fn send_copy(stream: &mut TcpStream, frame: &ResponseFrame) -> io::Result<
     Ok(())
 }
 
-/// One send on the ring, from submission to its last completion.
+/// One send on the ring, from submission to its last completion. Owned by the ring's
+/// operation table, never by the send future: see the module documentation.
 struct Operation {
     /// Bytes sent, or a negative errno, once the first completion came.
     result: Option<i32>,
     waker: Option<Waker>,
     /// A notification will come (or has not yet come) for a zero-copy send.
     awaiting_notification: bool,
-    /// The sender has taken the result: the operation ends with its notification.
-    result_taken: bool,
+    /// The sender no longer waits (it took the result, or its future was dropped): the
+    /// operation ends with its last completion.
+    sender_gone: bool,
+    /// The socket, until the first completion: the kernel has read the submission by then.
+    socket: Option<Rc<OwnedFd>>,
     /// What the kernel may read until the operation ends: the frame and its iovec list.
     _frame: Rc<ResponseFrame>,
     _iov: Vec<libc::iovec>,
     _msg: Box<libc::msghdr>,
+}
+
+impl Operation {
+    /// Nothing of it is still in the kernel's or the sender's hands.
+    fn is_finished(&self) -> bool {
+        self.sender_gone && self.result.is_some() && !self.awaiting_notification
+    }
 }
 
 /// A shard's second io_uring, for zero-copy sends. See the module documentation.
@@ -287,6 +338,27 @@ pub struct ZeroCopyRing {
     eventfd: OwnedFd,
     operations: RefCell<HashMap<u64, Operation>>,
     next_id: Cell<u64>,
+}
+
+/// A submitted operation as its sender awaits it. Dropping it abandons the operation to the
+/// ring, which keeps what the kernel reads until the last completion.
+struct InFlight<'a> {
+    ring: &'a ZeroCopyRing,
+    id: u64,
+}
+
+impl Future for InFlight<'_> {
+    type Output = i32;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i32> {
+        self.ring.poll_result(self.id, cx.waker())
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.ring.abandon(self.id);
+    }
 }
 
 impl ZeroCopyRing {
@@ -339,13 +411,17 @@ impl ZeroCopyRing {
         })
     }
 
-    /// Sends the whole frame on `fd`, one operation at a time (partial sends continue where
-    /// they stopped), and returns once every byte is queued.
-    async fn send(&self, fd: RawFd, frame: Rc<ResponseFrame>, zero_copy: bool) -> io::Result<()> {
+    /// Sends the whole frame on `socket`, one operation at a time (partial sends continue
+    /// where they stopped), and returns once every byte is queued.
+    async fn send(
+        &self,
+        socket: &Rc<OwnedFd>,
+        frame: Rc<ResponseFrame>,
+        zero_copy: bool,
+    ) -> io::Result<()> {
         let mut sent = 0;
         while sent < frame.len() {
-            let id = self.submit(fd, &frame, sent, zero_copy)?;
-            let result = poll_fn(|cx| self.poll_result(id, cx.waker())).await;
+            let result = self.submit(socket, &frame, sent, zero_copy)?.await;
             if result < 0 {
                 return Err(io::Error::from_raw_os_error(-result));
             }
@@ -359,15 +435,15 @@ impl ZeroCopyRing {
 
     fn submit(
         &self,
-        fd: RawFd,
+        socket: &Rc<OwnedFd>,
         frame: &Rc<ResponseFrame>,
         sent: usize,
         zero_copy: bool,
-    ) -> io::Result<u64> {
+    ) -> io::Result<InFlight<'_>> {
         let mut iov = iovecs(frame, sent);
         let msg = Box::new(message(&mut iov));
         let flags = (libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32;
-        let fd = types::Fd(fd);
+        let fd = types::Fd(socket.as_raw_fd());
         let entry = if zero_copy {
             opcode::SendMsgZc::new(fd, &*msg)
                 .flags(flags)
@@ -384,21 +460,31 @@ impl ZeroCopyRing {
                 result: None,
                 waker: None,
                 awaiting_notification: false,
-                result_taken: false,
+                sender_gone: false,
+                socket: Some(Rc::clone(socket)),
                 _frame: Rc::clone(frame),
                 _iov: iov,
                 _msg: msg,
             },
         );
-        let mut ring = self.ring.borrow_mut();
         let entry = entry.user_data(id);
-        // SAFETY: the message, its iovecs and the bytes they point at are kept in the
-        // operation until its last completion.
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: the message, its iovecs, the bytes they point at and the socket are kept in
+        // the operation until its last completion.
         while unsafe { ring.submission().push(&entry) }.is_err() {
-            ring.submit()?;
+            if let Err(error) = ring.submit() {
+                // The kernel never saw this operation: nothing of it is in use.
+                self.operations.borrow_mut().remove(&id);
+                return Err(error);
+            }
         }
-        ring.submit()?;
-        Ok(id)
+        let submitted = ring.submit();
+        drop(ring);
+        // From here the kernel may read the operation: only the ring's table frees it, and
+        // dropping `in_flight` (on the error below too) hands it over.
+        let in_flight = InFlight { ring: self, id };
+        submitted?;
+        Ok(in_flight)
     }
 
     fn poll_result(&self, id: u64, waker: &Waker) -> Poll<i32> {
@@ -410,11 +496,46 @@ impl ZeroCopyRing {
             operation.waker = Some(waker.clone());
             return Poll::Pending;
         };
-        operation.result_taken = true;
-        if !operation.awaiting_notification {
+        operation.sender_gone = true;
+        if operation.is_finished() {
             operations.remove(&id);
         }
         Poll::Ready(result)
+    }
+
+    /// The sender of operation `id` is gone without its result (its future was dropped, or
+    /// submitting failed after the kernel could see the operation). The operation stays in
+    /// the table until its last completion; one still running is cancelled.
+    fn abandon(&self, id: u64) {
+        let mut operations = self.operations.borrow_mut();
+        let Some(operation) = operations.get_mut(&id) else {
+            return;
+        };
+        if operation.sender_gone {
+            return;
+        }
+        operation.sender_gone = true;
+        operation.waker = None;
+        count(|s| s.abandoned_operations += 1);
+        if operation.is_finished() {
+            operations.remove(&id);
+            return;
+        }
+        if operation.result.is_some() {
+            return; // Only the notification is to come.
+        }
+        drop(operations);
+        // Best effort: the kernel completes a send to a peer that does not read only when the
+        // peer reads or the connection fails. Should submitting fail, the cancellation stays
+        // queued for the next submission on this ring.
+        let cancel = opcode::AsyncCancel::new(id)
+            .build()
+            .user_data(CANCEL_USER_DATA);
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: a cancellation points at no memory.
+        if unsafe { ring.submission().push(&cancel) }.is_ok() {
+            let _ = ring.submit();
+        }
     }
 
     /// Waits for completions and hands them out, for as long as the shard runs.
@@ -455,16 +576,190 @@ impl ZeroCopyRing {
                     }
                 });
                 operation.awaiting_notification = false;
-                if operation.result_taken {
+                if operation.is_finished() {
                     operations.remove(&id);
                 }
                 continue;
             }
             operation.result = Some(completion.result());
             operation.awaiting_notification = cqueue::more(flags);
-            if let Some(waker) = operation.waker.take() {
+            operation.socket = None;
+            if operation.is_finished() {
+                operations.remove(&id);
+            } else if let Some(waker) = operation.waker.take() {
                 waker.wake();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use futures_lite::AsyncReadExt;
+    use glommio::net::TcpListener;
+    use ringlog_engine::{RecordPiece, TailCache};
+
+    use super::*;
+    use crate::response::Piece;
+
+    /// Records in the test frame: far more than the small socket buffers below hold.
+    const RECORD_BYTES: usize = 4 << 20;
+    /// Send and receive buffers of the test connection.
+    const SOCKET_BUFFER_BYTES: libc::c_int = 64 << 10;
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    fn on_executor<F, Fut>(body: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move { body().await })
+            .expect("executor starts")
+            .join()
+            .expect("executor finishes");
+    }
+
+    fn set_buffer(fd: RawFd, option: libc::c_int) {
+        let bytes = SOCKET_BUFFER_BYTES;
+        // SAFETY: `bytes` outlives the call, which only reads it.
+        let result = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::from_ref(&bytes).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(result, 0, "setsockopt: {}", io::Error::last_os_error());
+    }
+
+    /// (broker side, client side) of a loopback connection with small buffers.
+    async fn connection() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let client = TcpStream::connect(address).await.expect("connect");
+        let server = listener.accept().await.expect("accept");
+        set_buffer(server.as_raw_fd(), libc::SO_SNDBUF);
+        set_buffer(client.as_raw_fd(), libc::SO_RCVBUF);
+        (server, client)
+    }
+
+    /// A frame whose records are one cached chunk, as a fetch at the tail answers.
+    fn cached_frame(cache: &TailCache) -> ResponseFrame {
+        let log = cache.register();
+        let mut buffer = glommio::allocate_dma_buffer(RECORD_BYTES);
+        for (i, byte) in buffer.as_bytes_mut().iter_mut().enumerate() {
+            *byte = (i * 7 % 251) as u8;
+        }
+        cache.insert(log, 0, 0, Rc::new(buffer), RECORD_BYTES, RECORD_BYTES);
+        cache.record_batch(log, 0, 0, (0, 0), RECORD_BYTES);
+        let read = cache.read(log, 0, RECORD_BYTES, 1).expect("cached");
+        let mut pieces = vec![Piece::Bytes(Bytes::from_static(b"frame header"))];
+        pieces.extend(
+            read.slices
+                .into_iter()
+                .map(|slice| Piece::Records(RecordPiece::Cached(slice))),
+        );
+        ResponseFrame::from_pieces(pieces)
+    }
+
+    async fn wait_for(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A send to a peer that does not read is dropped mid-flight: the ring keeps the frame
+    /// (its cache chunk stays pinned) until the kernel's last completion, then lets it go.
+    async fn dropped_send(zero_copy: bool) {
+        let ring = match ZeroCopyRing::for_this_shard() {
+            Ok(ring) => ring,
+            Err(error) => {
+                eprintln!("skipped: no zero-copy ring on this machine: {error}");
+                return;
+            }
+        };
+        let cache = TailCache::new(2 * RECORD_BYTES);
+        let frame = cached_frame(&cache);
+        let expected = frame.to_vec();
+        let (mut server, mut client) = connection().await;
+        let sender = FrameSender {
+            ring: Some(Rc::clone(&ring)),
+            zero_copy_min_bytes: if zero_copy { 1 } else { usize::MAX },
+            socket: RefCell::new(None),
+        };
+        let before = stats();
+        assert_eq!(cache.stats().pinned_chunks, 1);
+
+        let finished = futures_lite::future::or(
+            async {
+                sender.send(&mut server, frame).await.expect("send");
+                true
+            },
+            async {
+                glommio::timer::sleep(Duration::from_millis(300)).await;
+                false
+            },
+        )
+        .await;
+        assert!(
+            !finished,
+            "the peer reads nothing: the send cannot have finished"
+        );
+        assert_eq!(
+            stats().abandoned_operations,
+            before.abandoned_operations + 1
+        );
+        if zero_copy {
+            // The kernel may still read the pages: the chunk must not be freed or evicted.
+            assert_eq!(cache.stats().pinned_chunks, 1, "released under the kernel");
+            assert!(!ring.operations.borrow().is_empty());
+        }
+
+        // The connection goes; the peer reads what was queued, then sees the end.
+        drop(sender);
+        drop(server);
+        let mut received = Vec::new();
+        let mut chunk = vec![0; 1 << 16];
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            assert!(Instant::now() < deadline, "the peer never saw the end");
+            match client.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+        assert!(!received.is_empty() && received.len() < expected.len());
+        assert!(
+            received == expected[..received.len()],
+            "the peer got bytes that are not the frame's"
+        );
+
+        wait_for("the ring to let the operation go", || {
+            ring.operations.borrow().is_empty()
+        })
+        .await;
+        assert_eq!(cache.stats().pinned_chunks, 0, "the pin outlived the send");
+        if zero_copy {
+            assert!(stats().zero_copy_notifications > before.zero_copy_notifications);
+        }
+    }
+
+    #[test]
+    fn dropped_zero_copy_send_holds_its_buffers_until_the_notification() {
+        on_executor(|| dropped_send(true));
+    }
+
+    #[test]
+    fn dropped_plain_send_on_the_ring_is_released_at_its_completion() {
+        on_executor(|| dropped_send(false));
     }
 }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use event_listener::Event;
 use kafka_protocol::messages::consumer_group_describe_response::{
     Assignment as DescribedAssignment, DescribedGroup as ConsumerDescribedGroup,
@@ -54,14 +54,15 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::messages::{
     ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
-    ConsumerGroupHeartbeatResponse,
+    ConsumerGroupHeartbeatResponse, ConsumerProtocolSubscription,
 };
 use kafka_protocol::messages::{
     DeleteGroupsRequest, DeleteGroupsResponse, OffsetDeleteRequest, OffsetDeleteResponse,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 use ringlog_engine::batch::{self, BatchBuilder};
+use ringlog_engine::scan;
 use ringlog_engine::{Clock, SystemClock};
 use ringlog_net::errors;
 use ringlog_net::handlers::ClientInfo;
@@ -399,39 +400,33 @@ pub async fn load_offsets(shard: &Shard) {
         let Some(log) = shard.partition(OFFSETS_TOPIC, partition as i32) else {
             continue;
         };
-        let mut offset = log.log.log_start_offset();
-        let end = log.log.log_end_offset();
-        while offset < end {
-            let fetched = match log.log.read(offset, 4 << 20, None).await {
-                Ok(fetched) => fetched,
-                Err(error) => {
-                    warn!(partition, "cannot replay committed offsets: {error}");
-                    break;
-                }
+        // Batch by batch, yielding between reads: a long offsets log must not keep the
+        // shard's other tasks (connections, other partitions opening) waiting.
+        let replayed = scan::visit_batches(&log.log, 0, |_, one| {
+            let Ok(views) = batch::uncompressed_records(one) else {
+                return;
             };
-            if fetched.is_empty() {
-                break;
-            }
-            let mut bytes = fetched.bytes();
-            while bytes.len() >= batch::HEADER_BYTES {
-                let length = i32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-                let total = 12 + usize::try_from(length).unwrap_or(0);
-                let Some(one) = bytes.get(..total) else { break };
-                if let Ok(views) = batch::uncompressed_records(one) {
-                    for view in views {
-                        if let Some((group, topic, p, committed)) =
-                            view.key.and_then(|key| decode_record(key, view.value))
-                        {
-                            apply_committed(&shard.groups, group, topic, p, committed);
-                            records += 1;
-                        }
-                    }
+            for view in views {
+                if let Some((group, topic, p, committed)) =
+                    view.key.and_then(|key| decode_record(key, view.value))
+                {
+                    apply_committed(&shard.groups, group, topic, p, committed);
+                    records += 1;
                 }
-                bytes = &bytes[total..];
             }
-            offset = fetched.next_offset;
+        })
+        .await;
+        if let Err(error) = replayed {
+            warn!(partition, "cannot replay committed offsets: {error}");
         }
     }
+    // A group whose every offset was deleted (DeleteGroups, or OffsetDelete of all of them)
+    // is gone, as Kafka's group tombstone and its cleanup of empty groups leave it.
+    shard
+        .groups
+        .offsets
+        .borrow_mut()
+        .retain(|_, offsets| !offsets.is_empty());
     if records > 0 {
         info!(shard = shard.id, records, "committed offsets replayed");
     }
@@ -2113,6 +2108,11 @@ pub async fn offset_delete(
     request: OffsetDeleteRequest,
     _version: i16,
 ) -> OffsetDeleteResponse {
+    // Kafka refuses an empty group id here before looking for a coordinator.
+    if request.group_id.is_empty() {
+        return OffsetDeleteResponse::default()
+            .with_error_code(ResponseError::InvalidGroupId.code());
+    }
     let unavailable = OffsetDeleteResponse::default()
         .with_error_code(ResponseError::CoordinatorNotAvailable.code());
     let group = request.group_id.to_string();
@@ -2122,48 +2122,136 @@ pub async fn offset_delete(
     .await
 }
 
-async fn offset_delete_local(shard: &Shard, request: &OffsetDeleteRequest) -> OffsetDeleteResponse {
-    let group = request.group_id.to_string();
-    let presence = presence(&shard.groups, &group);
-    if presence == Presence::Unknown {
-        return OffsetDeleteResponse::default()
-            .with_error_code(ResponseError::GroupIdNotFound.code());
-    }
-    // Members' subscriptions are not decoded here: while the group has members, none of its
-    // offsets are deleted (Kafka refuses only topics the members subscribe to).
-    let partition_error =
-        (presence == Presence::Active).then_some(ResponseError::GroupSubscribedToTopic);
-    let mut doomed = Vec::new();
-    if partition_error.is_none() {
-        for topic in &request.topics {
-            for p in &topic.partitions {
-                doomed.push((topic.name.to_string(), p.partition_index));
-            }
+/// The topics whose offsets OffsetDelete must keep because members consume them.
+#[derive(Debug, PartialEq, Eq)]
+enum Subscribed {
+    Topics(HashSet<String>),
+    /// The members' subscriptions cannot be read: Kafka then keeps every topic.
+    All,
+}
+
+impl Subscribed {
+    fn contains(&self, topic: &str) -> bool {
+        match self {
+            Subscribed::Topics(topics) => topics.contains(topic),
+            Subscribed::All => true,
         }
     }
-    let failure = forget_offsets(shard, &group, doomed).await.err();
-    let topics = request
+}
+
+/// Kafka's `Group.validateOffsetDelete` and `isSubscribedToTopic`: an unknown group is
+/// GROUP_ID_NOT_FOUND; a classic group with members that does not speak the consumer protocol
+/// is NON_EMPTY_GROUP; otherwise the topics its members subscribe to (none when empty).
+fn offset_delete_guard(
+    coordinator: &Coordinator,
+    group: &str,
+) -> Result<Subscribed, ResponseError> {
+    if let Some(classic) = coordinator.groups.borrow().get(group) {
+        return classic_subscriptions(classic);
+    }
+    if let Some(consumer) = coordinator.consumer.borrow().get(group) {
+        let topics = consumer
+            .members
+            .values()
+            .flat_map(|m| m.subscribed.iter().cloned())
+            .collect();
+        return Ok(Subscribed::Topics(topics));
+    }
+    if coordinator.offsets.borrow().contains_key(group) {
+        return Ok(Subscribed::Topics(HashSet::new()));
+    }
+    Err(ResponseError::GroupIdNotFound)
+}
+
+/// A classic group's subscribed topics, decoded from each member's metadata for the chosen
+/// protocol as Kafka does (`ClassicGroup.computeSubscribedTopics`): the ConsumerProtocol
+/// version, then the subscription read as version 0, the prefix of every later version.
+fn classic_subscriptions(group: &Group) -> Result<Subscribed, ResponseError> {
+    if group.members.is_empty() {
+        return Ok(Subscribed::Topics(HashSet::new()));
+    }
+    if group.protocol_type.as_deref() != Some("consumer") {
+        return Err(ResponseError::NonEmptyGroup);
+    }
+    let Some(protocol) = &group.protocol else {
+        return Ok(Subscribed::All);
+    };
+    let mut topics = HashSet::new();
+    for member in group.members.values() {
+        let Some((_, metadata)) = member.protocols.iter().find(|(name, _)| name == protocol) else {
+            return Ok(Subscribed::All);
+        };
+        let mut metadata = metadata.clone();
+        if metadata.len() < 2 {
+            return Ok(Subscribed::All);
+        }
+        metadata.advance(2);
+        let Ok(subscription) = ConsumerProtocolSubscription::decode(&mut metadata, 0) else {
+            return Ok(Subscribed::All);
+        };
+        topics.extend(subscription.topics.iter().map(|t| t.to_string()));
+    }
+    Ok(Subscribed::Topics(topics))
+}
+
+/// Whether `topic` has partition `partition`, per this shard's catalog.
+fn partition_exists(shard: &Shard, topic: &str, partition: i32) -> bool {
+    let catalog = shard.catalog.borrow();
+    catalog
         .topics
-        .iter()
-        .map(|topic| {
+        .get(topic)
+        .is_some_and(|t| usize::try_from(partition).is_ok_and(|p| p < t.partitions.len()))
+}
+
+async fn offset_delete_local(shard: &Shard, request: &OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let group = request.group_id.to_string();
+    let subscribed = match offset_delete_guard(&shard.groups, &group) {
+        Ok(subscribed) => subscribed,
+        Err(error) => return OffsetDeleteResponse::default().with_error_code(error.code()),
+    };
+    // Per partition: an unknown topic or partition, a topic the members consume, or deleted
+    // (a tombstone only where an offset is committed, as Kafka writes them).
+    let mut doomed = Vec::new();
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let name = topic.name.to_string();
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            let index = p.partition_index;
+            let error = if !partition_exists(shard, &name, index) {
+                Some(ResponseError::UnknownTopicOrPartition)
+            } else if subscribed.contains(&name) {
+                Some(ResponseError::GroupSubscribedToTopic)
+            } else {
+                if committed_exists(&shard.groups, &group, &name, index) {
+                    doomed.push((name.clone(), index));
+                }
+                None
+            };
+            partitions.push(
+                OffsetDeleteResponsePartition::default()
+                    .with_partition_index(index)
+                    .with_error_code(error.map_or(0, |e| e.code())),
+            );
+        }
+        topics.push(
             OffsetDeleteResponseTopic::default()
                 .with_name(topic.name.clone())
-                .with_partitions(
-                    topic
-                        .partitions
-                        .iter()
-                        .map(|p| {
-                            OffsetDeleteResponsePartition::default()
-                                .with_partition_index(p.partition_index)
-                                .with_error_code(partition_error.map_or(0, |e| e.code()))
-                        })
-                        .collect(),
-                )
-        })
-        .collect();
-    OffsetDeleteResponse::default()
-        .with_error_code(failure.map_or(0, |e| e.code()))
-        .with_topics(topics)
+                .with_partitions(partitions),
+        );
+    }
+    if let Err(error) = forget_offsets(shard, &group, doomed).await {
+        return OffsetDeleteResponse::default().with_error_code(error.code());
+    }
+    OffsetDeleteResponse::default().with_topics(topics)
+}
+
+fn committed_exists(coordinator: &Coordinator, group: &str, topic: &str, partition: i32) -> bool {
+    coordinator
+        .offsets
+        .borrow()
+        .get(group)
+        .is_some_and(|offsets| offsets.contains_key(&(topic.to_owned(), partition)))
 }
 
 #[cfg(test)]
@@ -2216,6 +2304,53 @@ mod tests {
             last_seen: Instant::now(),
             join_order: order,
         }
+    }
+
+    /// Member metadata as consumers send it: the ConsumerProtocol version, then the
+    /// subscription at that version.
+    fn subscription(version: i16, topics: &[&str]) -> Bytes {
+        use kafka_protocol::protocol::Encodable;
+        let subscription = ConsumerProtocolSubscription::default()
+            .with_topics(topics.iter().map(|t| str_bytes(*t)).collect());
+        let mut out = bytes::BytesMut::new();
+        out.extend_from_slice(&version.to_be_bytes());
+        subscription.encode(&mut out, version).expect("encode");
+        out.freeze()
+    }
+
+    #[test]
+    fn offset_delete_reads_classic_members_subscriptions_like_kafka() {
+        let mut group = Group::new();
+        assert_eq!(
+            classic_subscriptions(&group),
+            Ok(Subscribed::Topics(HashSet::new()))
+        );
+        group.protocol_type = Some("consumer".into());
+        group.protocol = Some("range".into());
+        let mut a = member(1, &["range"]);
+        a.protocols[0].1 = subscription(3, &["orders", "payments"]);
+        let mut b = member(2, &["range"]);
+        b.protocols[0].1 = subscription(0, &["audit"]);
+        group.members.insert("a".into(), a);
+        group.members.insert("b".into(), b);
+        let topics = ["orders", "payments", "audit"].map(String::from).into();
+        assert_eq!(
+            classic_subscriptions(&group),
+            Ok(Subscribed::Topics(topics))
+        );
+
+        // Metadata that does not parse: Kafka keeps every topic.
+        group.members.get_mut("b").expect("b").protocols[0].1 = Bytes::from_static(b"meta");
+        assert_eq!(classic_subscriptions(&group), Ok(Subscribed::All));
+        // No protocol chosen yet (the first rebalance): the same.
+        group.protocol = None;
+        assert_eq!(classic_subscriptions(&group), Ok(Subscribed::All));
+        // Another protocol type with members: the whole request is refused.
+        group.protocol_type = Some("connect".into());
+        assert_eq!(
+            classic_subscriptions(&group),
+            Err(ResponseError::NonEmptyGroup)
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -216,6 +217,22 @@ def roundtrip(address: tuple[str, int], request: bytes, timeout: float = 10) -> 
         return payload[4:]
 
 
+def pipelined(address: tuple[str, int], requests: list[bytes], window: int = 32,
+              timeout: float = 30) -> list[bytes]:
+    """Sends framed requests on one connection, `window` at a time, and returns each response
+    payload after the correlation id (response header v0), in order."""
+    out = []
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        for start in range(0, len(requests), window):
+            batch = requests[start:start + window]
+            sock.sendall(b"".join(batch))
+            for _ in batch:
+                (size,) = struct.unpack(">i", recv_exact(sock, 4))
+                out.append(recv_exact(sock, size)[4:])
+    return out
+
+
 def api_versions_ok(address: tuple[str, int], timeout: float = 10) -> bool:
     """ApiVersions v0 on a new connection answers with error code 0."""
     body = roundtrip(address, frame(18, 0, 7, b""), timeout=timeout)
@@ -282,3 +299,101 @@ def fetch_v4_high_watermark(body: bytes) -> tuple[int, int]:
     pos += 2 + nlen + 4  # name, partition count
     _partition, error_code, high_watermark = struct.unpack_from(">ihq", body, pos)
     return error_code, high_watermark
+
+
+# Consumer-group admin requests (non-flexible versions) and their answers.
+
+OFFSET_COMMIT, OFFSET_FETCH, DELETE_GROUPS, OFFSET_DELETE = 8, 9, 42, 47
+
+
+class Reader:
+    """Reads big-endian fields from a response body in order."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def unpack(self, fmt: str):
+        values = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return values if len(values) > 1 else values[0]
+
+    def string(self) -> str | None:
+        n = self.unpack(">h")
+        if n < 0:
+            return None
+        s = self.data[self.pos:self.pos + n].decode()
+        self.pos += n
+        return s
+
+
+def _topics_array(topics: dict[str, list[int]], partition: Callable[[int], bytes]) -> bytes:
+    return struct.pack(">i", len(topics)) + b"".join(
+        _string(name) + struct.pack(">i", len(parts)) + b"".join(partition(p) for p in parts)
+        for name, parts in topics.items())
+
+
+def offset_commit_v2(group: str, topic: str, offsets: dict[int, int], metadata: str = "") -> bytes:
+    """An OffsetCommit v2 outside any generation (generation -1, no member): how a consumer
+    with manually assigned partitions commits."""
+    body = (_string(group) + struct.pack(">i", -1) + _string("") + struct.pack(">q", -1)
+            + _topics_array({topic: list(offsets)},
+                            lambda p: struct.pack(">iq", p, offsets[p]) + _string(metadata)))
+    return frame(OFFSET_COMMIT, 2, 51, body)
+
+
+def _partition_errors(r: Reader) -> dict[tuple[str, int], int]:
+    """A topics array of (name, [(partition index, error code)]): (topic, partition) -> error."""
+    out = {}
+    for _ in range(r.unpack(">i")):
+        name = r.string()
+        for _ in range(r.unpack(">i")):
+            p, error = r.unpack(">ih")
+            out[(name, p)] = error
+    return out
+
+
+def parse_offset_commit_v2(body: bytes) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> error code."""
+    return _partition_errors(Reader(body))
+
+
+def offset_fetch_v1(group: str, topics: dict[str, list[int]]) -> bytes:
+    return frame(OFFSET_FETCH, 1, 52,
+                 _string(group) + _topics_array(topics, lambda p: struct.pack(">i", p)))
+
+
+def parse_offset_fetch_v1(body: bytes) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) -> (committed offset, error code); -1 when none is committed."""
+    r = Reader(body)
+    out = {}
+    for _ in range(r.unpack(">i")):
+        name = r.string()
+        for _ in range(r.unpack(">i")):
+            p, offset = r.unpack(">iq")
+            r.string()  # metadata
+            out[(name, p)] = (offset, r.unpack(">h"))
+    return out
+
+
+def delete_groups_v1(groups: list[str]) -> bytes:
+    return frame(DELETE_GROUPS, 1, 53,
+                 struct.pack(">i", len(groups)) + b"".join(_string(g) for g in groups))
+
+
+def parse_delete_groups_v1(body: bytes) -> dict[str, int]:
+    """group id -> error code."""
+    r = Reader(body)
+    r.unpack(">i")  # throttle time
+    return {r.string(): r.unpack(">h") for _ in range(r.unpack(">i"))}
+
+
+def offset_delete_v0(group: str, topics: dict[str, list[int]]) -> bytes:
+    return frame(OFFSET_DELETE, 0, 54,
+                 _string(group) + _topics_array(topics, lambda p: struct.pack(">i", p)))
+
+
+def parse_offset_delete_v0(body: bytes) -> tuple[int, dict[tuple[str, int], int]]:
+    """(top-level error code, (topic, partition) -> error code)."""
+    r = Reader(body)
+    error, _throttle = r.unpack(">hi")
+    return error, _partition_errors(r)

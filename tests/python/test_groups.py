@@ -5,6 +5,7 @@ static membership, the admin APIs, raw-protocol error cases, and rebalance times
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import threading
@@ -16,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import ConsumerGroupTopicPartitions
 
 import kafkautil
-from kafkautil import _string, frame, recv_exact
+from kafkautil import Reader, _string, frame, recv_exact
 
 # Fast groups: no initial rebalance delay, short sessions and heartbeats.
 FAST_GROUPS = ["--group-initial-rebalance-delay-ms", "0"]
@@ -451,6 +452,39 @@ def test_committed_offsets_survive_restart_and_kill9(broker_factory, topic_name)
     offsets_survive_restarts(broker_factory(extra_args=FAST_GROUPS), topic_name)
 
 
+def test_many_committed_offsets_are_all_replayed(broker_factory, topic_name):
+    """50,000 committed offsets (1,000 groups x 50 partitions, spread over every
+    __consumer_offsets partition and both shards; with metadata, about 2 MiB of log per
+    partition) all come back after a kill -9: the replay reads the offsets log to its end, a
+    bounded amount at a time."""
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    partitions, groups = 50, 1000
+    kafkautil.create_topic(broker.bootstrap, topic_name, partitions)
+    address = ("127.0.0.1", broker.port)
+    names = [f"replay-{g}-{topic_name}" for g in range(groups)]
+
+    def offset(g: int, p: int) -> int:
+        return g * 1000 + p
+
+    commits = [kafkautil.offset_commit_v2(name, topic_name,
+                                          {p: offset(g, p) for p in range(partitions)},
+                                          metadata="m" * 250)
+               for g, name in enumerate(names)]
+    for answer in kafkautil.pipelined(address, commits):
+        errors = kafkautil.parse_offset_commit_v2(answer)
+        assert len(errors) == partitions and set(errors.values()) == {0}, errors
+
+    broker.restart(clean=False)
+    fetches = [kafkautil.offset_fetch_v1(name, {topic_name: list(range(partitions))})
+               for name in names]
+    for g, answer in enumerate(kafkautil.pipelined(address, fetches)):
+        got = kafkautil.parse_offset_fetch_v1(answer)
+        assert got == {(topic_name, p): (offset(g, p), 0) for p in range(partitions)}, g
+    replayed = [int(n) for n in re.findall(r"committed offsets replayed.*?records=(\d+)",
+                                           broker.log_paths[-1].read_text())]
+    assert sum(replayed) == partitions * groups, replayed
+
+
 # ---------------------------------------------------------------------------------------------
 # kafka-python 3.
 
@@ -622,28 +656,10 @@ def _bytes(data: bytes) -> bytes:
 
 
 def join_group_v3(group: str, member: str, session_ms: int = 10000,
-                  rebalance_ms: int = 10000) -> bytes:
+                  rebalance_ms: int = 10000, protocol_type: str = "consumer") -> bytes:
     body = (_string(group) + struct.pack(">ii", session_ms, rebalance_ms) + _string(member)
-            + _string("consumer") + struct.pack(">i", 1) + _string("range") + _bytes(b"meta"))
+            + _string(protocol_type) + struct.pack(">i", 1) + _string("range") + _bytes(b"meta"))
     return frame(JOIN_GROUP, 3, 41, body)
-
-
-class Reader:
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def unpack(self, fmt: str):
-        values = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return values if len(values) > 1 else values[0]
-
-    def string(self) -> str | None:
-        n = self.unpack(">h")
-        if n < 0:
-            return None
-        s = self.data[self.pos:self.pos + n].decode()
-        self.pos += n
-        return s
 
 
 def parse_join_group_v3(body: bytes) -> tuple[int, int, str, str]:
