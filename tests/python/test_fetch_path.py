@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 import kafkautil
 
@@ -105,10 +105,13 @@ def test_consumers_at_the_tail_and_behind_under_retention_and_eviction(broker_fa
         "retention.bytes": str(4 * 1024 * 1024),
     })
     done = threading.Event()
-    tail = [Reader(bootstrap, topic_name, OFFSET_END, done) for _ in range(TAIL_CONSUMERS)]
+    # The tail readers start at offset 0, the end of the empty log (not OFFSET_END: resolved
+    # when the consumer first fetches, which on a busy machine can come after the first
+    # records, and the reader would then miss them).
+    tail = [Reader(bootstrap, topic_name, 0, done) for _ in range(TAIL_CONSUMERS)]
     for reader in tail:
         reader.start()
-    time.sleep(2)  # the tail readers have their assignment (at offset 0: the log is empty)
+    time.sleep(2)  # the tail readers are waiting at the end of the log
 
     p = kafkautil.producer(bootstrap, acks="all", **{"enable.idempotence": True,
                                                       "linger.ms": 2})
