@@ -387,3 +387,65 @@ def test_a_missing_topic_is_an_error_not_auto_created(broker, topic_name):
         assert "does not exist" in result.stderr, result.stderr
     metadata = admin(broker.bootstrap).list_topics(timeout=10)
     assert topic_name not in metadata.topics
+
+
+def produce_numbered(bootstrap: str, topic: str, partitions: int, first: int, count: int) -> None:
+    """Records `first` .. `first + count - 1`, record i to partition i mod `partitions`."""
+    p = producer(bootstrap)
+    for i in range(first, first + count):
+        p.produce(topic, value=f"record-{i}".encode(), partition=i % partitions)
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("clean", [True, False], ids=["sigterm", "kill9"])
+def test_group_consumer_rides_out_a_broker_restart(broker, topic_name, tmp_path, clean):
+    """The broker (the group's coordinator and every partition's leader) restarts under a
+    `--group` consumer that has read the first half of the records: the member finds the
+    coordinator again, joins afresh (the restarted broker has forgotten it), commits what it
+    had read and goes on from there; the second half, produced after the restart, is read too.
+    Every record is read at least once, and the group's committed offsets end at the end."""
+    partitions, half = 3, 3_000
+    create_topic(broker.bootstrap, topic_name, partitions)
+    produce_numbered(broker.bootstrap, topic_name, partitions, 0, half)
+    group = f"{topic_name}-group"
+    out = tmp_path / "consumer.json"
+    consume = spawn_perf("consumer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+                         "--messages", str(2 * half), "--group", group, "--timeout", "60000",
+                         "--checksum", "--output-json", str(out))
+    # The first join waits out the broker's 3-s initial rebalance delay; then the first half
+    # is read in well under a second.
+    time.sleep(6)
+    assert consume.poll() is None, "the consumer finished without the second half"
+    code = broker.restart(clean=clean)
+    if clean:
+        assert code == 0, "the broker did not stop cleanly"
+    produce_numbered(broker.bootstrap, topic_name, partitions, half, half)
+    log = finish(consume)
+    assert "lost the coordinator" in log, log
+
+    doc = json.loads(out.read_text())
+    check_contract(doc, "consumer", None)
+    assert doc["records"] >= 2 * half and doc["timed_out"] is False, (doc, log)
+    # Before the restart the member read (part of) the first half, after it the rest.
+    assert len(doc["assignments"]) >= 2, doc["assignments"]
+    first = doc["assignments"][0]["partitions"]
+    assert sum(p["to_offset"] - p["from_offset"] for p in first) > 0, first
+    end = 2 * half // partitions
+    for partition in range(partitions):
+        read = set()
+        for assignment in doc["assignments"]:
+            for part in assignment["partitions"]:
+                if part["partition"] == partition:
+                    read.update(range(part["from_offset"], part["to_offset"]))
+        missing = sorted(set(range(end)) - read)
+        assert not missing, f"partition {partition}: offsets never read: {missing[:10]}..."
+    c = consumer(broker.bootstrap, **{"group.id": group})
+    try:
+        committed = c.committed([TopicPartition(topic_name, p) for p in range(partitions)],
+                                timeout=30)
+        assert [tp.offset for tp in committed] == [end] * partitions
+    finally:
+        c.close()

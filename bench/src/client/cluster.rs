@@ -80,6 +80,12 @@ pub struct TopicInfo {
     pub partitions: Vec<PartitionInfo>,
 }
 
+impl TopicInfo {
+    pub fn partition_count(&self) -> i32 {
+        i32::try_from(self.partitions.len()).unwrap_or(i32::MAX)
+    }
+}
+
 /// What a client shard needs to reach the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterInfo {

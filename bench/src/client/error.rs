@@ -40,7 +40,7 @@ pub enum ClientError {
     Topic { topic: String, reason: String },
     #[error("broker node {node} is not in the cluster metadata")]
     UnknownNode { node: i32 },
-    #[error("{what}: no usable leader after {attempts} attempts in {waited_ms} ms; the last error: {last}")]
+    #[error("{what}: gave up after {attempts} attempts in {waited_ms} ms; the last error: {last}")]
     Reconnect {
         what: String,
         attempts: u32,

@@ -6,6 +6,8 @@
 //! A connection carries the partitions of one leader. If they turn out to be led by
 //! different brokers now, the caller's connection cannot follow them all: that is an error
 //! too (the tools deal partitions to connections by leader once, at the start).
+//!
+//! `Backoff` paces any such recovery; the group member uses it to find its coordinator again.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,50 @@ pub struct ReconnectPolicy {
     pub deadline: Duration,
 }
 
+/// Paces the attempts of one recovery: a pause before each (from `policy.backoff`, doubled
+/// after each failure up to 1 s), and an end `policy.deadline` after the first.
+pub struct Backoff {
+    policy: ReconnectPolicy,
+    what: String,
+    started: Instant,
+    pause: Duration,
+    attempts: u32,
+}
+
+impl Backoff {
+    /// `what` names what is being re-established, for the error when it never is.
+    pub fn new(policy: ReconnectPolicy, what: String) -> Self {
+        Self {
+            policy,
+            what,
+            started: Instant::now(),
+            pause: policy.backoff,
+            attempts: 0,
+        }
+    }
+
+    /// Waits before the next attempt.
+    pub async fn pause(&mut self) {
+        glommio::timer::sleep(self.pause).await;
+        self.attempts += 1;
+    }
+
+    /// After a failed attempt: `Ok` to try again (with a longer pause), or, past the
+    /// deadline, the error that says what was tried and the last failure.
+    pub fn failed(&mut self, last: &ClientError) -> Result<(), ClientError> {
+        if self.started.elapsed() >= self.policy.deadline {
+            return Err(ClientError::Reconnect {
+                what: self.what.clone(),
+                attempts: self.attempts,
+                waited_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                last: last.to_string(),
+            });
+        }
+        self.pause = (self.pause * 2).min(BACKOFF_MAX);
+        Ok(())
+    }
+}
+
 /// A connection to the current leader of `partitions` of `topic`, and that leader's node id.
 pub async fn reconnect_to_leader(
     cluster: &ClusterInfo,
@@ -50,26 +96,17 @@ pub async fn reconnect_to_leader(
     policy: ReconnectPolicy,
     why: &str,
 ) -> Result<(i32, Connection), ClientError> {
-    let started = Instant::now();
-    let mut backoff = policy.backoff;
-    let mut attempts = 0_u32;
+    let mut backoff = Backoff::new(
+        policy,
+        format!("no usable leader for topic {topic} partitions {partitions:?} ({why})"),
+    );
     loop {
-        glommio::timer::sleep(backoff).await;
-        attempts += 1;
-        let last_error = match try_once(cluster, topic, partitions).await {
+        backoff.pause().await;
+        match try_once(cluster, topic, partitions).await {
             Ok(found) => return Ok(found),
             Err(error @ ClientError::Topic { .. }) => return Err(error),
-            Err(error) => error,
-        };
-        if started.elapsed() >= policy.deadline {
-            return Err(ClientError::Reconnect {
-                what: format!("topic {topic} partitions {partitions:?} ({why})"),
-                attempts,
-                waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                last: last_error.to_string(),
-            });
+            Err(error) => backoff.failed(&error)?,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -107,4 +144,45 @@ async fn try_once(
     let address = fresh.info().address(leader)?.to_owned();
     let connection = Connection::connect(&address, &cluster.client_id).await?;
     Ok((leader, connection))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_second_and_ends_at_the_deadline() {
+        let policy = ReconnectPolicy {
+            backoff: Duration::from_millis(300),
+            deadline: Duration::from_secs(3600),
+        };
+        let mut backoff = Backoff::new(policy, "x".to_owned());
+        let pauses: Vec<Duration> = (0..3)
+            .map(|_| {
+                backoff
+                    .failed(&ClientError::Closed)
+                    .expect("within the deadline");
+                backoff.pause
+            })
+            .collect();
+        assert_eq!(
+            pauses,
+            [600, 1000, 1000].map(Duration::from_millis).to_vec()
+        );
+        let mut expired = Backoff::new(
+            ReconnectPolicy {
+                deadline: Duration::ZERO,
+                ..policy
+            },
+            "the coordinator of g".to_owned(),
+        );
+        expired.attempts = 4;
+        let error = expired.failed(&ClientError::Closed).expect_err("past it");
+        let text = error.to_string();
+        assert!(
+            text.starts_with("the coordinator of g: gave up after 4 attempts"),
+            "{text}"
+        );
+        assert!(text.ends_with("the broker closed the connection"), "{text}");
+    }
 }
