@@ -36,10 +36,6 @@ use crate::client::group::{
 use crate::client::reconnect::{Backoff, ReconnectPolicy};
 use crate::client::ClientError;
 
-/// Heartbeat period of the group member (Kafka's default heartbeat.interval.ms).
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
-/// Kafka's default session.timeout.ms.
-const SESSION_TIMEOUT_MS: i32 = 45_000;
 /// How long the coordinator waits for every member to rejoin. Below the client's 30-s limit
 /// on a control request, so that a JoinGroup held for a slow member is answered, not
 /// abandoned.
@@ -61,7 +57,11 @@ pub struct ConsumerConfig {
     pub timeout: Duration,
     pub fetch_size: i32,
     pub fetch_max_bytes: i32,
+    pub fetch_min_bytes: i32,
     pub fetch_max_wait_ms: i32,
+    /// The group member's session.timeout.ms and heartbeat.interval.ms.
+    pub session_timeout_ms: i32,
+    pub heartbeat_interval: Duration,
     pub cores: usize,
     pub cpus: Vec<usize>,
     pub client_id: String,
@@ -209,10 +209,11 @@ enum Served {
 /// what to do next.
 async fn serve_assignment(
     member: &mut GroupMember,
+    heartbeat_interval: Duration,
     control: &ReadControl,
     handbacks: &mpsc::Receiver<Handback>,
 ) -> Result<(Handback, Served), ClientError> {
-    let mut next_heartbeat = Instant::now() + HEARTBEAT_INTERVAL;
+    let mut next_heartbeat = Instant::now() + heartbeat_interval;
     let mut revoked_for = None;
     loop {
         match handbacks.try_recv() {
@@ -230,7 +231,7 @@ async fn serve_assignment(
         if revoked_for.is_some() || Instant::now() < next_heartbeat {
             continue;
         }
-        next_heartbeat = Instant::now() + HEARTBEAT_INTERVAL;
+        next_heartbeat = Instant::now() + heartbeat_interval;
         let served = match member.heartbeat().await {
             Ok(0) => continue,
             Ok(REBALANCE_IN_PROGRESS | ILLEGAL_GENERATION) => Served::Rebalance {
@@ -267,23 +268,17 @@ struct MemberSide {
 }
 
 impl MemberSide {
-    async fn start(
-        bootstrap: &str,
-        client_id: &str,
-        topic: &str,
-        group: String,
-        from_latest: bool,
-    ) -> Result<Self, ClientError> {
-        let mut cluster = Cluster::connect(bootstrap, client_id).await?;
-        let info = cluster.wait_for_topic(topic, false).await?;
+    async fn start(config: &ConsumerConfig, group: String) -> Result<Self, ClientError> {
+        let mut cluster = Cluster::connect(&config.bootstrap, &config.client_id).await?;
+        let info = cluster.wait_for_topic(&config.topic, false).await?;
         let fetch_version = cluster
             .info()
             .versions
             .pick::<kafka_protocol::messages::FetchRequest>(FETCH_VERSION_MAX)?;
         let settings = GroupSettings {
             group: group.clone(),
-            topic: topic.to_owned(),
-            session_timeout_ms: SESSION_TIMEOUT_MS,
+            topic: config.topic.clone(),
+            session_timeout_ms: config.session_timeout_ms,
             rebalance_timeout_ms: REBALANCE_TIMEOUT_MS,
         };
         let member = GroupMember::join(&mut cluster, settings, info.partition_count()).await?;
@@ -293,7 +288,7 @@ impl MemberSide {
             topic: info,
             fetch_version,
             group,
-            from_latest,
+            from_latest: config.from_latest,
         })
     }
 
@@ -479,17 +474,10 @@ fn spawn_group_member(
     events: mpsc::Sender<MemberEvent>,
     handbacks: mpsc::Receiver<Handback>,
 ) -> Result<glommio::ExecutorJoinHandle<()>, String> {
-    let (bootstrap, topic, client_id, from_latest) = (
-        config.bootstrap.clone(),
-        config.topic.clone(),
-        config.client_id.clone(),
-        config.from_latest,
-    );
+    let config = config.clone();
     shards::spawn_shard("ringlog-perf-group", None, move || async move {
         let member_loop = async {
-            let mut side =
-                MemberSide::start(&bootstrap, &client_id, &topic, group.clone(), from_latest)
-                    .await?;
+            let mut side = MemberSide::start(&config, group.clone()).await?;
             let mut committed = side.member.committed().await?;
             let mut join_started = started;
             loop {
@@ -497,8 +485,13 @@ fn spawn_group_member(
                 if events.send(MemberEvent::Assigned(assignment)).is_err() {
                     return Ok(());
                 }
-                let (handback, served) =
-                    serve_assignment(&mut side.member, &control, &handbacks).await?;
+                let (handback, served) = serve_assignment(
+                    &mut side.member,
+                    config.heartbeat_interval,
+                    &control,
+                    &handbacks,
+                )
+                .await?;
                 join_started = Instant::now();
                 committed = match served {
                     Served::End => return side.finish(&handback.offsets).await,
@@ -559,7 +552,7 @@ fn read_assignment(
         client_id: config.client_id.clone(),
         topic: config.topic.clone(),
         max_wait_ms: config.fetch_max_wait_ms,
-        min_bytes: 1,
+        min_bytes: config.fetch_min_bytes,
         max_bytes: config.fetch_max_bytes,
         partition_max_bytes: config.fetch_size,
     });
