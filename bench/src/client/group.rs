@@ -34,10 +34,12 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
 
-use super::cluster::{Cluster, ClusterInfo};
+use std::time::Instant;
+
+use super::cluster::{is_retriable_kafka_error, Cluster, ClusterInfo, RETRIABLE_RETRY};
 use super::connection::Connection;
-use super::error::{check_code, is_retriable_code, ClientError};
-use super::reconnect::is_connection_error;
+use super::error::{check_code, error_name, is_retriable_code, ClientError, RetryLimit};
+use super::reconnect::{is_connection_error, retry};
 
 /// MEMBER_ID_REQUIRED: JoinGroup v4+ answers a first join with the member id to use.
 const MEMBER_ID_REQUIRED: i16 = 79;
@@ -238,22 +240,27 @@ impl GroupMember {
     /// another rebalance began (or the member was forgotten) joins again, a bounded number of
     /// times.
     pub async fn rejoin(&mut self, partition_count: i32) -> Result<(), ClientError> {
+        let started = Instant::now();
+        let mut last = 0;
         for _ in 0..ATTEMPTS_MAX {
             self.join_once(partition_count).await?;
-            let code = self.sync().await?;
-            match code {
+            last = self.sync().await?;
+            match last {
                 0 => return Ok(()),
                 REBALANCE_IN_PROGRESS | ILLEGAL_GENERATION => continue,
                 UNKNOWN_MEMBER_ID => self.member_id.clear(),
                 code => check_code(code, || format!("SyncGroup {}", self.settings.group))?,
             }
         }
-        Err(ClientError::Timeout {
+        Err(ClientError::GaveUp {
             what: format!(
-                "joining group {} (rebalances kept failing)",
+                "joining group {} (SyncGroup kept refusing)",
                 self.settings.group
             ),
-            timeout_ms: 0,
+            attempts: ATTEMPTS_MAX,
+            waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            limit: RetryLimit::Attempts(ATTEMPTS_MAX),
+            last: error_name(last),
         })
     }
 
@@ -467,19 +474,16 @@ async fn find_coordinator_once(cluster: &mut Cluster, group: &str) -> Result<Str
     Ok(format!("{}:{}", response.host.as_str(), response.port))
 }
 
+/// The coordinator's `host:port`, asked again while the answer is a retriable error (no
+/// coordinator yet), for a few seconds.
 async fn find_coordinator(cluster: &mut Cluster, group: &str) -> Result<String, ClientError> {
-    for _ in 0..ATTEMPTS_MAX {
-        match find_coordinator_once(cluster, group).await {
-            Err(error) if error.is_retriable() && !matches!(error, ClientError::Timeout { .. }) => {
-                glommio::timer::sleep(Duration::from_millis(100)).await;
-            }
-            found => return found,
-        }
-    }
-    Err(ClientError::Timeout {
-        what: format!("FindCoordinator {group} (retriable errors)"),
-        timeout_ms: 5_000,
-    })
+    retry(
+        RETRIABLE_RETRY,
+        || format!("FindCoordinator {group}"),
+        is_retriable_kafka_error,
+        async || find_coordinator_once(cluster, group).await,
+    )
+    .await
 }
 
 #[cfg(test)]

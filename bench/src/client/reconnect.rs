@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::cluster::{Cluster, ClusterInfo};
 use super::connection::Connection;
-use super::error::ClientError;
+use super::error::{ClientError, RetryLimit};
 
 /// The longest pause between two attempts.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -69,22 +69,50 @@ impl Backoff {
     /// Waits before the next attempt.
     pub async fn pause(&mut self) {
         glommio::timer::sleep(self.pause).await;
-        self.attempts += 1;
     }
 
     /// After a failed attempt: `Ok` to try again (with a longer pause), or, past the
-    /// deadline, the error that says what was tried and the last failure.
+    /// deadline, the error that says what was tried, the deadline and the last failure.
     pub fn failed(&mut self, last: &ClientError) -> Result<(), ClientError> {
+        self.attempts += 1;
         if self.started.elapsed() >= self.policy.deadline {
-            return Err(ClientError::Reconnect {
+            return Err(ClientError::GaveUp {
                 what: self.what.clone(),
                 attempts: self.attempts,
-                waited_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                waited_ms: millis(self.started.elapsed()),
+                limit: RetryLimit::Time {
+                    ms: millis(self.policy.deadline),
+                },
                 last: last.to_string(),
             });
         }
         self.pause = (self.pause * 2).min(BACKOFF_MAX);
         Ok(())
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs `attempt` until it succeeds or fails with an error `retriable` does not accept;
+/// after a retriable failure it waits (the policy's backoff) and tries again, until the
+/// policy's deadline, past which the last failure is reported with that deadline.
+pub async fn retry<T>(
+    policy: ReconnectPolicy,
+    what: impl Fn() -> String,
+    retriable: impl Fn(&ClientError) -> bool,
+    mut attempt: impl AsyncFnMut() -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let mut backoff: Option<Backoff> = None;
+    loop {
+        let error = match attempt().await {
+            Err(error) if retriable(&error) => error,
+            outcome => return outcome,
+        };
+        let backoff = backoff.get_or_insert_with(|| Backoff::new(policy, what()));
+        backoff.failed(&error)?;
+        backoff.pause().await;
     }
 }
 
@@ -180,9 +208,101 @@ mod tests {
         let error = expired.failed(&ClientError::Closed).expect_err("past it");
         let text = error.to_string();
         assert!(
-            text.starts_with("the coordinator of g: gave up after 4 attempts"),
+            text.starts_with("the coordinator of g: gave up after 5 attempts"),
             "{text}"
         );
+        assert!(text.contains("(the limit is 0 ms)"), "{text}");
         assert!(text.ends_with("the broker closed the connection"), "{text}");
+    }
+
+    /// Runs the future `make` makes on a fresh executor of its own.
+    fn on_executor<T, F, G>(make: G) -> T
+    where
+        G: FnOnce() -> F + Send + 'static,
+        F: std::future::Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(make)
+            .expect("executor")
+            .join()
+            .expect("test task")
+    }
+
+    fn coordinator_not_available() -> ClientError {
+        ClientError::Kafka {
+            what: "FindCoordinator g".to_owned(),
+            code: 15,
+        }
+    }
+
+    /// A 1-ms first pause, so that a test spends its time on the deadline.
+    fn quick_retries(deadline: Duration) -> ReconnectPolicy {
+        ReconnectPolicy {
+            backoff: Duration::from_millis(1),
+            deadline,
+        }
+    }
+
+    #[test]
+    fn retry_reports_the_deadline_that_expired() {
+        let policy = quick_retries(Duration::from_millis(30));
+        let (error, attempts) = on_executor(move || async move {
+            let mut attempts = 0_u32;
+            let outcome: Result<(), ClientError> = retry(
+                policy,
+                || "FindCoordinator g".to_owned(),
+                |_| true,
+                async || {
+                    attempts += 1;
+                    Err(coordinator_not_available())
+                },
+            )
+            .await;
+            (outcome.expect_err("never succeeds").to_string(), attempts)
+        });
+        assert!(attempts > 2, "{attempts} attempts");
+        let start = format!("FindCoordinator g: gave up after {attempts} attempts in ");
+        assert!(error.starts_with(&start), "{error}");
+        assert!(error.contains("(the limit is 30 ms)"), "{error}");
+        assert!(error.ends_with("(15)"), "{error}");
+    }
+
+    #[test]
+    fn retry_stops_at_success_or_at_an_error_it_does_not_retry() {
+        let policy = quick_retries(Duration::from_secs(60));
+        let (succeeded, refused) = on_executor(move || async move {
+            let mut failures_left = 2;
+            let succeeded = retry(
+                policy,
+                String::new,
+                |_| true,
+                async || {
+                    if failures_left == 0 {
+                        return Ok("found");
+                    }
+                    failures_left -= 1;
+                    Err(coordinator_not_available())
+                },
+            )
+            .await;
+            let mut attempts = 0;
+            let refused: Result<(), _> = retry(
+                policy,
+                String::new,
+                |_| false,
+                async || {
+                    attempts += 1;
+                    Err(ClientError::Closed)
+                },
+            )
+            .await;
+            (
+                succeeded.expect("third attempt"),
+                (refused.is_err(), attempts),
+            )
+        });
+        assert_eq!(succeeded, "found");
+        assert_eq!(refused, (true, 1));
     }
 }
