@@ -489,3 +489,31 @@ def test_consumer_config_file_is_read_and_flags_override_it(broker, topic_name, 
     assert doc["records"] == count and doc["settings"]["group"] == flag_group
     assert committed_offsets(broker.bootstrap, flag_group, topic_name, partitions) == \
         [count // partitions] * partitions
+
+
+@pytest.mark.timeout(240)
+def test_group_consumer_commits_after_a_restart_it_meets_at_its_end(broker, topic_name, tmp_path):
+    """With a heartbeat interval longer than the run (set through --consumer.config), the member
+    meets the broker's restart only at its final commit: it finds the coordinator again, which
+    has forgotten it, commits as no member (the group is empty) and ends successfully."""
+    partitions, half = 2, 1_000
+    create_topic(broker.bootstrap, topic_name, partitions)
+    produce_numbered(broker.bootstrap, topic_name, partitions, 0, half)
+    group = f"{topic_name}-group"
+    config = tmp_path / "consumer.properties"
+    config.write_text("heartbeat.interval.ms=60000\nsession.timeout.ms=90000\n")
+    out = tmp_path / "consumer.json"
+    consume = spawn_perf("consumer", "--consumer.config", str(config),
+                         "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+                         "--messages", str(2 * half), "--group", group, "--timeout", "60000",
+                         "--output-json", str(out))
+    time.sleep(6)
+    assert consume.poll() is None, "the consumer finished without the second half"
+    assert broker.restart() == 0, "the broker did not stop cleanly"
+    produce_numbered(broker.bootstrap, topic_name, partitions, half, half)
+    log = finish(consume)
+    assert "before the final commit" in log, log
+    doc = json.loads(out.read_text())
+    assert doc["records"] == 2 * half and len(doc["assignments"]) == 1, (doc, log)
+    assert committed_offsets(broker.bootstrap, group, topic_name, partitions) == \
+        [2 * half // partitions] * partitions

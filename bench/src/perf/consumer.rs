@@ -386,6 +386,9 @@ impl MemberSide {
     /// Commits; a refusal (the generation moved on) is what the protocol allows: the next
     /// owner re-reads from the last committed position. Only a lost coordinator is an error.
     async fn commit_or_warn(&mut self, offsets: &BTreeMap<i32, i64>) -> Result<(), ClientError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
         match self.member.commit(offsets).await {
             Err(error) if is_coordinator_lost(&error) => Err(error),
             Err(error) => {
@@ -401,14 +404,21 @@ impl MemberSide {
 
     /// The end: commit the final positions and leave. When the coordinator was lost, find
     /// it again; if it has forgotten the member (a restart), commit as no member, which it
-    /// takes while the group is empty, and there is nothing left to leave.
+    /// takes while the group is empty, and there is nothing left to leave. Leaving only
+    /// spares the other members the wait for this one's session to expire, so a failure to
+    /// leave is a warning, as in Kafka's consumer.
     async fn finish(&mut self, offsets: &BTreeMap<i32, i64>) -> Result<(), ClientError> {
         let still_member = match self.commit_or_warn(offsets).await {
             Ok(()) => true,
             Err(error) => self.commit_after_loss(offsets, &error.to_string()).await?,
         };
         if still_member {
-            self.member.leave().await?;
+            if let Err(error) = self.member.leave().await {
+                eprintln!(
+                    "ringlog-perf: warning: group {}: leaving failed ({error}); the others rebalance once this member's session expires",
+                    self.group
+                );
+            }
         }
         Ok(())
     }
@@ -478,7 +488,12 @@ fn spawn_group_member(
     shards::spawn_shard("ringlog-perf-group", None, move || async move {
         let member_loop = async {
             let mut side = MemberSide::start(&config, group.clone()).await?;
-            let mut committed = side.member.committed().await?;
+            let mut committed = match side.member.committed().await {
+                Err(error) if is_coordinator_lost(&error) => {
+                    side.recover(&BTreeMap::new(), &error.to_string()).await?
+                }
+                outcome => outcome?,
+            };
             let mut join_started = started;
             loop {
                 let assignment = side.assignment(&committed, join_started).await?;
