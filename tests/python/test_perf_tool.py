@@ -230,12 +230,8 @@ def test_consumer_group_commits_where_it_stopped(broker, topic_name, tmp_path):
              "--messages", str(count), "--group", group, "--timeout", "20000",
              "--output-json", str(out))
     assert json.loads(out.read_text())["records"] == count
-    c = consumer(broker.bootstrap, **{"group.id": group})
-    try:
-        committed = c.committed([TopicPartition(topic_name, p) for p in range(partitions)], timeout=30)
-        assert [tp.offset for tp in committed] == [count // partitions] * partitions
-    finally:
-        c.close()
+    assert committed_offsets(broker.bootstrap, group, topic_name, partitions) == \
+        [count // partitions] * partitions
     # A second member of the same group starts at the committed offsets: nothing left.
     result = run_perf("consumer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
                       "--messages", "1", "--group", group, "--timeout", "1500",
@@ -387,3 +383,137 @@ def test_a_missing_topic_is_an_error_not_auto_created(broker, topic_name):
         assert "does not exist" in result.stderr, result.stderr
     metadata = admin(broker.bootstrap).list_topics(timeout=10)
     assert topic_name not in metadata.topics
+
+
+def produce_numbered(bootstrap: str, topic: str, partitions: int, first: int, count: int) -> None:
+    """Records `first` .. `first + count - 1`, record i to partition i mod `partitions`."""
+    p = producer(bootstrap)
+    for i in range(first, first + count):
+        p.produce(topic, value=f"record-{i}".encode(), partition=i % partitions)
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("clean", [True, False], ids=["sigterm", "kill9"])
+def test_group_consumer_rides_out_a_broker_restart(broker, topic_name, tmp_path, clean):
+    """The broker (the group's coordinator and every partition's leader) restarts under a
+    `--group` consumer that has read the first half of the records: the member finds the
+    coordinator again, joins afresh (the restarted broker has forgotten it), commits what it
+    had read and goes on from there; the second half, produced after the restart, is read too.
+    Every record is read at least once, and the group's committed offsets end at the end."""
+    partitions, half = 3, 3_000
+    create_topic(broker.bootstrap, topic_name, partitions)
+    produce_numbered(broker.bootstrap, topic_name, partitions, 0, half)
+    group = f"{topic_name}-group"
+    out = tmp_path / "consumer.json"
+    consume = spawn_perf("consumer", "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+                         "--messages", str(2 * half), "--group", group, "--timeout", "60000",
+                         "--checksum", "--output-json", str(out))
+    # The first join waits out the broker's 3-s initial rebalance delay; then the first half
+    # is read in well under a second.
+    time.sleep(6)
+    assert consume.poll() is None, "the consumer finished without the second half"
+    code = broker.restart(clean=clean)
+    if clean:
+        assert code == 0, "the broker did not stop cleanly"
+    # The readers reconnect by themselves; the member learns of the restart at its next
+    # heartbeat (every 3 s). Holding the second half back until then makes it rejoin mid-run
+    # (instead of only at its final commit).
+    time.sleep(4)
+    produce_numbered(broker.bootstrap, topic_name, partitions, half, half)
+    log = finish(consume)
+    assert "lost the coordinator" in log, log
+
+    doc = json.loads(out.read_text())
+    check_contract(doc, "consumer", None)
+    assert doc["records"] >= 2 * half and doc["timed_out"] is False, (doc, log)
+    # Before the restart the member read (part of) the first half, after it the rest.
+    assert len(doc["assignments"]) >= 2, doc["assignments"]
+    first = doc["assignments"][0]["partitions"]
+    assert sum(p["to_offset"] - p["from_offset"] for p in first) > 0, first
+    end = 2 * half // partitions
+    for partition in range(partitions):
+        read = set()
+        for assignment in doc["assignments"]:
+            for part in assignment["partitions"]:
+                if part["partition"] == partition:
+                    read.update(range(part["from_offset"], part["to_offset"]))
+        missing = sorted(set(range(end)) - read)
+        assert not missing, f"partition {partition}: offsets never read: {missing[:10]}..."
+    assert committed_offsets(broker.bootstrap, group, topic_name, partitions) == [end] * partitions
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    c = consumer(bootstrap, **{"group.id": group})
+    try:
+        committed = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
+        return [tp.offset for tp in committed]
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(240)
+def test_consumer_config_file_is_read_and_flags_override_it(broker, topic_name, tmp_path):
+    """--consumer.config, as Kafka's tool reads it: the file alone names the broker and the
+    group; a flag given beside it wins; a key ringlog-perf does not use is warned about once."""
+    partitions, count = 2, 1_000
+    create_topic(broker.bootstrap, topic_name, partitions)
+    produce_numbered(broker.bootstrap, topic_name, partitions, 0, count)
+    file_group, flag_group = f"{topic_name}-file", f"{topic_name}-flag"
+    config = tmp_path / "consumer.properties"
+    config.write_text(f"# written like a Java client's file\n"
+                      f"bootstrap.servers = {broker.bootstrap}\n"
+                      f"group.id={file_group}\n"
+                      f"! comments either way\n"
+                      f"fetch.max.wait.ms: 100\n"
+                      f"enable.auto.commit=false\n"
+                      f"key.deserializer=org.apache.kafka.common.serialization.ByteArrayDeserializer\n")
+    out = tmp_path / "consumer.json"
+    result = run_perf("consumer", "--consumer.config", str(config), "--topic", topic_name,
+                      "--messages", str(count), "--timeout", "20000", "--output-json", str(out))
+    assert result.stderr.count("enable.auto.commit") == 1, result.stderr
+    assert "deserializer" not in result.stderr, result.stderr
+    doc = json.loads(out.read_text())
+    assert doc["records"] == count
+    assert doc["settings"]["group"] == file_group and doc["settings"]["fetch_max_wait_ms"] == 100
+    assert committed_offsets(broker.bootstrap, file_group, topic_name, partitions) == \
+        [count // partitions] * partitions
+
+    # The --group flag wins over group.id: a group with no commits reads everything again.
+    run_perf("consumer", "--consumer.config", str(config), "--group", flag_group,
+             "--topic", topic_name, "--messages", str(count), "--timeout", "20000",
+             "--output-json", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["records"] == count and doc["settings"]["group"] == flag_group
+    assert committed_offsets(broker.bootstrap, flag_group, topic_name, partitions) == \
+        [count // partitions] * partitions
+
+
+@pytest.mark.timeout(240)
+def test_group_consumer_commits_after_a_restart_it_meets_at_its_end(broker, topic_name, tmp_path):
+    """With a heartbeat interval longer than the run (set through --consumer.config), the member
+    meets the broker's restart only at its final commit: it finds the coordinator again, which
+    has forgotten it, commits as no member (the group is empty) and ends successfully."""
+    partitions, half = 2, 1_000
+    create_topic(broker.bootstrap, topic_name, partitions)
+    produce_numbered(broker.bootstrap, topic_name, partitions, 0, half)
+    group = f"{topic_name}-group"
+    config = tmp_path / "consumer.properties"
+    config.write_text("heartbeat.interval.ms=60000\nsession.timeout.ms=90000\n")
+    out = tmp_path / "consumer.json"
+    consume = spawn_perf("consumer", "--consumer.config", str(config),
+                         "--bootstrap-server", broker.bootstrap, "--topic", topic_name,
+                         "--messages", str(2 * half), "--group", group, "--timeout", "60000",
+                         "--output-json", str(out))
+    time.sleep(6)
+    assert consume.poll() is None, "the consumer finished without the second half"
+    assert broker.restart() == 0, "the broker did not stop cleanly"
+    produce_numbered(broker.bootstrap, topic_name, partitions, half, half)
+    log = finish(consume)
+    assert "before the final commit" in log, log
+    doc = json.loads(out.read_text())
+    assert doc["records"] == 2 * half and len(doc["assignments"]) == 1, (doc, log)
+    assert committed_offsets(broker.bootstrap, group, topic_name, partitions) == \
+        [2 * half // partitions] * partitions

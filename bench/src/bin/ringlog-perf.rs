@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ringlog_bench::perf::consumer::{self, ConsumerConfig};
 use ringlog_bench::perf::producer::{self, ProducerConfig};
-use ringlog_bench::perf::props::{read_properties_file, split_pairs, ProducerProps};
+use ringlog_bench::perf::props::{read_properties_file, split_pairs, ConsumerProps, ProducerProps};
 use ringlog_bench::perf::{end_to_end, payload, stats};
 use serde_json::{json, Value};
 
@@ -47,11 +47,15 @@ struct EndToEndArgs {
     fetch_max_wait_ms: i32,
 }
 
+/// The consumer's flags. Those that are also consumer properties have no default here: when
+/// given they override `--consumer.config`, otherwise the file's value (or Kafka's default)
+/// holds.
 #[derive(Debug, clap::Args)]
 struct ConsumerArgs {
-    /// Broker(s) to bootstrap from, comma-separated.
+    /// Broker(s) to bootstrap from, comma-separated (or bootstrap.servers in
+    /// --consumer.config).
     #[arg(long, value_name = "HOST:PORT")]
-    bootstrap_server: String,
+    bootstrap_server: Option<String>,
     /// Topic to consume.
     #[arg(long)]
     topic: String,
@@ -59,11 +63,12 @@ struct ConsumerArgs {
     #[arg(long)]
     messages: u64,
     /// Join this consumer group (classic protocol, range assignment), start from its
-    /// committed offsets and commit the final positions; without it every partition is
-    /// assigned directly.
+    /// committed offsets and commit the final positions (or group.id in --consumer.config);
+    /// without either every partition is assigned directly.
     #[arg(long)]
     group: Option<String>,
-    /// Without a committed offset, start at the end of each partition instead of the start.
+    /// Without a committed offset, start at the end of each partition instead of the start
+    /// (auto.offset.reset=latest).
     #[arg(long)]
     from_latest: bool,
     /// Print a line per reporting interval instead of one summary.
@@ -78,15 +83,15 @@ struct ConsumerArgs {
     /// Print no header line.
     #[arg(long)]
     hide_header: bool,
-    /// Bytes asked per partition in one Fetch (max.partition.fetch.bytes).
-    #[arg(long, default_value_t = 1_048_576)]
-    fetch_size: i32,
-    /// Bytes asked in one Fetch in all (fetch.max.bytes).
-    #[arg(long, default_value_t = 52_428_800)]
-    fetch_max_bytes: i32,
-    /// How long the broker may hold a Fetch waiting for data (fetch.max.wait.ms).
-    #[arg(long, default_value_t = 500)]
-    fetch_max_wait_ms: i32,
+    /// Bytes asked per partition in one Fetch (max.partition.fetch.bytes; default 1048576).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
+    fetch_size: Option<i32>,
+    /// Bytes asked in one Fetch in all (fetch.max.bytes; default 52428800).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
+    fetch_max_bytes: Option<i32>,
+    /// How long the broker may hold a Fetch waiting for data (fetch.max.wait.ms; default 500).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
+    fetch_max_wait_ms: Option<i32>,
     /// Client shards (glommio executors); the partitions are dealt among them.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
     cores: u64,
@@ -100,7 +105,10 @@ struct ConsumerArgs {
     /// Write the results as JSON to this file.
     #[arg(long)]
     output_json: Option<PathBuf>,
-    /// Accepted for compatibility with Kafka's tool; its properties are not read.
+    /// A consumer properties file (Java format): bootstrap.servers, group.id,
+    /// fetch.max.bytes, max.partition.fetch.bytes, fetch.min.bytes, fetch.max.wait.ms,
+    /// auto.offset.reset, session.timeout.ms, heartbeat.interval.ms, client.id (others are
+    /// warned about). The flags above override it.
     #[arg(long = "consumer.config", value_name = "FILE")]
     consumer_config: Option<PathBuf>,
     /// Accepted for compatibility with Kafka's tool; ringlog-perf prints no client metrics.
@@ -324,41 +332,95 @@ fn run_producer(args: ProducerArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn run_consumer(args: ConsumerArgs) -> Result<(), String> {
-    if args.consumer_config.is_some() {
-        eprintln!("ringlog-perf: warning: --consumer.config is accepted but not read");
+/// The consumer's properties: the config file's, then the flags that set properties (later
+/// entries win, so a flag overrides the file, as in Kafka's tool).
+fn consumer_props(args: &ConsumerArgs) -> Result<ConsumerProps, String> {
+    let mut entries = match &args.consumer_config {
+        Some(path) => read_properties_file(path)?,
+        None => Vec::new(),
+    };
+    let flags = [
+        ("bootstrap.servers", args.bootstrap_server.clone()),
+        ("group.id", args.group.clone()),
+        (
+            "max.partition.fetch.bytes",
+            args.fetch_size.map(|n| n.to_string()),
+        ),
+        (
+            "fetch.max.bytes",
+            args.fetch_max_bytes.map(|n| n.to_string()),
+        ),
+        (
+            "fetch.max.wait.ms",
+            args.fetch_max_wait_ms.map(|n| n.to_string()),
+        ),
+        (
+            "auto.offset.reset",
+            args.from_latest.then(|| "latest".to_owned()),
+        ),
+    ];
+    entries.extend(
+        flags
+            .into_iter()
+            .filter_map(|(key, value)| Some((key.to_owned(), value?))),
+    );
+    let (props, warnings) = ConsumerProps::parse(&entries)?;
+    for warning in warnings {
+        eprintln!("ringlog-perf: warning: {warning}");
     }
+    Ok(props)
+}
+
+fn consumer_config(args: &ConsumerArgs) -> Result<ConsumerConfig, String> {
+    let props = consumer_props(args)?;
+    let bootstrap = props
+        .bootstrap_servers
+        .clone()
+        .ok_or("give --bootstrap-server or bootstrap.servers in --consumer.config")?;
     let settings = json!({
-        "bootstrap_server": args.bootstrap_server,
+        "bootstrap_server": bootstrap,
         "topic": args.topic,
         "messages": args.messages,
-        "group": args.group,
-        "from_latest": args.from_latest,
+        "group": props.group_id,
+        "from_latest": props.from_latest,
         "show_detailed_stats": args.show_detailed_stats,
         "timeout_ms": args.timeout,
         "reporting_interval_ms": args.reporting_interval,
-        "fetch_size": args.fetch_size,
-        "fetch_max_bytes": args.fetch_max_bytes,
-        "fetch_max_wait_ms": args.fetch_max_wait_ms,
+        "fetch_size": props.max_partition_fetch_bytes,
+        "fetch_max_bytes": props.fetch_max_bytes,
+        "fetch_min_bytes": props.fetch_min_bytes,
+        "fetch_max_wait_ms": props.fetch_max_wait_ms,
+        "session_timeout_ms": props.session_timeout_ms,
+        "heartbeat_interval_ms": props.heartbeat_interval.as_millis() as u64,
+        "client_id": props.client_id,
+        "consumer_config": args.consumer_config.as_ref().map(|p| p.display().to_string()),
+        "consumer_props": props.given,
         "cores": args.cores,
         "cpus": args.cpus,
     });
-    let config = ConsumerConfig {
-        bootstrap: args.bootstrap_server.clone(),
+    Ok(ConsumerConfig {
+        bootstrap,
         topic: args.topic.clone(),
         messages: args.messages,
-        group: args.group.clone(),
-        from_latest: args.from_latest,
+        group: props.group_id.clone(),
+        from_latest: props.from_latest,
         timeout: Duration::from_millis(args.timeout),
-        fetch_size: args.fetch_size,
-        fetch_max_bytes: args.fetch_max_bytes,
-        fetch_max_wait_ms: args.fetch_max_wait_ms,
+        fetch_size: props.max_partition_fetch_bytes,
+        fetch_max_bytes: props.fetch_max_bytes,
+        fetch_min_bytes: props.fetch_min_bytes,
+        fetch_max_wait_ms: props.fetch_max_wait_ms,
+        session_timeout_ms: props.session_timeout_ms,
+        heartbeat_interval: props.heartbeat_interval,
         cores: args.cores as usize,
         cpus: args.cpus.clone(),
-        client_id: "ringlog-perf-consumer".to_owned(),
+        client_id: props.client_id,
         checksum: args.checksum,
         settings,
-    };
+    })
+}
+
+fn run_consumer(args: ConsumerArgs) -> Result<(), String> {
+    let config = consumer_config(&args)?;
     if !args.hide_header {
         println!("{}", consumer::header(args.show_detailed_stats));
     }
@@ -422,4 +484,66 @@ fn run_end_to_end(args: EndToEndArgs) -> Result<(), String> {
         stats::write_json(path, &outcome.json).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer_args(args: &[&str]) -> ConsumerArgs {
+        let argv = [
+            "ringlog-perf",
+            "consumer",
+            "--topic",
+            "t",
+            "--messages",
+            "1",
+        ];
+        let cli = Cli::try_parse_from(argv.iter().chain(args)).expect("arguments");
+        match cli.command {
+            Command::Consumer(args) => args,
+            other => panic!("not the consumer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn consumer_flags_override_the_config_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("consumer.properties");
+        std::fs::write(
+            &file,
+            "bootstrap.servers=file:1\ngroup.id=file-group\nfetch.max.wait.ms=100\n\
+             max.partition.fetch.bytes=2048\nsession.timeout.ms=10000\n",
+        )
+        .expect("write");
+        let path = file.to_str().expect("utf-8 path");
+
+        let config = consumer_config(&consumer_args(&["--consumer.config", path])).expect("file");
+        assert_eq!(config.bootstrap, "file:1");
+        assert_eq!(config.group.as_deref(), Some("file-group"));
+        assert_eq!((config.fetch_max_wait_ms, config.fetch_size), (100, 2048));
+        assert_eq!(config.session_timeout_ms, 10_000);
+        assert_eq!(config.fetch_max_bytes, 52_428_800, "Kafka's default");
+        assert!(!config.from_latest);
+
+        let config = consumer_config(&consumer_args(&[
+            "--consumer.config",
+            path,
+            "--bootstrap-server",
+            "flag:2",
+            "--group",
+            "flag-group",
+            "--fetch-max-wait-ms",
+            "7",
+            "--from-latest",
+        ]))
+        .expect("flags");
+        assert_eq!(config.bootstrap, "flag:2");
+        assert_eq!(config.group.as_deref(), Some("flag-group"));
+        assert_eq!((config.fetch_max_wait_ms, config.fetch_size), (7, 2048));
+        assert!(config.from_latest);
+
+        let missing = consumer_config(&consumer_args(&[])).expect_err("no bootstrap");
+        assert!(missing.contains("--bootstrap-server"), "{missing}");
+    }
 }

@@ -17,7 +17,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Request, StrBytes};
 
 use super::connection::Connection;
-use super::error::{check_code, is_retriable_code, ClientError};
+use super::error::{check_code, ClientError};
+use super::reconnect::{retry, ReconnectPolicy};
 use super::wire::api_name;
 
 /// Kafka's TOPIC_ALREADY_EXISTS and UNKNOWN_TOPIC_OR_PARTITION.
@@ -27,6 +28,18 @@ const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const TOPIC_MISSING_GRACE: Duration = Duration::from_secs(2);
 /// How long to wait for a topic's partitions to all have leaders.
 const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a control request that keeps failing with retriable errors (a coordinator still
+/// loading, say) is retried: 100 ms doubling to 1 s, for 5 s.
+pub const RETRIABLE_RETRY: ReconnectPolicy = ReconnectPolicy {
+    backoff: Duration::from_millis(100),
+    deadline: Duration::from_secs(5),
+};
+
+/// Whether an error is a Kafka error code worth asking again about (not a broken
+/// connection or an unanswered request: those are the caller's to handle).
+pub fn is_retriable_kafka_error(error: &ClientError) -> bool {
+    matches!(error, ClientError::Kafka { .. }) && error.is_retriable()
+}
 
 /// The version ranges a broker offered in ApiVersions, by API key.
 #[derive(Debug, Clone, Default)]
@@ -78,6 +91,12 @@ pub struct PartitionInfo {
 pub struct TopicInfo {
     pub name: String,
     pub partitions: Vec<PartitionInfo>,
+}
+
+impl TopicInfo {
+    pub fn partition_count(&self) -> i32 {
+        i32::try_from(self.partitions.len()).unwrap_or(i32::MAX)
+    }
 }
 
 /// What a client shard needs to reach the cluster.
@@ -287,19 +306,18 @@ impl Cluster {
             .with_transaction_timeout_ms(-1)
             .with_producer_id((-1).into())
             .with_producer_epoch(-1);
-        for _ in 0..50 {
-            let response = self.connection.call(&request, version).await?;
-            if is_retriable_code(response.error_code) {
-                glommio::timer::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            check_code(response.error_code, || "InitProducerId".to_owned())?;
-            return Ok((response.producer_id.0, response.producer_epoch));
-        }
-        Err(ClientError::Timeout {
-            what: "InitProducerId (retriable errors)".to_owned(),
-            timeout_ms: 5_000,
-        })
+        let connection = &mut self.connection;
+        retry(
+            RETRIABLE_RETRY,
+            || "InitProducerId".to_owned(),
+            is_retriable_kafka_error,
+            async || {
+                let response = connection.call(&request, version).await?;
+                check_code(response.error_code, || "InitProducerId".to_owned())?;
+                Ok((response.producer_id.0, response.producer_epoch))
+            },
+        )
+        .await
     }
 
     /// The offset of each partition at `timestamp` (-1: the end, -2: the start), asked of

@@ -1,6 +1,7 @@
 //! The client's one error type. Kafka error codes stay numbers with their name attached; the
 //! caller decides whether one is retriable (`is_retriable`).
 
+use std::fmt;
 use std::io;
 
 use kafka_protocol::error::ResponseError;
@@ -40,15 +41,34 @@ pub enum ClientError {
     Topic { topic: String, reason: String },
     #[error("broker node {node} is not in the cluster metadata")]
     UnknownNode { node: i32 },
-    #[error("{what}: no usable leader after {attempts} attempts in {waited_ms} ms; the last error: {last}")]
-    Reconnect {
+    #[error("{what}: gave up after {attempts} attempts in {waited_ms} ms ({limit}); the last error: {last}")]
+    GaveUp {
         what: String,
         attempts: u32,
         waited_ms: u64,
+        limit: RetryLimit,
         last: String,
     },
     #[error("record batch: {0}")]
     Batch(String),
+}
+
+/// What bounded a retried operation, as its error reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryLimit {
+    /// Retried until this long after the first attempt.
+    Time { ms: u64 },
+    /// Retried at most this many times.
+    Attempts(u32),
+}
+
+impl fmt::Display for RetryLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Time { ms } => write!(f, "the limit is {ms} ms"),
+            Self::Attempts(attempts) => write!(f, "the limit is {attempts} attempts"),
+        }
+    }
 }
 
 impl ClientError {
@@ -82,5 +102,30 @@ pub fn check_code(code: i16, what: impl FnOnce() -> String) -> Result<(), Client
         Ok(())
     } else {
         Err(ClientError::Kafka { what: what(), code })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn giving_up_names_the_limit_that_ran_out() {
+        let gave_up = |limit| {
+            ClientError::GaveUp {
+                what: "joining group g".to_owned(),
+                attempts: 50,
+                waited_ms: 812,
+                limit,
+                last: error_name(27),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            gave_up(RetryLimit::Attempts(50)),
+            "joining group g: gave up after 50 attempts in 812 ms (the limit is 50 attempts); \
+             the last error: RebalanceInProgress (27)"
+        );
+        assert!(gave_up(RetryLimit::Time { ms: 5_000 }).contains("(the limit is 5000 ms)"));
     }
 }

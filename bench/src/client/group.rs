@@ -4,7 +4,9 @@
 //! versions that require one); the member the coordinator names leader runs the range
 //! assignor over every member's subscription and hands the result to SyncGroup. Heartbeats
 //! keep the membership; OffsetFetch and OffsetCommit read and store positions; LeaveGroup ends
-//! it. Subscriptions and assignments are `kafka-protocol`'s consumer-protocol messages, written
+//! it. When the coordinator goes away (its connection breaks, or it answers NOT_COORDINATOR or
+//! COORDINATOR_NOT_AVAILABLE: `is_coordinator_lost`), `find_coordinator_again` asks the
+//! bootstrap servers where it is now; the caller then joins again. Subscriptions and assignments are `kafka-protocol`'s consumer-protocol messages, written
 //! at version 0 and read at the version the writer put in front (other members may be Java
 //! or librdkafka consumers writing later versions):
 //!
@@ -32,9 +34,12 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
 
-use super::cluster::{ApiVersions, Cluster};
+use std::time::Instant;
+
+use super::cluster::{is_retriable_kafka_error, Cluster, ClusterInfo, RETRIABLE_RETRY};
 use super::connection::Connection;
-use super::error::{check_code, is_retriable_code, ClientError};
+use super::error::{check_code, error_name, is_retriable_code, ClientError, RetryLimit};
+use super::reconnect::{is_connection_error, retry};
 
 /// MEMBER_ID_REQUIRED: JoinGroup v4+ answers a first join with the member id to use.
 const MEMBER_ID_REQUIRED: i16 = 79;
@@ -44,10 +49,35 @@ pub const REBALANCE_IN_PROGRESS: i16 = 27;
 pub const ILLEGAL_GENERATION: i16 = 22;
 /// UNKNOWN_MEMBER_ID: the coordinator forgot the member (session expired); join afresh.
 pub const UNKNOWN_MEMBER_ID: i16 = 25;
+/// COORDINATOR_LOAD_IN_PROGRESS: the coordinator is still reading the group's offsets.
+pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+/// COORDINATOR_NOT_AVAILABLE: no coordinator for the group right now.
+pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+/// NOT_COORDINATOR: this broker does not coordinate the group (any more).
+pub const NOT_COORDINATOR: i16 = 16;
 /// The assignor this member offers.
 const RANGE: &str = "range";
 /// Attempts at a coordinator request that keeps failing with retriable errors.
 const ATTEMPTS_MAX: u32 = 50;
+
+/// Whether a coordinator error code means the member must find its coordinator again.
+/// COORDINATOR_LOAD_IN_PROGRESS counts: the coordinator was just (re)started, so the member
+/// it knew is gone with its memory.
+pub fn is_coordinator_code(code: i16) -> bool {
+    matches!(
+        code,
+        COORDINATOR_LOAD_IN_PROGRESS | COORDINATOR_NOT_AVAILABLE | NOT_COORDINATOR
+    )
+}
+
+/// Whether an error from a coordinator request means the coordinator is lost: the connection
+/// broke (or a request went unanswered) or the broker no longer coordinates the group.
+pub fn is_coordinator_lost(error: &ClientError) -> bool {
+    match error {
+        ClientError::Kafka { code, .. } => is_coordinator_code(*code),
+        other => is_connection_error(other),
+    }
+}
 
 /// How the member joins.
 #[derive(Debug, Clone)]
@@ -61,7 +91,8 @@ pub struct GroupSettings {
 /// A joined member: its coordinator connection, generation and assignment.
 pub struct GroupMember {
     connection: Connection,
-    versions: ApiVersions,
+    /// The bootstrap servers and API versions, for finding the coordinator again.
+    cluster: ClusterInfo,
     settings: GroupSettings,
     pub member_id: String,
     pub generation_id: i32,
@@ -177,12 +208,11 @@ impl GroupMember {
         settings: GroupSettings,
         partition_count: i32,
     ) -> Result<Self, ClientError> {
-        let versions = cluster.info().versions.clone();
         let address = find_coordinator(cluster, &settings.group).await?;
         let connection = Connection::connect(&address, &cluster.info().client_id).await?;
         let mut member = Self {
             connection,
-            versions,
+            cluster: cluster.info().clone(),
             settings,
             member_id: String::new(),
             generation_id: -1,
@@ -193,33 +223,51 @@ impl GroupMember {
         Ok(member)
     }
 
+    /// One attempt at reaching the coordinator again, from the bootstrap servers (the broker
+    /// that coordinated the group may have restarted or moved it); the membership stays as
+    /// it was, for the caller to rejoin. The caller paces the attempts.
+    pub async fn find_coordinator_again(&mut self) -> Result<(), ClientError> {
+        let mut cluster =
+            Cluster::connect(&self.cluster.bootstrap, &self.cluster.client_id).await?;
+        let address = find_coordinator_once(&mut cluster, &self.settings.group).await?;
+        self.connection = Connection::connect(&address, &self.cluster.client_id).await?;
+        // A restarted broker may speak other versions.
+        self.cluster.versions = cluster.info().versions.clone();
+        Ok(())
+    }
+
     /// JoinGroup and SyncGroup (again, after a rebalance). A SyncGroup refused because yet
     /// another rebalance began (or the member was forgotten) joins again, a bounded number of
     /// times.
     pub async fn rejoin(&mut self, partition_count: i32) -> Result<(), ClientError> {
+        let started = Instant::now();
+        let mut last = 0;
         for _ in 0..ATTEMPTS_MAX {
             self.join_once(partition_count).await?;
-            let code = self.sync().await?;
-            match code {
+            last = self.sync().await?;
+            match last {
                 0 => return Ok(()),
                 REBALANCE_IN_PROGRESS | ILLEGAL_GENERATION => continue,
                 UNKNOWN_MEMBER_ID => self.member_id.clear(),
                 code => check_code(code, || format!("SyncGroup {}", self.settings.group))?,
             }
         }
-        Err(ClientError::Timeout {
+        Err(ClientError::GaveUp {
             what: format!(
-                "joining group {} (rebalances kept failing)",
+                "joining group {} (SyncGroup kept refusing)",
                 self.settings.group
             ),
-            timeout_ms: 0,
+            attempts: ATTEMPTS_MAX,
+            waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            limit: RetryLimit::Attempts(ATTEMPTS_MAX),
+            last: error_name(last),
         })
     }
 
     /// JoinGroup until the coordinator answers with a generation; the assignments to hand
     /// out when this member leads, kept for `sync`.
     async fn join_once(&mut self, partition_count: i32) -> Result<(), ClientError> {
-        let version = self.versions.pick::<JoinGroupRequest>(7)?;
+        let version = self.cluster.versions.pick::<JoinGroupRequest>(7)?;
         let subscription = encode_subscription(&self.settings.topic)?;
         let mut attempts = 0;
         let response = loop {
@@ -242,7 +290,12 @@ impl GroupMember {
                 self.member_id.clear();
                 continue;
             }
-            if is_retriable_code(response.error_code) && attempts < ATTEMPTS_MAX {
+            // Asking this broker again cannot help: the caller finds the coordinator again.
+            let lost = matches!(
+                response.error_code,
+                NOT_COORDINATOR | COORDINATOR_NOT_AVAILABLE
+            );
+            if !lost && is_retriable_code(response.error_code) && attempts < ATTEMPTS_MAX {
                 glommio::timer::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -264,7 +317,7 @@ impl GroupMember {
     /// SyncGroup: hands out the leader's assignments, takes this member's. Returns the error
     /// code (0: `assignment` is set).
     async fn sync(&mut self) -> Result<i16, ClientError> {
-        let version = self.versions.pick::<SyncGroupRequest>(5)?;
+        let version = self.cluster.versions.pick::<SyncGroupRequest>(5)?;
         let request = SyncGroupRequest::default()
             .with_group_id(GroupId(str_bytes(&self.settings.group)))
             .with_generation_id(self.generation_id)
@@ -306,7 +359,7 @@ impl GroupMember {
 
     /// One heartbeat; the error code (REBALANCE_IN_PROGRESS means join again).
     pub async fn heartbeat(&mut self) -> Result<i16, ClientError> {
-        let version = self.versions.pick::<HeartbeatRequest>(4)?;
+        let version = self.cluster.versions.pick::<HeartbeatRequest>(4)?;
         let request = HeartbeatRequest::default()
             .with_group_id(GroupId(str_bytes(&self.settings.group)))
             .with_generation_id(self.generation_id)
@@ -316,7 +369,7 @@ impl GroupMember {
 
     /// The committed offset of each assigned partition (-1 when none).
     pub async fn committed(&mut self) -> Result<BTreeMap<i32, i64>, ClientError> {
-        let version = self.versions.pick::<OffsetFetchRequest>(7)?;
+        let version = self.cluster.versions.pick::<OffsetFetchRequest>(7)?;
         let request = OffsetFetchRequest::default()
             .with_group_id(GroupId(str_bytes(&self.settings.group)))
             .with_topics(Some(vec![OffsetFetchRequestTopic::default()
@@ -338,13 +391,33 @@ impl GroupMember {
         Ok(offsets)
     }
 
-    /// Commits the next offset to read of each partition.
+    /// Commits the next offset to read of each partition, as this member of its generation.
     pub async fn commit(&mut self, offsets: &BTreeMap<i32, i64>) -> Result<(), ClientError> {
-        let version = self.versions.pick::<OffsetCommitRequest>(8)?;
+        let (generation_id, member_id) = (self.generation_id, self.member_id.clone());
+        self.commit_as(offsets, generation_id, &member_id).await
+    }
+
+    /// Commits as no member (generation -1): what a coordinator that lost the group's
+    /// membership (a restarted broker) accepts while the group is empty, as it does from
+    /// consumers that assign partitions themselves.
+    pub async fn commit_without_membership(
+        &mut self,
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<(), ClientError> {
+        self.commit_as(offsets, -1, "").await
+    }
+
+    async fn commit_as(
+        &mut self,
+        offsets: &BTreeMap<i32, i64>,
+        generation_id: i32,
+        member_id: &str,
+    ) -> Result<(), ClientError> {
+        let version = self.cluster.versions.pick::<OffsetCommitRequest>(8)?;
         let request = OffsetCommitRequest::default()
             .with_group_id(GroupId(str_bytes(&self.settings.group)))
-            .with_generation_id_or_member_epoch(self.generation_id)
-            .with_member_id(str_bytes(&self.member_id))
+            .with_generation_id_or_member_epoch(generation_id)
+            .with_member_id(str_bytes(member_id))
             .with_retention_time_ms(-1)
             .with_topics(vec![OffsetCommitRequestTopic::default()
                 .with_name(TopicName(str_bytes(&self.settings.topic)))
@@ -373,7 +446,7 @@ impl GroupMember {
     /// Leaves the group, so that the others rebalance at once instead of after the session
     /// timeout.
     pub async fn leave(&mut self) -> Result<(), ClientError> {
-        let version = self.versions.pick::<LeaveGroupRequest>(4)?;
+        let version = self.cluster.versions.pick::<LeaveGroupRequest>(4)?;
         let mut request =
             LeaveGroupRequest::default().with_group_id(GroupId(str_bytes(&self.settings.group)));
         if version >= 3 {
@@ -390,29 +463,59 @@ impl GroupMember {
     }
 }
 
-async fn find_coordinator(cluster: &mut Cluster, group: &str) -> Result<String, ClientError> {
+/// The coordinator's `host:port`, asked once.
+async fn find_coordinator_once(cluster: &mut Cluster, group: &str) -> Result<String, ClientError> {
     let version = cluster.info().versions.pick::<FindCoordinatorRequest>(3)?;
     let request = FindCoordinatorRequest::default()
         .with_key(str_bytes(group))
         .with_key_type(0);
-    for _ in 0..ATTEMPTS_MAX {
-        let response = cluster.connection().call(&request, version).await?;
-        if is_retriable_code(response.error_code) {
-            glommio::timer::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        check_code(response.error_code, || format!("FindCoordinator {group}"))?;
-        return Ok(format!("{}:{}", response.host.as_str(), response.port));
-    }
-    Err(ClientError::Timeout {
-        what: format!("FindCoordinator {group} (retriable errors)"),
-        timeout_ms: 5_000,
-    })
+    let response = cluster.connection().call(&request, version).await?;
+    check_code(response.error_code, || format!("FindCoordinator {group}"))?;
+    Ok(format!("{}:{}", response.host.as_str(), response.port))
+}
+
+/// The coordinator's `host:port`, asked again while the answer is a retriable error (no
+/// coordinator yet), for a few seconds.
+async fn find_coordinator(cluster: &mut Cluster, group: &str) -> Result<String, ClientError> {
+    retry(
+        RETRIABLE_RETRY,
+        || format!("FindCoordinator {group}"),
+        is_retriable_kafka_error,
+        async || find_coordinator_once(cluster, group).await,
+    )
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_connection_or_a_moved_coordinator_is_a_lost_coordinator() {
+        let kafka = |code| ClientError::Kafka {
+            what: "Heartbeat".to_owned(),
+            code,
+        };
+        for lost in [
+            ClientError::Closed,
+            ClientError::Io(std::io::ErrorKind::BrokenPipe.into()),
+            kafka(NOT_COORDINATOR),
+            kafka(COORDINATOR_NOT_AVAILABLE),
+            kafka(COORDINATOR_LOAD_IN_PROGRESS),
+        ] {
+            assert!(is_coordinator_lost(&lost), "{lost}");
+        }
+        for other in [
+            kafka(UNKNOWN_MEMBER_ID),
+            kafka(REBALANCE_IN_PROGRESS),
+            ClientError::Decode {
+                what: "x",
+                reason: "y".to_owned(),
+            },
+        ] {
+            assert!(!is_coordinator_lost(&other), "{other}");
+        }
+    }
 
     #[test]
     fn range_assignment_gives_runs_and_the_extra_to_the_first() {

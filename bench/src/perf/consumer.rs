@@ -2,12 +2,9 @@
 //!
 //! Without `--group` the topic's partitions are assigned directly (from the earliest offset,
 //! or the latest with `--from-latest`). With `--group` the process joins the group as one
-//! member (classic protocol, range assignment) on its own executor thread, which keeps it
-//! alive with heartbeats while the shards read. When the coordinator announces a rebalance
-//! (a member joined or left), the member revokes the assignment: the shards stop and hand
-//! their positions back, the member commits them and joins again, and the shards start over
-//! on the new assignment from its committed offsets (the classic eager protocol). At the end
-//! it commits the final positions and leaves.
+//! member (classic protocol, range assignment) on its own executor thread (`group_member`),
+//! which hands this side one assignment after another and takes back the positions reached
+//! in each (a rebalance, a lost coordinator, the end).
 //! Either way the partitions are dealt to `--cores` shards, each reading from the leaders
 //! (`fetcher`). Bytes count keys and values, as Kafka's tool does; MB = 1048576 bytes.
 //! The time spent joining counts as rebalance time, not fetch time, as in Kafka's tool.
@@ -21,25 +18,13 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{json, Value};
 
 use super::fetcher::{self, Assigned, ReadControl, ReadSetup, Sink};
+use super::group_member;
 use super::shards::{self, Clock};
 use super::stats::{self, Meter, ReportOptions, Window};
 use crate::client::batch::RecordView;
 use crate::client::cluster::{Cluster, ClusterInfo, TopicInfo};
-use crate::client::error::{check_code, is_retriable_code};
 use crate::client::fetch::{FetchSettings, FETCH_VERSION_MAX};
-use crate::client::group::{
-    GroupMember, GroupSettings, ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID,
-};
 use crate::client::ClientError;
-
-/// Heartbeat period of the group member (Kafka's default heartbeat.interval.ms).
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
-/// Kafka's default session.timeout.ms.
-const SESSION_TIMEOUT_MS: i32 = 45_000;
-/// How long the coordinator waits for every member to rejoin. Below the client's 30-s limit
-/// on a control request, so that a JoinGroup held for a slow member is answered, not
-/// abandoned.
-const REBALANCE_TIMEOUT_MS: i32 = 25_000;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -51,7 +36,11 @@ pub struct ConsumerConfig {
     pub timeout: Duration,
     pub fetch_size: i32,
     pub fetch_max_bytes: i32,
+    pub fetch_min_bytes: i32,
     pub fetch_max_wait_ms: i32,
+    /// The group member's session.timeout.ms and heartbeat.interval.ms.
+    pub session_timeout_ms: i32,
+    pub heartbeat_interval: Duration,
     pub cores: usize,
     pub cpus: Vec<usize>,
     pub client_id: String,
@@ -115,32 +104,32 @@ impl Sink for CountingSink {
 }
 
 /// One assignment to read: the partitions and where each starts.
-struct Assignment {
-    cluster: ClusterInfo,
-    assigned: Vec<Assigned>,
-    fetch_version: i16,
+pub(super) struct Assignment {
+    pub(super) cluster: ClusterInfo,
+    pub(super) assigned: Vec<Assigned>,
+    pub(super) fetch_version: i16,
     /// The group generation (-1 without a group).
-    generation_id: i32,
+    pub(super) generation_id: i32,
     /// How long the join that produced it took (for the first, since the run started).
-    rebalance_ms: u64,
+    pub(super) rebalance_ms: u64,
 }
 
 /// What the group member tells the reading side.
-enum MemberEvent {
+pub(super) enum MemberEvent {
     Assigned(Assignment),
     Failed(String),
 }
 
 /// The positions of a revoked (or the final) assignment, handed back to the group member to
 /// commit; `last`: the run is over, leave the group afterwards.
-struct Handback {
-    offsets: BTreeMap<i32, i64>,
-    last: bool,
+pub(super) struct Handback {
+    pub(super) offsets: BTreeMap<i32, i64>,
+    pub(super) last: bool,
 }
 
 /// Where each assigned partition starts: the committed offset, else the earliest (or the
 /// latest with `from_latest`).
-async fn start_offsets(
+pub(super) async fn start_offsets(
     cluster: &mut Cluster,
     topic: &TopicInfo,
     partitions: &[i32],
@@ -177,132 +166,8 @@ async fn start_offsets(
         .collect())
 }
 
-fn millis_since(at: Instant) -> u64 {
+pub(super) fn millis_since(at: Instant) -> u64 {
     u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The member's side of one assignment: heartbeats until the run hands the positions back
-/// (the end) or the coordinator announces a rebalance, in which case the reading shards are
-/// told to stop (`control.revoke`) and their positions awaited. Returns the positions and
-/// whether the member must rejoin with a fresh member id.
-async fn serve_assignment(
-    member: &mut GroupMember,
-    control: &ReadControl,
-    handbacks: &mpsc::Receiver<Handback>,
-) -> Result<(Handback, bool), ClientError> {
-    let mut next_heartbeat = Instant::now() + HEARTBEAT_INTERVAL;
-    let mut forget_member_id = false;
-    loop {
-        match handbacks.try_recv() {
-            Ok(handback) => return Ok((handback, forget_member_id)),
-            Err(mpsc::TryRecvError::Disconnected) => {
-                return Err(ClientError::Closed);
-            }
-            Err(mpsc::TryRecvError::Empty) => {}
-        }
-        glommio::timer::sleep(Duration::from_millis(20)).await;
-        if control.is_revoked() || Instant::now() < next_heartbeat {
-            continue;
-        }
-        next_heartbeat = Instant::now() + HEARTBEAT_INTERVAL;
-        match member.heartbeat().await? {
-            0 => {}
-            REBALANCE_IN_PROGRESS | ILLEGAL_GENERATION => control.revoke(),
-            UNKNOWN_MEMBER_ID => {
-                forget_member_id = true;
-                control.revoke();
-            }
-            code if is_retriable_code(code) => {}
-            code => check_code(code, || "Heartbeat".to_owned())?,
-        }
-    }
-}
-
-/// The group member's thread: join, hand each assignment to the reading side, and on a
-/// rebalance commit the revoked partitions' positions before joining again (the classic
-/// eager protocol: a member owns nothing while the group rebalances, so no partition is read
-/// by two members at once); at the end commit and leave.
-fn spawn_group_member(
-    config: &ConsumerConfig,
-    group: String,
-    started: Instant,
-    control: Arc<ReadControl>,
-    events: mpsc::Sender<MemberEvent>,
-    handbacks: mpsc::Receiver<Handback>,
-) -> Result<glommio::ExecutorJoinHandle<()>, String> {
-    let (bootstrap, topic, client_id, from_latest) = (
-        config.bootstrap.clone(),
-        config.topic.clone(),
-        config.client_id.clone(),
-        config.from_latest,
-    );
-    shards::spawn_shard("ringlog-perf-group", None, move || async move {
-        let member_loop = async {
-            let mut cluster = Cluster::connect(&bootstrap, &client_id).await?;
-            let info = cluster.wait_for_topic(&topic, false).await?;
-            let partition_count = info.partitions.len() as i32;
-            let fetch_version = cluster
-                .info()
-                .versions
-                .pick::<kafka_protocol::messages::FetchRequest>(FETCH_VERSION_MAX)?;
-            let settings = GroupSettings {
-                group: group.clone(),
-                topic: topic.clone(),
-                session_timeout_ms: SESSION_TIMEOUT_MS,
-                rebalance_timeout_ms: REBALANCE_TIMEOUT_MS,
-            };
-            let mut member = GroupMember::join(&mut cluster, settings, partition_count).await?;
-            let mut join_started = started;
-            loop {
-                let committed = member.committed().await?;
-                let assigned = start_offsets(
-                    &mut cluster,
-                    &info,
-                    &member.assignment,
-                    &committed,
-                    from_latest,
-                )
-                .await?;
-                let assignment = Assignment {
-                    cluster: cluster.info().clone(),
-                    assigned,
-                    fetch_version,
-                    generation_id: member.generation_id,
-                    rebalance_ms: millis_since(join_started),
-                };
-                if events.send(MemberEvent::Assigned(assignment)).is_err() {
-                    return Ok(());
-                }
-                let (handback, forget_member_id) =
-                    serve_assignment(&mut member, &control, &handbacks).await?;
-                join_started = Instant::now();
-                // A commit refused because the generation moved on is what the protocol
-                // allows: the next owner re-reads from the last committed position.
-                if let Err(error) = member.commit(&handback.offsets).await {
-                    eprintln!(
-                        "ringlog-perf: warning: group {group}: committing revoked positions failed ({error}); the next owner re-reads from the last commit"
-                    );
-                }
-                if handback.last {
-                    return member.leave().await;
-                }
-                eprintln!(
-                    "ringlog-perf: group {group} is rebalancing: partitions {:?} revoked, rejoining",
-                    member.assignment
-                );
-                if forget_member_id {
-                    member.member_id.clear();
-                }
-                member.rejoin(partition_count).await?;
-            }
-        }
-        .await;
-        if let Err(error) = member_loop {
-            // The reading side waits for an event or for its shards to stop: give it both.
-            control.revoke();
-            let _ = events.send(MemberEvent::Failed(format!("group {group}: {error}")));
-        }
-    })
 }
 
 /// Metadata and start offsets without a group: every partition.
@@ -346,7 +211,7 @@ fn read_assignment(
         client_id: config.client_id.clone(),
         topic: config.topic.clone(),
         max_wait_ms: config.fetch_max_wait_ms,
-        min_bytes: 1,
+        min_bytes: config.fetch_min_bytes,
         max_bytes: config.fetch_max_bytes,
         partition_max_bytes: config.fetch_size,
     });
@@ -446,7 +311,7 @@ pub fn run(
     let (events_tx, events) = mpsc::channel();
     let (handback_tx, handbacks) = mpsc::channel();
     let member = match &config.group {
-        Some(group) => Some(spawn_group_member(
+        Some(group) => Some(group_member::spawn(
             &config,
             group.clone(),
             clock.start,

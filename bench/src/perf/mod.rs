@@ -6,6 +6,7 @@
 pub mod consumer;
 pub mod end_to_end;
 pub mod fetcher;
+mod group_member;
 pub mod payload;
 pub mod producer;
 pub mod props;
