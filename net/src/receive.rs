@@ -2,10 +2,12 @@
 //!
 //! A connection's bytes are received into one growing `BytesMut`; each whole frame is split
 //! off it as the `Bytes` the handlers decode from, and Produce records stay slices of it until
-//! the log copies them into its write buffers. There is no intermediate read chunk: once a
-//! frame's size prefix is known, room for the rest of the frame is reserved and the kernel
-//! copies the bytes into place, so a request's bytes are copied once on the way in (by the
-//! kernel) instead of twice, and a large frame is not moved again as its buffer grows.
+//! the log copies them into its write buffers. Once a frame's size prefix is known, room for
+//! the rest of the frame is reserved and the kernel copies the bytes into place, so a large
+//! frame's bytes are copied once on the way in (by the kernel) and not moved again as its
+//! buffer grows. Only the bytes taken by the read that waits for data (at most
+//! `WAIT_READ_BYTES`, a whole small request) are copied a second time, from the wait buffer:
+//! a small copy that saves the system calls of a receive in place (see [`FrameReader::fill`]).
 //!
 //! Limits: a frame over `socket.request.max.bytes` is refused from its prefix. Room is reserved
 //! for at most [`RESERVE_AHEAD_BYTES`] beyond what has arrived (then doubled as bytes arrive),
