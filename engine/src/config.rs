@@ -33,6 +33,10 @@ pub struct LogConfig {
     /// `preallocate`: reserve each segment's blocks when it is created, so appends do not
     /// allocate extents (which pushes io_uring completions to worker threads).
     pub preallocate: bool,
+    /// With `preallocate`: while a partition's appends are small, write zeros a little ahead
+    /// of them, so each append overwrites written blocks instead of converting preallocated
+    /// (unwritten) ones; see [`crate::segment`]'s "Zeroing ahead".
+    pub zero_ahead: bool,
     /// Size of each aligned write buffer; full buffers are written as they fill.
     pub write_buffer_bytes: usize,
     /// Writes in flight at once for one partition.
@@ -55,6 +59,7 @@ impl Default for LogConfig {
             flush_ms: i64::MAX,
             message_timestamp_type: TimestampType::CreateTime,
             preallocate: true,
+            zero_ahead: true,
             write_buffer_bytes: 1 << 20,
             max_writes_in_flight: 8,
             max_pending_bytes: 64 << 20,

@@ -881,14 +881,23 @@ async fn write_buffer(
 ) {
     let pos = written.file_pos;
     let len = written.buffer.len();
-    segment.reserve_ahead(pos + len as u64, &inner.config.borrow());
+    let end = pos + len as u64;
+    let must_wait = {
+        let config = inner.config.borrow();
+        segment.reserve_ahead(end, &config);
+        segment.claim_append(pos, end, &config)
+    };
+    segment.wait_for_zeros(must_wait).await;
     let fault = inner
         .write_fault
         .as_ref()
         .and_then(|fault| fault(segment.base_offset, pos, len));
     let result = match fault {
         Some(error) => Err(error),
-        None => write_at(&segment, &written.buffer, pos, rewrites_head).await,
+        None => {
+            let split = rewrites_head && !segment.zeroed(pos, end);
+            write_at(&segment, &written.buffer, pos, split).await
+        }
     };
     if result.is_ok() && !inner.state.borrow().abandoned {
         cache_written(&inner, &segment, written);
@@ -903,21 +912,23 @@ async fn write_buffer(
     pump(&inner);
 }
 
-/// Writes `buf` at `pos`. A small buffer that starts by rewriting the unfinished block of a
-/// completed partial write is written as two writes at once, that block and the rest: as one
-/// write it covers a written block and unwritten (preallocated) ones, which ext4 does not take
-/// as an overwrite, so io_uring hands it to a worker thread (a context switch each way, most of
-/// the broker's CPU at moderate rates, where almost every write follows a partial flush).
-/// Larger writes stay whole: the hand-off is small next to them, and splitting copies the rest.
+/// Writes `buf` at `pos`. With `split_head`, a small buffer that starts by rewriting the
+/// unfinished block of a completed partial write is written as two writes at once, that block
+/// and the rest: as one write it covers a written block and unwritten (preallocated) ones,
+/// which ext4 does not take as an overwrite, so io_uring hands it to a worker thread (a context
+/// switch each way, most of the broker's CPU at moderate rates, where almost every write
+/// follows a partial flush). Not needed where the rest is zeroed ahead (see
+/// [`crate::segment`]). Larger writes stay whole: the hand-off is small next to them, and
+/// splitting copies the rest.
 async fn write_at(
     segment: &Segment,
     buf: &Rc<DmaBuffer>,
     pos: u64,
-    rewrites_head: bool,
+    split_head: bool,
 ) -> std::io::Result<()> {
     let block = BLOCK_BYTES as usize;
     let len = buf.len();
-    if !rewrites_head || len <= block || len > SPLIT_WRITE_MAX_BYTES {
+    if !split_head || len <= block || len > SPLIT_WRITE_MAX_BYTES {
         return write_whole(segment, Rc::clone(buf), pos).await;
     }
     let mut head = glommio::allocate_dma_buffer(block);

@@ -721,3 +721,131 @@ fn segments_before_an_offset_are_deleted_whole() {
         assert_eq!(log.log_end_offset(), end);
     });
 }
+
+/// The extents of `[start, end)` of `file` as the filesystem reports them (FIEMAP):
+/// `(logical start, length, unwritten)`, or `None` where the filesystem cannot say.
+fn extents(file: &std::path::Path, start: u64, end: u64) -> Option<Vec<(u64, u64, bool)>> {
+    use std::os::fd::AsRawFd;
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+    const SLOTS: usize = 256;
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Extent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+    #[repr(C)]
+    struct Map {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped_extents: u32,
+        extent_count: u32,
+        reserved: u32,
+        extents: [Extent; SLOTS],
+    }
+    let empty = Extent {
+        logical: 0,
+        physical: 0,
+        length: 0,
+        reserved64: [0; 2],
+        flags: 0,
+        reserved: [0; 3],
+    };
+    let mut map = Box::new(Map {
+        start,
+        length: end - start,
+        flags: 0,
+        mapped_extents: 0,
+        extent_count: SLOTS as u32,
+        reserved: 0,
+        extents: [empty; SLOTS],
+    });
+    let handle = std::fs::File::open(file).expect("open for FIEMAP");
+    // SAFETY: FS_IOC_FIEMAP reads and writes a `struct fiemap` followed by `extent_count`
+    // `struct fiemap_extent`s, which is the layout of `Map`; the box outlives the call.
+    let rc = unsafe { libc::ioctl(handle.as_raw_fd(), FS_IOC_FIEMAP, &mut *map as *mut Map) };
+    if rc != 0 {
+        return None;
+    }
+    let count = (map.mapped_extents as usize).min(SLOTS);
+    Some(
+        map.extents[..count]
+            .iter()
+            .map(|e| (e.logical, e.length, e.flags & FIEMAP_EXTENT_UNWRITTEN != 0))
+            .collect(),
+    )
+}
+
+/// Whether every block of `[start, end)` is allocated and written (no hole, no unwritten
+/// extent), per `extents`.
+fn all_written(extents: &[(u64, u64, bool)], start: u64, end: u64) -> bool {
+    let mut covered = start;
+    for &(logical, length, unwritten) in extents {
+        if logical + length <= covered || logical >= end {
+            continue;
+        }
+        if logical > covered || unwritten {
+            return false;
+        }
+        covered = logical + length;
+    }
+    covered >= end
+}
+
+/// Small appends (one awaited at a time, so each write is a few KiB) keep a runway of zeros
+/// written ahead of the data, so the next appends overwrite written blocks (no unwritten
+/// extent to convert); without `zero_ahead` the same range stays unwritten. Either way the
+/// data reads back whole and survives a reopen.
+#[test]
+fn small_appends_keep_a_runway_of_written_zeros_ahead() {
+    let dir = test_dir("zero-ahead");
+    let root = dir.path().to_path_buf();
+    run(move || async move {
+        let mut seen = Vec::new();
+        for zero_ahead in [true, false] {
+            let path = root.join(format!("zero-ahead-{zero_ahead}"));
+            let config = LogConfig {
+                zero_ahead,
+                ..LogConfig::default()
+            };
+            let (log, _) = PartitionLog::open(&path, config.clone())
+                .await
+                .expect("open");
+            let expected = append_batches(&log, 300, 1, 1000).await;
+            // Let the last zero step land.
+            glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+            let size = log.size_bytes();
+            let from = size.next_multiple_of(4096);
+            let ahead = from + 512 * 1024;
+            let segment_file = path.join("00000000000000000000.log");
+            let Some(map) = extents(&segment_file, 0, ahead) else {
+                eprintln!("skipped: this filesystem does not answer FIEMAP");
+                return;
+            };
+            assert!(all_written(&map, 0, size), "data blocks written: {map:?}");
+            seen.push((zero_ahead, all_written(&map, from, ahead), map));
+            let end = log.log_end_offset();
+            drop(log);
+            let (log, report) = PartitionLog::open(&path, config).await.expect("reopen");
+            assert_eq!(report.corruption, None, "{report:?}");
+            assert_eq!(log.log_end_offset(), end);
+            assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
+        }
+        let (_, without_written, without_map) = &seen[1];
+        if *without_written {
+            eprintln!("skipped: preallocated blocks read as written here: {without_map:?}");
+            return;
+        }
+        let (_, with_written, with_map) = &seen[0];
+        assert!(
+            *with_written,
+            "512 KiB past the data are zeroed ahead: {with_map:?}"
+        );
+    });
+}
