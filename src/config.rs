@@ -35,7 +35,7 @@ pub const DEFAULT_FETCH_CACHE_BYTES: usize = 64 << 20;
 const AFTER_HELP: &str = "Each setting can also come from the environment variable shown \
 or from the TOML file given by --config (keys: listen, advertised_listener, data_dir, cores, \
 node_id, socket_request_max_bytes, auto_create_topics_enable, num_partitions, \
-log_retention_check_interval_ms, node_per_shard, group_initial_rebalance_delay_ms, \
+log_retention_check_interval_ms, node_per_shard, pin_cores, group_initial_rebalance_delay_ms, \
 group_consumer_heartbeat_interval_ms, group_consumer_session_timeout_ms, \
 fetch_cache_bytes, fetch_send). Flags win over the environment, which wins over the \
 file, which wins over the defaults. Logging is filtered by RUST_LOG (default: info).";
@@ -89,6 +89,12 @@ pub struct ServeArgs {
     /// [default: true]
     #[arg(long, value_name = "BOOL")]
     pub node_per_shard: Option<bool>,
+    /// Pin each core's executor to its CPU. `false` lets the kernel move the executors between
+    /// the CPUs the process may use, which lowers the tail where something else can hold a CPU
+    /// for milliseconds (a shared VM, a non-preemptible kernel thread; see docs/perf.md), at
+    /// the cost of cache locality [env: RINGLOG_PIN_CORES] [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub pin_cores: Option<bool>,
     /// How long a consumer group's first rebalance waits for more members, Kafka's
     /// group.initial.rebalance.delay.ms [env: RINGLOG_GROUP_INITIAL_REBALANCE_DELAY_MS]
     /// [default: 3000]
@@ -207,6 +213,7 @@ pub struct Layer {
     pub num_partitions: Option<usize>,
     pub log_retention_check_interval_ms: Option<u64>,
     pub node_per_shard: Option<bool>,
+    pub pin_cores: Option<bool>,
     pub group_initial_rebalance_delay_ms: Option<u64>,
     pub group_consumer_heartbeat_interval_ms: Option<u64>,
     pub group_consumer_session_timeout_ms: Option<u64>,
@@ -239,6 +246,7 @@ impl Layer {
             num_partitions: args.num_partitions,
             log_retention_check_interval_ms: args.log_retention_check_interval_ms,
             node_per_shard: args.node_per_shard,
+            pin_cores: args.pin_cores,
             group_initial_rebalance_delay_ms: args.group_initial_rebalance_delay_ms,
             group_consumer_heartbeat_interval_ms: args.group_consumer_heartbeat_interval_ms,
             group_consumer_session_timeout_ms: args.group_consumer_session_timeout_ms,
@@ -263,6 +271,7 @@ impl Layer {
                 "RINGLOG_LOG_RETENTION_CHECK_INTERVAL_MS",
             )?,
             node_per_shard: env_value(lookup, "RINGLOG_NODE_PER_SHARD")?,
+            pin_cores: env_value(lookup, "RINGLOG_PIN_CORES")?,
             group_initial_rebalance_delay_ms: env_value(
                 lookup,
                 "RINGLOG_GROUP_INITIAL_REBALANCE_DELAY_MS",
@@ -321,6 +330,7 @@ pub struct ServeConfig {
     pub num_partitions: usize,
     pub log_retention_check_interval_ms: u64,
     pub node_per_shard: bool,
+    pub pin_cores: bool,
     pub group_initial_rebalance_delay_ms: u64,
     pub group_consumer_heartbeat_interval_ms: u64,
     pub group_consumer_session_timeout_ms: u64,
@@ -397,6 +407,7 @@ pub fn resolve(
         })
         .unwrap_or(300_000),
         node_per_shard: first(&layers, |layer| layer.node_per_shard).unwrap_or(true),
+        pin_cores: first(&layers, |layer| layer.pin_cores).unwrap_or(true),
         group_initial_rebalance_delay_ms: first(&layers, |layer| {
             layer.group_initial_rebalance_delay_ms
         })
@@ -513,6 +524,20 @@ mod tests {
         assert_eq!(config.socket_request_max_bytes, 104_857_600);
         assert_eq!(config.group_consumer_heartbeat_interval_ms, 5000);
         assert_eq!(config.group_consumer_session_timeout_ms, 45_000);
+        assert!(config.pin_cores, "shards are pinned unless asked not to be");
+    }
+
+    #[test]
+    fn pin_cores_can_be_turned_off_from_the_environment_or_the_file() {
+        let env = env_of(&[("RINGLOG_PIN_CORES", "false")]);
+        let config = resolve(&Layer::default(), &env, &Layer::default(), 2).expect("valid");
+        assert!(!config.pin_cores);
+        let file = Layer::from_toml(Path::new("t.toml"), "pin_cores = false\n").expect("TOML");
+        let config = resolve(&Layer::default(), &Layer::default(), &file, 2).expect("valid");
+        assert!(!config.pin_cores);
+        let lookup = |name: &str| (name == "RINGLOG_PIN_CORES").then(|| "maybe".to_owned());
+        let error = Layer::from_env(&lookup).expect_err("not a bool");
+        assert!(error.to_string().contains("RINGLOG_PIN_CORES"), "{error}");
     }
 
     #[test]

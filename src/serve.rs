@@ -1,5 +1,6 @@
 //! `ringlog serve`: the broker process. It assembles the settings, makes sure io_uring can lock
-//! the memory it needs, then runs one glommio executor pinned to each core. Every executor
+//! the memory it needs, then runs one glommio executor pinned to each core (or, with
+//! `pin_cores` off, free to move between the allowed CPUs). Every executor
 //! binds its own listener to the same address (glommio sets SO_REUSEPORT), so the kernel
 //! spreads connections over the cores and a connection lives on the core that accepted it. A
 //! port another process listens on is refused first (SO_REUSEPORT would share it silently).
@@ -327,9 +328,13 @@ fn run_shards(
         let start = start.clone();
         let mesh = mesh.clone();
         // Shard i runs on the i-th CPU this process may use (taskset, cgroup cpusets), not
-        // on CPU i, which may be outside the allowed set.
-        let cpu = cpus.get(shard).copied().unwrap_or(shard);
-        let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        // on CPU i, which may be outside the allowed set. Unpinned, it may run on any of them.
+        let placement = if config.pin_cores {
+            Placement::Fixed(cpus.get(shard).copied().unwrap_or(shard))
+        } else {
+            Placement::Unbound
+        };
+        let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("ringlog-shard-{shard}"))
             .io_memory(io_memory_bytes)
             .spawn(move || run_shard(shard, start, mesh));

@@ -427,6 +427,99 @@ fn two_shards_serve_partitions_on_both_cores_in_both_topologies() {
     }
 }
 
+/// The CPUs a thread may run on, as /proc prints them (`0-1`, `3`).
+fn cpus_allowed(status_path: &std::path::Path) -> String {
+    let status = std::fs::read_to_string(status_path).expect("read status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_owned()
+}
+
+/// Each shard's threads and the CPUs they may run on, by thread name.
+fn shard_cpus(pid: u32) -> Vec<(String, String)> {
+    let mut shards = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let task = task.expect("task").path();
+        let Ok(name) = std::fs::read_to_string(task.join("comm")) else {
+            continue; // the thread exited
+        };
+        if name.starts_with("ringlog-shard-") {
+            shards.push((name.trim().to_owned(), cpus_allowed(&task.join("status"))));
+        }
+    }
+    shards.sort();
+    shards
+}
+
+#[test]
+fn shards_are_pinned_to_one_cpu_each_unless_pin_cores_is_false() {
+    let own_cpus = cpus_allowed(std::path::Path::new("/proc/self/status"));
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("skipped: needs 2 cores");
+        return;
+    }
+    for pin in [true, false] {
+        let broker = Broker::start(
+            &format!("pin-cores-{pin}"),
+            2,
+            &[("RINGLOG_PIN_CORES", pin.to_string())],
+        );
+        let shards = shard_cpus(broker.child.id());
+        assert!(
+            shards.iter().any(|(name, _)| name == "ringlog-shard-0")
+                && shards.iter().any(|(name, _)| name == "ringlog-shard-1"),
+            "both shards' threads: {shards:?}"
+        );
+        if pin {
+            for (name, cpus) in &shards {
+                assert!(
+                    cpus.parse::<usize>().is_ok(),
+                    "{name} on one CPU: {shards:?}"
+                );
+            }
+            let zero: Vec<_> = shards
+                .iter()
+                .filter(|(n, _)| n == "ringlog-shard-0")
+                .collect();
+            let one: Vec<_> = shards
+                .iter()
+                .filter(|(n, _)| n == "ringlog-shard-1")
+                .collect();
+            assert_ne!(zero[0].1, one[0].1, "different CPUs: {shards:?}");
+        } else {
+            for (name, cpus) in &shards {
+                assert_eq!(cpus, &own_cpus, "{name} may run on every CPU: {shards:?}");
+            }
+        }
+        // An unpinned broker still serves: records in, the same records out.
+        let address = broker.address();
+        kcat(
+            &["-b", &address, "-P", "-t", "floating"],
+            b"one\ntwo\nthree\n",
+        );
+        let consumed = kcat(
+            &[
+                "-b",
+                &address,
+                "-C",
+                "-t",
+                "floating",
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+            ],
+            b"",
+        );
+        let mut values: Vec<&str> = consumed.lines().collect();
+        values.sort_unstable();
+        assert_eq!(values, ["one", "three", "two"], "pin_cores={pin}");
+    }
+}
+
 /// A core that cannot bind its own port (node per core, port taken) stops the whole broker
 /// before any core accepts a client: exit code 1 within seconds, and a line saying why.
 #[test]

@@ -8,7 +8,10 @@
 #
 # A layout is CORES:BROKER_CPUS:CLIENT_CPUS: `ringlog serve --cores CORES` under
 # `taskset -c BROKER_CPUS` (its shards take the allowed CPUs in order), ringlog-perf with
-# `--cpus CLIENT_CPUS`; an empty list leaves placement to the kernel. The default layouts are
+# `--cpus CLIENT_CPUS`; an empty list leaves placement to the kernel (the broker still pins
+# shard i to CPU i), and BROKER_CPUS `float` runs the broker with `--pin-cores false`, its
+# shards free to move between the CPUs (`1:float:` is the best layout measured on the VMs
+# here, where a kernel thread holds a vCPU for milliseconds; docs/perf.md). The default layouts are
 # both cores shared by broker and client (`2::`) and one broker core with the client on the
 # other (`1:1:0`; on the VMs measured here the disk's interrupt goes to CPU 1, and the kernel
 # worker that completes each direct write runs there).
@@ -50,7 +53,11 @@ for round in $(seq "$ROUNDS"); do
     for layout in $LAYOUTS; do
         IFS=: read -r cores broker_cpus client_cpus <<<"$layout"
         prefix=()
-        [ -n "$broker_cpus" ] && prefix=(taskset -c "$broker_cpus")
+        case $broker_cpus in
+        '') ;;
+        float) prefix=(env RINGLOG_PIN_CORES=false) ;;
+        *) prefix=(taskset -c "$broker_cpus") ;;
+        esac
         client_pin=()
         [ -n "$client_cpus" ] && client_pin=(--cpus "$client_cpus")
         start_broker "$BIN/ringlog" "$cores" "${prefix[@]}"

@@ -6,7 +6,9 @@
 #  2. ringlog-perf producer -> ringlog serve --cores 1, then --cores $(nproc): 1 KiB records,
 #     acks=1, unlimited rate, BYTES in all (3 GiB), fresh data directory each time: MB/s, and
 #     its ratio to fio and to iperf3;
-#  3. a fixed RATE (50,000 records/s) of 1 KiB records, acks=1: latency percentiles;
+#  3. a fixed RATE (50,000 records/s) of 1 KiB records, acks=1: latency percentiles, against
+#     serve --cores $(nproc) (pinned, the default) and serve --cores 1 --pin-cores false (the
+#     better layout where the client shares a small VM with the broker; docs/perf.md);
 #  4. ringlog-perf and librdkafka (examples/kafka_client_bench.rs) with the same settings
 #     against the same broker, interleaved ROUNDS times: records/s ratio;
 #  5. one consumer reading a BACKLOG (4 GiB) from the start: MB/s.
@@ -86,14 +88,17 @@ for cores in 1 "$CORES_ALL"; do
     stop_broker
 done
 
-start_broker "$BROKER" "$CORES_ALL"
-out="$OUT_DIR/latency.json"
-echo "== fixed rate: $RATE records/s x $RECORD_SIZE B for $RATE_SECONDS s, acks=1, linger.ms=0, $CORES_ALL partitions (load $(load))"
-"$PERF" producer --bootstrap-server 127.0.0.1:$PORT --topic rate --partitions "$CORES_ALL" \
-    --num-records $((RATE * RATE_SECONDS)) --warmup-records "$RATE" --record-size $RECORD_SIZE \
-    --throughput "$RATE" --producer-props acks=1 linger.ms=0 --cores 1 --output-json "$out" | tail -1
-echo "RESULT latency at $RATE/s: p50 $(json "$out" "d['latency']['p50']") us, p99 $(json "$out" "d['latency']['p99']") us, p99.9 $(json "$out" "d['latency']['p999']") us (load after $(load))"
-stop_broker
+for layout in "$CORES_ALL true" "1 false"; do
+    read -r cores pin <<<"$layout"
+    start_broker "$BROKER" "$cores" env RINGLOG_PIN_CORES="$pin"
+    out="$OUT_DIR/latency-$cores-$pin.json"
+    echo "== fixed rate: $RATE records/s x $RECORD_SIZE B for $RATE_SECONDS s, acks=1, linger.ms=0, $CORES_ALL partitions, serve --cores $cores --pin-cores $pin (load $(load))"
+    "$PERF" producer --bootstrap-server 127.0.0.1:$PORT --topic rate --partitions "$CORES_ALL" \
+        --num-records $((RATE * RATE_SECONDS)) --warmup-records "$RATE" --record-size $RECORD_SIZE \
+        --throughput "$RATE" --producer-props acks=1 linger.ms=0 --cores 1 --output-json "$out" | tail -1
+    echo "RESULT latency at $RATE/s, serve --cores $cores --pin-cores $pin: p50 $(json "$out" "d['latency']['p50']") us, p99 $(json "$out" "d['latency']['p99']") us, p99.9 $(json "$out" "d['latency']['p999']") us (load after $(load))"
+    stop_broker
+done
 
 start_broker "$BROKER" "$CORES_ALL"
 echo "== ringlog-perf vs librdkafka: $COMPARE_RECORDS x $RECORD_SIZE B, acks=1, linger 5 ms, batch 1 MB, $CORES_ALL partitions, one client thread/shard, interleaved"
