@@ -264,7 +264,12 @@ proptest! {
             .filter(|&i| data[start + i] != changed.bytes[i])
             .all(|i| (12..16).contains(&i));
         prop_assume!(!only_epoch);
-        reopen_and_check(dir.path(), survivors(&stored, changed.position), true);
+        // A hole that leaves nothing but zeros from the damaged batch on (it reaches the end of
+        // the data, and the batch's bytes before it were zeros: the high bytes of its base
+        // offset) looks exactly like a tail that was never written, as after any crash: the
+        // same batches survive, and there is nothing to report.
+        let reported = data[start..].iter().any(|&b| b != 0);
+        reopen_and_check(dir.path(), survivors(&stored, changed.position), reported);
     }
 
     #[test]
