@@ -1116,7 +1116,8 @@ pub async fn offset_commit(
     request: OffsetCommitRequest,
     version: i16,
 ) -> OffsetCommitResponse {
-    let unavailable = commit_response(&request, |_, _| {
+    let unknown = unknown_partitions(shard, &request);
+    let unavailable = commit_response(&request, &unknown, |_, _| {
         Some(ResponseError::CoordinatorNotAvailable)
     });
     let group = request.group_id.to_string();
@@ -1126,8 +1127,28 @@ pub async fn offset_commit(
     .await
 }
 
+/// The partitions of an OffsetCommit that no topic has, per this shard's catalog. As in
+/// Kafka, their offsets are not stored and they are answered UNKNOWN_TOPIC_OR_PARTITION
+/// whatever the group's state.
+fn unknown_partitions(shard: &Shard, request: &OffsetCommitRequest) -> HashSet<(String, i32)> {
+    request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic
+                .partitions
+                .iter()
+                .filter(|p| !partition_exists(shard, &topic.name, p.partition_index))
+                .map(|p| (topic.name.to_string(), p.partition_index))
+        })
+        .collect()
+}
+
+/// The answer to `request`: UNKNOWN_TOPIC_OR_PARTITION for the `unknown` partitions, `error`'s
+/// answer for the others.
 fn commit_response(
     request: &OffsetCommitRequest,
+    unknown: &HashSet<(String, i32)>,
     error: impl Fn(&str, i32) -> Option<ResponseError>,
 ) -> OffsetCommitResponse {
     let topics = request
@@ -1141,7 +1162,12 @@ fn commit_response(
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
                         .with_error_code(
-                            error(&topic.name, p.partition_index).map_or(0, |e| e.code()),
+                            if unknown.contains(&(topic.name.to_string(), p.partition_index)) {
+                                Some(ResponseError::UnknownTopicOrPartition)
+                            } else {
+                                error(&topic.name, p.partition_index)
+                            }
+                            .map_or(0, |e| e.code()),
                         )
                 })
                 .collect();
@@ -1158,6 +1184,12 @@ async fn commit_local(
     request: OffsetCommitRequest,
     version: i16,
 ) -> OffsetCommitResponse {
+    let unknown = unknown_partitions(shard, &request);
+    let partitions: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
+    if partitions > 0 && unknown.len() == partitions {
+        // Nothing the coordinator could store: the group is neither checked nor created.
+        return commit_response(&request, &unknown, |_, _| None);
+    }
     let group_id = request.group_id.to_string();
     let consumer_refusal = shard.groups.consumer.borrow().get(&group_id).map(|group| {
         consumer_commit_refusal(
@@ -1200,15 +1232,15 @@ async fn commit_local(
         }
     };
     if let Some(error) = refused {
-        return commit_response(&request, |_, _| Some(error));
+        return commit_response(&request, &unknown, |_, _| Some(error));
     }
     let Some((_, partition)) = coordinator_of(shard, &group_id) else {
-        return commit_response(&request, |_, _| {
+        return commit_response(&request, &unknown, |_, _| {
             Some(ResponseError::CoordinatorNotAvailable)
         });
     };
     let Some(log) = shard.partition(OFFSETS_TOPIC, partition as i32) else {
-        return commit_response(&request, |_, _| {
+        return commit_response(&request, &unknown, |_, _| {
             Some(ResponseError::CoordinatorNotAvailable)
         });
     };
@@ -1218,6 +1250,9 @@ async fn commit_local(
     let mut too_large: HashSet<(String, i32)> = HashSet::new();
     for topic in &request.topics {
         for p in &topic.partitions {
+            if unknown.contains(&(topic.name.to_string(), p.partition_index)) {
+                continue;
+            }
             let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
             if metadata
                 .as_ref()
@@ -1269,7 +1304,7 @@ async fn commit_local(
             .entry(group_id.clone())
             .or_insert_with(Group::new);
     }
-    commit_response(&request, |topic, partition| {
+    commit_response(&request, &unknown, |topic, partition| {
         if too_large.contains(&(topic.to_owned(), partition)) {
             Some(ResponseError::OffsetMetadataTooLarge)
         } else {

@@ -485,6 +485,37 @@ def test_many_committed_offsets_are_all_replayed(broker_factory, topic_name):
     assert sum(replayed) == partitions * groups, replayed
 
 
+def test_offsets_of_unknown_topics_and_partitions_are_refused(broker_factory, topic_name):
+    """As Kafka does: an OffsetCommit for a topic or partition that does not exist is answered
+    UNKNOWN_TOPIC_OR_PARTITION and nothing is stored for it; the request's other partitions
+    are committed."""
+    broker = broker_factory()
+    kafkautil.create_topic(broker.bootstrap, topic_name, 2)
+    group, missing = f"unknown-{topic_name}", f"missing-{topic_name}"
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                  "enable.auto.commit": False, "socket.timeout.ms": 30000})
+    try:
+        asked = [TopicPartition(topic_name, 0, 7), TopicPartition(topic_name, 5, 8),
+                 TopicPartition(missing, 0, 9)]
+        # librdkafka raises the first partition error of a synchronous commit.
+        with pytest.raises(KafkaException) as raised:
+            c.commit(offsets=asked, asynchronous=False)
+        assert raised.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART, raised.value
+    finally:
+        c.close()
+    # Per partition, in the raw protocol: only the real one was stored.
+    address = ("127.0.0.1", broker.port)
+    answer = kafkautil.roundtrip(address, kafkautil.offset_commit_v2(group, missing, {0: 10, 1: 11}))
+    assert kafkautil.parse_offset_commit_v2(answer) == {(missing, 0): 3, (missing, 1): 3}
+    answer = kafkautil.roundtrip(address, kafkautil.offset_commit_v2(group, topic_name, {1: 12, 2: 13}))
+    assert kafkautil.parse_offset_commit_v2(answer) == {(topic_name, 1): 0, (topic_name, 2): 3}
+    answer = kafkautil.roundtrip(address, kafkautil.offset_fetch_v1(
+        group, {topic_name: [0, 1, 2, 5], missing: [0, 1]}))
+    assert kafkautil.parse_offset_fetch_v1(answer) == {
+        (topic_name, 0): (7, 0), (topic_name, 1): (12, 0), (topic_name, 2): (-1, 0),
+        (topic_name, 5): (-1, 0), (missing, 0): (-1, 0), (missing, 1): (-1, 0)}
+
+
 # ---------------------------------------------------------------------------------------------
 # kafka-python 3.
 
