@@ -1486,39 +1486,6 @@ impl PartitionLog {
         Ok(Appending(SlotFuture(slot)))
     }
 
-    /// Calls `visit` with the header of every batch from the one holding `from` (or the first
-    /// batch after it) to the log end, in order; returns the offset after the last one. Used to
-    /// rebuild state derived from batch headers (the idempotent producer's) after a restart.
-    pub async fn visit_batch_headers(
-        &self,
-        from: i64,
-        mut visit: impl FnMut(&BatchHeader),
-    ) -> Result<i64, ReadError> {
-        const READ_BYTES: usize = 1 << 20;
-        let mut offset = from.max(self.log_start_offset());
-        loop {
-            let batches = self.read(offset, READ_BYTES, None).await?;
-            if batches.is_empty() {
-                return Ok(offset);
-            }
-            let mut bytes = batches.bytes();
-            while bytes.len() >= HEADER_BYTES {
-                // `read` returns whole batches whose CRC it checked.
-                let Ok(header) = BatchHeader::decode(bytes) else {
-                    break;
-                };
-                let total = header.total_bytes().clamp(HEADER_BYTES, bytes.len());
-                if header.last_offset() >= offset {
-                    visit(&header);
-                }
-                bytes = &bytes[total..];
-            }
-            assert!(batches.next_offset > offset, "reads make progress");
-            offset = batches.next_offset;
-            glommio::yield_if_needed().await;
-        }
-    }
-
     fn enqueue(&self, data: Bytes, header: BatchHeader) -> Rc<Slot> {
         let config = self.inner.config.borrow();
         let now_ms = self.inner.clock.now_ms();

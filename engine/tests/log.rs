@@ -636,13 +636,14 @@ fn admission_checks_see_the_offset_they_assign_and_refusals_store_nothing() {
             .await
             .expect("reopen");
         let mut bases = Vec::new();
-        let end = log
-            .visit_batch_headers(1, |header| bases.push(header.base_offset))
-            .await
-            .expect("visit");
+        let end = ringlog_engine::scan::visit_batches(&log, 1, |header, _| {
+            bases.push(header.base_offset)
+        })
+        .await
+        .expect("visit");
         assert_eq!((bases, end), (vec![0, 3], 7));
         let mut bases = Vec::new();
-        log.visit_batch_headers(3, |header| bases.push(header.base_offset))
+        ringlog_engine::scan::visit_batches(&log, 3, |header, _| bases.push(header.base_offset))
             .await
             .expect("visit");
         assert_eq!(bases, vec![3]);

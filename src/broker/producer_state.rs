@@ -375,9 +375,10 @@ pub async fn recover(log: &PartitionLog) -> Recovered {
             }
         }
     }
-    let replayed = log
-        .visit_batch_headers(from, |header| states.apply(header, header.base_offset))
-        .await;
+    let replayed = ringlog_engine::scan::visit_batches(log, from, |header, _| {
+        states.apply(header, header.base_offset)
+    })
+    .await;
     if let Err(error) = replayed {
         warn!(dir = %log.dir().display(), "cannot replay producer state from the log: {error}");
     }
