@@ -54,9 +54,9 @@ for round in $(seq "$ROUNDS"); do
         IFS=: read -r cores broker_cpus client_cpus <<<"$layout"
         prefix=()
         case $broker_cpus in
-        '') ;;
-        float) prefix=(env RINGLOG_PIN_CORES=false) ;;
-        *) prefix=(taskset -c "$broker_cpus") ;;
+        '') placement="shard i pinned to CPU i" ;;
+        float) prefix=(env RINGLOG_PIN_CORES=false) placement="unpinned" ;;
+        *) prefix=(taskset -c "$broker_cpus") placement="CPUs $broker_cpus, one pinned shard each" ;;
         esac
         client_pin=()
         [ -n "$client_cpus" ] && client_pin=(--cpus "$client_cpus")
@@ -76,7 +76,7 @@ for round in $(seq "$ROUNDS"); do
         wait $client
         broker_s=$(broker_cpu_s)
         stop_broker
-        echo "RESULT round $round layout $layout (serve --cores $cores, broker CPUs ${broker_cpus:-any}, client CPUs ${client_cpus:-any}):" \
+        echo "RESULT round $round layout $layout (serve --cores $cores, broker $placement, client CPUs ${client_cpus:-any}):" \
             "$(json "$out" "' '.join(f'{k} {d[\"latency\"][k]}' for k in ('p50', 'p95', 'p99', 'p999', 'max'))") us;" \
             "CPU s broker $(python3 -c "print(round($broker_s, 1))"), client $(awk '{print $1 + $2}' "$OUT_DIR/client-time") (load $before)"
         if [ "$STALLS" = 1 ]; then
