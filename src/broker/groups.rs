@@ -427,6 +427,16 @@ pub async fn load_offsets(shard: &Shard) {
         .offsets
         .borrow_mut()
         .retain(|_, offsets| !offsets.is_empty());
+    // A group known only by its offsets is an empty group, as it was before the restart (a
+    // commit creates one): ListGroups and DescribeGroups show it Empty, and a member joining
+    // with either protocol takes it over.
+    let consumer = shard.groups.consumer.borrow();
+    let mut groups = shard.groups.groups.borrow_mut();
+    for group in shard.groups.offsets.borrow().keys() {
+        if !consumer.contains_key(group) {
+            groups.entry(group.clone()).or_insert_with(Group::new);
+        }
+    }
     if records > 0 {
         info!(shard = shard.id, records, "committed offsets replayed");
     }

@@ -118,20 +118,39 @@ def test_delete_while_members_live_then_empty(broker_factory, topic_name, protoc
 
 def test_offsets_only_group_is_empty(broker_factory, topic_name):
     """A group known only by its committed offsets (a consumer with assigned partitions) is
-    an empty group: OffsetDelete and DeleteGroups succeed, also after a restart."""
+    an empty group: listed and described Empty, OffsetDelete and DeleteGroups succeed, also
+    after a restart."""
     broker = broker_factory(extra_args=FAST_GROUPS)
     raw = Raw(broker)
     subscribed, other = two_topics(broker, topic_name)
     group = f"simple-{topic_name}"
     raw.commit(group, subscribed, {0: 1, 1: 2})
     raw.commit(group, other, {0: 3})
+    assert listed_state(broker, group) == "EMPTY"
     assert broker.restart(clean=False) is None  # kill -9: the offsets come back from the log
+    assert listed_state(broker, group) == "EMPTY"
     assert raw.offset_delete(group, {subscribed: [0, 1]}) == \
         (0, {(subscribed, 0): 0, (subscribed, 1): 0})
     assert raw.fetch(group, {subscribed: [0, 1], other: [0]}) == \
         {(subscribed, 0): -1, (subscribed, 1): -1, (other, 0): 3}
     assert raw.delete_groups(group) == {group: 0}
     assert raw.fetch(group, {other: [0]}) == {(other, 0): -1}
+    assert listed_state(broker, group) is None
+
+
+def listed_state(broker, group: str) -> str | None:
+    """The group's state as confluent-kafka's admin client lists it, checked against what it
+    describes; None when it is not listed."""
+    client = kafkautil.admin(broker.bootstrap)
+    listed = client.list_consumer_groups(request_timeout=30).result(timeout=30)
+    assert not listed.errors, listed.errors
+    states = {g.group_id: str(g.state).rsplit(".", 1)[-1] for g in listed.valid}
+    if group not in states:
+        return None
+    described = client.describe_consumer_groups([group], request_timeout=30)[group].result(30)
+    assert str(described.state).rsplit(".", 1)[-1] == states[group], described
+    assert not described.members
+    return states[group]
 
 
 def test_members_without_the_consumer_protocol(broker_factory, topic_name):
