@@ -1131,8 +1131,10 @@ pub async fn offset_commit(
         Some(ResponseError::CoordinatorNotAvailable)
     });
     let group = request.group_id.to_string();
+    // Every shard applies a catalog change before it is acknowledged, so the coordinator's
+    // catalog agrees with this one: the set travels with the request.
     on_coordinator(shard, &group, unavailable, move |shard| async move {
-        commit_local(&shard, request, version).await
+        commit_local(&shard, request, unknown, version).await
     })
     .await
 }
@@ -1154,6 +1156,12 @@ fn unknown_partitions(shard: &Shard, request: &OffsetCommitRequest) -> HashSet<(
         .collect()
 }
 
+/// Whether `unknown` holds the partition (without building a key when it is empty, as it is
+/// for every commit but a mistaken one).
+fn is_unknown(unknown: &HashSet<(String, i32)>, topic: &str, partition: i32) -> bool {
+    !unknown.is_empty() && unknown.contains(&(topic.to_owned(), partition))
+}
+
 /// The answer to `request`: UNKNOWN_TOPIC_OR_PARTITION for the `unknown` partitions, `error`'s
 /// answer for the others.
 fn commit_response(
@@ -1172,7 +1180,7 @@ fn commit_response(
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
                         .with_error_code(
-                            if unknown.contains(&(topic.name.to_string(), p.partition_index)) {
+                            if is_unknown(unknown, &topic.name, p.partition_index) {
                                 Some(ResponseError::UnknownTopicOrPartition)
                             } else {
                                 error(&topic.name, p.partition_index)
@@ -1192,9 +1200,9 @@ fn commit_response(
 async fn commit_local(
     shard: &Rc<Shard>,
     request: OffsetCommitRequest,
+    unknown: HashSet<(String, i32)>,
     version: i16,
 ) -> OffsetCommitResponse {
-    let unknown = unknown_partitions(shard, &request);
     let partitions: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
     if partitions > 0 && unknown.len() == partitions {
         // Nothing the coordinator could store: the group is neither checked nor created.
@@ -1260,7 +1268,7 @@ async fn commit_local(
     let mut too_large: HashSet<(String, i32)> = HashSet::new();
     for topic in &request.topics {
         for p in &topic.partitions {
-            if unknown.contains(&(topic.name.to_string(), p.partition_index)) {
+            if is_unknown(&unknown, &topic.name, p.partition_index) {
                 continue;
             }
             let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
