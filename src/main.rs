@@ -9,13 +9,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: ringlog_net::alloc::ClaimTolerantAlloc = ringlog_net::alloc::ClaimTolerantAlloc;
 
-mod broker;
-mod config;
-mod dump_log;
-mod groups_cli;
-mod memlock;
-mod meta_properties;
-mod serve;
+use ringlog::{config, dump_log, groups_cli, serve};
 
 #[derive(Debug, Parser)]
 #[command(name = "ringlog", version, about)]

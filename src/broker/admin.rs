@@ -573,7 +573,7 @@ fn assigned_shards<'a>(
             let [node] = nodes else {
                 return Err(refused());
             };
-            let owner = match topology.shard_of(node.0).map_err(|()| refused())? {
+            let owner = match topology.shard_of(node.0).map_err(|_| refused())? {
                 Some(owner) => owner,
                 None => (0..load.len()).min_by_key(|&s| (load[s], s)).unwrap_or(0),
             };

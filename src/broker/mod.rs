@@ -109,15 +109,22 @@ impl Topology {
     }
 
     /// The shard a node id stands for; with one node for all shards, `None` means "any".
-    pub fn shard_of(&self, node: i32) -> Result<Option<usize>, ()> {
-        let index = node.checked_sub(self.base_node_id).ok_or(())?;
+    pub fn shard_of(&self, node: i32) -> Result<Option<usize>, UnknownNode> {
+        let index = node
+            .checked_sub(self.base_node_id)
+            .ok_or(UnknownNode(node))?;
         match (self.node_per_shard, usize::try_from(index)) {
             (true, Ok(shard)) if shard < self.shards => Ok(Some(shard)),
             (false, Ok(0)) => Ok(None),
-            _ => Err(()),
+            _ => Err(UnknownNode(node)),
         }
     }
 }
+
+/// A node id that is none of this broker's nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("node {0} is not a node of this broker")]
+pub struct UnknownNode(pub i32);
 
 /// Broker-wide settings every shard reads.
 #[derive(Debug, Clone)]
