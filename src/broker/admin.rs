@@ -28,11 +28,10 @@ use kafka_protocol::ResponseError;
 use tracing::{error, info};
 
 use super::catalog::{check_topic_name, Catalog, Topic};
+use super::mesh::{Call, Route, Routed};
 use super::topic_config::{self, ConfigError};
-use super::{BrokerSettings, Shard};
+use super::{BrokerSettings, Shard, CONTROLLER};
 
-/// The controller shard.
-const CONTROLLER: usize = 0;
 /// DescribeConfigs / IncrementalAlterConfigs resource types.
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -140,16 +139,9 @@ async fn commit(
     }
     let tasks: Vec<_> = (0..controller.settings.shards)
         .map(|target| {
-            let changes = changes.clone();
+            let apply = Apply(changes.clone());
             let controller = Rc::clone(controller);
-            glommio::spawn_local(async move {
-                controller
-                    .on(
-                        target,
-                        move |shard| async move { shard.apply(changes).await },
-                    )
-                    .await
-            })
+            glommio::spawn_local(async move { controller.call(target, apply).await })
         })
         .collect();
     for task in tasks {
@@ -160,61 +152,164 @@ async fn commit(
     Ok(())
 }
 
-/// Runs a batch of catalog edits on the controller, one batch at a time: `edit` decides each
-/// item against the catalog as edited so far and returns its result and the change it makes.
-/// Unless `validate_only`, the changes are applied to the catalog, written and applied by every
-/// shard (`commit`); if that fails, every item that succeeded fails with it. An unreachable
-/// controller fails every item.
-async fn edit_catalog<I, T, F>(
-    shard: &Rc<Shard>,
-    items: Vec<I>,
-    validate_only: bool,
-    edit: F,
-) -> Vec<Result<T, AdminError>>
-where
-    I: Send + 'static,
-    T: Send + 'static,
-    F: Fn(&Shard, &Catalog, I) -> Result<(T, Change), AdminError> + Send + 'static,
-{
-    let count = items.len();
-    let job = move |controller: Rc<Shard>| async move {
-        let _permit = controller.admin.acquire_permit(1).await;
-        let mut catalog = controller.catalog.borrow().clone();
-        let mut changes = Vec::new();
-        let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            let result = edit(&controller, &catalog, item).map(|(value, change)| {
-                if !validate_only {
-                    match &change {
-                        Change::Upsert { name, topic } => {
-                            info!(topic = name, partitions = topic.partitions.len(), configs = ?topic.configs, "topic created or changed");
-                            catalog.topics.insert(name.clone(), topic.clone());
-                        }
-                        Change::Remove { name, .. } => {
-                            info!(topic = name, "deleting topic");
-                            catalog.topics.remove(name);
-                        }
+/// A batch of catalog edits for the controller (CreateTopics, DeleteTopics, CreatePartitions,
+/// IncrementalAlterConfigs): one result per item, in order. The controller decides each item
+/// against the catalog as edited so far; unless `validate_only`, the changes are applied to the
+/// catalog, written and applied by every shard (`commit`), and if that fails, every item that
+/// succeeded fails with it. Batches run one at a time.
+pub struct Edit<I> {
+    pub items: Vec<I>,
+    pub validate_only: bool,
+}
+
+/// A topic to delete: by name, or (name `None`) by id.
+pub type Deletion = (Option<String>, uuid::Uuid);
+/// Partitions to add: the topic, its new partition count, and where the client placed them.
+pub type Growth = (String, i32, Result<Option<Vec<usize>>, AdminError>);
+/// Config operations on a topic: (name, operation, value).
+pub type ConfigOps = (String, Vec<(String, i8, Option<String>)>);
+
+/// Has every shard apply catalog changes the controller decided.
+pub struct Apply(pub Vec<Change>);
+
+impl Call for Apply {
+    type Reply = ();
+
+    async fn run(self, shard: Rc<Shard>) {
+        shard.apply(self.0).await;
+    }
+}
+
+impl Call for Edit<TopicSpec> {
+    type Reply = Vec<Result<Topic, AdminError>>;
+
+    async fn run(self, controller: Rc<Shard>) -> Self::Reply {
+        edit_here(&controller, self, |controller, catalog, spec| {
+            let topic = new_topic(controller, catalog, &spec)?;
+            let change = Change::Upsert {
+                name: spec.name,
+                topic: topic.clone(),
+            };
+            Ok((topic, change))
+        })
+        .await
+    }
+}
+
+impl Call for Edit<Deletion> {
+    type Reply = Vec<Result<(String, uuid::Uuid), AdminError>>;
+
+    async fn run(self, controller: Rc<Shard>) -> Self::Reply {
+        edit_here(&controller, self, |_, catalog, (name, id)| {
+            let found = match &name {
+                Some(name) => catalog.topics.get_key_value(name),
+                None => catalog.by_id(id),
+            };
+            match found {
+                Some((name, _)) if name == super::groups::OFFSETS_TOPIC => Err(AdminError::new(
+                    ResponseError::InvalidTopicException,
+                    "the internal offsets topic cannot be deleted",
+                )),
+                Some((name, topic)) => Ok((
+                    (name.clone(), topic.uuid()),
+                    Change::Remove {
+                        name: name.clone(),
+                        topic: topic.clone(),
+                    },
+                )),
+                None if name.is_some() => Err(AdminError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    "this server does not host this topic",
+                )),
+                None => Err(AdminError::new(
+                    ResponseError::UnknownTopicId,
+                    "no topic has this id",
+                )),
+            }
+        })
+        .await
+    }
+}
+
+impl Call for Edit<Growth> {
+    type Reply = Vec<Result<(), AdminError>>;
+
+    async fn run(self, controller: Rc<Shard>) -> Self::Reply {
+        edit_here(
+            &controller,
+            self,
+            |controller, catalog, (name, count, placement)| {
+                let topic = grow(controller, catalog, &name, count, placement?)?;
+                Ok(((), Change::Upsert { name, topic }))
+            },
+        )
+        .await
+    }
+}
+
+impl Call for Edit<ConfigOps> {
+    type Reply = Vec<Result<(), AdminError>>;
+
+    async fn run(self, controller: Rc<Shard>) -> Self::Reply {
+        edit_here(&controller, self, |_, catalog, (name, ops)| {
+            let topic = alter(catalog, &name, &ops)?;
+            Ok(((), Change::Upsert { name, topic }))
+        })
+        .await
+    }
+}
+
+/// Runs an [`Edit`] on the controller, deciding each item with `edit` (its result and the
+/// change it makes).
+async fn edit_here<I, T>(
+    controller: &Rc<Shard>,
+    batch: Edit<I>,
+    edit: impl Fn(&Shard, &Catalog, I) -> Result<(T, Change), AdminError>,
+) -> Vec<Result<T, AdminError>> {
+    let _permit = controller.admin.acquire_permit(1).await;
+    let mut catalog = controller.catalog.borrow().clone();
+    let mut changes = Vec::new();
+    let mut results = Vec::with_capacity(batch.items.len());
+    for item in batch.items {
+        let result = edit(controller, &catalog, item).map(|(value, change)| {
+            if !batch.validate_only {
+                match &change {
+                    Change::Upsert { name, topic } => {
+                        info!(topic = name, partitions = topic.partitions.len(), configs = ?topic.configs, "topic created or changed");
+                        catalog.topics.insert(name.clone(), topic.clone());
                     }
-                    changes.push(change);
+                    Change::Remove { name, .. } => {
+                        info!(topic = name, "deleting topic");
+                        catalog.topics.remove(name);
+                    }
                 }
-                value
-            });
-            results.push(result);
-        }
-        if let Err(failure) = commit(&controller, &catalog, changes).await {
-            return results
-                .into_iter()
-                .map(|r| r.and(Err(failure.clone())))
-                .collect();
-        }
-        results
-    };
-    match shard.on(CONTROLLER, job).await {
+                changes.push(change);
+            }
+            value
+        });
+        results.push(result);
+    }
+    if let Err(failure) = commit(controller, &catalog, changes).await {
+        return results
+            .into_iter()
+            .map(|r| r.and(Err(failure.clone())))
+            .collect();
+    }
+    results
+}
+
+/// Sends an [`Edit`] to the controller; if it cannot be reached, every item fails.
+async fn edit_catalog<I, T>(shard: &Rc<Shard>, edit: Edit<I>) -> Vec<Result<T, AdminError>>
+where
+    Edit<I>: Routed<Reply = Vec<Result<T, AdminError>>>,
+{
+    let count = edit.items.len();
+    match shard.call(CONTROLLER, edit).await {
         Ok(results) => results,
         Err(error) => (0..count)
             .map(|_| {
                 Err(AdminError::new(
-                    ResponseError::NotController,
+                    error.code(Route::Controller),
                     error.to_string(),
                 ))
             })
@@ -228,15 +323,11 @@ pub async fn create_on_controller(
     specs: Vec<TopicSpec>,
     validate_only: bool,
 ) -> Vec<Result<Topic, AdminError>> {
-    edit_catalog(shard, specs, validate_only, |controller, catalog, spec| {
-        let topic = new_topic(controller, catalog, &spec)?;
-        let change = Change::Upsert {
-            name: spec.name,
-            topic: topic.clone(),
-        };
-        Ok((topic, change))
-    })
-    .await
+    let edit = Edit {
+        items: specs,
+        validate_only,
+    };
+    edit_catalog(shard, edit).await
 }
 
 fn new_topic(controller: &Shard, catalog: &Catalog, spec: &TopicSpec) -> Result<Topic, AdminError> {
@@ -402,34 +493,11 @@ pub async fn delete_topics(
             .map(|n| (Some(n.to_string()), uuid::Uuid::nil()))
             .collect()
     };
-    let results = edit_catalog(shard, wanted.clone(), false, |_, catalog, (name, id)| {
-        let found = match &name {
-            Some(name) => catalog.topics.get_key_value(name),
-            None => catalog.by_id(id),
-        };
-        match found {
-            Some((name, _)) if name == super::groups::OFFSETS_TOPIC => Err(AdminError::new(
-                ResponseError::InvalidTopicException,
-                "the internal offsets topic cannot be deleted",
-            )),
-            Some((name, topic)) => Ok((
-                (name.clone(), topic.uuid()),
-                Change::Remove {
-                    name: name.clone(),
-                    topic: topic.clone(),
-                },
-            )),
-            None if name.is_some() => Err(AdminError::new(
-                ResponseError::UnknownTopicOrPartition,
-                "this server does not host this topic",
-            )),
-            None => Err(AdminError::new(
-                ResponseError::UnknownTopicId,
-                "no topic has this id",
-            )),
-        }
-    })
-    .await;
+    let edit = Edit {
+        items: wanted.clone(),
+        validate_only: false,
+    };
+    let results = edit_catalog(shard, edit).await;
     let responses = wanted
         .into_iter()
         .zip(results)
@@ -465,8 +533,7 @@ pub async fn create_partitions(
     request: CreatePartitionsRequest,
     _version: i16,
 ) -> CreatePartitionsResponse {
-    type Asked = (String, i32, Result<Option<Vec<usize>>, AdminError>);
-    let asked: Vec<Asked> = request
+    let asked: Vec<Growth> = request
         .topics
         .iter()
         .map(|topic| {
@@ -478,16 +545,11 @@ pub async fn create_partitions(
             (topic.name.to_string(), topic.count, placement)
         })
         .collect();
-    let results = edit_catalog(
-        shard,
-        asked,
-        request.validate_only,
-        |controller, catalog, (name, count, placement)| {
-            let topic = grow(controller, catalog, &name, count, placement?)?;
-            Ok(((), Change::Upsert { name, topic }))
-        },
-    )
-    .await;
+    let edit = Edit {
+        items: asked,
+        validate_only: request.validate_only,
+    };
+    let results = edit_catalog(shard, edit).await;
     let results = request
         .topics
         .iter()
@@ -726,8 +788,7 @@ pub async fn incremental_alter_configs(
     request: IncrementalAlterConfigsRequest,
     _version: i16,
 ) -> IncrementalAlterConfigsResponse {
-    type Ops = Vec<(String, i8, Option<String>)>;
-    let asked: Vec<Result<(String, Ops), AdminError>> = request
+    let asked: Vec<Result<ConfigOps, AdminError>> = request
         .resources
         .iter()
         .map(|resource| match resource.resource_type {
@@ -755,21 +816,15 @@ pub async fn incremental_alter_configs(
             )),
         })
         .collect();
-    let topics: Vec<(String, Ops)> = asked
+    let topics: Vec<ConfigOps> = asked
         .iter()
         .filter_map(|a| a.as_ref().ok().cloned())
         .collect();
-    let mut altered = edit_catalog(
-        shard,
-        topics,
-        request.validate_only,
-        |_, catalog, (name, ops)| {
-            let topic = alter(catalog, &name, &ops)?;
-            Ok(((), Change::Upsert { name, topic }))
-        },
-    )
-    .await
-    .into_iter();
+    let edit = Edit {
+        items: topics,
+        validate_only: request.validate_only,
+    };
+    let mut altered = edit_catalog(shard, edit).await.into_iter();
     let responses = request
         .resources
         .iter()

@@ -12,7 +12,6 @@
 //! (`ringlog_net::response`). Partitions of other shards come back through the mesh as a copy:
 //! those buffers belong to the other executor's thread.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,8 @@ use ringlog_engine::FetchedRecords;
 use ringlog_net::errors;
 use ringlog_net::response::{FetchAnswer, Piece};
 
-use super::{Lookup, Shard};
+use super::mesh::{self, ByOwner, Call};
+use super::Shard;
 
 /// Longest long poll honoured, whatever the client asks.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
@@ -105,63 +105,43 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
     for (topic_index, topic) in request.topics.iter().enumerate() {
         for (partition_index, wanted) in topic.partitions.iter().enumerate() {
             let name: &str = &topic.topic.0;
-            let resolved = match shard.lookup(name, wanted.partition) {
-                Lookup::Owner(owner) => Ok((
-                    owner,
-                    FetchPart {
-                        topic: name.to_owned(),
-                        partition: wanted.partition,
-                        offset: wanted.fetch_offset,
-                        max_bytes: usize::try_from(wanted.partition_max_bytes).unwrap_or(0),
-                    },
-                )),
-                Lookup::UnknownTopic | Lookup::UnknownPartition => {
-                    Err(ResponseError::UnknownTopicOrPartition)
-                }
-            };
+            let resolved = shard.route(name, wanted.partition).map(|owner| {
+                let part = FetchPart {
+                    topic: name.to_owned(),
+                    partition: wanted.partition,
+                    offset: wanted.fetch_offset,
+                    max_bytes: usize::try_from(wanted.partition_max_bytes).unwrap_or(0),
+                };
+                (owner, part)
+            });
             parts.push((topic_index, partition_index, resolved));
         }
     }
-    let mut by_owner: BTreeMap<usize, (Vec<usize>, Vec<FetchPart>)> = BTreeMap::new();
+    let mut by_owner: ByOwner<usize, FetchPart> = ByOwner::default();
     for (position, (_, _, resolved)) in parts.iter().enumerate() {
         if let Ok((owner, part)) = resolved {
-            let entry = by_owner.entry(*owner).or_default();
-            entry.0.push(position);
-            entry.1.push(part.clone());
+            by_owner.add(*owner, position, part.clone());
         }
     }
     let mut outcomes: Vec<Option<FetchOutcome>>;
     loop {
         outcomes = vec![None; parts.len()];
-        let mut tasks = Vec::with_capacity(by_owner.len());
-        for (&owner, (positions, owned)) in &by_owner {
-            let owned = owned.clone();
-            let shard = Rc::clone(shard);
-            let task = glommio::spawn_local(async move {
-                if owner == shard.id {
-                    return Ok(read_local(&shard, owned).await);
-                }
-                let remote = shard
-                    .on(owner, move |owner| async move {
-                        read_for_remote(&owner, owned).await
-                    })
-                    .await?;
-                Ok::<_, super::mesh::MeshError>(
-                    remote.into_iter().map(FetchOutcome::from).collect(),
-                )
-            });
-            tasks.push((positions.clone(), task));
-        }
-        for (positions, task) in tasks {
-            let results = match task.await {
-                Ok(results) => results,
-                Err(_) => {
-                    vec![FetchOutcome::failed(ResponseError::NotLeaderOrFollower); positions.len()]
-                }
+        let mut remote = by_owner.clone();
+        let local = remote.take(shard.id);
+        let read_here = async {
+            let Some((positions, owned)) = local else {
+                return Vec::new();
             };
-            for (position, outcome) in positions.into_iter().zip(results) {
-                outcomes[position] = Some(outcome);
-            }
+            let outcomes = read_local(shard, owned).await;
+            positions.into_iter().zip(outcomes).collect()
+        };
+        let read_there = mesh::scatter(shard, remote, Read, RemoteOutcome::failed);
+        let (here, there) = futures_lite::future::zip(read_here, read_there).await;
+        for (position, outcome) in here {
+            outcomes[position] = Some(outcome);
+        }
+        for (position, outcome) in there {
+            outcomes[position] = Some(outcome.into());
         }
         let bytes: usize = outcomes
             .iter()
@@ -178,7 +158,7 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
         let woken = Rc::new(Event::new());
         let listener = woken.listen();
         let mut waiters = Vec::with_capacity(by_owner.len());
-        for (&owner, (_, owned)) in &by_owner {
+        for (owner, _, owned) in by_owner.iter() {
             let watched: Vec<(String, i32, i64)> = owned
                 .iter()
                 .map(|part| (part.topic.clone(), part.partition, part.offset))
@@ -187,11 +167,11 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
             let woken = Rc::clone(&woken);
             let remaining = deadline - now;
             waiters.push(glommio::spawn_local(async move {
-                let grew = shard
-                    .on(owner, move |owner| async move {
-                        wait_for_data(&owner, &watched, remaining).await
-                    })
-                    .await;
+                let call = WaitForData {
+                    watched,
+                    timeout: remaining,
+                };
+                let grew = shard.call(owner, call).await;
                 if matches!(grew, Ok(true)) {
                     woken.notify(usize::MAX);
                 }
@@ -274,6 +254,33 @@ fn build_response(
     FetchAnswer {
         response: FetchResponse::default().with_responses(topics),
         records: records.into_iter().flatten().collect(),
+    }
+}
+
+/// Reads partitions for a connection on another shard (see [`read_for_remote`]): one outcome
+/// per part, in order.
+pub struct Read(pub Vec<FetchPart>);
+
+impl Call for Read {
+    type Reply = Vec<RemoteOutcome>;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        read_for_remote(&shard, self.0).await
+    }
+}
+
+/// Waits on a partitions' owner until one of them grows (see [`wait_for_data`]).
+pub struct WaitForData {
+    /// (topic, partition, offset): grown when the log ends past the offset.
+    pub watched: Vec<(String, i32, i64)>,
+    pub timeout: Duration,
+}
+
+impl Call for WaitForData {
+    type Reply = bool;
+
+    async fn run(self, shard: Rc<Shard>) -> bool {
+        wait_for_data(&shard, &self.watched, self.timeout).await
     }
 }
 

@@ -71,6 +71,7 @@ use tracing::{debug, info, warn};
 use super::consumer_group::{
     self, Assignment, ConsumerGroup, Heartbeat, HeartbeatAnswer, HeartbeatError, TopicInfo,
 };
+use super::mesh::{Call, Route, Routed};
 use super::Shard;
 
 /// The internal topic holding committed offsets.
@@ -243,10 +244,10 @@ impl Group {
 
 /// A committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Committed {
-    offset: i64,
-    leader_epoch: i32,
-    metadata: Option<String>,
+pub struct Committed {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
 }
 
 /// One group's committed offsets by (topic, partition).
@@ -528,16 +529,151 @@ pub fn find_coordinator(
     }
 }
 
-/// Runs `job` on the coordinator of `group`, or answers `unavailable` when there is none.
-async fn on_coordinator<T, F, Fut>(shard: &Rc<Shard>, group: &str, unavailable: T, job: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = T> + 'static,
-{
+/// Runs `call` on the coordinator of `group`, or answers `unavailable` when there is none.
+async fn on_coordinator<C: Routed>(
+    shard: &Rc<Shard>,
+    group: &str,
+    unavailable: C::Reply,
+    call: C,
+) -> C::Reply {
     match coordinator_of(shard, group) {
-        Some((owner, _)) => shard.on(owner, job).await.unwrap_or(unavailable),
+        Some((owner, _)) => shard.call(owner, call).await.unwrap_or(unavailable),
         None => unavailable,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The calls a shard sends a group's coordinator (see `mesh`): each runs the `*_local` handler
+// there and answers what the client gets.
+
+pub struct JoinGroup(JoinGroupRequest, i16, ClientInfo);
+
+impl Call for JoinGroup {
+    type Reply = JoinGroupResponse;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        join_local(&shard, self.0, self.1, self.2).await
+    }
+}
+
+pub struct SyncGroup(SyncGroupRequest, i16);
+
+impl Call for SyncGroup {
+    type Reply = SyncGroupResponse;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        sync_local(&shard, self.0, self.1).await
+    }
+}
+
+pub struct GroupHeartbeat(HeartbeatRequest);
+
+impl Call for GroupHeartbeat {
+    type Reply = HeartbeatResponse;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        let error = heartbeat_local(&shard, &self.0);
+        HeartbeatResponse::default().with_error_code(error.map_or(0, |e| e.code()))
+    }
+}
+
+pub struct LeaveGroup(LeaveGroupRequest, i16);
+
+impl Call for LeaveGroup {
+    type Reply = LeaveGroupResponse;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        leave_local(&shard, &self.0, self.1)
+    }
+}
+
+/// The request, the partitions no topic has (per the sending shard's catalog), the version.
+pub struct CommitOffsets(OffsetCommitRequest, HashSet<(String, i32)>, i16);
+
+impl Call for CommitOffsets {
+    type Reply = OffsetCommitResponse;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        commit_local(&shard, self.0, self.1, self.2).await
+    }
+}
+
+/// The group, the topics and partitions asked for (all when `None`), and the member a
+/// KIP-848 OffsetFetch names.
+pub struct FetchOffsets {
+    group: String,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+    member: Option<(String, i32)>,
+}
+
+impl Call for FetchOffsets {
+    type Reply = Result<FetchedOffsets, ResponseError>;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        fetch_local(&shard, &self.group, self.topics, self.member)
+    }
+}
+
+/// A classic group's description (DescribeGroups): the group id and the request's version.
+pub struct DescribeGroup(String, i16);
+
+impl Call for DescribeGroup {
+    type Reply = DescribedGroup;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        describe_local(&shard, &self.0, self.1)
+    }
+}
+
+/// A consumer group's description (ConsumerGroupDescribe): the group id and the version.
+pub struct DescribeConsumerGroup(String, i16);
+
+impl Call for DescribeConsumerGroup {
+    type Reply = ConsumerDescribedGroup;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        describe_consumer_local(&shard, &self.0, self.1)
+    }
+}
+
+pub struct DeleteGroup(String);
+
+impl Call for DeleteGroup {
+    type Reply = Option<ResponseError>;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        delete_local(&shard, &self.0).await
+    }
+}
+
+pub struct DeleteOffsets(OffsetDeleteRequest);
+
+impl Call for DeleteOffsets {
+    type Reply = OffsetDeleteResponse;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        offset_delete_local(&shard, &self.0).await
+    }
+}
+
+/// The groups a shard coordinates (ListGroups asks every shard).
+pub struct ListGroupsHere;
+
+impl Call for ListGroupsHere {
+    type Reply = Vec<Listed>;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        groups_here(&shard)
+    }
+}
+
+pub struct ConsumerHeartbeat(ConsumerGroupHeartbeatRequest, ClientInfo);
+
+impl Call for ConsumerHeartbeat {
+    type Reply = ConsumerGroupHeartbeatResponse;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        consumer_heartbeat_local(&shard, &self.0, self.1)
     }
 }
 
@@ -552,10 +688,8 @@ pub async fn join_group(
 ) -> JoinGroupResponse {
     let unavailable = join_error(ResponseError::CoordinatorNotAvailable, &request.member_id);
     let group = request.group_id.to_string();
-    on_coordinator(shard, &group, unavailable, move |shard| async move {
-        join_local(&shard, request, version, client).await
-    })
-    .await
+    let call = JoinGroup(request, version, client);
+    on_coordinator(shard, &group, unavailable, call).await
 }
 
 fn join_error(error: ResponseError, member_id: &StrBytes) -> JoinGroupResponse {
@@ -849,10 +983,7 @@ pub async fn sync_group(
     let unavailable =
         SyncGroupResponse::default().with_error_code(ResponseError::CoordinatorNotAvailable.code());
     let group = request.group_id.to_string();
-    on_coordinator(shard, &group, unavailable, move |shard| async move {
-        sync_local(&shard, request, version).await
-    })
-    .await
+    on_coordinator(shard, &group, unavailable, SyncGroup(request, version)).await
 }
 
 async fn sync_local(
@@ -948,11 +1079,7 @@ pub async fn heartbeat(
     let unavailable =
         HeartbeatResponse::default().with_error_code(ResponseError::CoordinatorNotAvailable.code());
     let group = request.group_id.to_string();
-    on_coordinator(shard, &group, unavailable, move |shard| async move {
-        let error = heartbeat_local(&shard, &request);
-        HeartbeatResponse::default().with_error_code(error.map_or(0, |e| e.code()))
-    })
-    .await
+    on_coordinator(shard, &group, unavailable, GroupHeartbeat(request)).await
 }
 
 fn heartbeat_local(shard: &Shard, request: &HeartbeatRequest) -> Option<ResponseError> {
@@ -983,10 +1110,7 @@ pub async fn leave_group(
     let unavailable = LeaveGroupResponse::default()
         .with_error_code(ResponseError::CoordinatorNotAvailable.code());
     let group = request.group_id.to_string();
-    on_coordinator(shard, &group, unavailable, move |shard| async move {
-        leave_local(&shard, &request, version)
-    })
-    .await
+    on_coordinator(shard, &group, unavailable, LeaveGroup(request, version)).await
 }
 
 fn leave_local(shard: &Rc<Shard>, request: &LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
@@ -1133,10 +1257,8 @@ pub async fn offset_commit(
     let group = request.group_id.to_string();
     // Every shard applies a catalog change before it is acknowledged, so the coordinator's
     // catalog agrees with this one: the set travels with the request.
-    on_coordinator(shard, &group, unavailable, move |shard| async move {
-        commit_local(&shard, request, unknown, version).await
-    })
-    .await
+    let call = CommitOffsets(request, unknown, version);
+    on_coordinator(shard, &group, unavailable, call).await
 }
 
 /// The partitions of an OffsetCommit that no topic has, per this shard's catalog. As in
@@ -1333,7 +1455,7 @@ async fn commit_local(
 
 /// One group's committed offsets for the asked partitions (all when `topics` is `None`):
 /// (topic, [(partition, committed or None)]).
-type FetchedOffsets = Vec<(String, Vec<(i32, Option<Committed>)>)>;
+pub type FetchedOffsets = Vec<(String, Vec<(i32, Option<Committed>)>)>;
 
 fn fetch_local(
     shard: &Shard,
@@ -1392,12 +1514,15 @@ async fn fetch_offsets(
     let Some((owner, _)) = coordinator_of(shard, &group) else {
         return Err(ResponseError::CoordinatorNotAvailable);
     };
+    let call = FetchOffsets {
+        group,
+        topics,
+        member,
+    };
     shard
-        .on(owner, move |owner| async move {
-            fetch_local(&owner, &group, topics, member)
-        })
+        .call(owner, call)
         .await
-        .map_err(|_| ResponseError::CoordinatorNotAvailable)?
+        .map_err(|error| error.code(Route::Coordinator))?
 }
 
 pub async fn offset_fetch(
@@ -1506,7 +1631,7 @@ fn committed_fields(committed: Option<Committed>) -> (i64, i32, String) {
 // ListGroups, DescribeGroups
 
 /// A group as ListGroups shows it.
-struct Listed {
+pub struct Listed {
     id: String,
     protocol_type: String,
     state: &'static str,
@@ -1540,7 +1665,7 @@ pub async fn list_groups(
 ) -> ListGroupsResponse {
     let mut listed = Vec::new();
     for target in 0..shard.settings.shards {
-        match shard.on(target, |s| async move { groups_here(&s) }).await {
+        match shard.call(target, ListGroupsHere).await {
             Ok(groups) => listed.extend(groups),
             Err(_) => {
                 return ListGroupsResponse::default()
@@ -1628,29 +1753,24 @@ pub async fn describe_groups(
             .with_error_code(ResponseError::CoordinatorNotAvailable.code())
     };
     let described =
-        describe_each(shard, &request.groups, version, unavailable, describe_local).await;
+        describe_each(shard, &request.groups, version, unavailable, DescribeGroup).await;
     DescribeGroupsResponse::default().with_groups(described)
 }
 
 /// Describes each group on its coordinator, in the order asked; `unavailable` answers for a
 /// group whose coordinator cannot be reached.
-async fn describe_each<T: Send + 'static>(
+async fn describe_each<C: Routed>(
     shard: &Rc<Shard>,
     group_ids: &[GroupId],
     version: i16,
-    unavailable: fn(&GroupId) -> T,
-    describe: fn(&Shard, &str, i16) -> T,
-) -> Vec<T> {
+    unavailable: fn(&GroupId) -> C::Reply,
+    describe: fn(String, i16) -> C,
+) -> Vec<C::Reply> {
     let mut described = Vec::with_capacity(group_ids.len());
     for group in group_ids {
         let id = group.to_string();
-        let lookup = id.clone();
-        described.push(
-            on_coordinator(shard, &lookup, unavailable(group), move |s| async move {
-                describe(&s, &id, version)
-            })
-            .await,
-        );
+        let call = describe(id.clone(), version);
+        described.push(on_coordinator(shard, &id, unavailable(group), call).await);
     }
     described
 }
@@ -1682,10 +1802,8 @@ pub async fn consumer_group_heartbeat(
     let unavailable = ConsumerGroupHeartbeatResponse::default()
         .with_error_code(ResponseError::CoordinatorNotAvailable.code());
     let group = request.group_id.to_string();
-    on_coordinator(shard, &group, unavailable, move |shard| async move {
-        consumer_heartbeat_local(&shard, &request, client)
-    })
-    .await
+    let call = ConsumerHeartbeat(request, client);
+    on_coordinator(shard, &group, unavailable, call).await
 }
 
 fn to_assignment(partitions: &[ConsumerGroupHeartbeatTopicPartitions]) -> Assignment {
@@ -1898,7 +2016,7 @@ pub async fn consumer_group_describe(
         &request.group_ids,
         version,
         unavailable,
-        describe_consumer_local,
+        DescribeConsumerGroup,
     )
     .await;
     ConsumerGroupDescribeResponse::default().with_groups(described)
@@ -2139,14 +2257,8 @@ pub async fn delete_groups(
     let mut results = Vec::with_capacity(request.groups_names.len());
     for group in &request.groups_names {
         let id = group.to_string();
-        let lookup = id.clone();
-        let error = on_coordinator(
-            shard,
-            &lookup,
-            Some(ResponseError::CoordinatorNotAvailable),
-            move |s| async move { delete_local(&s, &id).await },
-        )
-        .await;
+        let unavailable = Some(ResponseError::CoordinatorNotAvailable);
+        let error = on_coordinator(shard, &id, unavailable, DeleteGroup(id.clone())).await;
         results.push(
             DeletableGroupResult::default()
                 .with_group_id(group.clone())
@@ -2169,10 +2281,7 @@ pub async fn offset_delete(
     let unavailable = OffsetDeleteResponse::default()
         .with_error_code(ResponseError::CoordinatorNotAvailable.code());
     let group = request.group_id.to_string();
-    on_coordinator(shard, &group, unavailable, move |shard| async move {
-        offset_delete_local(&shard, &request).await
-    })
-    .await
+    on_coordinator(shard, &group, unavailable, DeleteOffsets(request)).await
 }
 
 /// The topics whose offsets OffsetDelete must keep because members consume them.

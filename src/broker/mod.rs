@@ -22,7 +22,6 @@ pub mod topic_config;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -51,13 +50,14 @@ use kafka_protocol::messages::{
     SyncGroupResponse,
 };
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
+use kafka_protocol::ResponseError;
 use ringlog_engine::{LogConfig, OpenOptions, PartitionLog, ReadSource, TailCache};
 use ringlog_net::handlers::{Broker, BrokerIdentity, ClientInfo};
 use ringlog_net::response::FetchAnswer;
 use tracing::{error, info, warn};
 
 use self::catalog::{Catalog, Topic};
-use self::mesh::{Mesh, MeshError};
+use self::mesh::{Mesh, MeshError, Routed};
 
 /// How the shards appear to clients: as one broker node, or each as a node of its own.
 ///
@@ -228,10 +228,11 @@ pub struct Shard {
     read_counts: Cell<ReadCounts>,
 }
 
+/// The shard that makes every catalog change and allocates producer ids.
+pub const CONTROLLER: usize = 0;
+
 /// A partition's place in a request: (topic index, partition index).
 pub type Position = (usize, usize);
-/// A request's partitions grouped by owning shard: their positions and what to send.
-pub type ByOwner<T> = std::collections::BTreeMap<usize, (Vec<Position>, Vec<T>)>;
 
 /// Where the answer for a partition comes from.
 #[derive(Debug)]
@@ -320,20 +321,30 @@ impl Shard {
             .and_then(|partitions| partitions.get(index).cloned().flatten())
     }
 
-    /// Runs `job` on shard `target`: directly when that is this shard, through the mesh
+    /// Runs `call` on shard `target`: directly when that is this shard, through the mesh
     /// otherwise.
-    pub async fn on<T, F, Fut>(self: &Rc<Self>, target: usize, job: F) -> Result<T, MeshError>
-    where
-        T: Send + 'static,
-        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
-        Fut: Future<Output = T> + 'static,
-    {
+    pub async fn call<C: Routed>(
+        self: &Rc<Self>,
+        target: usize,
+        call: C,
+    ) -> Result<C::Reply, MeshError> {
         if target == self.id {
-            return Ok(job(Rc::clone(self)).await);
+            return Ok(call.run(Rc::clone(self)).await);
         }
         match &self.mesh {
-            Some(mesh) => mesh.call(target, job).await,
+            Some(mesh) => mesh.call(target, call).await,
             None => Err(MeshError::Unreachable(target)),
+        }
+    }
+
+    /// The shard owning `topic`/`partition`, or the Kafka error for a partition this broker
+    /// does not have.
+    pub fn route(&self, topic: &str, partition: i32) -> Result<usize, ResponseError> {
+        match self.lookup(topic, partition) {
+            Lookup::Owner(owner) => Ok(owner),
+            Lookup::UnknownTopic | Lookup::UnknownPartition => {
+                Err(ResponseError::UnknownTopicOrPartition)
+            }
         }
     }
 

@@ -1,7 +1,6 @@
 //! ListOffsets: earliest, latest, max timestamp, or the first offset at or after a timestamp,
 //! answered by each partition's owner.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use kafka_protocol::messages::list_offsets_response::{
@@ -12,7 +11,8 @@ use kafka_protocol::ResponseError;
 use ringlog_engine::batch::BatchHeader;
 use ringlog_net::errors;
 
-use super::{ByOwner, Lookup, Shard};
+use super::mesh::{self, ByOwner, Call};
+use super::{Position, Shard};
 
 /// Kafka's special timestamps.
 const LATEST: i64 = -1;
@@ -61,40 +61,30 @@ pub async fn list_offsets(
     version: i16,
 ) -> ListOffsetsResponse {
     let mut answers: Vec<Vec<OffsetAnswer>> = Vec::with_capacity(request.topics.len());
-    let mut by_owner: ByOwner<OffsetQuery> = BTreeMap::new();
+    let mut by_owner: ByOwner<Position, OffsetQuery> = ByOwner::default();
     for (topic_index, topic) in request.topics.iter().enumerate() {
         let name: &str = &topic.name.0;
         let mut row = Vec::with_capacity(topic.partitions.len());
         for (partition_index, wanted) in topic.partitions.iter().enumerate() {
-            row.push(OffsetAnswer::failed(ResponseError::UnknownTopicOrPartition));
-            if let Lookup::Owner(owner) = shard.lookup(name, wanted.partition_index) {
-                let entry = by_owner.entry(owner).or_default();
-                entry.0.push((topic_index, partition_index));
-                entry.1.push(OffsetQuery {
-                    topic: name.to_owned(),
-                    partition: wanted.partition_index,
-                    timestamp: wanted.timestamp,
-                });
+            match shard.route(name, wanted.partition_index) {
+                Ok(owner) => {
+                    row.push(OffsetAnswer::failed(ResponseError::UnknownServerError));
+                    let query = OffsetQuery {
+                        topic: name.to_owned(),
+                        partition: wanted.partition_index,
+                        timestamp: wanted.timestamp,
+                    };
+                    by_owner.add(owner, (topic_index, partition_index), query);
+                }
+                Err(code) => row.push(OffsetAnswer::failed(code)),
             }
         }
         answers.push(row);
     }
-    for (owner, (positions, queries)) in by_owner {
-        let results = shard
-            .on(owner, move |owner| async move {
-                let mut results = Vec::with_capacity(queries.len());
-                for query in &queries {
-                    results.push(answer_local(&owner, query).await);
-                }
-                results
-            })
-            .await
-            .unwrap_or_else(|_| {
-                vec![OffsetAnswer::failed(ResponseError::NotLeaderOrFollower); positions.len()]
-            });
-        for ((topic_index, partition_index), answer) in positions.into_iter().zip(results) {
-            answers[topic_index][partition_index] = answer;
-        }
+    for ((topic_index, partition_index), answer) in
+        mesh::scatter(shard, by_owner, Query, OffsetAnswer::failed).await
+    {
+        answers[topic_index][partition_index] = answer;
     }
     let topics = request
         .topics
@@ -124,6 +114,22 @@ pub async fn list_offsets(
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// Answers offset queries on the shard owning their partitions: one answer per query, in
+/// order.
+pub struct Query(pub Vec<OffsetQuery>);
+
+impl Call for Query {
+    type Reply = Vec<OffsetAnswer>;
+
+    async fn run(self, shard: Rc<Shard>) -> Self::Reply {
+        let mut answers = Vec::with_capacity(self.0.len());
+        for query in &self.0 {
+            answers.push(answer_local(&shard, query).await);
+        }
+        answers
+    }
 }
 
 async fn answer_local(shard: &Shard, query: &OffsetQuery) -> OffsetAnswer {

@@ -9,7 +9,7 @@
 //! settings (`flush.messages` / `flush.ms`).
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,9 @@ use ringlog_engine::{AppendInfo, CheckedAppendError};
 use ringlog_net::errors;
 use ringlog_net::handlers::Later;
 
+use super::mesh::{self, ByOwner, Call};
 use super::producer_state::{Admission, BatchSequence, SequenceError};
-use super::{ByOwner, Lookup, Partition, Shard};
+use super::{Partition, Position, Shard};
 
 /// One partition's records, sent to its owner.
 pub struct ProducePart {
@@ -67,7 +68,7 @@ pub async fn produce(
     let acks = request.acks;
     // Outcomes in request order: (topic index, partition index) → outcome.
     let mut outcomes: Vec<Vec<Option<ProduceOutcome>>> = Vec::new();
-    let mut by_owner: ByOwner<ProducePart> = BTreeMap::new();
+    let mut by_owner: ByOwner<Position, ProducePart> = ByOwner::default();
     // The records move into the parts (the response needs the request's names and indexes
     // only), so the request's frame is let go once they are written.
     for (topic_index, topic) in request.topic_data.iter_mut().enumerate() {
@@ -81,58 +82,39 @@ pub async fn produce(
                 )));
                 continue;
             }
-            let outcome = match (shard.lookup(name, data.index), data.records.take()) {
-                (Lookup::Owner(owner), Some(records)) => {
-                    let entry = by_owner.entry(owner).or_default();
-                    entry.0.push((topic_index, partition_index));
-                    entry.1.push(ProducePart {
+            let outcome = match (shard.route(name, data.index), data.records.take()) {
+                (Ok(owner), Some(records)) => {
+                    let part = ProducePart {
                         topic: name.to_owned(),
                         partition: data.index,
                         records,
-                    });
+                    };
+                    by_owner.add(owner, (topic_index, partition_index), part);
                     None
                 }
-                (Lookup::Owner(_), None) => Some(ProduceOutcome::failed(
+                (Ok(_), None) => Some(ProduceOutcome::failed(
                     ResponseError::CorruptMessage,
                     "no records",
                 )),
-                (Lookup::UnknownTopic | Lookup::UnknownPartition, _) => {
-                    Some(ProduceOutcome::failed(
-                        ResponseError::UnknownTopicOrPartition,
-                        "this server does not host this topic-partition",
-                    ))
-                }
+                (Err(code), _) => Some(ProduceOutcome::failed(
+                    code,
+                    "this server does not host this topic-partition",
+                )),
             };
             row.push(outcome);
         }
         outcomes.push(row);
     }
-    let mut local = None;
-    let mut remote = Vec::new();
-    for (owner, (positions, parts)) in by_owner {
-        if owner == shard.id {
-            local = Some((positions, queue_local(shard, parts).await));
-        } else {
-            let shard = Rc::clone(shard);
-            // Spawned, so that the calls to several owners run at once; each runs up to its
-            // first wait now.
-            let task = glommio::spawn_local(async move {
-                shard
-                    .on(owner, move |owner| async move {
-                        append_local(owner, parts).await
-                    })
-                    .await
-            });
-            remote.push((positions, task));
-        }
-    }
-    for (positions, task) in remote {
-        let results = task.await.unwrap_or_else(|error| {
-            let outcome =
-                ProduceOutcome::failed(ResponseError::NotLeaderOrFollower, error.to_string());
-            vec![outcome; positions.len()]
-        });
-        fill_outcomes(&mut outcomes, positions, results);
+    let local = match by_owner.take(shard.id) {
+        Some((positions, parts)) => Some((positions, queue_local(shard, parts).await)),
+        None => None,
+    };
+    let unreachable =
+        |code| ProduceOutcome::failed(code, "the partition's shard cannot be reached");
+    for ((topic_index, partition_index), outcome) in
+        mesh::scatter(shard, by_owner, Append, unreachable).await
+    {
+        outcomes[topic_index][partition_index] = Some(outcome);
     }
     let Some((positions, queued)) = local else {
         let response = (acks != 0).then(|| build_response(version, &request, outcomes));
@@ -204,6 +186,17 @@ fn build_response(
 
 /// Appends the parts owned by this shard and reports each one's outcome. All of them are
 /// queued before any is waited for, so one write (and one group commit) can cover several.
+/// Appends records on the shard owning their partitions: one outcome per part, in order.
+pub struct Append(pub Vec<ProducePart>);
+
+impl Call for Append {
+    type Reply = Vec<ProduceOutcome>;
+
+    fn run(self, shard: Rc<Shard>) -> impl Future<Output = Self::Reply> {
+        append_local(shard, self.0)
+    }
+}
+
 pub async fn append_local(shard: Rc<Shard>, parts: Vec<ProducePart>) -> Vec<ProduceOutcome> {
     let queued = queue_local(&shard, parts).await;
     written_outcomes(queued).await

@@ -25,7 +25,8 @@ use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
 use tracing::error;
 
-use super::Shard;
+use super::mesh::{Call, Route};
+use super::{Shard, CONTROLLER};
 
 /// File name of the reservation in the data directory.
 pub const PRODUCER_IDS_FILE: &str = "producer-ids.json";
@@ -106,6 +107,18 @@ fn allocate_on_controller(controller: &Shard) -> io::Result<i64> {
     slot.as_mut().expect("loaded above").allocate(data_dir)
 }
 
+/// Reserves a producer id on the controller (the only shard that allocates them).
+pub struct Allocate;
+
+impl Call for Allocate {
+    /// The id, or why none could be reserved.
+    type Reply = Result<i64, String>;
+
+    async fn run(self, controller: Rc<Shard>) -> Self::Reply {
+        allocate_on_controller(&controller).map_err(|error| error.to_string())
+    }
+}
+
 pub async fn init_producer_id(
     shard: &Rc<Shard>,
     request: InitProducerIdRequest,
@@ -122,11 +135,7 @@ pub async fn init_producer_id(
         Some(id) if id.0.is_empty() => return refused(ResponseError::InvalidRequest),
         Some(_) => return refused(ResponseError::TransactionalIdAuthorizationFailed),
     }
-    let allocated = shard
-        .on(0, |controller| async move {
-            allocate_on_controller(&controller).map_err(|error| error.to_string())
-        })
-        .await;
+    let allocated = shard.call(CONTROLLER, Allocate).await;
     match allocated {
         Ok(Ok(id)) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(id))
@@ -136,7 +145,7 @@ pub async fn init_producer_id(
             refused(ResponseError::UnknownServerError)
         }
         // The controller is stopping: the client retries.
-        Err(_) => refused(ResponseError::CoordinatorNotAvailable),
+        Err(error) => refused(error.code(Route::Coordinator)),
     }
 }
 
