@@ -29,10 +29,11 @@ use tracing::{debug, error, info, warn};
 use crate::broker::catalog::{Catalog, Topic};
 use crate::broker::groups;
 use crate::broker::mesh::{self, Mesh, Message};
-use crate::broker::{self, BrokerSettings, Queues, Shard, ShardBroker, Topology};
+use crate::broker::{self, BrokerSettings, Queues, Shard, ShardBroker, ShardSetup, Topology};
 use crate::config::{ServeArgs, ServeConfig};
 use crate::memlock;
 use crate::meta_properties::MetaProperties;
+use ringlog_env::Env;
 
 /// Cluster id reported in Metadata. A persisted, generated id comes with cluster metadata.
 /// How often an executor looks at the process-wide stop flag.
@@ -248,10 +249,21 @@ fn run_shards(
             return ExitCode::FAILURE;
         }
     };
+    let topology = Topology {
+        base_node_id: config.node_id,
+        advertised_host: config.advertised_listener.host.clone(),
+        advertised_port: config.advertised_listener.port,
+        node_per_shard: config.node_per_shard && config.cores > 1,
+        shards: config.cores,
+    };
     if !catalog.topics.contains_key(groups::OFFSETS_TOPIC) {
         let topic = Topic {
-            id: broker::admin::new_topic_id(),
-            partitions: catalog.place(config.cores, groups::OFFSETS_TOPIC_PARTITIONS),
+            id: broker::admin::new_topic_id(&ringlog_env::Random::from_entropy()),
+            partitions: catalog
+                .place(config.cores, groups::OFFSETS_TOPIC_PARTITIONS)
+                .into_iter()
+                .map(|shard| topology.single_replica(shard))
+                .collect(),
             configs: groups::OFFSETS_TOPIC_CONFIGS
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -265,10 +277,12 @@ fn run_shards(
             return ExitCode::FAILURE;
         }
     }
-    if catalog.fit_to_shards(config.cores) {
-        warn!(
+    if catalog.fit(config.cores, |shard| topology.node_of(shard)) {
+        info!(
             cores = config.cores,
-            "fewer cores than before: partitions of missing shards were moved"
+            node_per_shard = topology.node_per_shard,
+            "partitions placed on this start's shards and nodes (fewer cores than before, \
+             a catalog from an older version, or another --node-per-shard)"
         );
         if let Err(error) = catalog.save(&config.data_dir) {
             error!("{error}");
@@ -289,13 +303,7 @@ fn run_shards(
             cluster_id: meta.cluster_id.clone(),
         },
         settings: BrokerSettings {
-            topology: Topology {
-                base_node_id: config.node_id,
-                advertised_host: config.advertised_listener.host.clone(),
-                advertised_port: config.advertised_listener.port,
-                node_per_shard: config.node_per_shard && config.cores > 1,
-                shards: config.cores,
-            },
+            topology,
             data_dir: config.data_dir.clone(),
             shards: config.cores,
             auto_create_topics: config.auto_create_topics_enable,
@@ -428,15 +436,16 @@ async fn run_shard(
         Err(_) => return Err(ShardError::Mesh("a shard failed while joining the mesh")),
     };
     let shutdown = Rc::new(Shutdown::default());
-    let shard = Rc::new(Shard::new(
+    let shard = Rc::new(Shard::new(ShardSetup {
         id,
-        start.settings.clone(),
-        start.identity.clone(),
-        start.catalog.clone(),
-        (shards > 1).then(|| Mesh::new(senders, peer_ids)),
+        settings: start.settings.clone(),
+        identity: start.identity.clone(),
+        catalog: start.catalog.clone(),
+        mesh: (shards > 1).then(|| Mesh::new(senders, peer_ids)),
         queues,
-        Rc::clone(&shutdown),
-    ));
+        env: Env::system(),
+        stopping: Rc::clone(&shutdown),
+    }));
     for (peer, receiver) in receivers.streams() {
         glommio::spawn_local_into(
             mesh::receive(Rc::clone(&shard), peer, receiver),

@@ -1,7 +1,5 @@
 //! Per-topic log settings, named and defaulted as Kafka names and defaults them.
 
-use std::rc::Rc;
-
 use crate::batch::TimestampType;
 
 /// Kafka's topic-level log settings plus the engine's own write-path limits.
@@ -85,41 +83,5 @@ impl LogConfig {
     }
 }
 
-/// Wall-clock milliseconds, injectable so tests control segment age and retention.
-pub trait Clock {
-    fn now_ms(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
-    }
-}
-
-/// A clock tests move by hand.
-#[derive(Debug, Default)]
-pub struct ManualClock(std::cell::Cell<i64>);
-
-impl ManualClock {
-    pub fn new(now_ms: i64) -> Rc<Self> {
-        Rc::new(Self(std::cell::Cell::new(now_ms)))
-    }
-    pub fn set(&self, now_ms: i64) {
-        self.0.set(now_ms);
-    }
-    pub fn advance(&self, ms: i64) {
-        self.0.set(self.0.get() + ms);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.get()
-    }
-}
+// The clock (wall time for segment age and retention, monotonic time, timers) is the one
+// the broker passes in: `ringlog_env::Clock`, re-exported by this crate.

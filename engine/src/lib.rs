@@ -17,10 +17,11 @@ pub mod scan;
 pub mod segment;
 
 pub use cache::{CacheStats, TailCache};
-pub use config::{Clock, LogConfig, ManualClock, SystemClock};
+pub use config::LogConfig;
 pub use error::{AppendError, CheckedAppendError, IoFailure, LogError, OpenError, ReadError};
 pub use fetch::{FetchedRecords, ReadSource, RecordPiece};
 pub use log::{
     AppendInfo, Appending, Corruption, FetchedBatches, LogStats, OpenOptions, PartitionLog,
     RecoveryReport, TimestampOffset, WriteFault,
 };
+pub use ringlog_env::{Clock, ManualClock, SystemClock};

@@ -45,11 +45,12 @@ use glommio::sync::Semaphore;
 use crate::batch::{self, BatchHeader, StampedHeader, TimestampType, HEADER_BYTES};
 use crate::cache::TailCache;
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::{Clock, LogConfig, SystemClock};
+use crate::config::LogConfig;
 use crate::error::{AppendError, CheckedAppendError, IoFailure, LogError, OpenError, ReadError};
 use crate::fetch::{self, FetchedRecords, ReadSource, RecordPiece};
 use crate::scan::StopReason;
 use crate::segment::{self, Segment, BLOCK_BYTES};
+use ringlog_env::{Clock, SystemClock};
 
 /// What a completed append reports back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

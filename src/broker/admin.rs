@@ -109,8 +109,8 @@ impl Shard {
                 }
                 Change::Remove { name, topic } => {
                     self.catalog.borrow_mut().topics.remove(&name);
-                    for (index, &owner) in topic.partitions.iter().enumerate() {
-                        if owner == self.id {
+                    for (index, partition) in topic.partitions.iter().enumerate() {
+                        if partition.shard == self.id {
                             self.remove_partition(&name, index).await;
                         }
                     }
@@ -357,18 +357,24 @@ fn new_topic(controller: &Shard, catalog: &Catalog, spec: &TopicSpec) -> Result<
     for (name, value) in &spec.configs {
         topic_config::validate(name, value)?;
     }
+    let shards = spec
+        .placement
+        .clone()
+        .unwrap_or_else(|| catalog.place(controller.settings.shards, spec.partitions as usize));
+    let topology = &controller.settings.topology;
     Ok(Topic {
-        id: new_topic_id(),
-        partitions: spec
-            .placement
-            .clone()
-            .unwrap_or_else(|| catalog.place(controller.settings.shards, spec.partitions as usize)),
+        id: new_topic_id(&controller.env.random),
+        partitions: shards
+            .into_iter()
+            .map(|shard| topology.single_replica(shard))
+            .collect(),
         configs: spec.configs.clone(),
     })
 }
 
-pub(crate) fn new_topic_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+/// A new topic id (a version 4 UUID as 32 hex digits) drawn from `random`.
+pub fn new_topic_id(random: &ringlog_env::Random) -> String {
+    random.uuid().simple().to_string()
 }
 
 pub async fn create_topics(
@@ -603,7 +609,12 @@ fn grow(
         None => catalog.place(controller.settings.shards, wanted - current),
     };
     let mut grown = topic.clone();
-    grown.partitions.extend(added);
+    let topology = &controller.settings.topology;
+    grown.partitions.extend(
+        added
+            .into_iter()
+            .map(|shard| topology.single_replica(shard)),
+    );
     Ok(grown)
 }
 

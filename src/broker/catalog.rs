@@ -1,5 +1,11 @@
-//! The topic catalog: every topic's id, partition placement (which shard owns each partition)
-//! and config overrides, persisted as `topics.json` in the data directory.
+//! The topic catalog: every topic's id, its partitions (replicas, leader, leader epoch,
+//! partition epoch, in-sync replicas, and the shard of this broker that owns each) and config
+//! overrides, persisted as `topics.json` in the data directory.
+//!
+//! Replicas, leaders and the ISR are node ids, as clients see them in Metadata. On one host the
+//! node of a partition follows from its shard ([`super::Topology::node_of`]), and [`Catalog::fit`]
+//! derives it again at every start; a catalog written before these fields existed (each
+//! partition stored as its shard number) loads as such a one-host placement.
 //!
 //! Shard 0 is the controller: it alone changes the catalog, writes the file (to a temporary
 //! name, fsynced, renamed over the old one, directory fsynced) and only then tells every shard
@@ -19,13 +25,92 @@ pub const CATALOG_FILE: &str = "topics.json";
 /// Kafka's limit on topic name length.
 const MAX_TOPIC_NAME_CHARS: usize = 249;
 
+/// One partition's replicas and leadership, and where this broker keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// The shard of this broker that owns the partition.
+    pub shard: usize,
+    /// Node ids of the replicas, the preferred leader first.
+    pub replicas: Vec<i32>,
+    /// The leader's node id; -1 when the partition has none.
+    pub leader: i32,
+    /// Bumped whenever the leader changes; every batch a leader appends carries it.
+    pub leader_epoch: i32,
+    /// Bumped on every change of this state (leader, ISR, replicas), so a request made against
+    /// an older state can be told apart (Kafka's AlterPartition).
+    pub partition_epoch: i32,
+    /// Node ids of the replicas in sync with the leader, the leader among them.
+    pub isr: Vec<i32>,
+}
+
+impl PartitionState {
+    /// A partition with one replica, on `shard` as node `node`, in its first epoch.
+    pub fn single(shard: usize, node: i32) -> Self {
+        Self {
+            shard,
+            replicas: vec![node],
+            leader: node,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            isr: vec![node],
+        }
+    }
+
+    /// Moves the single replica to `shard` as node `node`: a new leader, so a new leader epoch.
+    /// Nothing changes (no epoch is bumped) if that is where it is already.
+    fn move_to(&mut self, shard: usize, node: i32) -> bool {
+        if self.shard == shard && self.replicas == [node] && self.leader == node {
+            return false;
+        }
+        let leader_changed = self.leader != node;
+        self.shard = shard;
+        self.replicas = vec![node];
+        self.isr = vec![node];
+        self.leader = node;
+        if leader_changed {
+            self.leader_epoch += 1;
+        }
+        self.partition_epoch += 1;
+        true
+    }
+}
+
+/// A partition as `topics.json` stores it: the state, or (before replicas were recorded) only
+/// the owning shard, which loads with no node yet: [`Catalog::fit`] gives it one.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredPartition {
+    State(PartitionState),
+    Shard(usize),
+}
+
+fn load_partitions<'de, D>(deserializer: D) -> Result<Vec<PartitionState>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let stored = Vec::<StoredPartition>::deserialize(deserializer)?;
+    Ok(stored
+        .into_iter()
+        .map(|partition| match partition {
+            StoredPartition::State(state) => state,
+            StoredPartition::Shard(shard) => PartitionState {
+                replicas: Vec::new(),
+                leader: -1,
+                isr: Vec::new(),
+                ..PartitionState::single(shard, -1)
+            },
+        })
+        .collect())
+}
+
 /// One topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topic {
     /// The topic id (Metadata v10+, Fetch v13+), as 32 hex digits.
     pub id: String,
-    /// Owning shard of each partition, by partition index.
-    pub partitions: Vec<usize>,
+    /// Each partition's replicas, leader and owning shard, by partition index.
+    #[serde(deserialize_with = "load_partitions")]
+    pub partitions: Vec<PartitionState>,
     /// Config overrides by Kafka name; everything else is the broker default.
     #[serde(default)]
     pub configs: BTreeMap<String, String>,
@@ -40,7 +125,15 @@ impl Topic {
     pub fn owner(&self, partition: i32) -> Option<usize> {
         usize::try_from(partition)
             .ok()
-            .and_then(|index| self.partitions.get(index).copied())
+            .and_then(|index| self.partitions.get(index))
+            .map(|state| state.shard)
+    }
+
+    /// The state of `partition`, if the topic has it.
+    pub fn partition(&self, partition: i32) -> Option<&PartitionState> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|index| self.partitions.get(index))
     }
 }
 
@@ -91,29 +184,33 @@ impl Catalog {
         super::durable::replace_file(data_dir, CATALOG_FILE, &text).map_err(write_error)
     }
 
-    /// Moves every partition placed on a shard that no longer exists (the broker was restarted
-    /// with fewer cores) to the least loaded shard. Returns whether anything moved.
-    pub fn fit_to_shards(&mut self, shards: usize) -> bool {
+    /// Fits the catalog to this one-host broker at start: every partition placed on a shard
+    /// that no longer exists (the broker was restarted with fewer cores) moves to the least
+    /// loaded shard, and every partition's node is the node of its shard (`node_of`), which
+    /// changes with the number of nodes the broker shows (`--node-per-shard`). A partition
+    /// whose leader changes gets a new leader epoch. Returns whether anything changed.
+    pub fn fit(&mut self, shards: usize, node_of: impl Fn(usize) -> i32) -> bool {
         let mut load = self.load_per_shard(shards);
-        let mut moved = false;
+        let mut changed = false;
         for topic in self.topics.values_mut() {
-            for owner in &mut topic.partitions {
-                if *owner >= shards {
-                    *owner = least_loaded(&load);
-                    load[*owner] += 1;
-                    moved = true;
+            for partition in &mut topic.partitions {
+                let mut shard = partition.shard;
+                if shard >= shards {
+                    shard = least_loaded(&load);
+                    load[shard] += 1;
                 }
+                changed |= partition.move_to(shard, node_of(shard));
             }
         }
-        moved
+        changed
     }
 
     /// Partitions owned by each shard.
     pub fn load_per_shard(&self, shards: usize) -> Vec<usize> {
         let mut load = vec![0; shards.max(1)];
         for topic in self.topics.values() {
-            for &owner in &topic.partitions {
-                if let Some(count) = load.get_mut(owner) {
+            for partition in &topic.partitions {
+                if let Some(count) = load.get_mut(partition.shard) {
                     *count += 1;
                 }
             }
@@ -174,10 +271,18 @@ pub fn partition_dir(data_dir: &Path, topic: &str, partition: usize) -> PathBuf 
 mod tests {
     use super::*;
 
-    fn topic(partitions: Vec<usize>) -> Topic {
+    /// Shard `i` is node `10 + i`.
+    fn node(shard: usize) -> i32 {
+        10 + shard as i32
+    }
+
+    fn topic(shards: Vec<usize>) -> Topic {
         Topic {
             id: uuid::Uuid::nil().simple().to_string(),
-            partitions,
+            partitions: shards
+                .into_iter()
+                .map(|shard| PartitionState::single(shard, node(shard)))
+                .collect(),
             configs: BTreeMap::new(),
         }
     }
@@ -187,9 +292,55 @@ mod tests {
         let mut catalog = Catalog::default();
         catalog.topics.insert("a".into(), topic(vec![0, 1, 2, 3]));
         assert_eq!(catalog.place(4, 3), vec![0, 1, 2]);
-        assert!(catalog.fit_to_shards(2));
+        assert!(catalog.fit(2, node));
         assert_eq!(catalog.load_per_shard(2), vec![2, 2]);
-        assert!(!catalog.fit_to_shards(2));
+        let moved = &catalog.topics["a"].partitions[2];
+        assert!(moved.shard < 2);
+        assert_eq!(moved.leader, node(moved.shard));
+        assert_eq!(moved.replicas, vec![moved.leader]);
+        assert_eq!(moved.isr, vec![moved.leader]);
+        assert_eq!((moved.leader_epoch, moved.partition_epoch), (1, 1));
+        let stayed = &catalog.topics["a"].partitions[1];
+        assert_eq!((stayed.leader_epoch, stayed.partition_epoch), (0, 0));
+        assert!(!catalog.fit(2, node));
+    }
+
+    #[test]
+    fn one_node_for_all_shards_keeps_the_leader_and_its_epoch() {
+        let mut catalog = Catalog::default();
+        catalog.topics.insert("a".into(), topic(vec![0, 1]));
+        // Every shard shows as node 10 now: partition 1's leader changes, partition 0's does not.
+        assert!(catalog.fit(2, |_| 10));
+        let partitions = &catalog.topics["a"].partitions;
+        assert_eq!(
+            (partitions[0].leader_epoch, partitions[0].partition_epoch),
+            (0, 0)
+        );
+        assert_eq!(
+            (partitions[1].leader_epoch, partitions[1].partition_epoch),
+            (1, 1)
+        );
+        assert_eq!(partitions[1].shard, 1);
+    }
+
+    #[test]
+    fn a_catalog_of_shard_numbers_still_loads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let old = r#"{"topics":{"orders":{"id":"00000000000000000000000000000000",
+            "partitions":[1,0],"configs":{"retention.ms":"1000"}}}}"#;
+        std::fs::write(dir.path().join(CATALOG_FILE), old).expect("write");
+        let mut catalog = Catalog::load(dir.path()).expect("load");
+        let orders = &catalog.topics["orders"];
+        assert_eq!(orders.owner(0), Some(1));
+        assert_eq!(orders.owner(1), Some(0));
+        assert_eq!(orders.partitions[0].leader, -1);
+        assert_eq!(orders.configs["retention.ms"], "1000");
+        // Given nodes at start, each partition leads on its shard's node.
+        assert!(catalog.fit(2, node));
+        assert_eq!(catalog.topics["orders"].partitions[0].leader, node(1));
+        assert_eq!(catalog.topics["orders"].partitions[0].isr, vec![node(1)]);
+        catalog.save(dir.path()).expect("save");
+        assert_eq!(Catalog::load(dir.path()).expect("reload"), catalog);
     }
 
     #[test]

@@ -292,11 +292,9 @@ impl ConsumerGroup {
         now: Instant,
     ) -> Result<HeartbeatAnswer, HeartbeatError> {
         debug_assert!(request.member_epoch >= 0);
-        let member_id = if request.member_id.is_empty() {
-            Uuid::new_v4().simple().to_string()
-        } else {
-            request.member_id.clone()
-        };
+        // A member that names no id (KIP-848 clients before Kafka 4.0's) is given one by the
+        // caller, from the shard's random source, so this state machine draws nothing itself.
+        let member_id = request.member_id.clone();
         let joining = request.member_epoch == 0;
         let (member, replaced) = self.find_member(&member_id, request, joining, now)?;
         let mut updated = member.clone();

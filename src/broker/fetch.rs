@@ -13,7 +13,7 @@
 //! those buffers belong to the other executor's thread.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use event_listener::Event;
@@ -91,7 +91,7 @@ impl From<RemoteOutcome> for FetchOutcome {
 }
 
 pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> FetchAnswer {
-    let started = Instant::now();
+    let started = shard.env.clock.now();
     let max_wait =
         Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_CAP);
     let deadline = started + max_wait;
@@ -150,7 +150,7 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
             .sum();
         let failed = parts.iter().any(|(_, _, resolved)| resolved.is_err())
             || outcomes.iter().flatten().any(|o| o.error.is_some());
-        let now = Instant::now();
+        let now = shard.env.clock.now();
         if bytes >= min_bytes.max(1) || failed || now >= deadline || by_owner.is_empty() {
             break;
         }
@@ -179,7 +179,7 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
         }
         let stopping = Rc::clone(&shard.stopping);
         futures_lite::future::or(
-            futures_lite::future::or(listener, glommio::timer::sleep(deadline - now)),
+            futures_lite::future::or(listener, shard.env.clock.sleep(deadline - now)),
             async move { stopping.wait().await },
         )
         .await;
@@ -348,7 +348,7 @@ pub async fn wait_for_data(
     watched: &[(String, i32, i64)],
     timeout: Duration,
 ) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = shard.env.clock.now() + timeout;
     loop {
         let listener = shard.appended.listen();
         let grown = watched.iter().any(|(topic, partition, offset)| {
@@ -359,7 +359,7 @@ pub async fn wait_for_data(
         if grown {
             return true;
         }
-        let now = Instant::now();
+        let now = shard.env.clock.now();
         if now >= deadline || shard.stopping.is_triggered() {
             return false;
         }
@@ -370,7 +370,7 @@ pub async fn wait_for_data(
             },
             async {
                 futures_lite::future::or(
-                    glommio::timer::sleep(deadline - now),
+                    shard.env.clock.sleep(deadline - now),
                     shard.stopping.wait(),
                 )
                 .await;

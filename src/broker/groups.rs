@@ -150,7 +150,8 @@ struct Group {
 }
 
 impl Group {
-    fn new() -> Self {
+    /// An empty group, its deadline `now` (no rebalance is running).
+    fn new(now: Instant) -> Self {
         Self {
             state: State::Empty,
             generation: 0,
@@ -159,7 +160,7 @@ impl Group {
             leader: None,
             members: BTreeMap::new(),
             pending: HashSet::new(),
-            deadline: Instant::now(),
+            deadline: now,
             initial: false,
             completer_running: false,
             next_join_order: 0,
@@ -297,7 +298,7 @@ fn coordinator_of(shard: &Shard, group: &str) -> Option<(usize, usize)> {
     topic
         .partitions
         .get(partition)
-        .map(|&owner| (owner, partition))
+        .map(|state| (state.shard, partition))
 }
 
 fn str_bytes(text: impl Into<String>) -> StrBytes {
@@ -388,7 +389,7 @@ fn owned_offsets_partitions(shard: &Shard) -> (Vec<usize>, usize) {
         return (Vec::new(), 0);
     };
     let owned = (0..topic.partitions.len())
-        .filter(|&p| topic.partitions[p] == shard.id)
+        .filter(|&p| topic.partitions[p].shard == shard.id)
         .collect();
     (owned, topic.partitions.len())
 }
@@ -433,9 +434,12 @@ pub async fn load_offsets(shard: &Shard) {
     // with either protocol takes it over.
     let consumer = shard.groups.consumer.borrow();
     let mut groups = shard.groups.groups.borrow_mut();
+    let now = shard.env.clock.now();
     for group in shard.groups.offsets.borrow().keys() {
         if !consumer.contains_key(group) {
-            groups.entry(group.clone()).or_insert_with(Group::new);
+            groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(now));
         }
     }
     if records > 0 {
@@ -700,10 +704,11 @@ fn join_error(error: ResponseError, member_id: &StrBytes) -> JoinGroupResponse {
         .with_protocol_name(Some(StrBytes::default()))
 }
 
-fn new_member_id(coordinator: &Coordinator) -> String {
+fn new_member_id(shard: &Shard) -> String {
+    let coordinator = &shard.groups;
     let n = coordinator.next_member.get();
     coordinator.next_member.set(n + 1);
-    format!("member-{n}-{}", uuid::Uuid::new_v4().simple())
+    format!("member-{n}-{}", shard.env.random.uuid().simple())
 }
 
 async fn join_local(
@@ -747,10 +752,12 @@ async fn join_local(
             consumer.remove(&group_id);
         }
     }
-    let now = Instant::now();
+    let now = shard.env.clock.now();
     let (member_id, generation_at_join) = {
         let mut groups = coordinator.groups.borrow_mut();
-        let group = groups.entry(group_id.clone()).or_insert_with(Group::new);
+        let group = groups
+            .entry(group_id.clone())
+            .or_insert_with(|| Group::new(now));
         if !group.members.is_empty() {
             if group.protocol_type.as_deref() != Some(&*request.protocol_type) {
                 return join_error(ResponseError::InconsistentGroupProtocol, &request.member_id);
@@ -775,7 +782,7 @@ async fn join_local(
                 .map(|(id, _)| id.clone())
         });
         if member_id.is_empty() {
-            member_id = new_member_id(coordinator);
+            member_id = new_member_id(shard);
             if version >= 4 && instance_id.is_none() {
                 group.pending.insert(member_id.clone());
                 return join_error(ResponseError::MemberIdRequired, &str_bytes(member_id));
@@ -876,7 +883,7 @@ async fn join_local(
             };
             if group.generation > generation_at_join {
                 member.awaiting = group.state == State::CompletingRebalance;
-                member.last_seen = Instant::now();
+                member.last_seen = shard.env.clock.now();
                 return join_response(group, &member_id, version);
             }
         }
@@ -949,7 +956,7 @@ async fn complete_when_ready(shard: &Shard, group_id: &str) {
                 group.completer_running = false;
                 return;
             }
-            let now = Instant::now();
+            let now = shard.env.clock.now();
             let all_joined = group.members.values().all(|m| m.joined);
             if now >= group.deadline || (!group.initial && all_joined) {
                 group.complete_join();
@@ -967,8 +974,8 @@ async fn complete_when_ready(shard: &Shard, group_id: &str) {
             }
             group.deadline
         };
-        let wait = deadline.saturating_duration_since(Instant::now());
-        futures_lite::future::or(listener, glommio::timer::sleep(wait)).await;
+        let wait = deadline.saturating_duration_since(shard.env.clock.now());
+        futures_lite::future::or(listener, shard.env.clock.sleep(wait)).await;
     }
 }
 
@@ -1004,7 +1011,7 @@ async fn sync_local(
         }
         response
     };
-    let waited_since = Instant::now();
+    let waited_since = shard.env.clock.now();
     loop {
         let listener = coordinator.changed.listen();
         let timeout = {
@@ -1024,7 +1031,7 @@ async fn sync_local(
                 State::Stable => {
                     let member = group.members.get_mut(&member_id).expect("checked above");
                     member.awaiting = false;
-                    member.last_seen = Instant::now();
+                    member.last_seen = shard.env.clock.now();
                     let assignment = member.assignment.clone();
                     return answer(group, assignment);
                 }
@@ -1039,7 +1046,7 @@ async fn sync_local(
                 group.state = State::Stable;
                 let member = group.members.get_mut(&member_id).expect("checked above");
                 member.awaiting = false;
-                member.last_seen = Instant::now();
+                member.last_seen = shard.env.clock.now();
                 let assignment = member.assignment.clone();
                 let response = answer(group, assignment);
                 drop(groups);
@@ -1059,7 +1066,7 @@ async fn sync_local(
                     && group.generation == request.generation_id
                 {
                     let delay = shard.settings.group_initial_rebalance_delay;
-                    group.start_rebalance(Instant::now(), delay);
+                    group.start_rebalance(shard.env.clock.now(), delay);
                     ensure_completer(shard, &group_id, group);
                 }
             }
@@ -1067,7 +1074,7 @@ async fn sync_local(
             coordinator.changed.notify(usize::MAX);
             return fail(ResponseError::RebalanceInProgress);
         }
-        futures_lite::future::or(listener, glommio::timer::sleep(remaining)).await;
+        futures_lite::future::or(listener, shard.env.clock.sleep(remaining)).await;
     }
 }
 
@@ -1092,7 +1099,7 @@ fn heartbeat_local(shard: &Shard, request: &HeartbeatRequest) -> Option<Response
     let Some(member) = group.members.get_mut(&*request.member_id) else {
         return Some(ResponseError::UnknownMemberId);
     };
-    member.last_seen = Instant::now();
+    member.last_seen = shard.env.clock.now();
     if state == State::PreparingRebalance {
         return Some(ResponseError::RebalanceInProgress);
     }
@@ -1193,7 +1200,10 @@ fn member_gone(shard: &Rc<Shard>, group_id: &str, group: &mut Group) {
         return;
     }
     if group.state != State::PreparingRebalance {
-        group.start_rebalance(Instant::now(), shard.settings.group_initial_rebalance_delay);
+        group.start_rebalance(
+            shard.env.clock.now(),
+            shard.settings.group_initial_rebalance_delay,
+        );
     }
     ensure_completer(shard, group_id, group);
 }
@@ -1213,7 +1223,7 @@ fn ensure_completer(shard: &Rc<Shard>, group_id: &str, group: &mut Group) {
 /// JoinGroup or SyncGroup waiting). Run periodically on every shard.
 pub fn expire_sessions(shard: &Rc<Shard>) {
     let coordinator = &shard.groups;
-    let now = Instant::now();
+    let now = shard.env.clock.now();
     expire_consumer_members(shard, now);
     let mut changed = false;
     {
@@ -1358,7 +1368,7 @@ async fn commit_local(
                         Some(ResponseError::RebalanceInProgress)
                     }
                     Some(member) => {
-                        member.last_seen = Instant::now();
+                        member.last_seen = shard.env.clock.now();
                         None
                     }
                 }
@@ -1437,12 +1447,13 @@ async fn commit_local(
         }
     }
     if failure.is_none() && !is_consumer_group {
+        let now = shard.env.clock.now();
         shard
             .groups
             .groups
             .borrow_mut()
             .entry(group_id.clone())
-            .or_insert_with(Group::new);
+            .or_insert_with(|| Group::new(now));
     }
     commit_response(&request, &unknown, |topic, partition| {
         if too_large.contains(&(topic.to_owned(), partition)) {
@@ -1825,7 +1836,11 @@ fn consumer_heartbeat_local(
 ) -> ConsumerGroupHeartbeatResponse {
     let group_id = request.group_id.to_string();
     let heartbeat = Heartbeat {
-        member_id: request.member_id.to_string(),
+        member_id: if request.member_id.is_empty() {
+            shard.env.random.uuid().simple().to_string()
+        } else {
+            request.member_id.to_string()
+        },
         member_epoch: request.member_epoch,
         instance_id: request.instance_id.as_ref().map(|i| i.to_string()),
         rack_id: request.rack_id.as_ref().map(|r| r.to_string()),
@@ -1934,7 +1949,7 @@ fn apply_consumer_heartbeat(
     };
     let known = group.members.contains_key(&heartbeat.member_id);
     let assignment_epoch = group.assignment_epoch;
-    let answer = group.heartbeat(heartbeat, &topics, Instant::now())?;
+    let answer = group.heartbeat(heartbeat, &topics, shard.env.clock.now())?;
     // No partition held by two members (checked in debug builds: it walks the whole group).
     debug_assert_eq!(group.check_invariants(), Ok(()));
     if !known {
@@ -2482,7 +2497,7 @@ mod tests {
 
     #[test]
     fn offset_delete_reads_classic_members_subscriptions_like_kafka() {
-        let mut group = Group::new();
+        let mut group = Group::new(Instant::now());
         assert_eq!(
             classic_subscriptions(&group),
             Ok(Subscribed::Topics(HashSet::new()))
@@ -2517,7 +2532,7 @@ mod tests {
 
     #[test]
     fn completing_a_join_drops_absent_members_and_picks_a_common_protocol() {
-        let mut group = Group::new();
+        let mut group = Group::new(Instant::now());
         group
             .members
             .insert("a".into(), member(1, &["cooperative-sticky", "range"]));

@@ -42,7 +42,7 @@ pub async fn metadata(
         response.topics = catalog
             .topics
             .iter()
-            .map(|(name, topic)| describe_topic(shard, version, name, topic))
+            .map(|(name, topic)| describe_topic(version, name, topic))
             .collect();
         return response;
     };
@@ -72,7 +72,7 @@ pub async fn metadata(
                 None => None,
             };
             match (found, &requested.name) {
-                (Some((name, topic)), _) => describe_topic(shard, version, name, topic),
+                (Some((name, topic)), _) => describe_topic(version, name, topic),
                 (None, Some(name)) if check_topic_name(name).is_err() => {
                     unknown_topic(version, requested)
                         .with_error_code(ResponseError::InvalidTopicException.code())
@@ -84,21 +84,23 @@ pub async fn metadata(
     response
 }
 
-fn describe_topic(shard: &Shard, version: i16, name: &str, topic: &Topic) -> MetadataResponseTopic {
-    let topology = &shard.settings.topology;
+fn describe_topic(version: i16, name: &str, topic: &Topic) -> MetadataResponseTopic {
+    let nodes = |ids: &[i32]| ids.iter().copied().map(BrokerId).collect();
     let partitions = topic
         .partitions
         .iter()
         .enumerate()
-        .map(|(index, &owner)| {
-            let node = BrokerId(topology.node_of(owner));
+        .map(|(index, state)| {
             let mut partition = MetadataResponsePartition::default()
                 .with_partition_index(index as i32)
-                .with_leader_id(node)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node]);
+                .with_leader_id(BrokerId(state.leader))
+                .with_replica_nodes(nodes(&state.replicas))
+                .with_isr_nodes(nodes(&state.isr));
+            if state.leader < 0 {
+                partition = partition.with_error_code(ResponseError::LeaderNotAvailable.code());
+            }
             if version >= 7 {
-                partition = partition.with_leader_epoch(0);
+                partition = partition.with_leader_epoch(state.leader_epoch);
             }
             partition
         })

@@ -52,11 +52,12 @@ use kafka_protocol::messages::{
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 use kafka_protocol::ResponseError;
 use ringlog_engine::{LogConfig, OpenOptions, PartitionLog, ReadSource, TailCache};
+use ringlog_env::Env;
 use ringlog_net::handlers::{Broker, BrokerIdentity, ClientInfo};
 use ringlog_net::response::FetchAnswer;
 use tracing::{error, info, warn};
 
-use self::catalog::{Catalog, Topic};
+use self::catalog::{Catalog, PartitionState, Topic};
 use self::mesh::{Mesh, MeshError, Routed};
 
 /// How the shards appear to clients: as one broker node, or each as a node of its own.
@@ -93,6 +94,11 @@ impl Topology {
         } else {
             0
         }
+    }
+
+    /// A partition with one replica, on `shard`.
+    pub fn single_replica(&self, shard: usize) -> PartitionState {
+        PartitionState::single(shard, self.node_of(shard))
     }
 
     /// Every node clients are told about: (node id, port).
@@ -213,6 +219,8 @@ pub struct Shard {
     partitions: RefCell<HashMap<String, Vec<Option<Rc<Partition>>>>>,
     pub mesh: Option<Mesh>,
     pub queues: Queues,
+    /// The clock and random source this shard uses: the system's, or a test's.
+    pub env: Env,
     /// Notified after every append on this shard: long-polling fetches wait on it.
     appended: Event,
     /// Serializes catalog changes (used on the controller, shard 0).
@@ -242,31 +250,36 @@ pub enum Lookup {
     Owner(usize),
 }
 
+/// What a shard is made of when its executor starts (see [`Shard::new`]).
+pub struct ShardSetup {
+    pub id: usize,
+    pub settings: BrokerSettings,
+    pub identity: BrokerIdentity,
+    pub catalog: Catalog,
+    pub mesh: Option<Mesh>,
+    pub queues: Queues,
+    pub env: Env,
+    pub stopping: Rc<ringlog_net::connection::Shutdown>,
+}
+
 impl Shard {
-    pub fn new(
-        id: usize,
-        settings: BrokerSettings,
-        identity: BrokerIdentity,
-        catalog: Catalog,
-        mesh: Option<Mesh>,
-        queues: Queues,
-        stopping: Rc<ringlog_net::connection::Shutdown>,
-    ) -> Self {
+    pub fn new(setup: ShardSetup) -> Self {
         Self {
-            id,
-            identity,
-            catalog: RefCell::new(catalog),
+            id: setup.id,
+            identity: setup.identity,
+            catalog: RefCell::new(setup.catalog),
             partitions: RefCell::new(HashMap::new()),
-            mesh,
-            queues,
+            mesh: setup.mesh,
+            queues: setup.queues,
+            env: setup.env,
             appended: Event::new(),
             admin: glommio::sync::Semaphore::new(1),
-            stopping,
+            stopping: setup.stopping,
             groups: groups::Coordinator::default(),
             producer_ids: RefCell::new(None),
-            tail_cache: Rc::new(TailCache::new(settings.fetch_cache_bytes)),
+            tail_cache: Rc::new(TailCache::new(setup.settings.fetch_cache_bytes)),
             read_counts: Cell::new(ReadCounts::default()),
-            settings,
+            settings: setup.settings,
         }
     }
 
@@ -364,6 +377,7 @@ impl Shard {
         OpenOptions {
             background_queue: Some(self.queues.background),
             tail_cache: Some(Rc::clone(&self.tail_cache)),
+            clock: Rc::clone(&self.env.clock),
             ..OpenOptions::default()
         }
     }
@@ -372,8 +386,8 @@ impl Shard {
     /// the topic's config to those already open.
     async fn open_owned(&self, name: &str, topic: &Topic) {
         let config = self.log_config(topic);
-        for (index, &owner) in topic.partitions.iter().enumerate() {
-            if owner != self.id {
+        for (index, partition) in topic.partitions.iter().enumerate() {
+            if partition.shard != self.id {
                 continue;
             }
             let existing = self.partition(name, index as i32);
@@ -458,7 +472,7 @@ impl Shard {
         let mut since_retention = Duration::ZERO;
         let mut since_checkpoint = Duration::ZERO;
         while !stopping.is_triggered() {
-            glommio::timer::sleep(TICK).await;
+            self.env.clock.sleep(TICK).await;
             since_retention += TICK;
             since_checkpoint += TICK;
             groups::expire_sessions(&self);

@@ -11,7 +11,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -378,20 +378,20 @@ async fn wait_until_stored(
 ) -> Result<(), ProduceOutcome> {
     const POLL: Duration = Duration::from_millis(100);
     const WAIT_MAX: Duration = Duration::from_secs(30);
-    let deadline = Instant::now() + WAIT_MAX;
+    let deadline = shard.env.clock.now() + WAIT_MAX;
     loop {
         let listener = shard.appended.listen();
         if partition.log.log_end_offset() > stored.last_offset {
             return Ok(());
         }
         let remembered = partition.producers.borrow().remembers(producer_id, stored);
-        if !remembered || Instant::now() >= deadline {
+        if !remembered || shard.env.clock.now() >= deadline {
             return Err(ProduceOutcome::failed(
                 ResponseError::KafkaStorageError,
                 "the original of this retried batch was not stored",
             ));
         }
-        futures_lite::future::or(listener, glommio::timer::sleep(POLL)).await;
+        futures_lite::future::or(listener, shard.env.clock.sleep(POLL)).await;
     }
 }
 
