@@ -20,7 +20,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
-use ringlog_net::client::{check, topic_name, Cluster};
+use ringlog_net::client::blocking::{check, topic_name, Cluster};
 
 /// The client id the groups tool sends in every request header.
 const CLIENT_ID: &str = "ringlog-groups";

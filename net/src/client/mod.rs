@@ -1,9 +1,15 @@
-//! A small asynchronous Kafka client for glommio, written for measuring brokers.
+//! ringlog's Kafka clients: a small asynchronous one for glommio, and a blocking one for tools
+//! (`blocking`).
 //!
-//! It is built the way the broker is: one instance per core, nothing shared between cores, no
-//! locks. Each core opens its own connections to the partition leaders it writes to or reads
-//! from, and keeps several requests in flight on each (Kafka answers in order on a connection,
-//! so the in-flight requests are a FIFO and no correlation map is needed).
+//! The glommio client was written for measuring brokers (`ringlog-perf`, in the bench crate);
+//! it lives in this crate rather than in bench so that the broker can use it too: a
+//! replication follower fetches from its leader as any Kafka client does.
+//!
+//! The glommio client is built the way the broker is: one instance per core, nothing shared
+//! between cores, no locks. Each core opens its own connections to the partition leaders it
+//! writes to or reads from, and keeps several requests in flight on each (Kafka answers in
+//! order on a connection, so the in-flight requests are a FIFO and no correlation map is
+//! needed).
 //!
 //! - `wire`: framing, request headers, encoding control requests and decoding their responses
 //!   with the `kafka-protocol` crate;
@@ -18,9 +24,12 @@
 //! - `fetch`: Fetch requests and their responses;
 //! - `reconnect`: finding a leader again (fresh metadata, a new connection, backoff);
 //! - `group`: the classic consumer-group protocol (JoinGroup, SyncGroup, Heartbeat,
-//!   OffsetFetch, OffsetCommit, LeaveGroup) with a range assignor run by the group leader.
+//!   OffsetFetch, OffsetCommit, LeaveGroup) with a range assignor run by the group leader;
+//! - `blocking`: the admin client over a `std` TCP stream (metadata, topics, groups,
+//!   offsets), one request at a time; not for the data path.
 
 pub mod batch;
+pub mod blocking;
 pub mod cluster;
 pub mod connection;
 pub mod error;
