@@ -136,7 +136,7 @@ pub fn run(
     let shard_count = config.cores.max(1);
     let version = cluster
         .versions
-        .pick_key(0, "Produce", (PRODUCE_VERSION_MIN, PRODUCE_VERSION_MAX))
+        .pick_key(0, "Produce", PRODUCE_VERSION_MIN..=PRODUCE_VERSION_MAX)
         .map_err(|e| e.to_string())?;
     let largest_value = config.payloads.as_ref().map_or(config.record_size, |p| {
         p.iter().map(Vec::len).max().unwrap_or(0)

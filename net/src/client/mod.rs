@@ -3,7 +3,9 @@
 //!
 //! The glommio client was written for measuring brokers (`ringlog-perf`, in the bench crate);
 //! it lives in this crate rather than in bench so that the broker can use it too: a
-//! replication follower fetches from its leader as any Kafka client does.
+//! replication follower fetches from its leader as any Kafka client does. The blocking client
+//! (`ringlog groups`, the `ringlog-bench` harness) runs on the same wire code and reports the
+//! same `ClientError`; only its socket is its own.
 //!
 //! The glommio client is built the way the broker is: one instance per core, nothing shared
 //! between cores, no locks. Each core opens its own connections to the partition leaders it
@@ -12,14 +14,15 @@
 //! needed).
 //!
 //! - `wire`: framing, request headers, encoding control requests and decoding their responses
-//!   with the `kafka-protocol` crate;
+//!   with the `kafka-protocol` crate, ApiVersions negotiation; both clients use it;
+//! - `error`: the one error type of both clients, and Kafka error codes by name;
 //! - `connection`: a TCP connection with a control path (one request at a time) and a
 //!   split into a writer and a reader for pipelining;
 //! - `batch`: RecordBatch v2, written by hand on the hot path (CRC32C, varints) and parsed
 //!   without copying;
 //! - `produce`: Produce requests written in place into one reusable buffer, and their
 //!   responses;
-//! - `cluster`: bootstrap, ApiVersions negotiation, Metadata (leaders per partition), topic
+//! - `cluster`: bootstrap, ApiVersions, Metadata (leaders per partition), topic
 //!   creation, InitProducerId, ListOffsets;
 //! - `fetch`: Fetch requests and their responses;
 //! - `reconnect`: finding a leader again (fresh metadata, a new connection, backoff);
