@@ -332,7 +332,8 @@ impl Cluster {
             }
             pending.retain(|topic| retry.contains(&topic.name));
             if !pending.is_empty() {
-                wait_a_little(started, timeout, "an old topic of the same name to go away")?;
+                let what = "waiting for an old topic of the same name to go away";
+                wait_a_little(started, timeout, what)?;
             }
         }
         let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
@@ -466,7 +467,8 @@ fn timeout_ms(timeout: Duration) -> i32 {
     i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX)
 }
 
-/// Sleeps one poll interval, or fails once `timeout` has passed since `started`.
+/// Sleeps one poll interval, or fails once `timeout` has passed since `started` (`what`:
+/// "waiting for ...", the start of the error's message).
 fn wait_a_little(started: Instant, timeout: Duration, what: &str) -> Result<(), ClientError> {
     if started.elapsed() >= timeout {
         return Err(ClientError::timeout(what.to_owned(), timeout));
