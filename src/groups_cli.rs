@@ -20,7 +20,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
-use ringlog_net::client::{check, topic_name, Cluster};
+use ringlog_net::client::blocking::Cluster;
+use ringlog_net::client::error::check_code;
+use ringlog_net::client::wire::topic_name;
 
 /// The client id the groups tool sends in every request header.
 const CLIENT_ID: &str = "ringlog-groups";
@@ -97,7 +99,7 @@ fn execute(args: &Args) -> Result<(), String> {
 
 fn list(cluster: &mut Cluster) -> Result<(), String> {
     let response = cluster.bootstrap().call(4, &ListGroupsRequest::default())?;
-    check(response.error_code, "ListGroups")?;
+    check_code(response.error_code, || "ListGroups".to_owned())?;
     println!("{:<40} {:<20} PROTOCOL-TYPE", "GROUP", "STATE");
     let mut groups = response.groups;
     groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
@@ -143,7 +145,7 @@ fn describe_consumer_group(cluster: &mut Cluster, group: &str) -> Result<Option<
     if described.error_code == ResponseError::GroupIdNotFound.code() {
         return Ok(None);
     }
-    check(described.error_code, "ConsumerGroupDescribe")?;
+    check_code(described.error_code, || "ConsumerGroupDescribe".to_owned())?;
     let mut owners = Owners::new();
     for member in &described.members {
         let who = owner_label(&member.member_id, &member.client_host, &member.client_id);
@@ -170,7 +172,7 @@ fn describe_classic_group(cluster: &mut Cluster, group: &str) -> Result<Owners, 
         .with_groups(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
     let response = cluster.coordinator(group)?.call(5, &request)?;
     let described = response.groups.first().ok_or("no group in the answer")?;
-    check(described.error_code, "DescribeGroups")?;
+    check_code(described.error_code, || "DescribeGroups".to_owned())?;
     // Who owns each partition, from the members' consumer-protocol assignments.
     let mut owners = Owners::new();
     for member in &described.members {
@@ -288,13 +290,12 @@ fn reset(
     let response = cluster.coordinator(group)?.call(8, &request)?;
     for topic in response.topics {
         for p in topic.partitions {
-            check(
-                p.error_code,
-                &format!(
+            check_code(p.error_code, || {
+                format!(
                     "committing partition {} (a group with members cannot be reset)",
                     p.partition_index
-                ),
-            )?;
+                )
+            })?;
         }
     }
     println!("\ncommitted");
@@ -306,10 +307,9 @@ fn delete(cluster: &mut Cluster, group: &str) -> Result<(), String> {
         .with_groups_names(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
     let response = cluster.coordinator(group)?.call(2, &request)?;
     for result in response.results {
-        check(
-            result.error_code,
-            &format!("deleting {}", result.group_id.as_str()),
-        )?;
+        check_code(result.error_code, || {
+            format!("deleting {}", result.group_id.as_str())
+        })?;
     }
     println!("deleted group {group}");
     Ok(())

@@ -1,4 +1,4 @@
-//! The blocking tool client (`ringlog_net::client`, used by `ringlog groups` and
+//! The blocking tool client (`ringlog_net::client::blocking`, used by `ringlog groups` and
 //! `ringlog-bench`) against the real broker: version negotiation, creating topics with configs
 //! (each partition then has a leader), refusing a bad one, deleting and recreating them.
 
@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::Broker;
 use kafka_protocol::messages::CreateTopicsRequest;
-use ringlog_net::client::{ClientError, Cluster, NewTopic};
+use ringlog_net::client::blocking::{Cluster, NewTopic};
+use ringlog_net::client::ClientError;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,7 +43,7 @@ fn creates_and_deletes_topics_on_every_core() {
 
     let refused = cluster.create_topics(&[topic("admin-c", 0)], TIMEOUT);
     assert!(
-        matches!(refused, Err(ClientError::Broker { .. })),
+        matches!(refused, Err(ClientError::Kafka { .. })),
         "zero partitions: {refused:?}"
     );
 

@@ -12,7 +12,7 @@ use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
-use ringlog_bench::client::batch::{self, BatchHeader, BatchWriter};
+use ringlog_net::client::batch::{self, BatchHeader, BatchWriter};
 
 const RECORD_BYTES: usize = 1024;
 const TIMESTAMP_MS: i64 = 1_700_000_000_000;

@@ -6,6 +6,10 @@
 //! reads the fixed part of the request header so the broker can route, answer with an error, or
 //! close the connection. The codecs of the API bodies come from the `kafka-protocol` crate;
 //! `handlers` has one module per implemented API and `connection` serves one client socket.
+//!
+//! `client` is the other side of the wire: the Kafka clients ringlog's own programs use (the
+//! glommio client of `ringlog-perf` and of replication followers, and a blocking client for
+//! admin tools), kept here next to the framing they share with the broker.
 
 pub mod alloc;
 pub mod client;

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ringlog_net::client::{Cluster, NewTopic};
+use ringlog_net::client::blocking::{Cluster, NewTopic};
 
 use super::perf::{consumer_args, producer_args, PerfOutput};
 use super::results::{

@@ -15,16 +15,16 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use ringlog_net::client::batch::RecordView;
+use ringlog_net::client::cluster::{Cluster, ClusterInfo, TopicInfo};
+use ringlog_net::client::fetch::{FetchSettings, FETCH_VERSION_MAX};
+use ringlog_net::client::ClientError;
 use serde_json::{json, Value};
 
 use super::fetcher::{self, Assigned, ReadControl, ReadSetup, Sink};
 use super::group_member;
 use super::shards::{self, Clock};
 use super::stats::{self, Meter, ReportOptions, Window};
-use crate::client::batch::RecordView;
-use crate::client::cluster::{Cluster, ClusterInfo, TopicInfo};
-use crate::client::fetch::{FetchSettings, FETCH_VERSION_MAX};
-use crate::client::ClientError;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {

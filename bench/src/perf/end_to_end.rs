@@ -10,6 +10,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ringlog_net::client::batch::RecordView;
+use ringlog_net::client::cluster::{Cluster, ClusterInfo};
+use ringlog_net::client::fetch::{FetchSettings, FETCH_VERSION_MAX};
 use serde_json::Value;
 
 use super::fetcher::{self, Assigned, ReadControl, ReadSetup, Sink};
@@ -17,9 +20,6 @@ use super::payload;
 use super::producer::{self, ProducerConfig};
 use super::shards::{self, Clock};
 use super::stats::{self, Meter, ReportOptions};
-use crate::client::batch::RecordView;
-use crate::client::cluster::{Cluster, ClusterInfo};
-use crate::client::fetch::{FetchSettings, FETCH_VERSION_MAX};
 
 /// How long the consumer waits for a record before giving up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);

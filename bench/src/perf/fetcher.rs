@@ -7,24 +7,25 @@
 //! itself: its next offset is known only from the answer). Each answered batch goes to a
 //! `Sink`, which counts, checks or times its records. When the connection breaks or the
 //! broker no longer leads a partition, the shard looks the leader up again and goes on from
-//! the positions it had delivered (`client::reconnect`).
+//! the positions it had delivered (`ringlog_net::client::reconnect`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::shards::{self, Clock};
-use super::stats::Meter;
-use crate::client::batch::{split_batches, BatchView, RecordView};
-use crate::client::cluster::ClusterInfo;
-use crate::client::connection::Connection;
-use crate::client::error::{check_code, error_name, is_retriable_code};
-use crate::client::fetch::{decode_fetch_response, fetch_request, FetchSettings};
-use crate::client::reconnect::{
+use ringlog_net::client::batch::{split_batches, BatchView, RecordView};
+use ringlog_net::client::cluster::ClusterInfo;
+use ringlog_net::client::connection::Connection;
+use ringlog_net::client::error::{check_code, error_name, is_retriable_code};
+use ringlog_net::client::fetch::{decode_fetch_response, fetch_request, FetchSettings};
+use ringlog_net::client::reconnect::{
     is_connection_error, is_stale_metadata_code, reconnect_to_leader, ReconnectPolicy,
 };
-use crate::client::ClientError;
+use ringlog_net::client::ClientError;
+
+use super::shards::{self, Clock};
+use super::stats::Meter;
 
 /// A partition to read, from where, and from whom.
 #[derive(Debug, Clone, Copy)]

@@ -17,20 +17,21 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ringlog_net::client::cluster::{Cluster, TopicInfo};
+use ringlog_net::client::error::{check_code, error_name, is_retriable_code};
+use ringlog_net::client::fetch::FETCH_VERSION_MAX;
+use ringlog_net::client::group::{
+    is_coordinator_code, is_coordinator_lost, GroupMember, GroupSettings, ILLEGAL_GENERATION,
+    REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID,
+};
+use ringlog_net::client::reconnect::{Backoff, ReconnectPolicy};
+use ringlog_net::client::ClientError;
+
 use super::consumer::{
     millis_since, start_offsets, Assignment, ConsumerConfig, Handback, MemberEvent,
 };
 use super::fetcher::ReadControl;
 use super::shards;
-use crate::client::cluster::{Cluster, TopicInfo};
-use crate::client::error::{check_code, error_name, is_retriable_code};
-use crate::client::fetch::FETCH_VERSION_MAX;
-use crate::client::group::{
-    is_coordinator_code, is_coordinator_lost, GroupMember, GroupSettings, ILLEGAL_GENERATION,
-    REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID,
-};
-use crate::client::reconnect::{Backoff, ReconnectPolicy};
-use crate::client::ClientError;
 
 /// How long the coordinator waits for every member to rejoin. Below the client's 30-s limit
 /// on a control request, so that a JoinGroup held for a slow member is answered, not

@@ -12,7 +12,7 @@
 //!
 //! When its connection breaks (the broker restarted) or the broker answers that it no longer
 //! leads a partition, a sender looks the leader up again and reconnects (backoff, bounded by
-//! delivery.timeout.ms; `client::reconnect`); the batches that had no answer go again first,
+//! delivery.timeout.ms; `ringlog_net::client::reconnect`); the batches that had no answer go again first,
 //! in order, with the same sequence numbers, so an idempotent producer writes each once.
 //!
 //! Latency is measured to the answer from the record's intended send time when a rate is set
@@ -30,24 +30,24 @@ use bytes::BytesMut;
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::sync::Semaphore;
 use kafka_protocol::messages::ProduceResponse;
+use ringlog_net::client::batch::{BatchHeader, BatchWriter};
+use ringlog_net::client::cluster::{Cluster, ClusterInfo, TopicInfo};
+use ringlog_net::client::connection::{Connection, FrameReader};
+use ringlog_net::client::error::{error_name, is_retriable_code};
+use ringlog_net::client::produce::{
+    decode_produce_response, ProduceFrame, ProduceSettings, PRODUCE_VERSION_MAX,
+    PRODUCE_VERSION_MIN,
+};
+use ringlog_net::client::reconnect::{
+    is_connection_error, is_stale_metadata_code, reconnect_to_leader, ReconnectPolicy,
+};
+use ringlog_net::client::ClientError;
 use serde_json::Value;
 
 use super::payload::{self, STAMP_BYTES};
 use super::props::ProducerProps;
 use super::shards::{self, Clock};
 use super::stats::{self, Meter, ReportOptions, Window};
-use crate::client::batch::{BatchHeader, BatchWriter};
-use crate::client::cluster::{Cluster, ClusterInfo, TopicInfo};
-use crate::client::connection::{Connection, FrameReader};
-use crate::client::error::{error_name, is_retriable_code};
-use crate::client::produce::{
-    decode_produce_response, ProduceFrame, ProduceSettings, PRODUCE_VERSION_MAX,
-    PRODUCE_VERSION_MIN,
-};
-use crate::client::reconnect::{
-    is_connection_error, is_stale_metadata_code, reconnect_to_leader, ReconnectPolicy,
-};
-use crate::client::ClientError;
 
 /// Kafka's OUT_OF_ORDER_SEQUENCE_NUMBER and DUPLICATE_SEQUENCE_NUMBER.
 const OUT_OF_ORDER_SEQUENCE: i16 = 45;
@@ -136,7 +136,7 @@ pub fn run(
     let shard_count = config.cores.max(1);
     let version = cluster
         .versions
-        .pick_key(0, "Produce", (PRODUCE_VERSION_MIN, PRODUCE_VERSION_MAX))
+        .pick_key(0, "Produce", PRODUCE_VERSION_MIN..=PRODUCE_VERSION_MAX)
         .map_err(|e| e.to_string())?;
     let largest_value = config.payloads.as_ref().map_or(config.record_size, |p| {
         p.iter().map(Vec::len).max().unwrap_or(0)

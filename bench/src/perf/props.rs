@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::client::batch::{compression_from_name, Compression};
+use ringlog_net::client::batch::{compression_from_name, Compression};
 
 /// Properties a Java producer takes that mean nothing to this client.
 const IGNORED_KEYS: &[&str] = &["key.serializer", "value.serializer"];

@@ -5,9 +5,9 @@ use std::future::Future;
 use std::time::{Instant, SystemTime};
 
 use glommio::{LocalExecutorBuilder, Placement};
+use ringlog_net::client::ClientError;
 
 use super::stats::Meter;
-use crate::client::ClientError;
 
 /// The items shard `shard` of `count` takes: item i goes to shard i mod count.
 pub fn deal<T: Clone>(items: &[T], count: usize, shard: usize) -> Vec<T> {

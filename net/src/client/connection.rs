@@ -6,20 +6,16 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_lite::io::{ReadHalf, WriteHalf};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kafka_protocol::protocol::Request;
 
 use super::error::ClientError;
-use super::wire::{api_name, decode_response, encode_request, split_frame};
+use super::wire::{decode_response, encode_request, request_what, FrameBuffer};
 
-/// Bytes asked of the socket at a time when no larger frame is pending. Small: the buffer is
-/// zero-filled up to what is asked, and Produce answers are tens of bytes; a large frame is
-/// read in one go once its size prefix is in.
-const READ_CHUNK_BYTES: usize = 16 * 1024;
-/// How long a control request may take.
+/// How long a control request may take (the blocking client's too).
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Resolves to `Err(Timeout)` if `future` has not finished within `limit`.
@@ -30,10 +26,7 @@ pub async fn with_timeout<T>(
 ) -> Result<T, ClientError> {
     let expired = async {
         glommio::timer::sleep(limit).await;
-        Err(ClientError::Timeout {
-            what: what(),
-            timeout_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
-        })
+        Err(ClientError::timeout(what(), limit))
     };
     futures_lite::future::or(future, expired).await
 }
@@ -41,42 +34,26 @@ pub async fn with_timeout<T>(
 /// Reads whole frames from a byte stream.
 pub struct FrameReader<R> {
     stream: R,
-    buffer: BytesMut,
+    frames: FrameBuffer,
 }
 
 impl<R: futures_lite::AsyncRead + Unpin> FrameReader<R> {
     pub fn new(stream: R) -> Self {
         Self {
             stream,
-            buffer: BytesMut::new(),
+            frames: FrameBuffer::default(),
         }
     }
 
     /// The next frame's payload (without its size prefix). The bytes are a slice of the read
     /// buffer: records in a Fetch response are not copied again.
     pub async fn read_frame(&mut self) -> Result<Bytes, ClientError> {
-        let mut needed = 0;
         loop {
-            if let Some(frame) = split_frame(&mut self.buffer, &mut needed)? {
+            if let Some(frame) = self.frames.next_frame()? {
                 return Ok(frame);
             }
-            let have = self.buffer.len();
-            let want = needed.saturating_sub(have).max(READ_CHUNK_BYTES);
-            // Zero-filled up to what is asked; reading into uninitialised memory would need
-            // unsafe code for a cost small next to the socket copy itself.
-            self.buffer.resize(have + want, 0);
-            let read = self.stream.read(&mut self.buffer[have..]).await;
-            let count = match read {
-                Ok(count) => count,
-                Err(error) => {
-                    self.buffer.truncate(have);
-                    return Err(error.into());
-                }
-            };
-            self.buffer.truncate(have + count);
-            if count == 0 {
-                return Err(ClientError::Closed);
-            }
+            let read = self.stream.read(self.frames.read_space()).await;
+            self.frames.filled(read)?;
         }
     }
 }
@@ -160,7 +137,7 @@ impl Connection {
         let address = self.address.clone();
         let payload = with_timeout(
             CONTROL_TIMEOUT,
-            || format!("{} v{version} to {address}", api_name::<R>()),
+            || request_what::<R>(version, &address),
             async {
                 self.writer.write_frame(&frame).await?;
                 self.reader.read_frame().await

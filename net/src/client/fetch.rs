@@ -5,11 +5,10 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 
 use super::error::ClientError;
-use super::wire::{decode_response, encode_request};
+use super::wire::{decode_response, encode_request, topic_name};
 
 /// The highest Fetch version this client asks for: v13 names topics by id instead.
 pub const FETCH_VERSION_MAX: i16 = 12;
@@ -54,7 +53,7 @@ pub fn fetch_request(
         // -1 (FINAL_EPOCH): a full fetch, no session created.
         .with_session_epoch(-1)
         .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_string(settings.topic.clone())))
+            .with_topic(topic_name(&settings.topic))
             .with_partitions(
                 partitions
                     .iter()
@@ -132,7 +131,7 @@ mod tests {
 
             let response =
                 FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
-                    .with_topic(TopicName(StrBytes::from_static_str("t")))
+                    .with_topic(topic_name("t"))
                     .with_partitions(vec![PartitionData::default()
                         .with_partition_index(2)
                         .with_high_watermark(99)

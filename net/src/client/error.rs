@@ -1,8 +1,12 @@
-//! The client's one error type. Kafka error codes stay numbers with their name attached; the
-//! caller decides whether one is retriable (`is_retriable`).
+//! The one error type of both clients, the glommio one and `blocking`: they share the wire
+//! code that fails (framing, encoding, decoding, version negotiation), so they share the ways
+//! it fails. Kafka error codes stay numbers with their name attached; the caller decides
+//! whether one is retriable (`is_retriable`).
 
 use std::fmt;
 use std::io;
+use std::ops::RangeInclusive;
+use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 use thiserror::Error;
@@ -27,15 +31,19 @@ pub enum ClientError {
     Decode { what: &'static str, reason: String },
     #[error("response has correlation id {got}, expected {expected}")]
     Correlation { expected: i32, got: i32 },
-    #[error("the broker supports no version of {api} this client speaks ({min}..={max})")]
+    #[error("{api}: {}", unsupported(ours, broker.as_ref()))]
     Unsupported {
         api: &'static str,
-        min: i16,
-        max: i16,
+        /// The versions this client speaks.
+        ours: RangeInclusive<i16>,
+        /// The versions the broker offers; `None` when it does not offer the API at all.
+        broker: Option<RangeInclusive<i16>>,
     },
     #[error("{what}: {}", error_name(*.code))]
     Kafka { what: String, code: i16 },
-    #[error("{what}: no answer within {timeout_ms} ms")]
+    /// A request unanswered, or a wait for the cluster (topics created, say) not over, within
+    /// the limit.
+    #[error("{what}: timed out after {timeout_ms} ms")]
     Timeout { what: String, timeout_ms: u64 },
     #[error("topic {topic}: {reason}")]
     Topic { topic: String, reason: String },
@@ -71,7 +79,34 @@ impl fmt::Display for RetryLimit {
     }
 }
 
+/// `ToString` for the tools that report errors as text (`ringlog groups`, the harness).
+impl From<ClientError> for String {
+    fn from(error: ClientError) -> Self {
+        error.to_string()
+    }
+}
+
+fn unsupported(ours: &RangeInclusive<i16>, broker: Option<&RangeInclusive<i16>>) -> String {
+    let ours = format!("v{}..=v{}", ours.start(), ours.end());
+    match broker {
+        None => format!("the broker does not offer it (this client speaks {ours})"),
+        Some(broker) => format!(
+            "the broker speaks v{}..=v{}, this client {ours}: no version in common",
+            broker.start(),
+            broker.end()
+        ),
+    }
+}
+
 impl ClientError {
+    /// `what` did not finish within `limit`.
+    pub fn timeout(what: String, limit: Duration) -> Self {
+        Self::Timeout {
+            what,
+            timeout_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
     /// A Kafka error code the operation may succeed after retrying (leader moves, timeouts,
     /// coordinator loading), as the protocol classifies it.
     pub fn is_retriable(&self) -> bool {

@@ -1,10 +1,12 @@
-//! Bootstrap and cluster metadata: ApiVersions negotiation, Metadata (partition leaders and
-//! broker addresses), topic creation, InitProducerId and ListOffsets.
+//! Bootstrap and cluster metadata: the ApiVersions answer (`wire::ApiVersions`), Metadata
+//! (partition leaders and broker addresses), topic creation, InitProducerId and ListOffsets.
 //!
 //! What is learnt here is plain data (`ClusterInfo`, `TopicInfo`): the tools learn it once on
 //! one executor and hand copies to every client shard, which then open their own connections.
+//! The ListOffsets requests per leader and the reading of their answers serve the blocking
+//! client too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
@@ -12,18 +14,15 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
     ApiVersionsRequest, BrokerId, CreateTopicsRequest, InitProducerIdRequest, ListOffsetsRequest,
-    MetadataRequest, TopicName,
+    ListOffsetsResponse, MetadataRequest,
 };
-use kafka_protocol::protocol::{Request, StrBytes};
+use kafka_protocol::ResponseError;
 
 use super::connection::Connection;
 use super::error::{check_code, ClientError};
 use super::reconnect::{retry, ReconnectPolicy};
-use super::wire::api_name;
+use super::wire::{topic_name, ApiVersions, API_VERSIONS_VERSION};
 
-/// Kafka's TOPIC_ALREADY_EXISTS and UNKNOWN_TOPIC_OR_PARTITION.
-const TOPIC_ALREADY_EXISTS: i16 = 36;
-const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 /// How long a topic may be unknown before waiting for it is given up.
 const TOPIC_MISSING_GRACE: Duration = Duration::from_secs(2);
 /// How long to wait for a topic's partitions to all have leaders.
@@ -39,44 +38,6 @@ pub const RETRIABLE_RETRY: ReconnectPolicy = ReconnectPolicy {
 /// connection or an unanswered request: those are the caller's to handle).
 pub fn is_retriable_kafka_error(error: &ClientError) -> bool {
     matches!(error, ClientError::Kafka { .. }) && error.is_retriable()
-}
-
-/// The version ranges a broker offered in ApiVersions, by API key.
-#[derive(Debug, Clone, Default)]
-pub struct ApiVersions {
-    ranges: HashMap<i16, (i16, i16)>,
-}
-
-impl ApiVersions {
-    /// The highest version of `R` both sides speak, at most `ours_max` (the client may not
-    /// handle every version `kafka-protocol` knows).
-    pub fn pick<R: Request>(&self, ours_max: i16) -> Result<i16, ClientError> {
-        let ours = (R::VERSIONS.min, ours_max.min(R::VERSIONS.max));
-        self.pick_key(R::KEY, api_name::<R>(), ours)
-    }
-
-    /// The highest version of an API (by key) within `ours`; for requests written by hand
-    /// (the Produce frame), whose lowest version is the client's, not `kafka-protocol`'s.
-    pub fn pick_key(
-        &self,
-        key: i16,
-        name: &'static str,
-        ours: (i16, i16),
-    ) -> Result<i16, ClientError> {
-        let unsupported = ClientError::Unsupported {
-            api: name,
-            min: ours.0,
-            max: ours.1,
-        };
-        let Some(&(theirs_min, theirs_max)) = self.ranges.get(&key) else {
-            return Err(unsupported);
-        };
-        let version = ours.1.min(theirs_max);
-        if version < ours.0.max(theirs_min) {
-            return Err(unsupported);
-        }
-        Ok(version)
-    }
 }
 
 /// One partition of a topic and its leader.
@@ -155,23 +116,17 @@ impl Cluster {
         client_id: &str,
     ) -> Result<Self, ClientError> {
         let mut connection = Connection::connect(address, client_id).await?;
-        // Version 0 is answered by every broker, whatever it supports.
-        let response = connection.call(&ApiVersionsRequest::default(), 0).await?;
-        check_code(response.error_code, || {
-            format!("ApiVersions from {address}")
-        })?;
-        let ranges = response
-            .api_keys
-            .iter()
-            .map(|api| (api.api_key, (api.min_version, api.max_version)))
-            .collect();
+        let response = connection
+            .call(&ApiVersionsRequest::default(), API_VERSIONS_VERSION)
+            .await?;
+        let versions = ApiVersions::from_response(&response, address)?;
         Ok(Self {
             connection,
             info: ClusterInfo {
                 bootstrap: bootstrap.to_owned(),
                 client_id: client_id.to_owned(),
                 brokers: BTreeMap::new(),
-                versions: ApiVersions { ranges },
+                versions,
             },
         })
     }
@@ -193,9 +148,9 @@ impl Cluster {
     ) -> Result<TopicInfo, ClientError> {
         let version = self.info.versions.pick::<MetadataRequest>(12)?;
         let request = MetadataRequest::default()
-            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
-                TopicName(StrBytes::from_string(topic.to_owned())),
-            ))]))
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(topic_name(topic)))
+            ]))
             .with_allow_auto_topic_creation(auto_create);
         let response = self.connection.call(&request, version).await?;
         self.info.brokers = response
@@ -255,7 +210,7 @@ impl Cluster {
                     true
                 }
                 Err(ClientError::Kafka { code, .. })
-                    if *code == UNKNOWN_TOPIC_OR_PARTITION
+                    if *code == ResponseError::UnknownTopicOrPartition.code()
                         && !auto_create
                         && Instant::now() > missing_deadline =>
                 {
@@ -285,13 +240,13 @@ impl Cluster {
         let version = self.info.versions.pick::<CreateTopicsRequest>(7)?;
         let request = CreateTopicsRequest::default()
             .with_topics(vec![CreatableTopic::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_name(topic_name(topic))
                 .with_num_partitions(partitions)
                 .with_replication_factor(1)])
             .with_timeout_ms(30_000);
         let response = self.connection.call(&request, version).await?;
         for result in &response.topics {
-            if result.error_code != TOPIC_ALREADY_EXISTS {
+            if result.error_code != ResponseError::TopicAlreadyExists.code() {
                 check_code(result.error_code, || format!("CreateTopics {topic}"))?;
             }
         }
@@ -328,62 +283,65 @@ impl Cluster {
         timestamp: i64,
     ) -> Result<BTreeMap<i32, i64>, ClientError> {
         let version = self.info.versions.pick::<ListOffsetsRequest>(7)?;
-        let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-        for partition in &topic.partitions {
-            by_leader
-                .entry(partition.leader)
-                .or_default()
-                .push(partition.index);
-        }
+        let leaders = topic.partitions.iter().map(|p| (p.index, p.leader));
         let mut offsets = BTreeMap::new();
-        for (leader, partitions) in by_leader {
+        for (leader, request) in list_offsets_requests(&topic.name, leaders, timestamp) {
             let address = self.info.address(leader)?.to_owned();
             let mut connection = Connection::connect(&address, &self.info.client_id).await?;
-            let request = ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_topics(vec![ListOffsetsTopic::default()
-                    .with_name(TopicName(StrBytes::from_string(topic.name.clone())))
-                    .with_partitions(
-                        partitions
-                            .iter()
-                            .map(|&index| {
-                                ListOffsetsPartition::default()
-                                    .with_partition_index(index)
-                                    .with_current_leader_epoch(-1)
-                                    .with_timestamp(timestamp)
-                            })
-                            .collect(),
-                    )]);
             let response = connection.call(&request, version).await?;
-            for topic_response in &response.topics {
-                for partition in &topic_response.partitions {
-                    check_code(partition.error_code, || {
-                        format!("ListOffsets {}-{}", topic.name, partition.partition_index)
-                    })?;
-                    offsets.insert(partition.partition_index, partition.offset);
-                }
-            }
+            collect_offsets(&topic.name, &response, &mut offsets)?;
         }
         Ok(offsets)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kafka_protocol::messages::ProduceRequest;
-
-    #[test]
-    fn versions_are_the_highest_both_speak() {
-        let versions = ApiVersions {
-            ranges: [(0, (3, 11)), (3, (0, 9)), (22, (5, 5))]
-                .into_iter()
-                .collect(),
-        };
-        assert_eq!(versions.pick::<ProduceRequest>(8).expect("produce"), 8);
-        assert_eq!(versions.pick::<MetadataRequest>(12).expect("metadata"), 9);
-        assert!(versions.pick::<InitProducerIdRequest>(4).is_err());
-        assert!(versions.pick::<CreateTopicsRequest>(7).is_err());
-        assert_eq!(versions.pick_key(0, "Produce", (3, 8)).expect("key"), 8);
+/// One ListOffsets request per leader for the partitions of `topic` it leads (`leaders`:
+/// partition → leader), asking for the offset at `timestamp` (-1: the end, -2: the start).
+pub fn list_offsets_requests(
+    topic: &str,
+    leaders: impl IntoIterator<Item = (i32, i32)>,
+    timestamp: i64,
+) -> BTreeMap<i32, ListOffsetsRequest> {
+    let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+    for (partition, leader) in leaders {
+        by_leader.entry(leader).or_default().push(partition);
     }
+    by_leader
+        .into_iter()
+        .map(|(leader, partitions)| {
+            let partitions = partitions
+                .into_iter()
+                .map(|index| {
+                    ListOffsetsPartition::default()
+                        .with_partition_index(index)
+                        .with_current_leader_epoch(-1)
+                        .with_timestamp(timestamp)
+                })
+                .collect();
+            let request = ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![ListOffsetsTopic::default()
+                    .with_name(topic_name(topic))
+                    .with_partitions(partitions)]);
+            (leader, request)
+        })
+        .collect()
+}
+
+/// Adds the offsets of a ListOffsets answer to `offsets` (partition → offset); a partition's
+/// error code is an error.
+pub fn collect_offsets(
+    topic: &str,
+    response: &ListOffsetsResponse,
+    offsets: &mut BTreeMap<i32, i64>,
+) -> Result<(), ClientError> {
+    for topic_response in &response.topics {
+        for partition in &topic_response.partitions {
+            check_code(partition.error_code, || {
+                format!("ListOffsets {topic}-{}", partition.partition_index)
+            })?;
+            offsets.insert(partition.partition_index, partition.offset);
+        }
+    }
+    Ok(())
 }

@@ -1,105 +1,55 @@
-//! A small blocking Kafka client for tools: kafka-protocol codecs over a `std` TCP stream, one
-//! request in flight per connection. `ringlog groups` and `ringlog-bench` use it for admin work
-//! (metadata, topics, groups, offsets) against any Kafka-compatible broker, ringlog or not.
+//! The blocking Kafka client for tools: kafka-protocol codecs over a `std` TCP stream, one
+//! request in flight per connection. `ringlog groups` and the `ringlog-bench` harness use it
+//! for admin work (metadata, topics, groups, offsets) against any Kafka-compatible broker,
+//! ringlog or not.
 //!
-//! It is not for the data path: it blocks the calling thread on every request. Requests go to
-//! the right node: group requests to the group's coordinator (FindCoordinator), ListOffsets to
-//! each partition's leader (Metadata), topic creation and deletion to the controller the
-//! metadata names (brokers that forward admin requests accept them anywhere).
+//! It is not for the data path: it blocks the calling thread on every request (the glommio
+//! client in the modules beside it is for that). It shares their wire code (`wire`: framing
+//! and the response size limit, request headers, response decoding with its correlation
+//! check, ApiVersions negotiation) and their error type (`ClientError`); only the socket
+//! reads and writes are its own. Requests go to the right node: group requests to the group's
+//! coordinator (FindCoordinator), ListOffsets to each partition's leader (Metadata), topic
+//! creation and deletion to the controller the metadata names (brokers that forward admin
+//! requests accept them anywhere).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, BrokerId, CreateTopicsRequest, DeleteTopicsRequest,
-    FindCoordinatorRequest, GroupId, ListOffsetsRequest, MetadataRequest, MetadataResponse,
-    OffsetFetchRequest, RequestHeader, ResponseHeader, TopicName,
+    ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FindCoordinatorRequest, GroupId,
+    MetadataRequest, MetadataResponse, OffsetFetchRequest, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::ResponseError;
 
-/// How long one request may take on the socket, each way.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+use super::cluster::{collect_offsets, list_offsets_requests};
+use super::connection::CONTROL_TIMEOUT;
+use super::error::{check_code, ClientError};
+use super::wire::{
+    api_name, decode_response, encode_request, request_what, topic_name, ApiVersions, FrameBuffer,
+    API_VERSIONS_VERSION,
+};
+
 /// Pause between polls while waiting for the cluster to converge (topics created or gone).
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// The largest answer accepted (Kafka's default socket.request.max.bytes); a bigger size prefix
-/// means the stream is not Kafka.
-const RESPONSE_BYTES_MAX: usize = crate::DEFAULT_MAX_REQUEST_BYTES;
-
-/// Why a request could not be made or was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot connect to {address}: {source}")]
-    Connect {
-        address: String,
-        source: std::io::Error,
-    },
-    #[error("{api}: {source}")]
-    Io { api: String, source: std::io::Error },
-    #[error("{api}: {message}")]
-    Codec { api: String, message: String },
-    #[error("{what}: {error} ({code})")]
-    Broker {
-        what: String,
-        code: i16,
-        error: ResponseError,
-    },
-    #[error("{api}: the broker supports versions {broker:?}, this client {ours:?}")]
-    UnsupportedVersion {
-        api: String,
-        broker: RangeInclusive<i16>,
-        ours: RangeInclusive<i16>,
-    },
-    #[error("{0}")]
-    Missing(String),
-    #[error("topic {topic} has {partitions} partitions, {asked} were asked for")]
-    WrongLayout {
-        topic: String,
-        partitions: usize,
-        asked: i32,
-    },
-    #[error("timed out after {waited:?} waiting for {what}")]
-    Timeout { what: String, waited: Duration },
-}
-
-/// `ToString` for the tools that report errors as text.
-impl From<ClientError> for String {
-    fn from(error: ClientError) -> Self {
-        error.to_string()
-    }
-}
-
-fn api_name(key: i16) -> String {
-    ApiKey::try_from(key).map_or_else(|()| format!("API {key}"), |api| format!("{api:?}"))
-}
-
-/// Turns a Kafka error code into a `ClientError` naming `what` failed.
-pub fn check(code: i16, what: &str) -> Result<(), ClientError> {
-    match ResponseError::try_from_code(code) {
-        None => Ok(()),
-        Some(error) => Err(ClientError::Broker {
-            what: what.to_owned(),
-            code,
-            error,
-        }),
-    }
-}
 
 /// One connection to one broker node.
 pub struct Connection {
+    address: String,
     stream: TcpStream,
-    client_id: StrBytes,
-    correlation_id: i32,
-    /// API key → versions the broker supports, from ApiVersions (asked on first need).
-    versions: Option<HashMap<i16, RangeInclusive<i16>>>,
+    frames: FrameBuffer,
+    client_id: &'static str,
+    next_correlation_id: i32,
+    /// The versions the broker supports, from ApiVersions (asked on first need).
+    versions: Option<ApiVersions>,
 }
 
 impl Connection {
@@ -110,109 +60,67 @@ impl Connection {
         };
         let stream = TcpStream::connect(address).map_err(connect_error)?;
         stream
-            .set_read_timeout(Some(REQUEST_TIMEOUT))
+            .set_read_timeout(Some(CONTROL_TIMEOUT))
             .map_err(connect_error)?;
         stream
-            .set_write_timeout(Some(REQUEST_TIMEOUT))
+            .set_write_timeout(Some(CONTROL_TIMEOUT))
             .map_err(connect_error)?;
         // Admin requests are small and strictly request-response: do not let Nagle hold them.
         stream.set_nodelay(true).map_err(connect_error)?;
         Ok(Self {
+            address: address.to_owned(),
             stream,
-            client_id: StrBytes::from_static_str(client_id),
-            correlation_id: 0,
+            frames: FrameBuffer::default(),
+            client_id,
+            next_correlation_id: 1,
             versions: None,
         })
     }
 
-    /// Sends `request` at `version` and reads its answer.
+    /// Sends `request` at `version` and reads its answer; a socket that stays silent for
+    /// `CONTROL_TIMEOUT` either way is a `Timeout`.
     pub fn call<Req: Request>(
         &mut self,
         version: i16,
         request: &Req,
     ) -> Result<Req::Response, ClientError> {
-        let api = || api_name(Req::KEY);
-        let codec = |e: anyhow::Error| ClientError::Codec {
-            api: api(),
-            message: format!("{e:#}"),
-        };
-        let io = |source| ClientError::Io { api: api(), source };
-        self.correlation_id = self.correlation_id.wrapping_add(1);
-        let header = RequestHeader::default()
-            .with_request_api_key(Req::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(self.client_id.clone()));
-        let mut frame = BytesMut::new();
-        frame.put_i32(0);
-        header
-            .encode(&mut frame, Req::header_version(version))
-            .and_then(|()| request.encode(&mut frame, version))
-            .map_err(codec)?;
-        let size = i32::try_from(frame.len() - crate::SIZE_PREFIX_BYTES)
-            .map_err(|_| ClientError::Missing(format!("{} request over 2 GiB", api())))?;
-        frame[..crate::SIZE_PREFIX_BYTES].copy_from_slice(&size.to_be_bytes());
-        self.stream.write_all(&frame).map_err(io)?;
-        let mut size = [0u8; crate::SIZE_PREFIX_BYTES];
-        self.stream.read_exact(&mut size).map_err(io)?;
-        let size = usize::try_from(i32::from_be_bytes(size))
-            .ok()
-            .filter(|&size| size <= RESPONSE_BYTES_MAX)
-            .ok_or_else(|| ClientError::Codec {
-                api: api(),
-                message: format!(
-                    "answer size {} is not a Kafka frame",
-                    i32::from_be_bytes(size)
-                ),
-            })?;
-        let mut body = vec![0u8; size];
-        self.stream.read_exact(&mut body).map_err(io)?;
-        let mut body = Bytes::from(body);
-        let header = ResponseHeader::decode(&mut body, Req::Response::header_version(version))
-            .map_err(codec)?;
-        if header.correlation_id != self.correlation_id {
-            return Err(ClientError::Codec {
-                api: api(),
-                message: format!(
-                    "answer to request {} arrived for request {}",
-                    header.correlation_id, self.correlation_id
-                ),
-            });
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
+        let frame = encode_request(request, version, correlation_id, self.client_id)?;
+        let payload = self.exchange(&frame).map_err(|error| match error {
+            ClientError::Io(error)
+                if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                ClientError::timeout(request_what::<Req>(version, &self.address), CONTROL_TIMEOUT)
+            }
+            other => other,
+        })?;
+        decode_response::<Req>(payload, version, correlation_id)
+    }
+
+    /// Writes a request frame and reads the next whole frame back.
+    fn exchange(&mut self, frame: &[u8]) -> Result<Bytes, ClientError> {
+        self.stream.write_all(frame)?;
+        loop {
+            if let Some(payload) = self.frames.next_frame()? {
+                return Ok(payload);
+            }
+            let read = self.stream.read(self.frames.read_space());
+            self.frames.filled(read)?;
         }
-        Req::Response::decode(&mut body, version).map_err(codec)
     }
 
     /// The highest version of `Req` that both this client (`ours`) and the broker speak.
     pub fn version<Req: Request>(&mut self, ours: RangeInclusive<i16>) -> Result<i16, ClientError> {
-        if self.versions.is_none() {
-            // v3 is the first flexible version, answered by every broker of the last five
-            // years (Kafka 2.4+, Redpanda, ringlog).
-            let response = self.call(3, &ApiVersionsRequest::default())?;
-            check(response.error_code, "ApiVersions")?;
-            let versions = response
-                .api_keys
-                .iter()
-                .map(|key| (key.api_key, key.min_version..=key.max_version))
-                .collect();
-            self.versions = Some(versions);
-        }
-        let broker = self
-            .versions
-            .as_ref()
-            .and_then(|versions| versions.get(&Req::KEY))
-            .cloned()
-            .ok_or_else(|| {
-                ClientError::Missing(format!("the broker does not offer {}", api_name(Req::KEY)))
-            })?;
-        let highest = (*broker.end()).min(*ours.end());
-        if highest < (*broker.start()).max(*ours.start()) {
-            return Err(ClientError::UnsupportedVersion {
-                api: api_name(Req::KEY),
-                broker,
-                ours,
-            });
-        }
-        Ok(highest)
+        let versions = match self.versions.take() {
+            Some(versions) => versions,
+            None => {
+                let response = self.call(API_VERSIONS_VERSION, &ApiVersionsRequest::default())?;
+                ApiVersions::from_response(&response, &self.address)?
+            }
+        };
+        let versions = self.versions.insert(versions);
+        versions.pick_key(Req::KEY, api_name::<Req>(), ours)
     }
 }
 
@@ -234,11 +142,6 @@ pub struct Cluster {
     nodes: HashMap<i32, String>,
     controller: Option<i32>,
     connections: HashMap<i32, Connection>,
-}
-
-/// A topic name for a request.
-pub fn topic_name(name: &str) -> TopicName {
-    TopicName(StrBytes::from_string(name.to_owned()))
 }
 
 impl Cluster {
@@ -288,16 +191,16 @@ impl Cluster {
 
     /// The connection to node `node`.
     pub fn node(&mut self, node: i32) -> Result<&mut Connection, ClientError> {
-        if !self.connections.contains_key(&node) {
-            let address = self.nodes.get(&node).ok_or_else(|| {
-                ClientError::Missing(format!("node {node} is not in the cluster metadata"))
-            })?;
-            let connection = Connection::open(address, self.client_id)?;
-            self.connections.insert(node, connection);
+        match self.connections.entry(node) {
+            Entry::Occupied(connection) => Ok(connection.into_mut()),
+            Entry::Vacant(entry) => {
+                let address = self
+                    .nodes
+                    .get(&node)
+                    .ok_or(ClientError::UnknownNode { node })?;
+                Ok(entry.insert(Connection::open(address, self.client_id)?))
+            }
         }
-        self.connections
-            .get_mut(&node)
-            .ok_or_else(|| ClientError::Missing(format!("no connection to node {node}")))
     }
 
     /// The controller for admin requests, or the bootstrap broker when none is named.
@@ -319,7 +222,9 @@ impl Cluster {
         let request =
             FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.to_owned()));
         let response = self.bootstrap.call(3, &request)?;
-        check(response.error_code, "FindCoordinator")?;
+        check_code(response.error_code, || {
+            format!("FindCoordinator for group {group}")
+        })?;
         self.nodes
             .entry(response.node_id.0)
             .or_insert_with(|| format!("{}:{}", response.host, response.port));
@@ -335,11 +240,11 @@ impl Cluster {
     /// (partition → leader) of `topic`.
     pub fn leaders(&mut self, topic: &str) -> Result<BTreeMap<i32, i32>, ClientError> {
         let response = self.metadata(Some(vec![topic.to_owned()]))?;
-        let found = response
-            .topics
-            .first()
-            .ok_or_else(|| ClientError::Missing("no topic in the answer".to_owned()))?;
-        check(found.error_code, &format!("topic {topic}"))?;
+        let found = response.topics.first().ok_or_else(|| ClientError::Topic {
+            topic: topic.to_owned(),
+            reason: "not in the Metadata answer".to_owned(),
+        })?;
+        check_code(found.error_code, || format!("Metadata for topic {topic}"))?;
         Ok(found
             .partitions
             .iter()
@@ -353,36 +258,11 @@ impl Cluster {
         topic: &str,
         timestamp: i64,
     ) -> Result<BTreeMap<i32, i64>, ClientError> {
-        let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-        for (partition, leader) in self.leaders(topic)? {
-            by_leader.entry(leader).or_default().push(partition);
-        }
+        let leaders = self.leaders(topic)?;
         let mut offsets = BTreeMap::new();
-        for (leader, partitions) in by_leader {
-            let request = ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_topics(vec![ListOffsetsTopic::default()
-                    .with_name(topic_name(topic))
-                    .with_partitions(
-                        partitions
-                            .iter()
-                            .map(|&p| {
-                                ListOffsetsPartition::default()
-                                    .with_partition_index(p)
-                                    .with_timestamp(timestamp)
-                            })
-                            .collect(),
-                    )]);
+        for (leader, request) in list_offsets_requests(topic, leaders, timestamp) {
             let response = self.node(leader)?.call(7, &request)?;
-            for topic in response.topics {
-                for p in topic.partitions {
-                    check(
-                        p.error_code,
-                        &format!("ListOffsets partition {}", p.partition_index),
-                    )?;
-                    offsets.insert(p.partition_index, p.offset);
-                }
-            }
+            collect_offsets(topic, &response, &mut offsets)?;
         }
         Ok(offsets)
     }
@@ -406,11 +286,15 @@ impl Cluster {
                     .collect()
             }));
         let response = self.coordinator(group)?.call(7, &request)?;
-        check(response.error_code, "OffsetFetch")?;
+        check_code(response.error_code, || {
+            format!("OffsetFetch for group {group}")
+        })?;
         let mut committed = BTreeMap::new();
         for topic in response.topics {
             for p in topic.partitions {
-                check(p.error_code, "OffsetFetch partition")?;
+                check_code(p.error_code, || {
+                    format!("OffsetFetch {}-{}", topic.name.as_str(), p.partition_index)
+                })?;
                 committed.insert(
                     (topic.name.to_string(), p.partition_index),
                     p.committed_offset,
@@ -438,15 +322,18 @@ impl Cluster {
             let response = controller.call(version, &request)?;
             let mut retry = Vec::new();
             for result in &response.topics {
-                let what = format!("creating topic {}", result.name.as_str());
-                match ResponseError::try_from_code(result.error_code) {
-                    Some(ResponseError::TopicAlreadyExists) => retry.push(result.name.to_string()),
-                    _ => check(result.error_code, &what)?,
+                if result.error_code == ResponseError::TopicAlreadyExists.code() {
+                    retry.push(result.name.to_string());
+                    continue;
                 }
+                check_code(result.error_code, || {
+                    format!("creating topic {}", result.name.as_str())
+                })?;
             }
             pending.retain(|topic| retry.contains(&topic.name));
             if !pending.is_empty() {
-                wait_a_little(started, timeout, "an old topic of the same name to go away")?;
+                let what = "waiting for an old topic of the same name to go away";
+                wait_a_little(started, timeout, what)?;
             }
         }
         let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
@@ -456,10 +343,12 @@ impl Cluster {
         for topic in topics {
             let partitions = self.leaders(&topic.name)?.len();
             if partitions != usize::try_from(topic.partitions).unwrap_or(0) {
-                return Err(ClientError::WrongLayout {
+                return Err(ClientError::Topic {
                     topic: topic.name.clone(),
-                    partitions,
-                    asked: topic.partitions,
+                    reason: format!(
+                        "has {partitions} partitions, {} were asked for",
+                        topic.partitions
+                    ),
                 });
             }
         }
@@ -487,14 +376,14 @@ impl Cluster {
             if result.error_code == ResponseError::UnknownTopicOrPartition.code() {
                 continue;
             }
-            check(result.error_code, &format!("deleting topic {name}"))?;
+            check_code(result.error_code, || format!("deleting topic {name}"))?;
         }
         let answered = format!("DeleteTopics v{version} answered {}", answers.join(", "));
         self.wait_for_topics(names, false, started, timeout)
             .map_err(|error| match error {
-                ClientError::Timeout { what, waited } => ClientError::Timeout {
+                ClientError::Timeout { what, timeout_ms } => ClientError::Timeout {
                     what: format!("{what} ({answered})"),
-                    waited,
+                    timeout_ms,
                 },
                 other => other,
             })
@@ -534,9 +423,9 @@ impl Cluster {
                 return Ok(());
             }
             let what = if present {
-                "the new topics' partitions to have leaders"
+                "waiting for the new topics' partitions to have leaders"
             } else {
-                "the deleted topics to leave the metadata"
+                "waiting for the deleted topics to leave the metadata"
             };
             let listed: Vec<String> = response
                 .topics
@@ -578,14 +467,98 @@ fn timeout_ms(timeout: Duration) -> i32 {
     i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX)
 }
 
-/// Sleeps one poll interval, or fails once `timeout` has passed since `started`.
+/// Sleeps one poll interval, or fails once `timeout` has passed since `started` (`what`:
+/// "waiting for ...", the start of the error's message).
 fn wait_a_little(started: Instant, timeout: Duration, what: &str) -> Result<(), ClientError> {
     if started.elapsed() >= timeout {
-        return Err(ClientError::Timeout {
-            what: what.to_owned(),
-            waited: started.elapsed(),
-        });
+        return Err(ClientError::timeout(what.to_owned(), timeout));
     }
     std::thread::sleep(POLL_INTERVAL);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::thread;
+
+    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::ApiVersionsResponse;
+    use kafka_protocol::protocol::Encodable;
+
+    use super::*;
+    use crate::{RequestPrefix, SIZE_PREFIX_BYTES};
+
+    /// A one-connection broker: answers the first request with ApiVersions v0 offering
+    /// CreateTopics v2..=5 only, and the second with a frame of negative size.
+    fn fake_broker() -> (String, thread::JoinHandle<Vec<RequestPrefix>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let broker = thread::spawn(move || {
+            let (mut socket, _) = listener.accept().expect("accept");
+            let mut requests = Vec::new();
+            for answer in 0..2 {
+                let mut size = [0u8; SIZE_PREFIX_BYTES];
+                if socket.read_exact(&mut size).is_err() {
+                    break;
+                }
+                let mut payload = vec![0u8; i32::from_be_bytes(size) as usize];
+                socket.read_exact(&mut payload).expect("request");
+                let request = RequestPrefix::parse(&payload).expect("header");
+                requests.push(request);
+                let mut body = BytesMut::new();
+                body.put_i32(request.correlation_id);
+                ApiVersionsResponse::default()
+                    .with_api_keys(vec![ApiVersion::default()
+                        .with_api_key(CreateTopicsRequest::KEY)
+                        .with_min_version(2)
+                        .with_max_version(5)])
+                    .encode(&mut body, 0)
+                    .expect("encode");
+                let size = if answer == 0 { body.len() as i32 } else { -1 };
+                socket.write_all(&size.to_be_bytes()).expect("size");
+                socket.write_all(&body).expect("answer");
+            }
+            requests
+        });
+        (address, broker)
+    }
+
+    #[test]
+    fn versions_are_negotiated_once_and_bad_frames_are_refused() {
+        let (address, broker) = fake_broker();
+        let mut connection = Connection::open(&address, "blocking-test").expect("open");
+        assert_eq!(
+            connection
+                .version::<CreateTopicsRequest>(2..=7)
+                .expect("v5"),
+            5
+        );
+        let not_offered = connection
+            .version::<DeleteTopicsRequest>(1..=5)
+            .expect_err("not offered");
+        assert!(
+            matches!(not_offered, ClientError::Unsupported { broker: None, .. }),
+            "{not_offered}"
+        );
+        let garbled = connection
+            .call(API_VERSIONS_VERSION, &ApiVersionsRequest::default())
+            .expect_err("negative size");
+        assert!(matches!(garbled, ClientError::Decode { .. }), "{garbled}");
+        drop(connection);
+        let requests = broker.join().expect("broker");
+        // ApiVersions at the shared opening version, asked once; ids count from 1.
+        let seen: Vec<(i16, i16, i32)> = requests
+            .iter()
+            .map(|r| (r.api_key, r.api_version, r.correlation_id))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (ApiVersionsRequest::KEY, API_VERSIONS_VERSION, 1),
+                (ApiVersionsRequest::KEY, API_VERSIONS_VERSION, 2)
+            ]
+        );
+    }
 }
