@@ -22,8 +22,6 @@ use thiserror::Error;
 
 /// File name of the catalog in the data directory.
 pub const CATALOG_FILE: &str = "topics.json";
-/// Kafka's limit on topic name length.
-const MAX_TOPIC_NAME_CHARS: usize = 249;
 
 /// One partition's replicas and leadership, and where this broker keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,25 +240,7 @@ fn least_loaded(load: &[usize]) -> usize {
         .map_or(0, |(shard, _)| shard)
 }
 
-/// Kafka's rule for topic names: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
-pub fn check_topic_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() {
-        return Err("topic name is empty");
-    }
-    if name == "." || name == ".." {
-        return Err("topic name cannot be \".\" or \"..\"");
-    }
-    if name.chars().count() > MAX_TOPIC_NAME_CHARS {
-        return Err("topic name is longer than 249 characters");
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err("topic name may only contain ASCII alphanumerics, '.', '_' and '-'");
-    }
-    Ok(())
-}
+pub use ringlog_cluster::check_topic_name;
 
 /// The directory of one partition, named as Kafka names it.
 pub fn partition_dir(data_dir: &Path, topic: &str, partition: usize) -> PathBuf {

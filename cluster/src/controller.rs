@@ -1,0 +1,668 @@
+//! The active controller's decisions, as a state machine that does no I/O: given a request and
+//! the time, it answers and returns the records to propose. The caller (the controller's
+//! shell) proposes them to the quorum and, once committed, applies them with
+//! [`Controller::apply`]; it runs one decision at a time, so every decision is made against
+//! the image its records will be applied to, and a record the controller writes is always
+//! valid where it commits.
+//!
+//! What it decides: broker registration (a second live process with a host id refused),
+//! heartbeats and fencing after `session_timeout_ms`, controlled shutdown, topic creation
+//! with replica placement, deletion, partitions added, config changes, and leader elections
+//! when a host is fenced, shuts down or comes back.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use kafka_protocol::ResponseError;
+
+use crate::image::MetadataImage;
+use crate::node::{HostId, NodeId};
+use crate::records::{MetadataRecord, PartitionRecord, RecordBatch, Registration, TopicId};
+
+/// Kafka's limit on topic name length.
+const TOPIC_NAME_CHARS_MAX: usize = 249;
+/// Partitions one CreateTopics or CreatePartitions may ask for per topic: a limit, so a request
+/// cannot make the controller log an unbounded batch.
+pub const PARTITIONS_PER_TOPIC_MAX: u32 = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    /// A host silent this long is fenced (`broker.session.timeout.ms`).
+    pub session_timeout_ms: u64,
+}
+
+/// A refusal, as Kafka reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub code: ResponseError,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ResponseError, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A topic to create: its id is drawn by the caller (this state machine draws nothing).
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub id: TopicId,
+    pub partitions: u32,
+    pub replication_factor: u16,
+    /// Replicas of each partition, when the client placed them (then `partitions` and
+    /// `replication_factor` must agree with it).
+    pub assignment: Option<Vec<Vec<NodeId>>>,
+    pub configs: BTreeMap<String, String>,
+}
+
+/// What a heartbeat is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatAnswer {
+    pub fenced: bool,
+    /// The host asked to shut down and leads nothing any more: it may stop.
+    pub may_shut_down: bool,
+}
+
+pub struct Controller {
+    settings: ControllerSettings,
+    image: MetadataImage,
+    /// When each host last heartbeat (soft state: a new controller starts every live host's
+    /// session at its activation).
+    last_heartbeat_ms: HashMap<HostId, u64>,
+}
+
+impl Controller {
+    pub fn new(settings: ControllerSettings, image: MetadataImage) -> Self {
+        Self {
+            settings,
+            image,
+            last_heartbeat_ms: HashMap::new(),
+        }
+    }
+
+    pub fn image(&self) -> &MetadataImage {
+        &self.image
+    }
+
+    /// Applies a committed batch (every controller, active or not, applies every batch).
+    pub fn apply(&mut self, index: u64, batch: &RecordBatch) {
+        self.image.apply(index, batch);
+    }
+
+    /// This controller became the active one at `now_ms`: every registered host's session
+    /// starts now, as the previous controller's heartbeat times are not known here.
+    pub fn activate(&mut self, now_ms: u64) {
+        self.last_heartbeat_ms = self
+            .image
+            .brokers
+            .keys()
+            .map(|&host| (host, now_ms))
+            .collect();
+    }
+
+    fn session_alive(&self, host: HostId, now_ms: u64) -> bool {
+        self.last_heartbeat_ms
+            .get(&host)
+            .is_some_and(|&last| now_ms.saturating_sub(last) < self.settings.session_timeout_ms)
+    }
+
+    /// A host (re)registers. Refused while another process with its host id is alive.
+    pub fn register(
+        &mut self,
+        registration: Registration,
+        now_ms: u64,
+    ) -> Result<RecordBatch, Refusal> {
+        check_registration(&registration)?;
+        let host = registration.host;
+        let mut records = Vec::new();
+        if let Some(current) = self.image.brokers.get(&host) {
+            let same_process = current.registration.incarnation == registration.incarnation;
+            if !same_process && !current.fenced && self.session_alive(host, now_ms) {
+                return Err(Refusal::new(
+                    ResponseError::DuplicateBrokerRegistration,
+                    format!("node id {host} is already registered and alive (another process)"),
+                ));
+            }
+            // Whatever the old process led moves away before the new one is fenced in.
+            records.extend(self.move_leadership_from(host));
+        }
+        records.push(MetadataRecord::RegisterBroker(registration));
+        self.last_heartbeat_ms.insert(host, now_ms);
+        Ok(RecordBatch::new(records))
+    }
+
+    /// A heartbeat from `host` registered at `epoch`. `caught_up`: it has applied the metadata
+    /// log up to its registration, so it may be unfenced. `shutting_down`: controlled
+    /// shutdown, its leaderships move away first.
+    pub fn heartbeat(
+        &mut self,
+        host: HostId,
+        epoch: u64,
+        caught_up: bool,
+        shutting_down: bool,
+        now_ms: u64,
+    ) -> Result<(RecordBatch, HeartbeatAnswer), Refusal> {
+        let Some(broker) = self.image.brokers.get(&host) else {
+            return Err(Refusal::new(
+                ResponseError::BrokerIdNotRegistered,
+                format!("node id {host} is not registered"),
+            ));
+        };
+        if broker.epoch != epoch {
+            return Err(Refusal::new(
+                ResponseError::StaleBrokerEpoch,
+                format!(
+                    "broker epoch {epoch} is not the current one, {}",
+                    broker.epoch
+                ),
+            ));
+        }
+        self.last_heartbeat_ms.insert(host, now_ms);
+        let mut records = Vec::new();
+        let fenced = broker.fenced;
+        if shutting_down {
+            if !broker.shut_down {
+                records.extend(self.move_leadership_from(host));
+                records.push(MetadataRecord::ShutDownBroker { host, epoch });
+            }
+            let answer = HeartbeatAnswer {
+                fenced: true,
+                may_shut_down: true,
+            };
+            return Ok((RecordBatch::new(records), answer));
+        }
+        if fenced && caught_up {
+            records.push(MetadataRecord::UnfenceBroker { host, epoch });
+            records.extend(self.restore_leadership_to(host));
+        }
+        let answer = HeartbeatAnswer {
+            fenced: fenced && !caught_up,
+            may_shut_down: false,
+        };
+        Ok((RecordBatch::new(records), answer))
+    }
+
+    /// Fences every host whose session expired by `now_ms`, moving its leaderships.
+    pub fn tick(&mut self, now_ms: u64) -> RecordBatch {
+        let expired: Vec<(HostId, u64)> = self
+            .image
+            .brokers
+            .values()
+            .filter(|broker| !broker.fenced)
+            .filter(|broker| !self.session_alive(broker.registration.host, now_ms))
+            .map(|broker| (broker.registration.host, broker.epoch))
+            .collect();
+        let mut records = Vec::new();
+        if expired.is_empty() {
+            return RecordBatch::new(records);
+        }
+        // Each host's changes are decided against the image with the previous hosts' changes
+        // applied: a partition whose replicas all expire at once must not get back a leader
+        // that was fenced a record earlier.
+        let mut scratch = self.image.clone();
+        for (host, epoch) in expired {
+            let mut fenced = move_leadership_from(&scratch, host);
+            fenced.push(MetadataRecord::FenceBroker { host, epoch });
+            let next_index = scratch.applied_index + 1;
+            scratch.apply(next_index, &RecordBatch::new(fenced.clone()));
+            records.extend(fenced);
+        }
+        RecordBatch::new(records)
+    }
+
+    fn move_leadership_from(&self, host: HostId) -> Vec<MetadataRecord> {
+        move_leadership_from(&self.image, host)
+    }
+
+    fn restore_leadership_to(&self, host: HostId) -> Vec<MetadataRecord> {
+        restore_leadership_to(&self.image, host)
+    }
+
+    /// Creates topics: one result per topic, and the records of those that succeed.
+    pub fn create_topics(
+        &self,
+        topics: Vec<NewTopic>,
+    ) -> (Vec<Result<TopicId, Refusal>>, RecordBatch) {
+        let mut records = Vec::new();
+        let mut taken: BTreeSet<String> = BTreeSet::new();
+        let mut load = self.leader_load();
+        let results = topics
+            .into_iter()
+            .map(|topic| {
+                if !taken.insert(topic.name.clone()) {
+                    return Err(Refusal::new(
+                        ResponseError::InvalidRequest,
+                        format!("topic '{}' is named twice in the request", topic.name),
+                    ));
+                }
+                let assignment = self.place_topic(&topic, &mut load)?;
+                records.push(MetadataRecord::Topic {
+                    name: topic.name.clone(),
+                    id: topic.id,
+                });
+                records.extend(partition_records(topic.id, 0, assignment));
+                for (name, value) in topic.configs {
+                    records.push(MetadataRecord::TopicConfig {
+                        topic: topic.id,
+                        name,
+                        value: Some(value),
+                    });
+                }
+                Ok(topic.id)
+            })
+            .collect();
+        (results, RecordBatch::new(records))
+    }
+
+    fn place_topic(
+        &self,
+        topic: &NewTopic,
+        load: &mut BTreeMap<NodeId, u32>,
+    ) -> Result<Vec<Vec<NodeId>>, Refusal> {
+        check_topic_name(&topic.name)
+            .map_err(|reason| Refusal::new(ResponseError::InvalidTopicException, reason))?;
+        if self.image.topic(&topic.name).is_some() || self.image.topics.contains_key(&topic.id) {
+            return Err(Refusal::new(
+                ResponseError::TopicAlreadyExists,
+                format!("topic '{}' already exists", topic.name),
+            ));
+        }
+        match &topic.assignment {
+            Some(assignment) => {
+                self.check_assignment(assignment, None)?;
+                Ok(assignment.clone())
+            }
+            None => {
+                if topic.partitions == 0 || topic.partitions > PARTITIONS_PER_TOPIC_MAX {
+                    return Err(Refusal::new(
+                        ResponseError::InvalidPartitions,
+                        format!("the number of partitions must be 1 to {PARTITIONS_PER_TOPIC_MAX}"),
+                    ));
+                }
+                self.place(topic.partitions, topic.replication_factor, load)
+            }
+        }
+    }
+
+    /// Leaders per node, to spread new leaders over hosts and cores.
+    fn leader_load(&self) -> BTreeMap<NodeId, u32> {
+        let mut load = BTreeMap::new();
+        for topic in self.image.topics.values() {
+            for partition in &topic.partitions {
+                if let Some(first) = partition.replicas.first() {
+                    *load.entry(*first).or_default() += 1;
+                }
+            }
+        }
+        load
+    }
+
+    /// Places `count` partitions of `replication_factor` replicas: each partition's replicas
+    /// on distinct live hosts (alternating racks where hosts have them), all on one core
+    /// index, so replication runs core to core; the preferred leader (first replica) is the
+    /// least loaded node, which spreads leaders over hosts and cores.
+    fn place(
+        &self,
+        count: u32,
+        replication_factor: u16,
+        load: &mut BTreeMap<NodeId, u32>,
+    ) -> Result<Vec<Vec<NodeId>>, Refusal> {
+        let hosts: Vec<&Registration> = self
+            .image
+            .live_hosts()
+            .map(|broker| &broker.registration)
+            .collect();
+        let factor = usize::from(replication_factor);
+        if factor == 0 || factor > hosts.len() {
+            return Err(Refusal::new(
+                ResponseError::InvalidReplicationFactor,
+                format!(
+                    "replication factor {replication_factor} with {} live brokers",
+                    hosts.len()
+                ),
+            ));
+        }
+        let cores = hosts
+            .iter()
+            .map(|host| host.cores.max(1))
+            .min()
+            .unwrap_or(1);
+        let mut placement = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            // The least loaded (host, core) leads; its followers are on the same core of the
+            // next hosts in rack-alternating order.
+            let (leader_host, core) = (0..hosts.len())
+                .flat_map(|h| (0..cores).map(move |c| (h, c)))
+                .min_by_key(|&(h, c)| {
+                    let node = NodeId::of(hosts[h].host, c);
+                    (load.get(&node).copied().unwrap_or(0), c, h)
+                })
+                .expect("at least one live host");
+            let order = rack_alternating(&hosts, leader_host);
+            let replicas: Vec<NodeId> = order
+                .into_iter()
+                .take(factor)
+                .map(|h| NodeId::of(hosts[h].host, core))
+                .collect();
+            *load.entry(replicas[0]).or_default() += 1;
+            placement.push(replicas);
+        }
+        Ok(placement)
+    }
+
+    /// Checks a client's replica assignment: every partition the same number of replicas,
+    /// distinct nodes, each a core of a registered host. `current_factor`: the topic's
+    /// replication factor, when adding partitions.
+    fn check_assignment(
+        &self,
+        assignment: &[Vec<NodeId>],
+        current_factor: Option<usize>,
+    ) -> Result<(), Refusal> {
+        let refuse = |message: String| {
+            Err(Refusal::new(
+                ResponseError::InvalidReplicaAssignment,
+                message,
+            ))
+        };
+        let Some(first) = assignment.first() else {
+            return refuse("the assignment names no partitions".into());
+        };
+        if assignment.len() > PARTITIONS_PER_TOPIC_MAX as usize {
+            return refuse(format!("more than {PARTITIONS_PER_TOPIC_MAX} partitions"));
+        }
+        let factor = current_factor.unwrap_or(first.len());
+        for (index, replicas) in assignment.iter().enumerate() {
+            if replicas.len() != factor || factor == 0 {
+                return refuse(format!(
+                    "partition {index} has {} replicas, the others {factor}",
+                    replicas.len()
+                ));
+            }
+            let distinct: BTreeSet<&NodeId> = replicas.iter().collect();
+            if distinct.len() != replicas.len() {
+                return refuse(format!("partition {index} names a node twice"));
+            }
+            for node in replicas {
+                let known = node.split().is_some_and(|(host, core)| {
+                    self.image
+                        .brokers
+                        .get(&host)
+                        .is_some_and(|broker| core < broker.registration.cores.max(1))
+                });
+                if !known {
+                    return refuse(format!("node {node} is not a registered broker node"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes topics by name: one result per name.
+    pub fn delete_topics(&self, names: &[String]) -> (Vec<Result<TopicId, Refusal>>, RecordBatch) {
+        let mut records = Vec::new();
+        let mut deleted = BTreeSet::new();
+        let results = names
+            .iter()
+            .map(|name| {
+                let Some(topic) = self.image.topic(name) else {
+                    return Err(Refusal::new(
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("topic '{name}' does not exist"),
+                    ));
+                };
+                if deleted.insert(topic.id) {
+                    records.push(MetadataRecord::RemoveTopic { id: topic.id });
+                }
+                Ok(topic.id)
+            })
+            .collect();
+        (results, RecordBatch::new(records))
+    }
+
+    /// Grows a topic to `count` partitions, placed like new ones or as the client assigned.
+    pub fn create_partitions(
+        &self,
+        name: &str,
+        count: u32,
+        assignment: Option<Vec<Vec<NodeId>>>,
+    ) -> Result<RecordBatch, Refusal> {
+        let Some(topic) = self.image.topic(name) else {
+            return Err(Refusal::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic '{name}' does not exist"),
+            ));
+        };
+        let current = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
+        if count <= current || count > PARTITIONS_PER_TOPIC_MAX {
+            return Err(Refusal::new(
+                ResponseError::InvalidPartitions,
+                format!("topic '{name}' has {current} partitions; asked for {count}"),
+            ));
+        }
+        let factor = topic.partitions.first().map_or(1, |p| p.replicas.len());
+        let added = match assignment {
+            Some(assignment) => {
+                if assignment.len() != (count - current) as usize {
+                    return Err(Refusal::new(
+                        ResponseError::InvalidReplicaAssignment,
+                        format!(
+                            "{} assignments for {} new partitions",
+                            assignment.len(),
+                            count - current
+                        ),
+                    ));
+                }
+                self.check_assignment(&assignment, Some(factor))?;
+                assignment
+            }
+            None => {
+                let factor = u16::try_from(factor).unwrap_or(u16::MAX);
+                self.place(count - current, factor, &mut self.leader_load())?
+            }
+        };
+        Ok(RecordBatch::new(
+            partition_records(topic.id, current, added).collect(),
+        ))
+    }
+
+    /// Sets (`Some`) or removes (`None`) a topic's config overrides (validated by the caller,
+    /// which knows the broker's settings).
+    pub fn alter_configs(
+        &self,
+        name: &str,
+        changes: Vec<(String, Option<String>)>,
+    ) -> Result<RecordBatch, Refusal> {
+        let Some(topic) = self.image.topic(name) else {
+            return Err(Refusal::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic '{name}' does not exist"),
+            ));
+        };
+        let records = changes
+            .into_iter()
+            .map(|(config, value)| MetadataRecord::TopicConfig {
+                topic: topic.id,
+                name: config,
+                value,
+            })
+            .collect();
+        Ok(RecordBatch::new(records))
+    }
+
+    /// Moves leadership of the given partitions (all, when `None`) to their preferred leader,
+    /// where it is live and in sync (ElectLeaders, `auto.leader.rebalance.enable`).
+    pub fn elect_preferred(&self, only: Option<&[(TopicId, u32)]>) -> RecordBatch {
+        let mut records = Vec::new();
+        for topic in self.image.topics.values() {
+            for partition in &topic.partitions {
+                let wanted =
+                    only.is_none_or(|only| only.contains(&(partition.topic, partition.partition)));
+                let Some(&preferred) = partition.replicas.first() else {
+                    continue;
+                };
+                if !wanted
+                    || partition.leader == preferred
+                    || !partition.isr.contains(&preferred)
+                    || !self.image.is_live(preferred)
+                {
+                    continue;
+                }
+                let mut changed = partition.clone();
+                changed.leader = preferred;
+                changed.leader_epoch += 1;
+                changed.partition_epoch += 1;
+                records.push(MetadataRecord::Partition(changed));
+            }
+        }
+        RecordBatch::new(records)
+    }
+}
+
+/// Partition changes that take `host` out of every leadership and ISR: each partition it leads
+/// gets the first other live in-sync replica as leader (none: leader -1, the ISR kept so the
+/// replica can lead again when it returns).
+fn move_leadership_from(image: &MetadataImage, host: HostId) -> Vec<MetadataRecord> {
+    let on_host = |node: &NodeId| node.host() == Some(host);
+    let mut records = Vec::new();
+    for topic in image.topics.values() {
+        for partition in &topic.partitions {
+            let leads = on_host(&partition.leader);
+            let in_isr = partition.isr.iter().any(on_host);
+            if !leads && !in_isr {
+                continue;
+            }
+            let remaining: Vec<NodeId> = partition
+                .isr
+                .iter()
+                .copied()
+                .filter(|node| !on_host(node))
+                .collect();
+            let mut changed = partition.clone();
+            changed.partition_epoch += 1;
+            if !remaining.is_empty() {
+                changed.isr = remaining;
+            }
+            if leads {
+                changed.leader = partition
+                    .replicas
+                    .iter()
+                    .copied()
+                    .find(|&node| {
+                        changed.isr.contains(&node) && !on_host(&node) && image.is_live(node)
+                    })
+                    .unwrap_or(NodeId(-1));
+                changed.leader_epoch += 1;
+            }
+            records.push(MetadataRecord::Partition(changed));
+        }
+    }
+    records
+}
+
+/// Partition changes that give leaderless partitions back to `host` when one of its
+/// nodes is in their ISR.
+fn restore_leadership_to(image: &MetadataImage, host: HostId) -> Vec<MetadataRecord> {
+    let mut records = Vec::new();
+    for topic in image.topics.values() {
+        for partition in &topic.partitions {
+            if partition.leader.0 >= 0 {
+                continue;
+            }
+            let Some(&node) = partition
+                .replicas
+                .iter()
+                .find(|node| node.host() == Some(host) && partition.isr.contains(node))
+            else {
+                continue;
+            };
+            let mut changed = partition.clone();
+            changed.leader = node;
+            changed.leader_epoch += 1;
+            changed.partition_epoch += 1;
+            records.push(MetadataRecord::Partition(changed));
+        }
+    }
+    records
+}
+
+/// Host indexes in placement order, starting at `first`: hosts of a rack other than the last
+/// one chosen come first, so replicas spread over racks where hosts name them.
+fn rack_alternating(hosts: &[&Registration], first: usize) -> Vec<usize> {
+    let mut order = vec![first];
+    let mut left: Vec<usize> = (1..hosts.len())
+        .map(|offset| (first + offset) % hosts.len())
+        .collect();
+    while !left.is_empty() {
+        let used: BTreeSet<&Option<String>> = order.iter().map(|&h| &hosts[h].rack).collect();
+        let next = left
+            .iter()
+            .position(|&h| hosts[h].rack.is_none() || !used.contains(&hosts[h].rack))
+            .unwrap_or(0);
+        order.push(left.remove(next));
+    }
+    order
+}
+
+fn partition_records(
+    topic: TopicId,
+    first: u32,
+    assignment: Vec<Vec<NodeId>>,
+) -> impl Iterator<Item = MetadataRecord> {
+    assignment
+        .into_iter()
+        .enumerate()
+        .map(move |(offset, replicas)| {
+            MetadataRecord::Partition(PartitionRecord {
+                topic,
+                partition: first + offset as u32,
+                leader: replicas[0],
+                isr: replicas.clone(),
+                replicas,
+                leader_epoch: 0,
+                partition_epoch: 0,
+            })
+        })
+}
+
+fn check_registration(registration: &Registration) -> Result<(), Refusal> {
+    let refuse = |message: String| Err(Refusal::new(ResponseError::InvalidRequest, message));
+    if registration.host.0 > crate::node::HOST_ID_MAX {
+        return refuse(format!("node id {} is out of range", registration.host));
+    }
+    if registration.cores == 0 || registration.cores > crate::node::CORES_PER_HOST_MAX {
+        return refuse(format!("{} cores", registration.cores));
+    }
+    for endpoint in &registration.endpoints {
+        if endpoint.node.host() != Some(registration.host) {
+            return refuse(format!(
+                "endpoint of node {} is not a node of host {}",
+                endpoint.node, registration.host
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Kafka's rule for topic names: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn check_topic_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("topic name is empty");
+    }
+    if name == "." || name == ".." {
+        return Err("topic name cannot be \".\" or \"..\"");
+    }
+    if name.chars().count() > TOPIC_NAME_CHARS_MAX {
+        return Err("topic name is longer than 249 characters");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err("topic name may only contain ASCII alphanumerics, '.', '_' and '-'");
+    }
+    Ok(())
+}

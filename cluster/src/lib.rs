@@ -1,0 +1,20 @@
+//! The cluster's metadata, as state machines that do no I/O.
+//!
+//! - [`node`]: how hosts, their cores (Kafka nodes) and controllers are numbered.
+//! - [`records`]: the metadata log's records, one [`records::RecordBatch`] per Raft entry.
+//! - [`image`]: the cluster as the committed log describes it; every broker applies it.
+//! - [`controller`]: the active controller's decisions (registration, fencing, placement,
+//!   leader election), returning the records to propose.
+//!
+//! Time comes in as arguments (`now_ms`) and ids are drawn by the caller, so a simulation
+//! decides everything from a seed.
+
+pub mod controller;
+pub mod image;
+pub mod node;
+pub mod records;
+
+pub use controller::{check_topic_name, Controller, ControllerSettings, NewTopic, Refusal};
+pub use image::MetadataImage;
+pub use node::{HostId, NodeId};
+pub use records::{MetadataRecord, RecordBatch};

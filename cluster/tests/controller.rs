@@ -1,0 +1,370 @@
+//! The controller's decisions applied to its own image, as the quorum would commit them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kafka_protocol::ResponseError;
+use ringlog_cluster::records::{Endpoint, Registration};
+use ringlog_cluster::{Controller, ControllerSettings, HostId, MetadataImage, NewTopic, NodeId};
+
+const SESSION_MS: u64 = 1_500;
+
+/// A controller whose every decision is committed at once.
+struct Committed {
+    controller: Controller,
+    index: u64,
+    epochs: BTreeMap<HostId, u64>,
+}
+
+impl Committed {
+    fn new() -> Self {
+        let settings = ControllerSettings {
+            session_timeout_ms: SESSION_MS,
+        };
+        Self {
+            controller: Controller::new(settings, MetadataImage::default()),
+            index: 0,
+            epochs: BTreeMap::new(),
+        }
+    }
+
+    fn commit(&mut self, batch: ringlog_cluster::RecordBatch) {
+        if batch.records.is_empty() {
+            return;
+        }
+        self.index += 1;
+        self.controller.apply(self.index, &batch);
+    }
+
+    fn registration(host: u32, cores: u32, rack: Option<&str>, incarnation: u128) -> Registration {
+        Registration {
+            host: HostId(host),
+            incarnation,
+            endpoints: (0..cores)
+                .map(|core| Endpoint {
+                    node: NodeId::of(HostId(host), core),
+                    host: format!("127.0.0.{}", host + 1),
+                    port: 9093 + core as u16,
+                })
+                .collect(),
+            rack: rack.map(str::to_owned),
+            cores,
+        }
+    }
+
+    /// Registers and unfences a host.
+    fn join(&mut self, host: u32, cores: u32, rack: Option<&str>, now_ms: u64) {
+        let registration = Self::registration(host, cores, rack, u128::from(host) + 1);
+        let batch = self
+            .controller
+            .register(registration, now_ms)
+            .expect("registers");
+        self.commit(batch);
+        let epoch = self.index;
+        self.epochs.insert(HostId(host), epoch);
+        let (batch, answer) = self
+            .controller
+            .heartbeat(HostId(host), epoch, true, false, now_ms)
+            .expect("heartbeat");
+        assert!(!answer.fenced);
+        self.commit(batch);
+    }
+
+    fn heartbeat(&mut self, host: u32, now_ms: u64) {
+        let epoch = self.epochs[&HostId(host)];
+        let (batch, _) = self
+            .controller
+            .heartbeat(HostId(host), epoch, true, false, now_ms)
+            .expect("heartbeat");
+        self.commit(batch);
+    }
+
+    fn create(&mut self, name: &str, id: u128, partitions: u32, factor: u16) -> Result<(), String> {
+        let topic = NewTopic {
+            name: name.into(),
+            id,
+            partitions,
+            replication_factor: factor,
+            assignment: None,
+            configs: BTreeMap::new(),
+        };
+        let (mut results, batch) = self.controller.create_topics(vec![topic]);
+        self.commit(batch);
+        results
+            .remove(0)
+            .map(|_| ())
+            .map_err(|refusal| format!("{:?}: {}", refusal.code, refusal.message))
+    }
+
+    fn image(&self) -> &MetadataImage {
+        self.controller.image()
+    }
+
+    /// Every partition: leader in the ISR, ISR within the replicas, the leader live.
+    fn check_invariants(&self) {
+        let image = self.image();
+        for topic in image.topics.values() {
+            for partition in &topic.partitions {
+                let replicas: BTreeSet<_> = partition.replicas.iter().collect();
+                assert!(
+                    partition.isr.iter().all(|n| replicas.contains(n)),
+                    "{partition:?}"
+                );
+                assert!(!partition.isr.is_empty(), "{partition:?}");
+                if partition.leader.0 >= 0 {
+                    assert!(partition.isr.contains(&partition.leader), "{partition:?}");
+                    assert!(image.is_live(partition.leader), "{partition:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn replicas_spread_over_hosts_on_one_core_and_leaders_over_hosts_and_cores() {
+    let mut cluster = Committed::new();
+    for host in 0..3 {
+        cluster.join(host, 2, None, 0);
+    }
+    cluster.create("orders", 1, 6, 3).expect("created");
+    let topic = cluster.image().topic("orders").expect("topic");
+    let mut leaders = BTreeMap::new();
+    for partition in &topic.partitions {
+        let hosts: BTreeSet<_> = partition.replicas.iter().map(|n| n.host()).collect();
+        let cores: BTreeSet<_> = partition.replicas.iter().map(|n| n.core()).collect();
+        assert_eq!(hosts.len(), 3, "{partition:?}");
+        assert_eq!(cores.len(), 1, "one core index: {partition:?}");
+        assert_eq!(partition.leader, partition.replicas[0]);
+        *leaders.entry(partition.leader).or_insert(0) += 1;
+    }
+    // Six partitions, six (host, core) nodes: each leads one.
+    assert_eq!(leaders.len(), 6, "{leaders:?}");
+    assert!(cluster.create("orders", 2, 1, 1).is_err(), "name taken");
+    let refused = cluster.create("wide", 3, 1, 4).expect_err("4 > 3 hosts");
+    assert!(refused.starts_with("InvalidReplicationFactor"), "{refused}");
+    cluster.check_invariants();
+}
+
+#[test]
+fn racks_alternate_where_hosts_name_them() {
+    let mut cluster = Committed::new();
+    cluster.join(0, 1, Some("a"), 0);
+    cluster.join(1, 1, Some("a"), 0);
+    cluster.join(2, 1, Some("b"), 0);
+    cluster.create("t", 1, 3, 2).expect("created");
+    let image = cluster.image();
+    let rack = |node: NodeId| {
+        image.brokers[&node.host().expect("host")]
+            .registration
+            .rack
+            .clone()
+    };
+    for partition in &image.topic("t").expect("topic").partitions {
+        let racks: BTreeSet<_> = partition.replicas.iter().map(|&n| rack(n)).collect();
+        assert_eq!(racks.len(), 2, "both racks: {partition:?}");
+    }
+}
+
+#[test]
+fn a_silent_host_is_fenced_and_its_leaderships_move_then_return() {
+    let mut cluster = Committed::new();
+    for host in 0..3 {
+        cluster.join(host, 1, None, 0);
+    }
+    cluster.create("replicated", 1, 3, 3).expect("created");
+    cluster.create("single", 2, 3, 1).expect("created");
+    // Hosts 0 and 1 heartbeat; host 2 falls silent.
+    for now in (0..SESSION_MS).step_by(250) {
+        cluster.heartbeat(0, now);
+        cluster.heartbeat(1, now);
+        let batch = cluster.controller.tick(now);
+        assert!(batch.records.is_empty(), "nobody expired at {now}");
+    }
+    let batch = cluster.controller.tick(SESSION_MS);
+    cluster.commit(batch);
+    cluster.check_invariants();
+    let image = cluster.image();
+    assert!(image.brokers[&HostId(2)].fenced);
+    let on_2 = |n: &NodeId| n.host() == Some(HostId(2));
+    for partition in &image.topic("replicated").expect("topic").partitions {
+        assert!(!on_2(&partition.leader), "{partition:?}");
+        assert!(!partition.isr.iter().any(on_2), "{partition:?}");
+    }
+    let single = &image.topic("single").expect("topic").partitions;
+    let orphaned: Vec<_> = single.iter().filter(|p| on_2(&p.replicas[0])).collect();
+    assert_eq!(orphaned.len(), 1);
+    assert_eq!(orphaned[0].leader, NodeId(-1));
+    assert_eq!(orphaned[0].leader_epoch, 1);
+    let epoch_before = orphaned[0].leader_epoch;
+
+    // A new process of host 2 registers (the old one is fenced) and catches up.
+    let now = SESSION_MS + 100;
+    let registration = Committed::registration(2, 1, None, 99);
+    let batch = cluster
+        .controller
+        .register(registration, now)
+        .expect("re-registers");
+    cluster.commit(batch);
+    cluster.epochs.insert(HostId(2), cluster.index);
+    cluster.heartbeat(2, now);
+    cluster.check_invariants();
+    let back = &cluster.image().topic("single").expect("topic").partitions;
+    let returned = back
+        .iter()
+        .find(|p| on_2(&p.replicas[0]))
+        .expect("partition");
+    assert!(on_2(&returned.leader), "{returned:?}");
+    assert_eq!(returned.leader_epoch, epoch_before + 1);
+}
+
+#[test]
+fn a_second_live_process_with_the_same_node_id_is_refused() {
+    let mut cluster = Committed::new();
+    cluster.join(0, 1, None, 0);
+    let other = Committed::registration(0, 1, None, 12345);
+    let refused = cluster
+        .controller
+        .register(other.clone(), 500)
+        .expect_err("alive");
+    assert_eq!(refused.code, ResponseError::DuplicateBrokerRegistration);
+    // Once the first process's session is over, the new one takes the id.
+    let batch = cluster
+        .controller
+        .register(other, SESSION_MS + 1)
+        .expect("session over");
+    cluster.commit(batch);
+    assert_eq!(
+        cluster.image().brokers[&HostId(0)].registration.incarnation,
+        12345
+    );
+    // The old process's heartbeats carry a stale epoch.
+    let stale = cluster
+        .controller
+        .heartbeat(
+            HostId(0),
+            cluster.epochs[&HostId(0)],
+            true,
+            false,
+            SESSION_MS + 2,
+        )
+        .expect_err("stale");
+    assert_eq!(stale.code, ResponseError::StaleBrokerEpoch);
+}
+
+#[test]
+fn controlled_shutdown_moves_leadership_first_and_preferred_election_brings_it_back() {
+    let mut cluster = Committed::new();
+    for host in 0..3 {
+        cluster.join(host, 1, None, 0);
+    }
+    cluster.create("t", 1, 3, 3).expect("created");
+    let led_by_0 = |image: &MetadataImage| {
+        image
+            .topic("t")
+            .expect("topic")
+            .partitions
+            .iter()
+            .filter(|p| p.leader.host() == Some(HostId(0)))
+            .count()
+    };
+    assert_eq!(led_by_0(cluster.image()), 1);
+    let epoch = cluster.epochs[&HostId(0)];
+    let (batch, answer) = cluster
+        .controller
+        .heartbeat(HostId(0), epoch, true, true, 10)
+        .expect("shutdown");
+    assert!(answer.may_shut_down);
+    cluster.commit(batch);
+    assert_eq!(led_by_0(cluster.image()), 0);
+    cluster.check_invariants();
+    // The host comes back: it is unfenced but not in the ISR it left, so the preferred
+    // election leaves the partition where it is until the ISR takes it back (replication).
+    cluster.heartbeat(0, 20);
+    let batch = cluster.controller.elect_preferred(None);
+    assert!(batch.records.is_empty(), "host 0 is out of the ISR");
+    cluster.check_invariants();
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Heartbeat(u32),
+    Silence(u64),
+    Create(u32, u16),
+    Shutdown(u32),
+    Restart(u32),
+    ElectPreferred,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0u32..4).prop_map(Op::Heartbeat),
+        (1u64..2_000).prop_map(Op::Silence),
+        (1u32..5, 1u16..4).prop_map(|(p, f)| Op::Create(p, f)),
+        (0u32..4).prop_map(Op::Shutdown),
+        (0u32..4).prop_map(Op::Restart),
+        Just(Op::ElectPreferred),
+    ]
+}
+
+proptest::proptest! {
+    /// Whatever happens to the hosts, every partition's leader is a live member of its ISR
+    /// (or none), its ISR within its replicas and never empty, and its epochs only grow.
+    #[test]
+    fn any_history_keeps_partitions_consistent(ops in proptest::collection::vec(op(), 1..60)) {
+        let mut cluster = Committed::new();
+        for host in 0..4 {
+            cluster.join(host, 2, None, 0);
+        }
+        let mut now = 0;
+        let mut next_topic = 1u128;
+        let mut epochs: BTreeMap<(u128, u32), (i32, i32)> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Heartbeat(host) => {
+                    let epoch = cluster.epochs[&HostId(host)];
+                    if let Ok((batch, _)) =
+                        cluster.controller.heartbeat(HostId(host), epoch, true, false, now)
+                    {
+                        cluster.commit(batch);
+                    }
+                }
+                Op::Silence(ms) => now += ms,
+                Op::Create(partitions, factor) => {
+                    let _ = cluster.create(&format!("t{next_topic}"), next_topic, partitions, factor);
+                    next_topic += 1;
+                }
+                Op::Shutdown(host) => {
+                    let epoch = cluster.epochs[&HostId(host)];
+                    if let Ok((batch, _)) =
+                        cluster.controller.heartbeat(HostId(host), epoch, true, true, now)
+                    {
+                        cluster.commit(batch);
+                    }
+                }
+                Op::Restart(host) => {
+                    let incarnation = u128::from(now) << 8 | u128::from(host);
+                    let registration = Committed::registration(host, 2, None, incarnation);
+                    if let Ok(batch) = cluster.controller.register(registration, now) {
+                        cluster.commit(batch);
+                        cluster.epochs.insert(HostId(host), cluster.index);
+                    }
+                }
+                Op::ElectPreferred => {
+                    let batch = cluster.controller.elect_preferred(None);
+                    cluster.commit(batch);
+                }
+            }
+            let batch = cluster.controller.tick(now);
+            cluster.commit(batch);
+            cluster.check_invariants();
+            proptest::prop_assert_eq!(cluster.image().skipped_records, 0);
+            for topic in cluster.image().topics.values() {
+                for p in &topic.partitions {
+                    let seen = epochs.entry((p.topic, p.partition)).or_insert((0, 0));
+                    proptest::prop_assert!(p.leader_epoch >= seen.0 && p.partition_epoch >= seen.1);
+                    *seen = (p.leader_epoch, p.partition_epoch);
+                }
+            }
+        }
+    }
+}
