@@ -1,0 +1,7 @@
+//! The controller's shell: what surrounds the quorum's state machine (`ringlog_cluster`) in a
+//! running `ringlog serve`: its durable metadata log ([`metadata_log`]).
+//!
+//! The state machine decides and orders; this shell makes its decisions durable before they
+//! count, so a controller that crashes and restarts recovers exactly what it acknowledged.
+
+pub mod metadata_log;
