@@ -477,9 +477,13 @@ pub fn find_coordinator(
     let topology = &shard.settings.topology;
     let locate = |key: &str| -> Result<(i32, u16), (ResponseError, &'static str)> {
         if request.key_type != KEY_TYPE_GROUP {
+            // Not COORDINATOR_NOT_AVAILABLE: clients retry that until their timeout (10 s to
+            // minutes). This is the non-retriable answer Kafka gives a transactional id the
+            // client may not use, so init_transactions() fails at once with the reason, as
+            // InitProducerId with a transactional id does.
             return Err((
-                ResponseError::CoordinatorNotAvailable,
-                "only group coordinators exist: transactions are not supported",
+                ResponseError::TransactionalIdAuthorizationFailed,
+                "transactions are not supported by ringlog yet: only group coordinators exist",
             ));
         }
         let (owner, _) = coordinator_of(shard, key).ok_or((

@@ -243,3 +243,37 @@ def test_dropped_produce_responses_are_retried_and_stored_once(broker_factory, t
         assert "a retried batch is already stored" in broker.log_paths[-1].read_text()
     finally:
         proxy.close()
+
+
+def test_transactional_producers_fail_at_once_with_the_reason(broker):
+    """Transactions do not exist yet: a transactional producer must fail at once with a clear,
+    non-retriable error, not retry FindCoordinator until its timeout (issue 18, bug 7)."""
+    import time
+
+    from confluent_kafka import KafkaException, Producer
+
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "tx-ck"})
+    started = time.monotonic()
+    try:
+        producer.init_transactions(30)
+        raise AssertionError("init_transactions succeeded without transactions")
+    except KafkaException as failure:
+        error = failure.args[0]
+        waited = time.monotonic() - started
+        assert error.code() == TRANSACTIONAL_ID_AUTHORIZATION_FAILED, error
+        assert not error.retriable(), error
+        assert waited < 5, f"failed only after {waited:.1f} s: {error}"
+
+    from kafka.errors import KafkaError
+
+    started = time.monotonic()
+    try:
+        python_producer = KafkaProducer(bootstrap_servers=broker.bootstrap,
+                                        transactional_id="tx-kp", max_block_ms=30000)
+        python_producer.init_transactions()
+        raise AssertionError("kafka-python's init_transactions succeeded")
+    except KafkaError as error:
+        waited = time.monotonic() - started
+        assert "TransactionalIdAuthorizationFailed" in type(error).__name__ or \
+            "TransactionalIdAuthorizationFailed" in str(error), repr(error)
+        assert waited < 5, f"failed only after {waited:.1f} s: {error!r}"
