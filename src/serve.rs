@@ -29,7 +29,9 @@ use tracing::{debug, error, info, warn};
 use crate::broker::catalog::{Catalog, Topic};
 use crate::broker::groups;
 use crate::broker::mesh::{self, Mesh, Message};
-use crate::broker::{self, BrokerSettings, Queues, Shard, ShardBroker, ShardSetup, Topology};
+use crate::broker::{
+    self, BrokerSettings, ListenerKind, Queues, Shard, ShardBroker, ShardSetup, Topology,
+};
 use crate::config::{ServeArgs, ServeConfig};
 use crate::memlock;
 use crate::meta_properties::MetaProperties;
@@ -504,13 +506,18 @@ async fn run_shard(
         .detach();
     let live_connections = Rc::new(Cell::new(0_usize));
     let connection = Rc::new(start.connection.clone());
-    let broker = ShardBroker(Rc::clone(&shard));
     let mut accepting = Vec::with_capacity(listeners.len());
-    for listener in listeners {
+    // The first listener is the shared (bootstrap) address, a second one this shard's own.
+    for (index, listener) in listeners.into_iter().enumerate() {
         let shutdown = Rc::clone(&shutdown);
         let live_connections = Rc::clone(&live_connections);
         let connection = Rc::clone(&connection);
-        let broker = broker.clone();
+        let came_in_on = if index == 0 {
+            ListenerKind::Shared
+        } else {
+            ListenerKind::Node
+        };
+        let broker = ShardBroker(Rc::clone(&shard), came_in_on);
         let task = glommio::spawn_local_into(
             async move {
                 accept_until_stopped(

@@ -1673,13 +1673,22 @@ fn groups_here(shard: &Shard) -> Vec<Listed> {
     classic.chain(consumer).collect()
 }
 
+/// Lists the groups this broker coordinates. A connection to a shard's own port (a node per
+/// shard) speaks to that shard's node, which coordinates only its own groups: tools that ask
+/// every node and merge the answers (librdkafka's list_groups) then see each group once. The
+/// shared bootstrap address speaks for every shard.
 pub async fn list_groups(
     shard: &Rc<Shard>,
     request: ListGroupsRequest,
     version: i16,
+    came_in_on: super::ListenerKind,
 ) -> ListGroupsResponse {
     let mut listed = Vec::new();
-    for target in 0..shard.settings.shards {
+    let targets = match came_in_on {
+        super::ListenerKind::Node => shard.id..shard.id + 1,
+        super::ListenerKind::Shared => 0..shard.settings.shards,
+    };
+    for target in targets {
         match shard.call(target, ListGroupsHere).await {
             Ok(groups) => listed.extend(groups),
             Err(_) => {

@@ -577,7 +577,17 @@ pub fn remove_deleted_leftovers(data_dir: &std::path::Path) {
 
 /// The `Broker` the wire protocol layer calls: a shard.
 #[derive(Clone)]
-pub struct ShardBroker(pub Rc<Shard>);
+pub struct ShardBroker(pub Rc<Shard>, pub ListenerKind);
+
+/// Which of its shard's listeners a connection came in on: it decides what "this broker" means
+/// for requests about the broker itself (ListGroups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// The shared (bootstrap) address, accepted on every shard: the whole broker.
+    Shared,
+    /// The shard's own port, with a node per shard: that shard's node alone.
+    Node,
+}
 
 impl Broker for ShardBroker {
     fn identity(&self) -> &BrokerIdentity {
@@ -694,7 +704,7 @@ impl Broker for ShardBroker {
     }
 
     async fn list_groups(&self, request: ListGroupsRequest, version: i16) -> ListGroupsResponse {
-        groups::list_groups(&self.0, request, version).await
+        groups::list_groups(&self.0, request, version, self.1).await
     }
 
     async fn delete_groups(

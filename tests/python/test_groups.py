@@ -958,3 +958,43 @@ def test_live_member_survives_broker_restart(broker_factory, topic_name, clean, 
         assert "member joined" in broker.log_paths[-1].read_text()
     print(f"\nlive {protocol} member across restart ({'SIGTERM' if clean else 'kill -9'}): "
           f"{len(dups)} records redelivered; commit errors {commit_errors[:3]}")
+
+
+def test_each_node_lists_only_the_groups_it_coordinates(broker, topic_name):
+    """With a node per core, tools that ask every node for its groups and merge the answers
+    (librdkafka's list_groups, AdminClient.list_consumer_groups) see each group once; the
+    bootstrap address, shared by every core, lists them all (issue 18, bug 2)."""
+    kafkautil.create_topic(broker.bootstrap, topic_name, 1)
+    groups = [f"listed-{topic_name}-{i}" for i in range(6)]
+    for group in groups:
+        c = group_consumer(broker.bootstrap, group)
+        try:
+            c.commit(offsets=[TopicPartition(topic_name, 0, 0)], asynchronous=False)
+        finally:
+            c.close()
+    client = kafkautil.admin(broker.bootstrap)
+    listed = client.list_consumer_groups(request_timeout=30).result(timeout=30)
+    assert not listed.errors, listed.errors
+    counts = Counter(g.group_id for g in listed.valid if g.group_id in groups)
+    assert counts == Counter(groups), counts
+    # The older per-broker API: one answer per node, merged by the client.
+    old = Counter(g.id for g in client.list_groups(timeout=30) if g.id in groups)
+    assert old == Counter(groups), old
+    # The shared bootstrap address speaks for every core.
+    body = kafkautil.roundtrip(("127.0.0.1", broker.port), list_groups_v0())
+    assert set(groups) <= set(parse_list_groups_v0(body))
+
+
+def list_groups_v0() -> bytes:
+    return frame(16, 0, 7, b"")
+
+
+def parse_list_groups_v0(body: bytes) -> list[str]:
+    reader = Reader(body)
+    assert reader.unpack(">h") == 0
+    count = reader.unpack(">i")
+    ids = []
+    for _ in range(count):
+        ids.append(reader.string())
+        reader.string()  # protocol type
+    return ids
