@@ -14,7 +14,7 @@
 //! `__consumer_offsets` partition before they are acknowledged, and replayed from it when the
 //! shard opens, so they survive restarts and crashes; members simply rejoin after a restart.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -262,7 +262,6 @@ pub struct Coordinator {
     offsets: RefCell<HashMap<String, GroupOffsets>>,
     /// Notified on every group change; waiting joins and syncs re-check their group.
     changed: Event,
-    next_member: Cell<u64>,
     /// Commits hold it shared while they append; cleaning holds it alone, so its rewrite of the
     /// live offsets cannot interleave with a newer commit.
     writes: glommio::sync::RwLock<()>,
@@ -275,7 +274,6 @@ impl Default for Coordinator {
             consumer: RefCell::default(),
             offsets: RefCell::default(),
             changed: Event::new(),
-            next_member: Cell::new(0),
             writes: glommio::sync::RwLock::new(()),
         }
     }
@@ -708,11 +706,12 @@ fn join_error(error: ResponseError, member_id: &StrBytes) -> JoinGroupResponse {
         .with_protocol_name(Some(StrBytes::default()))
 }
 
-fn new_member_id(shard: &Shard) -> String {
-    let coordinator = &shard.groups;
-    let n = coordinator.next_member.get();
-    coordinator.next_member.set(n + 1);
-    format!("member-{n}-{}", shard.env.random.uuid().simple())
+/// A member id as Kafka makes them: the group instance id (a static member) or else the client
+/// id, a dash and a UUID. Client-side assignors sort members by id (librdkafka's roundrobin
+/// does), so the same ids give the same assignment as on Kafka.
+fn new_member_id(shard: &Shard, client_id: &str, instance_id: Option<&str>) -> String {
+    let prefix = instance_id.unwrap_or(client_id);
+    format!("{prefix}-{}", shard.env.random.uuid().hyphenated())
 }
 
 async fn join_local(
@@ -786,7 +785,7 @@ async fn join_local(
                 .map(|(id, _)| id.clone())
         });
         if member_id.is_empty() {
-            member_id = new_member_id(shard);
+            member_id = new_member_id(shard, &client.client_id, instance_id.as_deref());
             if version >= 4 && instance_id.is_none() {
                 group.pending.insert(member_id.clone());
                 return join_error(ResponseError::MemberIdRequired, &str_bytes(member_id));

@@ -998,3 +998,34 @@ def parse_list_groups_v0(body: bytes) -> list[str]:
         ids.append(reader.string())
         reader.string()  # protocol type
     return ids
+
+
+def test_member_ids_are_the_client_id_and_a_uuid_so_assignors_agree_with_kafka(broker,
+                                                                                  topic_name):
+    """Kafka's member ids are `<client.id>-<uuid>` (`<group.instance.id>-<uuid>` for a static
+    member); librdkafka's roundrobin sorts members by id, so consumer c0 gets partition 0 as it
+    does on Kafka (issue 18, bug 4)."""
+    kafkautil.create_topic(broker.bootstrap, topic_name, 2)
+    group = f"ids-{topic_name}"
+    members = [group_consumer(broker.bootstrap, group, **{"client.id": f"c{i}",
+                              "partition.assignment.strategy": "roundrobin"})
+               for i in range(2)]
+    owned: dict[int, set[int]] = {0: set(), 1: set()}
+    try:
+        for i, c in enumerate(members):
+            c.subscribe([topic_name], on_assign=lambda _c, parts, i=i: owned.__setitem__(
+                i, {p.partition for p in parts}))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (owned[0] and owned[1]):
+            for c in members:
+                c.poll(0.05)
+        assert owned == {0: {0}, 1: {1}}, owned
+        client = kafkautil.admin(broker.bootstrap)
+        desc = client.describe_consumer_groups([group], request_timeout=30)[group].result(30)
+        pattern = re.compile(r"^(c[01])-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+        for member in desc.members:
+            match = pattern.match(member.member_id)
+            assert match and match.group(1) == member.client_id, member.member_id
+    finally:
+        for c in members:
+            c.close()
