@@ -106,11 +106,15 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
         for (partition_index, wanted) in topic.partitions.iter().enumerate() {
             let name: &str = &topic.topic.0;
             let resolved = shard.route(name, wanted.partition).map(|owner| {
+                // No partition reads past the response's own limit (KIP-74): the first
+                // partition with data then fits it, unless its first batch alone is larger
+                // (returned whole, so a consumer always makes progress).
+                let partition_max_bytes = usize::try_from(wanted.partition_max_bytes).unwrap_or(0);
                 let part = FetchPart {
                     topic: name.to_owned(),
                     partition: wanted.partition,
                     offset: wanted.fetch_offset,
-                    max_bytes: usize::try_from(wanted.partition_max_bytes).unwrap_or(0),
+                    max_bytes: partition_max_bytes.min(max_bytes),
                 };
                 (owner, part)
             });

@@ -203,3 +203,36 @@ def test_retention_by_time_deletes_old_segments(broker_factory, topic_name):
     kafkautil.wait_for_topic(bootstrap, topic_name, 1)
     low_after, high_after = kafkautil.watermarks(bootstrap, topic_name, 1)[0]
     assert high_after == 700 and low_after >= low, (low, low_after, high_after)
+
+
+def test_a_fetch_answer_keeps_to_the_requests_max_bytes(broker, topic_name):
+    """fetch.max.bytes bounds the whole answer (KIP-74): with a larger per-partition limit,
+    the broker used to send every partition's bytes and librdkafka dropped the connection
+    ("Invalid response size") over and over (issue 18, bug 1)."""
+    import os
+
+    bootstrap = broker.bootstrap
+    partitions = 3
+    kafkautil.create_topic(bootstrap, topic_name, partitions)
+    value = os.urandom(900 * 1024)
+    per_partition = 4
+    records = [(p, b"k%d" % i, value) for p in range(partitions) for i in range(per_partition)]
+    results = produce(bootstrap, topic_name, records, **{"linger.ms": 0})
+    assert [r[0] for r in results] == [None] * len(records)
+    c = kafkautil.consumer(bootstrap, **{
+        "fetch.max.bytes": 1_000_000, "max.partition.fetch.bytes": 20_000_000,
+        "receive.message.max.bytes": 1_000_512, "auto.offset.reset": "earliest"})
+    try:
+        c.assign([TopicPartition(topic_name, p, 0) for p in range(partitions)])
+        got = {p: 0 for p in range(partitions)}
+        deadline = time.monotonic() + 60
+        while sum(got.values()) < len(records):
+            assert time.monotonic() < deadline, f"read {got} of {per_partition} each"
+            for msg in c.consume(num_messages=100, timeout=0.5):
+                if msg.error():
+                    raise KafkaException(msg.error())
+                assert msg.value() == value
+                got[msg.partition()] += 1
+        assert got == {p: per_partition for p in range(partitions)}
+    finally:
+        c.close()
