@@ -714,6 +714,43 @@ fn new_member_id(shard: &Shard, client_id: &str, instance_id: Option<&str>) -> S
     format!("{prefix}-{}", shard.env.random.uuid().hyphenated())
 }
 
+/// Ends a member's wait on a JoinGroup or SyncGroup however the request ends: answered, or
+/// dropped because its connection closed (a request whose coordinator is this shard runs in
+/// the connection's task). A member left marked `awaiting` would never expire, and the group
+/// would wait for it for minutes (issue 18, bug 3); from here its session timeout runs.
+struct Awaiting<'a> {
+    shard: &'a Shard,
+    group: String,
+    member: String,
+}
+
+impl<'a> Awaiting<'a> {
+    fn new(shard: &'a Shard, group: &str, member: &str) -> Self {
+        Self {
+            shard,
+            group: group.to_owned(),
+            member: member.to_owned(),
+        }
+    }
+}
+
+impl Drop for Awaiting<'_> {
+    fn drop(&mut self) {
+        // Never panic in drop: the map is not borrowed when a request ends, but if it were,
+        // the member would simply keep its flag until its next request.
+        let Ok(mut groups) = self.shard.groups.groups.try_borrow_mut() else {
+            return;
+        };
+        if let Some(member) = groups
+            .get_mut(&self.group)
+            .and_then(|group| group.members.get_mut(&self.member))
+        {
+            member.awaiting = false;
+            member.last_seen = self.shard.env.clock.now();
+        }
+    }
+}
+
 async fn join_local(
     shard: &Rc<Shard>,
     request: JoinGroupRequest,
@@ -874,6 +911,7 @@ async fn join_local(
     coordinator.changed.notify(usize::MAX);
 
     // Wait for the join phase to end.
+    let _awaiting = Awaiting::new(shard, &group_id, &member_id);
     loop {
         let listener = coordinator.changed.listen();
         {
@@ -885,7 +923,9 @@ async fn join_local(
                 return join_error(ResponseError::UnknownMemberId, &str_bytes(member_id));
             };
             if group.generation > generation_at_join {
-                member.awaiting = group.state == State::CompletingRebalance;
+                // Its SyncGroup is due within its session timeout, as Kafka expects: a member
+                // that never sends it is expired like a silent one.
+                member.awaiting = false;
                 member.last_seen = shard.env.clock.now();
                 return join_response(group, &member_id, version);
             }
@@ -1015,6 +1055,7 @@ async fn sync_local(
         response
     };
     let waited_since = shard.env.clock.now();
+    let _awaiting = Awaiting::new(shard, &group_id, &member_id);
     loop {
         let listener = coordinator.changed.listen();
         let timeout = {

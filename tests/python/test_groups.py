@@ -1029,3 +1029,62 @@ def test_member_ids_are_the_client_id_and_a_uuid_so_assignors_agree_with_kafka(b
     finally:
         for c in members:
             c.close()
+
+
+VANISHING_MEMBER = """
+import sys, time
+from confluent_kafka import Consumer
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": sys.argv[2],
+              "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
+              "auto.offset.reset": "earliest"})
+c.subscribe([sys.argv[3]])
+print("subscribed", flush=True)
+while True:
+    c.poll(0.05)
+"""
+
+
+def test_a_member_that_vanishes_mid_join_is_expired_and_the_group_moves_on(broker, topic_name):
+    """A member killed while its JoinGroup waits (no LeaveGroup) must expire after its session
+    timeout in whatever state the group is in, so the others rebalance and get its partitions
+    (issue 18, bug 3: it used to stay a member for minutes and the group stalled)."""
+    import signal
+    import subprocess
+    import sys
+
+    partitions = 4
+    kafkautil.create_topic(broker.bootstrap, topic_name, partitions)
+    group = f"vanish-{topic_name}"
+    stayer = group_consumer(broker.bootstrap, group)
+    owned: set[int] = set()
+
+    def assign(_c, parts):
+        owned.clear()
+        owned.update(p.partition for p in parts)
+
+    stayer.subscribe([topic_name], on_assign=assign)
+    try:
+        wait_until(lambda: stayer.poll(0.05) is None and len(owned) == partitions, 60,
+                   "the first member owns every partition", step=0)
+        child = subprocess.Popen([sys.executable, "-c", VANISHING_MEMBER, broker.bootstrap, group,
+                                  topic_name], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline().strip() == "subscribed"
+            # Its JoinGroup is sent and waits for the first member to rejoin (within its
+            # heartbeat interval): kill it in the middle of that.
+            time.sleep(0.5)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+        # The first member rejoins, the join completes with the dead member in it, and only
+        # its session timeout (6 s) can end its membership; then the survivor owns all again.
+        deadline = time.monotonic() + 45
+        saw_rebalance = False
+        while time.monotonic() < deadline:
+            stayer.poll(0.05)
+            saw_rebalance |= len(owned) < partitions
+            if saw_rebalance and len(owned) == partitions:
+                break
+        assert saw_rebalance and len(owned) == partitions, (saw_rebalance, owned)
+    finally:
+        stayer.close()
