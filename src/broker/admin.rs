@@ -346,10 +346,13 @@ fn new_topic(controller: &Shard, catalog: &Catalog, spec: &TopicSpec) -> Result<
         ));
     }
     if spec.replication_factor != 1 {
+        // Metadata may list several nodes (one per core), so "not enough brokers" would
+        // contradict it: say what is actually missing.
         return Err(AdminError::new(
             ResponseError::InvalidReplicationFactor,
             format!(
-                "replication factor {} is larger than the 1 available broker",
+                "replication factor {}: this broker keeps one replica of each partition \
+                 (replication between nodes is not supported yet); use 1",
                 spec.replication_factor
             ),
         ));
@@ -627,26 +630,31 @@ fn assigned_shards<'a>(
 ) -> Result<Vec<usize>, AdminError> {
     let topology = &shard.settings.topology;
     let mut load = shard.catalog.borrow().load_per_shard(topology.shards);
+    let known: Vec<i32> = topology.nodes().iter().map(|(node, _)| *node).collect();
     assignments
         .map(|nodes| {
-            let refused = || {
+            let ids: Vec<i32> = nodes.iter().map(|node| node.0).collect();
+            let [node] = nodes else {
+                return Err(AdminError::new(
+                    ResponseError::InvalidReplicaAssignment,
+                    format!(
+                        "a partition is assigned to {} nodes {ids:?}: this broker keeps one \
+                         replica of each partition (replication between nodes is not supported \
+                         yet); assign each partition to one of the nodes {known:?}",
+                        ids.len()
+                    ),
+                ));
+            };
+            let unknown = |_| {
                 AdminError::new(
                     ResponseError::InvalidReplicaAssignment,
                     format!(
-                        "each partition must be assigned to one of the nodes {:?}, got {:?}",
-                        topology
-                            .nodes()
-                            .iter()
-                            .map(|(node, _)| *node)
-                            .collect::<Vec<_>>(),
-                        nodes.iter().map(|node| node.0).collect::<Vec<_>>()
+                        "node {} is not one of this broker's nodes {known:?}",
+                        node.0
                     ),
                 )
             };
-            let [node] = nodes else {
-                return Err(refused());
-            };
-            let owner = match topology.shard_of(node.0).map_err(|_| refused())? {
+            let owner = match topology.shard_of(node.0).map_err(unknown)? {
                 Some(owner) => owner,
                 None => (0..load.len()).min_by_key(|&s| (load[s], s)).unwrap_or(0),
             };

@@ -217,9 +217,43 @@ def test_create_topic_errors(broker, topic_name):
         with pytest.raises(KafkaException) as error:
             futures[bad].result(timeout=ADMIN_TIMEOUT_S)
         assert error.value.args[0].code() == KafkaError.TOPIC_EXCEPTION, bad
+    # A replication factor sized from the brokers Metadata lists (one node per core), or an
+    # assignment over those nodes, is refused with what is actually missing, not with a
+    # message that contradicts Metadata (issue 18, bug 5).
+    nodes = sorted(client.list_topics(timeout=15).brokers)
+    assert len(nodes) == broker.cores
+    wide = f"{topic_name}-wide"
+    futures = client.create_topics([NewTopic(wide, num_partitions=1,
+                                             replication_factor=len(nodes))],
+                                   request_timeout=ADMIN_TIMEOUT_S)
+    with pytest.raises(KafkaException) as error:
+        futures[wide].result(timeout=ADMIN_TIMEOUT_S)
+    assert error.value.args[0].code() == KafkaError.INVALID_REPLICATION_FACTOR
+    message = error.value.args[0].str()
+    assert "one replica of each partition" in message and "available broker" not in message
+    futures = client.create_topics([NewTopic(wide, num_partitions=1, replication_factor=-1, replica_assignment=[nodes])],
+                                   request_timeout=ADMIN_TIMEOUT_S)
+    with pytest.raises(KafkaException) as error:
+        futures[wide].result(timeout=ADMIN_TIMEOUT_S)
+    assert error.value.args[0].code() == KafkaError.INVALID_REPLICA_ASSIGNMENT
+    message = error.value.args[0].str()
+    assert f"assigned to {len(nodes)} nodes" in message, message
+    futures = client.create_topics([NewTopic(wide, num_partitions=1, replication_factor=-1, replica_assignment=[[99]])],
+                                   request_timeout=ADMIN_TIMEOUT_S)
+    with pytest.raises(KafkaException) as error:
+        futures[wide].result(timeout=ADMIN_TIMEOUT_S)
+    assert "node 99 is not one of this broker's nodes" in error.value.args[0].str()
+    # One node per partition is accepted, and the partition lives on that node.
+    futures = client.create_topics([NewTopic(wide, num_partitions=1, replication_factor=-1, replica_assignment=[[nodes[-1]]])],
+                                   request_timeout=ADMIN_TIMEOUT_S)
+    futures[wide].result(timeout=ADMIN_TIMEOUT_S)
+    kafkautil.wait_for_topic(bootstrap, wide, 1)
+    leader = client.list_topics(wide, timeout=15).topics[wide].partitions[0].leader
+    assert leader == nodes[-1]
+
     md = client.list_topics(timeout=15)
     # __consumer_offsets is listed too, as Kafka lists it.
-    assert set(md.topics) - {"__consumer_offsets"} == {topic_name}
+    assert set(md.topics) - {"__consumer_offsets"} == {topic_name, wide}
     assert broker.alive()
 
 
