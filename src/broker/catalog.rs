@@ -233,6 +233,78 @@ impl Catalog {
     }
 }
 
+/// The catalog of host `host` as a metadata image describes the cluster: every topic, and for
+/// each partition its replicas, leader, epochs and ISR, with the shard of this host that keeps
+/// its replica (the core of the replica's node; a partition with no replica here keeps shard
+/// 0, which owns nothing of it, as `owner` is only asked for partitions this host serves).
+pub fn from_image(
+    image: &ringlog_cluster::MetadataImage,
+    host: ringlog_cluster::HostId,
+) -> Catalog {
+    let topics = image
+        .topics
+        .values()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|record| {
+                    let shard = record
+                        .replicas
+                        .iter()
+                        .find_map(|node| match node.split() {
+                            Some((h, core)) if h == host => usize::try_from(core).ok(),
+                            _ => None,
+                        })
+                        .unwrap_or(0);
+                    let ids =
+                        |nodes: &[ringlog_cluster::NodeId]| nodes.iter().map(|n| n.0).collect();
+                    PartitionState {
+                        shard,
+                        replicas: ids(&record.replicas),
+                        leader: record.leader.0,
+                        leader_epoch: record.leader_epoch,
+                        partition_epoch: record.partition_epoch,
+                        isr: ids(&record.isr),
+                    }
+                })
+                .collect();
+            let entry = Topic {
+                id: uuid::Uuid::from_u128(topic.id).simple().to_string(),
+                partitions,
+                configs: topic.configs.clone(),
+            };
+            (topic.name.clone(), entry)
+        })
+        .collect();
+    Catalog { topics }
+}
+
+/// What changed from `old` to `new`, as the changes every shard applies: topics added or
+/// changed (partitions, leaders, configs), then topics removed.
+pub fn changes(old: &Catalog, new: &Catalog) -> Vec<super::admin::Change> {
+    use super::admin::Change;
+    let mut changes: Vec<Change> = new
+        .topics
+        .iter()
+        .filter(|(name, topic)| old.topics.get(*name) != Some(*topic))
+        .map(|(name, topic)| Change::Upsert {
+            name: name.clone(),
+            topic: topic.clone(),
+        })
+        .collect();
+    changes.extend(
+        old.topics
+            .iter()
+            .filter(|(name, topic)| new.topics.get(*name).is_none_or(|t| t.id != topic.id))
+            .map(|(name, topic)| Change::Remove {
+                name: name.clone(),
+                topic: topic.clone(),
+            }),
+    );
+    changes
+}
+
 fn least_loaded(load: &[usize]) -> usize {
     load.iter()
         .enumerate()
@@ -336,6 +408,70 @@ mod tests {
         catalog.topics.insert("orders".into(), orders);
         catalog.save(dir.path()).expect("save");
         assert_eq!(Catalog::load(dir.path()).expect("load"), catalog);
+    }
+
+    #[test]
+    fn a_metadata_image_becomes_this_hosts_catalog_and_its_changes() {
+        use ringlog_cluster::records::{MetadataRecord, PartitionRecord};
+        use ringlog_cluster::{HostId, MetadataImage, NodeId, RecordBatch};
+
+        let partition = |index: u32, replicas: Vec<NodeId>| {
+            MetadataRecord::Partition(PartitionRecord {
+                topic: 7,
+                partition: index,
+                leader: replicas[0],
+                isr: replicas.clone(),
+                replicas,
+                leader_epoch: 3,
+                partition_epoch: 4,
+            })
+        };
+        let host = |h: u32, core: u32| NodeId::of(HostId(h), core);
+        let mut image = MetadataImage::default();
+        image.apply(
+            1,
+            &RecordBatch::new(vec![
+                MetadataRecord::Topic {
+                    name: "orders".into(),
+                    id: 7,
+                },
+                partition(0, vec![host(0, 1), host(1, 1)]),
+                partition(1, vec![host(1, 0), host(2, 0)]),
+            ]),
+        );
+        let catalog = from_image(&image, HostId(1));
+        let orders = &catalog.topics["orders"];
+        assert_eq!(orders.uuid(), uuid::Uuid::from_u128(7));
+        assert_eq!(
+            orders.owner(0),
+            Some(1),
+            "host 1 keeps partition 0 on core 1"
+        );
+        assert_eq!(orders.owner(1), Some(0));
+        assert_eq!(orders.partitions[0].leader, host(0, 1).0);
+        assert_eq!(orders.partitions[0].isr, vec![host(0, 1).0, host(1, 1).0]);
+        assert_eq!(orders.partitions[0].leader_epoch, 3);
+
+        let before = catalog.clone();
+        let mut moved = image.clone();
+        moved.apply(
+            2,
+            &RecordBatch::new(vec![partition(1, vec![host(2, 0), host(1, 0)])]),
+        );
+        let after = from_image(&moved, HostId(1));
+        let changed = changes(&before, &after);
+        assert!(
+            matches!(&changed[..], [super::super::admin::Change::Upsert { name, .. }] if name == "orders")
+        );
+        assert!(changes(&after, &after).is_empty());
+        moved.apply(
+            3,
+            &RecordBatch::new(vec![MetadataRecord::RemoveTopic { id: 7 }]),
+        );
+        let gone = changes(&after, &from_image(&moved, HostId(1)));
+        assert!(
+            matches!(&gone[..], [super::super::admin::Change::Remove { name, .. }] if name == "orders")
+        );
     }
 
     #[test]
