@@ -7,6 +7,7 @@
 //!   leader election), returning the records to propose.
 //! - [`quorum`]: one voter of the controller quorum (raft-rs) driving the controller, with
 //!   [`log`] (its log and what it persists) and [`codec`] (raft messages on the wire).
+//! - [`sim`]: a deterministic simulation of a quorum and its brokers from a seed.
 //!
 //! Time comes in as arguments (`now_ms`) and ids are drawn by the caller, so a simulation
 //! decides everything from a seed.
@@ -19,6 +20,7 @@ pub mod node;
 pub mod quorum;
 pub mod records;
 pub mod rng;
+pub mod sim;
 
 pub use controller::{check_topic_name, Controller, ControllerSettings, NewTopic, Refusal};
 pub use image::MetadataImage;
