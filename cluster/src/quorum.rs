@@ -446,6 +446,12 @@ impl ControllerNode {
         self.raw.raft.raft_log.committed
     }
 
+    /// Commands waiting for a decision, and the log index of the decision in flight.
+    pub fn decisions_pending(&self) -> (usize, Option<u64>) {
+        let in_flight = self.in_flight.as_ref().map(|in_flight| in_flight.index);
+        (self.queue.len(), in_flight)
+    }
+
     pub fn stats(&self) -> &NodeStats {
         &self.stats
     }

@@ -9,6 +9,9 @@
 //! a broker crashed (it stops heartbeating) and maybe restarted with a new incarnation.
 //! Clients create topics through whichever voter they think leads.
 //!
+//! When the faults stop, every voter and pending broker restarts, cuts heal and the network
+//! stops dropping messages (it still delays them).
+//!
 //! Checked after every event: at most one leader per term; a committed batch never changes
 //! (every voter's applied batches against one global record). After the faults stop and the
 //! cluster runs quiet: every voter's image is identical (and equal to the global record
@@ -40,8 +43,11 @@ use crate::rng::Rng;
 const TICK_INPUT_MS: u64 = 25;
 const HEARTBEAT_INTERVAL_MS: u64 = 250;
 const SESSION_TIMEOUT_MS: u64 = 2_000;
-/// A request without a reply after this long is sent again.
+/// A client request without a reply after this long is sent again.
 const REQUEST_TIMEOUT_MS: u64 = 1_500;
+/// A broker's heartbeat without a reply after this long is sent again: two heartbeat
+/// intervals, so a few lost requests do not cost a broker its session.
+const BROKER_REQUEST_TIMEOUT_MS: u64 = 2 * HEARTBEAT_INTERVAL_MS;
 const DROP_PER_MILLE: u64 = 20;
 const BROKER_HOST_BASE: u32 = 100;
 
@@ -464,11 +470,17 @@ impl Sim {
         let Some(to) = self.voter_hosts.iter().position(|&host| host == to) else {
             return;
         };
-        if self.voters[from].cut || self.voters[to].cut || self.rng.chance(DROP_PER_MILLE) {
+        if self.voters[from].cut || self.voters[to].cut || self.dropped() {
             return;
         }
         let delay_ms = self.rng.range(1, 21);
         self.schedule(self.now_ms + delay_ms, Event::Deliver { to, from, bytes });
+    }
+
+    /// Whether the network loses a message: only while faults happen, so the quiet period
+    /// shows where the cluster settles.
+    fn dropped(&mut self) -> bool {
+        self.chaos && self.rng.chance(DROP_PER_MILLE)
     }
 
     fn check_committed(
@@ -549,7 +561,7 @@ impl Sim {
 
     /// A request travels to `voter` (lost when either end is cut or by chance).
     fn request(&mut self, voter: usize, id: RequestId, command: Command) {
-        if self.voters[voter].cut || self.rng.chance(DROP_PER_MILLE) {
+        if self.voters[voter].cut || self.dropped() {
             return;
         }
         let delay_ms = self.rng.range(1, 21);
@@ -590,7 +602,7 @@ impl Sim {
         let now_ms = self.now_ms;
         let state = &self.brokers[broker];
         if let Some((_, sent_ms)) = state.outstanding {
-            if now_ms - sent_ms < REQUEST_TIMEOUT_MS {
+            if now_ms - sent_ms < BROKER_REQUEST_TIMEOUT_MS {
                 return;
             }
         }
@@ -884,10 +896,17 @@ impl Sim {
                     !registered.fenced && registered.registration.incarnation == broker.incarnation
                 });
                 if !live {
-                    return Err(self.failure(format!(
-                        "live broker {} is not registered and unfenced: {registered:?}",
-                        broker.host
-                    )));
+                    return Err(self.failure(
+                        format!(
+                        "live broker {} (epoch {:?}, applied {}, asking voter {}, request {:?}) \
+                         is not registered and unfenced: {registered:?}",
+                        broker.host,
+                        broker.epoch,
+                        broker.image.applied_index,
+                        broker.leader_guess,
+                        broker.outstanding
+                    ) + &self.voter_states(),
+                    ));
                 }
                 continue;
             }
@@ -906,6 +925,28 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Each voter's state, for a failure message.
+    fn voter_states(&self) -> String {
+        let states: Vec<String> = self
+            .voters
+            .iter()
+            .filter_map(|voter| voter.node.as_ref())
+            .map(|node| {
+                format!(
+                    "{}: term {} leader {} active {} applied {} commit {} pending {:?}",
+                    node.id(),
+                    node.term(),
+                    node.is_leader(),
+                    node.is_active(),
+                    node.applied_index(),
+                    node.commit_index(),
+                    node.decisions_pending()
+                )
+            })
+            .collect();
+        format!("; voters: {}", states.join("; "))
     }
 
     fn report(&self) -> SimReport {
