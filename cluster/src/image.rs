@@ -8,11 +8,20 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::node::{HostId, NodeId};
-use crate::records::{MetadataRecord, PartitionRecord, RecordBatch, Registration, TopicId};
+use crate::records::{
+    decode_versioned, encode_versioned, DecodeError, MetadataRecord, PartitionRecord, RecordBatch,
+    Registration, TopicId,
+};
+
+/// The largest encoded image accepted (a snapshot of the quorum's log): far above a cluster
+/// of 100k partitions, so a bigger one is damaged or hostile.
+pub const IMAGE_BYTES_MAX: usize = 48 << 20;
 
 /// A registered host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Broker {
     pub registration: Registration,
     /// The log index of its registration: requests carry it so a stale process is refused.
@@ -22,7 +31,7 @@ pub struct Broker {
     pub shut_down: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicImage {
     pub name: String,
     pub id: TopicId,
@@ -30,7 +39,7 @@ pub struct TopicImage {
     pub configs: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataImage {
     pub brokers: BTreeMap<HostId, Broker>,
     pub topics: BTreeMap<TopicId, TopicImage>,
@@ -42,6 +51,16 @@ pub struct MetadataImage {
 }
 
 impl MetadataImage {
+    /// `[version: u8][postcard-encoded image]`: a snapshot of the metadata log up to
+    /// `applied_index`, in the records' encoding version.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_versioned(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_versioned(bytes, IMAGE_BYTES_MAX)
+    }
+
     /// Applies the batch committed at log index `index` (indexes only grow).
     pub fn apply(&mut self, index: u64, batch: &RecordBatch) {
         debug_assert!(index > self.applied_index || self.applied_index == 0);

@@ -95,7 +95,7 @@ pub struct RecordBatch {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("metadata entry of {0} bytes is over the {BATCH_BYTES_MAX}-byte limit")]
+    #[error("metadata entry or image of {0} bytes is over its limit")]
     TooLarge(usize),
     #[error("metadata entry is empty")]
     Empty,
@@ -112,22 +112,34 @@ impl RecordBatch {
 
     /// `[version: u8][postcard-encoded batch]`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = vec![RECORD_VERSION];
-        let encoded = postcard::to_allocvec(self).expect("records always encode");
-        bytes.extend_from_slice(&encoded);
-        bytes
+        encode_versioned(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() > BATCH_BYTES_MAX {
-            return Err(DecodeError::TooLarge(bytes.len()));
-        }
-        let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if version != RECORD_VERSION {
-            return Err(DecodeError::Version(version));
-        }
-        postcard::from_bytes(body).map_err(|error| DecodeError::Malformed(error.to_string()))
+        decode_versioned(bytes, BATCH_BYTES_MAX)
     }
+}
+
+/// `[version: u8][postcard]`: the metadata log's encoding, of a batch or a whole image.
+pub(crate) fn encode_versioned<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = vec![RECORD_VERSION];
+    let encoded = postcard::to_allocvec(value).expect("records and images always encode");
+    bytes.extend_from_slice(&encoded);
+    bytes
+}
+
+pub(crate) fn decode_versioned<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    bytes_max: usize,
+) -> Result<T, DecodeError> {
+    if bytes.len() > bytes_max {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != RECORD_VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    postcard::from_bytes(body).map_err(|error| DecodeError::Malformed(error.to_string()))
 }
 
 #[cfg(test)]
