@@ -12,8 +12,9 @@
 //!   a base offset that does not continue the previous batch is flagged rather than fatal.
 //! - `.index` / `.timeindex` entries are checked against the batches of the sibling `.log`
 //!   (same stem), walked the same way. The engine never writes an all-zero entry (it indexes
-//!   only batches at position > 0), so trailing all-zero entries are the unused preallocated
-//!   space of an active segment's index and are summarised, not listed.
+//!   only batches at position > 0), so trailing all-zero entries are the unused space of an
+//!   active segment's index (a sparse file's hole reads as zeros) and are summarised, not
+//!   listed.
 //! - Records (`--print-data-log`) are decoded by kafka-protocol's `RecordBatchDecoder`, which
 //!   handles every codec. Before it sees the decompressed records, they are parsed by the
 //!   engine's strict parser and checked to use canonical varints: kafka-protocol sizes
@@ -618,7 +619,7 @@ fn write_index_tail<E>(out: &mut impl Write, index: &IndexFile<'_, E>) -> io::Re
     if index.unused > 0 {
         writeln!(
             out,
-            "{} unused entries (all zeros) after the last entry: preallocated index space",
+            "{} unused entries (all zeros) after the last entry: unused index space",
             index.unused
         )?;
     }

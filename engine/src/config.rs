@@ -11,7 +11,8 @@ pub struct LogConfig {
     pub segment_ms: i64,
     /// `index.interval.bytes`: bytes between sparse index entries (Kafka: 4096).
     pub index_interval_bytes: u64,
-    /// `segment.index.bytes`: capacity of each index file (Kafka: 10 MiB).
+    /// `segment.index.bytes`: capacity of each index file (Kafka: 10 MiB). The active
+    /// segment's files have this length but are sparse: they take blocks as entries arrive.
     pub segment_index_bytes: usize,
     /// `retention.ms`: delete segments whose newest record is older than this; -1 keeps all.
     pub retention_ms: i64,
@@ -28,8 +29,10 @@ pub struct LogConfig {
     pub flush_ms: i64,
     /// `message.timestamp.type`.
     pub message_timestamp_type: TimestampType,
-    /// `preallocate`: reserve each segment's blocks when it is created, so appends do not
-    /// allocate extents (which pushes io_uring completions to worker threads).
+    /// `preallocate`: reserve a segment's blocks ahead of its appends, in chunks that grow
+    /// with it, so appends do not allocate extents (which pushes io_uring completions to
+    /// worker threads). Reserved from the first write on, never for a segment nobody writes;
+    /// released (trimmed) when the segment is sealed or the log closed.
     pub preallocate: bool,
     /// With `preallocate`: while a partition's appends are small, write zeros a little ahead
     /// of them, so each append overwrites written blocks instead of converting preallocated

@@ -6,9 +6,25 @@
 //! so a slice of them is a plain cast of the mapped bytes.
 //!
 //! Invariants: entries are appended in increasing relative offset and position (and
-//! non-decreasing timestamp); only the first `len` entries are meaningful. The active
-//! segment's index files are preallocated to their capacity; a sealed segment's are trimmed to
-//! their entries. Which entries survive a crash is decided by recovery, not by this type.
+//! non-decreasing timestamp); only the first `len` entries are meaningful. Which entries
+//! survive a crash is decided by recovery, not by this type.
+//!
+//! # Sizing: sparse, allocated as the entries grow
+//! The active segment's index files are set to their capacity (`segment.index.bytes`) with
+//! `ftruncate` and never fallocated whole, as Kafka does: an idle partition's indexes are holes
+//! and cost no disk blocks, where fallocating them cost 25 MiB per partition (issue 17). A
+//! sealed segment's files are trimmed to their entries.
+//!
+//! A store into a mapped page of a hole needs a block, and on a full disk that is a SIGBUS,
+//! not an error. So before an entry is stored its bytes are allocated with `fallocate`, a step
+//! ([`ALLOCATE_STEP_BYTES`]) at a time ahead of the entries: a full disk then makes `push`
+//! return false (the index stays sparser, as when it is full), never a signal. A step is a
+//! small blocking syscall, once per a few thousand entries (megabytes of log).
+//!
+//! The unused tail of the file (hole or allocated, after a crash possibly stale entries past
+//! the trusted ones) is never read as entries: only the first `len` are, and recovery decides
+//! `len`. Tools that read the whole file see the hole as zeros, as they saw the zeroed blocks
+//! of a fallocated file.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -17,6 +33,10 @@ use std::path::{Path, PathBuf};
 
 use bytemuck::{Pod, Zeroable};
 use memmap2::MmapMut;
+
+/// Bytes of an index file allocated at a time ahead of its entries: 2,048 offset entries,
+/// about 8 MiB of log at Kafka's default `index.interval.bytes`.
+pub const ALLOCATE_STEP_BYTES: usize = 16 << 10;
 
 /// One `.index` entry: the batch starting at `position` has base offset `base + relative`.
 #[repr(C)]
@@ -83,6 +103,10 @@ pub struct MmapIndex<E> {
     file: File,
     map: Option<MmapMut>,
     len: usize,
+    /// The file's first `allocated_bytes` have blocks: entries may be stored there without a
+    /// fault needing one. Reset to 0 by every resize (a re-fallocate of allocated blocks is
+    /// cheap and asks for none), so it never claims more than is true.
+    allocated_bytes: usize,
     _entry: PhantomData<E>,
 }
 
@@ -104,6 +128,7 @@ impl<E: Pod> MmapIndex<E> {
             file,
             map: None,
             len: trusted_len.min(file_entries),
+            allocated_bytes: 0,
             _entry: PhantomData,
         };
         index.resize_file(capacity_bytes.max(index.len * Self::ENTRY_BYTES))?;
@@ -115,19 +140,39 @@ impl<E: Pod> MmapIndex<E> {
         Ok(std::fs::metadata(path)?.len() as usize / Self::ENTRY_BYTES)
     }
 
+    /// Sets the file's length (growing leaves a hole: see "Sizing") and maps it.
     fn resize_file(&mut self, bytes: usize) -> io::Result<()> {
         let bytes = bytes / Self::ENTRY_BYTES * Self::ENTRY_BYTES;
         self.map = None;
+        self.allocated_bytes = 0;
         self.file.set_len(bytes as u64)?;
         if bytes > 0 {
-            // Allocate the blocks now: a store into a mapped page of a sparse file that needs
-            // a block on a full disk is a SIGBUS, not an error. Failing here is an error.
-            allocate(&self.file, bytes)?;
             // SAFETY: the file is private to this shard's partition directory; nothing else
-            // truncates it while mapped (every resize drops the map first).
+            // truncates it while mapped (every resize drops the map first). Stores go only to
+            // allocated bytes (`push`), so a hole never faults on a full disk.
             self.map = Some(unsafe { MmapMut::map_mut(&self.file)? });
         }
         Ok(())
+    }
+
+    /// Makes sure the file's first `end` bytes have blocks, allocating up to the next step
+    /// boundary (within the mapped length). False when they cannot be allocated (a full disk).
+    fn allocate_through(&mut self, end: usize) -> bool {
+        if end <= self.allocated_bytes {
+            return true;
+        }
+        let mapped_bytes = self.map.as_ref().map_or(0, |m| m.len());
+        let target = end.next_multiple_of(ALLOCATE_STEP_BYTES).min(mapped_bytes);
+        if target < end {
+            return false;
+        }
+        // A failure is not reported: the index only stays sparser, and the full disk shows up
+        // as an error on the log's own writes.
+        if allocate(&self.file, self.allocated_bytes, target).is_err() {
+            return false;
+        }
+        self.allocated_bytes = target;
+        true
     }
 
     fn capacity(&self) -> usize {
@@ -157,12 +202,16 @@ impl<E: Pod> MmapIndex<E> {
         self.entries().last().copied()
     }
 
-    /// Appends an entry; returns false (and keeps the index sparser) when it is full.
+    /// Appends an entry; returns false (and keeps the index sparser) when it is full or its
+    /// bytes cannot be allocated.
     pub fn push(&mut self, entry: E) -> bool {
         if self.len >= self.capacity() {
             return false;
         }
         let at = self.len * Self::ENTRY_BYTES;
+        if !self.allocate_through(at + Self::ENTRY_BYTES) {
+            return false;
+        }
         let Some(map) = self.map.as_mut() else {
             return false;
         };
@@ -197,12 +246,15 @@ impl<E: Pod> MmapIndex<E> {
     }
 }
 
-fn allocate(file: &File, bytes: usize) -> io::Result<()> {
+/// Allocates blocks for `[from, to)` of `file`, within its length (mode 0 never changes the
+/// length of a file already that long, and leaves allocated blocks and their data alone).
+fn allocate(file: &File, from: usize, to: usize) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let len =
-        libc::off_t::try_from(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    let too_big = |_: std::num::TryFromIntError| io::Error::from_raw_os_error(libc::EFBIG);
+    let offset = libc::off_t::try_from(from).map_err(too_big)?;
+    let len = libc::off_t::try_from(to - from).map_err(too_big)?;
     // SAFETY: a plain syscall on a file descriptor this struct owns.
-    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) };
     if result == 0 {
         return Ok(());
     }
@@ -266,6 +318,57 @@ mod tests {
         let index = MmapIndex::<OffsetEntry>::open(&path, 0, usize::MAX).expect("reopen");
         assert_eq!(index.len(), 4);
         assert_eq!(index.last().map(|e| e.relative_offset()), Some(30));
+    }
+
+    /// An active index is set to its capacity but takes blocks only as entries arrive, a step
+    /// at a time; sealing trims it to its entries.
+    #[test]
+    fn an_active_index_is_a_hole_until_entries_fill_it() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.index");
+        let allocated_bytes =
+            |path: &Path| std::fs::metadata(path).expect("metadata").blocks() * 512;
+        let capacity_bytes = 10 << 20;
+        let mut index = MmapIndex::<OffsetEntry>::open(&path, capacity_bytes, 0).expect("open");
+        assert_eq!(
+            std::fs::metadata(&path).expect("metadata").len(),
+            capacity_bytes as u64
+        );
+        assert_eq!(
+            allocated_bytes(&path),
+            0,
+            "no blocks before the first entry"
+        );
+        assert!(index.entries().is_empty());
+        assert!(index.push(OffsetEntry::new(1, 4096)));
+        let step = ALLOCATE_STEP_BYTES as u64;
+        assert!(allocated_bytes(&path) <= step, "one step for one entry");
+        let per_step = ALLOCATE_STEP_BYTES / 8;
+        for i in 1..=per_step as u32 {
+            assert!(index.push(OffsetEntry::new(1 + i, 4096 * (1 + i))));
+        }
+        assert!(
+            allocated_bytes(&path) <= 2 * step,
+            "two steps for one step's entries + 1"
+        );
+        assert_eq!(index.len(), per_step + 1);
+        index.seal().expect("seal");
+        assert_eq!(
+            MmapIndex::<OffsetEntry>::file_entries(&path).expect("len"),
+            per_step + 1
+        );
+        // Unsealed again, the file is a hole past its entries and the entries are intact.
+        index.unseal(capacity_bytes).expect("unseal");
+        assert!(allocated_bytes(&path) <= 2 * step);
+        assert_eq!(
+            index.last(),
+            Some(OffsetEntry::new(
+                1 + per_step as u32,
+                4096 * (1 + per_step as u32)
+            ))
+        );
+        assert!(index.push(OffsetEntry::new(1 << 20, 1 << 30)));
     }
 
     #[test]

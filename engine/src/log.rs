@@ -883,11 +883,14 @@ async fn write_buffer(
     let pos = written.file_pos;
     let len = written.buffer.len();
     let end = pos + len as u64;
-    let must_wait = {
+    let (reservation, must_wait) = {
         let config = inner.config.borrow();
-        segment.reserve_ahead(end, &config);
-        segment.claim_append(pos, end, &config)
+        let reservation = segment.reserve_ahead(end, &config);
+        (reservation, segment.claim_append(pos, end, &config))
     };
+    if let Some(reservation) = reservation {
+        reservation.await;
+    }
     segment.wait_for_zeros(must_wait).await;
     let fault = inner
         .write_fault

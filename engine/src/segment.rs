@@ -78,8 +78,11 @@ pub struct Segment {
     pub(crate) index: RefCell<MmapIndex<OffsetEntry>>,
     pub(crate) time_index: RefCell<MmapIndex<TimeEntry>>,
     pub(crate) meta: RefCell<SegmentMeta>,
-    /// Length the `.log` file has been preallocated to (see `reserve_ahead`).
+    /// Length the `.log` file has been (or is being) preallocated to (see `reserve_ahead`); 0
+    /// when nothing is known to be (an opened segment).
     allocated: Cell<u64>,
+    /// One unit, held by a fallocate in flight and by a truncation.
+    reserving: Semaphore,
     /// The runway of zeros ahead of the appends (see "Zeroing ahead").
     zero: ZeroAhead,
 }
@@ -213,8 +216,11 @@ async fn open_dma(path: &Path, create: bool) -> Result<DmaFile, OpenError> {
     })
 }
 
-/// A segment's blocks are allocated this much at a time as it fills (`preallocate`).
-pub const PREALLOCATE_CHUNK_BYTES: u64 = 32 << 20;
+/// The most of a segment's blocks allocated at once as it fills (`preallocate`).
+pub const PREALLOCATE_CHUNK_BYTES_MAX: u64 = 32 << 20;
+/// The least: twice the zero runway, so that the runway (which stays within the preallocated
+/// length) is never cut short by it.
+pub const PREALLOCATE_CHUNK_BYTES_MIN: u64 = 2 * ZERO_RUNWAY_BYTES;
 
 impl Segment {
     /// Creates an empty segment with its files, preallocated as configured.
@@ -269,6 +275,7 @@ impl Segment {
             index: RefCell::new(index),
             time_index: RefCell::new(time_index),
             allocated: Cell::new(0),
+            reserving: Semaphore::new(1),
             zero: ZeroAhead::new(),
             meta: RefCell::new(SegmentMeta {
                 size_bytes: 0,
@@ -289,7 +296,9 @@ impl Segment {
         &self.log_path
     }
 
-    /// Gives the indexes room to grow and reserves the log's blocks.
+    /// Gives the indexes room to grow (sparse files: no blocks until entries arrive). The
+    /// log's blocks are not reserved here but by the first write ([`Self::reserve_ahead`]), so
+    /// a partition that is opened or rolled and never written costs no disk.
     pub(crate) async fn prepare_for_appends(&self, config: &LogConfig) -> Result<(), IoFailure> {
         for result in [
             self.index.borrow_mut().unseal(config.segment_index_bytes),
@@ -299,16 +308,12 @@ impl Segment {
         ] {
             result.map_err(|e| IoFailure::new("growing index of", &self.log_path, e))?;
         }
-        if config.preallocate {
-            let wanted = self.meta().size_bytes + PREALLOCATE_CHUNK_BYTES;
-            self.allocated.set(0);
-            self.reserve(wanted.min(config.segment_bytes)).await;
-        }
         Ok(())
     }
 
     /// Makes the file `len` bytes long with its blocks allocated (fallocate without
-    /// keep_size), unless it already is. Failure only costs speed: writes then extend the file.
+    /// keep_size); the caller has already recorded `len` in `allocated`. Failure only costs
+    /// speed: writes then extend the file.
     ///
     /// Not keep_size: the file gets its length now, so no write extends it. On ext4 a direct
     /// write that extends the file runs under the exclusive inode lock and waits for the
@@ -317,31 +322,52 @@ impl Segment {
     /// cost: after a crash the active segment ends in zeros up to its allocated length;
     /// recovery stops at the first zero chunk it reads.
     async fn reserve(&self, len: u64) {
-        if len <= self.allocated.get() {
-            return;
+        let _one_at_a_time = self.reserving.acquire_permit(1).await;
+        if len > self.allocated.get() {
+            return; // truncated since it was asked for: the blocks are not wanted
         }
-        self.allocated.set(len);
         if let Err(e) = self.file.pre_allocate(len, false).await {
             tracing::warn!(path = %self.log_path.display(), error = %e, "preallocation failed");
         }
     }
 
-    /// Called before each write ending at `end`: when the write comes within half a chunk of
-    /// the allocated length, the next chunk is allocated in a task of its own, so writes keep
-    /// landing in allocated blocks without waiting for it. A segment takes disk space as it
-    /// fills, a chunk at a time, not `segment.bytes` at creation (which put gigabytes on disk
-    /// for a few empty partitions).
-    pub(crate) fn reserve_ahead(self: &Rc<Self>, end: u64, config: &LogConfig) {
+    /// Called before each write ending at `end`. When the write comes within half a chunk of
+    /// the allocated length, the next chunk is allocated: in a task of its own while the write
+    /// still lies in allocated blocks (writes keep landing there without waiting for it), or,
+    /// when the write lies past them (the first write of a segment, or one that outran the
+    /// chunks), by the writer before its write goes out: the returned future. Waiting for a
+    /// fallocate costs less than a write that extends the file, which ext4 serializes.
+    ///
+    /// A segment takes disk space only once it is written, and as it fills: chunks grow with
+    /// the segment (its written length, between [`PREALLOCATE_CHUNK_BYTES_MIN`] and
+    /// [`PREALLOCATE_CHUNK_BYTES_MAX`]), so a lightly written partition reserves 2 MiB, not
+    /// 32 MiB, and what is reserved but unused is at most about the segment's size. Sealing
+    /// and closing truncate the file to its data, which releases it.
+    pub(crate) fn reserve_ahead(
+        self: &Rc<Self>,
+        end: u64,
+        config: &LogConfig,
+    ) -> Option<impl std::future::Future<Output = ()> + 'static> {
         let allocated = self.allocated.get();
-        if !config.preallocate
-            || allocated >= config.segment_bytes
-            || end + PREALLOCATE_CHUNK_BYTES / 2 <= allocated
+        let chunk = end.clamp(PREALLOCATE_CHUNK_BYTES_MIN, PREALLOCATE_CHUNK_BYTES_MAX);
+        if !config.preallocate || allocated >= config.segment_bytes || end + chunk / 2 <= allocated
         {
-            return;
+            return None;
         }
-        let target = (end.max(allocated) + PREALLOCATE_CHUNK_BYTES).min(config.segment_bytes);
+        let target = (end.max(allocated) + chunk)
+            .next_multiple_of(BLOCK_BYTES)
+            .min(config.segment_bytes);
+        // Recorded now, not when the fallocate completes: later writes do not ask again, and
+        // zero steps may be planned up to it (a write racing the fallocate is still correct,
+        // only slower).
+        self.allocated.set(target);
         let segment = Rc::clone(self);
-        glommio::spawn_local(async move { segment.reserve(target).await }).detach();
+        let reservation = async move { segment.reserve(target).await };
+        if end <= allocated {
+            glommio::spawn_local(reservation).detach();
+            return None;
+        }
+        Some(reservation)
     }
 
     /// Closes the segment's file now if nobody else holds the segment (otherwise the last
@@ -352,10 +378,15 @@ impl Segment {
         }
     }
 
-    /// Cuts the `.log` file to `size` bytes (this also frees its preallocation).
-    /// Waits for a zero step in flight first, and starts the runway afresh.
+    /// Cuts the `.log` file to `size` bytes (this also frees its preallocation, so the next
+    /// write reserves again). Waits for a zero step in flight first, and starts the runway
+    /// afresh.
     pub(crate) async fn truncate_file(&self, size: u64) -> Result<(), IoFailure> {
         let _step = self.zero.lock.acquire_permit(1).await;
+        // A fallocate in flight would extend the file again after the cut; one not yet started
+        // sees the lower `allocated` and does nothing.
+        let _reserving = self.reserving.acquire_permit(1).await;
+        self.allocated.set(self.allocated.get().min(size));
         let zero = &self.zero;
         zero.from.set(0);
         zero.to.set(0);

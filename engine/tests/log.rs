@@ -6,7 +6,8 @@ mod common;
 use std::rc::Rc;
 
 use common::{
-    append_batches, batch, manual_clock_options, run, split_batches, stored_form, test_dir,
+    allocated_bytes, append_batches, batch, manual_clock_options, read_all, run, split_batches,
+    stored_form, test_dir,
 };
 use ringlog_engine::batch::TimestampType;
 use ringlog_engine::{AppendError, LogConfig, OpenOptions, PartitionLog, ReadError, WriteFault};
@@ -17,23 +18,6 @@ fn small_segments() -> LogConfig {
         index_interval_bytes: 1024,
         ..LogConfig::default()
     }
-}
-
-/// Reads the whole log from `from`, checking that offsets are contiguous.
-async fn read_all(log: &PartitionLog, from: i64, max_bytes: usize) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut offset = from;
-    while offset < log.log_end_offset() {
-        let fetched = log.read(offset, max_bytes, None).await.expect("read");
-        assert!(!fetched.is_empty(), "no progress at {offset}");
-        for (header, bytes) in split_batches(fetched.bytes()) {
-            assert_eq!(header.base_offset, offset, "contiguous offsets");
-            offset = header.next_offset();
-            out.push(bytes);
-        }
-        assert_eq!(fetched.next_offset, offset);
-    }
-    out
 }
 
 #[test]
@@ -570,19 +554,15 @@ fn segments_are_preallocated_a_chunk_at_a_time() {
             .await
             .expect("open");
         let segment_file = path.join("00000000000000000000.log");
-        let allocated = |file: &std::path::Path| {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(file).expect("metadata").blocks() * 512
-        };
-        let chunk = ringlog_engine::segment::PREALLOCATE_CHUNK_BYTES;
+        let chunk = ringlog_engine::segment::PREALLOCATE_CHUNK_BYTES_MAX;
         assert!(
-            allocated(&segment_file) <= chunk,
+            allocated_bytes(&segment_file) <= chunk,
             "empty segment over one chunk"
         );
         // ~94 MiB (batches under max.message.bytes): several chunks.
         let expected = append_batches(&log, 100, 60, 16 * 1024).await;
         let written = log.size_bytes();
-        let on_disk = allocated(&segment_file);
+        let on_disk = allocated_bytes(&segment_file);
         assert!(
             on_disk >= written,
             "{on_disk} bytes allocated for {written}"

@@ -40,7 +40,7 @@ pub const TOPIC_CONFIGS: &[TopicConfigKey] = &[
     key("max.message.bytes", ConfigType::Int, "The largest record batch accepted."),
     key("message.timestamp.type", ConfigType::String, "CreateTime or LogAppendTime."),
     key("min.insync.replicas", ConfigType::Int, "Replicas that must have a write for acks=all (one node: only 1 is satisfiable)."),
-    key("preallocate", ConfigType::Boolean, "Reserve each segment's blocks when it is created."),
+    key("preallocate", ConfigType::Boolean, "Reserve a segment's blocks ahead of its appends."),
     key("retention.bytes", ConfigType::Long, "Delete old segments while the partition is larger than this; -1 keeps all."),
     key("retention.ms", ConfigType::Long, "Delete segments whose newest record is older than this; -1 keeps all."),
     key("segment.bytes", ConfigType::Int, "Roll to a new segment before one grows past this."),

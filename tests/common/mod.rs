@@ -3,8 +3,8 @@
 //! Each test gets its own broker on a free loopback port with a fresh data directory under
 //! `CARGO_TARGET_TMPDIR`: that directory is on the target's filesystem (O_DIRECT needs ext4
 //! or xfs; /tmp may be tmpfs). It is emptied when a broker starts, and removed when the
-//! broker stops unless the test is failing: segments are preallocated, so a passing test
-//! should not leave gigabytes behind, and a failing one leaves its `broker.log` to read.
+//! broker stops unless the test is failing: written segments are preallocated, so a passing
+//! test should not leave that behind, and a failing one leaves its `broker.log` to read.
 
 // Every test crate compiles this module on its own and uses only part of it.
 #![allow(dead_code)]

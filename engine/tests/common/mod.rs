@@ -96,3 +96,26 @@ pub fn manual_clock_options(now_ms: i64) -> (Rc<ManualClock>, OpenOptions) {
     };
     (clock, options)
 }
+
+/// Reads the whole log from `from`, checking that offsets are contiguous.
+pub async fn read_all(log: &PartitionLog, from: i64, max_bytes: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    while offset < log.log_end_offset() {
+        let fetched = log.read(offset, max_bytes, None).await.expect("read");
+        assert!(!fetched.is_empty(), "no progress at {offset}");
+        for (header, bytes) in split_batches(fetched.bytes()) {
+            assert_eq!(header.base_offset, offset, "contiguous offsets");
+            offset = header.next_offset();
+            out.push(bytes);
+        }
+        assert_eq!(fetched.next_offset, offset);
+    }
+    out
+}
+
+/// Disk blocks a file or directory takes (`st_blocks` are 512-byte units), not its length.
+pub fn allocated_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("metadata").blocks() * 512
+}
