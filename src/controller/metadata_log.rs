@@ -12,7 +12,9 @@
 //!
 //! `snapshot` holds `[crc32c: u32 LE][index u64][term u64][data]`, replaced whole (temporary
 //! file, fsync, rename). Saving a snapshot compacts `raft.log` to the entries after it, the
-//! same way, so replay at start is bounded by the compaction interval. The byte layout is also
+//! same way, so replay at start is bounded by the quorum's compaction interval. The log keeps
+//! those entries in memory too (the quorum's own [`Recovered`], folded batch by batch with
+//! `Recovered::absorb`), which is what it rewrites. The byte layout is also
 //! drawn in `docs/metadata-log.md`.
 //!
 //! All calls block: the controller runs on its own thread, never on a shard's executor.
@@ -21,6 +23,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use ringlog_cluster::log::{HardStateRecord, SnapshotRecord};
+use ringlog_cluster::quorum::{LogEntry, PersistBatch, Recovered};
 use thiserror::Error;
 
 /// Directory of the metadata log under the data directory.
@@ -36,38 +40,6 @@ const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const KIND_TRUNCATE: u8 = 3;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HardState {
-    pub term: u64,
-    pub vote: u64,
-    pub commit: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub index: u64,
-    pub term: u64,
-    pub data: Vec<u8>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
-    pub index: u64,
-    pub term: u64,
-    pub data: Vec<u8>,
-}
-
-/// What a controller recovers at start.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Recovered {
-    pub hard_state: HardState,
-    pub snapshot: Option<Snapshot>,
-    /// Entries after the snapshot, contiguous and in index order.
-    pub entries: Vec<Entry>,
-    /// Bytes of a torn tail cut off at open (0 after a clean stop).
-    pub torn_bytes: u64,
-}
-
 #[derive(Debug, Error)]
 pub enum MetadataLogError {
     #[error("metadata log {path}: {source}")]
@@ -82,11 +54,14 @@ pub enum MetadataLogError {
     },
 }
 
+/// One controller's durable log; see the module doc.
 pub struct MetadataLog {
     dir: PathBuf,
     file: File,
-    /// Index of the last entry appended (or the snapshot's, when there is none after it).
-    last_index: u64,
+    /// What is on disk (after the last sync): what a restart would recover.
+    durable: Recovered,
+    /// Bytes of a torn tail cut off at open.
+    torn_bytes: u64,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> MetadataLogError + '_ {
@@ -113,19 +88,20 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(slice.try_into().ok()?))
 }
 
-fn entry_body(entry: &Entry) -> Vec<u8> {
+fn entry_frame(entry: &LogEntry) -> Vec<u8> {
     let mut body = Vec::with_capacity(16 + entry.data.len());
     body.extend_from_slice(&entry.index.to_le_bytes());
     body.extend_from_slice(&entry.term.to_le_bytes());
     body.extend_from_slice(&entry.data);
-    body
+    frame(KIND_ENTRY, &body)
 }
 
-fn hard_state_body(state: HardState) -> Vec<u8> {
-    [state.term, state.vote, state.commit]
+fn hard_state_frame(state: HardStateRecord) -> Vec<u8> {
+    let body: Vec<u8> = [state.term, state.vote, state.commit]
         .iter()
         .flat_map(|value| value.to_le_bytes())
-        .collect()
+        .collect();
+    frame(KIND_HARD_STATE, &body)
 }
 
 /// The frames of `bytes` in order, as (kind, body), and how many bytes they span: reading stops
@@ -154,10 +130,13 @@ fn frames(bytes: &[u8]) -> (Vec<(u8, &[u8])>, usize) {
 
 impl MetadataLog {
     /// Opens (creating if new) the metadata log under `data_dir` and recovers it.
-    pub fn open(data_dir: &Path) -> Result<(Self, Recovered), MetadataLogError> {
+    pub fn open(data_dir: &Path) -> Result<Self, MetadataLogError> {
         let dir = data_dir.join(METADATA_DIR);
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-        let snapshot = read_snapshot(&dir)?;
+        let mut durable = Recovered {
+            snapshot: read_snapshot(&dir)?.unwrap_or_default(),
+            ..Recovered::default()
+        };
         let path = dir.join(LOG_FILE);
         let mut bytes = Vec::new();
         match File::open(&path) {
@@ -168,12 +147,7 @@ impl MetadataLog {
             Err(source) => return Err(MetadataLogError::Io { path, source }),
         }
         let (found, valid_bytes) = frames(&bytes);
-        let mut recovered = Recovered {
-            snapshot,
-            torn_bytes: (bytes.len() - valid_bytes) as u64,
-            ..Recovered::default()
-        };
-        let after = recovered.snapshot.as_ref().map_or(0, |s| s.index);
+        let after = durable.snapshot.index;
         for (kind, body) in found {
             match kind {
                 KIND_ENTRY => {
@@ -183,8 +157,8 @@ impl MetadataLog {
                     if index <= after {
                         continue;
                     }
-                    recovered.entries.retain(|entry| entry.index < index);
-                    let expected = recovered.entries.last().map_or(after + 1, |e| e.index + 1);
+                    durable.entries.retain(|entry| entry.index < index);
+                    let expected = durable.entries.last().map_or(after + 1, |e| e.index + 1);
                     if index != expected {
                         return Err(MetadataLogError::Gap {
                             path,
@@ -192,7 +166,7 @@ impl MetadataLog {
                             expected,
                         });
                     }
-                    recovered.entries.push(Entry {
+                    durable.entries.push(LogEntry {
                         index,
                         term,
                         data: body[16..].to_vec(),
@@ -204,13 +178,13 @@ impl MetadataLog {
                     else {
                         break;
                     };
-                    recovered.hard_state = HardState { term, vote, commit };
+                    durable.hard_state = HardStateRecord { term, vote, commit };
                 }
                 KIND_TRUNCATE => {
                     let Some(from) = u64_at(body, 0) else {
                         break;
                     };
-                    recovered.entries.retain(|entry| entry.index < from);
+                    durable.entries.retain(|entry| entry.index < from);
                 }
                 // A kind this build does not know: written by a newer one; stop reading here
                 // rather than guess.
@@ -223,85 +197,82 @@ impl MetadataLog {
             .append(true)
             .open(&path)
             .map_err(io_error(&path))?;
-        if recovered.torn_bytes > 0 {
+        let torn_bytes = (bytes.len() - valid_bytes) as u64;
+        if torn_bytes > 0 {
             file.set_len(valid_bytes as u64).map_err(io_error(&path))?;
             file.sync_data().map_err(io_error(&path))?;
         }
-        let last_index = recovered
-            .entries
-            .last()
-            .map(|entry| entry.index)
-            .unwrap_or(after);
-        Ok((
-            Self {
-                dir,
-                file,
-                last_index,
-            },
-            recovered,
-        ))
+        Ok(Self {
+            dir,
+            file,
+            durable,
+            torn_bytes,
+        })
+    }
+
+    /// What the log held when opened, folded with every batch persisted since.
+    pub fn recovered(&self) -> &Recovered {
+        &self.durable
+    }
+
+    /// Bytes of a torn tail cut off when the log was opened.
+    pub fn torn_bytes(&self) -> u64 {
+        self.torn_bytes
     }
 
     fn log_path(&self) -> PathBuf {
         self.dir.join(LOG_FILE)
     }
 
-    /// Appends entries; an entry at or below the last one replaces it and everything after it
-    /// (Raft overwriting an uncommitted tail). Durable after [`MetadataLog::sync`].
-    pub fn append(&mut self, entries: &[Entry]) -> Result<(), MetadataLogError> {
-        let Some(first) = entries.first() else {
+    /// Makes `batch` durable (fdatasync, or the replace-and-fsync of a snapshot) before it
+    /// returns: the quorum may then count it. In order: the snapshot, the entries (one at an
+    /// index already held replaces it and everything after), the hard state.
+    pub fn persist(&mut self, batch: &PersistBatch) -> Result<(), MetadataLogError> {
+        if batch.is_empty() {
             return Ok(());
-        };
-        let mut bytes = Vec::new();
-        if first.index <= self.last_index {
-            bytes.extend(frame(KIND_TRUNCATE, &first.index.to_le_bytes()));
         }
-        let mut expected = first.index;
-        for entry in entries {
-            assert_eq!(entry.index, expected, "entries appended in index order");
-            expected += 1;
-            bytes.extend(frame(KIND_ENTRY, &entry_body(entry)));
+        let last_index = self
+            .durable
+            .entries
+            .last()
+            .map_or(self.durable.snapshot.index, |entry| entry.index);
+        self.durable.absorb(batch);
+        if batch.snapshot.is_some() {
+            return self.rewrite();
+        }
+        let mut bytes = Vec::new();
+        if let Some(first) = batch.entries.first() {
+            if first.index <= last_index {
+                bytes.extend(frame(KIND_TRUNCATE, &first.index.to_le_bytes()));
+            }
+        }
+        for entry in &batch.entries {
+            bytes.extend(entry_frame(entry));
+        }
+        if let Some(state) = batch.hard_state {
+            bytes.extend(hard_state_frame(state));
         }
         let path = self.log_path();
         self.file.write_all(&bytes).map_err(io_error(&path))?;
-        self.last_index = expected - 1;
-        Ok(())
-    }
-
-    pub fn set_hard_state(&mut self, state: HardState) -> Result<(), MetadataLogError> {
-        let path = self.log_path();
-        self.file
-            .write_all(&frame(KIND_HARD_STATE, &hard_state_body(state)))
-            .map_err(io_error(&path))
-    }
-
-    /// Makes everything appended so far durable.
-    pub fn sync(&mut self) -> Result<(), MetadataLogError> {
-        let path = self.log_path();
         self.file.sync_data().map_err(io_error(&path))
     }
 
-    /// Saves `snapshot` durably and compacts the log to `entries` (those after it) and `state`.
-    pub fn save_snapshot(
-        &mut self,
-        snapshot: &Snapshot,
-        state: HardState,
-        entries: &[Entry],
-    ) -> Result<(), MetadataLogError> {
-        let mut contents = Vec::with_capacity(20 + snapshot.data.len());
+    /// Writes the snapshot, then the log as the hard state and the entries after the snapshot,
+    /// each replaced whole. A crash between the two leaves the new snapshot and the old log,
+    /// whose entries it covers are skipped at open.
+    fn rewrite(&mut self) -> Result<(), MetadataLogError> {
+        let snapshot = &self.durable.snapshot;
         let mut body = Vec::with_capacity(16 + snapshot.data.len());
         body.extend_from_slice(&snapshot.index.to_le_bytes());
         body.extend_from_slice(&snapshot.term.to_le_bytes());
         body.extend_from_slice(&snapshot.data);
-        contents.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        let mut contents = crc32c::crc32c(&body).to_le_bytes().to_vec();
         contents.extend_from_slice(&body);
         crate::broker::durable::replace_file(&self.dir, SNAPSHOT_FILE, &contents)
             .map_err(io_error(&self.dir.join(SNAPSHOT_FILE)))?;
-        // The snapshot is durable: the entries it covers may go. A crash before the log is
-        // replaced leaves the old log, whose covered entries are skipped at open.
-        let mut log = frame(KIND_HARD_STATE, &hard_state_body(state));
-        for entry in entries.iter().filter(|entry| entry.index > snapshot.index) {
-            log.extend(frame(KIND_ENTRY, &entry_body(entry)));
+        let mut log = hard_state_frame(self.durable.hard_state);
+        for entry in &self.durable.entries {
+            log.extend(entry_frame(entry));
         }
         crate::broker::durable::replace_file(&self.dir, LOG_FILE, &log)
             .map_err(io_error(&self.log_path()))?;
@@ -310,14 +281,11 @@ impl MetadataLog {
             .append(true)
             .open(&path)
             .map_err(io_error(&path))?;
-        self.last_index = entries
-            .last()
-            .map_or(snapshot.index, |entry| entry.index.max(snapshot.index));
         Ok(())
     }
 }
 
-fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, MetadataLogError> {
+fn read_snapshot(dir: &Path) -> Result<Option<SnapshotRecord>, MetadataLogError> {
     let path = dir.join(SNAPSHOT_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -336,7 +304,7 @@ fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, MetadataLogError> {
     let (Some(index), Some(term)) = (u64_at(body, 0), u64_at(body, 8)) else {
         return Err(damaged());
     };
-    Ok(Some(Snapshot {
+    Ok(Some(SnapshotRecord {
         index,
         term,
         data: body[16..].to_vec(),
@@ -347,102 +315,120 @@ fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, MetadataLogError> {
 mod tests {
     use super::*;
 
-    fn entry(index: u64, term: u64) -> Entry {
-        Entry {
+    fn entry(index: u64, term: u64) -> LogEntry {
+        LogEntry {
             index,
             term,
             data: format!("record {index}@{term}").into_bytes(),
         }
     }
 
+    fn batch(number: u64, entries: Vec<LogEntry>, state: Option<HardStateRecord>) -> PersistBatch {
+        PersistBatch {
+            number,
+            snapshot: None,
+            entries,
+            hard_state: state,
+        }
+    }
+
     #[test]
     fn entries_and_hard_state_survive_a_reopen() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (mut log, recovered) = MetadataLog::open(dir.path()).expect("open");
-        assert_eq!(recovered, Recovered::default());
-        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
-            .expect("append");
-        let state = HardState {
+        let mut log = MetadataLog::open(dir.path()).expect("open");
+        assert_eq!(log.recovered(), &Recovered::default());
+        let state = HardStateRecord {
             term: 2,
             vote: 3,
             commit: 2,
         };
-        log.set_hard_state(state).expect("state");
+        log.persist(&batch(1, vec![entry(1, 1), entry(2, 1), entry(3, 1)], None))
+            .expect("persist");
         // A new leader overwrote the uncommitted entry 3.
-        log.append(&[entry(3, 2), entry(4, 2)]).expect("overwrite");
-        log.sync().expect("sync");
+        log.persist(&batch(2, vec![entry(3, 2), entry(4, 2)], Some(state)))
+            .expect("overwrite");
+        let expected = log.recovered().clone();
         drop(log);
-        let (_, recovered) = MetadataLog::open(dir.path()).expect("reopen");
-        assert_eq!(recovered.hard_state, state);
+        let log = MetadataLog::open(dir.path()).expect("reopen");
+        assert_eq!(log.recovered(), &expected);
+        assert_eq!(log.recovered().hard_state, state);
         assert_eq!(
-            recovered.entries,
+            log.recovered().entries,
             vec![entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)]
         );
-        assert_eq!(recovered.torn_bytes, 0);
+        assert_eq!(log.torn_bytes(), 0);
     }
 
     #[test]
     fn a_torn_tail_is_cut_at_every_length() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (mut log, _) = MetadataLog::open(dir.path()).expect("open");
-        log.append(&[entry(1, 1)]).expect("append");
-        log.sync().expect("sync");
-        let synced = std::fs::metadata(dir.path().join(METADATA_DIR).join(LOG_FILE))
-            .expect("stat")
-            .len();
-        log.append(&[entry(2, 1)]).expect("append");
-        drop(log);
         let path = dir.path().join(METADATA_DIR).join(LOG_FILE);
+        let mut log = MetadataLog::open(dir.path()).expect("open");
+        log.persist(&batch(1, vec![entry(1, 1)], None))
+            .expect("persist");
+        let synced = std::fs::metadata(&path).expect("stat").len();
+        log.persist(&batch(2, vec![entry(2, 1)], None))
+            .expect("persist");
+        drop(log);
         let full = std::fs::read(&path).expect("read");
         for cut in synced as usize..full.len() {
             std::fs::write(&path, &full[..cut]).expect("tear");
-            let (mut log, recovered) = MetadataLog::open(dir.path()).expect("recovers");
-            assert_eq!(recovered.entries, vec![entry(1, 1)], "cut at {cut}");
-            assert_eq!(recovered.torn_bytes, cut as u64 - synced);
+            let mut log = MetadataLog::open(dir.path()).expect("recovers");
+            assert_eq!(log.recovered().entries, vec![entry(1, 1)], "cut at {cut}");
+            assert_eq!(log.torn_bytes(), cut as u64 - synced);
             // Appending after the cut tail continues the log.
-            log.append(&[entry(2, 1)]).expect("append");
-            log.sync().expect("sync");
+            log.persist(&batch(2, vec![entry(2, 1)], None))
+                .expect("persist");
             drop(log);
-            let (_, again) = MetadataLog::open(dir.path()).expect("reopen");
-            assert_eq!(again.entries, vec![entry(1, 1), entry(2, 1)]);
+            let again = MetadataLog::open(dir.path()).expect("reopen");
+            assert_eq!(again.recovered().entries, vec![entry(1, 1), entry(2, 1)]);
         }
         // A flipped bit in the last frame: the same, never a misread entry.
         let mut flipped = full.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
         std::fs::write(&path, &flipped).expect("flip");
-        let (_, recovered) = MetadataLog::open(dir.path()).expect("recovers");
-        assert_eq!(recovered.entries, vec![entry(1, 1)]);
+        let log = MetadataLog::open(dir.path()).expect("recovers");
+        assert_eq!(log.recovered().entries, vec![entry(1, 1)]);
     }
 
     #[test]
     fn a_snapshot_compacts_the_log_and_bounds_replay() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (mut log, _) = MetadataLog::open(dir.path()).expect("open");
-        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
-        log.append(&entries).expect("append");
-        let state = HardState {
+        let mut log = MetadataLog::open(dir.path()).expect("open");
+        let state = HardStateRecord {
             term: 1,
             vote: 1,
             commit: 10,
         };
-        log.set_hard_state(state).expect("state");
-        log.sync().expect("sync");
-        let snapshot = Snapshot {
+        log.persist(&batch(
+            1,
+            (1..=10).map(|i| entry(i, 1)).collect(),
+            Some(state),
+        ))
+        .expect("persist");
+        let snapshot = SnapshotRecord {
             index: 8,
             term: 1,
             data: b"image at 8".to_vec(),
         };
-        log.save_snapshot(&snapshot, state, &entries)
-            .expect("snapshot");
-        log.append(&[entry(11, 2)]).expect("append after");
-        log.sync().expect("sync");
+        let with_snapshot = PersistBatch {
+            number: 2,
+            snapshot: Some(snapshot.clone()),
+            entries: Vec::new(),
+            hard_state: None,
+        };
+        log.persist(&with_snapshot).expect("snapshot");
+        log.persist(&batch(3, vec![entry(11, 2)], None))
+            .expect("after");
+        let expected = log.recovered().clone();
         drop(log);
-        let (_, recovered) = MetadataLog::open(dir.path()).expect("reopen");
-        assert_eq!(recovered.snapshot, Some(snapshot));
-        assert_eq!(recovered.hard_state, state);
+        let log = MetadataLog::open(dir.path()).expect("reopen");
+        assert_eq!(log.recovered(), &expected);
+        assert_eq!(log.recovered().snapshot, snapshot);
+        assert_eq!(log.recovered().hard_state, state);
         assert_eq!(
-            recovered.entries,
+            log.recovered().entries,
             vec![entry(9, 1), entry(10, 1), entry(11, 2)]
         );
         // A damaged snapshot is an error, not an empty cluster.
