@@ -30,11 +30,33 @@ pub struct ControllerSettings {
     pub session_timeout_ms: u64,
 }
 
-/// A refusal, as Kafka reports it.
-#[derive(Debug, Clone, PartialEq)]
+/// A refusal, as Kafka reports it. On a controller link the code travels as its Kafka number.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Refusal {
+    #[serde(with = "kafka_code")]
     pub code: ResponseError,
     pub message: String,
+}
+
+/// `ResponseError` as its Kafka code; a code this build does not know reads as
+/// UNKNOWN_SERVER_ERROR rather than failing the whole message.
+mod kafka_code {
+    use kafka_protocol::ResponseError;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        code: &ResponseError,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i16(code.code())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<ResponseError, D::Error> {
+        let code = i16::deserialize(deserializer)?;
+        Ok(ResponseError::try_from_code(code).unwrap_or(ResponseError::UnknownServerError))
+    }
 }
 
 impl Refusal {
@@ -47,7 +69,7 @@ impl Refusal {
 }
 
 /// A topic to create: its id is drawn by the caller (this state machine draws nothing).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewTopic {
     pub name: String,
     pub id: TopicId,
@@ -60,7 +82,7 @@ pub struct NewTopic {
 }
 
 /// What a heartbeat is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HeartbeatAnswer {
     pub fenced: bool,
     /// The host asked to shut down and leads nothing any more: it may stop.

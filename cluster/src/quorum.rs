@@ -103,7 +103,7 @@ pub enum Input {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     Register(Registration),
     Heartbeat {
@@ -126,7 +126,7 @@ pub enum Command {
     ElectPreferred,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Reply {
     /// The broker epoch: the log index of the entry that registered it.
     Registered {
@@ -144,7 +144,7 @@ pub enum Reply {
 }
 
 /// Why a command as a whole was not carried out.
-#[derive(Debug, Clone, PartialEq, Error)]
+#[derive(Debug, Clone, PartialEq, Error, serde::Serialize, serde::Deserialize)]
 pub enum CommandError {
     /// This voter does not lead (or stopped leading before the command committed; it may
     /// still commit). `leader`: the leader it knows of.
