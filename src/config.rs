@@ -37,7 +37,8 @@ or from the TOML file given by --config (keys: listen, advertised_listener, data
 node_id, socket_request_max_bytes, auto_create_topics_enable, num_partitions, \
 log_retention_check_interval_ms, node_per_shard, pin_cores, group_initial_rebalance_delay_ms, \
 group_consumer_heartbeat_interval_ms, group_consumer_session_timeout_ms, \
-fetch_cache_bytes, fetch_send). Flags win over the environment, which wins over the \
+fetch_cache_bytes, fetch_send, process_roles, controller_listen, controller_quorum_voters, \
+broker_session_timeout_ms). Flags win over the environment, which wins over the \
 file, which wins over the defaults. Logging is filtered by RUST_LOG (default: info).";
 
 /// `ringlog serve` flags. Every value is optional here so that a missing flag falls through to
@@ -122,6 +123,87 @@ pub struct ServeArgs {
     /// [env: RINGLOG_FETCH_SEND] [default: auto]
     #[arg(long, value_name = "MODE")]
     pub fetch_send: Option<FetchSend>,
+    /// What this node runs, as in KRaft: `broker`, `controller` or both. A controller is a
+    /// voter of the quorum in --controller-quorum-voters, listening on --controller-listen;
+    /// without voters the node is a one-node cluster with no quorum (as before)
+    /// [env: RINGLOG_PROCESS_ROLES] [default: broker,controller]
+    #[arg(long, value_name = "ROLES")]
+    pub process_roles: Option<ProcessRoles>,
+    /// Address this node's controller listens on for the other voters and for brokers
+    /// [env: RINGLOG_CONTROLLER_LISTEN] [default: this node's address in the voters]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub controller_listen: Option<HostPort>,
+    /// The controller quorum: every voter's node id and controller address
+    /// [env: RINGLOG_CONTROLLER_QUORUM_VOTERS] [default: none, a one-node cluster]
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    pub controller_quorum_voters: Option<QuorumVoters>,
+    /// A broker that has not heartbeat to the controller for this long is fenced and its
+    /// leaderships move, Kafka's broker.session.timeout.ms
+    /// [env: RINGLOG_BROKER_SESSION_TIMEOUT_MS] [default: 1500]
+    #[arg(long, value_name = "MS")]
+    pub broker_session_timeout_ms: Option<u64>,
+}
+
+/// `--process-roles`: `broker`, `controller`, or both, comma separated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessRoles {
+    pub broker: bool,
+    pub controller: bool,
+}
+
+impl Default for ProcessRoles {
+    fn default() -> Self {
+        Self {
+            broker: true,
+            controller: true,
+        }
+    }
+}
+
+impl FromStr for ProcessRoles {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut roles = Self {
+            broker: false,
+            controller: false,
+        };
+        for role in text.split(',').map(str::trim) {
+            match role {
+                "broker" => roles.broker = true,
+                "controller" => roles.controller = true,
+                other => return Err(format!("{other:?} is not a role (broker, controller)")),
+            }
+        }
+        Ok(roles)
+    }
+}
+
+/// `--controller-quorum-voters`: `ID@HOST:PORT,...`, Kafka's controller.quorum.voters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuorumVoters(pub std::collections::BTreeMap<u32, HostPort>);
+
+impl FromStr for QuorumVoters {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut voters = std::collections::BTreeMap::new();
+        for voter in text.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+            let (id, address) = voter
+                .split_once('@')
+                .ok_or_else(|| format!("{voter:?} is not ID@HOST:PORT"))?;
+            let id: u32 = id
+                .parse()
+                .map_err(|_| format!("{id:?} in {voter:?} is not a node id"))?;
+            if voters.insert(id, address.parse()?).is_some() {
+                return Err(format!("voter {id} is named twice"));
+            }
+        }
+        if voters.is_empty() {
+            return Err("no voters".to_owned());
+        }
+        Ok(Self(voters))
+    }
 }
 
 /// A `host:port` pair as written by the user; the host may be a name or an IP (IPv6 in
@@ -220,6 +302,12 @@ pub struct Layer {
     pub fetch_cache_bytes: Option<usize>,
     #[serde(default, deserialize_with = "from_text")]
     pub fetch_send: Option<FetchSend>,
+    #[serde(default, deserialize_with = "from_text")]
+    pub process_roles: Option<ProcessRoles>,
+    pub controller_listen: Option<HostPort>,
+    #[serde(default, deserialize_with = "from_text")]
+    pub controller_quorum_voters: Option<QuorumVoters>,
+    pub broker_session_timeout_ms: Option<u64>,
 }
 
 /// Deserializes a setting from its text form (its `FromStr`).
@@ -252,6 +340,10 @@ impl Layer {
             group_consumer_session_timeout_ms: args.group_consumer_session_timeout_ms,
             fetch_cache_bytes: args.fetch_cache_bytes,
             fetch_send: args.fetch_send,
+            process_roles: args.process_roles,
+            controller_listen: args.controller_listen.clone(),
+            controller_quorum_voters: args.controller_quorum_voters.clone(),
+            broker_session_timeout_ms: args.broker_session_timeout_ms,
         }
     }
 
@@ -286,6 +378,10 @@ impl Layer {
             )?,
             fetch_cache_bytes: env_value(lookup, "RINGLOG_FETCH_CACHE_BYTES")?,
             fetch_send: env_value(lookup, "RINGLOG_FETCH_SEND")?,
+            process_roles: env_value(lookup, "RINGLOG_PROCESS_ROLES")?,
+            controller_listen: env_value(lookup, "RINGLOG_CONTROLLER_LISTEN")?,
+            controller_quorum_voters: env_value(lookup, "RINGLOG_CONTROLLER_QUORUM_VOTERS")?,
+            broker_session_timeout_ms: env_value(lookup, "RINGLOG_BROKER_SESSION_TIMEOUT_MS")?,
         })
     }
 
@@ -336,6 +432,18 @@ pub struct ServeConfig {
     pub group_consumer_session_timeout_ms: u64,
     pub fetch_cache_bytes: usize,
     pub fetch_send: FetchSend,
+    pub process_roles: ProcessRoles,
+    /// The controller quorum; `None`: a one-node cluster with no quorum.
+    pub quorum: Option<QuorumConfig>,
+}
+
+/// This node's place in a controller quorum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumConfig {
+    pub voters: QuorumVoters,
+    /// Where this node's controller listens (a controller only).
+    pub controller_listen: Option<HostPort>,
+    pub broker_session_timeout_ms: u64,
 }
 
 impl ServeConfig {
@@ -423,10 +531,51 @@ pub fn resolve(
         fetch_cache_bytes: first(&layers, |layer| layer.fetch_cache_bytes)
             .unwrap_or(DEFAULT_FETCH_CACHE_BYTES),
         fetch_send: first(&layers, |layer| layer.fetch_send).unwrap_or_default(),
+        process_roles: first(&layers, |layer| layer.process_roles).unwrap_or_default(),
+        quorum: resolve_quorum(&layers)?,
         listen,
     };
     check_ranges(&config, cores_available)?;
     Ok(config)
+}
+
+/// The quorum settings: none without voters (a one-node cluster). A controller's listen
+/// address defaults to its own entry in the voters.
+fn resolve_quorum(layers: &[&Layer]) -> Result<Option<QuorumConfig>, ConfigError> {
+    let Some(voters) = first(layers, |layer| layer.controller_quorum_voters.clone()) else {
+        return Ok(None);
+    };
+    let node_id = first(layers, |layer| layer.node_id).unwrap_or(DEFAULT_NODE_ID);
+    let roles = first(layers, |layer| layer.process_roles).unwrap_or_default();
+    let own = u32::try_from(node_id)
+        .ok()
+        .and_then(|id| voters.0.get(&id).cloned());
+    let controller_listen = match (roles.controller, own) {
+        (false, _) => None,
+        (true, Some(own)) => {
+            Some(first(layers, |layer| layer.controller_listen.clone()).unwrap_or(own))
+        }
+        (true, None) => {
+            return Err(ConfigError::OutOfRange {
+                setting: "controller_quorum_voters",
+                expected: format!("to name this controller's node id {node_id}"),
+                value: format!("{:?}", voters.0.keys().collect::<Vec<_>>()),
+            })
+        }
+    };
+    let session = first(layers, |layer| layer.broker_session_timeout_ms).unwrap_or(1500);
+    if session < 100 {
+        return Err(ConfigError::OutOfRange {
+            setting: "broker_session_timeout_ms",
+            expected: "100 or more".to_owned(),
+            value: session.to_string(),
+        });
+    }
+    Ok(Some(QuorumConfig {
+        voters,
+        controller_listen,
+        broker_session_timeout_ms: session,
+    }))
 }
 
 /// The value of the first layer (highest precedence first) that sets it.
@@ -510,6 +659,43 @@ mod tests {
                 .map(|(_, value)| value.clone())
         };
         Layer::from_env(&lookup).expect("valid environment")
+    }
+
+    #[test]
+    fn quorum_settings_parse_and_default_to_a_one_node_cluster() {
+        let none =
+            resolve(&Layer::default(), &Layer::default(), &Layer::default(), 2).expect("valid");
+        assert_eq!(none.quorum, None);
+        assert_eq!(none.process_roles, ProcessRoles::default());
+
+        let roles: ProcessRoles = "controller".parse().expect("roles");
+        assert!(roles.controller && !roles.broker);
+        assert!("broker,controller".parse::<ProcessRoles>().is_ok());
+        assert!("broker,tester".parse::<ProcessRoles>().is_err());
+        let voters: QuorumVoters = "0@127.0.0.1:9093,1@127.0.0.2:9093".parse().expect("voters");
+        assert_eq!(voters.0[&1], host_port("127.0.0.2:9093"));
+        for bad in ["", "0@", "x@h:1", "0@h:1,0@h:2", "0h:1"] {
+            assert!(bad.parse::<QuorumVoters>().is_err(), "{bad}");
+        }
+
+        let lookup = |name: &str| match name {
+            "RINGLOG_CONTROLLER_QUORUM_VOTERS" => Some("0@127.0.0.1:9093,1@127.0.0.2:9093".into()),
+            "RINGLOG_NODE_ID" => Some("1".into()),
+            "RINGLOG_PROCESS_ROLES" => Some("controller".into()),
+            _ => None,
+        };
+        let env = Layer::from_env(&lookup).expect("env");
+        let config = resolve(&Layer::default(), &env, &Layer::default(), 2).expect("valid");
+        let quorum = config.quorum.expect("a quorum");
+        assert_eq!(quorum.controller_listen, Some(host_port("127.0.0.2:9093")));
+        assert_eq!(quorum.broker_session_timeout_ms, 1500);
+        // A controller must be one of the voters.
+        let stranger = |name: &str| match name {
+            "RINGLOG_NODE_ID" => Some("5".into()),
+            other => lookup(other),
+        };
+        let env = Layer::from_env(&stranger).expect("env");
+        assert!(resolve(&Layer::default(), &env, &Layer::default(), 2).is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the broker: accept Kafka clients, one executor per core.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Print the batches of `.log` segments and the entries of `.index` / `.timeindex` files,
     /// checking them as Kafka's kafka-dump-log does.
     DumpLog(dump_log::Args),

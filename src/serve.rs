@@ -79,6 +79,9 @@ pub fn run(args: &ServeArgs) -> ExitCode {
 /// Everything up to the executors; an error here is a setup problem, reported in one line.
 fn start(args: &ServeArgs) -> Result<ExitCode, String> {
     let config = ServeConfig::load(args).map_err(|error| error.to_string())?;
+    if let Some(quorum) = &config.quorum {
+        return run_quorum_node(&config, quorum);
+    }
     let address = config.listen_address().map_err(|error| error.to_string())?;
     let io_memory = memlock::io_memory_bytes(config.fetch_cache_bytes);
     let io_memory =
@@ -106,6 +109,102 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
         "starting ringlog"
     );
     Ok(run_shards(&config, &meta, address, io_memory, &stop))
+}
+
+/// A node of a cluster with a controller quorum. A controller runs its voter on a thread of
+/// its own (the quorum's fsyncs and ticks never wait behind a shard). Brokers that register
+/// with the quorum, fetch its log and lead partitions across hosts are not wired in yet: a
+/// broker role with a quorum is refused with that reason instead of running as a lone node.
+fn run_quorum_node(
+    config: &ServeConfig,
+    quorum: &crate::config::QuorumConfig,
+) -> Result<ExitCode, String> {
+    if config.process_roles.broker {
+        return Err(
+            "--process-roles broker with --controller-quorum-voters is not supported \
+                    yet: brokers do not register with a controller quorum in this version. Run \
+                    controllers with --process-roles controller, or run a one-node cluster \
+                    without --controller-quorum-voters"
+                .to_owned(),
+        );
+    }
+    let Some(listen) = &quorum.controller_listen else {
+        return Err("a node with neither the broker nor the controller role runs nothing".into());
+    };
+    let host = u32::try_from(config.node_id)
+        .map(ringlog_cluster::HostId)
+        .map_err(|_| format!("node id {} is negative", config.node_id))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+        format!(
+            "cannot create data directory {}: {error}",
+            config.data_dir.display()
+        )
+    })?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    // glommio binds with SO_REUSEPORT, so a second voter with this node id could share the
+    // port and split the links: two voters with one id would break the quorum's safety.
+    let address = std::net::ToSocketAddrs::to_socket_addrs(&(listen.host.as_str(), listen.port))
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .ok_or_else(|| format!("controller address {listen} does not resolve"))?;
+    if address.port() != 0 && keeps_accepting(address) {
+        return Err(format!(
+            "cannot listen on {listen}: another process accepts connections there (is a \
+             controller with node id {} already running?)",
+            config.node_id
+        ));
+    }
+    let stop =
+        register_stop_signals().map_err(|error| format!("cannot handle signals: {error}"))?;
+    let mut voters: std::collections::BTreeMap<_, _> = quorum
+        .voters
+        .0
+        .iter()
+        .map(|(&id, address)| (ringlog_cluster::HostId(id), address.to_string()))
+        .collect();
+    // This voter listens where --controller-listen says; the others know it by its entry.
+    voters.insert(host, listen.to_string());
+    let mut settings = ringlog_cluster::quorum::QuorumSettings::default();
+    settings.controller.session_timeout_ms = quorum.broker_session_timeout_ms;
+    let voter_config = crate::controller::driver::VoterConfig {
+        id: host,
+        voters,
+        data_dir: config.data_dir.clone(),
+        settings,
+    };
+    info!(node_id = config.node_id, controller_listen = %listen, voters = ?quorum.voters.0.keys().collect::<Vec<_>>(), "starting a ringlog controller");
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("controller")
+        .io_memory(2 << 20)
+        .spawn(move || async move {
+            let shutdown = Rc::new(Shutdown::default());
+            let env = Env::system();
+            let seed = env.random.u64();
+            let transport = ringlog_env::TcpTransport;
+            let voter = match crate::controller::driver::start(
+                voter_config,
+                transport,
+                env,
+                seed,
+                Rc::clone(&shutdown),
+            ) {
+                Ok(voter) => voter,
+                Err(error) => return Err(error.to_string()),
+            };
+            while !stop.load(Ordering::Acquire) {
+                glommio::timer::sleep(STOP_POLL_INTERVAL).await;
+            }
+            shutdown.trigger();
+            glommio::timer::sleep(STOP_POLL_INTERVAL).await;
+            info!(voter = %voter.id(), "controller stopped");
+            Ok(())
+        })
+        .map_err(|error| format!("cannot start the controller's executor: {error}"))?;
+    match executor.join() {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(message)) => Err(message),
+        Err(error) => Err(format!("the controller failed: {error}")),
+    }
 }
 
 /// Takes an exclusive lock on `DATA_DIR/.lock` for the life of the process (the returned file),

@@ -442,6 +442,11 @@ impl<T: Transport> QuorumClient<T> {
         }
     }
 
+    /// The voter this client last reached (the active controller, after a command).
+    pub fn active(&self) -> Option<HostId> {
+        self.target
+    }
+
     /// Runs `command` on the active controller: tries the voter it last reached, then the one
     /// a NOT_CONTROLLER answer names, then every voter in turn, for `attempts` tries in all,
     /// `retry_delay` apart when nobody leads yet.
