@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ringlog::controller::driver::{self, ClientResponse, QuorumClient, Voter, VoterConfig};
+use ringlog::controller::driver::{self, QuorumClient, Voter, VoterConfig};
 use ringlog_cluster::controller::ControllerSettings;
 use ringlog_cluster::quorum::{Command, QuorumSettings, Reply};
 use ringlog_cluster::records::{Endpoint, Registration};
-use ringlog_cluster::{HostId, MetadataImage, NewTopic, NodeId, RecordBatch};
+use ringlog_cluster::{HostId, MetadataImage, NewTopic, NodeId};
 use ringlog_env::{Clock, Env, MemoryNetwork, Random, SystemClock};
 use ringlog_net::connection::Shutdown;
 
@@ -156,27 +156,7 @@ fn three_voters_elect_commit_fail_over_and_recover_from_disk() {
 
             // A broker catching up from the start sees both topics and its own registration.
             let mut image = MetadataImage::default();
-            let mut after = 0;
-            loop {
-                let batches = match client.catch_up(after).await.expect("catch up") {
-                    ClientResponse::Batches(batches) => batches,
-                    ClientResponse::Image {
-                        image: encoded,
-                        then,
-                    } => {
-                        image = MetadataImage::decode(&encoded).expect("image decodes");
-                        then
-                    }
-                    ClientResponse::Reply(other) => panic!("{other:?}"),
-                };
-                let Some(&(last, _)) = batches.last() else {
-                    break;
-                };
-                for (index, bytes) in batches {
-                    image.apply(index, &RecordBatch::decode(&bytes).expect("batch decodes"));
-                }
-                after = last;
-            }
+            client.update(&mut image).await.expect("catch up");
             assert!(image.topic("first").is_some() && image.topic("second").is_some());
             assert!(!image.brokers[&HostId(7)].fenced);
             for (_, stop) in &voters {

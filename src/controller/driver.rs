@@ -489,6 +489,32 @@ impl<T: Transport> QuorumClient<T> {
         Err(QuorumClientError::Unreachable(last_problem))
     }
 
+    /// Brings `image` up to what the quorum has committed: the batches after its applied
+    /// index, or the snapshot image and the batches after it when those were compacted away.
+    pub async fn update(&mut self, image: &mut MetadataImage) -> Result<(), QuorumClientError> {
+        loop {
+            let batches = match self.catch_up(image.applied_index).await? {
+                ClientResponse::Batches(batches) => batches,
+                ClientResponse::Image {
+                    image: encoded,
+                    then,
+                } => {
+                    *image =
+                        MetadataImage::decode(&encoded).map_err(|_| QuorumClientError::Confused)?;
+                    then
+                }
+                ClientResponse::Reply(_) => return Err(QuorumClientError::Confused),
+            };
+            if batches.is_empty() {
+                return Ok(());
+            }
+            for (index, bytes) in batches {
+                let batch = RecordBatch::decode(&bytes).map_err(|_| QuorumClientError::Confused)?;
+                image.apply(index, &batch);
+            }
+        }
+    }
+
     /// The committed metadata after `after`, from any reachable voter.
     pub async fn catch_up(&mut self, after: u64) -> Result<ClientResponse, QuorumClientError> {
         let voters: Vec<HostId> = self.voters.keys().copied().collect();
