@@ -343,6 +343,73 @@ fn controller_failover_figures() {
         at(0.99),
         samples[samples.len() - 1]
     );
+
+    // Size: the metadata log and each controller's memory before and after 1,000 partitions
+    // (100 topics of 10), once the cluster is idle.
+    let metadata_bytes = |root: &PathBuf| -> u64 {
+        (0..VOTERS)
+            .filter_map(|id| {
+                let dir = root.join(format!("node-{id}")).join("cluster-metadata");
+                std::fs::read_dir(dir).ok()
+            })
+            .flat_map(|entries| entries.flatten())
+            .filter_map(|entry| entry.metadata().ok())
+            .map(|metadata| metadata.len())
+            .max()
+            .unwrap_or(0)
+    };
+    let rss_kib = |controllers: &[Controller]| -> Vec<u64> {
+        controllers
+            .iter()
+            .map(|c| {
+                let status = std::fs::read_to_string(format!("/proc/{}/status", c.child.id()))
+                    .unwrap_or_default();
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("VmRSS:"))
+                    .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let (log_before, rss_before) = (metadata_bytes(&cluster.root), rss_kib(&controllers));
+    let addresses = cluster.addresses.clone();
+    run(move || async move {
+        let clock: Rc<dyn Clock> = Rc::new(SystemClock);
+        let mut client = QuorumClient::new(TcpTransport, addresses);
+        let reply = client
+            .command(QuorumCommand::Register(registration(77)), &*clock, ATTEMPTS, RETRY)
+            .await;
+        let Ok(Ok(Reply::Registered { epoch })) = reply else {
+            panic!("{reply:?}")
+        };
+        let heartbeat = QuorumCommand::Heartbeat {
+            host: HostId(9),
+            epoch,
+            caught_up: true,
+            shutting_down: false,
+        };
+        let _ = client.command(heartbeat, &*clock, ATTEMPTS, RETRY).await;
+        for topic in 0..100u128 {
+            let command = QuorumCommand::CreateTopics(vec![NewTopic {
+                name: format!("sized-{topic}"),
+                id: 1_000_000 + topic,
+                partitions: 10,
+                replication_factor: 1,
+                assignment: None,
+                configs: BTreeMap::new(),
+            }]);
+            let reply = client.command(command, &*clock, ATTEMPTS, RETRY).await;
+            assert!(matches!(reply, Ok(Ok(_))), "{reply:?}");
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (log_after, rss_after) = (metadata_bytes(&cluster.root), rss_kib(&controllers));
+    eprintln!(
+        "idle controllers' RSS: {rss_before:?} KiB; after 1,000 partitions: {rss_after:?} KiB; \
+         largest metadata file: {log_before} bytes, after 1,000 partitions: {log_after} bytes"
+    );
     drop(controllers);
     let _ = std::fs::remove_dir_all(&cluster.root);
 }
