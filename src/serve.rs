@@ -40,6 +40,9 @@ use ringlog_env::Env;
 /// Cluster id reported in Metadata. A persisted, generated id comes with cluster metadata.
 /// How often an executor looks at the process-wide stop flag.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a broker in a cluster heartbeats to the controller (and catches up with the
+/// metadata log): well inside the default 1.5 s session, as Kafka's 2 s is inside its 9 s.
+const BROKER_HEARTBEAT_INTERVAL_MS: u64 = 250;
 /// How long stopping waits for connections to finish a request before dropping them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the check for another listener on a port waits for its connection.
@@ -79,14 +82,6 @@ pub fn run(args: &ServeArgs) -> ExitCode {
 /// Everything up to the executors; an error here is a setup problem, reported in one line.
 fn start(args: &ServeArgs) -> Result<ExitCode, String> {
     let config = ServeConfig::load(args).map_err(|error| error.to_string())?;
-    if let Some(quorum) = &config.quorum {
-        return run_quorum_node(&config, quorum);
-    }
-    let address = config.listen_address().map_err(|error| error.to_string())?;
-    let io_memory = memlock::io_memory_bytes(config.fetch_cache_bytes);
-    let io_memory =
-        memlock::choose_io_memory(config.cores, io_memory).map_err(|error| error.to_string())?;
-    warn_if_strict_overcommit();
     std::fs::create_dir_all(&config.data_dir).map_err(|error| {
         format!(
             "cannot create data directory {}: {error}",
@@ -94,11 +89,40 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
         )
     })?;
     let _lock = lock_data_dir(&config.data_dir)?;
-    ensure_ports_free(&config, address)?;
-    let meta = MetaProperties::load_or_create(&config.data_dir, config.node_id)
-        .map_err(|error| error.to_string())?;
     let stop =
         register_stop_signals().map_err(|error| format!("cannot handle signals: {error}"))?;
+    let controller = match &config.quorum {
+        Some(quorum) if config.process_roles.controller => {
+            Some(start_controller(&config, quorum, &stop)?)
+        }
+        _ => None,
+    };
+    if !config.process_roles.broker {
+        let Some(controller) = controller else {
+            return Err(
+                "a node with neither the broker nor the controller role runs nothing".into(),
+            );
+        };
+        return join_controller(controller);
+    }
+    let code = start_broker(&config, &stop);
+    // The broker has stopped (a signal, or a failure): the controller stops with it.
+    stop.store(true, Ordering::Release);
+    match (controller.map(join_controller), code) {
+        (Some(Err(message)), _) => Err(message),
+        (_, code) => code,
+    }
+}
+
+fn start_broker(config: &ServeConfig, stop: &Arc<AtomicBool>) -> Result<ExitCode, String> {
+    let address = config.listen_address().map_err(|error| error.to_string())?;
+    let io_memory = memlock::io_memory_bytes(config.fetch_cache_bytes);
+    let io_memory =
+        memlock::choose_io_memory(config.cores, io_memory).map_err(|error| error.to_string())?;
+    warn_if_strict_overcommit();
+    ensure_ports_free(config, address)?;
+    let meta = MetaProperties::load_or_create(&config.data_dir, config.node_id)
+        .map_err(|error| error.to_string())?;
     info!(
         listen = %config.listen,
         advertised = %config.advertised_listener,
@@ -106,41 +130,35 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
         cores = config.cores,
         io_memory_bytes = io_memory,
         cluster_id = %meta.cluster_id,
+        quorum = config.quorum.is_some(),
         "starting ringlog"
     );
-    Ok(run_shards(&config, &meta, address, io_memory, &stop))
+    Ok(run_shards(config, &meta, address, io_memory, stop))
 }
 
-/// A node of a cluster with a controller quorum. A controller runs its voter on a thread of
-/// its own (the quorum's fsyncs and ticks never wait behind a shard). Brokers that register
-/// with the quorum, fetch its log and lead partitions across hosts are not wired in yet: a
-/// broker role with a quorum is refused with that reason instead of running as a lone node.
-fn run_quorum_node(
+type ControllerThread = glommio::ExecutorJoinHandle<Result<(), String>>;
+
+fn join_controller(controller: ControllerThread) -> Result<ExitCode, String> {
+    match controller.join() {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(message)) => Err(message),
+        Err(error) => Err(format!("the controller failed: {error}")),
+    }
+}
+
+/// Starts this node's controller voter on a thread of its own (the quorum's fsyncs and ticks
+/// never wait behind a shard), until `stop`.
+fn start_controller(
     config: &ServeConfig,
     quorum: &crate::config::QuorumConfig,
-) -> Result<ExitCode, String> {
-    if config.process_roles.broker {
-        return Err(
-            "--process-roles broker with --controller-quorum-voters is not supported \
-                    yet: brokers do not register with a controller quorum in this version. Run \
-                    controllers with --process-roles controller, or run a one-node cluster \
-                    without --controller-quorum-voters"
-                .to_owned(),
-        );
-    }
+    stop: &Arc<AtomicBool>,
+) -> Result<ControllerThread, String> {
     let Some(listen) = &quorum.controller_listen else {
-        return Err("a node with neither the broker nor the controller role runs nothing".into());
+        return Err("a controller needs --controller-listen or its own entry in the voters".into());
     };
     let host = u32::try_from(config.node_id)
         .map(ringlog_cluster::HostId)
         .map_err(|_| format!("node id {} is negative", config.node_id))?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|error| {
-        format!(
-            "cannot create data directory {}: {error}",
-            config.data_dir.display()
-        )
-    })?;
-    let _lock = lock_data_dir(&config.data_dir)?;
     // glommio binds with SO_REUSEPORT, so a second voter with this node id could share the
     // port and split the links: two voters with one id would break the quorum's safety.
     let address = std::net::ToSocketAddrs::to_socket_addrs(&(listen.host.as_str(), listen.port))
@@ -154,8 +172,6 @@ fn run_quorum_node(
             config.node_id
         ));
     }
-    let stop =
-        register_stop_signals().map_err(|error| format!("cannot handle signals: {error}"))?;
     let mut voters: std::collections::BTreeMap<_, _> = quorum
         .voters
         .0
@@ -173,7 +189,8 @@ fn run_quorum_node(
         settings,
     };
     info!(node_id = config.node_id, controller_listen = %listen, voters = ?quorum.voters.0.keys().collect::<Vec<_>>(), "starting a ringlog controller");
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+    let stop = Arc::clone(stop);
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("controller")
         .io_memory(2 << 20)
         .spawn(move || async move {
@@ -181,16 +198,14 @@ fn run_quorum_node(
             let env = Env::system();
             let seed = env.random.u64();
             let transport = ringlog_env::TcpTransport;
-            let voter = match crate::controller::driver::start(
+            let voter = crate::controller::driver::start(
                 voter_config,
                 transport,
                 env,
                 seed,
                 Rc::clone(&shutdown),
-            ) {
-                Ok(voter) => voter,
-                Err(error) => return Err(error.to_string()),
-            };
+            )
+            .map_err(|error| error.to_string())?;
             while !stop.load(Ordering::Acquire) {
                 glommio::timer::sleep(STOP_POLL_INTERVAL).await;
             }
@@ -199,12 +214,7 @@ fn run_quorum_node(
             info!(voter = %voter.id(), "controller stopped");
             Ok(())
         })
-        .map_err(|error| format!("cannot start the controller's executor: {error}"))?;
-    match executor.join() {
-        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
-        Ok(Err(message)) => Err(message),
-        Err(error) => Err(format!("the controller failed: {error}")),
-    }
+        .map_err(|error| format!("cannot start the controller's executor: {error}"))
 }
 
 /// Takes an exclusive lock on `DATA_DIR/.lock` for the life of the process (the returned file),
@@ -332,6 +342,8 @@ struct ShardStart {
     /// Shards that have drained their connections; logs close once all have, so no
     /// forwarded append finds its log closed.
     drained: Arc<AtomicUsize>,
+    /// The cluster membership (shard 0) stopped the broker: the process fails.
+    member_failed: Arc<AtomicBool>,
 }
 
 /// Starts one executor per core and waits for all of them. Any executor failing stops the
@@ -343,21 +355,41 @@ fn run_shards(
     io_memory_bytes: usize,
     stop: &Arc<AtomicBool>,
 ) -> ExitCode {
-    let mut catalog = match Catalog::load(&config.data_dir) {
-        Ok(catalog) => catalog,
-        Err(error) => {
+    // In a cluster the catalog is the controller quorum's (applied by the membership loop on
+    // shard 0), node ids are `node_id * 1024 + core`, and topics.json is not read.
+    let cluster = config
+        .quorum
+        .as_ref()
+        .map(|quorum| broker::member::ClusterSettings {
+            host: ringlog_cluster::HostId(u32::try_from(config.node_id).unwrap_or(0)),
+            voters: quorum
+                .voters
+                .0
+                .iter()
+                .map(|(&id, address)| (ringlog_cluster::HostId(id), address.to_string()))
+                .collect(),
+            heartbeat_interval: Duration::from_millis(BROKER_HEARTBEAT_INTERVAL_MS),
+        });
+    let mut catalog = match (&cluster, Catalog::load(&config.data_dir)) {
+        (Some(_), _) => Catalog::default(),
+        (None, Ok(catalog)) => catalog,
+        (None, Err(error)) => {
             error!("{error}");
             return ExitCode::FAILURE;
         }
     };
+    let base_node_id = match &cluster {
+        Some(cluster) => ringlog_cluster::NodeId::of(cluster.host, 0).0,
+        None => config.node_id,
+    };
     let topology = Topology {
-        base_node_id: config.node_id,
+        base_node_id,
         advertised_host: config.advertised_listener.host.clone(),
         advertised_port: config.advertised_listener.port,
         node_per_shard: config.node_per_shard && config.cores > 1,
         shards: config.cores,
     };
-    if !catalog.topics.contains_key(groups::OFFSETS_TOPIC) {
+    if cluster.is_none() && !catalog.topics.contains_key(groups::OFFSETS_TOPIC) {
         let topic = Topic {
             id: broker::admin::new_topic_id(&ringlog_env::Random::from_entropy()),
             partitions: catalog
@@ -378,7 +410,7 @@ fn run_shards(
             return ExitCode::FAILURE;
         }
     }
-    if catalog.fit(config.cores, |shard| topology.node_of(shard)) {
+    if cluster.is_none() && catalog.fit(config.cores, |shard| topology.node_of(shard)) {
         info!(
             cores = config.cores,
             node_per_shard = topology.node_per_shard,
@@ -401,7 +433,17 @@ fn run_shards(
             node_id: config.node_id,
             advertised_host: config.advertised_listener.host.clone(),
             advertised_port: config.advertised_listener.port,
-            cluster_id: meta.cluster_id.clone(),
+            // Every node of a cluster must report one cluster id: derived from the voters,
+            // which all its nodes are configured with (meta.properties' own id is per host).
+            cluster_id: match &config.quorum {
+                Some(quorum) => {
+                    let voters = format!("{:?}", quorum.voters.0);
+                    let high = crc32c::crc32c(voters.as_bytes());
+                    let low = crc32c::crc32c_append(high, voters.as_bytes());
+                    format!("ringlog-{high:08x}{low:08x}")
+                }
+                None => meta.cluster_id.clone(),
+            },
         },
         settings: BrokerSettings {
             topology,
@@ -421,6 +463,7 @@ fn run_shards(
                 config.group_consumer_session_timeout_ms,
             ),
             fetch_cache_bytes: config.fetch_cache_bytes,
+            cluster,
         },
         catalog,
         stop: Arc::clone(stop),
@@ -428,7 +471,9 @@ fn run_shards(
         peer_ids: Arc::new(std::sync::Mutex::new(vec![None; config.cores])),
         joined: Arc::new(AtomicUsize::new(0)),
         drained: Arc::new(AtomicUsize::new(0)),
+        member_failed: Arc::new(AtomicBool::new(false)),
     };
+    let member_failed = Arc::clone(&start.member_failed);
     let mesh = MeshBuilder::<Message, Full>::full(config.cores, mesh::CHANNEL_CAPACITY);
     let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(config.cores);
@@ -470,7 +515,7 @@ fn run_shards(
             }
         }
     }
-    if failed {
+    if failed || member_failed.load(Ordering::Acquire) {
         return ExitCode::FAILURE;
     }
     info!("stopped");
@@ -603,6 +648,21 @@ async fn run_shard(
     glommio::spawn_local_into(Rc::clone(&shard).maintain(), queues.background)
         .map_err(|_| ShardError::Mesh("cannot start background work"))?
         .detach();
+    if let (0, Some(cluster)) = (id, shard.settings.cluster.clone()) {
+        let (member_shard, stop, failed) = (
+            Rc::clone(&shard),
+            Arc::clone(&start.stop),
+            Arc::clone(&start.member_failed),
+        );
+        glommio::spawn_local(async move {
+            if let Err(reason) = broker::member::run(member_shard, cluster).await {
+                error!("{reason}");
+                failed.store(true, Ordering::Release);
+                stop.store(true, Ordering::Release);
+            }
+        })
+        .detach();
+    }
     let live_connections = Rc::new(Cell::new(0_usize));
     let connection = Rc::new(start.connection.clone());
     let mut accepting = Vec::with_capacity(listeners.len());

@@ -325,8 +325,8 @@ impl Controller {
 
     /// Places `count` partitions of `replication_factor` replicas: each partition's replicas
     /// on distinct live hosts (alternating racks where hosts have them), all on one core
-    /// index, so replication runs core to core; the preferred leader (first replica) is the
-    /// least loaded node, which spreads leaders over hosts and cores.
+    /// index, so replication runs core to core; the preferred leaders (first replicas) go
+    /// round the (host, core) nodes, least loaded first, so every topic spreads over them.
     fn place(
         &self,
         count: u32,
@@ -353,17 +353,20 @@ impl Controller {
             .map(|host| host.cores.max(1))
             .min()
             .unwrap_or(1);
+        // Every (host, core) node, least loaded first: the topic's partitions take them in
+        // turn, so each topic spreads over every host and core, and new leaders go first
+        // where there are fewest.
+        let mut nodes: Vec<(usize, u32)> = (0..hosts.len())
+            .flat_map(|h| (0..cores).map(move |c| (h, c)))
+            .collect();
+        nodes.sort_by_key(|&(h, c)| {
+            let node = NodeId::of(hosts[h].host, c);
+            (load.get(&node).copied().unwrap_or(0), c, h)
+        });
         let mut placement = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            // The least loaded (host, core) leads; its followers are on the same core of the
-            // next hosts in rack-alternating order.
-            let (leader_host, core) = (0..hosts.len())
-                .flat_map(|h| (0..cores).map(move |c| (h, c)))
-                .min_by_key(|&(h, c)| {
-                    let node = NodeId::of(hosts[h].host, c);
-                    (load.get(&node).copied().unwrap_or(0), c, h)
-                })
-                .expect("at least one live host");
+        for index in 0..count as usize {
+            // The leader's followers are on the same core of the next hosts, racks alternating.
+            let (leader_host, core) = nodes[index % nodes.len()];
             let order = rack_alternating(&hosts, leader_host);
             let replicas: Vec<NodeId> = order
                 .into_iter()

@@ -91,8 +91,18 @@ impl From<ConfigError> for AdminError {
 /// A catalog change every shard applies.
 #[derive(Debug, Clone)]
 pub enum Change {
-    Upsert { name: String, topic: Topic },
-    Remove { name: String, topic: Topic },
+    Upsert {
+        name: String,
+        topic: Topic,
+    },
+    Remove {
+        name: String,
+        topic: Topic,
+    },
+    /// The cluster's live broker nodes (node id, host, port) changed.
+    Brokers(Vec<(i32, String, u16)>),
+    /// Another controller became active (its host's broker node, if it is one).
+    Controller(Option<i32>),
 }
 
 impl Shard {
@@ -110,12 +120,14 @@ impl Shard {
                 Change::Remove { name, topic } => {
                     self.catalog.borrow_mut().topics.remove(&name);
                     for (index, partition) in topic.partitions.iter().enumerate() {
-                        if partition.shard == self.id {
+                        if partition.shard == self.id && partition.local {
                             self.remove_partition(&name, index).await;
                         }
                     }
                     self.partitions.borrow_mut().remove(&name);
                 }
+                Change::Brokers(brokers) => self.catalog.borrow_mut().brokers = Some(brokers),
+                Change::Controller(node) => self.catalog.borrow_mut().controller = node,
             }
         }
     }
@@ -184,6 +196,9 @@ impl Call for Edit<TopicSpec> {
     type Reply = Vec<Result<Topic, AdminError>>;
 
     async fn run(self, controller: Rc<Shard>) -> Self::Reply {
+        if controller.settings.cluster.is_some() {
+            return cluster::create(&controller, self).await;
+        }
         edit_here(&controller, self, |controller, catalog, spec| {
             let topic = new_topic(controller, catalog, &spec)?;
             let change = Change::Upsert {
@@ -200,6 +215,9 @@ impl Call for Edit<Deletion> {
     type Reply = Vec<Result<(String, uuid::Uuid), AdminError>>;
 
     async fn run(self, controller: Rc<Shard>) -> Self::Reply {
+        if controller.settings.cluster.is_some() {
+            return cluster::delete(&controller, self).await;
+        }
         edit_here(&controller, self, |_, catalog, (name, id)| {
             let found = match &name {
                 Some(name) => catalog.topics.get_key_value(name),
@@ -235,6 +253,9 @@ impl Call for Edit<Growth> {
     type Reply = Vec<Result<(), AdminError>>;
 
     async fn run(self, controller: Rc<Shard>) -> Self::Reply {
+        if controller.settings.cluster.is_some() {
+            return cluster::add_partitions(&controller, self).await;
+        }
         edit_here(
             &controller,
             self,
@@ -251,6 +272,9 @@ impl Call for Edit<ConfigOps> {
     type Reply = Vec<Result<(), AdminError>>;
 
     async fn run(self, controller: Rc<Shard>) -> Self::Reply {
+        if controller.settings.cluster.is_some() {
+            return cluster::alter_configs(&controller, self).await;
+        }
         edit_here(&controller, self, |_, catalog, (name, ops)| {
             let topic = alter(catalog, &name, &ops)?;
             Ok(((), Change::Upsert { name, topic }))
@@ -282,6 +306,7 @@ async fn edit_here<I, T>(
                         info!(topic = name, "deleting topic");
                         catalog.topics.remove(name);
                     }
+                    Change::Brokers(_) | Change::Controller(_) => {}
                 }
                 changes.push(change);
             }
@@ -907,4 +932,263 @@ fn alter(
         }
     }
     Ok(altered)
+}
+
+/// Catalog edits in a cluster: checked here as on one node, then decided by the controller
+/// quorum (`ringlog_cluster::Controller`), and answered once this broker's catalog shows them
+/// (the membership loop applies the quorum's log to every shard).
+mod cluster {
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use kafka_protocol::ResponseError;
+    use ringlog_cluster::quorum::{Command, CommandError, Reply};
+    use ringlog_env::TcpTransport;
+
+    use super::{
+        alter, grow as grown, new_topic, AdminError, ConfigOps, Deletion, Edit, Growth, Topic,
+        TopicSpec,
+    };
+    use crate::broker::catalog::Catalog;
+    use crate::broker::Shard;
+    use crate::controller::driver::QuorumClient;
+
+    /// How long a command may take to reach a controller (across an election).
+    const COMMAND_ATTEMPTS: usize = 100;
+    const RETRY_DELAY: Duration = Duration::from_millis(50);
+    /// How long a committed change may take to reach this broker's catalog.
+    const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+    const SETTLE_POLL: Duration = Duration::from_millis(10);
+
+    fn refused(code: ResponseError, message: impl Into<String>) -> AdminError {
+        AdminError::new(code, message)
+    }
+
+    fn assignments_unsupported() -> AdminError {
+        refused(
+            ResponseError::InvalidReplicaAssignment,
+            "explicit replica assignments are not supported in a cluster yet: the controller \
+             places partitions",
+        )
+    }
+
+    async fn forward(shard: &Shard, command: Command) -> Result<Reply, AdminError> {
+        let Some(cluster) = &shard.settings.cluster else {
+            return Err(refused(ResponseError::NotController, "not in a cluster"));
+        };
+        let mut client = QuorumClient::new(TcpTransport, cluster.voters.clone());
+        let clock = Rc::clone(&shard.env.clock);
+        match client
+            .command(command, &*clock, COMMAND_ATTEMPTS, RETRY_DELAY)
+            .await
+        {
+            Ok(Ok(reply)) => {
+                shard.member_wake.now();
+                Ok(reply)
+            }
+            Ok(Err(CommandError::Refused(refusal))) => Err(refused(refusal.code, refusal.message)),
+            Ok(Err(other)) => Err(refused(other.code(), other.to_string())),
+            Err(error) => Err(refused(ResponseError::NotController, error.to_string())),
+        }
+    }
+
+    /// Waits until this broker's catalog satisfies `done` (the change reached it).
+    async fn settle(shard: &Shard, done: impl Fn(&Catalog) -> bool) -> Result<(), AdminError> {
+        let deadline = shard.env.clock.now() + SETTLE_TIMEOUT;
+        while !done(&shard.catalog.borrow()) {
+            if shard.env.clock.now() >= deadline {
+                return Err(refused(
+                    ResponseError::RequestTimedOut,
+                    "committed by the controller, not yet applied by this broker",
+                ));
+            }
+            shard.env.clock.sleep(SETTLE_POLL).await;
+        }
+        Ok(())
+    }
+
+    pub async fn create(
+        shard: &Rc<Shard>,
+        batch: Edit<TopicSpec>,
+    ) -> Vec<Result<Topic, AdminError>> {
+        let catalog = shard.catalog.borrow().clone();
+        let mut results = Vec::with_capacity(batch.items.len());
+        for spec in batch.items {
+            let checked = if spec.placement.is_some() {
+                Err(assignments_unsupported())
+            } else {
+                new_topic(shard, &catalog, &spec)
+            };
+            let topic = match checked {
+                Ok(topic) if !batch.validate_only => topic,
+                other => {
+                    results.push(other);
+                    continue;
+                }
+            };
+            let command = Command::CreateTopics(vec![ringlog_cluster::NewTopic {
+                name: spec.name.clone(),
+                id: topic.uuid().as_u128(),
+                partitions: u32::try_from(spec.partitions).unwrap_or(0),
+                replication_factor: u16::try_from(spec.replication_factor).unwrap_or(0),
+                assignment: None,
+                configs: spec.configs.clone(),
+            }]);
+            let result = match forward(shard, command).await {
+                Ok(Reply::CreateTopics(mut answers)) if answers.len() == 1 => {
+                    match answers.remove(0) {
+                        Ok(_) => {
+                            let name = spec.name.clone();
+                            settle(shard, |c| c.topics.contains_key(&name))
+                                .await
+                                .map(|()| shard.catalog.borrow().topics[&spec.name].clone())
+                        }
+                        Err(refusal) => Err(refused(refusal.code, refusal.message)),
+                    }
+                }
+                Ok(other) => Err(refused(
+                    ResponseError::UnknownServerError,
+                    format!("unexpected answer {other:?}"),
+                )),
+                Err(error) => Err(error),
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    pub async fn delete(
+        shard: &Rc<Shard>,
+        batch: Edit<Deletion>,
+    ) -> Vec<Result<(String, uuid::Uuid), AdminError>> {
+        let mut results = Vec::with_capacity(batch.items.len());
+        for (name, id) in batch.items {
+            let found = {
+                let catalog = shard.catalog.borrow();
+                match &name {
+                    Some(name) => catalog.topics.get_key_value(name),
+                    None => catalog.by_id(id),
+                }
+                .map(|(name, topic)| (name.clone(), topic.uuid()))
+            };
+            let Some((name, id)) = found else {
+                let code = if name.is_some() {
+                    ResponseError::UnknownTopicOrPartition
+                } else {
+                    ResponseError::UnknownTopicId
+                };
+                results.push(Err(refused(code, "no such topic")));
+                continue;
+            };
+            if name == crate::broker::groups::OFFSETS_TOPIC {
+                results.push(Err(refused(
+                    ResponseError::InvalidTopicException,
+                    "the internal offsets topic cannot be deleted",
+                )));
+                continue;
+            }
+            let result = match forward(shard, Command::DeleteTopics(vec![name.clone()])).await {
+                Ok(Reply::DeleteTopics(answers)) => match answers.into_iter().next() {
+                    Some(Ok(_)) => settle(shard, |c| !c.topics.contains_key(&name))
+                        .await
+                        .map(|()| (name, id)),
+                    Some(Err(refusal)) => Err(refused(refusal.code, refusal.message)),
+                    None => Err(refused(ResponseError::UnknownServerError, "no answer")),
+                },
+                Ok(other) => Err(refused(
+                    ResponseError::UnknownServerError,
+                    format!("unexpected answer {other:?}"),
+                )),
+                Err(error) => Err(error),
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    pub async fn add_partitions(
+        shard: &Rc<Shard>,
+        batch: Edit<Growth>,
+    ) -> Vec<Result<(), AdminError>> {
+        let catalog = shard.catalog.borrow().clone();
+        let mut results = Vec::with_capacity(batch.items.len());
+        for (name, count, placement) in batch.items {
+            let checked = match placement {
+                Ok(Some(_)) => Err(assignments_unsupported()),
+                Ok(None) => grown(shard, &catalog, &name, count, None).map(|_| ()),
+                Err(error) => Err(error),
+            };
+            if checked.is_err() || batch.validate_only {
+                results.push(checked);
+                continue;
+            }
+            let command = Command::CreatePartitions {
+                name: name.clone(),
+                count: u32::try_from(count).unwrap_or(0),
+                assignment: None,
+            };
+            let wanted = usize::try_from(count).unwrap_or(0);
+            let result = match forward(shard, command).await {
+                Ok(_) => {
+                    settle(shard, |c| {
+                        c.topics.get(&name).map(|t| t.partitions.len()) == Some(wanted)
+                    })
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    pub async fn alter_configs(
+        shard: &Rc<Shard>,
+        batch: Edit<ConfigOps>,
+    ) -> Vec<Result<(), AdminError>> {
+        let catalog = shard.catalog.borrow().clone();
+        let mut results = Vec::with_capacity(batch.items.len());
+        for (name, ops) in batch.items {
+            let altered = match alter(&catalog, &name, &ops) {
+                Ok(altered) => altered,
+                Err(error) => {
+                    results.push(Err(error));
+                    continue;
+                }
+            };
+            if batch.validate_only {
+                results.push(Ok(()));
+                continue;
+            }
+            let before = &catalog.topics[&name].configs;
+            let mut changes: Vec<(String, Option<String>)> = altered
+                .configs
+                .iter()
+                .filter(|(key, value)| before.get(*key) != Some(*value))
+                .map(|(key, value)| (key.clone(), Some(value.clone())))
+                .collect();
+            changes.extend(
+                before
+                    .keys()
+                    .filter(|key| !altered.configs.contains_key(*key))
+                    .map(|key| (key.clone(), None)),
+            );
+            let wanted = altered.configs.clone();
+            let command = Command::AlterConfigs {
+                name: name.clone(),
+                changes,
+            };
+            let result = match forward(shard, command).await {
+                Ok(_) => {
+                    settle(shard, |c| {
+                        c.topics.get(&name).map(|t| &t.configs) == Some(&wanted)
+                    })
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            results.push(result);
+        }
+        results
+    }
 }

@@ -39,6 +39,15 @@ pub struct PartitionState {
     pub partition_epoch: i32,
     /// Node ids of the replicas in sync with the leader, the leader among them.
     pub isr: Vec<i32>,
+    /// This host keeps a replica of the partition (on `shard`). Always true on a one-node
+    /// cluster; in a cluster, the other hosts' partitions are listed (Metadata shows them) but
+    /// not opened, and requests for them get NOT_LEADER_OR_FOLLOWER.
+    #[serde(default = "kept_here")]
+    pub local: bool,
+}
+
+fn kept_here() -> bool {
+    true
 }
 
 impl PartitionState {
@@ -51,6 +60,7 @@ impl PartitionState {
             leader_epoch: 0,
             partition_epoch: 0,
             isr: vec![node],
+            local: true,
         }
     }
 
@@ -138,6 +148,14 @@ impl Topic {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     pub topics: BTreeMap<String, Topic>,
+    /// In a cluster, every live broker node (node id, host, port), from the metadata image;
+    /// `None` on a one-node cluster, whose nodes are this broker's own (`Topology::nodes`).
+    #[serde(skip)]
+    pub brokers: Option<Vec<(i32, String, u16)>>,
+    /// In a cluster, the broker node of the host whose controller is active, when that host
+    /// is also a live broker (Metadata's and DescribeCluster's controller id).
+    #[serde(skip)]
+    pub controller: Option<i32>,
 }
 
 #[derive(Debug, Error)]
@@ -235,8 +253,8 @@ impl Catalog {
 
 /// The catalog of host `host` as a metadata image describes the cluster: every topic, and for
 /// each partition its replicas, leader, epochs and ISR, with the shard of this host that keeps
-/// its replica (the core of the replica's node; a partition with no replica here keeps shard
-/// 0, which owns nothing of it, as `owner` is only asked for partitions this host serves).
+/// its replica (the core of the replica's node; a partition with no replica here is not
+/// `local`), and every live broker node.
 pub fn from_image(
     image: &ringlog_cluster::MetadataImage,
     host: ringlog_cluster::HostId,
@@ -249,23 +267,20 @@ pub fn from_image(
                 .partitions
                 .iter()
                 .map(|record| {
-                    let shard = record
-                        .replicas
-                        .iter()
-                        .find_map(|node| match node.split() {
-                            Some((h, core)) if h == host => usize::try_from(core).ok(),
-                            _ => None,
-                        })
-                        .unwrap_or(0);
+                    let here = record.replicas.iter().find_map(|node| match node.split() {
+                        Some((h, core)) if h == host => usize::try_from(core).ok(),
+                        _ => None,
+                    });
                     let ids =
                         |nodes: &[ringlog_cluster::NodeId]| nodes.iter().map(|n| n.0).collect();
                     PartitionState {
-                        shard,
+                        shard: here.unwrap_or(0),
                         replicas: ids(&record.replicas),
                         leader: record.leader.0,
                         leader_epoch: record.leader_epoch,
                         partition_epoch: record.partition_epoch,
                         isr: ids(&record.isr),
+                        local: here.is_some(),
                     }
                 })
                 .collect();
@@ -277,7 +292,16 @@ pub fn from_image(
             (topic.name.clone(), entry)
         })
         .collect();
-    Catalog { topics }
+    let brokers = image
+        .live_hosts()
+        .flat_map(|broker| broker.registration.endpoints.iter())
+        .map(|endpoint| (endpoint.node.0, endpoint.host.clone(), endpoint.port))
+        .collect();
+    Catalog {
+        topics,
+        brokers: Some(brokers),
+        controller: None,
+    }
 }
 
 /// What changed from `old` to `new`, as the changes every shard applies: topics added or
@@ -302,6 +326,14 @@ pub fn changes(old: &Catalog, new: &Catalog) -> Vec<super::admin::Change> {
                 topic: topic.clone(),
             }),
     );
+    if new.brokers != old.brokers {
+        if let Some(brokers) = &new.brokers {
+            changes.push(Change::Brokers(brokers.clone()));
+        }
+    }
+    if new.controller != old.controller {
+        changes.push(Change::Controller(new.controller));
+    }
     changes
 }
 

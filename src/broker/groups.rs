@@ -288,7 +288,8 @@ pub fn offsets_partition(group: &str, partitions: usize) -> usize {
     (hash & 0x7fff_ffff) as usize % partitions.max(1)
 }
 
-/// The shard coordinating `group`, per this shard's catalog.
+/// The shard coordinating `group`, per this shard's catalog; `None` when no shard of this
+/// host does (no offsets topic, or, in a cluster, another host keeps the group's partition).
 fn coordinator_of(shard: &Shard, group: &str) -> Option<(usize, usize)> {
     let catalog = shard.catalog.borrow();
     let topic = catalog.topics.get(OFFSETS_TOPIC)?;
@@ -296,7 +297,35 @@ fn coordinator_of(shard: &Shard, group: &str) -> Option<(usize, usize)> {
     topic
         .partitions
         .get(partition)
+        .filter(|state| state.local)
         .map(|state| (state.shard, partition))
+}
+
+/// The node coordinating `group` and its address: a shard of this host, or, in a cluster, the
+/// leader of the group's offsets partition wherever it is.
+fn coordinator_node(shard: &Shard, group: &str) -> Option<(i32, String, u16)> {
+    if let Some((owner, _)) = coordinator_of(shard, group) {
+        let topology = &shard.settings.topology;
+        let port = topology
+            .advertised_port
+            .saturating_add(topology.port_offset(owner));
+        return Some((
+            topology.node_of(owner),
+            topology.advertised_host.clone(),
+            port,
+        ));
+    }
+    let catalog = shard.catalog.borrow();
+    let topic = catalog.topics.get(OFFSETS_TOPIC)?;
+    let state = topic
+        .partitions
+        .get(offsets_partition(group, topic.partitions.len()))?;
+    catalog
+        .brokers
+        .as_ref()?
+        .iter()
+        .find(|(node, _, _)| *node == state.leader)
+        .cloned()
 }
 
 fn str_bytes(text: impl Into<String>) -> StrBytes {
@@ -472,8 +501,7 @@ pub fn find_coordinator(
     request: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let topology = &shard.settings.topology;
-    let locate = |key: &str| -> Result<(i32, u16), (ResponseError, &'static str)> {
+    let locate = |key: &str| -> Result<(i32, String, u16), (ResponseError, &'static str)> {
         if request.key_type != KEY_TYPE_GROUP {
             // Not COORDINATOR_NOT_AVAILABLE: clients retry that until their timeout (10 s to
             // minutes). This is the non-retriable answer Kafka gives a transactional id the
@@ -484,18 +512,11 @@ pub fn find_coordinator(
                 "transactions are not supported by ringlog yet: only group coordinators exist",
             ));
         }
-        let (owner, _) = coordinator_of(shard, key).ok_or((
+        coordinator_node(shard, key).ok_or((
             ResponseError::CoordinatorNotAvailable,
-            "the offsets topic is missing",
-        ))?;
-        Ok((
-            topology.node_of(owner),
-            topology
-                .advertised_port
-                .saturating_add(topology.port_offset(owner)),
+            "the offsets topic or its partition's leader is missing",
         ))
     };
-    let host = str_bytes(topology.advertised_host.clone());
     if version >= 4 {
         let coordinators = request
             .coordinator_keys
@@ -503,9 +524,9 @@ pub fn find_coordinator(
             .map(|key| {
                 let entry = CoordinatorEntry::default().with_key(key.clone());
                 match locate(key) {
-                    Ok((node, port)) => entry
+                    Ok((node, host, port)) => entry
                         .with_node_id(BrokerId(node))
-                        .with_host(host.clone())
+                        .with_host(str_bytes(host))
                         .with_port(i32::from(port)),
                     Err((error, message)) => entry
                         .with_node_id(BrokerId(-1))
@@ -518,9 +539,9 @@ pub fn find_coordinator(
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
     match locate(&request.key) {
-        Ok((node, port)) => FindCoordinatorResponse::default()
+        Ok((node, host, port)) => FindCoordinatorResponse::default()
             .with_node_id(BrokerId(node))
-            .with_host(host)
+            .with_host(str_bytes(host))
             .with_port(i32::from(port)),
         Err((error, message)) => {
             let mut response = FindCoordinatorResponse::default()

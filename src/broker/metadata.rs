@@ -27,12 +27,11 @@ pub async fn metadata(
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
-    let topology = &shard.settings.topology;
     let mut response = cluster_response(
         version,
         &shard.identity,
-        &topology.nodes(),
-        topology.node_of(0),
+        &shard.nodes(),
+        shard.controller_node(),
     );
     let auto_create =
         shard.settings.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
@@ -125,7 +124,7 @@ pub fn describe_cluster(
     let identity = &shard.identity;
     let mut response = DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(identity.cluster_id.clone()))
-        .with_controller_id(BrokerId(shard.settings.topology.node_of(0)));
+        .with_controller_id(BrokerId(shard.controller_node()));
     if version >= 1 {
         response = response.with_endpoint_type(request.endpoint_type);
         if request.endpoint_type != ENDPOINT_BROKERS {
@@ -136,14 +135,13 @@ pub fn describe_cluster(
                 )));
         }
     }
-    let topology = &shard.settings.topology;
-    let brokers = topology
+    let brokers = shard
         .nodes()
         .into_iter()
-        .map(|(node, port)| {
+        .map(|(node, host, port)| {
             DescribeClusterBroker::default()
                 .with_broker_id(BrokerId(node))
-                .with_host(StrBytes::from_string(topology.advertised_host.clone()))
+                .with_host(StrBytes::from_string(host))
                 .with_port(i32::from(port))
         })
         .collect();

@@ -12,6 +12,7 @@ pub mod consumer_group;
 pub mod durable;
 pub mod fetch;
 pub mod groups;
+pub mod member;
 pub mod mesh;
 pub mod metadata;
 pub mod offsets;
@@ -156,6 +157,9 @@ pub struct BrokerSettings {
     pub group_consumer_session_timeout: Duration,
     /// Bytes of recently written batches each shard keeps for tail fetches (the tail cache).
     pub fetch_cache_bytes: usize,
+    /// In a cluster with a controller quorum: how to reach it. `None`: a one-node cluster,
+    /// whose catalog is this broker's own (`topics.json`).
+    pub cluster: Option<member::ClusterSettings>,
 }
 
 /// Fetch reads of a shard by where their bytes came from: (reads, bytes) per source.
@@ -233,6 +237,8 @@ pub struct Shard {
     producer_ids: RefCell<Option<producer_ids::ProducerIdAllocator>>,
     /// Recently written batches of every partition this shard owns, for tail fetches.
     pub tail_cache: Rc<TailCache>,
+    /// Wakes the cluster membership loop (shard 0, in a cluster) before its next heartbeat.
+    pub member_wake: member::Wake,
     read_counts: Cell<ReadCounts>,
 }
 
@@ -247,6 +253,8 @@ pub type Position = (usize, usize);
 pub enum Lookup {
     UnknownTopic,
     UnknownPartition,
+    /// Another host of the cluster keeps the partition.
+    Elsewhere,
     Owner(usize),
 }
 
@@ -278,6 +286,7 @@ impl Shard {
             groups: groups::Coordinator::default(),
             producer_ids: RefCell::new(None),
             tail_cache: Rc::new(TailCache::new(setup.settings.fetch_cache_bytes)),
+            member_wake: member::Wake::default(),
             read_counts: Cell::new(ReadCounts::default()),
             settings: setup.settings,
         }
@@ -319,10 +328,36 @@ impl Shard {
     pub fn lookup(&self, topic: &str, partition: i32) -> Lookup {
         match self.catalog.borrow().topics.get(topic) {
             None => Lookup::UnknownTopic,
-            Some(entry) => entry
-                .owner(partition)
-                .map_or(Lookup::UnknownPartition, Lookup::Owner),
+            Some(entry) => match entry.partition(partition) {
+                None => Lookup::UnknownPartition,
+                Some(state) if !state.local => Lookup::Elsewhere,
+                Some(state) => Lookup::Owner(state.shard),
+            },
         }
+    }
+
+    /// Every broker node clients are told about: (node id, host, port). In a cluster, the
+    /// live nodes of every host (from the metadata image); otherwise this broker's own.
+    pub fn nodes(&self) -> Vec<(i32, String, u16)> {
+        if let Some(brokers) = &self.catalog.borrow().brokers {
+            return brokers.clone();
+        }
+        let host = &self.settings.topology.advertised_host;
+        self.settings
+            .topology
+            .nodes()
+            .into_iter()
+            .map(|(node, port)| (node, host.clone(), port))
+            .collect()
+    }
+
+    /// The controller id clients are told: in a cluster the active controller's broker node
+    /// when it has one, otherwise this broker's first node (which forwards admin requests).
+    pub fn controller_node(&self) -> i32 {
+        self.catalog
+            .borrow()
+            .controller
+            .unwrap_or_else(|| self.settings.topology.node_of(0))
     }
 
     /// An open partition owned here.
@@ -355,6 +390,8 @@ impl Shard {
     pub fn route(&self, topic: &str, partition: i32) -> Result<usize, ResponseError> {
         match self.lookup(topic, partition) {
             Lookup::Owner(owner) => Ok(owner),
+            // Another host keeps it: the client refreshes its metadata and goes there.
+            Lookup::Elsewhere => Err(ResponseError::NotLeaderOrFollower),
             Lookup::UnknownTopic | Lookup::UnknownPartition => {
                 Err(ResponseError::UnknownTopicOrPartition)
             }
@@ -387,7 +424,7 @@ impl Shard {
     async fn open_owned(&self, name: &str, topic: &Topic) {
         let config = self.log_config(topic);
         for (index, partition) in topic.partitions.iter().enumerate() {
-            if partition.shard != self.id {
+            if partition.shard != self.id || !partition.local {
                 continue;
             }
             let existing = self.partition(name, index as i32);

@@ -517,7 +517,12 @@ impl<T: Transport> QuorumClient<T> {
 
     /// The committed metadata after `after`, from any reachable voter.
     pub async fn catch_up(&mut self, after: u64) -> Result<ClientResponse, QuorumClientError> {
-        let voters: Vec<HostId> = self.voters.keys().copied().collect();
+        // The voter last reached first (the active controller, usually), then the others.
+        let mut voters: Vec<HostId> = self.voters.keys().copied().collect();
+        if let Some(target) = self.target {
+            voters.retain(|&voter| voter != target);
+            voters.insert(0, target);
+        }
         let mut last_problem = String::new();
         for voter in voters {
             match self

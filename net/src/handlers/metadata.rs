@@ -18,16 +18,16 @@ use super::BrokerIdentity;
 pub fn cluster_response(
     version: i16,
     broker: &BrokerIdentity,
-    nodes: &[(i32, u16)],
+    nodes: &[(i32, String, u16)],
     controller_id: i32,
 ) -> MetadataResponse {
     let brokers = nodes
         .iter()
-        .map(|&(node, port)| {
+        .map(|(node, host, port)| {
             MetadataResponseBroker::default()
-                .with_node_id(BrokerId(node))
-                .with_host(StrBytes::from_string(broker.advertised_host.clone()))
-                .with_port(i32::from(port))
+                .with_node_id(BrokerId(*node))
+                .with_host(StrBytes::from_string(host.clone()))
+                .with_port(i32::from(*port))
         })
         .collect();
     let mut response = MetadataResponse::default().with_brokers(brokers);

@@ -598,7 +598,11 @@ mod tests {
             &self.0
         }
         async fn metadata(&self, _: MetadataRequest, version: i16) -> MetadataResponse {
-            let node = (self.0.node_id, self.0.advertised_port);
+            let node = (
+                self.0.node_id,
+                self.0.advertised_host.clone(),
+                self.0.advertised_port,
+            );
             metadata::cluster_response(version, &self.0, &[node], self.0.node_id)
         }
         async fn produce(&self, request: ProduceRequest, _: i16) -> Later<Option<ProduceResponse>> {

@@ -1,0 +1,219 @@
+//! A broker's membership in a cluster with a controller quorum (`--controller-quorum-voters`
+//! with the broker role). It runs on shard 0:
+//!
+//! - registers the host with the active controller (its node per core, each core's address,
+//!   its cores, a random incarnation); a live process with the same node id makes the
+//!   controller refuse, and this broker then stops with that reason;
+//! - every `heartbeat_interval` (or at once when an admin request committed something), brings
+//!   its [`MetadataImage`] up to what the quorum committed, turns it into this host's catalog
+//!   ([`catalog::from_image`]) and hands the changes to every shard through the mesh (so they
+//!   open the partitions this host keeps and Metadata lists every live broker), then
+//!   heartbeats (caught up once it has applied the log up to its own registration, which
+//!   unfences it);
+//! - makes sure the cluster has the group offsets topic;
+//! - when the broker stops, tells the controller first (controlled shutdown), so leadership
+//!   moves before the host goes away.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use event_listener::Event;
+use kafka_protocol::ResponseError;
+use ringlog_cluster::quorum::{Command, CommandError, Reply};
+use ringlog_cluster::records::{Endpoint, Registration};
+use ringlog_cluster::{HostId, MetadataImage, NewTopic, NodeId};
+use ringlog_env::TcpTransport;
+use tracing::{debug, error, info, warn};
+
+use super::admin::Apply;
+use super::catalog::{self, Catalog};
+use super::{groups, Shard};
+use crate::controller::driver::QuorumClient;
+
+/// How a broker reaches the quorum and how often it heartbeats.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub host: HostId,
+    /// Every voter's controller address.
+    pub voters: BTreeMap<HostId, String>,
+    pub heartbeat_interval: Duration,
+}
+
+/// Tries of one command at each wake-up (the loop itself retries at the next one).
+const ATTEMPTS: usize = 3;
+const RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// Wakes the member's loop before its next heartbeat (an admin command committed).
+#[derive(Default)]
+pub struct Wake(Event);
+
+impl Wake {
+    pub fn now(&self) {
+        self.0.notify(usize::MAX);
+    }
+}
+
+fn registration(shard: &Shard, host: HostId, incarnation: u128) -> Registration {
+    let endpoints = shard
+        .nodes()
+        .into_iter()
+        .map(|(node, host, port)| Endpoint {
+            node: NodeId(node),
+            host,
+            port,
+        })
+        .collect();
+    Registration {
+        host,
+        incarnation,
+        endpoints,
+        rack: None,
+        cores: u32::try_from(shard.settings.shards).unwrap_or(u32::MAX),
+    }
+}
+
+/// Runs the membership until the broker stops; `Err` is a reason the broker must stop now.
+pub async fn run(shard: Rc<Shard>, cluster: ClusterSettings) -> Result<(), String> {
+    let clock = Rc::clone(&shard.env.clock);
+    let host = cluster.host;
+    let mut client = QuorumClient::new(TcpTransport, cluster.voters.clone());
+    let registration = registration(&shard, host, shard.env.random.uuid().as_u128());
+    let mut image = MetadataImage::default();
+    let mut current = Catalog::default();
+    let mut epoch: Option<u64> = None;
+    // The host whose controller answered the last heartbeat: the active one.
+    let mut active: Option<HostId> = None;
+    while !shard.stopping.is_triggered() {
+        if epoch.is_none() {
+            let command = Command::Register(registration.clone());
+            match client
+                .command(command, &*clock, ATTEMPTS, RETRY_DELAY)
+                .await
+            {
+                Ok(Ok(Reply::Registered { epoch: registered })) => {
+                    info!(node_id = %host, epoch = registered, "registered with the controller quorum");
+                    epoch = Some(registered);
+                }
+                Ok(Err(CommandError::Refused(refusal)))
+                    if refusal.code == ResponseError::DuplicateBrokerRegistration =>
+                {
+                    return Err(format!(
+                        "the controller refused this broker: {} (stop the other process with \
+                         node id {host}, or give this one another --node-id)",
+                        refusal.message
+                    ));
+                }
+                other => debug!(?other, "registration not done yet"),
+            }
+        }
+        match client.update(&mut image).await {
+            Ok(()) => {
+                let mut next = catalog::from_image(&image, host);
+                next.controller = active.map(|active| NodeId::of(active, 0).0).filter(|node| {
+                    next.brokers
+                        .iter()
+                        .flatten()
+                        .any(|(broker, _, _)| broker == node)
+                });
+                let changes = catalog::changes(&current, &next);
+                if !changes.is_empty() {
+                    for target in 0..shard.settings.shards {
+                        if let Err(error) = shard.call(target, Apply(changes.clone())).await {
+                            warn!(shard = target, "cannot apply metadata: {error}");
+                        }
+                    }
+                    current = next;
+                }
+            }
+            Err(error) => debug!("cannot catch up with the metadata log: {error}"),
+        }
+        if let Some(registered) = epoch {
+            let caught_up = image.applied_index >= registered;
+            let heartbeat = Command::Heartbeat {
+                host,
+                epoch: registered,
+                caught_up,
+                shutting_down: false,
+            };
+            match client
+                .command(heartbeat, &*clock, ATTEMPTS, RETRY_DELAY)
+                .await
+            {
+                Ok(Ok(Reply::Heartbeat(answer))) => {
+                    active = client.active();
+                    if caught_up && !answer.fenced {
+                        ensure_offsets_topic(&shard, &mut client, &image).await;
+                    }
+                }
+                Ok(Err(CommandError::Refused(refusal))) => {
+                    warn!(
+                        "the controller refused a heartbeat ({}): registering again",
+                        refusal.message
+                    );
+                    epoch = None;
+                }
+                other => debug!(?other, "heartbeat"),
+            }
+        }
+        let wake = shard.member_wake.0.listen();
+        futures_lite::future::or(
+            futures_lite::future::or(clock.sleep(cluster.heartbeat_interval), wake),
+            shard.stopping.wait(),
+        )
+        .await;
+    }
+    if let Some(registered) = epoch {
+        let shutdown = Command::Heartbeat {
+            host,
+            epoch: registered,
+            caught_up: true,
+            shutting_down: true,
+        };
+        match client
+            .command(shutdown, &*clock, ATTEMPTS, RETRY_DELAY)
+            .await
+        {
+            Ok(Ok(Reply::Heartbeat(answer))) if answer.may_shut_down => {
+                info!("controlled shutdown: the controller moved this broker's leaderships")
+            }
+            other => warn!(?other, "controlled shutdown not confirmed"),
+        }
+    }
+    Ok(())
+}
+
+/// Creates the group offsets topic in the cluster if it has none (any broker may race to:
+/// the loser is told the topic exists).
+async fn ensure_offsets_topic(
+    shard: &Shard,
+    client: &mut QuorumClient<TcpTransport>,
+    image: &MetadataImage,
+) {
+    if image.topic(groups::OFFSETS_TOPIC).is_some() {
+        return;
+    }
+    let topic = NewTopic {
+        name: groups::OFFSETS_TOPIC.to_owned(),
+        id: shard.env.random.uuid().as_u128(),
+        partitions: groups::OFFSETS_TOPIC_PARTITIONS as u32,
+        replication_factor: 1,
+        assignment: None,
+        configs: groups::OFFSETS_TOPIC_CONFIGS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    };
+    let command = Command::CreateTopics(vec![topic]);
+    match client
+        .command(command, &*shard.env.clock, ATTEMPTS, RETRY_DELAY)
+        .await
+    {
+        Ok(Ok(Reply::CreateTopics(results))) => match results.first() {
+            Some(Ok(_)) => info!("created the group offsets topic in the cluster"),
+            Some(Err(refusal)) if refusal.code == ResponseError::TopicAlreadyExists => {}
+            other => warn!(?other, "cannot create the group offsets topic"),
+        },
+        other => error!(?other, "cannot create the group offsets topic"),
+    }
+}

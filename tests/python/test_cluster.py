@@ -1,0 +1,203 @@
+"""A cluster of three hosts, each a `ringlog serve` process (broker and controller) on its own
+loopback address (127.0.0.1, 127.0.0.2, 127.0.0.3), driven by real Kafka clients
+(confluent-kafka, kcat): brokers register with the controller quorum, a topic of 6 partitions
+is spread over the hosts, produced with acks=all and consumed in a group; the active
+controller is killed with SIGKILL and a new one accepts CreateTopics; the killed host restarts
+and is back in Metadata; a second process with a live broker's node id is refused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from conftest import _die_with_parent, data_root
+
+HOSTS = 3
+NODES_PER_HOST = 1024
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self, root: Path):
+        self.root = root
+        self.hosts = [f"127.0.0.{i + 1}" for i in range(HOSTS)]
+        self.ports = [free_port(host) for host in self.hosts]
+        controller_ports = [free_port(host) for host in self.hosts]
+        self.voters = ",".join(f"{i}@{host}:{port}" for i, (host, port)
+                               in enumerate(zip(self.hosts, controller_ports)))
+        self.processes: dict[int, subprocess.Popen] = {}
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"{host}:{port}" for host, port in zip(self.hosts, self.ports))
+
+    def start(self, node: int, roles: str = "broker,controller", port: int | None = None,
+              data: str | None = None) -> subprocess.Popen:
+        data_dir = self.root / (data or f"node-{node}")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / f"{data or f'node-{node}'}.log", "ab")
+        command = [os.environ["RINGLOG_BIN"], "serve", "--cores", "1", "--node-id", str(node),
+                   "--listen", f"{self.hosts[node]}:{port or self.ports[node]}",
+                   "--process-roles", roles, "--controller-quorum-voters", self.voters,
+                   "--data-dir", str(data_dir), "--fetch-cache-bytes", str(8 << 20)]
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        if data is None:
+            self.processes[node] = process
+        return process
+
+    def stop(self):
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def cluster(request):
+    root = data_root() / f"{request.node.name}-cluster"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    cluster = Cluster(root)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            for log in sorted(root.glob("*.log")):
+                print(f"--- {log} ---\n{log.read_text(errors='replace')[-6000:]}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except KafkaException:
+            pass
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def live_brokers(admin: AdminClient) -> set[int]:
+    return set(admin.list_topics(timeout=10).brokers)
+
+
+def create(admin: AdminClient, name: str, partitions: int) -> None:
+    futures = admin.create_topics([NewTopic(name, num_partitions=partitions,
+                                            replication_factor=1)], request_timeout=15)
+    futures[name].result(15)
+
+
+def test_three_hosts_spread_topics_survive_kill_9_of_the_controller_and_refuse_duplicates(
+        cluster):
+    for node in range(HOSTS):
+        cluster.start(node)
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    every_host = {host * NODES_PER_HOST for host in range(HOSTS)}
+    wait_until(lambda: live_brokers(admin) == every_host, 60, "three registered brokers")
+
+    # A topic of 6 partitions spread over the hosts, leaders on each.
+    create(admin, "spread", 6)
+
+    def spread_partitions():
+        # Every host's metadata follows the controller's log within a heartbeat interval.
+        topic = admin.list_topics("spread", timeout=10).topics["spread"]
+        if topic.error is None and len(topic.partitions) == 6:
+            return topic.partitions
+        return None
+
+    wait_until(lambda: all(spread_partitions() is not None for _ in range(HOSTS * 2)), 20,
+               "every host to show the topic")
+    partitions = spread_partitions()
+    leaders = {p.id: p.leader for p in partitions.values()}
+    assert {leader // NODES_PER_HOST for leader in leaders.values()} == set(range(HOSTS)), leaders
+
+    # Produced with acks=all through every host, consumed in a group.
+    producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    errors = []
+    for i in range(600):
+        producer.produce("spread", value=b"v%d" % i, partition=i % 6,
+                         on_delivery=lambda err, _msg: err and errors.append(err))
+    assert producer.flush(60) == 0 and errors == [], errors
+    consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "cluster-g",
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe(["spread"])
+    values = set()
+    deadline = time.monotonic() + 60
+    while len(values) < 600 and time.monotonic() < deadline:
+        message = consumer.poll(0.2)
+        if message is not None and not message.error():
+            values.add(message.value())
+    consumer.close()
+    assert values == {b"v%d" % i for i in range(600)}
+
+    # kcat sees the same three brokers.
+    listing = subprocess.run(["kcat", "-b", cluster.bootstrap, "-L", "-t", "spread"],
+                             capture_output=True, text=True, timeout=30)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.count(" at 127.0.0.") == HOSTS, listing.stdout
+
+    # kill -9 of the active controller: another one accepts CreateTopics.
+    controller = admin.describe_cluster(request_timeout=10).result(10).controller.id
+    killed = controller // NODES_PER_HOST
+    cluster.processes[killed].kill()
+    cluster.processes[killed].wait(10)
+    survivors = ",".join(f"{h}:{p}" for i, (h, p) in enumerate(zip(cluster.hosts, cluster.ports))
+                         if i != killed)
+    started = time.monotonic()
+    deadline = started + 30
+    while True:
+        # A fresh client each try: the one before may still send admin requests to the dead
+        # controller it cached.
+        admin = AdminClient({"bootstrap.servers": survivors})
+        try:
+            futures = admin.create_topics([NewTopic("after-failover", num_partitions=3,
+                                                    replication_factor=1)], request_timeout=3)
+            futures["after-failover"].result(4)
+            break
+        except (KafkaException, TimeoutError) as error:
+            assert time.monotonic() < deadline, f"no controller accepted CreateTopics: {error}"
+            time.sleep(0.1)
+    print(f"CreateTopics committed {time.monotonic() - started:.3f} s after kill -9")
+    wait_until(lambda: live_brokers(admin) == every_host - {killed * NODES_PER_HOST}, 30,
+               "the killed host to be fenced")
+    new_controller = admin.describe_cluster(request_timeout=10).result(10).controller.id
+    assert new_controller // NODES_PER_HOST != killed
+
+    # The killed host restarts from its disk and is back in Metadata.
+    cluster.start(killed)
+    wait_until(lambda: live_brokers(admin) == every_host, 60, "the restarted host")
+
+    # A second process with a live broker's node id is refused, and says why.
+    other = (killed + 1) % HOSTS
+    duplicate = cluster.start(other, roles="broker", port=free_port(cluster.hosts[other]),
+                              data="duplicate")
+    assert duplicate.wait(30) != 0
+    assert "already registered and alive" in cluster.log("duplicate"), cluster.log("duplicate")
