@@ -201,3 +201,78 @@ def test_three_hosts_spread_topics_survive_kill_9_of_the_controller_and_refuse_d
                               data="duplicate")
     assert duplicate.wait(30) != 0
     assert "already registered and alive" in cluster.log("duplicate"), cluster.log("duplicate")
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[round((len(ordered) - 1) * q)]
+
+
+@pytest.mark.skipif("CLUSTER_FIGURE_TRIALS" not in os.environ,
+                    reason="a measurement: CLUSTER_FIGURE_TRIALS=20 scripts/python-tests.sh "
+                           "-s -k cluster_figures")
+def test_cluster_figures(cluster):
+    """Section 4 of issue 15, over CLUSTER_FIGURE_TRIALS trials each: controller failover
+    (kill -9 of the active controller until the next CreateTopics succeeds), broker failure
+    detection (kill -9 of a host until a survivor's Metadata drops it) and metadata propagation
+    (CreateTopics answered until every host's Metadata shows the topic)."""
+    trials = int(os.environ["CLUSTER_FIGURE_TRIALS"])
+    for node in range(HOSTS):
+        cluster.start(node)
+    every_host = {host * NODES_PER_HOST for host in range(HOSTS)}
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    wait_until(lambda: live_brokers(admin) == every_host, 60, "three registered brokers")
+    single = [AdminClient({"bootstrap.servers": f"{h}:{p}"})
+              for h, p in zip(cluster.hosts, cluster.ports)]
+    failover, fencing, propagation = [], [], []
+    for trial in range(trials):
+        # Metadata propagation.
+        name = f"propagate-{trial}"
+        create(admin, name, 3)
+        answered = time.monotonic()
+        wait_until(lambda: all(name in a.list_topics(timeout=5).topics for a in single), 30,
+                   "every host to show the topic")
+        propagation.append(time.monotonic() - answered)
+
+        # Controller failover.
+        controller = admin.describe_cluster(request_timeout=10).result(10).controller.id
+        killed = controller // NODES_PER_HOST
+        cluster.processes[killed].kill()
+        started = time.monotonic()
+        cluster.processes[killed].wait(10)
+        others = [i for i in range(HOSTS) if i != killed]
+        survivors = ",".join(f"{cluster.hosts[i]}:{cluster.ports[i]}" for i in others)
+        while True:
+            try:
+                client = AdminClient({"bootstrap.servers": survivors})
+                futures = client.create_topics([NewTopic(f"failover-{trial}", num_partitions=1,
+                                                         replication_factor=1)],
+                                               request_timeout=3)
+                futures[f"failover-{trial}"].result(4)
+                break
+            except (KafkaException, TimeoutError):
+                assert time.monotonic() - started < 60, "no controller took over"
+                time.sleep(0.01)
+        failover.append(time.monotonic() - started)
+        cluster.start(killed)
+        wait_until(lambda: live_brokers(admin) == every_host, 60, "the restarted host")
+
+        # Broker failure detection: kill -9 of a host that is not the active controller, until
+        # a survivor's Metadata drops it.
+        controller = admin.describe_cluster(request_timeout=10).result(10).controller.id
+        victim = next(i for i in range(HOSTS) if i != controller // NODES_PER_HOST)
+        watcher = single[next(i for i in range(HOSTS) if i != victim)]
+        cluster.processes[victim].kill()
+        started = time.monotonic()
+        cluster.processes[victim].wait(10)
+        wait_until(lambda: victim * NODES_PER_HOST not in live_brokers(watcher), 60,
+                   "the killed host to be fenced")
+        fencing.append(time.monotonic() - started)
+        cluster.start(victim)
+        wait_until(lambda: live_brokers(admin) == every_host, 60, "the restarted host")
+    for label, samples in [("controller failover", failover),
+                           ("broker fencing", fencing),
+                           ("metadata propagation", propagation)]:
+        print(f"{label} over {trials} trials: p50 {percentile(samples, 0.5) * 1000:.0f} ms, "
+              f"p99 {percentile(samples, 0.99) * 1000:.0f} ms, "
+              f"max {max(samples) * 1000:.0f} ms")
