@@ -369,6 +369,7 @@ fn run_shards(
                 .map(|(&id, address)| (ringlog_cluster::HostId(id), address.to_string()))
                 .collect(),
             heartbeat_interval: Duration::from_millis(BROKER_HEARTBEAT_INTERVAL_MS),
+            session_timeout: Duration::from_millis(quorum.broker_session_timeout_ms),
         });
     let mut catalog = match (&cluster, Catalog::load(&config.data_dir)) {
         (Some(_), _) => Catalog::default(),

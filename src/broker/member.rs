@@ -38,6 +38,9 @@ pub struct ClusterSettings {
     /// Every voter's controller address.
     pub voters: BTreeMap<HostId, String>,
     pub heartbeat_interval: Duration,
+    /// The controller's broker session timeout: how long an earlier process of this host may
+    /// still count as alive after it died.
+    pub session_timeout: Duration,
 }
 
 /// Tries of one command at each wake-up (the loop itself retries at the next one).
@@ -82,6 +85,10 @@ pub async fn run(shard: Rc<Shard>, cluster: ClusterSettings) -> Result<(), Strin
     let mut image = MetadataImage::default();
     let mut current = Catalog::default();
     let mut epoch: Option<u64> = None;
+    // When the controller first refused this process as a duplicate: a process restarted after
+    // kill -9 is refused until its predecessor's session ends, and only a refusal that outlasts
+    // that means another live process has the node id.
+    let mut refused_since: Option<std::time::Instant> = None;
     // The host whose controller answered the last heartbeat: the active one.
     let mut active: Option<HostId> = None;
     while !shard.stopping.is_triggered() {
@@ -94,15 +101,21 @@ pub async fn run(shard: Rc<Shard>, cluster: ClusterSettings) -> Result<(), Strin
                 Ok(Ok(Reply::Registered { epoch: registered })) => {
                     info!(node_id = %host, epoch = registered, "registered with the controller quorum");
                     epoch = Some(registered);
+                    refused_since = None;
                 }
                 Ok(Err(CommandError::Refused(refusal)))
                     if refusal.code == ResponseError::DuplicateBrokerRegistration =>
                 {
-                    return Err(format!(
-                        "the controller refused this broker: {} (stop the other process with \
-                         node id {host}, or give this one another --node-id)",
-                        refusal.message
-                    ));
+                    let now = clock.now();
+                    let since = *refused_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) > cluster.session_timeout * 2 {
+                        return Err(format!(
+                            "the controller refused this broker: {} (stop the other process \
+                             with node id {host}, or give this one another --node-id)",
+                            refusal.message
+                        ));
+                    }
+                    info!("node id {host} is still registered to an earlier process: waiting for its session to end");
                 }
                 other => debug!(?other, "registration not done yet"),
             }
