@@ -31,7 +31,11 @@ pub async fn metadata(
         version,
         &shard.identity,
         &shard.nodes(),
-        shard.controller_node(),
+        // As KRaft brokers do: clients send admin requests to the "controller" Metadata
+        // names, and any broker forwards them to the quorum, so name this broker's own node,
+        // which is alive by definition, rather than one that may have just died. The active
+        // controller is in DescribeCluster.
+        shard.settings.topology.node_of(0),
     );
     let auto_create =
         shard.settings.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
