@@ -97,11 +97,15 @@ impl Cluster {
 }
 
 fn registration(incarnation: u128) -> Registration {
+    registration_of(9, incarnation)
+}
+
+fn registration_of(host: u32, incarnation: u128) -> Registration {
     Registration {
-        host: HostId(9),
+        host: HostId(host),
         incarnation,
         endpoints: vec![Endpoint {
-            node: NodeId::of(HostId(9), 0),
+            node: NodeId::of(HostId(host), 0),
             host: "127.0.0.9".into(),
             port: 9092,
         }],
@@ -146,6 +150,35 @@ async fn created(client: &mut QuorumClient<TcpTransport>, clock: &dyn Clock, nam
         matches!(reply, Ok(Ok(Reply::CreateTopics(ref results))) if results[0].is_ok()),
         "{name}: {reply:?}"
     );
+}
+
+/// Registers broker `host` and unfences it; returns the heartbeat that keeps it alive.
+async fn live_broker(
+    client: &mut QuorumClient<TcpTransport>,
+    clock: &dyn Clock,
+    host: u32,
+) -> QuorumCommand {
+    let reply = client
+        .command(
+            QuorumCommand::Register(registration_of(host, u128::from(host))),
+            clock,
+            ATTEMPTS,
+            RETRY,
+        )
+        .await;
+    let Ok(Ok(Reply::Registered { epoch })) = reply else {
+        panic!("{reply:?}")
+    };
+    let heartbeat = QuorumCommand::Heartbeat {
+        host: HostId(host),
+        epoch,
+        caught_up: true,
+        shutting_down: false,
+    };
+    let _ = client
+        .command(heartbeat.clone(), clock, ATTEMPTS, RETRY)
+        .await;
+    heartbeat
 }
 
 #[test]
@@ -288,6 +321,9 @@ fn controller_failover_figures() {
         let (elapsed, leader, rest) = run(move || async move {
             let clock: Rc<dyn Clock> = Rc::new(SystemClock);
             let mut client = QuorumClient::new(TcpTransport, addresses);
+            // A fresh broker each trial, live for a session from here (and from the next
+            // controller's activation).
+            live_broker(&mut client, &*clock, 100 + trial as u32).await;
             created(
                 &mut client,
                 &*clock,
@@ -362,25 +398,13 @@ fn controller_failover_figures() {
     run(move || async move {
         let clock: Rc<dyn Clock> = Rc::new(SystemClock);
         let mut client = QuorumClient::new(TcpTransport, addresses);
-        let reply = client
-            .command(
-                QuorumCommand::Register(registration(77)),
-                &*clock,
-                ATTEMPTS,
-                RETRY,
-            )
-            .await;
-        let Ok(Ok(Reply::Registered { epoch })) = reply else {
-            panic!("{reply:?}")
-        };
-        let heartbeat = QuorumCommand::Heartbeat {
-            host: HostId(9),
-            epoch,
-            caught_up: true,
-            shutting_down: false,
-        };
-        let _ = client.command(heartbeat, &*clock, ATTEMPTS, RETRY).await;
+        let heartbeat = live_broker(&mut client, &*clock, 77).await;
         for topic in 0..100u128 {
+            if topic % 10 == 0 {
+                let _ = client
+                    .command(heartbeat.clone(), &*clock, ATTEMPTS, RETRY)
+                    .await;
+            }
             let command = QuorumCommand::CreateTopics(vec![NewTopic {
                 name: format!("sized-{topic}"),
                 id: 1_000_000 + topic,
