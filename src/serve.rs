@@ -42,7 +42,7 @@ use ringlog_env::Env;
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How often a broker in a cluster heartbeats to the controller (and catches up with the
 /// metadata log): well inside the default 1.5 s session, as Kafka's 2 s is inside its 9 s.
-const BROKER_HEARTBEAT_INTERVAL_MS: u64 = 250;
+const BROKER_HEARTBEAT_INTERVAL_MS: u64 = 150;
 /// How long stopping waits for connections to finish a request before dropping them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the check for another listener on a port waits for its connection.
