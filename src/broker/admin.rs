@@ -964,6 +964,14 @@ mod cluster {
         AdminError::new(code, message)
     }
 
+    /// The quorum answered a command with another command's reply (a bug, not a refusal).
+    fn unexpected(reply: &Reply) -> AdminError {
+        refused(
+            ResponseError::UnknownServerError,
+            format!("unexpected answer {reply:?}"),
+        )
+    }
+
     fn assignments_unsupported() -> AdminError {
         refused(
             ResponseError::InvalidReplicaAssignment,
@@ -1046,10 +1054,7 @@ mod cluster {
                         Err(refusal) => Err(refused(refusal.code, refusal.message)),
                     }
                 }
-                Ok(other) => Err(refused(
-                    ResponseError::UnknownServerError,
-                    format!("unexpected answer {other:?}"),
-                )),
+                Ok(other) => Err(unexpected(&other)),
                 Err(error) => Err(error),
             };
             results.push(result);
@@ -1095,10 +1100,7 @@ mod cluster {
                     Some(Err(refusal)) => Err(refused(refusal.code, refusal.message)),
                     None => Err(refused(ResponseError::UnknownServerError, "no answer")),
                 },
-                Ok(other) => Err(refused(
-                    ResponseError::UnknownServerError,
-                    format!("unexpected answer {other:?}"),
-                )),
+                Ok(other) => Err(unexpected(&other)),
                 Err(error) => Err(error),
             };
             results.push(result);

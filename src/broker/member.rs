@@ -91,6 +91,8 @@ pub async fn run(shard: Rc<Shard>, cluster: ClusterSettings) -> Result<(), Strin
     let mut refused_since: Option<std::time::Instant> = None;
     // The host whose controller answered the last heartbeat: the active one.
     let mut active: Option<HostId> = None;
+    // What the shards' catalog was last built from: (applied index, active controller).
+    let mut built_from: (u64, Option<HostId>) = (u64::MAX, None);
     while !shard.stopping.is_triggered() {
         if epoch.is_none() {
             let command = Command::Register(registration.clone());
@@ -121,7 +123,9 @@ pub async fn run(shard: Rc<Shard>, cluster: ClusterSettings) -> Result<(), Strin
             }
         }
         match client.update(&mut image).await {
-            Ok(()) => {
+            // The catalog is rebuilt (a walk over every partition) only when something it is
+            // made of moved: not on every idle heartbeat, on the shard that also serves clients.
+            Ok(()) if (image.applied_index, active) != built_from => {
                 let mut next = catalog::from_image(&image, host);
                 next.controller = active.map(|active| NodeId::of(active, 0).0).filter(|node| {
                     next.brokers
@@ -130,15 +134,23 @@ pub async fn run(shard: Rc<Shard>, cluster: ClusterSettings) -> Result<(), Strin
                         .any(|(broker, _, _)| broker == node)
                 });
                 let changes = catalog::changes(&current, &next);
-                if !changes.is_empty() {
-                    for target in 0..shard.settings.shards {
-                        if let Err(error) = shard.call(target, Apply(changes.clone())).await {
-                            warn!(shard = target, "cannot apply metadata: {error}");
-                        }
+                let mut applied = true;
+                for target in 0..shard.settings.shards {
+                    if changes.is_empty() {
+                        break;
                     }
+                    if let Err(error) = shard.call(target, Apply(changes.clone())).await {
+                        warn!(shard = target, "cannot apply metadata: {error}");
+                        applied = false;
+                    }
+                }
+                // A shard that missed the changes gets them again at the next wake-up.
+                if applied {
                     current = next;
+                    built_from = (image.applied_index, active);
                 }
             }
+            Ok(()) => {}
             Err(error) => debug!("cannot catch up with the metadata log: {error}"),
         }
         if let Some(registered) = epoch {
