@@ -168,3 +168,31 @@ fn three_voters_elect_commit_fail_over_and_recover_from_disk() {
         .join()
         .expect("test body");
 }
+
+#[test]
+fn a_voter_that_accepts_and_never_answers_does_not_hang_the_client() {
+    glommio::LocalExecutorBuilder::default()
+        .spawn(|| async {
+            let clock: Rc<dyn Clock> = Rc::new(SystemClock);
+            let network = MemoryNetwork::new(Rc::clone(&clock), Random::seeded(3), Duration::ZERO);
+            // Listens (so connects succeed) but never reads or answers, like a stopped process.
+            let _silent =
+                ringlog_env::Transport::listen(&network.host("c0"), "c0:9093").expect("listen");
+            let voters: BTreeMap<HostId, String> = [(HostId(0), "c0:9093".to_owned())].into();
+            let mut client = QuorumClient::new(network.host("broker"), voters)
+                .with_timeout(Rc::clone(&clock), Duration::from_millis(200));
+            // Bounded here too, so that a client without its timeout fails the test instead of
+            // hanging it.
+            let asked = async { Some(client.catch_up(0).await) };
+            let bound = async {
+                glommio::timer::sleep(Duration::from_secs(5)).await;
+                None
+            };
+            let result = futures_lite::future::or(asked, bound).await;
+            let result = result.expect("the client hung on a silent voter");
+            assert!(result.is_err(), "a silent voter answered: {result:?}");
+        })
+        .expect("executor")
+        .join()
+        .expect("test body");
+}

@@ -984,8 +984,11 @@ mod cluster {
         let Some(cluster) = &shard.settings.cluster else {
             return Err(refused(ResponseError::NotController, "not in a cluster"));
         };
-        let mut client = QuorumClient::new(TcpTransport, cluster.voters.clone());
         let clock = Rc::clone(&shard.env.clock);
+        let mut client = QuorumClient::new(TcpTransport, cluster.voters.clone()).with_timeout(
+            Rc::clone(&clock),
+            crate::broker::member::QUORUM_REQUEST_TIMEOUT,
+        );
         match client
             .command(command, &*clock, COMMAND_ATTEMPTS, RETRY_DELAY)
             .await

@@ -43,6 +43,9 @@ pub struct ClusterSettings {
     pub session_timeout: Duration,
 }
 
+/// How long one request to a voter may take before the next voter is tried: a commit takes
+/// milliseconds, so this only cuts off a voter that hangs.
+pub const QUORUM_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Tries of one command at each wake-up (the loop itself retries at the next one).
 const ATTEMPTS: usize = 3;
 const RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -80,7 +83,8 @@ fn registration(shard: &Shard, host: HostId, incarnation: u128) -> Registration 
 pub async fn run(shard: Rc<Shard>, cluster: ClusterSettings) -> Result<(), String> {
     let clock = Rc::clone(&shard.env.clock);
     let host = cluster.host;
-    let mut client = QuorumClient::new(TcpTransport, cluster.voters.clone());
+    let mut client = QuorumClient::new(TcpTransport, cluster.voters.clone())
+        .with_timeout(Rc::clone(&clock), QUORUM_REQUEST_TIMEOUT);
     let registration = registration(&shard, host, shard.env.random.uuid().as_u128());
     let mut image = MetadataImage::default();
     let mut current = Catalog::default();

@@ -387,6 +387,9 @@ pub struct QuorumClient<T: Transport> {
     /// The voter believed active, and the open link to it.
     target: Option<HostId>,
     link: Option<T::Stream>,
+    /// How long one request may take (connect included), on which clock: a voter that hangs
+    /// (SIGSTOP, a cut link TCP has not noticed) must not hang its caller.
+    timeout: Option<(Rc<dyn ringlog_env::Clock>, Duration)>,
 }
 
 #[derive(Debug, Error)]
@@ -404,10 +407,38 @@ impl<T: Transport> QuorumClient<T> {
             voters,
             target: None,
             link: None,
+            timeout: None,
         }
     }
 
+    /// Gives up on a request after `timeout` on `clock` (the link is then dropped and the
+    /// next voter tried, as for any failure).
+    pub fn with_timeout(mut self, clock: Rc<dyn ringlog_env::Clock>, timeout: Duration) -> Self {
+        self.timeout = Some((clock, timeout));
+        self
+    }
+
     async fn ask_once(
+        &mut self,
+        voter: HostId,
+        request: &ClientRequest,
+    ) -> Result<ClientResponse, String> {
+        let Some((clock, timeout)) = self.timeout.clone() else {
+            return self.ask_once_unbounded(voter, request).await;
+        };
+        let expired = async {
+            clock.sleep(timeout).await;
+            Err(format!("no answer within {timeout:?}"))
+        };
+        let answer =
+            futures_lite::future::or(self.ask_once_unbounded(voter, request), expired).await;
+        if answer.is_err() {
+            self.link = None;
+        }
+        answer
+    }
+
+    async fn ask_once_unbounded(
         &mut self,
         voter: HostId,
         request: &ClientRequest,
