@@ -24,6 +24,17 @@ const TOPIC_NAME_CHARS_MAX: usize = 249;
 /// cannot make the controller log an unbounded batch.
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 100_000;
 
+/// A leader's ISR change (see [`Controller::alter_partition`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AlterPartition {
+    pub topic: String,
+    pub partition: u32,
+    pub leader: NodeId,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub isr: Vec<NodeId>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ControllerSettings {
     /// A host silent this long is fenced (`broker.session.timeout.ms`).
@@ -516,6 +527,87 @@ impl Controller {
             })
             .collect();
         Ok(RecordBatch::new(records))
+    }
+
+    /// A leader's request to change a partition's ISR (Kafka's AlterPartition): accepted only
+    /// from the partition's current leader in its current leader epoch, made against the current
+    /// partition epoch, naming the leader and replicas of the partition only, and adding only
+    /// replicas on live hosts. Returns the partition epoch of the committed state and the
+    /// records (none when the ISR is already the one asked for).
+    pub fn alter_partition(&self, request: &AlterPartition) -> Result<(i32, RecordBatch), Refusal> {
+        let partition = self
+            .image
+            .topic(&request.topic)
+            .and_then(|topic| topic.partitions.get(request.partition as usize))
+            .ok_or_else(|| {
+                Refusal::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("no partition {}-{}", request.topic, request.partition),
+                )
+            })?;
+        if request.leader != partition.leader {
+            return Err(Refusal::new(
+                ResponseError::NotLeaderOrFollower,
+                format!("node {} does not lead the partition", request.leader),
+            ));
+        }
+        if request.leader_epoch != partition.leader_epoch {
+            return Err(Refusal::new(
+                ResponseError::FencedLeaderEpoch,
+                format!(
+                    "leader epoch {} is not the current {}",
+                    request.leader_epoch, partition.leader_epoch
+                ),
+            ));
+        }
+        if request.partition_epoch != partition.partition_epoch {
+            return Err(Refusal::new(
+                ResponseError::InvalidUpdateVersion,
+                format!(
+                    "partition epoch {} is not the current {}",
+                    request.partition_epoch, partition.partition_epoch
+                ),
+            ));
+        }
+        let mut isr: Vec<NodeId> = request.isr.clone();
+        isr.sort();
+        isr.dedup();
+        if !isr.contains(&partition.leader)
+            || isr.iter().any(|node| !partition.replicas.contains(node))
+        {
+            return Err(Refusal::new(
+                ResponseError::InvalidRequest,
+                "the ISR must hold the leader and replicas of the partition only",
+            ));
+        }
+        if let Some(node) = isr
+            .iter()
+            .find(|node| !partition.isr.contains(node) && !self.image.is_live(**node))
+        {
+            return Err(Refusal::new(
+                ResponseError::IneligibleReplica,
+                format!("replica {node} is on a fenced or unknown host"),
+            ));
+        }
+        let mut current = partition.isr.clone();
+        current.sort();
+        if current == isr {
+            return Ok((partition.partition_epoch, RecordBatch::new(Vec::new())));
+        }
+        let mut changed = partition.clone();
+        // The replicas' order (the preferred leader first) is kept.
+        changed.isr = partition
+            .replicas
+            .iter()
+            .copied()
+            .filter(|node| isr.contains(node))
+            .collect();
+        changed.partition_epoch += 1;
+        let epoch = changed.partition_epoch;
+        Ok((
+            epoch,
+            RecordBatch::new(vec![MetadataRecord::Partition(changed)]),
+        ))
     }
 
     /// Moves leadership of the given partitions (all, when `None`) to their preferred leader,

@@ -22,7 +22,9 @@ pub mod records;
 pub mod rng;
 pub mod sim;
 
-pub use controller::{check_topic_name, Controller, ControllerSettings, NewTopic, Refusal};
+pub use controller::{
+    check_topic_name, AlterPartition, Controller, ControllerSettings, NewTopic, Refusal,
+};
 pub use image::MetadataImage;
 pub use node::{HostId, NodeId};
 pub use quorum::{

@@ -35,7 +35,9 @@ use raft::{RawNode, StateRole};
 use thiserror::Error;
 
 use crate::codec;
-use crate::controller::{Controller, ControllerSettings, HeartbeatAnswer, NewTopic, Refusal};
+use crate::controller::{
+    AlterPartition, Controller, ControllerSettings, HeartbeatAnswer, NewTopic, Refusal,
+};
 use crate::image::MetadataImage;
 use crate::log::{to_log_entry, HardStateRecord, LogView, SnapshotRecord};
 use crate::node::{HostId, NodeId};
@@ -124,6 +126,8 @@ pub enum Command {
         changes: Vec<(String, Option<String>)>,
     },
     ElectPreferred,
+    /// A partition leader's ISR change.
+    AlterPartition(AlterPartition),
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -140,6 +144,10 @@ pub enum Reply {
     /// Partitions whose leader moved to the preferred replica.
     ElectPreferred {
         changed: usize,
+    },
+    /// The partition epoch of the partition's state with the asked ISR.
+    AlterPartition {
+        partition_epoch: i32,
     },
 }
 
@@ -904,6 +912,16 @@ impl ControllerNode {
                 }
                 Decision::Propose(Pending::Reply(Reply::ElectPreferred { changed }), batch)
             }
+            Command::AlterPartition(request) => match self.controller.alter_partition(&request) {
+                Ok((partition_epoch, batch)) if batch.records.is_empty() => {
+                    Decision::Answer(Ok(Reply::AlterPartition { partition_epoch }))
+                }
+                Ok((partition_epoch, batch)) => Decision::Propose(
+                    Pending::Reply(Reply::AlterPartition { partition_epoch }),
+                    batch,
+                ),
+                Err(refusal) => refused(refusal),
+            },
         }
     }
 

@@ -368,3 +368,94 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn alter_partition_is_accepted_from_the_current_leader_and_epochs_only() {
+    use ringlog_cluster::AlterPartition;
+    let mut cluster = Committed::new();
+    for host in 0..3 {
+        cluster.join(host, 1, None, 0);
+    }
+    cluster.create("orders", 1, 1, 3).expect("created");
+    let partition = cluster.image().topic("orders").expect("topic").partitions[0].clone();
+    let follower = partition.replicas[1];
+    let shrunk: Vec<NodeId> = partition
+        .isr
+        .iter()
+        .copied()
+        .filter(|&n| n != follower)
+        .collect();
+    let request = AlterPartition {
+        topic: "orders".into(),
+        partition: 0,
+        leader: partition.leader,
+        leader_epoch: partition.leader_epoch,
+        partition_epoch: partition.partition_epoch,
+        isr: shrunk.clone(),
+    };
+    let code = |request: &AlterPartition, cluster: &Committed| {
+        cluster
+            .controller
+            .alter_partition(request)
+            .map(|_| ())
+            .map_err(|refusal| refusal.code)
+    };
+    let stale_leader = AlterPartition {
+        leader: follower,
+        ..request.clone()
+    };
+    assert_eq!(
+        code(&stale_leader, &cluster),
+        Err(ResponseError::NotLeaderOrFollower)
+    );
+    let old_epoch = AlterPartition {
+        leader_epoch: partition.leader_epoch - 1,
+        ..request.clone()
+    };
+    assert_eq!(
+        code(&old_epoch, &cluster),
+        Err(ResponseError::FencedLeaderEpoch)
+    );
+    let foreign = AlterPartition {
+        isr: vec![partition.leader, NodeId::of(HostId(9), 0)],
+        ..request.clone()
+    };
+    assert_eq!(code(&foreign, &cluster), Err(ResponseError::InvalidRequest));
+
+    let (epoch, batch) = cluster
+        .controller
+        .alter_partition(&request)
+        .expect("shrinks");
+    cluster.commit(batch);
+    let now = cluster.image().topic("orders").expect("topic").partitions[0].clone();
+    assert_eq!(now.partition_epoch, epoch);
+    assert_eq!(now.partition_epoch, partition.partition_epoch + 1);
+    assert_eq!(now.isr, shrunk);
+    assert_eq!(now.leader_epoch, partition.leader_epoch, "no leader change");
+    // The same request again was made against an older partition epoch.
+    assert_eq!(
+        code(&request, &cluster),
+        Err(ResponseError::InvalidUpdateVersion)
+    );
+
+    // The follower's host is fenced: it cannot be added back.
+    cluster.heartbeat(0, 1_000);
+    cluster.heartbeat(1, 1_000);
+    cluster.heartbeat(2, 1_000);
+    let fenced_host = follower.host().expect("a host").0;
+    for host in (0..3).filter(|&h| h != fenced_host) {
+        cluster.heartbeat(host, 2_000);
+    }
+    let batch = cluster.controller.tick(2_600);
+    cluster.commit(batch);
+    let now = cluster.image().topic("orders").expect("topic").partitions[0].clone();
+    let grow = AlterPartition {
+        leader: now.leader,
+        leader_epoch: now.leader_epoch,
+        partition_epoch: now.partition_epoch,
+        isr: partition.replicas.clone(),
+        ..request.clone()
+    };
+    assert_eq!(code(&grow, &cluster), Err(ResponseError::IneligibleReplica));
+    cluster.check_invariants();
+}

@@ -1,0 +1,454 @@
+//! The leader's view of one partition's replicas: each follower's log end offset, the high
+//! watermark, and the in-sync replica set it would like the controller to commit.
+//!
+//! The ISR is the controller's: the leader proposes a change ([`LeaderState::isr_proposal`],
+//! sent as AlterPartition with the partition epoch it was made against) and uses a new ISR
+//! only once the metadata log has committed it ([`LeaderState::committed`]). While a change
+//! is in flight the high watermark counts every replica of the old and the proposed ISR (Kafka's
+//! "maximal ISR"): a shrink cannot advance it before the shrink is committed, and an expansion
+//! is counted as soon as it is proposed, because the replica it adds has everything up to the
+//! high watermark already.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use thiserror::Error;
+
+use crate::ReplicaId;
+
+/// What the leader knows of one follower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Follower {
+    /// -1 until the follower's first fetch reaches this leader.
+    log_end_offset: i64,
+    /// When this follower last had everything the leader had (Kafka's lastCaughtUpTimeMs).
+    caught_up_ms: i64,
+    /// The leader's log end offset and the time at this follower's previous fetch: a fetch
+    /// that reaches that offset proves the follower was caught up then, even though the leader
+    /// appended more in between (a follower under steady load is never exactly at the end).
+    previous_fetch_leader_end: i64,
+    previous_fetch_ms: i64,
+}
+
+/// Why a write with acks=all cannot be accepted now.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{in_sync} in-sync replicas, min.insync.replicas is {required}")]
+pub struct NotEnoughReplicas {
+    pub in_sync: usize,
+    pub required: usize,
+}
+
+/// Why a follower's fetch is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum FollowerRefusal {
+    #[error("replica {0} is not a replica of this partition")]
+    NotAReplica(ReplicaId),
+    #[error("fetch offset {fetch_offset} is beyond the leader's log end offset {log_end_offset}")]
+    OffsetOutOfRange {
+        fetch_offset: i64,
+        log_end_offset: i64,
+    },
+}
+
+/// A partition's replication as its leader sees it, for one leader epoch.
+#[derive(Debug, Clone)]
+pub struct LeaderState {
+    leader: ReplicaId,
+    leader_epoch: i32,
+    partition_epoch: i32,
+    log_end_offset: i64,
+    high_watermark: i64,
+    /// The committed ISR, the leader included.
+    isr: BTreeSet<ReplicaId>,
+    /// An ISR proposed to the controller and not yet committed or refused.
+    proposed: Option<BTreeSet<ReplicaId>>,
+    followers: BTreeMap<ReplicaId, Follower>,
+    lag_time_max_ms: i64,
+}
+
+/// What a leader starts from (a replica becoming leader, or a leader's partition opening).
+#[derive(Debug, Clone)]
+pub struct LeaderStart<'a> {
+    pub leader: ReplicaId,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub replicas: &'a [ReplicaId],
+    pub isr: &'a [ReplicaId],
+    pub log_end_offset: i64,
+    /// The high watermark this replica knew (as a follower, or checkpointed).
+    pub high_watermark: i64,
+    pub lag_time_max_ms: i64,
+    pub now_ms: i64,
+}
+
+impl LeaderState {
+    pub fn new(start: LeaderStart<'_>) -> Self {
+        let followers = start
+            .replicas
+            .iter()
+            .filter(|&&id| id != start.leader)
+            .map(|&id| {
+                let follower = Follower {
+                    log_end_offset: -1,
+                    // As in Kafka, a new leader gives every follower a full lag time to show
+                    // up before it is taken out of the ISR.
+                    caught_up_ms: start.now_ms,
+                    previous_fetch_leader_end: -1,
+                    previous_fetch_ms: start.now_ms,
+                };
+                (id, follower)
+            })
+            .collect();
+        let mut isr: BTreeSet<ReplicaId> = start.isr.iter().copied().collect();
+        isr.insert(start.leader);
+        let mut state = Self {
+            leader: start.leader,
+            leader_epoch: start.leader_epoch,
+            partition_epoch: start.partition_epoch,
+            log_end_offset: start.log_end_offset,
+            high_watermark: start.high_watermark.min(start.log_end_offset).max(0),
+            isr,
+            proposed: None,
+            followers,
+            lag_time_max_ms: start.lag_time_max_ms,
+        };
+        state.advance_high_watermark();
+        state
+    }
+
+    pub fn leader(&self) -> ReplicaId {
+        self.leader
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch
+    }
+
+    pub fn partition_epoch(&self) -> i32 {
+        self.partition_epoch
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.log_end_offset
+    }
+
+    /// The committed ISR, the leader included.
+    pub fn isr(&self) -> &BTreeSet<ReplicaId> {
+        &self.isr
+    }
+
+    pub fn is_replica(&self, id: ReplicaId) -> bool {
+        id == self.leader || self.followers.contains_key(&id)
+    }
+
+    /// A follower's log end offset as last reported (-1: not yet).
+    pub fn follower_end(&self, id: ReplicaId) -> Option<i64> {
+        self.followers.get(&id).map(|f| f.log_end_offset)
+    }
+
+    /// The controller committed a new state of the partition with this replica still its
+    /// leader in the same leader epoch: its ISR, replicas and partition epoch replace ours, and
+    /// a proposal made against an older partition epoch is settled.
+    pub fn committed(
+        &mut self,
+        partition_epoch: i32,
+        replicas: &[ReplicaId],
+        isr: &[ReplicaId],
+        now_ms: i64,
+    ) {
+        if partition_epoch < self.partition_epoch {
+            return;
+        }
+        self.partition_epoch = partition_epoch;
+        self.isr = isr.iter().copied().collect();
+        self.isr.insert(self.leader);
+        self.proposed = None;
+        self.followers
+            .retain(|id, _| replicas.contains(id) && *id != self.leader);
+        for &id in replicas {
+            if id != self.leader {
+                self.followers.entry(id).or_insert(Follower {
+                    log_end_offset: -1,
+                    caught_up_ms: now_ms,
+                    previous_fetch_leader_end: -1,
+                    previous_fetch_ms: now_ms,
+                });
+            }
+        }
+        self.advance_high_watermark();
+    }
+
+    /// The controller refused the proposal (a stale partition epoch, a fenced replica): the
+    /// next [`isr_proposal`](Self::isr_proposal) decides again.
+    pub fn proposal_failed(&mut self) {
+        self.proposed = None;
+        self.advance_high_watermark();
+    }
+
+    /// The leader's log end offset moved (an append completed). Returns whether the high
+    /// watermark moved.
+    pub fn leader_appended(&mut self, log_end_offset: i64) -> bool {
+        self.log_end_offset = self.log_end_offset.max(log_end_offset);
+        self.advance_high_watermark()
+    }
+
+    /// A follower fetched from `fetch_offset`: it has everything before it. Returns whether
+    /// the high watermark moved.
+    pub fn follower_fetched(
+        &mut self,
+        id: ReplicaId,
+        fetch_offset: i64,
+        now_ms: i64,
+    ) -> Result<bool, FollowerRefusal> {
+        let leader_end = self.log_end_offset;
+        let follower = self
+            .followers
+            .get_mut(&id)
+            .ok_or(FollowerRefusal::NotAReplica(id))?;
+        if fetch_offset > leader_end {
+            return Err(FollowerRefusal::OffsetOutOfRange {
+                fetch_offset,
+                log_end_offset: leader_end,
+            });
+        }
+        follower.log_end_offset = fetch_offset;
+        if fetch_offset >= leader_end {
+            follower.caught_up_ms = now_ms;
+        } else if fetch_offset >= follower.previous_fetch_leader_end {
+            follower.caught_up_ms = follower.caught_up_ms.max(follower.previous_fetch_ms);
+        }
+        follower.previous_fetch_leader_end = leader_end;
+        follower.previous_fetch_ms = now_ms;
+        Ok(self.advance_high_watermark())
+    }
+
+    /// The ISR this leader wants, if it differs from the committed one and nothing is in
+    /// flight: followers behind the log end that have not caught up within the lag time leave,
+    /// followers that have reached the high watermark join. The proposal is remembered as in
+    /// flight until [`committed`](Self::committed) or [`proposal_failed`](Self::proposal_failed).
+    pub fn isr_proposal(&mut self, now_ms: i64) -> Option<Vec<ReplicaId>> {
+        if self.proposed.is_some() {
+            return None;
+        }
+        let mut wanted = self.isr.clone();
+        for (&id, follower) in &self.followers {
+            let behind = follower.log_end_offset < self.log_end_offset;
+            let lagging = behind && now_ms - follower.caught_up_ms > self.lag_time_max_ms;
+            if self.isr.contains(&id) && lagging {
+                wanted.remove(&id);
+            }
+            // A follower joins once it has everything committed (and, as in Kafka, it must
+            // have caught up recently, which reaching the high watermark shows).
+            if !self.isr.contains(&id) && follower.log_end_offset >= self.high_watermark && !lagging
+            {
+                wanted.insert(id);
+            }
+        }
+        if wanted == self.isr {
+            return None;
+        }
+        let proposal: Vec<ReplicaId> = wanted.iter().copied().collect();
+        self.proposed = Some(wanted);
+        Some(proposal)
+    }
+
+    /// The in-sync replicas that count for `min.insync.replicas`: the committed ISR.
+    pub fn in_sync_count(&self) -> usize {
+        self.isr.len()
+    }
+
+    /// Whether a write with acks=all may be accepted under `min.insync.replicas`.
+    pub fn check_min_insync(&self, required: usize) -> Result<(), NotEnoughReplicas> {
+        let in_sync = self.in_sync_count();
+        if in_sync < required {
+            return Err(NotEnoughReplicas { in_sync, required });
+        }
+        Ok(())
+    }
+
+    /// Whether every in-sync replica has `offset` (exclusive end), i.e. the high watermark
+    /// reached it: an acks=all write ending there is committed.
+    pub fn is_committed(&self, end_offset: i64) -> bool {
+        self.high_watermark >= end_offset
+    }
+
+    fn advance_high_watermark(&mut self) -> bool {
+        let counted = self
+            .isr
+            .iter()
+            .chain(self.proposed.iter().flatten())
+            .filter(|&&id| id != self.leader);
+        let mut smallest = self.log_end_offset;
+        for id in counted {
+            // A replica in the ISR that is not (or no longer) among the replicas cannot hold
+            // the high watermark back; the controller removes it.
+            if let Some(follower) = self.followers.get(id) {
+                smallest = smallest.min(follower.log_end_offset);
+            }
+        }
+        // The high watermark never moves backwards.
+        if smallest > self.high_watermark {
+            self.high_watermark = smallest;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn leader(replicas: &[ReplicaId], isr: &[ReplicaId], lag: i64) -> LeaderState {
+        LeaderState::new(LeaderStart {
+            leader: 1,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            replicas,
+            isr,
+            log_end_offset: 0,
+            high_watermark: 0,
+            lag_time_max_ms: lag,
+            now_ms: 0,
+        })
+    }
+
+    #[test]
+    fn high_watermark_is_the_smallest_in_sync_leo() {
+        let mut state = leader(&[1, 2, 3], &[1, 2, 3], 1_000);
+        state.leader_appended(10);
+        assert_eq!(state.high_watermark(), 0);
+        state.follower_fetched(2, 10, 5).expect("replica");
+        state.follower_fetched(3, 4, 5).expect("replica");
+        assert_eq!(state.high_watermark(), 4);
+        assert!(!state.is_committed(10));
+        state.follower_fetched(3, 10, 6).expect("replica");
+        assert_eq!(state.high_watermark(), 10);
+        assert!(state.is_committed(10));
+    }
+
+    #[test]
+    fn a_single_replica_commits_at_its_own_end() {
+        let mut state = leader(&[1], &[1], 1_000);
+        assert!(state.leader_appended(7));
+        assert_eq!(state.high_watermark(), 7);
+        assert!(state.isr_proposal(100_000).is_none());
+    }
+
+    #[test]
+    fn a_lagging_follower_is_proposed_out_and_holds_the_watermark_until_committed() {
+        let mut state = leader(&[1, 2, 3], &[1, 2, 3], 1_000);
+        state.leader_appended(10);
+        state.follower_fetched(2, 10, 100).expect("replica");
+        assert_eq!(state.isr_proposal(500), None, "within the lag time");
+        assert_eq!(state.isr_proposal(2_000), Some(vec![1, 2]));
+        // In flight: no second proposal, and the shrink does not count yet.
+        assert_eq!(state.isr_proposal(2_001), None);
+        assert_eq!(state.high_watermark(), 0);
+        assert!(state.check_min_insync(3).is_ok());
+        state.committed(1, &[1, 2, 3], &[1, 2], 2_100);
+        assert_eq!(state.high_watermark(), 10);
+        assert_eq!(
+            state.check_min_insync(3),
+            Err(NotEnoughReplicas {
+                in_sync: 2,
+                required: 3
+            })
+        );
+        // It catches up and is proposed back in.
+        state.follower_fetched(3, 10, 2_200).expect("replica");
+        assert_eq!(state.isr_proposal(2_200), Some(vec![1, 2, 3]));
+        state.committed(2, &[1, 2, 3], &[1, 2, 3], 2_300);
+        assert!(state.check_min_insync(3).is_ok());
+    }
+
+    #[test]
+    fn a_follower_under_steady_load_stays_in_sync() {
+        // The leader appends between every two fetches, so no fetch is at its end; each
+        // fetch reaches where the leader was at the previous one.
+        let mut state = leader(&[1, 2], &[1, 2], 1_000);
+        let mut end = 0;
+        for step in 0..100 {
+            let now = step * 100;
+            let fetched = end;
+            end += 5;
+            state.leader_appended(end);
+            state.follower_fetched(2, fetched, now).expect("replica");
+            assert_eq!(state.isr_proposal(now), None, "step {step}");
+        }
+    }
+
+    #[test]
+    fn refused_fetches() {
+        let mut state = leader(&[1, 2], &[1, 2], 1_000);
+        state.leader_appended(5);
+        assert_eq!(
+            state.follower_fetched(9, 0, 0),
+            Err(FollowerRefusal::NotAReplica(9))
+        );
+        assert_eq!(
+            state.follower_fetched(2, 6, 0),
+            Err(FollowerRefusal::OffsetOutOfRange {
+                fetch_offset: 6,
+                log_end_offset: 5
+            })
+        );
+    }
+
+    #[test]
+    fn a_failed_proposal_is_decided_again() {
+        let mut state = leader(&[1, 2], &[1, 2], 100);
+        state.leader_appended(5);
+        assert_eq!(state.isr_proposal(1_000), Some(vec![1]));
+        state.proposal_failed();
+        assert_eq!(state.isr_proposal(1_001), Some(vec![1]));
+        // A committed state from an older partition epoch changes nothing.
+        state.committed(1, &[1, 2], &[1], 1_002);
+        state.committed(0, &[1, 2], &[1, 2], 1_003);
+        assert_eq!(state.isr().len(), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn high_watermark_never_passes_an_in_sync_replica_nor_moves_back(
+            steps in proptest::collection::vec((0u8..5, 0i64..20, 0i64..500), 1..80)
+        ) {
+            let mut state = leader(&[1, 2, 3], &[1, 2, 3], 300);
+            let mut leo = 0;
+            let mut now = 0;
+            let mut previous = 0;
+            let mut follower_end = BTreeMap::from([(2, 0i64), (3, 0i64)]);
+            let mut epoch = 0;
+            for (what, amount, elapsed) in steps {
+                now += elapsed;
+                match what {
+                    0 => { leo += amount; state.leader_appended(leo); }
+                    1 | 2 => {
+                        let id = i32::from(what) + 1;
+                        let end = follower_end[&id];
+                        let fetched = (end + amount).min(leo);
+                        state.follower_fetched(id, fetched, now).expect("replica");
+                        follower_end.insert(id, fetched);
+                    }
+                    3 => {
+                        if let Some(isr) = state.isr_proposal(now) {
+                            epoch += 1;
+                            state.committed(epoch, &[1, 2, 3], &isr, now);
+                        }
+                    }
+                    _ => state.proposal_failed(),
+                }
+                let hw = state.high_watermark();
+                prop_assert!(hw >= previous && hw <= leo);
+                for id in state.isr().iter().filter(|&&id| id != 1) {
+                    prop_assert!(hw <= follower_end[id], "hw {} past replica {}", hw, id);
+                }
+                previous = hw;
+            }
+        }
+    }
+}
