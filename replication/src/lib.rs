@@ -6,10 +6,13 @@
 //! - [`follower`]: reconciling a follower's log with its leader's by leader epochs (KIP-101,
 //!   KIP-279): the leader's divergence check and the follower's truncation point.
 //! - [`epochs`]: the leader-epoch cache (epoch -> start offset) both of them consult.
+//! - [`sim`]: a seeded simulation of a partition's replication that drives the three above and
+//!   the real controller of `ringlog-cluster`, with faults, and checks it after every run.
 
 pub mod epochs;
 pub mod follower;
 pub mod leader;
+pub mod sim;
 
 pub use follower::{divergence, truncation_offset, Diverging};
 pub use leader::{FollowerRefusal, LeaderStart, LeaderState, NotEnoughReplicas};
