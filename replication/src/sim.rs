@@ -114,6 +114,8 @@ pub enum Action {
     },
     /// The host flushes nothing until restarted (its flush is slow: page cache only).
     StopFlushing(usize),
+    /// Producers send nothing more.
+    StopProducers,
 }
 
 #[derive(Debug, Clone)]
@@ -395,6 +397,7 @@ struct Sim {
     /// Every (offset, record) a consumer was served.
     served: BTreeMap<i64, u64>,
     chaos: bool,
+    producing: bool,
     drop_per_mille: u64,
     duplicate_per_mille: u64,
     slow_per_mille: u64,
@@ -458,6 +461,7 @@ impl Sim {
             consumer_in_flight: None,
             served: BTreeMap::new(),
             chaos: true,
+            producing: true,
             drop_per_mille,
             duplicate_per_mille,
             slow_per_mille,
@@ -1391,7 +1395,7 @@ impl Sim {
     }
 
     fn produce(&mut self, producer: usize) {
-        if !self.chaos {
+        if !self.chaos || !self.producing {
             return;
         }
         let now = self.now_ms;
@@ -1620,6 +1624,7 @@ impl Sim {
             }
             Action::HoldNextFetch { host, ms } => self.hosts[host].hold_next_fetch_ms = ms,
             Action::StopFlushing(host) => self.hosts[host].flushing = false,
+            Action::StopProducers => self.producing = false,
         }
     }
 
