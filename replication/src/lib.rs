@@ -7,6 +7,8 @@
 //! backwards; acks=all waits for it and `min.insync.replicas` refuses writes when the ISR is
 //! too small. Fetch loops, links and leader election arrive with the replication issue.
 
+pub mod epochs;
+
 use std::collections::BTreeMap;
 
 use thiserror::Error;
