@@ -624,6 +624,10 @@ fn handle_failure(inner: &Rc<Inner>, st: &mut State) {
     let meta = segment.meta();
     st.writer.written_pos = meta.size_bytes;
     st.next_offset = meta.next_offset;
+    // Epochs the failed batches started describe nothing now. Only memory changes here (the
+    // file is rewritten with the next change, and opening trims a file that is ahead); a
+    // leader re-records its epoch with its next append.
+    st.epochs.truncate_from_end(meta.next_offset);
     st.tail_base = segment.base_offset;
     st.tail_bytes = meta.size_bytes;
     st.writer.cur = None;

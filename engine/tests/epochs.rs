@@ -13,6 +13,7 @@ use ringlog_engine::batch::{self as batches, BatchHeader};
 use ringlog_engine::leader_epochs::{self, LEADER_EPOCH_FILE};
 use ringlog_engine::{
     AppendError, EpochCache, LogConfig, OpenOptions, PartitionLog, ReplicaAppendError, TailCache,
+    WriteFault,
 };
 
 fn small_segments() -> LogConfig {
@@ -398,5 +399,58 @@ fn a_log_that_never_had_an_epoch_keeps_an_empty_cache() {
         assert!(log.epochs().is_empty());
         assert_eq!(stored_epochs(&path), vec![]);
         log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_failed_replica_write_takes_its_new_epoch_out_of_the_cache() {
+    let leader_dir = test_dir("epochs-leader-fault");
+    let follower_dir = test_dir("epochs-follower-fault");
+    let (leader_path, follower_path) = (
+        leader_dir.path().to_path_buf(),
+        follower_dir.path().to_path_buf(),
+    );
+    run(move || async move {
+        let leader = leader_with_epochs(&leader_path).await;
+        let stored = read_all(&leader, 0, 1 << 20).await;
+        let armed = Rc::new(std::cell::Cell::new(false));
+        let fault: WriteFault = Rc::new({
+            let armed = armed.clone();
+            move |_, _, _| {
+                armed
+                    .get()
+                    .then(|| std::io::Error::from_raw_os_error(libc::EIO))
+            }
+        });
+        let options = OpenOptions {
+            write_fault: Some(fault),
+            ..OpenOptions::default()
+        };
+        let (follower, _) = PartitionLog::open_with(&follower_path, small_segments(), options)
+            .await
+            .expect("open follower");
+        let before = Bytes::from(stored[..4].concat());
+        follower.append_replica(before).await.expect("replica");
+        armed.set(true);
+        let epoch_one = Bytes::from(stored[4..6].concat());
+        let result = follower.append_replica(epoch_one.clone()).await;
+        assert!(
+            matches!(result, Err(ReplicaAppendError::Append(AppendError::Io(_)))),
+            "{result:?}"
+        );
+        assert_eq!(follower.log_end_offset(), 12);
+        assert!(follower.epochs().is_empty(), "{:?}", follower.epochs());
+        // Once writes work again, the same batches bring the epoch back.
+        armed.set(false);
+        let mut tries = 0;
+        while follower.append_replica(epoch_one.clone()).await.is_err() {
+            // The failed write's repair may still be running: an early retry can fail.
+            tries += 1;
+            assert!(tries < 100, "the log never took appends again");
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(pairs(&follower.epochs()), vec![(1, 12)]);
+        leader.close().await.expect("close");
+        follower.close().await.expect("close");
     });
 }
