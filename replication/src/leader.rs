@@ -151,7 +151,10 @@ impl LeaderState {
 
     /// The controller committed a new state of the partition with this replica still its
     /// leader in the same leader epoch: its ISR, replicas and partition epoch replace ours, and
-    /// a proposal made against an older partition epoch is settled.
+    /// a proposal made against an older partition epoch is settled. The state it already has
+    /// (the same partition epoch, as when the image is read again) changes nothing: a proposal
+    /// made against that epoch is still in flight and may yet commit, so it must keep counting
+    /// toward the high watermark.
     pub fn committed(
         &mut self,
         partition_epoch: i32,
@@ -159,7 +162,7 @@ impl LeaderState {
         isr: &[ReplicaId],
         now_ms: i64,
     ) {
-        if partition_epoch < self.partition_epoch {
+        if partition_epoch <= self.partition_epoch {
             return;
         }
         self.partition_epoch = partition_epoch;
@@ -410,6 +413,35 @@ mod tests {
         state.committed(1, &[1, 2], &[1], 1_002);
         state.committed(0, &[1, 2], &[1, 2], 1_003);
         assert_eq!(state.isr().len(), 1);
+    }
+
+    #[test]
+    fn the_same_partition_epoch_again_keeps_the_proposal_in_flight() {
+        // Found by the simulator (seed 231): the leader re-read the image (partition epoch 1,
+        // ISR {1, 2}) while its expansion to {1, 2, 3} was in flight; dropping the proposal let
+        // the high watermark pass replica 3, which the controller then committed into the ISR
+        // and later elected.
+        let mut state = leader(&[1, 2, 3], &[1, 2, 3], 100);
+        state.leader_appended(10);
+        state.follower_fetched(2, 10, 0).expect("replica");
+        assert_eq!(state.isr_proposal(1_000), Some(vec![1, 2]));
+        state.committed(1, &[1, 2, 3], &[1, 2], 1_000);
+        state.follower_fetched(2, 10, 1_001).expect("replica");
+        state.follower_fetched(3, 10, 1_001).expect("replica");
+        state.leader_appended(20);
+        assert_eq!(state.isr_proposal(1_002), Some(vec![1, 2, 3]));
+        state.follower_fetched(2, 20, 1_003).expect("replica");
+        assert_eq!(
+            state.high_watermark(),
+            10,
+            "replica 3 counts while proposed"
+        );
+        state.committed(1, &[1, 2, 3], &[1, 2], 1_004);
+        assert_eq!(state.high_watermark(), 10, "still proposed");
+        assert_eq!(state.isr_proposal(1_005), None, "still in flight");
+        state.committed(2, &[1, 2, 3], &[1, 2, 3], 1_006);
+        state.follower_fetched(3, 20, 1_007).expect("replica");
+        assert_eq!(state.high_watermark(), 20);
     }
 
     proptest! {
