@@ -38,7 +38,7 @@ node_id, socket_request_max_bytes, auto_create_topics_enable, num_partitions, \
 log_retention_check_interval_ms, node_per_shard, pin_cores, group_initial_rebalance_delay_ms, \
 group_consumer_heartbeat_interval_ms, group_consumer_session_timeout_ms, \
 fetch_cache_bytes, fetch_send, process_roles, controller_listen, controller_quorum_voters, \
-broker_session_timeout_ms). Flags win over the environment, which wins over the \
+broker_session_timeout_ms, replica_lag_time_max_ms, min_insync_replicas). Flags win over the environment, which wins over the \
 file, which wins over the defaults. Logging is filtered by RUST_LOG (default: info).";
 
 /// `ringlog serve` flags. Every value is optional here so that a missing flag falls through to
@@ -111,6 +111,15 @@ pub struct ServeArgs {
     /// [env: RINGLOG_GROUP_CONSUMER_SESSION_TIMEOUT_MS] [default: 45000]
     #[arg(long, value_name = "MS")]
     pub group_consumer_session_timeout_ms: Option<u64>,
+    /// A follower that has not caught up with its leader for this long leaves the in-sync
+    /// replicas, Kafka's replica.lag.time.max.ms [env: RINGLOG_REPLICA_LAG_TIME_MAX_MS]
+    /// [default: 30000]
+    #[arg(long, value_name = "MS")]
+    pub replica_lag_time_max_ms: Option<u64>,
+    /// In-sync replicas an acks=all write needs, for topics that do not set
+    /// min.insync.replicas [env: RINGLOG_MIN_INSYNC_REPLICAS] [default: 1]
+    #[arg(long, value_name = "N")]
+    pub min_insync_replicas: Option<usize>,
     /// Memory each core keeps of recently written batches to answer tail fetches without
     /// reading the disk (the tail cache; 0 turns it off). Each core registers (locks) this
     /// plus 32 MiB for reads as io_uring memory [env: RINGLOG_FETCH_CACHE_BYTES]
@@ -299,6 +308,8 @@ pub struct Layer {
     pub group_initial_rebalance_delay_ms: Option<u64>,
     pub group_consumer_heartbeat_interval_ms: Option<u64>,
     pub group_consumer_session_timeout_ms: Option<u64>,
+    pub replica_lag_time_max_ms: Option<u64>,
+    pub min_insync_replicas: Option<usize>,
     pub fetch_cache_bytes: Option<usize>,
     #[serde(default, deserialize_with = "from_text")]
     pub fetch_send: Option<FetchSend>,
@@ -338,6 +349,8 @@ impl Layer {
             group_initial_rebalance_delay_ms: args.group_initial_rebalance_delay_ms,
             group_consumer_heartbeat_interval_ms: args.group_consumer_heartbeat_interval_ms,
             group_consumer_session_timeout_ms: args.group_consumer_session_timeout_ms,
+            replica_lag_time_max_ms: args.replica_lag_time_max_ms,
+            min_insync_replicas: args.min_insync_replicas,
             fetch_cache_bytes: args.fetch_cache_bytes,
             fetch_send: args.fetch_send,
             process_roles: args.process_roles,
@@ -376,6 +389,8 @@ impl Layer {
                 lookup,
                 "RINGLOG_GROUP_CONSUMER_SESSION_TIMEOUT_MS",
             )?,
+            replica_lag_time_max_ms: env_value(lookup, "RINGLOG_REPLICA_LAG_TIME_MAX_MS")?,
+            min_insync_replicas: env_value(lookup, "RINGLOG_MIN_INSYNC_REPLICAS")?,
             fetch_cache_bytes: env_value(lookup, "RINGLOG_FETCH_CACHE_BYTES")?,
             fetch_send: env_value(lookup, "RINGLOG_FETCH_SEND")?,
             process_roles: env_value(lookup, "RINGLOG_PROCESS_ROLES")?,
@@ -430,6 +445,8 @@ pub struct ServeConfig {
     pub group_initial_rebalance_delay_ms: u64,
     pub group_consumer_heartbeat_interval_ms: u64,
     pub group_consumer_session_timeout_ms: u64,
+    pub replica_lag_time_max_ms: u64,
+    pub min_insync_replicas: usize,
     pub fetch_cache_bytes: usize,
     pub fetch_send: FetchSend,
     pub process_roles: ProcessRoles,
@@ -528,6 +545,11 @@ pub fn resolve(
             layer.group_consumer_session_timeout_ms
         })
         .unwrap_or(45_000),
+        replica_lag_time_max_ms: first(&layers, |layer| layer.replica_lag_time_max_ms)
+            .unwrap_or(30_000),
+        min_insync_replicas: first(&layers, |layer| layer.min_insync_replicas)
+            .unwrap_or(1)
+            .max(1),
         fetch_cache_bytes: first(&layers, |layer| layer.fetch_cache_bytes)
             .unwrap_or(DEFAULT_FETCH_CACHE_BYTES),
         fetch_send: first(&layers, |layer| layer.fetch_send).unwrap_or_default(),

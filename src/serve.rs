@@ -465,6 +465,8 @@ fn run_shards(
             ),
             fetch_cache_bytes: config.fetch_cache_bytes,
             cluster,
+            replica_lag_time_max: Duration::from_millis(config.replica_lag_time_max_ms),
+            min_insync_replicas: config.min_insync_replicas,
         },
         catalog,
         stop: Arc::clone(stop),

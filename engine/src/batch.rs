@@ -349,6 +349,21 @@ impl StampedHeader {
         }
         Self { bytes }
     }
+
+    /// The header exactly as `batch` carries it: a replica stores the leader's batches byte
+    /// for byte, offsets, epoch and timestamps included.
+    pub fn unchanged(batch: &[u8]) -> Self {
+        let mut bytes = [0u8; HEADER_BYTES];
+        bytes.copy_from_slice(&batch[..HEADER_BYTES]);
+        Self { bytes }
+    }
+
+    /// Stamps the leader epoch that wrote the batch. The field is outside the CRC (which
+    /// starts at the attributes), so nothing is recomputed.
+    pub fn set_partition_leader_epoch(&mut self, epoch: i32) {
+        self.bytes[PARTITION_LEADER_EPOCH_AT..PARTITION_LEADER_EPOCH_AT + 4]
+            .copy_from_slice(&epoch.to_be_bytes());
+    }
 }
 
 /// One record of an uncompressed batch, borrowed from the batch's bytes.

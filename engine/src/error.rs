@@ -58,6 +58,18 @@ pub enum AppendError {
     Closed,
 }
 
+/// Why [`crate::PartitionLog::append_replica`] stored nothing, or failed.
+#[derive(Debug, Clone, Error)]
+pub enum ReplicaAppendError {
+    /// The batches do not continue the log: the first does not start at the log end offset
+    /// (queued batches counted), or one does not start where the one before it ends. The
+    /// follower's view of the leader is stale; it re-fetches from `expected`.
+    #[error("replica batch starts at offset {actual}, expected {expected}")]
+    OffsetMismatch { expected: i64, actual: i64 },
+    #[error(transparent)]
+    Append(#[from] AppendError),
+}
+
 /// Why [`crate::PartitionLog::append_checked`] stored nothing: the caller's admission check
 /// refused the batch, or the append itself was refused or failed.
 #[derive(Debug, Clone, Error)]

@@ -12,16 +12,20 @@ pub mod config;
 pub mod error;
 pub mod fetch;
 pub mod index;
+pub mod leader_epochs;
 mod log;
 pub mod scan;
 pub mod segment;
 
 pub use cache::{CacheStats, TailCache};
 pub use config::LogConfig;
-pub use error::{AppendError, CheckedAppendError, IoFailure, LogError, OpenError, ReadError};
+pub use error::{
+    AppendError, CheckedAppendError, IoFailure, LogError, OpenError, ReadError, ReplicaAppendError,
+};
 pub use fetch::{FetchedRecords, ReadSource, RecordPiece};
 pub use log::{
     AppendInfo, Appending, Corruption, FetchedBatches, LogStats, OpenOptions, PartitionLog,
     RecoveryReport, TimestampOffset, WriteFault,
 };
 pub use ringlog_env::{Clock, ManualClock, SystemClock};
+pub use ringlog_replication::epochs::{EpochCache, EpochEntry};

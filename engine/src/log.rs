@@ -41,13 +41,17 @@ use bytes::Bytes;
 use event_listener::Event;
 use glommio::io::{DmaBuffer, ReadResult};
 use glommio::sync::Semaphore;
+use ringlog_replication::epochs::EpochCache;
 
 use crate::batch::{self, BatchHeader, StampedHeader, TimestampType, HEADER_BYTES};
 use crate::cache::TailCache;
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::LogConfig;
-use crate::error::{AppendError, CheckedAppendError, IoFailure, LogError, OpenError, ReadError};
+use crate::error::{
+    AppendError, CheckedAppendError, IoFailure, LogError, OpenError, ReadError, ReplicaAppendError,
+};
 use crate::fetch::{self, FetchedRecords, ReadSource, RecordPiece};
+use crate::leader_epochs;
 use crate::scan::StopReason;
 use crate::segment::{self, Segment, BLOCK_BYTES};
 use ringlog_env::{Clock, SystemClock};
@@ -380,6 +384,11 @@ struct State {
     closed: bool,
     /// An fdatasync failed: what was written may not be durable, so no more appends.
     poisoned: Option<IoFailure>,
+    /// Which leader epoch wrote which offsets, queued batches included; kept equal to the
+    /// `leader-epoch-checkpoint` file (see `leader_epochs.rs`).
+    epochs: EpochCache,
+    /// The epoch stamped on leader appends, once [`PartitionLog::set_leader_epoch`] was called.
+    leader_epoch: Option<i32>,
 }
 
 impl State {
@@ -615,6 +624,10 @@ fn handle_failure(inner: &Rc<Inner>, st: &mut State) {
     let meta = segment.meta();
     st.writer.written_pos = meta.size_bytes;
     st.next_offset = meta.next_offset;
+    // Epochs the failed batches started describe nothing now. Only memory changes here (the
+    // file is rewritten with the next change, and opening trims a file that is ahead); a
+    // leader re-records its epoch with its next append.
+    st.epochs.truncate_from_end(meta.next_offset);
     st.tail_base = segment.base_offset;
     st.tail_bytes = meta.size_bytes;
     st.writer.cur = None;
@@ -1224,6 +1237,121 @@ async fn recover_segment(
     Ok((stop, scan.bytes_read))
 }
 
+/// How a queued batch's header is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    /// A producer batch on the leader: the log assigns its base offset, LogAppendTime when
+    /// the topic uses it, and the leader epoch once one is set.
+    Leader,
+    /// A batch copied from the leader: stored as it is.
+    Replica,
+}
+
+/// When the epoch cache in memory changes relative to its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EpochWrite {
+    /// Only once the file is written: the entry is for a batch about to be queued, which is
+    /// refused if the write fails, so memory and file stay equal.
+    FileFirst,
+    /// Before the file is written: the log already changed (truncation, retention), and the
+    /// cache must describe the log even if the file lags; opening repairs a file that is ahead.
+    MemoryFirst,
+}
+
+/// Splits a replica's `records` into whole batches, each checked as stored data (framing,
+/// CRC, at most `max_bytes`), and checks that each starts where the one before it ends.
+fn split_replica_batches(
+    records: &Bytes,
+    max_bytes: usize,
+) -> Result<Vec<(Bytes, BatchHeader)>, ReplicaAppendError> {
+    let invalid = |error| ReplicaAppendError::Append(AppendError::InvalidBatch(error));
+    let mut batches: Vec<(Bytes, BatchHeader)> = Vec::new();
+    let mut at = 0;
+    while at < records.len() {
+        let rest = &records[at..];
+        let declared = BatchHeader::decode_checked(rest, max_bytes).map_err(invalid)?;
+        let total = declared.total_bytes();
+        if total > rest.len() {
+            return Err(invalid(batch::BatchError::LengthMismatch {
+                declared: i64::from(declared.batch_length),
+                actual_bytes: rest.len(),
+            }));
+        }
+        let data = records.slice(at..at + total);
+        let header = batch::validate(&data, max_bytes).map_err(invalid)?;
+        if let Some((_, previous)) = batches.last() {
+            if header.base_offset != previous.next_offset() {
+                return Err(ReplicaAppendError::OffsetMismatch {
+                    expected: previous.next_offset(),
+                    actual: header.base_offset,
+                });
+            }
+        }
+        batches.push((data, header));
+        at += total;
+    }
+    Ok(batches)
+}
+
+/// The epoch cache at open: the `leader-epoch-checkpoint` trimmed to the recovered log, or,
+/// when the file is missing on a non-empty log or unreadable, rebuilt from the batch headers.
+async fn load_epochs(
+    dir: &Path,
+    segments: &[Rc<Segment>],
+    log_start_offset: i64,
+    log_end_offset: i64,
+) -> Result<EpochCache, IoFailure> {
+    let stored = match leader_epochs::read(dir) {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "rebuilding the leader-epoch cache from the log");
+            None
+        }
+    };
+    let (mut epochs, mut changed) = match stored {
+        Some(epochs) => (epochs, false),
+        // A fresh log: the file is written now, so a missing one later means it was lost.
+        None if log_end_offset <= log_start_offset => (EpochCache::new(), true),
+        None => (rebuild_epochs(segments).await?, true),
+    };
+    // The file is never behind the log but may be ahead of it: a crash before queued batches
+    // landed, or between a truncation or retention and the file's update.
+    changed |= epochs.truncate_from_end(log_end_offset);
+    changed |= epochs.truncate_from_start(log_start_offset);
+    if changed {
+        leader_epochs::write(dir, &epochs)?;
+    }
+    Ok(epochs)
+}
+
+/// Rebuilds the epoch cache by walking every batch header of every segment. Its cost is one
+/// sequential read of the whole log, 64 KiB at a time (the recovery scan's pattern, without the
+/// CRC work): paid only at an open that finds the file missing or damaged, never on the append
+/// path, and bounded by the log's size (retention bounds that). A segment that turns out
+/// damaged ends the walk there with a warning; what was found before it is kept.
+async fn rebuild_epochs(segments: &[Rc<Segment>]) -> Result<EpochCache, IoFailure> {
+    let epochs = RefCell::new(EpochCache::new());
+    for segment in segments {
+        let end = segment.meta().size_bytes;
+        let walk = find_batch(segment, 0, end, 64 << 10, |header| {
+            epochs
+                .borrow_mut()
+                .assign(header.partition_leader_epoch, header.base_offset);
+            false
+        })
+        .await;
+        match walk {
+            Ok(_) => {}
+            Err(ReadError::Io(error)) => return Err(error),
+            Err(error) => {
+                tracing::warn!(%error, "leader-epoch rebuild stopped at damaged data");
+                break;
+            }
+        }
+    }
+    Ok(epochs.into_inner())
+}
+
 impl PartitionLog {
     /// Opens (creating if needed) the log in `dir`, recovering it if it was not closed cleanly.
     pub async fn open(dir: &Path, config: LogConfig) -> Result<(Self, RecoveryReport), OpenError> {
@@ -1326,6 +1454,7 @@ impl PartitionLog {
         report.segments = segments.len();
         report.log_start_offset = log_start_offset;
         report.log_end_offset = meta.next_offset;
+        let epochs = load_epochs(dir, &segments, log_start_offset, meta.next_offset).await?;
         let state = State {
             segments,
             log_start_offset,
@@ -1343,6 +1472,8 @@ impl PartitionLog {
             blocked: false,
             closed: false,
             poisoned: None,
+            epochs,
+            leader_epoch: None,
         };
         let log = Self {
             inner: Rc::new(Inner {
@@ -1417,6 +1548,55 @@ impl PartitionLog {
             .map(|m| (m.max_timestamp, m.offset_of_max_timestamp))
     }
 
+    /// Makes this replica the leader in `epoch`: from now on, batches appended through
+    /// [`append`](Self::append), [`append_checked`](Self::append_checked) and
+    /// [`enqueue_checked`](Self::enqueue_checked) carry `epoch` in their partitionLeaderEpoch
+    /// (before the first call they keep whatever the producer sent, -1 in practice). An epoch
+    /// above the cache's latest starts at the next offset to assign, queued appends counted,
+    /// as Kafka records a new leader's epoch, and the `leader-epoch-checkpoint` is written
+    /// (a blocking fsync of a small file) before this returns, so before anything later is
+    /// queued. An epoch at or below the latest only changes what is stamped: the controller
+    /// never moves a leader's epoch back, and the cache keeps its history if it does.
+    pub fn set_leader_epoch(&self, epoch: i32) -> Result<(), LogError> {
+        assert!(epoch >= 0, "leader epochs are not negative: {epoch}");
+        let next_offset = {
+            let st = self.inner.state.borrow();
+            if st.closed {
+                return Err(LogError::Closed);
+            }
+            st.next_offset
+        };
+        self.change_epochs(EpochWrite::FileFirst, |epochs| {
+            epochs.assign(epoch, next_offset)
+        })?;
+        self.inner.state.borrow_mut().leader_epoch = Some(epoch);
+        Ok(())
+    }
+
+    /// The epoch stamped on leader appends, if [`set_leader_epoch`](Self::set_leader_epoch)
+    /// was called on this open log.
+    pub fn leader_epoch(&self) -> Option<i32> {
+        self.inner.state.borrow().leader_epoch
+    }
+
+    /// The latest leader epoch that wrote (or is writing) this log, if any.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.inner.state.borrow().epochs.latest_epoch()
+    }
+
+    /// A copy of the leader-epoch cache (a handful of entries).
+    pub fn epochs(&self) -> EpochCache {
+        self.inner.state.borrow().epochs.clone()
+    }
+
+    /// OffsetForLeaderEpoch (KIP-279): the largest epoch at or below `epoch` and its end
+    /// offset, the latest epoch ending at the log end offset (see
+    /// [`EpochCache::end_offset_for`]). `(-1, -1)` when nothing is known.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let st = self.inner.state.borrow();
+        st.epochs.end_offset_for(epoch, st.log_end_offset())
+    }
+
     /// Appends one producer batch: validates it, assigns its offsets and returns once it is
     /// written (and synced, under group commit). Nothing of a refused batch is stored.
     pub async fn append(&self, batch: Bytes) -> Result<AppendInfo, AppendError> {
@@ -1467,30 +1647,132 @@ impl PartitionLog {
         }
         let header = batch::validate(&batch, max_bytes).map_err(AppendError::InvalidBatch)?;
         batch::check_producer_batch(&header, &batch).map_err(AppendError::InvalidBatch)?;
-        let base_offset = loop {
-            let listener = self.inner.progress.listen();
-            {
-                let st = self.inner.state.borrow();
-                if st.closed {
-                    return Err(AppendError::Closed.into());
-                }
-                if let Some(error) = &st.poisoned {
-                    return Err(AppendError::Io(error.clone()).into());
-                }
-                let room = st.pending.is_empty() || st.pending_bytes + batch.len() <= max_pending;
-                if !st.blocked && room {
-                    break st.next_offset;
-                }
-            }
-            listener.await;
-        };
+        let base_offset = self.wait_for_room(batch.len(), max_pending).await?;
+        // Before `admit`: a batch it refuses leaves an entry saying the epoch starts at the
+        // next offset, which is true of whatever is appended next, while a file write failing
+        // after `admit` would undo a decision the caller already acted on.
+        self.assign_leader_epoch_at(base_offset)
+            .map_err(AppendError::Io)?;
         admit(&header, base_offset).map_err(CheckedAppendError::Refused)?;
-        let slot = self.enqueue(batch, header);
+        let slot = self.enqueue(batch, header, Stamp::Leader);
         pump(&self.inner);
         Ok(Appending(SlotFuture(slot)))
     }
 
-    fn enqueue(&self, data: Bytes, header: BatchHeader) -> Rc<Slot> {
+    /// Waits until `len` more bytes may be queued and nothing holds appends back; returns the
+    /// next offset to assign. The caller queues synchronously after it returns, so that offset
+    /// is still the next one then.
+    async fn wait_for_room(&self, len: usize, max_pending: usize) -> Result<i64, AppendError> {
+        loop {
+            let listener = self.inner.progress.listen();
+            {
+                let st = self.inner.state.borrow();
+                if st.closed {
+                    return Err(AppendError::Closed);
+                }
+                if let Some(error) = &st.poisoned {
+                    return Err(AppendError::Io(error.clone()));
+                }
+                let room = st.pending.is_empty() || st.pending_bytes + len <= max_pending;
+                if !st.blocked && room {
+                    return Ok(st.next_offset);
+                }
+            }
+            listener.await;
+        }
+    }
+
+    /// Appends batches copied from the leader, offsets and leader epochs already assigned:
+    /// `records` holds one or more whole batches. Each is checked (framing, length, CRC, at
+    /// most `max.message.bytes`) but not as a producer batch; the first must start at the log
+    /// end offset, queued batches counted, and each must start where the one before it ends.
+    /// Otherwise nothing is stored. The batches are stored byte for byte, through the same
+    /// write queue, group commit, tail cache and segment rolls as leader appends; a batch whose
+    /// leader epoch is above the cache's latest starts that epoch in the cache (written to the
+    /// `leader-epoch-checkpoint` before the batch is queued). Returns once all are written
+    /// (and synced, under group commit), with the first base offset and the last offset.
+    pub async fn append_replica(&self, records: Bytes) -> Result<AppendInfo, ReplicaAppendError> {
+        let (max_bytes, max_pending) = {
+            let config = self.inner.config.borrow();
+            (config.max_message_bytes, config.max_pending_bytes)
+        };
+        let batches = split_replica_batches(&records, max_bytes)?;
+        let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
+            let empty = batch::BatchError::TooShort { actual_bytes: 0 };
+            return Err(AppendError::InvalidBatch(empty).into());
+        };
+        let (first_offset, last_offset) = (first.1.base_offset, last.1.last_offset());
+        let expected = self.wait_for_room(records.len(), max_pending).await?;
+        if first_offset != expected {
+            return Err(ReplicaAppendError::OffsetMismatch {
+                expected,
+                actual: first_offset,
+            });
+        }
+        self.change_epochs(EpochWrite::FileFirst, |epochs| {
+            batches.iter().fold(false, |changed, (_, header)| {
+                epochs.assign(header.partition_leader_epoch, header.base_offset) || changed
+            })
+        })
+        .map_err(AppendError::Io)?;
+        let slots: Vec<Rc<Slot>> = batches
+            .into_iter()
+            .map(|(data, header)| self.enqueue(data, header, Stamp::Replica))
+            .collect();
+        pump(&self.inner);
+        let mut outcome = Ok(());
+        for slot in slots {
+            // Every slot is awaited, so none is left to complete after the caller moved on.
+            if let Err(error) = SlotFuture(slot).await {
+                outcome = outcome.and(Err(error));
+            }
+        }
+        outcome?;
+        Ok(AppendInfo {
+            base_offset: first_offset,
+            last_offset,
+            log_append_time_ms: None,
+            log_start_offset: self.log_start_offset(),
+        })
+    }
+
+    /// Under a leader epoch new to the cache, records that it starts at `base_offset` (the
+    /// batch about to be queued there) and writes the file before the batch is queued.
+    fn assign_leader_epoch_at(&self, base_offset: i64) -> Result<(), IoFailure> {
+        let epoch = {
+            let st = self.inner.state.borrow();
+            match st.leader_epoch {
+                Some(epoch) if st.epochs.latest_epoch() < Some(epoch) => epoch,
+                _ => return Ok(()),
+            }
+        };
+        self.change_epochs(EpochWrite::FileFirst, |epochs| {
+            epochs.assign(epoch, base_offset)
+        })?;
+        Ok(())
+    }
+
+    /// Applies `change` to the epoch cache and, if it changed anything, rewrites the
+    /// `leader-epoch-checkpoint`. Returns whether it changed. See [`EpochWrite`] for what a
+    /// failed write leaves in memory.
+    fn change_epochs(
+        &self,
+        order: EpochWrite,
+        change: impl FnOnce(&mut EpochCache) -> bool,
+    ) -> Result<bool, IoFailure> {
+        let mut epochs = self.inner.state.borrow().epochs.clone();
+        if !change(&mut epochs) {
+            return Ok(false);
+        }
+        if order == EpochWrite::MemoryFirst {
+            self.inner.state.borrow_mut().epochs = epochs.clone();
+        }
+        leader_epochs::write(&self.inner.dir, &epochs)?;
+        self.inner.state.borrow_mut().epochs = epochs;
+        Ok(true)
+    }
+
+    fn enqueue(&self, data: Bytes, header: BatchHeader, stamp: Stamp) -> Rc<Slot> {
         let config = self.inner.config.borrow();
         let now_ms = self.inner.clock.now_ms();
         let mut st = self.inner.state.borrow_mut();
@@ -1509,9 +1791,25 @@ impl PartitionLog {
         st.tail_bytes += size;
         let base_offset = st.next_offset;
         st.next_offset += span;
-        let log_append_time_ms =
-            (config.message_timestamp_type == TimestampType::LogAppendTime).then_some(now_ms);
-        let stamped = StampedHeader::stamp(&data, base_offset, log_append_time_ms);
+        let (stamped, log_append_time_ms) = match stamp {
+            Stamp::Leader => {
+                let log_append_time_ms = (config.message_timestamp_type
+                    == TimestampType::LogAppendTime)
+                    .then_some(now_ms);
+                let mut stamped = StampedHeader::stamp(&data, base_offset, log_append_time_ms);
+                if let Some(epoch) = st.leader_epoch {
+                    stamped.set_partition_leader_epoch(epoch);
+                }
+                (stamped, log_append_time_ms)
+            }
+            Stamp::Replica => {
+                assert_eq!(
+                    header.base_offset, base_offset,
+                    "replica batches are checked to continue the log before they are queued"
+                );
+                (StampedHeader::unchanged(&data), None)
+            }
+        };
         let info = BatchHeader::decode(&stamped.bytes).expect("61 bytes were given");
         let slot = Rc::new(Slot::default());
         st.pending_bytes += data.len();
@@ -1798,6 +2096,11 @@ impl PartitionLog {
                 .map_err(open_error_to_io)?;
             self.inner.state.borrow_mut().segments = vec![fresh.clone()];
             self.install_active(fresh, offset, offset).await?;
+            self.change_epochs(EpochWrite::MemoryFirst, |epochs| {
+                let changed = !epochs.is_empty();
+                *epochs = EpochCache::new();
+                changed
+            })?;
             self.write_checkpoint().await?;
             return Ok(offset);
         }
@@ -1847,6 +2150,9 @@ impl PartitionLog {
         assert_eq!(keep.meta().size_bytes, cut_pos);
         let log_start = self.inner.state.borrow().log_start_offset;
         self.install_active(keep, new_end, log_start).await?;
+        self.change_epochs(EpochWrite::MemoryFirst, |epochs| {
+            epochs.truncate_from_end(new_end)
+        })?;
         self.write_checkpoint().await?;
         Ok(new_end)
     }
@@ -1943,6 +2249,14 @@ impl PartitionLog {
             segment.close_if_unused().await;
         }
         if !bases.is_empty() {
+            let log_start_offset = self.log_start_offset();
+            let trimmed = self.change_epochs(EpochWrite::MemoryFirst, |epochs| {
+                epochs.truncate_from_start(log_start_offset)
+            });
+            if let Err(error) = trimmed {
+                // Opening trims a file that is ahead of the log start the same way.
+                tracing::warn!(%error, "leader-epoch checkpoint after retention not written");
+            }
             // Recovery derives the same log start from the first remaining segment, so a
             // checkpoint that cannot be written (a full disk) loses nothing.
             if let Err(error) = self.write_checkpoint().await {

@@ -205,8 +205,9 @@ pub fn encode_fetch(
 }
 
 /// One partition: its fields by kafka-protocol with `records` null, whose null marker (and, in
-/// v12, the empty tagged-field count after it) is then replaced by the records' length, the
-/// records and the tagged-field count.
+/// v12, the tagged fields after it) is then replaced by the records' length, the records and
+/// the tagged fields. A partition with tagged fields (a follower's diverging epoch, the
+/// current leader) is encoded twice, with and without them, to cut its tagged section out.
 fn put_partition(
     frame: &mut FrameBuilder,
     version: i16,
@@ -214,26 +215,34 @@ fn put_partition(
     pieces: Vec<Piece>,
 ) -> Result<(), String> {
     let flexible = version >= 12;
-    if flexible
-        && (partition.diverging_epoch != Default::default()
-            || partition.current_leader != Default::default()
-            || partition.snapshot_id != Default::default()
-            || !partition.unknown_tagged_fields.is_empty())
-    {
-        return Err("partition tagged fields are not encoded".to_owned());
-    }
     let mut fields = partition.clone();
     fields.records = None;
+    let tagged = flexible
+        && (fields.diverging_epoch != Default::default()
+            || fields.current_leader != Default::default()
+            || fields.snapshot_id != Default::default()
+            || !fields.unknown_tagged_fields.is_empty());
+    let tags = if tagged {
+        let mut with_tags = BytesMut::new();
+        fields
+            .encode(&mut with_tags, version)
+            .map_err(|e| format!("{e:#}"))?;
+        fields.diverging_epoch = Default::default();
+        fields.current_leader = Default::default();
+        fields.snapshot_id = Default::default();
+        fields.unknown_tagged_fields = Default::default();
+        Some(with_tags)
+    } else {
+        None
+    };
     let start = frame.open.len();
     fields
         .encode(&mut frame.open, version)
         .map_err(|e| format!("{e:#}"))?;
     // Null records: i32 -1, or in v12 a varint 0 followed by the tagged-field count 0.
     let tail = if flexible { 2 } else { 4 };
-    assert!(
-        frame.open.len() - start >= tail,
-        "the partition ends with its records"
-    );
+    let encoded = frame.open.len() - start;
+    assert!(encoded >= tail, "the partition ends with its records");
     frame.open.truncate(frame.open.len() - tail);
     let len: usize = pieces.iter().map(|p| p.as_bytes().len()).sum();
     if flexible {
@@ -244,8 +253,12 @@ fn put_partition(
         frame.open.put_i32(len);
     }
     frame.push_records(pieces);
-    if flexible {
-        frame.open.put_u8(0);
+    match tags {
+        // The fields before the records are the same in both encodings; after the null
+        // records marker comes the tagged section.
+        Some(with_tags) => frame.open.extend_from_slice(&with_tags[encoded - 1..]),
+        None if flexible => frame.open.put_u8(0),
+        None => {}
     }
     Ok(())
 }
@@ -309,6 +322,15 @@ mod tests {
             data = data.with_aborted_transactions(Some(Vec::new()));
             if version >= 11 {
                 data = data.with_preferred_read_replica(BrokerId(-1));
+            }
+            // Tagged fields: a follower's diverging epoch, a current-leader hint.
+            if version >= 12 && *index == 4 {
+                data.diverging_epoch.epoch = 3;
+                data.diverging_epoch.end_offset = 12_345;
+            }
+            if version >= 12 && *index == 1 {
+                data.current_leader.leader_id = BrokerId(1024);
+                data.current_leader.leader_epoch = 7;
             }
             if let Some(topic) = topics.last_mut() {
                 topic.partitions.push(data);
@@ -379,14 +401,8 @@ mod tests {
     }
 
     #[test]
-    fn fields_the_encoder_does_not_write_are_refused_not_dropped() {
-        let mut full = response(12, &[("t", 0, b"x".to_vec())]);
-        full.responses[0].partitions[0].current_leader.leader_id = BrokerId(3);
-        let answer = FetchAnswer {
-            response: full,
-            records: vec![],
-        };
-        assert!(encode_fetch(12, 1, answer).is_err());
+    fn versions_the_encoder_does_not_write_are_refused() {
         assert!(encode_fetch(13, 1, FetchAnswer::default()).is_err());
+        assert!(encode_fetch(3, 1, FetchAnswer::default()).is_err());
     }
 }

@@ -27,6 +27,25 @@ struct Follower {
     /// appended more in between (a follower under steady load is never exactly at the end).
     previous_fetch_leader_end: i64,
     previous_fetch_ms: i64,
+    /// When the leader last forgot this follower's progress (it left the ISR, or this leader
+    /// started): a fetch request that arrived before then may come from a process that has
+    /// since died and restarted with less (an emptied disk, KIP-903), so its offset no longer
+    /// says what the follower has and is not counted.
+    forgotten_ms: i64,
+}
+
+impl Follower {
+    fn fresh(now_ms: i64) -> Self {
+        Self {
+            log_end_offset: -1,
+            // As in Kafka, a new leader gives every follower a full lag time to show up
+            // before it is taken out of the ISR.
+            caught_up_ms: now_ms,
+            previous_fetch_leader_end: -1,
+            previous_fetch_ms: now_ms,
+            forgotten_ms: now_ms,
+        }
+    }
 }
 
 /// Why a write with acks=all cannot be accepted now.
@@ -86,17 +105,7 @@ impl LeaderState {
             .replicas
             .iter()
             .filter(|&&id| id != start.leader)
-            .map(|&id| {
-                let follower = Follower {
-                    log_end_offset: -1,
-                    // As in Kafka, a new leader gives every follower a full lag time to show
-                    // up before it is taken out of the ISR.
-                    caught_up_ms: start.now_ms,
-                    previous_fetch_leader_end: -1,
-                    previous_fetch_ms: start.now_ms,
-                };
-                (id, follower)
-            })
+            .map(|&id| (id, Follower::fresh(start.now_ms)))
             .collect();
         let mut isr: BTreeSet<ReplicaId> = start.isr.iter().copied().collect();
         isr.insert(start.leader);
@@ -166,19 +175,29 @@ impl LeaderState {
             return;
         }
         self.partition_epoch = partition_epoch;
-        self.isr = isr.iter().copied().collect();
-        self.isr.insert(self.leader);
+        let mut isr: BTreeSet<ReplicaId> = isr.iter().copied().collect();
+        isr.insert(self.leader);
+        // A replica that left the ISR must show again, with fetches made from now on, that it
+        // has everything before it may rejoin: the controller may have taken it out because its
+        // host restarted (with an empty disk, perhaps), and what its old process reported is
+        // no longer true (KIP-903).
+        for (id, follower) in &mut self.followers {
+            if self.isr.contains(id) && !isr.contains(id) {
+                *follower = Follower {
+                    caught_up_ms: follower.caught_up_ms,
+                    ..Follower::fresh(now_ms)
+                };
+            }
+        }
+        self.isr = isr;
         self.proposed = None;
         self.followers
             .retain(|id, _| replicas.contains(id) && *id != self.leader);
         for &id in replicas {
             if id != self.leader {
-                self.followers.entry(id).or_insert(Follower {
-                    log_end_offset: -1,
-                    caught_up_ms: now_ms,
-                    previous_fetch_leader_end: -1,
-                    previous_fetch_ms: now_ms,
-                });
+                self.followers
+                    .entry(id)
+                    .or_insert_with(|| Follower::fresh(now_ms));
             }
         }
         self.advance_high_watermark();
@@ -198,13 +217,16 @@ impl LeaderState {
         self.advance_high_watermark()
     }
 
-    /// A follower fetched from `fetch_offset`: it has everything before it. Returns whether
-    /// the high watermark moved.
+    /// A follower fetched from `fetch_offset`: it has everything before it. `request_ms`: when
+    /// the fetch request arrived (a long poll reports again each time it wakes); a request
+    /// from before the leader last forgot this follower is not counted. Returns whether the
+    /// high watermark moved.
     pub fn follower_fetched(
         &mut self,
         id: ReplicaId,
         fetch_offset: i64,
         now_ms: i64,
+        request_ms: i64,
     ) -> Result<bool, FollowerRefusal> {
         let leader_end = self.log_end_offset;
         let follower = self
@@ -216,6 +238,9 @@ impl LeaderState {
                 fetch_offset,
                 log_end_offset: leader_end,
             });
+        }
+        if request_ms < follower.forgotten_ms {
+            return Ok(false);
         }
         follower.log_end_offset = fetch_offset;
         if fetch_offset >= leader_end {
@@ -325,11 +350,11 @@ mod tests {
         let mut state = leader(&[1, 2, 3], &[1, 2, 3], 1_000);
         state.leader_appended(10);
         assert_eq!(state.high_watermark(), 0);
-        state.follower_fetched(2, 10, 5).expect("replica");
-        state.follower_fetched(3, 4, 5).expect("replica");
+        state.follower_fetched(2, 10, 5, 5).expect("replica");
+        state.follower_fetched(3, 4, 5, 5).expect("replica");
         assert_eq!(state.high_watermark(), 4);
         assert!(!state.is_committed(10));
-        state.follower_fetched(3, 10, 6).expect("replica");
+        state.follower_fetched(3, 10, 6, 6).expect("replica");
         assert_eq!(state.high_watermark(), 10);
         assert!(state.is_committed(10));
     }
@@ -346,7 +371,7 @@ mod tests {
     fn a_lagging_follower_is_proposed_out_and_holds_the_watermark_until_committed() {
         let mut state = leader(&[1, 2, 3], &[1, 2, 3], 1_000);
         state.leader_appended(10);
-        state.follower_fetched(2, 10, 100).expect("replica");
+        state.follower_fetched(2, 10, 100, 100).expect("replica");
         assert_eq!(state.isr_proposal(500), None, "within the lag time");
         assert_eq!(state.isr_proposal(2_000), Some(vec![1, 2]));
         // In flight: no second proposal, and the shrink does not count yet.
@@ -363,7 +388,9 @@ mod tests {
             })
         );
         // It catches up and is proposed back in.
-        state.follower_fetched(3, 10, 2_200).expect("replica");
+        state
+            .follower_fetched(3, 10, 2_200, 2_200)
+            .expect("replica");
         assert_eq!(state.isr_proposal(2_200), Some(vec![1, 2, 3]));
         state.committed(2, &[1, 2, 3], &[1, 2, 3], 2_300);
         assert!(state.check_min_insync(3).is_ok());
@@ -380,7 +407,9 @@ mod tests {
             let fetched = end;
             end += 5;
             state.leader_appended(end);
-            state.follower_fetched(2, fetched, now).expect("replica");
+            state
+                .follower_fetched(2, fetched, now, now)
+                .expect("replica");
             assert_eq!(state.isr_proposal(now), None, "step {step}");
         }
     }
@@ -390,11 +419,11 @@ mod tests {
         let mut state = leader(&[1, 2], &[1, 2], 1_000);
         state.leader_appended(5);
         assert_eq!(
-            state.follower_fetched(9, 0, 0),
+            state.follower_fetched(9, 0, 0, 0),
             Err(FollowerRefusal::NotAReplica(9))
         );
         assert_eq!(
-            state.follower_fetched(2, 6, 0),
+            state.follower_fetched(2, 6, 0, 0),
             Err(FollowerRefusal::OffsetOutOfRange {
                 fetch_offset: 6,
                 log_end_offset: 5
@@ -423,14 +452,20 @@ mod tests {
         // and later elected.
         let mut state = leader(&[1, 2, 3], &[1, 2, 3], 100);
         state.leader_appended(10);
-        state.follower_fetched(2, 10, 0).expect("replica");
+        state.follower_fetched(2, 10, 0, 0).expect("replica");
         assert_eq!(state.isr_proposal(1_000), Some(vec![1, 2]));
         state.committed(1, &[1, 2, 3], &[1, 2], 1_000);
-        state.follower_fetched(2, 10, 1_001).expect("replica");
-        state.follower_fetched(3, 10, 1_001).expect("replica");
+        state
+            .follower_fetched(2, 10, 1_001, 1_001)
+            .expect("replica");
+        state
+            .follower_fetched(3, 10, 1_001, 1_001)
+            .expect("replica");
         state.leader_appended(20);
         assert_eq!(state.isr_proposal(1_002), Some(vec![1, 2, 3]));
-        state.follower_fetched(2, 20, 1_003).expect("replica");
+        state
+            .follower_fetched(2, 20, 1_003, 1_003)
+            .expect("replica");
         assert_eq!(
             state.high_watermark(),
             10,
@@ -440,8 +475,30 @@ mod tests {
         assert_eq!(state.high_watermark(), 10, "still proposed");
         assert_eq!(state.isr_proposal(1_005), None, "still in flight");
         state.committed(2, &[1, 2, 3], &[1, 2, 3], 1_006);
-        state.follower_fetched(3, 20, 1_007).expect("replica");
+        state
+            .follower_fetched(3, 20, 1_007, 1_007)
+            .expect("replica");
         assert_eq!(state.high_watermark(), 20);
+    }
+
+    #[test]
+    fn kip_903_a_replica_out_of_the_isr_rejoins_only_on_fetches_made_since() {
+        let mut state = leader(&[1, 2, 3], &[1, 2, 3], 1_000);
+        state.leader_appended(10);
+        state.follower_fetched(2, 10, 50, 50).expect("replica");
+        state.follower_fetched(3, 10, 50, 50).expect("replica");
+        assert_eq!(state.high_watermark(), 10);
+        // Host of replica 3 restarts with an empty disk: the controller takes it out of the ISR.
+        state.committed(1, &[1, 2, 3], &[1, 2], 100);
+        assert_eq!(state.follower_end(3), Some(-1));
+        // A long poll of its dead process, from before, wakes and reports offset 10 again.
+        assert_eq!(state.follower_fetched(3, 10, 120, 40), Ok(false));
+        assert_eq!(state.isr_proposal(130), None, "not back on a stale report");
+        // The new process fetches from the start; it rejoins once it has caught up.
+        state.follower_fetched(3, 0, 140, 140).expect("replica");
+        assert_eq!(state.isr_proposal(150), None);
+        state.follower_fetched(3, 10, 160, 160).expect("replica");
+        assert_eq!(state.isr_proposal(170), Some(vec![1, 2, 3]));
     }
 
     proptest! {
@@ -463,7 +520,7 @@ mod tests {
                         let id = i32::from(what) + 1;
                         let end = follower_end[&id];
                         let fetched = (end + amount).min(leo);
-                        state.follower_fetched(id, fetched, now).expect("replica");
+                        state.follower_fetched(id, fetched, now, now).expect("replica");
                         follower_end.insert(id, fetched);
                     }
                     3 => {

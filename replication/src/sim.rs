@@ -73,8 +73,11 @@ pub const METADATA_INTERVAL_MS: u64 = 50;
 const FETCH_CHECK_MS: u64 = 50;
 /// A fetch without an answer after this long is sent again.
 const FETCH_TIMEOUT_MS: u64 = 500;
-/// A follower that got no records waits this long before the next fetch (the long poll).
-const FETCH_IDLE_MS: u64 = 20;
+/// A fetch the leader has no records for waits there this long (the long poll,
+/// `replica.fetch.wait.max.ms`), then is answered (and its offset reported) again.
+const FETCH_MAX_WAIT_MS: u64 = 20;
+/// A follower whose fetch failed waits this long before the next one.
+const FETCH_BACKOFF_MS: u64 = 20;
 const ISR_CHECK_MS: u64 = 100;
 const LAG_TIME_MAX_MS: i64 = 1_000;
 /// An AlterPartition without an answer after this long is given up (and decided again).
@@ -107,7 +110,9 @@ pub enum Action {
         host: usize,
         ms: u64,
     },
-    /// The next fetch the host sends arrives this much later than it would.
+    /// The next fetch the host sends, when the leader has no records for it, waits at the
+    /// leader this long (a long poll with a long wait), then is answered: the leader counts its
+    /// fetch offset when it arrives and again when it wakes, as of when it arrived.
     HoldNextFetch {
         host: usize,
         ms: u64,
@@ -248,6 +253,7 @@ enum Message {
         fetch_offset: i64,
         last_fetched_epoch: i32,
         leader_epoch: i32,
+        max_wait_ms: u64,
     },
     FetchResponse {
         leader_epoch: i32,
@@ -306,6 +312,14 @@ enum Event {
         host: usize,
         incarnation: u64,
         timer: Timer,
+    },
+    /// A fetch parked at a leader (the long poll) wakes: it is answered as of `request_ms`,
+    /// when it arrived.
+    FetchWakes {
+        host: usize,
+        incarnation: u64,
+        request_ms: i64,
+        fetch: Message,
     },
     ControllerTick,
     Produce(usize),
@@ -599,6 +613,29 @@ impl Sim {
                 incarnation,
                 timer,
             } => self.timer(host, incarnation, timer),
+            Event::FetchWakes {
+                host,
+                incarnation,
+                request_ms,
+                fetch,
+            } => {
+                if !self.hosts[host].up || self.hosts[host].incarnation != incarnation {
+                    return Ok(());
+                }
+                let event = Event::FetchWakes {
+                    host,
+                    incarnation,
+                    request_ms,
+                    fetch,
+                };
+                if self.deferred(host, event.clone()) {
+                    return Ok(());
+                }
+                let Event::FetchWakes { fetch, .. } = event else {
+                    unreachable!("built above");
+                };
+                self.answer_fetch_request(host, fetch, request_ms, false)
+            }
             Event::ControllerTick => {
                 let batch = self.controller.tick(self.now_ms);
                 self.commit(batch);
@@ -731,12 +768,8 @@ impl Sim {
         } else {
             1
         };
-        let mut extra_ms = 0;
-        if let (Addr::Host(h), Message::Fetch { .. }) = (from, &message) {
-            extra_ms = std::mem::take(&mut self.hosts[h].hold_next_fetch_ms);
-        }
         for _ in 0..copies {
-            let mut delay = self.rng.range(1, 10) + extra_ms;
+            let mut delay = self.rng.range(1, 10);
             if self.rng.chance(self.slow_per_mille) {
                 delay += self.rng.range(50, 500);
             }
@@ -798,27 +831,9 @@ impl Sim {
 
     fn host_receives(&mut self, host: usize, message: Message) -> Result<(), SimFailure> {
         match message {
-            Message::Fetch {
-                from,
-                replica,
-                fetch_offset,
-                last_fetched_epoch,
-                leader_epoch,
-            } => {
-                let result = self.answer_fetch(
-                    host,
-                    replica,
-                    fetch_offset,
-                    last_fetched_epoch,
-                    leader_epoch,
-                );
-                let response = Message::FetchResponse {
-                    leader_epoch,
-                    fetch_offset,
-                    result,
-                };
-                self.send(Addr::Host(host), Addr::Host(from), response);
-                self.leader_moved(host)
+            fetch @ Message::Fetch { .. } => {
+                let request_ms = self.now_ms as i64;
+                self.answer_fetch_request(host, fetch, request_ms, true)
             }
             Message::FetchResponse {
                 leader_epoch,
@@ -857,6 +872,58 @@ impl Sim {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A leader answers a fetch that arrived at `request_ms`. `first`: it just arrived, and
+    /// when there are no records for it, it is parked (the long poll) and answered again when
+    /// it wakes, with the time it arrived.
+    fn answer_fetch_request(
+        &mut self,
+        host: usize,
+        fetch: Message,
+        request_ms: i64,
+        first: bool,
+    ) -> Result<(), SimFailure> {
+        let Message::Fetch {
+            from,
+            replica,
+            fetch_offset,
+            last_fetched_epoch,
+            leader_epoch,
+            max_wait_ms,
+        } = fetch
+        else {
+            return Ok(());
+        };
+        let result = self.answer_fetch(
+            host,
+            replica,
+            fetch_offset,
+            last_fetched_epoch,
+            leader_epoch,
+            request_ms,
+        );
+        let nothing = matches!(&result, FetchResult::Records { entries, .. } if entries.is_empty());
+        if first && nothing {
+            let incarnation = self.hosts[host].incarnation;
+            self.schedule(
+                self.now_ms + max_wait_ms,
+                Event::FetchWakes {
+                    host,
+                    incarnation,
+                    request_ms,
+                    fetch,
+                },
+            );
+        } else {
+            let response = Message::FetchResponse {
+                leader_epoch,
+                fetch_offset,
+                result,
+            };
+            self.send(Addr::Host(host), Addr::Host(from), response);
+        }
+        self.leader_moved(host)
     }
 
     // ---------------------------------------------------------------- host timers
@@ -1065,6 +1132,7 @@ impl Sim {
         fetch_offset: i64,
         last_fetched_epoch: i32,
         leader_epoch: i32,
+        request_ms: i64,
     ) -> FetchResult {
         let now = self.now_ms as i64;
         let state = &mut self.hosts[host];
@@ -1086,7 +1154,10 @@ impl Sim {
         ) {
             return FetchResult::Diverging(diverging);
         }
-        if leader.follower_fetched(replica, fetch_offset, now).is_err() {
+        if leader
+            .follower_fetched(replica, fetch_offset, now, request_ms)
+            .is_err()
+        {
             return FetchResult::Refused;
         }
         let from = fetch_offset as usize;
@@ -1312,7 +1383,9 @@ impl Sim {
             fetch_offset: state.log_end(),
             last_fetched_epoch: state.cache.latest_epoch().unwrap_or(-1),
             leader_epoch: epoch,
+            max_wait_ms: FETCH_MAX_WAIT_MS.max(state.hold_next_fetch_ms),
         };
+        self.hosts[host].hold_next_fetch_ms = 0;
         self.hosts[host].fetch_sent_ms = Some(now);
         self.send(Addr::Host(host), Addr::Host(leader_host), message);
     }
@@ -1328,15 +1401,14 @@ impl Sim {
             return;
         }
         state.fetch_sent_ms = None;
-        let mut next_ms = FETCH_IDLE_MS;
+        let mut next_ms = FETCH_BACKOFF_MS;
         match result {
             FetchResult::Records {
                 entries,
                 high_watermark,
             } => {
-                if !entries.is_empty() {
-                    next_ms = 1;
-                }
+                // Without records, the leader already waited (the long poll).
+                next_ms = 1;
                 for entry in entries {
                     let offset = state.log_end();
                     state.cache.assign(entry.epoch, offset);
@@ -1361,7 +1433,7 @@ impl Sim {
             _ => {}
         }
         let incarnation = self.hosts[host].incarnation;
-        // The next fetch: at once after records, after the long poll otherwise. The periodic
+        // The next fetch: at once after an answer, after a back-off after an error. The periodic
         // fetch timer keeps running beside it (it resends a fetch that timed out).
         self.schedule(
             self.now_ms + next_ms,

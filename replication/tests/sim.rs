@@ -176,9 +176,11 @@ fn kip_279_fast_double_failover() {
 }
 
 /// KIP-903: a follower loses its whole disk and restarts while a fetch its old process sent
-/// (at the end of the log) is still on the way. The leader must not count that fetch for the
-/// new, empty process: if it does, the empty replica joins the ISR and a single failure of the
-/// leader elects it, losing every acknowledged record.
+/// (at the end of the log) is parked at the leader (the long poll). The controller takes the
+/// replica out of the ISR (its old process's session expires); the leader must then count
+/// neither what the old process had reported nor the parked fetch when it wakes (it arrived
+/// before the leader forgot the replica): if it does, the empty replica rejoins the ISR and a
+/// single failure of the leader elects it, losing every acknowledged record.
 #[test]
 fn kip_903_an_empty_replica_is_not_counted_by_a_stale_fetch() {
     let script = vec![
@@ -193,6 +195,7 @@ fn kip_903_an_empty_replica_is_not_counted_by_a_stale_fetch() {
             },
         ),
         (4_000, Action::StopProducers),
+        // Host 2's next fetch (at the log end) waits at the leader until about 9.2 s.
         (4_200, Action::HoldNextFetch { host: 2, ms: 5_000 }),
         (
             4_300,
@@ -202,19 +205,20 @@ fn kip_903_an_empty_replica_is_not_counted_by_a_stale_fetch() {
                 restart_after_ms: Some(100),
             },
         ),
-        // The new process cannot fetch until after the stale fetch arrived (about 9.2 s).
+        // Its old session expires about 6.3 s (ISR [0]); the new process registers at once but
+        // cannot fetch before the leader crashes.
         (
             4_400,
             Action::Cut {
                 host: 2,
                 peers: true,
                 controller: false,
-                heal_after_ms: 6_000,
+                heal_after_ms: 7_000,
             },
         ),
-        // One failure: the leader, while the new process of host 2 is still empty.
+        // One failure: the leader, after the stale fetch woke, while host 2 is still empty.
         (
-            7_000,
+            10_000,
             Action::Crash {
                 host: 0,
                 wipe: false,
@@ -224,6 +228,9 @@ fn kip_903_an_empty_replica_is_not_counted_by_a_stale_fetch() {
     ];
     let report = scenario("kip_903", 16_000, script).expect("no acknowledged record lost");
     assert!(report.acked_records > 0, "{report:?}");
+    // Host 2 never led: the leader crash left the partition without a leader until host 0
+    // came back (epoch 1: leader -1; epoch 2: host 0 again).
+    assert_eq!(report.final_leader_epoch, 2, "{report:?}");
 }
 
 /// KIP-966: the ISR shrinks to the leader alone, which then crashes and loses its unflushed

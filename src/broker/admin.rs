@@ -370,7 +370,8 @@ fn new_topic(controller: &Shard, catalog: &Catalog, spec: &TopicSpec) -> Result<
             "the number of partitions must be positive",
         ));
     }
-    if spec.replication_factor != 1 {
+    // In a cluster the controller places replicas over hosts and checks the factor.
+    if spec.replication_factor != 1 && controller.settings.cluster.is_none() {
         // Metadata may list several nodes (one per core), so "not enough brokers" would
         // contradict it: say what is actually missing.
         return Err(AdminError::new(
@@ -937,7 +938,7 @@ fn alter(
 /// Catalog edits in a cluster: checked here as on one node, then decided by the controller
 /// quorum (`ringlog_cluster::Controller`), and answered once this broker's catalog shows them
 /// (the membership loop applies the quorum's log to every shard).
-mod cluster {
+pub(crate) mod cluster {
     use std::rc::Rc;
     use std::time::Duration;
 
@@ -980,7 +981,7 @@ mod cluster {
         )
     }
 
-    async fn forward(shard: &Shard, command: Command) -> Result<Reply, AdminError> {
+    pub(crate) async fn forward(shard: &Shard, command: Command) -> Result<Reply, AdminError> {
         let Some(cluster) = &shard.settings.cluster else {
             return Err(refused(ResponseError::NotController, "not in a cluster"));
         };

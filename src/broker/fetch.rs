@@ -17,12 +17,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use event_listener::Event;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    EpochEndOffset, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
 use ringlog_engine::FetchedRecords;
 use ringlog_net::errors;
 use ringlog_net::response::{FetchAnswer, Piece};
+use ringlog_replication::{Diverging, FollowerRefusal};
 
 use super::mesh::{self, ByOwner, Call};
 use super::Shard;
@@ -40,6 +43,21 @@ pub struct FetchPart {
     pub partition: i32,
     pub offset: i64,
     pub max_bytes: usize,
+    /// The leader epoch the fetcher believes current (-1: unchecked), KIP-320.
+    pub current_leader_epoch: i32,
+    /// A follower's fetch. Followers read up to the log end and report their progress;
+    /// consumers read below the high watermark.
+    pub follower: Option<FollowerFetch>,
+}
+
+/// What a follower's fetch says besides a consumer's.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowerFetch {
+    pub replica: i32,
+    /// The epoch of the follower's last batch (KIP-279's divergence check).
+    pub last_fetched_epoch: i32,
+    /// When the request arrived, on this broker's clock.
+    pub request_ms: i64,
 }
 
 /// What one partition read returned: `records` are pieces of memory on this shard, or
@@ -49,6 +67,8 @@ pub struct FetchOutcome<R = Vec<Piece>> {
     pub error: Option<ResponseError>,
     pub high_watermark: i64,
     pub log_start_offset: i64,
+    /// A follower's log diverges from the leader's here (KIP-279): it truncates, no records.
+    pub diverging: Option<Diverging>,
     pub records: R,
 }
 
@@ -61,6 +81,7 @@ impl<R: Default> FetchOutcome<R> {
             error: Some(error),
             high_watermark: -1,
             log_start_offset: -1,
+            diverging: None,
             records: R::default(),
         }
     }
@@ -79,6 +100,7 @@ impl<R> FetchOutcome<R> {
             error: self.error,
             high_watermark: self.high_watermark,
             log_start_offset: self.log_start_offset,
+            diverging: self.diverging,
             records: convert(self.records),
         }
     }
@@ -100,6 +122,14 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
         Ok(0) | Err(_) => usize::MAX,
         Ok(bytes) => bytes,
     };
+    // A follower's fetch (Fetch v15 moves the replica id into ReplicaState).
+    let replica_id = if request.replica_id.0 >= 0 {
+        request.replica_id.0
+    } else {
+        request.replica_state.replica_id.0
+    };
+    let follower = (replica_id >= 0).then_some(replica_id);
+    let request_ms = shard.env.clock.now_ms();
     // Where each requested partition is answered from, in request order.
     let mut parts: Vec<(usize, usize, Resolved)> = Vec::new();
     for (topic_index, topic) in request.topics.iter().enumerate() {
@@ -115,6 +145,12 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
                     partition: wanted.partition,
                     offset: wanted.fetch_offset,
                     max_bytes: partition_max_bytes.min(max_bytes),
+                    current_leader_epoch: wanted.current_leader_epoch,
+                    follower: follower.map(|replica| FollowerFetch {
+                        replica,
+                        last_fetched_epoch: wanted.last_fetched_epoch,
+                        request_ms,
+                    }),
                 };
                 (owner, part)
             });
@@ -153,7 +189,10 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
             .map(FetchOutcome::record_bytes)
             .sum();
         let failed = parts.iter().any(|(_, _, resolved)| resolved.is_err())
-            || outcomes.iter().flatten().any(|o| o.error.is_some());
+            || outcomes
+                .iter()
+                .flatten()
+                .any(|o| o.error.is_some() || o.diverging.is_some());
         let now = shard.env.clock.now();
         if bytes >= min_bytes.max(1) || failed || now >= deadline || by_owner.is_empty() {
             break;
@@ -163,9 +202,14 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
         let listener = woken.listen();
         let mut waiters = Vec::with_capacity(by_owner.len());
         for (owner, _, owned) in by_owner.iter() {
-            let watched: Vec<(String, i32, i64)> = owned
+            let watched: Vec<Watched> = owned
                 .iter()
-                .map(|part| (part.topic.clone(), part.partition, part.offset))
+                .map(|part| Watched {
+                    topic: part.topic.clone(),
+                    partition: part.partition,
+                    offset: part.offset,
+                    follower: part.follower.is_some(),
+                })
                 .collect();
             let shard = Rc::clone(shard);
             let woken = Rc::clone(&woken);
@@ -253,6 +297,13 @@ fn build_response(
         if version >= 11 {
             data = data.with_preferred_read_replica(BrokerId(-1));
         }
+        if let (Some(diverging), true) = (outcome.diverging, version >= 12) {
+            data = data.with_diverging_epoch(
+                EpochEndOffset::default()
+                    .with_epoch(diverging.epoch)
+                    .with_end_offset(diverging.end_offset),
+            );
+        }
         topics[*topic_index].partitions.push(data);
     }
     FetchAnswer {
@@ -273,10 +324,19 @@ impl Call for Read {
     }
 }
 
+/// A partition a long poll waits on: it has news when what the fetcher may read (the log
+/// end for a follower, the high watermark for a consumer) is past `offset`.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub follower: bool,
+}
+
 /// Waits on a partitions' owner until one of them grows (see [`wait_for_data`]).
 pub struct WaitForData {
-    /// (topic, partition, offset): grown when the log ends past the offset.
-    pub watched: Vec<(String, i32, i64)>,
+    pub watched: Vec<Watched>,
     pub timeout: Duration,
 }
 
@@ -313,29 +373,83 @@ pub async fn read_for_remote(shard: &Shard, parts: Vec<FetchPart>) -> Vec<Remote
 
 async fn read_one(shard: &Shard, part: &FetchPart) -> FetchOutcome<FetchedRecords> {
     let empty = || FetchedRecords::empty(part.offset);
-    let Some(partition) = shard.partition(&part.topic, part.partition) else {
-        return FetchOutcome {
-            error: Some(ResponseError::KafkaStorageError),
-            high_watermark: -1,
-            log_start_offset: -1,
-            records: empty(),
-        };
-    };
-    let log = &partition.log;
-    let high_watermark = log.log_end_offset();
-    let mut outcome = FetchOutcome {
-        error: None,
-        high_watermark,
-        log_start_offset: log.log_start_offset(),
+    let failed = |error| FetchOutcome {
+        error: Some(error),
+        high_watermark: -1,
+        log_start_offset: -1,
+        diverging: None,
         records: empty(),
     };
-    if part.offset == high_watermark || part.max_bytes == 0 {
+    let Some(partition) = shard.partition(&part.topic, part.partition) else {
+        return failed(ResponseError::KafkaStorageError);
+    };
+    let Some(leader_epoch) = partition.leading_epoch() else {
+        return failed(ResponseError::NotLeaderOrFollower);
+    };
+    // KIP-320: a fetcher with an older epoch missed a leader change; one with a newer epoch
+    // knows of a change this broker has not applied yet.
+    if part.current_leader_epoch >= 0 && part.current_leader_epoch < leader_epoch {
+        return failed(ResponseError::FencedLeaderEpoch);
+    }
+    if part.current_leader_epoch > leader_epoch {
+        return failed(ResponseError::UnknownLeaderEpoch);
+    }
+    let log = &partition.log;
+    let log_end = log.log_end_offset();
+    let upper = match part.follower {
+        Some(follower) => {
+            let diverging = ringlog_replication::divergence(
+                |epoch| log.end_offset_for_epoch(epoch),
+                follower.last_fetched_epoch,
+                part.offset,
+            );
+            if let Some(diverging) = diverging {
+                return FetchOutcome {
+                    error: None,
+                    high_watermark: partition.high_watermark(),
+                    log_start_offset: log.log_start_offset(),
+                    diverging: Some(diverging),
+                    records: empty(),
+                };
+            }
+            let now = shard.env.clock.now_ms();
+            match partition.follower_fetched(
+                follower.replica,
+                part.offset,
+                now,
+                follower.request_ms,
+            ) {
+                Ok(true) => {
+                    shard.appended.notify(usize::MAX);
+                }
+                Ok(false) => {}
+                Err(FollowerRefusal::NotAReplica(_)) => {
+                    return failed(ResponseError::NotLeaderOrFollower)
+                }
+                Err(FollowerRefusal::OffsetOutOfRange { .. }) => {
+                    let mut outcome = failed(ResponseError::OffsetOutOfRange);
+                    outcome.high_watermark = partition.high_watermark();
+                    outcome.log_start_offset = log.log_start_offset();
+                    return outcome;
+                }
+            }
+            log_end
+        }
+        None => partition.high_watermark(),
+    };
+    let mut outcome = FetchOutcome {
+        error: None,
+        high_watermark: partition.high_watermark(),
+        log_start_offset: log.log_start_offset(),
+        diverging: None,
+        records: empty(),
+    };
+    // At or past what this fetcher may read, but within the log: nothing yet (a consumer
+    // ahead of the high watermark waits, as in Kafka).
+    if (part.offset >= upper && part.offset <= log_end) || part.max_bytes == 0 {
         return outcome;
     }
-    match log
-        .fetch(part.offset, part.max_bytes, Some(high_watermark))
-        .await
-    {
+    match log.fetch(part.offset, part.max_bytes, Some(upper)).await {
         Ok(records) => {
             shard.count_read(records.source, records.bytes);
             outcome.records = records;
@@ -345,20 +459,25 @@ async fn read_one(shard: &Shard, part: &FetchPart) -> FetchOutcome<FetchedRecord
     outcome
 }
 
-/// Waits until one of `watched` (topic, partition, offset) has data at or past its offset, or
-/// `timeout`; true when data arrived.
-pub async fn wait_for_data(
-    shard: &Shard,
-    watched: &[(String, i32, i64)],
-    timeout: Duration,
-) -> bool {
+/// Waits until one of `watched` has data past its offset, or `timeout`; true when data
+/// arrived.
+pub async fn wait_for_data(shard: &Shard, watched: &[Watched], timeout: Duration) -> bool {
     let deadline = shard.env.clock.now() + timeout;
     loop {
         let listener = shard.appended.listen();
-        let grown = watched.iter().any(|(topic, partition, offset)| {
+        let grown = watched.iter().any(|watched| {
             shard
-                .partition(topic, *partition)
-                .is_some_and(|p| p.log.log_end_offset() > *offset)
+                .partition(&watched.topic, watched.partition)
+                .is_some_and(|p| {
+                    let readable = if watched.follower {
+                        p.log.log_end_offset()
+                    } else {
+                        p.high_watermark()
+                    };
+                    // A partition that stopped being led here has news too: the next round
+                    // answers NOT_LEADER_OR_FOLLOWER at once.
+                    readable > watched.offset || p.leading_epoch().is_none()
+                })
         });
         if grown {
             return true;

@@ -46,6 +46,14 @@ pub struct ClusterSettings {
 /// How long one request to a voter may take before the next voter is tried: a commit takes
 /// milliseconds, so this only cuts off a voter that hangs.
 pub const QUORUM_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The membership's own limit per voter request: a third of the session timeout (at most
+/// [`QUORUM_REQUEST_TIMEOUT`]). A voter that hangs (a paused process: its TCP stays open and
+/// silent) must not hold the heartbeats back until the new active controller, which started
+/// every session afresh when it took over, fences this host.
+pub fn member_request_timeout(session_timeout: Duration) -> Duration {
+    (session_timeout / 3).clamp(Duration::from_millis(100), QUORUM_REQUEST_TIMEOUT)
+}
 /// Tries of one command at each wake-up (the loop itself retries at the next one).
 const ATTEMPTS: usize = 3;
 const RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -83,8 +91,10 @@ fn registration(shard: &Shard, host: HostId, incarnation: u128) -> Registration 
 pub async fn run(shard: Rc<Shard>, cluster: ClusterSettings) -> Result<(), String> {
     let clock = Rc::clone(&shard.env.clock);
     let host = cluster.host;
-    let mut client = QuorumClient::new(TcpTransport, cluster.voters.clone())
-        .with_timeout(Rc::clone(&clock), QUORUM_REQUEST_TIMEOUT);
+    let mut client = QuorumClient::new(TcpTransport, cluster.voters.clone()).with_timeout(
+        Rc::clone(&clock),
+        member_request_timeout(cluster.session_timeout),
+    );
     let registration = registration(&shard, host, shard.env.random.uuid().as_u128());
     let mut image = MetadataImage::default();
     let mut current = Catalog::default();

@@ -19,6 +19,7 @@ pub mod offsets;
 pub mod produce;
 pub mod producer_ids;
 pub mod producer_state;
+pub mod replica;
 pub mod topic_config;
 
 use std::cell::{Cell, RefCell};
@@ -160,6 +161,10 @@ pub struct BrokerSettings {
     /// In a cluster with a controller quorum: how to reach it. `None`: a one-node cluster,
     /// whose catalog is this broker's own (`topics.json`).
     pub cluster: Option<member::ClusterSettings>,
+    /// `replica.lag.time.max.ms`: a follower behind for longer leaves the ISR.
+    pub replica_lag_time_max: Duration,
+    /// `min.insync.replicas` of topics that do not override it.
+    pub min_insync_replicas: usize,
 }
 
 /// Fetch reads of a shard by where their bytes came from: (reads, bytes) per source.
@@ -187,6 +192,8 @@ pub struct Partition {
     /// state: the state below an offset never changes, so there is nothing new to write until
     /// the log end moves.
     producer_snapshot_offset: Cell<Option<i64>>,
+    /// Leader or follower, per the catalog ([`replica`]).
+    pub role: RefCell<replica::Role>,
 }
 
 impl Partition {
@@ -195,6 +202,7 @@ impl Partition {
             log,
             producers: RefCell::new(recovered.states),
             producer_snapshot_offset: Cell::new(recovered.snapshot_offset),
+            role: RefCell::new(replica::Role::unknown()),
         }
     }
 
@@ -240,6 +248,10 @@ pub struct Shard {
     /// Wakes the cluster membership loop (shard 0, in a cluster) before its next heartbeat.
     pub member_wake: member::Wake,
     read_counts: Cell<ReadCounts>,
+    /// Replica fetchers running, by leader node ([`replica`]).
+    fetchers: replica::Fetchers,
+    /// Notified when a partition starts following a new leader: fetchers are (re)started.
+    followers_changed: Event,
 }
 
 /// The shard that makes every catalog change and allocates producer ids.
@@ -255,6 +267,8 @@ pub enum Lookup {
     UnknownPartition,
     /// Another host of the cluster keeps the partition.
     Elsewhere,
+    /// This broker keeps a follower replica; another node leads.
+    Follower,
     Owner(usize),
 }
 
@@ -288,6 +302,8 @@ impl Shard {
             tail_cache: Rc::new(TailCache::new(setup.settings.fetch_cache_bytes)),
             member_wake: member::Wake::default(),
             read_counts: Cell::new(ReadCounts::default()),
+            fetchers: replica::Fetchers::default(),
+            followers_changed: Event::new(),
             settings: setup.settings,
         }
     }
@@ -331,6 +347,9 @@ impl Shard {
             Some(entry) => match entry.partition(partition) {
                 None => Lookup::UnknownPartition,
                 Some(state) if !state.local => Lookup::Elsewhere,
+                Some(state) if state.leader != self.settings.topology.node_of(state.shard) => {
+                    Lookup::Follower
+                }
                 Some(state) => Lookup::Owner(state.shard),
             },
         }
@@ -390,8 +409,8 @@ impl Shard {
     pub fn route(&self, topic: &str, partition: i32) -> Result<usize, ResponseError> {
         match self.lookup(topic, partition) {
             Lookup::Owner(owner) => Ok(owner),
-            // Another host keeps it: the client refreshes its metadata and goes there.
-            Lookup::Elsewhere => Err(ResponseError::NotLeaderOrFollower),
+            // Another node leads it: the client refreshes its metadata and goes there.
+            Lookup::Elsewhere | Lookup::Follower => Err(ResponseError::NotLeaderOrFollower),
             Lookup::UnknownTopic | Lookup::UnknownPartition => {
                 Err(ResponseError::UnknownTopicOrPartition)
             }
@@ -423,13 +442,14 @@ impl Shard {
     /// the topic's config to those already open.
     async fn open_owned(&self, name: &str, topic: &Topic) {
         let config = self.log_config(topic);
-        for (index, partition) in topic.partitions.iter().enumerate() {
-            if partition.shard != self.id || !partition.local {
+        for (index, state) in topic.partitions.iter().enumerate() {
+            if state.shard != self.id || !state.local {
                 continue;
             }
             let existing = self.partition(name, index as i32);
             if let Some(partition) = existing {
                 partition.log.set_config(config.clone());
+                self.update_role(&partition, state);
                 continue;
             }
             let dir = catalog::partition_dir(&self.settings.data_dir, name, index);
@@ -442,6 +462,7 @@ impl Shard {
                     let recovered = producer_state::recover(&log).await;
                     let partition = Partition::new(log, recovered);
                     partition.save_producer_state();
+                    self.update_role(&partition, state);
                     if let Some(corruption) = &report.corruption {
                         warn!(
                             topic = name,
@@ -508,11 +529,14 @@ impl Shard {
         const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
         let mut since_retention = Duration::ZERO;
         let mut since_checkpoint = Duration::ZERO;
+        let supervisor = Rc::clone(&self);
+        glommio::spawn_local(async move { supervisor.supervise_fetchers().await }).detach();
         while !stopping.is_triggered() {
             self.env.clock.sleep(TICK).await;
             since_retention += TICK;
             since_checkpoint += TICK;
             groups::expire_sessions(&self);
+            self.propose_isr_changes();
             let partitions = self.owned();
             for partition in &partitions {
                 partition.log.tick();

@@ -138,7 +138,7 @@ async fn answer_local(shard: &Shard, query: &OffsetQuery) -> OffsetAnswer {
     };
     let log = &partition.log;
     match query.timestamp {
-        LATEST => OffsetAnswer::found(-1, log.log_end_offset()),
+        LATEST => OffsetAnswer::found(-1, partition.high_watermark()),
         EARLIEST | EARLIEST_LOCAL => OffsetAnswer::found(-1, log.log_start_offset()),
         // No tiered storage: nothing is tiered.
         LATEST_TIERED => OffsetAnswer::found(-1, -1),

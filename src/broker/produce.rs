@@ -32,6 +32,10 @@ pub struct ProducePart {
     pub topic: String,
     pub partition: i32,
     pub records: Bytes,
+    /// The request's acks: -1 (all) waits until every in-sync replica has the records.
+    pub acks: i16,
+    /// How long an acks=all write may wait for its replicas (the request's timeout).
+    pub timeout: Duration,
 }
 
 /// What happened to one partition's records.
@@ -40,6 +44,8 @@ pub struct ProduceOutcome {
     pub error: Option<ResponseError>,
     pub message: Option<String>,
     pub base_offset: i64,
+    /// The last offset written (not sent to the client: what acks=all waits for).
+    pub last_offset: i64,
     pub log_append_time_ms: i64,
     pub log_start_offset: i64,
 }
@@ -50,6 +56,7 @@ impl ProduceOutcome {
             error: Some(error),
             message: Some(message.into()),
             base_offset: -1,
+            last_offset: -1,
             log_append_time_ms: -1,
             log_start_offset: -1,
         }
@@ -66,6 +73,7 @@ pub async fn produce(
     version: i16,
 ) -> Later<Option<ProduceResponse>> {
     let acks = request.acks;
+    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0));
     // Outcomes in request order: (topic index, partition index) → outcome.
     let mut outcomes: Vec<Vec<Option<ProduceOutcome>>> = Vec::new();
     let mut by_owner: ByOwner<Position, ProducePart> = ByOwner::default();
@@ -88,6 +96,8 @@ pub async fn produce(
                         topic: name.to_owned(),
                         partition: data.index,
                         records,
+                        acks,
+                        timeout,
                     };
                     by_owner.add(owner, (topic_index, partition_index), part);
                     None
@@ -233,6 +243,54 @@ async fn queue_one(shard: &Rc<Shard>, part: ProducePart) -> Queued {
             "the partition's log is not open on this broker (see its log)",
         ));
     };
+    let Some(leader_epoch) = partition.leading_epoch() else {
+        return known(ProduceOutcome::failed(
+            ResponseError::NotLeaderOrFollower,
+            "this broker does not lead the partition",
+        ));
+    };
+    if part.acks == -1 {
+        let required = shard.min_insync_replicas(&part.topic);
+        let in_sync = partition.in_sync_count().unwrap_or(0);
+        if in_sync < required {
+            return known(ProduceOutcome::failed(
+                ResponseError::NotEnoughReplicas,
+                format!("{in_sync} in-sync replicas, min.insync.replicas is {required}"),
+            ));
+        }
+    }
+    let queued = queue_parts(shard, &partition, &part).await;
+    if part.acks != -1 {
+        return queued;
+    }
+    // acks=all: the answer waits until the high watermark covers the write.
+    let shard = Rc::clone(shard);
+    Box::pin(async move {
+        let outcome = queued.await;
+        if outcome.error.is_some() {
+            return outcome;
+        }
+        let committed = super::replica::wait_committed(
+            &shard,
+            &part.topic,
+            &partition,
+            leader_epoch,
+            outcome.last_offset + 1,
+            part.timeout,
+        )
+        .await;
+        match committed {
+            Ok(()) => outcome,
+            Err(error) => ProduceOutcome::failed(
+                error.code(),
+                "the in-sync replicas did not all confirm the write",
+            ),
+        }
+    })
+}
+
+async fn queue_parts(shard: &Rc<Shard>, partition: &Rc<Partition>, part: &ProducePart) -> Queued {
+    let partition = Rc::clone(partition);
     let max_bytes = partition.log.config().max_message_bytes;
     let mut batches = match split_batches(&part.records, max_bytes) {
         Ok(batches) => batches,
@@ -261,7 +319,8 @@ async fn queue_one(shard: &Rc<Shard>, part: ProducePart) -> Queued {
             .await
         {
             Ok(outcome) => {
-                first.get_or_insert(outcome);
+                let last_offset = outcome.last_offset;
+                first.get_or_insert(outcome).last_offset = last_offset;
             }
             Err(outcome) => {
                 // Duplicates waiting on a batch that failed here must learn it.
@@ -331,6 +390,7 @@ async fn batch_outcome(
             error: None,
             message: None,
             base_offset: info.base_offset,
+            last_offset: info.last_offset,
             log_append_time_ms: info.log_append_time_ms.unwrap_or(-1),
             log_start_offset: info.log_start_offset,
         }),
@@ -341,6 +401,7 @@ async fn batch_outcome(
                 error: None,
                 message: None,
                 base_offset: stored.base_offset,
+                last_offset: stored.last_offset,
                 log_append_time_ms: -1,
                 log_start_offset: partition.log.log_start_offset(),
             })

@@ -1,0 +1,664 @@
+//! Replicated partitions on a shard: each partition this shard keeps is either led here (its
+//! [`LeaderState`] tracks the followers, the high watermark and the ISR it proposes) or
+//! followed (a fetcher copies the leader's batches, offsets and epochs included).
+//!
+//! The decisions are `ringlog_replication`'s state machines; this module moves bytes for them.
+//! Follower fetches travel core to core: the follower of a partition is on the same core index
+//! as its leader, its fetcher connects to the leader node's own port (accepted on that core),
+//! and one fetcher per (core, leader node) carries every partition the pair shares, long-polling
+//! as a consumer does, with Kafka's Fetch (v12: replica id, current leader epoch, last fetched
+//! epoch; the answer's diverging epoch).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use ringlog_cluster::{AlterPartition, Command, NodeId};
+use ringlog_net::client::connection::Connection;
+use ringlog_replication::{Diverging, LeaderStart, LeaderState};
+use tracing::{debug, info, warn};
+
+use super::catalog::PartitionState;
+use super::{producer_state, Partition, Shard};
+
+/// Kafka's `replica.lag.time.max.ms` default.
+pub const REPLICA_LAG_TIME_MAX: Duration = Duration::from_secs(30);
+/// A follower's long poll (Kafka's `replica.fetch.wait.max.ms`).
+const FOLLOWER_MAX_WAIT: Duration = Duration::from_millis(500);
+/// Bytes one follower fetch asks per partition (`replica.fetch.max.bytes`) and in all
+/// (`replica.fetch.response.max.bytes`).
+const FOLLOWER_PARTITION_MAX_BYTES: i32 = 1 << 20;
+const FOLLOWER_RESPONSE_MAX_BYTES: i32 = 10 << 20;
+/// How long a follower waits for a fetch answer: the long poll and a margin.
+const FOLLOWER_REQUEST_TIMEOUT: Duration = Duration::from_millis(3_000);
+/// Pause after a failed connection or fetch before the next try (`replica.fetch.backoff.ms`).
+const FETCH_BACKOFF: Duration = Duration::from_millis(100);
+/// The Fetch version followers speak.
+const FOLLOWER_FETCH_VERSION: i16 = 12;
+
+/// What this replica of a partition is.
+#[derive(Debug)]
+pub enum Role {
+    /// Led here: the followers' progress and the high watermark.
+    Leader(LeaderState),
+    /// Followed from `leader` (-1: no leader now) in `leader_epoch`; the high watermark as the
+    /// leader last reported it.
+    Follower {
+        leader: i32,
+        leader_epoch: i32,
+        high_watermark: i64,
+    },
+}
+
+impl Role {
+    /// Before the catalog has said anything: follows no one, knows nothing committed.
+    pub fn unknown() -> Self {
+        Self::Follower {
+            leader: -1,
+            leader_epoch: -1,
+            high_watermark: 0,
+        }
+    }
+}
+
+impl Partition {
+    /// The high watermark: consumers read below it. A leader first counts its own appends
+    /// completed since it last looked (with no followers in sync, that is the log end).
+    pub fn high_watermark(&self) -> i64 {
+        let log_end = self.log.log_end_offset();
+        match &mut *self.role.borrow_mut() {
+            Role::Leader(leader) => {
+                leader.leader_appended(log_end);
+                leader.high_watermark()
+            }
+            Role::Follower { high_watermark, .. } => (*high_watermark).min(log_end),
+        }
+    }
+
+    /// The leader epoch, when this replica leads.
+    pub fn leading_epoch(&self) -> Option<i32> {
+        match &*self.role.borrow() {
+            Role::Leader(leader) => Some(leader.leader_epoch()),
+            Role::Follower { .. } => None,
+        }
+    }
+
+    /// The leader epoch as this replica knows it, led here or not.
+    pub fn known_epoch(&self) -> i32 {
+        match &*self.role.borrow() {
+            Role::Leader(leader) => leader.leader_epoch(),
+            Role::Follower { leader_epoch, .. } => *leader_epoch,
+        }
+    }
+
+    /// A follower's fetch reached this leader (see [`LeaderState::follower_fetched`]);
+    /// returns whether the high watermark moved.
+    pub fn follower_fetched(
+        &self,
+        replica: i32,
+        fetch_offset: i64,
+        now_ms: i64,
+        request_ms: i64,
+    ) -> Result<bool, ringlog_replication::FollowerRefusal> {
+        let log_end = self.log.log_end_offset();
+        match &mut *self.role.borrow_mut() {
+            Role::Leader(leader) => {
+                leader.leader_appended(log_end);
+                leader.follower_fetched(replica, fetch_offset, now_ms, request_ms)
+            }
+            Role::Follower { .. } => {
+                Err(ringlog_replication::FollowerRefusal::NotAReplica(replica))
+            }
+        }
+    }
+
+    /// Replicas in the committed ISR (the leader included), when led here.
+    pub fn in_sync_count(&self) -> Option<usize> {
+        match &*self.role.borrow() {
+            Role::Leader(leader) => Some(leader.in_sync_count()),
+            Role::Follower { .. } => None,
+        }
+    }
+}
+
+/// Why an acks=all write did not commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotCommitted {
+    /// Leadership moved while it waited: the client retries on the new leader.
+    NotLeader,
+    TimedOut,
+    /// The high watermark reached it, but the ISR is now smaller than `min.insync.replicas`.
+    NotEnoughReplicasAfterAppend,
+}
+
+impl NotCommitted {
+    pub fn code(self) -> ResponseError {
+        match self {
+            Self::NotLeader => ResponseError::NotLeaderOrFollower,
+            Self::TimedOut => ResponseError::RequestTimedOut,
+            Self::NotEnoughReplicasAfterAppend => ResponseError::NotEnoughReplicasAfterAppend,
+        }
+    }
+}
+
+impl Shard {
+    /// The node id of this shard.
+    pub fn node(&self) -> i32 {
+        self.settings.topology.node_of(self.id)
+    }
+
+    /// `min.insync.replicas` of a topic (its override, else the broker's default).
+    pub fn min_insync_replicas(&self, topic: &str) -> usize {
+        let catalog = self.catalog.borrow();
+        catalog
+            .topics
+            .get(topic)
+            .and_then(|topic| topic.configs.get("min.insync.replicas"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(self.settings.min_insync_replicas)
+    }
+
+    /// Makes `partition`'s role what the catalog says: leader of its epoch here, or follower
+    /// of the leader elsewhere (with a fetcher for that leader running).
+    pub(super) fn update_role(&self, partition: &Partition, state: &PartitionState) {
+        let me = self.node();
+        let now = self.env.clock.now_ms();
+        let high_watermark = partition.high_watermark();
+        {
+            let mut role = partition.role.borrow_mut();
+            if state.leader == me {
+                if let Role::Leader(leader) = &mut *role {
+                    if leader.leader_epoch() == state.leader_epoch {
+                        leader.committed(state.partition_epoch, &state.replicas, &state.isr, now);
+                        drop(role);
+                        self.appended.notify(usize::MAX);
+                        return;
+                    }
+                }
+                if let Err(error) = partition.log.set_leader_epoch(state.leader_epoch) {
+                    warn!(dir = %partition.log.dir().display(), "cannot record the leader epoch: {error}");
+                }
+                let lag = i64::try_from(self.settings.replica_lag_time_max.as_millis())
+                    .unwrap_or(i64::MAX);
+                *role = Role::Leader(LeaderState::new(LeaderStart {
+                    leader: me,
+                    leader_epoch: state.leader_epoch,
+                    partition_epoch: state.partition_epoch,
+                    replicas: &state.replicas,
+                    isr: &state.isr,
+                    log_end_offset: partition.log.log_end_offset(),
+                    high_watermark,
+                    lag_time_max_ms: lag,
+                    now_ms: now,
+                }));
+                if state.replicas.len() > 1 {
+                    info!(
+                        dir = %partition.log.dir().display(),
+                        leader_epoch = state.leader_epoch,
+                        log_end_offset = partition.log.log_end_offset(),
+                        high_watermark,
+                        "leading"
+                    );
+                }
+            } else {
+                let same = matches!(&*role, Role::Follower { leader, leader_epoch, .. }
+                    if *leader == state.leader && *leader_epoch == state.leader_epoch);
+                if !same {
+                    debug!(dir = %partition.log.dir().display(), leader = state.leader, leader_epoch = state.leader_epoch, "following");
+                }
+                *role = Role::Follower {
+                    leader: state.leader,
+                    leader_epoch: state.leader_epoch,
+                    high_watermark,
+                };
+                if !same {
+                    self.followers_changed.notify(usize::MAX);
+                }
+            }
+        }
+        // Waiting acks=all writes and long polls look again.
+        self.appended.notify(usize::MAX);
+    }
+
+    /// Keeps a fetcher running for every leader node this shard follows partitions of, until
+    /// the broker stops.
+    pub(super) async fn supervise_fetchers(self: Rc<Self>) {
+        const RECHECK: Duration = Duration::from_secs(1);
+        while !self.stopping.is_triggered() {
+            let listener = self.followers_changed.listen();
+            self.start_fetchers();
+            futures_lite::future::or(
+                futures_lite::future::or(listener, self.env.clock.sleep(RECHECK)),
+                self.stopping.wait(),
+            )
+            .await;
+        }
+    }
+
+    /// Starts the fetchers this shard's followed partitions need (one per leader node).
+    fn start_fetchers(self: &Rc<Self>) {
+        let me = self.node();
+        let mut leaders: Vec<i32> = Vec::new();
+        for topic in self.catalog.borrow().topics.values() {
+            for state in &topic.partitions {
+                if state.local
+                    && state.shard == self.id
+                    && state.leader >= 0
+                    && state.leader != me
+                    && !leaders.contains(&state.leader)
+                {
+                    leaders.push(state.leader);
+                }
+            }
+        }
+        for leader in leaders {
+            if self.fetchers.borrow_mut().insert(leader) {
+                let shard = Rc::clone(self);
+                glommio::spawn_local_into(
+                    async move {
+                        run_fetcher(&shard, leader).await;
+                        shard.fetchers.borrow_mut().remove(&leader);
+                    },
+                    self.queues.requests,
+                )
+                .map(|task| {
+                    task.detach();
+                })
+                .unwrap_or_else(|error| {
+                    warn!("cannot start a replica fetcher: {error}");
+                    self.fetchers.borrow_mut().remove(&leader);
+                });
+            }
+        }
+    }
+
+    /// Asks the controller for the ISR changes this shard's leaders want (from the
+    /// maintenance tick). Each proposal is sent once; the answer comes back as a catalog
+    /// change ([`Shard::update_role`]) or, refused, lets the leader decide again.
+    pub(super) fn propose_isr_changes(self: &Rc<Self>) {
+        if self.settings.cluster.is_none() {
+            return;
+        }
+        let now = self.env.clock.now_ms();
+        let mut proposals = Vec::new();
+        for (name, slots) in self.partitions.borrow().iter() {
+            for (index, partition) in slots.iter().enumerate() {
+                let Some(partition) = partition else { continue };
+                let mut role = partition.role.borrow_mut();
+                let Role::Leader(leader) = &mut *role else {
+                    continue;
+                };
+                if let Some(isr) = leader.isr_proposal(now) {
+                    proposals.push((
+                        Rc::clone(partition),
+                        AlterPartition {
+                            topic: name.clone(),
+                            partition: index as u32,
+                            leader: NodeId(leader.leader()),
+                            leader_epoch: leader.leader_epoch(),
+                            partition_epoch: leader.partition_epoch(),
+                            isr: isr.into_iter().map(NodeId).collect(),
+                        },
+                    ));
+                }
+            }
+        }
+        for (partition, request) in proposals {
+            let shard = Rc::clone(self);
+            glommio::spawn_local_into(
+                async move {
+                    info!(topic = %request.topic, partition = request.partition, isr = ?request.isr, "proposing an ISR change");
+                    let epoch = request.leader_epoch;
+                    let result =
+                        super::admin::cluster::forward(&shard, Command::AlterPartition(request))
+                            .await;
+                    if let Err(error) = result {
+                        warn!("ISR change refused: {}", error.message);
+                        if let Role::Leader(leader) = &mut *partition.role.borrow_mut() {
+                            if leader.leader_epoch() == epoch {
+                                leader.proposal_failed();
+                            }
+                        }
+                    }
+                },
+                self.queues.background,
+            )
+            .map(|task| {
+                task.detach();
+            })
+            .unwrap_or_else(|error| warn!("cannot send an ISR change: {error}"));
+        }
+    }
+}
+
+/// Waits until the high watermark reaches `end_offset` (an acks=all write ending there is
+/// committed) while this replica leads in `leader_epoch`, or `timeout`.
+pub async fn wait_committed(
+    shard: &Shard,
+    topic: &str,
+    partition: &Partition,
+    leader_epoch: i32,
+    end_offset: i64,
+    timeout: Duration,
+) -> Result<(), NotCommitted> {
+    let deadline = shard.env.clock.now() + timeout;
+    loop {
+        let listener = shard.appended.listen();
+        if partition.leading_epoch() != Some(leader_epoch) {
+            return Err(NotCommitted::NotLeader);
+        }
+        if partition.high_watermark() >= end_offset {
+            let required = shard.min_insync_replicas(topic);
+            if partition.in_sync_count().unwrap_or(0) < required {
+                return Err(NotCommitted::NotEnoughReplicasAfterAppend);
+            }
+            return Ok(());
+        }
+        let now = shard.env.clock.now();
+        if now >= deadline || shard.stopping.is_triggered() {
+            return Err(NotCommitted::TimedOut);
+        }
+        futures_lite::future::or(listener, shard.env.clock.sleep(deadline - now)).await;
+    }
+}
+
+/// How a replica fetch ended.
+enum Fetched {
+    Answer(Result<FetchResponse, ringlog_net::client::error::ClientError>),
+    TimedOut,
+    /// Leadership moved or the broker stops.
+    Abandoned,
+}
+
+/// One partition a fetcher carries, as it was when the request went out.
+struct Followed {
+    topic: String,
+    index: i32,
+    partition: Rc<Partition>,
+    leader_epoch: i32,
+    fetch_offset: i64,
+}
+
+/// Copies the partitions `leader` leads and this shard follows, until there are none.
+async fn run_fetcher(shard: &Rc<Shard>, leader: i32) {
+    let mut connection: Option<Connection> = None;
+    let client_id = format!("ringlog-replica-{}", shard.node());
+    while !shard.stopping.is_triggered() {
+        let followed = followed_from(shard, leader);
+        if followed.is_empty() {
+            return;
+        }
+        if connection.is_none() {
+            let Some(address) = shard
+                .nodes()
+                .into_iter()
+                .find(|(node, _, _)| *node == leader)
+                .map(|(_, host, port)| format!("{host}:{port}"))
+            else {
+                // The leader's host is not live in our view yet (or any more).
+                shard.env.clock.sleep(FETCH_BACKOFF).await;
+                continue;
+            };
+            match Connection::connect(&address, &client_id).await {
+                Ok(opened) => connection = Some(opened),
+                Err(error) => {
+                    debug!(leader, %address, "replica fetcher cannot connect: {error}");
+                    shard.env.clock.sleep(FETCH_BACKOFF).await;
+                    continue;
+                }
+            }
+        }
+        let Some(open) = connection.as_mut() else {
+            continue;
+        };
+        let request = fetch_request(shard.node(), &followed);
+        // The answer comes within the long poll; a leader that does not answer by then is
+        // paused or cut off. A partition changing leader abandons the request (and the
+        // connection, whose answer would come late) so the new leader is fetched from at once.
+        let changed = shard.followers_changed.listen();
+        let answer = futures_lite::future::or(
+            async { Fetched::Answer(open.call(&request, FOLLOWER_FETCH_VERSION).await) },
+            async {
+                futures_lite::future::or(
+                    async {
+                        shard.env.clock.sleep(FOLLOWER_REQUEST_TIMEOUT).await;
+                        Fetched::TimedOut
+                    },
+                    async {
+                        futures_lite::future::or(shard.stopping.wait(), changed).await;
+                        Fetched::Abandoned
+                    },
+                )
+                .await
+            },
+        )
+        .await;
+        let response = match answer {
+            Fetched::Answer(Ok(response)) => response,
+            Fetched::Answer(Err(error)) => {
+                debug!(leader, "replica fetch failed: {error}");
+                connection = None;
+                shard.env.clock.sleep(FETCH_BACKOFF).await;
+                continue;
+            }
+            Fetched::TimedOut => {
+                debug!(leader, "the leader did not answer a replica fetch in time");
+                connection = None;
+                continue;
+            }
+            Fetched::Abandoned => {
+                connection = None;
+                continue;
+            }
+        };
+        if !apply_response(shard, &followed, response).await {
+            shard.env.clock.sleep(FETCH_BACKOFF).await;
+        }
+    }
+}
+
+/// The partitions this shard follows from `leader` now, with where to fetch each from.
+fn followed_from(shard: &Shard, leader: i32) -> Vec<Followed> {
+    let me = shard.node();
+    let mut followed = Vec::new();
+    for (name, topic) in &shard.catalog.borrow().topics {
+        for (index, state) in topic.partitions.iter().enumerate() {
+            if !state.local || state.shard != shard.id || state.leader != leader || leader == me {
+                continue;
+            }
+            let Some(partition) = shard.partition(name, index as i32) else {
+                continue;
+            };
+            let fetch_offset = partition.log.log_end_offset();
+            followed.push(Followed {
+                topic: name.clone(),
+                index: index as i32,
+                partition,
+                leader_epoch: state.leader_epoch,
+                fetch_offset,
+            });
+        }
+    }
+    followed
+}
+
+fn fetch_request(replica: i32, followed: &[Followed]) -> FetchRequest {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for part in followed {
+        let wanted = FetchPartition::default()
+            .with_partition(part.index)
+            .with_current_leader_epoch(part.leader_epoch)
+            .with_fetch_offset(part.fetch_offset)
+            .with_last_fetched_epoch(part.partition.log.latest_epoch().unwrap_or(-1))
+            .with_log_start_offset(part.partition.log.log_start_offset())
+            .with_partition_max_bytes(FOLLOWER_PARTITION_MAX_BYTES);
+        match topics.iter_mut().find(|t| t.topic.0.as_str() == part.topic) {
+            Some(topic) => topic.partitions.push(wanted),
+            None => topics.push(
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(part.topic.clone())))
+                    .with_partitions(vec![wanted]),
+            ),
+        }
+    }
+    FetchRequest::default()
+        .with_replica_id(BrokerId(replica))
+        .with_max_wait_ms(FOLLOWER_MAX_WAIT.as_millis() as i32)
+        .with_min_bytes(1)
+        .with_max_bytes(FOLLOWER_RESPONSE_MAX_BYTES)
+        .with_topics(topics)
+}
+
+/// Applies a leader's answer: appends, truncates, learns the high watermark. Returns false
+/// when a partition failed (the fetcher backs off before the next round).
+async fn apply_response(shard: &Shard, followed: &[Followed], response: FetchResponse) -> bool {
+    let mut healthy = response.error_code == 0;
+    for topic in response.responses {
+        for data in topic.partitions {
+            let Some(part) = followed
+                .iter()
+                .find(|p| p.topic == topic.topic.0.as_str() && p.index == data.partition_index)
+            else {
+                continue;
+            };
+            // The catalog may have moved on while the request was out: a partition that is
+            // no longer followed from this leader in this epoch takes nothing from the answer.
+            let current = matches!(&*part.partition.role.borrow(),
+                Role::Follower { leader_epoch, .. } if *leader_epoch == part.leader_epoch);
+            if !current {
+                continue;
+            }
+            if data.error_code != 0 {
+                healthy = false;
+                let error = ResponseError::try_from_code(data.error_code);
+                debug!(topic = %part.topic, partition = part.index, ?error, "replica fetch error");
+                if error == Some(ResponseError::OffsetOutOfRange) {
+                    out_of_range(part, data.log_start_offset, data.high_watermark).await;
+                }
+                continue;
+            }
+            if data.diverging_epoch.epoch >= 0 || data.diverging_epoch.end_offset >= 0 {
+                let diverging = Diverging {
+                    epoch: data.diverging_epoch.epoch,
+                    end_offset: data.diverging_epoch.end_offset,
+                };
+                truncate_diverging(part, diverging).await;
+                continue;
+            }
+            if let Some(records) = data.records.filter(|r| !r.is_empty()) {
+                if !append(shard, part, records).await {
+                    healthy = false;
+                    continue;
+                }
+            }
+            if let Role::Follower { high_watermark, .. } = &mut *part.partition.role.borrow_mut() {
+                let log_end = part.partition.log.log_end_offset();
+                *high_watermark = (*high_watermark).max(data.high_watermark.min(log_end));
+            }
+        }
+    }
+    healthy
+}
+
+/// Appends a leader's batches as they are, and replays them into the idempotent producers'
+/// state so deduplication survives a failover.
+async fn append(shard: &Shard, part: &Followed, records: Bytes) -> bool {
+    let log = &part.partition.log;
+    if log.log_end_offset() != part.fetch_offset {
+        // Something else moved the log since the request went out; fetch again.
+        return true;
+    }
+    let headers = match batch_headers(&records) {
+        Ok(headers) => headers,
+        Err(error) => {
+            warn!(topic = %part.topic, partition = part.index, "leader sent damaged batches: {error}");
+            return false;
+        }
+    };
+    match log.append_replica(records).await {
+        Ok(_) => {
+            let mut producers = part.partition.producers.borrow_mut();
+            for header in &headers {
+                producers.apply(header, header.base_offset);
+            }
+            drop(producers);
+            shard.appended.notify(usize::MAX);
+            true
+        }
+        Err(error) => {
+            warn!(topic = %part.topic, partition = part.index, "cannot append the leader's batches: {error}");
+            false
+        }
+    }
+}
+
+/// The headers of the whole batches in `records`.
+fn batch_headers(
+    records: &[u8],
+) -> Result<Vec<ringlog_engine::batch::BatchHeader>, ringlog_engine::batch::BatchError> {
+    let mut headers = Vec::new();
+    let mut rest = records;
+    while !rest.is_empty() {
+        let header = ringlog_engine::batch::BatchHeader::decode(rest)?;
+        let total = header.total_bytes().min(rest.len());
+        rest = &rest[total..];
+        headers.push(header);
+    }
+    Ok(headers)
+}
+
+/// Truncates a diverging tail (KIP-101/279) and rebuilds the producer state without it.
+async fn truncate_diverging(part: &Followed, diverging: Diverging) {
+    let log = &part.partition.log;
+    let log_end = log.log_end_offset();
+    let high_watermark = part.partition.high_watermark();
+    let offset = ringlog_replication::truncation_offset(
+        |epoch| log.end_offset_for_epoch(epoch),
+        log_end,
+        high_watermark,
+        diverging,
+    );
+    truncate(part, offset).await;
+}
+
+/// The leader does not have our fetch offset: below its log start we start over at its log
+/// start; past its end (an unclean election cut its log) we cut ours to its high watermark.
+async fn out_of_range(part: &Followed, leader_start: i64, leader_hw: i64) {
+    if leader_start >= 0 && part.fetch_offset < leader_start {
+        truncate(part, leader_start).await;
+    } else if leader_hw >= 0 && part.fetch_offset > leader_hw {
+        truncate(part, leader_hw).await;
+    }
+}
+
+async fn truncate(part: &Followed, offset: i64) {
+    let log = &part.partition.log;
+    let before = log.log_end_offset();
+    match log.truncate_to(offset).await {
+        Ok(end) => {
+            warn!(
+                topic = %part.topic,
+                partition = part.index,
+                from = before,
+                to = end,
+                "truncated a replica's divergent tail"
+            );
+            let recovered = producer_state::recover(log).await;
+            *part.partition.producers.borrow_mut() = recovered.states;
+            if let Role::Follower { high_watermark, .. } = &mut *part.partition.role.borrow_mut() {
+                *high_watermark = (*high_watermark).min(end);
+            }
+        }
+        Err(error) => {
+            warn!(topic = %part.topic, partition = part.index, "cannot truncate: {error}");
+        }
+    }
+}
+
+/// Fetchers running on a shard, by leader node.
+pub type Fetchers = RefCell<std::collections::HashSet<i32>>;
