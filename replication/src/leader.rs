@@ -203,8 +203,25 @@ impl LeaderState {
         self.advance_high_watermark();
     }
 
-    /// The controller refused the proposal (a stale partition epoch, a fenced replica): the
-    /// next [`isr_proposal`](Self::isr_proposal) decides again.
+    /// The ISR change in flight, as proposed (to send it again when its answer is overdue).
+    pub fn proposal(&self) -> Option<Vec<ReplicaId>> {
+        self.proposed
+            .as_ref()
+            .map(|isr| isr.iter().copied().collect())
+    }
+
+    /// The controller refused the proposal in a way that shows it was not applied: it still
+    /// holds the partition epoch the proposal was made against (it checks that first) and
+    /// refused it for another reason (a replica on a fenced host, an invalid ISR). The next
+    /// [`isr_proposal`](Self::isr_proposal) decides again.
+    ///
+    /// Not for an answer that does not say whether it was applied: a timeout, a lost answer,
+    /// a stale partition epoch (an earlier copy of the same request may be what moved it), a
+    /// fenced leader epoch. The controller may then have committed the proposal, and a leader
+    /// that stopped counting a replica it proposed to add would advance its high watermark
+    /// without a member of the controller's ISR, which may be elected next and lacks what was
+    /// acknowledged. Send the [`proposal`](Self::proposal) again instead, or wait for the
+    /// metadata: [`committed`](Self::committed) with a newer partition epoch settles it.
     pub fn proposal_failed(&mut self) {
         self.proposed = None;
         self.advance_high_watermark();
@@ -499,6 +516,44 @@ mod tests {
         assert_eq!(state.isr_proposal(150), None);
         state.follower_fetched(3, 10, 160, 160).expect("replica");
         assert_eq!(state.isr_proposal(170), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn an_unanswered_expansion_keeps_counting_until_a_newer_partition_epoch_is_committed() {
+        // Seed 443 of the simulator: the leader proposed adding replica 3, the controller
+        // committed it, the answer was lost. Until the leader learns the newer partition epoch,
+        // replica 3 may be in the controller's ISR (and elected next): it must hold the high
+        // watermark back, however long the answer takes.
+        let mut state = leader(&[1, 2, 3], &[1, 2], 1_000);
+        state.leader_appended(10);
+        state.follower_fetched(2, 10, 10, 10).expect("replica");
+        state.follower_fetched(3, 10, 10, 10).expect("replica");
+        assert_eq!(state.high_watermark(), 10);
+        assert_eq!(state.isr_proposal(20), Some(vec![1, 2, 3]));
+        state.leader_appended(20);
+        state.follower_fetched(2, 20, 30, 30).expect("replica");
+        assert_eq!(
+            state.high_watermark(),
+            10,
+            "replica 3 counts while proposed"
+        );
+        // Much later, no answer: the proposal is still the one in flight, to be sent again.
+        assert_eq!(state.isr_proposal(5_000), None);
+        assert_eq!(state.proposal(), Some(vec![1, 2, 3]));
+        state
+            .follower_fetched(2, 20, 5_000, 5_000)
+            .expect("replica");
+        assert_eq!(state.high_watermark(), 10);
+        // The image with the same partition epoch settles nothing; a newer one does.
+        state.committed(0, &[1, 2, 3], &[1, 2], 5_100);
+        assert_eq!(state.high_watermark(), 10);
+        state.committed(1, &[1, 2, 3], &[1, 2, 3], 5_200);
+        assert_eq!(state.proposal(), None);
+        assert_eq!(state.high_watermark(), 10, "replica 3 is in the ISR");
+        state
+            .follower_fetched(3, 20, 5_300, 5_300)
+            .expect("replica");
+        assert_eq!(state.high_watermark(), 20);
     }
 
     proptest! {

@@ -249,6 +249,10 @@ enum FetchResult {
 enum Message {
     Fetch {
         from: usize,
+        /// The follower's request id: it takes only the answer to its latest request, as a
+        /// fetcher matches a response to its request by correlation id (an answer to an older
+        /// request, duplicated or late, may look like the current one: same epoch, same offset).
+        request: u64,
         replica: ReplicaId,
         fetch_offset: i64,
         last_fetched_epoch: i32,
@@ -256,6 +260,7 @@ enum Message {
         max_wait_ms: u64,
     },
     FetchResponse {
+        request: u64,
         leader_epoch: i32,
         fetch_offset: i64,
         result: FetchResult,
@@ -364,7 +369,9 @@ struct Host {
     high_watermark: i64,
     high_watermark_checkpoint: i64,
     role: Role,
-    fetch_sent_ms: Option<u64>,
+    /// The fetch in flight: (request id, when sent).
+    fetch_sent: Option<(u64, u64)>,
+    fetch_sequence: u64,
     hold_next_fetch_ms: u64,
     alter_in_flight: Option<(u64, u64)>,
     alter_sequence: u64,
@@ -449,7 +456,8 @@ impl Sim {
                     high_watermark: 0,
                     high_watermark_checkpoint: 0,
                     role: Role::Unknown,
-                    fetch_sent_ms: None,
+                    fetch_sent: None,
+                    fetch_sequence: 0,
                     hold_next_fetch_ms: 0,
                     alter_in_flight: None,
                     alter_sequence: 0,
@@ -836,11 +844,12 @@ impl Sim {
                 self.answer_fetch_request(host, fetch, request_ms, true)
             }
             Message::FetchResponse {
+                request,
                 leader_epoch,
                 fetch_offset,
                 result,
             } => {
-                self.fetched(host, leader_epoch, fetch_offset, result);
+                self.fetched(host, request, leader_epoch, fetch_offset, result);
                 Ok(())
             }
             Message::Produce {
@@ -886,6 +895,7 @@ impl Sim {
     ) -> Result<(), SimFailure> {
         let Message::Fetch {
             from,
+            request,
             replica,
             fetch_offset,
             last_fetched_epoch,
@@ -917,6 +927,7 @@ impl Sim {
             );
         } else {
             let response = Message::FetchResponse {
+                request,
                 leader_epoch,
                 fetch_offset,
                 result,
@@ -1041,7 +1052,9 @@ impl Sim {
             if let Role::Leader(leader) = &mut state.role {
                 if leader.leader_epoch() == partition.leader_epoch {
                     leader.committed(partition.partition_epoch, &replicas, &isr, now as i64);
-                    if leader.partition_epoch() == partition.partition_epoch {
+                    // A proposal made against an older partition epoch is settled by this
+                    // one; one made against this epoch is still in flight.
+                    if leader.proposal().is_none() {
                         state.alter_in_flight = None;
                     }
                     return self.leader_moved(host);
@@ -1107,7 +1120,7 @@ impl Sim {
         self.step_down(host);
         let state = &mut self.hosts[host];
         state.role = Role::Follower { leader, epoch };
-        state.fetch_sent_ms = None;
+        state.fetch_sent = None;
     }
 
     /// Leaving a leadership: every write waiting for its acknowledgement is told NOT_LEADER.
@@ -1268,11 +1281,15 @@ impl Sim {
             if now.saturating_sub(sent_ms) < ALTER_TIMEOUT_MS {
                 return;
             }
-            // No answer: the request or its answer was lost; decide again.
-            leader.proposal_failed();
-            state.alter_in_flight = None;
         }
-        let Some(isr) = leader.isr_proposal(now as i64) else {
+        // No answer in time (the request or its answer was lost, or it was refused for a
+        // stale epoch and the metadata has not come): the controller may have committed it,
+        // so the same proposal goes again (as Kafka's AlterPartitionManager retries), and it
+        // keeps counting toward the high watermark until settled.
+        let Some(isr) = leader
+            .proposal()
+            .or_else(|| leader.isr_proposal(now as i64))
+        else {
             return;
         };
         state.alter_sequence += 1;
@@ -1329,14 +1346,23 @@ impl Sim {
         if leader.leader_epoch() != leader_epoch {
             return;
         }
-        state.alter_in_flight = None;
         match result {
             Ok(partition) if partition.leader_epoch == leader_epoch => {
                 let replicas: Vec<ReplicaId> = partition.replicas.iter().map(|n| n.0).collect();
                 let isr: Vec<ReplicaId> = partition.isr.iter().map(|n| n.0).collect();
                 leader.committed(partition.partition_epoch, &replicas, &isr, now);
+                if leader.proposal().is_none() {
+                    state.alter_in_flight = None;
+                }
             }
-            _ => leader.proposal_failed(),
+            // Refused after the partition epoch check: not applied, decide again.
+            Err(code) if code == "IneligibleReplica" || code == "InvalidRequest" => {
+                leader.proposal_failed();
+                state.alter_in_flight = None;
+            }
+            // A stale partition or leader epoch (an earlier copy of this request may be what
+            // moved it): wait for the metadata, or send it again after the timeout.
+            _ => {}
         }
     }
 
@@ -1369,38 +1395,52 @@ impl Sim {
             return;
         };
         if state
-            .fetch_sent_ms
-            .is_some_and(|sent| now.saturating_sub(sent) < FETCH_TIMEOUT_MS)
+            .fetch_sent
+            .is_some_and(|(_, sent)| now.saturating_sub(sent) < FETCH_TIMEOUT_MS)
         {
             return;
         }
         let Some(leader_host) = self.hosts.iter().position(|h| h.replica == leader) else {
             return;
         };
+        let request = state.fetch_sequence + 1;
         let message = Message::Fetch {
             from: host,
+            request,
             replica: state.replica,
             fetch_offset: state.log_end(),
             last_fetched_epoch: state.cache.latest_epoch().unwrap_or(-1),
             leader_epoch: epoch,
             max_wait_ms: FETCH_MAX_WAIT_MS.max(state.hold_next_fetch_ms),
         };
-        self.hosts[host].hold_next_fetch_ms = 0;
-        self.hosts[host].fetch_sent_ms = Some(now);
+        let state = &mut self.hosts[host];
+        state.hold_next_fetch_ms = 0;
+        state.fetch_sequence = request;
+        state.fetch_sent = Some((request, now));
         self.send(Addr::Host(host), Addr::Host(leader_host), message);
     }
 
-    fn fetched(&mut self, host: usize, leader_epoch: i32, fetch_offset: i64, result: FetchResult) {
+    fn fetched(
+        &mut self,
+        host: usize,
+        request: u64,
+        leader_epoch: i32,
+        fetch_offset: i64,
+        result: FetchResult,
+    ) {
         let state = &mut self.hosts[host];
         let Role::Follower { epoch, .. } = state.role else {
             return;
         };
-        // An answer to an older request (duplicated, or sent before a truncation) is ignored.
-        if epoch != leader_epoch || fetch_offset != state.log_end() || state.fetch_sent_ms.is_none()
-        {
+        // Only the answer to the request in flight is taken: an answer to an older one
+        // (duplicated, late, or to a request given up) is ignored.
+        if state.fetch_sent.map(|(r, _)| r) != Some(request) {
             return;
         }
-        state.fetch_sent_ms = None;
+        if epoch != leader_epoch || fetch_offset != state.log_end() {
+            return;
+        }
+        state.fetch_sent = None;
         let mut next_ms = FETCH_BACKOFF_MS;
         match result {
             FetchResult::Records {
@@ -1722,7 +1762,7 @@ impl Sim {
         state.pending.clear();
         state.broker_epoch = None;
         state.alter_in_flight = None;
-        state.fetch_sent_ms = None;
+        state.fetch_sent = None;
         state.led = None;
         state.paused_until_ms = 0;
         state.hold_next_fetch_ms = 0;
