@@ -1685,12 +1685,24 @@ impl Sim {
     /// knows, so it lost nothing since it joined, and neither paused nor cut off from the
     /// controller, so it will not be fenced): then a crash of `host` is one failure, which
     /// min.insync.replicas=2 covers, and must not lose an acknowledged record.
+    ///
+    /// A leader's ISR change in flight may still commit after it crashed (seed 1428: a shrink
+    /// to the leader alone, sent before the crash, committed after it, and the crashed leader,
+    /// the last replica standing, was elected again without its unflushed tail: `kip_966`),
+    /// so the other copy must also be in that proposal.
     fn another_copy_survives(&self, host: usize) -> bool {
         let Some(partition) = self.partition() else {
             return false;
         };
+        let proposed = match &self.hosts[host].role {
+            Role::Leader(leader) => leader.proposal(),
+            _ => None,
+        };
         let image = self.controller.image();
         partition.isr.iter().any(|node| {
+            if proposed.as_ref().is_some_and(|isr| !isr.contains(&node.0)) {
+                return false;
+            }
             let Some(other) = self.hosts.iter().position(|h| h.replica == node.0) else {
                 return false;
             };
