@@ -311,27 +311,62 @@ impl Shard {
         for (partition, request) in proposals {
             let shard = Rc::clone(self);
             glommio::spawn_local_into(
-                async move {
-                    info!(topic = %request.topic, partition = request.partition, isr = ?request.isr, "proposing an ISR change");
-                    let epoch = request.leader_epoch;
-                    let result =
-                        super::admin::cluster::forward(&shard, Command::AlterPartition(request))
-                            .await;
-                    if let Err(error) = result {
-                        warn!("ISR change refused: {}", error.message);
-                        if let Role::Leader(leader) = &mut *partition.role.borrow_mut() {
-                            if leader.leader_epoch() == epoch {
-                                leader.proposal_failed();
-                            }
-                        }
-                    }
-                },
+                async move { send_isr_change(&shard, &partition, request).await },
                 self.queues.background,
             )
             .map(|task| {
                 task.detach();
             })
             .unwrap_or_else(|error| warn!("cannot send an ISR change: {error}"));
+        }
+    }
+}
+
+/// Sends one ISR proposal until the controller answers it. Only a refusal that proves the
+/// change was not applied (an ineligible replica, a malformed request) lets the leader decide
+/// again; after a timeout or a lost answer the same proposal may have committed, so it keeps
+/// counting toward the high watermark and is sent again (as Kafka's AlterPartition manager
+/// retries) until the metadata shows a newer partition epoch.
+async fn send_isr_change(shard: &Shard, partition: &Partition, request: AlterPartition) {
+    const RETRY: Duration = Duration::from_millis(500);
+    info!(topic = %request.topic, partition = request.partition, isr = ?request.isr, "proposing an ISR change");
+    loop {
+        let result =
+            super::admin::cluster::forward(shard, Command::AlterPartition(request.clone())).await;
+        let still_in_flight = || match &*partition.role.borrow() {
+            Role::Leader(leader) => {
+                leader.leader_epoch() == request.leader_epoch
+                    && leader.partition_epoch() == request.partition_epoch
+                    && leader.proposal().is_some()
+            }
+            Role::Follower { .. } => false,
+        };
+        match result {
+            Ok(_) => return,
+            Err(error)
+                if matches!(
+                    error.code,
+                    ResponseError::IneligibleReplica | ResponseError::InvalidRequest
+                ) =>
+            {
+                warn!("ISR change refused: {}", error.message);
+                if still_in_flight() {
+                    if let Role::Leader(leader) = &mut *partition.role.borrow_mut() {
+                        leader.proposal_failed();
+                    }
+                }
+                return;
+            }
+            Err(error) => {
+                debug!(
+                    "ISR change not confirmed ({}), sending it again",
+                    error.message
+                );
+                shard.env.clock.sleep(RETRY).await;
+                if !still_in_flight() || shard.stopping.is_triggered() {
+                    return;
+                }
+            }
         }
     }
 }
