@@ -413,12 +413,10 @@ async fn read_one(shard: &Shard, part: &FetchPart) -> FetchOutcome<FetchedRecord
                 };
             }
             let now = shard.env.clock.now_ms();
-            match partition.follower_fetched(
-                follower.replica,
-                part.offset,
-                now,
-                follower.request_ms,
-            ) {
+            let progress =
+                partition.follower_fetched(follower.replica, part.offset, now, follower.request_ms);
+            tracing::trace!(topic = %part.topic, partition = part.partition, replica = follower.replica, offset = part.offset, ?progress, high_watermark = partition.high_watermark(), "follower fetch");
+            match progress {
                 Ok(true) => {
                     shard.appended.notify(usize::MAX);
                 }

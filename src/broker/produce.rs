@@ -253,6 +253,7 @@ async fn queue_one(shard: &Rc<Shard>, part: ProducePart) -> Queued {
         let required = shard.min_insync_replicas(&part.topic);
         let in_sync = partition.in_sync_count().unwrap_or(0);
         if in_sync < required {
+            tracing::debug!(topic = %part.topic, partition = part.partition, in_sync, required, "acks=all write refused: not enough replicas");
             return known(ProduceOutcome::failed(
                 ResponseError::NotEnoughReplicas,
                 format!("{in_sync} in-sync replicas, min.insync.replicas is {required}"),
@@ -281,10 +282,13 @@ async fn queue_one(shard: &Rc<Shard>, part: ProducePart) -> Queued {
         .await;
         match committed {
             Ok(()) => outcome,
-            Err(error) => ProduceOutcome::failed(
-                error.code(),
-                "the in-sync replicas did not all confirm the write",
-            ),
+            Err(error) => {
+                tracing::debug!(topic = %part.topic, partition = part.partition, ?error, end = outcome.last_offset + 1, high_watermark = partition.high_watermark(), "acks=all write not committed");
+                ProduceOutcome::failed(
+                    error.code(),
+                    "the in-sync replicas did not all confirm the write",
+                )
+            }
         }
     })
 }

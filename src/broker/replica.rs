@@ -586,10 +586,12 @@ async fn apply_response(shard: &Shard, followed: &[Followed], response: FetchRes
                 continue;
             }
             if let Some(records) = data.records.filter(|r| !r.is_empty()) {
+                let bytes = records.len();
                 if !append(shard, part, records).await {
                     healthy = false;
                     continue;
                 }
+                tracing::trace!(topic = %part.topic, partition = part.index, bytes, log_end_offset = part.partition.log.log_end_offset(), leader_hw = data.high_watermark, "replicated");
             }
             if let Role::Follower { high_watermark, .. } = &mut *part.partition.role.borrow_mut() {
                 let log_end = part.partition.log.log_end_offset();
