@@ -252,6 +252,8 @@ pub struct Shard {
     fetchers: replica::Fetchers,
     /// Notified when a partition starts following a new leader: fetchers are (re)started.
     followers_changed: Event,
+    /// The high-watermark checkpoint ([`replica::HighWatermarks`]).
+    high_watermarks: replica::HighWatermarks,
 }
 
 /// The shard that makes every catalog change and allocates producer ids.
@@ -304,6 +306,7 @@ impl Shard {
             read_counts: Cell::new(ReadCounts::default()),
             fetchers: replica::Fetchers::default(),
             followers_changed: Event::new(),
+            high_watermarks: replica::HighWatermarks::default(),
             settings: setup.settings,
         }
     }
@@ -462,6 +465,11 @@ impl Shard {
                     let recovered = producer_state::recover(&log).await;
                     let partition = Partition::new(log, recovered);
                     partition.save_producer_state();
+                    *partition.role.borrow_mut() = replica::Role::Follower {
+                        leader: -1,
+                        leader_epoch: -1,
+                        high_watermark: self.checkpointed_high_watermark(name, index as i32),
+                    };
                     self.update_role(&partition, state);
                     if let Some(corruption) = &report.corruption {
                         warn!(
@@ -491,6 +499,7 @@ impl Shard {
 
     /// Opens every partition this shard owns, at start.
     pub async fn open_all(&self) {
+        self.load_high_watermarks();
         let topics: Vec<(String, Topic)> = self
             .catalog
             .borrow()
@@ -527,6 +536,9 @@ impl Shard {
         let stopping = Rc::clone(&self.stopping);
         const TICK: Duration = Duration::from_millis(100);
         const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+        // Kafka's replica.high.watermark.checkpoint.interval.ms.
+        const HIGH_WATERMARK_INTERVAL: Duration = Duration::from_secs(5);
+        let mut since_high_watermarks = Duration::ZERO;
         let mut since_retention = Duration::ZERO;
         let mut since_checkpoint = Duration::ZERO;
         let supervisor = Rc::clone(&self);
@@ -537,6 +549,11 @@ impl Shard {
             since_checkpoint += TICK;
             groups::expire_sessions(&self);
             self.propose_isr_changes();
+            since_high_watermarks += TICK;
+            if since_high_watermarks >= HIGH_WATERMARK_INTERVAL {
+                since_high_watermarks = Duration::ZERO;
+                self.checkpoint_high_watermarks();
+            }
             let partitions = self.owned();
             for partition in &partitions {
                 partition.log.tick();
@@ -572,6 +589,7 @@ impl Shard {
 
     /// Closes every partition (flush, clean-shutdown marker), at stop.
     pub async fn close_all(&self) {
+        self.checkpoint_high_watermarks();
         let partitions: Vec<Rc<Partition>> = self
             .partitions
             .borrow_mut()

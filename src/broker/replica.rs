@@ -699,3 +699,134 @@ async fn truncate(part: &Followed, offset: i64) {
 
 /// Fetchers running on a shard, by leader node.
 pub type Fetchers = RefCell<std::collections::HashSet<i32>>;
+
+/// The high watermarks a shard last checkpointed, by (topic, partition): Kafka's
+/// `replication-offset-checkpoint`, one file per shard (`replication-offset-checkpoint.<shard>`
+/// in the data directory, Kafka's text format: version 0, a count, then `topic partition
+/// offset` lines). A replica that restarts starts from it instead of 0, so a leader elected
+/// right after a restart serves what was committed before it without waiting for every
+/// follower to fetch again. It is a hint: never above the log end, and never trusted for
+/// truncation (leader epochs decide that).
+#[derive(Debug, Default)]
+pub struct HighWatermarks {
+    loaded: RefCell<std::collections::HashMap<(String, i32), i64>>,
+    /// What the file holds now, to skip writes when nothing moved.
+    written: RefCell<std::collections::BTreeMap<(String, i32), i64>>,
+}
+
+/// The checkpoint file of shard `shard`.
+pub fn checkpoint_name(shard: usize) -> String {
+    format!("replication-offset-checkpoint.{shard}")
+}
+
+/// Parses a checkpoint; a line that does not parse ends it (what came before is kept).
+pub fn parse_checkpoint(text: &str) -> Vec<((String, i32), i64)> {
+    let mut lines = text.lines();
+    if lines.next().map(str::trim) != Some("0") {
+        return Vec::new();
+    }
+    let Some(count) = lines
+        .next()
+        .and_then(|line| line.trim().parse::<usize>().ok())
+    else {
+        return Vec::new();
+    };
+    let mut entries = Vec::with_capacity(count.min(1 << 16));
+    for line in lines.take(count) {
+        let mut fields = line.split_whitespace();
+        let (Some(topic), Some(partition), Some(offset), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            break;
+        };
+        let (Ok(partition), Ok(offset)) = (partition.parse::<i32>(), offset.parse::<i64>()) else {
+            break;
+        };
+        entries.push(((topic.to_owned(), partition), offset));
+    }
+    entries
+}
+
+fn encode_checkpoint(entries: &std::collections::BTreeMap<(String, i32), i64>) -> String {
+    let mut text = format!("0\n{}\n", entries.len());
+    for ((topic, partition), offset) in entries {
+        text.push_str(&format!("{topic} {partition} {offset}\n"));
+    }
+    text
+}
+
+impl Shard {
+    /// Loads this shard's high-watermark checkpoint (at start, before partitions open).
+    pub(super) fn load_high_watermarks(&self) {
+        let path = self.settings.data_dir.join(checkpoint_name(self.id));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+            Err(error) => {
+                warn!(path = %path.display(), "cannot read the high-watermark checkpoint: {error}");
+                return;
+            }
+        };
+        let entries = parse_checkpoint(&text);
+        *self.high_watermarks.written.borrow_mut() = entries.iter().cloned().collect();
+        *self.high_watermarks.loaded.borrow_mut() = entries.into_iter().collect();
+    }
+
+    /// The checkpointed high watermark of a partition opening now (0 when none).
+    pub(super) fn checkpointed_high_watermark(&self, topic: &str, partition: i32) -> i64 {
+        self.high_watermarks
+            .loaded
+            .borrow()
+            .get(&(topic.to_owned(), partition))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Writes the high watermarks of this shard's partitions when any moved since the last
+    /// write (from the maintenance tick, and at close).
+    pub(super) fn checkpoint_high_watermarks(&self) {
+        let mut now = std::collections::BTreeMap::new();
+        for (name, slots) in self.partitions.borrow().iter() {
+            for (index, partition) in slots.iter().enumerate() {
+                if let Some(partition) = partition {
+                    now.insert((name.clone(), index as i32), partition.high_watermark());
+                }
+            }
+        }
+        if *self.high_watermarks.written.borrow() == now {
+            return;
+        }
+        let text = encode_checkpoint(&now);
+        let name = checkpoint_name(self.id);
+        match super::durable::replace_file(&self.settings.data_dir, &name, text.as_bytes()) {
+            Ok(()) => *self.high_watermarks.written.borrow_mut() = now,
+            Err(error) => warn!("cannot write the high-watermark checkpoint {name}: {error}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_text_round_trips_and_damage_keeps_the_good_prefix() {
+        let entries: std::collections::BTreeMap<(String, i32), i64> = [
+            (("orders".to_owned(), 0), 42),
+            (("orders".to_owned(), 3), 7),
+        ]
+        .into_iter()
+        .collect();
+        let text = encode_checkpoint(&entries);
+        assert_eq!(text, "0\n2\norders 0 42\norders 3 7\n");
+        let parsed: std::collections::BTreeMap<_, _> =
+            parse_checkpoint(&text).into_iter().collect();
+        assert_eq!(parsed, entries);
+        assert_eq!(
+            parse_checkpoint("0\n2\norders 0 42\norders x 7\n"),
+            vec![(("orders".to_owned(), 0), 42)]
+        );
+        assert!(parse_checkpoint("1\n0\n").is_empty());
+        assert!(parse_checkpoint("").is_empty());
+    }
+}

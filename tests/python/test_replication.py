@@ -25,7 +25,8 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import kafkautil
-from test_cluster import HOSTS, NODES_PER_HOST, cluster, live_brokers, percentile, wait_until
+from test_cluster import (HOSTS, NODES_PER_HOST, cluster, every_host_answers, percentile,
+                          wait_until)
 
 __all__ = ["cluster"]  # the fixture, imported for pytest
 
@@ -178,9 +179,12 @@ def test_replication_survives_leader_faults_with_every_acknowledged_record(clust
     cycles = int(os.environ.get("REPLICATION_FAULT_CYCLES", "6"))
     for node in range(HOSTS):
         cluster.start(node)
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
     every_host = {host * NODES_PER_HOST for host in range(HOSTS)}
-    wait_until(lambda: live_brokers(admin) == every_host, 60, "three registered brokers")
+    addresses = list(zip(cluster.hosts, cluster.ports))
+    # Each host's own answer, on new connections: a client that first connected while the
+    # brokers were starting may keep a stale view for a while.
+    wait_until(lambda: every_host_answers(addresses, every_host), 60, "three registered brokers")
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
     futures = admin.create_topics([NewTopic(TOPIC, num_partitions=PARTITIONS,
                                             replication_factor=3,
                                             config={"min.insync.replicas": "2"})],
@@ -194,7 +198,6 @@ def test_replication_survives_leader_faults_with_every_acknowledged_record(clust
     failovers = []
     for cycle in range(cycles):
         fault = FAULTS[cycle % len(FAULTS)]
-        addresses = list(zip(cluster.hosts, cluster.ports))
         victim = leader_host(addresses[0], cycle % PARTITIONS)
         watcher = addresses[(victim + 1) % HOSTS]
         process = cluster.processes[victim]
@@ -249,6 +252,21 @@ def test_replication_survives_leader_faults_with_every_acknowledged_record(clust
             assert replicas[host] == replicas[0], (
                 f"partition {partition}: host {host} differs from host 0 "
                 f"({len(replicas[host])} vs {len(replicas[0])} records)")
+    # Each host checkpointed the high watermarks at its clean stop (Kafka's
+    # replication-offset-checkpoint): never past its log end, and the leader's (all replicas in
+    # sync) at the end. A follower learns the high watermark with its next fetch, so it may
+    # trail by the last batches.
+    marks = {}
+    for host in range(HOSTS):
+        text = (cluster.root / f"node-{host}" / "replication-offset-checkpoint.0").read_text()
+        lines = text.splitlines()
+        assert lines[0] == "0" and int(lines[1]) == len(lines) - 2, text
+        marks[host] = {int(p): int(o) for t, p, o in (line.split() for line in lines[2:])
+                       if t == TOPIC}
+    for partition in range(PARTITIONS):
+        end = replica_records(cluster.root / "node-0", partition)[-1][0] + 1
+        assert all(0 < marks[host][partition] <= end for host in range(HOSTS)), (partition, marks)
+        assert max(marks[host][partition] for host in range(HOSTS)) == end, (partition, marks)
     print(f"{cycles} fault cycles, {len(load.acked)} records acknowledged, 0 lost; "
           f"first acknowledgement after a fault: p50 {percentile(failovers, 0.5):.3f} s, "
           f"p99 {percentile(failovers, 0.99):.3f} s, max {max(failovers):.3f} s")
