@@ -115,6 +115,7 @@ fn assert_api_ranges(response: &ApiVersionsResponse) {
         (ApiKey::DeleteGroups, 0, 2),
         (ApiKey::OffsetDelete, 0, 0),
         (ApiKey::InitProducerId, 0, 5),
+        (ApiKey::OffsetForLeaderEpoch, 2, 4),
         (ApiKey::ConsumerGroupHeartbeat, 0, 1),
         (ApiKey::ConsumerGroupDescribe, 0, 1),
     ];
@@ -626,4 +627,64 @@ fn a_data_dir_in_use_is_refused() {
     assert!(log.contains("in use by another ringlog process"), "{log}");
     let mut stream = broker.connect();
     assert_api_ranges(&api_versions(&mut stream, 3, 1));
+}
+
+#[test]
+fn offset_for_leader_epoch_answers_where_each_epoch_ends() {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+    let broker = Broker::start("epochs", 1, &[]);
+    // Three records in one batch each: the leader (epoch 0) stamps its epoch in them.
+    kcat(
+        &["-b", &broker.address(), "-P", "-t", "epochs", "-p", "0"],
+        b"a\nb\nc\n",
+    );
+    let partition = |current: i32, epoch: i32, index: i32| {
+        OffsetForLeaderPartition::default()
+            .with_partition(index)
+            .with_current_leader_epoch(current)
+            .with_leader_epoch(epoch)
+    };
+    let request = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![OffsetForLeaderTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("epochs")))
+            .with_partitions(vec![
+                partition(0, 0, 0),
+                partition(5, 0, 0),
+                partition(-1, 7, 0),
+                partition(-1, 0, 9),
+            ])]);
+    let mut stream = broker.connect();
+    for (version, correlation_id) in [(2, 1), (4, 2)] {
+        send_request(
+            &mut stream,
+            ApiKey::OffsetForLeaderEpoch,
+            version,
+            correlation_id,
+            &request,
+        );
+        let response: OffsetForLeaderEpochResponse =
+            read_response(&mut stream, version, correlation_id);
+        let answers: Vec<(i16, i32, i64)> = response.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.error_code, p.leader_epoch, p.end_offset))
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                // The current epoch ends at the log end.
+                (0, 0, 3),
+                // A caller that knows a newer epoch than the leader's.
+                (ResponseError::UnknownLeaderEpoch.code(), -1, -1),
+                // An epoch above every one the log has: unknown (Kafka's answer).
+                (0, -1, -1),
+                (ResponseError::UnknownTopicOrPartition.code(), -1, -1),
+            ],
+            "version {version}"
+        );
+    }
 }

@@ -108,6 +108,7 @@ calls! {
     Read(fetch::Read),
     WaitForData(fetch::WaitForData),
     ListOffsets(offsets::Query),
+    EpochEnds(offsets::EpochEnds),
     ApplyCatalog(admin::Apply),
     CreateTopics(admin::Edit<admin::TopicSpec>),
     DeleteTopics(admin::Edit<admin::Deletion>),

@@ -39,7 +39,8 @@ use kafka_protocol::messages::{
     DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse,
     DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, IncrementalAlterConfigsRequest,
     IncrementalAlterConfigsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse,
+    MetadataResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest,
+    ProduceResponse,
 };
 use kafka_protocol::messages::{
     DeleteGroupsRequest, DeleteGroupsResponse, OffsetDeleteRequest, OffsetDeleteResponse,
@@ -691,6 +692,14 @@ impl Broker for ShardBroker {
 
     async fn list_offsets(&self, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
         offsets::list_offsets(&self.0, request, version).await
+    }
+
+    async fn offset_for_leader_epoch(
+        &self,
+        request: OffsetForLeaderEpochRequest,
+        version: i16,
+    ) -> OffsetForLeaderEpochResponse {
+        offsets::offset_for_leader_epoch(&self.0, request, version).await
     }
 
     async fn create_topics(

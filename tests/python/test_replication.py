@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -270,3 +271,58 @@ def test_replication_survives_leader_faults_with_every_acknowledged_record(clust
     print(f"{cycles} fault cycles, {len(load.acked)} records acknowledged, 0 lost; "
           f"first acknowledgement after a fault: p50 {percentile(failovers, 0.5):.3f} s, "
           f"p99 {percentile(failovers, 0.99):.3f} s, max {max(failovers):.3f} s")
+
+
+FINAL_LINE = re.compile(r"([\d.]+) records/sec \(([\d.]+) MB/sec\).*?([\d.]+) ms 50th, "
+                        r"([\d.]+) ms 95th, ([\d.]+) ms 99th, ([\d.]+) ms 99.9th")
+
+
+def perf_producer(bootstrap: str, topic: str, acks: str, seconds: int) -> tuple[float, ...]:
+    """One `ringlog-perf producer` run at 50,000 records/s of 1 KiB: (records/s, MB/s, p50,
+    p95, p99, p99.9 ms), from its Kafka-style final line."""
+    perf = os.environ.get("RINGLOG_PERF_BIN", str(Path(os.environ["RINGLOG_BIN"]).parent
+                                                   / "ringlog-perf"))
+    run = subprocess.run([perf, "producer", "--topic", topic, "--record-size", "1024",
+                          "--throughput", "50000", "--duration", str(seconds),
+                          "--warmup-records", "50000", "--bootstrap-server", bootstrap,
+                          "--producer-props", f"acks={acks}", "linger.ms=5"],
+                         capture_output=True, text=True, timeout=seconds + 120)
+    assert run.returncode == 0, run.stderr
+    match = FINAL_LINE.search(run.stdout.strip().splitlines()[-1])
+    assert match, run.stdout
+    return tuple(float(group) for group in match.groups())
+
+
+@pytest.mark.skipif("REPLICATION_FIGURES" not in os.environ,
+                    reason="a measurement: RINGLOG_BIN=target/release/ringlog "
+                           "REPLICATION_FIGURES=1 scripts/python-tests.sh -s -k replication_figures")
+def test_replication_figures(cluster):
+    """Issue 16's throughput and latency figure: acks=all on replication factor 3
+    (min.insync.replicas=2) against acks=1 on replication factor 1, 1 KiB records at a fixed
+    50,000 records/s, the same three hosts, runs alternated (REPLICATION_FIGURES runs of 15 s
+    each way)."""
+    rounds = int(os.environ["REPLICATION_FIGURES"])
+    for node in range(HOSTS):
+        cluster.start(node)
+    every_host = {host * NODES_PER_HOST for host in range(HOSTS)}
+    addresses = list(zip(cluster.hosts, cluster.ports))
+    wait_until(lambda: every_host_answers(addresses, every_host), 60, "three registered brokers")
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    topics = [NewTopic("rf3", num_partitions=3, replication_factor=3,
+                       config={"min.insync.replicas": "2"}),
+              NewTopic("rf1", num_partitions=3, replication_factor=1)]
+    for name, future in admin.create_topics(topics, request_timeout=15).items():
+        future.result(15)
+    time.sleep(2)
+    results = {"acks=all RF3": [], "acks=1 RF1": []}
+    for _ in range(rounds):
+        results["acks=all RF3"].append(perf_producer(cluster.bootstrap, "rf3", "all", 15))
+        results["acks=1 RF1"].append(perf_producer(cluster.bootstrap, "rf1", "1", 15))
+    for label, runs in results.items():
+        for records, mb, p50, p95, p99, p999 in runs:
+            print(f"{label}: {records:.0f} records/s, {mb:.1f} MB/s, p50 {p50} ms, "
+                  f"p95 {p95} ms, p99 {p99} ms, p99.9 {p999} ms")
+    all3, one1 = results["acks=all RF3"], results["acks=1 RF1"]
+    ratio = sum(r[1] for r in all3) / sum(r[1] for r in one1)
+    p99_ratio = sorted(r[4] for r in all3)[len(all3) // 2] / sorted(r[4] for r in one1)[len(one1) // 2]
+    print(f"acks=all RF3 / acks=1 RF1: throughput {ratio:.2f}x, median p99 {p99_ratio:.2f}x")

@@ -20,8 +20,8 @@ use kafka_protocol::messages::{
     CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest,
     DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest,
     IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    RequestHeader, ResponseHeader,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::messages::{
     ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
@@ -81,6 +81,12 @@ pub trait Broker {
     /// [`crate::response`]): they are written to the socket from where they lie.
     async fn fetch(&self, request: FetchRequest, version: i16) -> FetchAnswer;
     async fn list_offsets(&self, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse;
+    /// Where each asked leader epoch ends in the leader's log (KIP-101, KIP-320).
+    async fn offset_for_leader_epoch(
+        &self,
+        request: OffsetForLeaderEpochRequest,
+        version: i16,
+    ) -> OffsetForLeaderEpochResponse;
     async fn create_topics(
         &self,
         request: CreateTopicsRequest,
@@ -223,6 +229,7 @@ pub const API_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
@@ -372,6 +379,12 @@ async fn handle_encoded<B: Broker>(
         ApiKey::ListOffsets => {
             answer(api, version, payload, |request| async move {
                 Some(broker.list_offsets(request, version).await)
+            })
+            .await
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.offset_for_leader_epoch(request, version).await)
             })
             .await
         }
@@ -616,6 +629,13 @@ mod tests {
         async fn list_offsets(&self, _: ListOffsetsRequest, _: i16) -> ListOffsetsResponse {
             ListOffsetsResponse::default()
         }
+        async fn offset_for_leader_epoch(
+            &self,
+            _: OffsetForLeaderEpochRequest,
+            _: i16,
+        ) -> OffsetForLeaderEpochResponse {
+            OffsetForLeaderEpochResponse::default()
+        }
         async fn create_topics(&self, _: CreateTopicsRequest, _: i16) -> CreateTopicsResponse {
             CreateTopicsResponse::default()
         }
@@ -781,6 +801,9 @@ mod tests {
                 .encode(buffer, version),
             ApiKey::Fetch => FetchRequest::default().encode(buffer, version),
             ApiKey::ListOffsets => ListOffsetsRequest::default().encode(buffer, version),
+            ApiKey::OffsetForLeaderEpoch => {
+                OffsetForLeaderEpochRequest::default().encode(buffer, version)
+            }
             ApiKey::Metadata => MetadataRequest::default().encode(buffer, version),
             ApiKey::ApiVersions => ApiVersionsRequest::default().encode(buffer, version),
             ApiKey::CreateTopics => CreateTopicsRequest::default().encode(buffer, version),
