@@ -28,6 +28,7 @@ use ringlog_net::response::{FetchAnswer, Piece};
 use ringlog_replication::{Diverging, FollowerRefusal};
 
 use super::mesh::{self, ByOwner, Call};
+use super::replica::check_current_epoch;
 use super::Shard;
 
 /// Longest long poll honoured, whatever the client asks.
@@ -386,13 +387,8 @@ async fn read_one(shard: &Shard, part: &FetchPart) -> FetchOutcome<FetchedRecord
     let Some(leader_epoch) = partition.leading_epoch() else {
         return failed(ResponseError::NotLeaderOrFollower);
     };
-    // KIP-320: a fetcher with an older epoch missed a leader change; one with a newer epoch
-    // knows of a change this broker has not applied yet.
-    if part.current_leader_epoch >= 0 && part.current_leader_epoch < leader_epoch {
-        return failed(ResponseError::FencedLeaderEpoch);
-    }
-    if part.current_leader_epoch > leader_epoch {
-        return failed(ResponseError::UnknownLeaderEpoch);
+    if let Err(error) = check_current_epoch(part.current_leader_epoch, leader_epoch) {
+        return failed(error);
     }
     let log = &partition.log;
     let log_end = log.log_end_offset();

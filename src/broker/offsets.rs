@@ -294,11 +294,10 @@ impl Call for EpochEnds {
                 let Some(leader_epoch) = partition.leading_epoch() else {
                     return (Some(ResponseError::NotLeaderOrFollower), -1, -1);
                 };
-                if query.current_leader_epoch >= 0 && query.current_leader_epoch < leader_epoch {
-                    return (Some(ResponseError::FencedLeaderEpoch), -1, -1);
-                }
-                if query.current_leader_epoch > leader_epoch {
-                    return (Some(ResponseError::UnknownLeaderEpoch), -1, -1);
+                if let Err(error) =
+                    super::replica::check_current_epoch(query.current_leader_epoch, leader_epoch)
+                {
+                    return (Some(error), -1, -1);
                 }
                 let (epoch, end_offset) = partition.log.end_offset_for_epoch(query.leader_epoch);
                 (None, epoch, end_offset)

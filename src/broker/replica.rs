@@ -126,6 +126,19 @@ impl Partition {
     }
 }
 
+/// KIP-320's check of a client's current leader epoch (-1: unchecked) against the leader's:
+/// an older one missed a leader change, a newer one knows of a change this broker has not
+/// applied yet.
+pub fn check_current_epoch(current: i32, leader_epoch: i32) -> Result<(), ResponseError> {
+    if current >= 0 && current < leader_epoch {
+        return Err(ResponseError::FencedLeaderEpoch);
+    }
+    if current > leader_epoch {
+        return Err(ResponseError::UnknownLeaderEpoch);
+    }
+    Ok(())
+}
+
 /// Why an acks=all write did not commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotCommitted {

@@ -173,19 +173,24 @@ def leader_host(address: tuple[str, int], partition: int) -> int:
     return leaders.get(partition, -1) // NODES_PER_HOST
 
 
+def start_hosts(cluster) -> tuple[list[tuple[str, int]], AdminClient]:
+    """Starts the three hosts and waits until each answers Metadata itself listing all three
+    (on new connections: a client that first connected while the brokers were starting may
+    keep a stale view for a while). Returns their addresses and an admin client."""
+    for node in range(HOSTS):
+        cluster.start(node)
+    every_host = {host * NODES_PER_HOST for host in range(HOSTS)}
+    addresses = list(zip(cluster.hosts, cluster.ports))
+    wait_until(lambda: every_host_answers(addresses, every_host), 60, "three registered brokers")
+    return addresses, AdminClient({"bootstrap.servers": cluster.bootstrap})
+
+
 FAULTS = os.environ.get("REPLICATION_FAULTS", "kill,pause,restart").split(",")
 
 
 def test_replication_survives_leader_faults_with_every_acknowledged_record(cluster):
     cycles = int(os.environ.get("REPLICATION_FAULT_CYCLES", "6"))
-    for node in range(HOSTS):
-        cluster.start(node)
-    every_host = {host * NODES_PER_HOST for host in range(HOSTS)}
-    addresses = list(zip(cluster.hosts, cluster.ports))
-    # Each host's own answer, on new connections: a client that first connected while the
-    # brokers were starting may keep a stale view for a while.
-    wait_until(lambda: every_host_answers(addresses, every_host), 60, "three registered brokers")
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    addresses, admin = start_hosts(cluster)
     futures = admin.create_topics([NewTopic(TOPIC, num_partitions=PARTITIONS,
                                             replication_factor=3,
                                             config={"min.insync.replicas": "2"})],
@@ -302,12 +307,7 @@ def test_replication_figures(cluster):
     50,000 records/s, the same three hosts, runs alternated (REPLICATION_FIGURES runs of 15 s
     each way)."""
     rounds = int(os.environ["REPLICATION_FIGURES"])
-    for node in range(HOSTS):
-        cluster.start(node)
-    every_host = {host * NODES_PER_HOST for host in range(HOSTS)}
-    addresses = list(zip(cluster.hosts, cluster.ports))
-    wait_until(lambda: every_host_answers(addresses, every_host), 60, "three registered brokers")
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    _, admin = start_hosts(cluster)
     topics = [NewTopic("rf3", num_partitions=3, replication_factor=3,
                        config={"min.insync.replicas": "2"}),
               NewTopic("rf1", num_partitions=3, replication_factor=1)]
