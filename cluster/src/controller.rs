@@ -672,6 +672,17 @@ fn move_leadership_from(image: &MetadataImage, host: HostId) -> Vec<MetadataReco
                         changed.isr.contains(&node) && !on_host(&node) && image.is_live(node)
                     })
                     .unwrap_or(NodeId(-1));
+                if changed.leader.0 < 0 && unclean_allowed(topic) {
+                    if let Some(node) = partition
+                        .replicas
+                        .iter()
+                        .copied()
+                        .find(|&node| !on_host(&node) && image.is_live(node))
+                    {
+                        changed.leader = node;
+                        changed.isr = vec![node];
+                    }
+                }
                 changed.leader_epoch += 1;
             }
             records.push(MetadataRecord::Partition(changed));
@@ -689,14 +700,27 @@ fn restore_leadership_to(image: &MetadataImage, host: HostId) -> Vec<MetadataRec
             if partition.leader.0 >= 0 {
                 continue;
             }
-            let Some(&node) = partition
+            let in_sync = partition
                 .replicas
                 .iter()
-                .find(|node| node.host() == Some(host) && partition.isr.contains(node))
-            else {
-                continue;
-            };
+                .find(|node| node.host() == Some(host) && partition.isr.contains(node));
             let mut changed = partition.clone();
+            let node = match in_sync {
+                Some(&node) => node,
+                None if unclean_allowed(topic) => {
+                    // No in-sync replica can lead; the topic accepts an out-of-sync one.
+                    let Some(&node) = partition
+                        .replicas
+                        .iter()
+                        .find(|node| node.host() == Some(host))
+                    else {
+                        continue;
+                    };
+                    changed.isr = vec![node];
+                    node
+                }
+                None => continue,
+            };
             changed.leader = node;
             changed.leader_epoch += 1;
             changed.partition_epoch += 1;
@@ -704,6 +728,15 @@ fn restore_leadership_to(image: &MetadataImage, host: HostId) -> Vec<MetadataRec
         }
     }
     records
+}
+
+/// Whether the topic lets an out-of-sync replica lead (`unclean.leader.election.enable`),
+/// trading the records only the lost in-sync replicas had for availability.
+fn unclean_allowed(topic: &crate::image::TopicImage) -> bool {
+    topic
+        .configs
+        .get("unclean.leader.election.enable")
+        .is_some_and(|value| value.trim() == "true")
 }
 
 /// Host indexes in placement order, starting at `first`: hosts of a rack other than the last

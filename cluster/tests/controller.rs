@@ -459,3 +459,75 @@ fn alter_partition_is_accepted_from_the_current_leader_and_epochs_only() {
     assert_eq!(code(&grow, &cluster), Err(ResponseError::IneligibleReplica));
     cluster.check_invariants();
 }
+
+#[test]
+fn unclean_leader_election_lets_an_out_of_sync_replica_lead_only_when_the_topic_allows_it() {
+    use ringlog_cluster::AlterPartition;
+    let mut cluster = Committed::new();
+    for host in 0..3 {
+        cluster.join(host, 1, None, 0);
+    }
+    cluster.create("clean", 1, 1, 3).expect("created");
+    let topic = NewTopic {
+        name: "unclean".into(),
+        id: 2,
+        partitions: 1,
+        replication_factor: 3,
+        assignment: None,
+        configs: BTreeMap::from([(
+            "unclean.leader.election.enable".to_owned(),
+            "true".to_owned(),
+        )]),
+    };
+    let (results, batch) = cluster.controller.create_topics(vec![topic]);
+    assert!(results[0].is_ok());
+    cluster.commit(batch);
+    // Both partitions' ISR shrinks to the leader alone (the followers lagged).
+    for name in ["clean", "unclean"] {
+        let partition = cluster.image().topic(name).expect("topic").partitions[0].clone();
+        let request = AlterPartition {
+            topic: name.into(),
+            partition: 0,
+            leader: partition.leader,
+            leader_epoch: partition.leader_epoch,
+            partition_epoch: partition.partition_epoch,
+            isr: vec![partition.leader],
+        };
+        let (_, batch) = cluster
+            .controller
+            .alter_partition(&request)
+            .expect("shrinks");
+        cluster.commit(batch);
+    }
+    // The leaders' hosts fall silent (both leaders may be on one host or two).
+    let leader_hosts: BTreeSet<u32> = ["clean", "unclean"]
+        .iter()
+        .map(|name| {
+            let partition = &cluster.image().topic(name).expect("topic").partitions[0];
+            partition.leader.host().expect("a host").0
+        })
+        .collect();
+    let live: Vec<u32> = (0..3).filter(|h| !leader_hosts.contains(h)).collect();
+    assert!(!live.is_empty(), "three hosts, at most two leaders' hosts");
+    for now in (0..=SESSION_MS).step_by(250) {
+        for &host in &live {
+            cluster.heartbeat(host, now);
+        }
+    }
+    let batch = cluster.controller.tick(SESSION_MS + 1);
+    cluster.commit(batch);
+    let image = cluster.image();
+    let clean = &image.topic("clean").expect("topic").partitions[0];
+    assert_eq!(
+        clean.leader,
+        NodeId(-1),
+        "no in-sync replica is live: {clean:?}"
+    );
+    let unclean = &image.topic("unclean").expect("topic").partitions[0];
+    assert!(
+        image.is_live(unclean.leader),
+        "an out-of-sync replica leads: {unclean:?}"
+    );
+    assert_eq!(unclean.isr, vec![unclean.leader]);
+    cluster.check_invariants();
+}

@@ -46,6 +46,7 @@ pub const TOPIC_CONFIGS: &[TopicConfigKey] = &[
     key("segment.bytes", ConfigType::Int, "Roll to a new segment before one grows past this."),
     key("segment.index.bytes", ConfigType::Int, "Capacity of each segment's index files."),
     key("segment.ms", ConfigType::Long, "Roll a non-empty segment this long after it was created."),
+    key("unclean.leader.election.enable", ConfigType::Boolean, "Let an out-of-sync replica lead when no in-sync replica is live: the partition is available again, and records only the lost in-sync replicas had are lost."),
 ];
 
 const fn key(name: &'static str, kind: ConfigType, doc: &'static str) -> TopicConfigKey {
@@ -86,6 +87,7 @@ pub fn default_value(defaults: &LogConfig, name: &str) -> String {
         "segment.bytes" => defaults.segment_bytes.to_string(),
         "segment.index.bytes" => defaults.segment_index_bytes.to_string(),
         "segment.ms" => defaults.segment_ms.to_string(),
+        "unclean.leader.election.enable" => "false".to_owned(),
         _ => String::new(),
     }
 }
@@ -168,6 +170,12 @@ fn apply(config: &mut LogConfig, name: &str, value: &str) -> Result<(), ConfigEr
         }
         "min.insync.replicas" => {
             int(1)?;
+        }
+        // Read by the controller when it elects leaders; the log itself does not use it.
+        "unclean.leader.election.enable" => {
+            if !matches!(value.trim(), "true" | "false") {
+                return Err(invalid("must be true or false"));
+            }
         }
         "preallocate" => {
             config.preallocate = match value.trim() {
