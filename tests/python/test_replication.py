@@ -62,7 +62,11 @@ class Load:
         self.producer = Producer({
             "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
             "linger.ms": 5, "message.timeout.ms": 60000, "request.timeout.ms": 5000,
-            "retry.backoff.ms": 50, "topic.metadata.refresh.interval.ms": 1000})
+            "retry.backoff.ms": 50, "topic.metadata.refresh.interval.ms": 1000,
+            # librdkafka backs off up to 1 s between retries by default (KIP-580), which adds
+            # up to that to a failover; REPLICATION_RETRY_BACKOFF_MAX_MS measures with less.
+            "retry.backoff.max.ms": int(os.environ.get("REPLICATION_RETRY_BACKOFF_MAX_MS",
+                                                       "1000"))})
         self.sent = 0
         self.threads = [threading.Thread(target=self._produce, daemon=True),
                         threading.Thread(target=self._consume, daemon=True)]
