@@ -76,6 +76,10 @@ pub struct LeaderState {
     partition_epoch: i32,
     log_end_offset: i64,
     high_watermark: i64,
+    /// The log end when this replica became leader (Kafka's leader epoch start offset): a
+    /// follower rejoins the ISR only once it has at least this much, since the high watermark
+    /// a new leader starts from may be behind what the previous leader had committed.
+    epoch_start_offset: i64,
     /// The committed ISR, the leader included.
     isr: BTreeSet<ReplicaId>,
     /// An ISR proposed to the controller and not yet committed or refused.
@@ -115,6 +119,7 @@ impl LeaderState {
             partition_epoch: start.partition_epoch,
             log_end_offset: start.log_end_offset,
             high_watermark: start.high_watermark.min(start.log_end_offset).max(0),
+            epoch_start_offset: start.log_end_offset,
             isr,
             proposed: None,
             followers,
@@ -285,10 +290,11 @@ impl LeaderState {
             if self.isr.contains(&id) && lagging {
                 wanted.remove(&id);
             }
-            // A follower joins once it has everything committed (and, as in Kafka, it must
-            // have caught up recently, which reaching the high watermark shows).
-            if !self.isr.contains(&id) && follower.log_end_offset >= self.high_watermark && !lagging
-            {
+            // A follower joins once it has everything committed: the high watermark and, as
+            // in Kafka, everything this leader had when its epoch began (its high watermark may
+            // trail what the previous leader committed). It must also have caught up recently.
+            let committed = self.high_watermark.max(self.epoch_start_offset);
+            if !self.isr.contains(&id) && follower.log_end_offset >= committed && !lagging {
                 wanted.insert(id);
             }
         }
@@ -554,6 +560,32 @@ mod tests {
             .follower_fetched(3, 20, 5_300, 5_300)
             .expect("replica");
         assert_eq!(state.high_watermark(), 20);
+    }
+
+    #[test]
+    fn a_follower_rejoins_only_with_everything_the_leader_had_when_its_epoch_began() {
+        // Found by the simulator (seed 13544): the old leader acknowledged up to 18, crashed
+        // and came back with 13; the new leader, whose high watermark as a follower was 13,
+        // took it back at 13 and later elected it: 13..18 were lost.
+        let mut state = LeaderState::new(LeaderStart {
+            leader: 2,
+            leader_epoch: 1,
+            partition_epoch: 1,
+            replicas: &[1, 2, 3],
+            isr: &[2, 3],
+            log_end_offset: 18,
+            high_watermark: 13,
+            lag_time_max_ms: 1_000,
+            now_ms: 0,
+        });
+        state.follower_fetched(1, 13, 10, 10).expect("replica");
+        assert_eq!(
+            state.isr_proposal(20),
+            None,
+            "13 is not everything the leader had"
+        );
+        state.follower_fetched(1, 18, 30, 30).expect("replica");
+        assert_eq!(state.isr_proposal(40), Some(vec![1, 2, 3]));
     }
 
     proptest! {
