@@ -43,6 +43,8 @@ const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How often a broker in a cluster heartbeats to the controller (and catches up with the
 /// metadata log): well inside the default 1.5 s session, as Kafka's 2 s is inside its 9 s.
 const BROKER_HEARTBEAT_INTERVAL_MS: u64 = 150;
+/// How long a stopping cluster broker waits for the controller to move its leaderships.
+const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long stopping waits for connections to finish a request before dropping them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the check for another listener on a port waits for its connection.
@@ -344,6 +346,11 @@ struct ShardStart {
     drained: Arc<AtomicUsize>,
     /// The cluster membership (shard 0) stopped the broker: the process fails.
     member_failed: Arc<AtomicBool>,
+    /// In a cluster: set once the controller has moved this host's leaderships away after a
+    /// stop was asked (controlled shutdown); the shards stop serving only then (or after
+    /// [`CONTROLLED_SHUTDOWN_TIMEOUT`]), so clients find the new leaders while this host still
+    /// answers.
+    leaders_moved: Arc<AtomicBool>,
 }
 
 /// Starts one executor per core and waits for all of them. Any executor failing stops the
@@ -475,6 +482,7 @@ fn run_shards(
         joined: Arc::new(AtomicUsize::new(0)),
         drained: Arc::new(AtomicUsize::new(0)),
         member_failed: Arc::new(AtomicBool::new(false)),
+        leaders_moved: Arc::new(AtomicBool::new(false)),
     };
     let member_failed = Arc::clone(&start.member_failed);
     let mesh = MeshBuilder::<Message, Full>::full(config.cores, mesh::CHANNEL_CAPACITY);
@@ -647,7 +655,17 @@ async fn run_shard(
             info!(shard = id, %address, "accepting Kafka clients");
         }
     }
-    glommio::spawn_local(forward_stop(Arc::clone(&start.stop), Rc::clone(&shutdown))).detach();
+    let leaders_moved = shard
+        .settings
+        .cluster
+        .is_some()
+        .then(|| Arc::clone(&start.leaders_moved));
+    glommio::spawn_local(forward_stop(
+        Arc::clone(&start.stop),
+        leaders_moved,
+        Rc::clone(&shutdown),
+    ))
+    .detach();
     glommio::spawn_local_into(Rc::clone(&shard).maintain(), queues.background)
         .map_err(|_| ShardError::Mesh("cannot start background work"))?
         .detach();
@@ -657,8 +675,12 @@ async fn run_shard(
             Arc::clone(&start.stop),
             Arc::clone(&start.member_failed),
         );
+        let stopping = broker::member::Stopping {
+            asked: Arc::clone(&start.stop),
+            leaders_moved: Arc::clone(&start.leaders_moved),
+        };
         glommio::spawn_local(async move {
-            if let Err(reason) = broker::member::run(member_shard, cluster).await {
+            if let Err(reason) = broker::member::run(member_shard, cluster, stopping).await {
                 error!("{reason}");
                 failed.store(true, Ordering::Release);
                 stop.store(true, Ordering::Release);
@@ -715,9 +737,21 @@ async fn run_shard(
 
 /// Turns the process-wide flag (set by a signal handler, on any thread) into this shard's
 /// local `Shutdown`, which wakes the tasks waiting on it.
-async fn forward_stop(stop: Arc<AtomicBool>, shutdown: Rc<Shutdown>) {
+async fn forward_stop(
+    stop: Arc<AtomicBool>,
+    leaders_moved: Option<Arc<AtomicBool>>,
+    shutdown: Rc<Shutdown>,
+) {
     while !stop.load(Ordering::Acquire) {
         glommio::timer::sleep(STOP_POLL_INTERVAL).await;
+    }
+    // In a cluster, keep serving (as a follower) until the controller has moved this host's
+    // leaderships: a rolling restart then leaves no partition without a leader.
+    if let Some(moved) = leaders_moved {
+        let started = Instant::now();
+        while !moved.load(Ordering::Acquire) && started.elapsed() < CONTROLLED_SHUTDOWN_TIMEOUT {
+            glommio::timer::sleep(STOP_POLL_INTERVAL).await;
+        }
     }
     shutdown.trigger();
 }

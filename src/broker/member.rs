@@ -16,6 +16,8 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use event_listener::Event;
@@ -87,8 +89,26 @@ fn registration(shard: &Shard, host: HostId, incarnation: u128) -> Registration 
     }
 }
 
+/// A stop asked of the process, and the membership's answer to it.
+pub struct Stopping {
+    /// Set when the process is asked to stop (a signal).
+    pub asked: Arc<AtomicBool>,
+    /// Set by the membership once the controller has moved this host's leaderships away (or
+    /// there is nothing to move): the shards may stop serving.
+    pub leaders_moved: Arc<AtomicBool>,
+}
+
 /// Runs the membership until the broker stops; `Err` is a reason the broker must stop now.
-pub async fn run(shard: Rc<Shard>, cluster: ClusterSettings) -> Result<(), String> {
+///
+/// A stop is a controlled shutdown, as in Kafka: the host tells the controller it is shutting
+/// down (which moves its leaderships to other in-sync replicas and takes it out of every ISR),
+/// applies the result, and only then lets the shards stop serving, so clients that retry find
+/// the new leaders while this host still answers.
+pub async fn run(
+    shard: Rc<Shard>,
+    cluster: ClusterSettings,
+    stopping: Stopping,
+) -> Result<(), String> {
     let clock = Rc::clone(&shard.env.clock);
     let host = cluster.host;
     let mut client = QuorumClient::new(TcpTransport, cluster.voters.clone()).with_timeout(
@@ -107,8 +127,15 @@ pub async fn run(shard: Rc<Shard>, cluster: ClusterSettings) -> Result<(), Strin
     let mut active: Option<HostId> = None;
     // What the shards' catalog was last built from: (applied index, active controller).
     let mut built_from: (u64, Option<HostId>) = (u64::MAX, None);
+    // The controller confirmed the controlled shutdown.
+    let mut shut_down = false;
     while !shard.stopping.is_triggered() {
-        if epoch.is_none() {
+        let asked = stopping.asked.load(Ordering::Acquire);
+        if asked && epoch.is_none() {
+            // Never registered: nothing to move.
+            stopping.leaders_moved.store(true, Ordering::Release);
+        }
+        if epoch.is_none() && !asked {
             let command = Command::Register(registration.clone());
             match client
                 .command(command, &*clock, ATTEMPTS, RETRY_DELAY)
@@ -167,7 +194,16 @@ pub async fn run(shard: Rc<Shard>, cluster: ClusterSettings) -> Result<(), Strin
             Ok(()) => {}
             Err(error) => debug!("cannot catch up with the metadata log: {error}"),
         }
-        if let Some(registered) = epoch {
+        if let (Some(registered), true) = (epoch, asked) {
+            if shut_down {
+                // The catalog applied above has the leaderships moved away.
+                stopping.leaders_moved.store(true, Ordering::Release);
+            } else if controlled_shutdown(&mut client, &*clock, host, registered).await {
+                shut_down = true;
+                // Apply the moved leaderships before the shards stop serving.
+                continue;
+            }
+        } else if let Some(registered) = epoch {
             let caught_up = image.applied_index >= registered;
             let heartbeat = Command::Heartbeat {
                 host,
@@ -202,24 +238,36 @@ pub async fn run(shard: Rc<Shard>, cluster: ClusterSettings) -> Result<(), Strin
         )
         .await;
     }
-    if let Some(registered) = epoch {
-        let shutdown = Command::Heartbeat {
-            host,
-            epoch: registered,
-            caught_up: true,
-            shutting_down: true,
-        };
-        match client
-            .command(shutdown, &*clock, ATTEMPTS, RETRY_DELAY)
-            .await
-        {
-            Ok(Ok(Reply::Heartbeat(answer))) if answer.may_shut_down => {
-                info!("controlled shutdown: the controller moved this broker's leaderships")
-            }
-            other => warn!(?other, "controlled shutdown not confirmed"),
-        }
+    if let (Some(registered), false) = (epoch, shut_down) {
+        controlled_shutdown(&mut client, &*clock, host, registered).await;
     }
     Ok(())
+}
+
+/// Tells the controller this host is shutting down; true once it confirmed (its leaderships
+/// moved in the metadata log).
+async fn controlled_shutdown(
+    client: &mut QuorumClient<TcpTransport>,
+    clock: &dyn ringlog_env::Clock,
+    host: HostId,
+    registered: u64,
+) -> bool {
+    let shutdown = Command::Heartbeat {
+        host,
+        epoch: registered,
+        caught_up: true,
+        shutting_down: true,
+    };
+    match client.command(shutdown, clock, ATTEMPTS, RETRY_DELAY).await {
+        Ok(Ok(Reply::Heartbeat(answer))) if answer.may_shut_down => {
+            info!("controlled shutdown: the controller moved this broker's leaderships");
+            true
+        }
+        other => {
+            warn!(?other, "controlled shutdown not confirmed");
+            false
+        }
+    }
 }
 
 /// Creates the group offsets topic in the cluster if it has none (any broker may race to:
