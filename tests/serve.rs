@@ -688,3 +688,51 @@ fn offset_for_leader_epoch_answers_where_each_epoch_ends() {
         );
     }
 }
+
+#[test]
+fn follower_fetches_from_a_non_replica_or_with_a_wrong_epoch_get_kafka_errors() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+    let broker = Broker::start("follower-fetch", 1, &[]);
+    kcat(
+        &["-b", &broker.address(), "-P", "-t", "replicas", "-p", "0"],
+        b"a\nb\n",
+    );
+    let fetch = |replica: i32, current_epoch: i32, offset: i64| {
+        FetchRequest::default()
+            .with_replica_id(BrokerId(replica))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("replicas")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(current_epoch)
+                    .with_fetch_offset(offset)
+                    .with_last_fetched_epoch(-1)
+                    .with_partition_max_bytes(1 << 20)])])
+    };
+    let mut stream = broker.connect();
+    let cases = [
+        // Node 7 holds no replica of the partition.
+        (fetch(7, 0, 0), ResponseError::NotLeaderOrFollower.code()),
+        // A fetcher that knows a newer leader epoch than this leader's.
+        (fetch(-1, 9, 0), ResponseError::UnknownLeaderEpoch.code()),
+        // A consumer past the log end.
+        (fetch(-1, 0, 1_000), ResponseError::OffsetOutOfRange.code()),
+        // A good consumer fetch still works on the same connection.
+        (fetch(-1, 0, 0), 0),
+    ];
+    for (index, (request, expected)) in cases.iter().enumerate() {
+        let correlation_id = index as i32 + 1;
+        send_request(&mut stream, ApiKey::Fetch, 12, correlation_id, request);
+        let response: FetchResponse = read_response(&mut stream, 12, correlation_id);
+        let partition = &response.responses[0].partitions[0];
+        assert_eq!(partition.error_code, *expected, "case {index}: {partition:?}");
+        if *expected == 0 {
+            assert_eq!(partition.high_watermark, 2);
+            assert!(partition.records.as_ref().is_some_and(|r| !r.is_empty()));
+        }
+    }
+}
