@@ -729,7 +729,10 @@ fn follower_fetches_from_a_non_replica_or_with_a_wrong_epoch_get_kafka_errors() 
         send_request(&mut stream, ApiKey::Fetch, 12, correlation_id, request);
         let response: FetchResponse = read_response(&mut stream, 12, correlation_id);
         let partition = &response.responses[0].partitions[0];
-        assert_eq!(partition.error_code, *expected, "case {index}: {partition:?}");
+        assert_eq!(
+            partition.error_code, *expected,
+            "case {index}: {partition:?}"
+        );
         if *expected == 0 {
             assert_eq!(partition.high_watermark, 2);
             assert!(partition.records.as_ref().is_some_and(|r| !r.is_empty()));

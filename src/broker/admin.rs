@@ -110,6 +110,14 @@ impl Shard {
     async fn apply(&self, changes: Vec<Change>) {
         for change in changes {
             match change {
+                // The offsets topic's new state reaches the catalog (which routes groups to
+                // their coordinator) only once the partitions this shard now leads are loaded,
+                // so no group is served from offsets not yet read.
+                Change::Upsert { name, topic } if name == super::groups::OFFSETS_TOPIC => {
+                    self.open_owned(&name, &topic).await;
+                    self.load_led_offsets().await;
+                    self.catalog.borrow_mut().topics.insert(name, topic);
+                }
                 Change::Upsert { name, topic } => {
                     self.catalog
                         .borrow_mut()

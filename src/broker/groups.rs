@@ -294,10 +294,12 @@ fn coordinator_of(shard: &Shard, group: &str) -> Option<(usize, usize)> {
     let catalog = shard.catalog.borrow();
     let topic = catalog.topics.get(OFFSETS_TOPIC)?;
     let partition = offsets_partition(group, topic.partitions.len());
+    // In a cluster the leader of the group's offsets partition coordinates it; a follower
+    // replica here does not.
     topic
         .partitions
         .get(partition)
-        .filter(|state| state.local)
+        .filter(|state| state.local && state.leader == shard.settings.topology.node_of(state.shard))
         .map(|state| (state.shard, partition))
 }
 
@@ -408,24 +410,69 @@ fn decode_record(
     ))
 }
 
-/// The `__consumer_offsets` partitions this shard owns, and the topic's partition count (none
+/// Why a write to an offsets partition failed.
+enum OffsetsWrite {
+    Append(ringlog_engine::AppendError),
+    /// Written here, but not (yet) on every in-sync replica.
+    NotCommitted(super::replica::NotCommitted),
+}
+
+/// How long a write to a replicated offsets partition waits for its replicas (Kafka's
+/// `offsets.commit.timeout.ms`).
+const OFFSETS_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Appends records to an offsets partition and waits until every in-sync replica has them
+/// (Kafka's `offsets.commit.required.acks` = -1): a commit acknowledged by a coordinator that
+/// then fails is on the replica that takes over. With no followers the wait ends at once.
+async fn append_offsets(
+    shard: &Shard,
+    partition: &super::Partition,
+    records: Bytes,
+) -> Result<(), OffsetsWrite> {
+    let Some(epoch) = partition.leading_epoch() else {
+        return Err(OffsetsWrite::NotCommitted(
+            super::replica::NotCommitted::NotLeader,
+        ));
+    };
+    let info = partition
+        .log
+        .append(records)
+        .await
+        .map_err(OffsetsWrite::Append)?;
+    super::replica::wait_committed(
+        shard,
+        OFFSETS_TOPIC,
+        partition,
+        epoch,
+        info.last_offset + 1,
+        OFFSETS_COMMIT_TIMEOUT,
+    )
+    .await
+    .map_err(OffsetsWrite::NotCommitted)
+}
+
+/// The `__consumer_offsets` partitions this shard leads, and the topic's partition count (none
 /// and 0 without the topic).
 fn owned_offsets_partitions(shard: &Shard) -> (Vec<usize>, usize) {
     let catalog = shard.catalog.borrow();
     let Some(topic) = catalog.topics.get(OFFSETS_TOPIC) else {
         return (Vec::new(), 0);
     };
+    let me = shard.settings.topology.node_of(shard.id);
     let owned = (0..topic.partitions.len())
-        .filter(|&p| topic.partitions[p].shard == shard.id)
+        .filter(|&p| {
+            let state = &topic.partitions[p];
+            state.shard == shard.id && state.local && state.leader == me
+        })
         .collect();
     (owned, topic.partitions.len())
 }
 
-/// Rebuilds the committed offsets of the `__consumer_offsets` partitions this shard owns.
-pub async fn load_offsets(shard: &Shard) {
-    let (owned, _) = owned_offsets_partitions(shard);
+/// Rebuilds the committed offsets of the given `__consumer_offsets` partitions of this shard
+/// (those it leads: at start, and when it becomes their leader).
+pub async fn load_offsets(shard: &Shard, partitions: &[usize]) {
     let mut records = 0_usize;
-    for partition in owned {
+    for &partition in partitions {
         let Some(log) = shard.partition(OFFSETS_TOPIC, partition as i32) else {
             continue;
         };
@@ -472,6 +519,28 @@ pub async fn load_offsets(shard: &Shard) {
     if records > 0 {
         info!(shard = shard.id, records, "committed offsets replayed");
     }
+}
+
+/// Forgets the groups whose offsets partition is `partition` (this shard stopped leading it:
+/// their new coordinator has them; a later leadership here loads them again from the log).
+pub fn forget_partition(shard: &Shard, partition: usize, partitions: usize) {
+    let ours = |group: &String| offsets_partition(group, partitions) != partition;
+    shard
+        .groups
+        .groups
+        .borrow_mut()
+        .retain(|group, _| ours(group));
+    shard
+        .groups
+        .consumer
+        .borrow_mut()
+        .retain(|group, _| ours(group));
+    shard
+        .groups
+        .offsets
+        .borrow_mut()
+        .retain(|group, _| ours(group));
+    shard.groups.changed.notify(usize::MAX);
 }
 
 fn apply_committed(
@@ -1492,12 +1561,20 @@ async fn commit_local(
     let mut failure = None;
     let _writing = shard.groups.writes.read().await;
     if !accepted.is_empty() {
-        if let Err(error) = log.log.append(Bytes::from(builder.build())).await {
-            warn!(group = group_id, "cannot store committed offsets: {error}");
-            failure = Some(match errors::append_error(&error) {
-                ResponseError::MessageTooLarge => ResponseError::OffsetMetadataTooLarge,
-                _ => ResponseError::CoordinatorNotAvailable,
-            });
+        match append_offsets(shard, &log, Bytes::from(builder.build())).await {
+            Ok(()) => {}
+            Err(OffsetsWrite::Append(error)) => {
+                warn!(group = group_id, "cannot store committed offsets: {error}");
+                failure = Some(match errors::append_error(&error) {
+                    ResponseError::MessageTooLarge => ResponseError::OffsetMetadataTooLarge,
+                    _ => ResponseError::CoordinatorNotAvailable,
+                });
+            }
+            // The coordinator moved: the client finds the new one and commits again.
+            Err(OffsetsWrite::NotCommitted(error)) => {
+                warn!(group = group_id, ?error, "committed offsets not replicated");
+                failure = Some(ResponseError::NotCoordinator);
+            }
         }
     }
     if failure.is_none() {
@@ -2223,8 +2300,11 @@ pub async fn clean_offsets(shard: &Shard) -> usize {
             for (key, value) in chunk {
                 builder = builder.record(now_ms, Some(key), Some(value));
             }
-            if let Err(error) = log.log.append(Bytes::from(builder.build())).await {
-                warn!(partition, "cannot rewrite live committed offsets: {error}");
+            if append_offsets(shard, &log, Bytes::from(builder.build()))
+                .await
+                .is_err()
+            {
+                warn!(partition, "cannot rewrite live committed offsets");
                 failed = true;
                 break;
             }
@@ -2276,8 +2356,7 @@ async fn forget_offsets(
         builder = builder.record(now_ms, Some(&offset_key(group, topic, *partition)), None);
     }
     let _writing = shard.groups.writes.read().await;
-    log.log
-        .append(Bytes::from(builder.build()))
+    append_offsets(shard, &log, Bytes::from(builder.build()))
         .await
         .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
     for (topic, partition) in partitions {

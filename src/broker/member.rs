@@ -218,7 +218,8 @@ pub async fn run(
                 Ok(Ok(Reply::Heartbeat(answer))) => {
                     active = client.active();
                     if caught_up && !answer.fenced {
-                        ensure_offsets_topic(&shard, &mut client, &image).await;
+                        let factor = offsets_replication_factor(cluster.voters.len());
+                        ensure_offsets_topic(&shard, &mut client, &image, factor).await;
                     }
                 }
                 Ok(Err(CommandError::Refused(refusal))) => {
@@ -270,21 +271,34 @@ async fn controlled_shutdown(
     }
 }
 
+/// The replication factor of the group offsets topic: Kafka's
+/// `offsets.topic.replication.factor` (3), at most the number of controller voters (a cluster
+/// of fewer hosts still gets its groups).
+fn offsets_replication_factor(voters: usize) -> u16 {
+    u16::try_from(voters.clamp(1, 3)).unwrap_or(1)
+}
+
 /// Creates the group offsets topic in the cluster if it has none (any broker may race to:
 /// the loser is told the topic exists).
 async fn ensure_offsets_topic(
     shard: &Shard,
     client: &mut QuorumClient<TcpTransport>,
     image: &MetadataImage,
+    replication_factor: u16,
 ) {
     if image.topic(groups::OFFSETS_TOPIC).is_some() {
+        return;
+    }
+    // As Kafka's offsets.topic.replication.factor: not created with fewer replicas than asked
+    // (group requests get COORDINATOR_NOT_AVAILABLE until enough hosts have joined).
+    if image.live_hosts().count() < usize::from(replication_factor) {
         return;
     }
     let topic = NewTopic {
         name: groups::OFFSETS_TOPIC.to_owned(),
         id: shard.env.random.uuid().as_u128(),
         partitions: groups::OFFSETS_TOPIC_PARTITIONS as u32,
-        replication_factor: 1,
+        replication_factor,
         assignment: None,
         configs: groups::OFFSETS_TOPIC_CONFIGS
             .iter()

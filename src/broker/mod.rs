@@ -255,6 +255,8 @@ pub struct Shard {
     followers_changed: Event,
     /// The high-watermark checkpoint ([`replica::HighWatermarks`]).
     high_watermarks: replica::HighWatermarks,
+    /// `__consumer_offsets` partitions this shard became the leader of, to load.
+    offsets_to_load: RefCell<std::collections::BTreeSet<usize>>,
 }
 
 /// The shard that makes every catalog change and allocates producer ids.
@@ -308,6 +310,7 @@ impl Shard {
             fetchers: replica::Fetchers::default(),
             followers_changed: Event::new(),
             high_watermarks: replica::HighWatermarks::default(),
+            offsets_to_load: RefCell::default(),
             settings: setup.settings,
         }
     }
@@ -453,7 +456,9 @@ impl Shard {
             let existing = self.partition(name, index as i32);
             if let Some(partition) = existing {
                 partition.log.set_config(config.clone());
+                let was_leading = partition.leading_epoch();
                 self.update_role(&partition, state);
+                self.offsets_leadership(name, index, was_leading, &partition);
                 continue;
             }
             let dir = catalog::partition_dir(&self.settings.data_dir, name, index);
@@ -472,6 +477,7 @@ impl Shard {
                         high_watermark: self.checkpointed_high_watermark(name, index as i32),
                     };
                     self.update_role(&partition, state);
+                    self.offsets_leadership(name, index, None, &partition);
                     if let Some(corruption) = &report.corruption {
                         warn!(
                             topic = name,
@@ -518,7 +524,44 @@ impl Shard {
             .map(|slots| slots.iter().flatten().count())
             .sum();
         info!(shard = self.id, partitions = opened, "partitions open");
-        groups::load_offsets(self).await;
+        self.load_led_offsets().await;
+    }
+
+    /// Notes a change of leadership of a `__consumer_offsets` partition: one this shard now
+    /// leads is loaded ([`Shard::load_led_offsets`]) before its groups are served here; one it
+    /// stopped leading has its groups forgotten.
+    fn offsets_leadership(
+        &self,
+        name: &str,
+        index: usize,
+        was_leading: Option<i32>,
+        partition: &Partition,
+    ) {
+        if name != groups::OFFSETS_TOPIC {
+            return;
+        }
+        let leading = partition.leading_epoch();
+        if leading.is_some() && leading != was_leading {
+            self.offsets_to_load.borrow_mut().insert(index);
+        } else if leading.is_none() && was_leading.is_some() {
+            let partitions = self
+                .catalog
+                .borrow()
+                .topics
+                .get(name)
+                .map_or(0, |topic| topic.partitions.len());
+            groups::forget_partition(self, index, partitions);
+        }
+    }
+
+    /// Loads the committed offsets of the offsets partitions this shard became the leader of.
+    pub(crate) async fn load_led_offsets(&self) {
+        let pending: Vec<usize> = std::mem::take(&mut *self.offsets_to_load.borrow_mut())
+            .into_iter()
+            .collect();
+        if !pending.is_empty() {
+            groups::load_offsets(self, &pending).await;
+        }
     }
 
     /// Every open partition of this shard.
@@ -590,7 +633,7 @@ impl Shard {
 
     /// Closes every partition (flush, clean-shutdown marker), at stop.
     pub async fn close_all(&self) {
-        self.checkpoint_high_watermarks();
+        self.final_high_watermarks();
         let partitions: Vec<Rc<Partition>> = self
             .partitions
             .borrow_mut()

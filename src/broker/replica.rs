@@ -722,6 +722,9 @@ pub type Fetchers = RefCell<std::collections::HashSet<i32>>;
 /// truncation (leader epochs decide that).
 #[derive(Debug, Default)]
 pub struct HighWatermarks {
+    /// Set once the shard's partitions are closed: the last checkpoint is written, and the
+    /// maintenance tick (which may run once more) must not overwrite it with none.
+    closed: std::cell::Cell<bool>,
     loaded: RefCell<std::collections::HashMap<(String, i32), i64>>,
     /// What the file holds now, to skip writes when nothing moved.
     written: RefCell<std::collections::BTreeMap<(String, i32), i64>>,
@@ -798,6 +801,9 @@ impl Shard {
     /// Writes the high watermarks of this shard's partitions when any moved since the last
     /// write (from the maintenance tick, and at close).
     pub(super) fn checkpoint_high_watermarks(&self) {
+        if self.high_watermarks.closed.get() {
+            return;
+        }
         let mut now = std::collections::BTreeMap::new();
         for (name, slots) in self.partitions.borrow().iter() {
             for (index, partition) in slots.iter().enumerate() {
@@ -815,6 +821,12 @@ impl Shard {
             Ok(()) => *self.high_watermarks.written.borrow_mut() = now,
             Err(error) => warn!("cannot write the high-watermark checkpoint {name}: {error}"),
         }
+    }
+
+    /// Writes the last high-watermark checkpoint as the partitions close.
+    pub(super) fn final_high_watermarks(&self) {
+        self.checkpoint_high_watermarks();
+        self.high_watermarks.closed.set(true);
     }
 }
 

@@ -340,3 +340,62 @@ def test_replication_figures(cluster):
     ratio = sum(r[1] for r in all3) / sum(r[1] for r in one1)
     p99_ratio = sorted(r[4] for r in all3)[len(all3) // 2] / sorted(r[4] for r in one1)[len(one1) // 2]
     print(f"acks=all RF3 / acks=1 RF1: throughput {ratio:.2f}x, median p99 {p99_ratio:.2f}x")
+
+
+def test_committed_offsets_survive_the_loss_of_their_coordinator(cluster):
+    """The group offsets topic is replicated (factor 3 here): a group's committed offsets,
+    acknowledged by its coordinator, are still there after that coordinator's host is killed
+    with SIGKILL, served by the new leader of the group's offsets partition; and again after the
+    killed host restarts and leads once more."""
+    addresses, admin = start_hosts(cluster)
+    futures = admin.create_topics([NewTopic(TOPIC, num_partitions=PARTITIONS,
+                                            replication_factor=3,
+                                            config={"min.insync.replicas": "2"})],
+                                  request_timeout=15)
+    futures[TOPIC].result(15)
+    wait_until(lambda: fully_in_sync(admin), 30, "the topic on every host")
+    offsets = admin.list_topics("__consumer_offsets", timeout=10).topics["__consumer_offsets"]
+    assert all(len(p.replicas) == HOSTS for p in offsets.partitions.values()), offsets.partitions
+
+    group = "survivors"
+    committed = [TopicPartition(TOPIC, p, 100 + p) for p in range(PARTITIONS)]
+
+    def commit_all():
+        consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group,
+                             "enable.auto.commit": False})
+        try:
+            consumer.commit(offsets=committed, asynchronous=False)
+        finally:
+            consumer.close()
+
+    def committed_offsets() -> list[int]:
+        consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group,
+                             "enable.auto.commit": False})
+        try:
+            found = consumer.committed([TopicPartition(TOPIC, p) for p in range(PARTITIONS)],
+                                       timeout=10)
+            return [tp.offset for tp in found]
+        finally:
+            consumer.close()
+
+    wait_until(lambda: commit_all() is None, 30, "the first commit")
+    assert committed_offsets() == [100, 101, 102]
+    coordinator = admin.describe_consumer_groups([group])[group].result(10).coordinator.id
+    victim = coordinator // NODES_PER_HOST
+    cluster.processes[victim].kill()
+    cluster.processes[victim].wait(10)
+    watcher = addresses[(victim + 1) % HOSTS]
+
+    def moved() -> bool:
+        return committed_offsets() == [100, 101, 102]
+
+    wait_until(moved, 30, "the committed offsets from the new coordinator")
+    new = AdminClient({"bootstrap.servers": f"{watcher[0]}:{watcher[1]}"})
+    assert new.describe_consumer_groups([group])[group].result(10).coordinator.id // \
+        NODES_PER_HOST != victim
+    # A commit to the new coordinator, then the killed host comes back: nothing is lost.
+    committed[0] = TopicPartition(TOPIC, 0, 500)
+    wait_until(lambda: commit_all() is None, 30, "a commit to the new coordinator")
+    cluster.start(victim)
+    wait_until(lambda: fully_in_sync(admin), 60, f"host {victim} back in every ISR")
+    assert committed_offsets() == [500, 101, 102]
