@@ -26,6 +26,8 @@ from conftest import _die_with_parent, data_root
 
 HOSTS = 3
 NODES_PER_HOST = 1024
+# Cores (Kafka nodes) per host: CLUSTER_CORES=2 runs the cluster tests on two-core hosts.
+CORES = int(os.environ.get("CLUSTER_CORES", "1"))
 
 
 def free_port(host: str) -> int:
@@ -53,7 +55,7 @@ class Cluster:
         data_dir = self.root / (data or f"node-{node}")
         data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.root / f"{data or f'node-{node}'}.log", "ab")
-        command = [os.environ["RINGLOG_BIN"], "serve", "--cores", "1", "--node-id", str(node),
+        command = [os.environ["RINGLOG_BIN"], "serve", "--cores", str(CORES), "--node-id", str(node),
                    "--listen", f"{self.hosts[node]}:{port or self.ports[node]}",
                    "--process-roles", roles, "--controller-quorum-voters", self.voters,
                    "--data-dir", str(data_dir), "--fetch-cache-bytes", str(8 << 20)]

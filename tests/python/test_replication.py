@@ -26,8 +26,8 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import kafkautil
-from test_cluster import (HOSTS, NODES_PER_HOST, cluster, every_host_answers, percentile,
-                          wait_until)
+from test_cluster import (CORES, HOSTS, NODES_PER_HOST, cluster, every_host_answers,
+                          percentile, wait_until)
 
 __all__ = ["cluster"]  # the fixture, imported for pytest
 
@@ -183,9 +183,9 @@ def start_hosts(cluster) -> tuple[list[tuple[str, int]], AdminClient]:
     keep a stale view for a while). Returns their addresses and an admin client."""
     for node in range(HOSTS):
         cluster.start(node)
-    every_host = {host * NODES_PER_HOST for host in range(HOSTS)}
+    every_node = {host * NODES_PER_HOST + core for host in range(HOSTS) for core in range(CORES)}
     addresses = list(zip(cluster.hosts, cluster.ports))
-    wait_until(lambda: every_host_answers(addresses, every_host), 60, "three registered brokers")
+    wait_until(lambda: every_host_answers(addresses, every_node), 60, "three registered brokers")
     return addresses, AdminClient({"bootstrap.servers": cluster.bootstrap})
 
 
@@ -274,11 +274,13 @@ def test_replication_survives_leader_faults_with_every_acknowledged_record(clust
     # trail by the last batches.
     marks = {}
     for host in range(HOSTS):
-        text = (cluster.root / f"node-{host}" / "replication-offset-checkpoint.0").read_text()
-        lines = text.splitlines()
-        assert lines[0] == "0" and int(lines[1]) == len(lines) - 2, text
-        marks[host] = {int(p): int(o) for t, p, o in (line.split() for line in lines[2:])
-                       if t == TOPIC}
+        marks[host] = {}
+        for shard in range(CORES):
+            path = cluster.root / f"node-{host}" / f"replication-offset-checkpoint.{shard}"
+            lines = path.read_text().splitlines()
+            assert lines[0] == "0" and int(lines[1]) == len(lines) - 2, lines
+            marks[host].update({int(p): int(o) for t, p, o in (line.split() for line in lines[2:])
+                                if t == TOPIC})
     for partition in range(PARTITIONS):
         end = replica_records(cluster.root / "node-0", partition)[-1][0] + 1
         assert all(0 < marks[host][partition] <= end for host in range(HOSTS)), (partition, marks)
