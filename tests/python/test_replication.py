@@ -331,9 +331,22 @@ def test_replication_figures(cluster):
         future.result(15)
     time.sleep(2)
     results = {"acks=all RF3": [], "acks=1 RF1": []}
+    # CPU seconds the three broker processes spent during each kind of run.
+    cpu = {"acks=all RF3": 0.0, "acks=1 RF1": 0.0}
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def broker_cpu() -> float:
+        total = 0
+        for process in cluster.processes.values():
+            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / ticks
+
     for _ in range(rounds):
-        results["acks=all RF3"].append(perf_producer(cluster.bootstrap, "rf3", "all", 15))
-        results["acks=1 RF1"].append(perf_producer(cluster.bootstrap, "rf1", "1", 15))
+        for label, topic, acks in [("acks=all RF3", "rf3", "all"), ("acks=1 RF1", "rf1", "1")]:
+            before = broker_cpu()
+            results[label].append(perf_producer(cluster.bootstrap, topic, acks, 15))
+            cpu[label] += broker_cpu() - before
     for label, runs in results.items():
         for records, mb, p50, p95, p99, p999 in runs:
             print(f"{label}: {records:.0f} records/s, {mb:.1f} MB/s, p50 {p50} ms, "
@@ -342,6 +355,11 @@ def test_replication_figures(cluster):
     ratio = sum(r[1] for r in all3) / sum(r[1] for r in one1)
     p99_ratio = sorted(r[4] for r in all3)[len(all3) // 2] / sorted(r[4] for r in one1)[len(one1) // 2]
     print(f"acks=all RF3 / acks=1 RF1: throughput {ratio:.2f}x, median p99 {p99_ratio:.2f}x")
+    for label, runs in results.items():
+        # Warm-up and run: the records each run wrote, in GB of values (1 KiB each).
+        written_gb = sum(records * 15 + 50_000 for records, *_ in runs) * 1024 / 1e9
+        print(f"{label}: {cpu[label]:.1f} broker CPU-seconds for {written_gb:.2f} GB produced: "
+              f"{cpu[label] / written_gb:.1f} CPU-s per GB (RF3 writes each GB three times)")
 
 
 def test_committed_offsets_survive_the_loss_of_their_coordinator(cluster):
