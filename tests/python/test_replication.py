@@ -6,14 +6,17 @@ read_uncommitted consumer reading all along. Afterwards every acknowledged recor
 exactly once at the offset it was acknowledged at, nothing a consumer saw disappeared, and the
 three replicas' logs are identical (read back with `ringlog dump-log`).
 
-The CI run does a few fault cycles; `REPLICATION_FAULT_CYCLES=20 scripts/python-tests.sh -s -k
+Faults: kill (SIGKILL), pause (SIGSTOP, then SIGCONT), restart (SIGTERM: controlled shutdown),
+wipe (SIGKILL and the host's partition directories deleted before it restarts). The CI run does
+a few fault cycles; `REPLICATION_FAULT_CYCLES=20 scripts/python-tests.sh -s -k
 replication_survives` runs more and prints the failover figures; REPLICATION_FAULTS chooses the
-faults (kill, pause, restart)."""
+faults."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -189,11 +192,11 @@ def start_hosts(cluster) -> tuple[list[tuple[str, int]], AdminClient]:
     return addresses, AdminClient({"bootstrap.servers": cluster.bootstrap})
 
 
-FAULTS = os.environ.get("REPLICATION_FAULTS", "kill,pause,restart").split(",")
+FAULTS = os.environ.get("REPLICATION_FAULTS", "kill,pause,restart,wipe").split(",")
 
 
 def test_replication_survives_leader_faults_with_every_acknowledged_record(cluster):
-    cycles = int(os.environ.get("REPLICATION_FAULT_CYCLES", "6"))
+    cycles = int(os.environ.get("REPLICATION_FAULT_CYCLES", "8"))
     addresses, admin = start_hosts(cluster)
     futures = admin.create_topics([NewTopic(TOPIC, num_partitions=PARTITIONS,
                                             replication_factor=3,
@@ -212,9 +215,15 @@ def test_replication_survives_leader_faults_with_every_acknowledged_record(clust
         watcher = addresses[(victim + 1) % HOSTS]
         process = cluster.processes[victim]
         started = time.monotonic()
-        if fault == "kill":
+        if fault in ("kill", "wipe"):
             process.kill()
             process.wait(10)
+            if fault == "wipe":
+                # The host lost its partitions' disks (KIP-903): it comes back empty, is out
+                # of every ISR until it has copied everything again, and is never elected
+                # with less.
+                for directory in (cluster.root / f"node-{victim}").glob(f"{TOPIC}-*"):
+                    shutil.rmtree(directory)
         elif fault == "pause":
             process.send_signal(signal.SIGSTOP)
         else:
