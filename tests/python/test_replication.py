@@ -428,3 +428,39 @@ def test_committed_offsets_survive_the_loss_of_their_coordinator(cluster):
     cluster.start(victim)
     wait_until(lambda: fully_in_sync(admin), 60, f"host {victim} back in every ISR")
     assert committed_offsets() == [500, 101, 102]
+
+
+def test_min_insync_replicas_refuses_acks_all_writes_it_cannot_replicate(cluster):
+    """min.insync.replicas=3 on three replicas: with one host down, an acks=all write is
+    refused with NOT_ENOUGH_REPLICAS while acks=1 still works; once the host is back in the ISR, acks=all succeeds again."""
+    from confluent_kafka import KafkaError
+    addresses, admin = start_hosts(cluster)
+    futures = admin.create_topics([NewTopic("strict", num_partitions=1, replication_factor=3,
+                                            config={"min.insync.replicas": "3"})],
+                                  request_timeout=15)
+    futures["strict"].result(15)
+
+    def produce(acks: str) -> list:
+        outcomes = []
+        # No retries: the broker's own answer reaches the callback.
+        producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": acks,
+                             "message.timeout.ms": 4000, "request.timeout.ms": 2000,
+                             "retries": 0})
+        producer.produce("strict", value=b"x", partition=0,
+                         on_delivery=lambda err, _msg: outcomes.append(err and err.code()))
+        producer.flush(10)
+        return outcomes
+
+    wait_until(lambda: produce("all") == [None], 30, "an acks=all write with every replica")
+    strict = admin.list_topics("strict", timeout=10).topics["strict"].partitions[0]
+    victim = next(h for h in range(HOSTS) if h != strict.leader // NODES_PER_HOST)
+    cluster.processes[victim].kill()
+    cluster.processes[victim].wait(10)
+
+    # Once the controller has fenced the host and the ISR has shrunk, the leader refuses
+    # before appending (until then the write waits for the dead replica and times out).
+    wait_until(lambda: produce("all") == [KafkaError.NOT_ENOUGH_REPLICAS], 30,
+               "acks=all refused with NOT_ENOUGH_REPLICAS")
+    assert produce("1") == [None]
+    cluster.start(victim)
+    wait_until(lambda: produce("all") == [None], 60, "acks=all again with the host back")
