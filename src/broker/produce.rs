@@ -251,12 +251,11 @@ async fn queue_one(shard: &Rc<Shard>, part: ProducePart) -> Queued {
     };
     if part.acks == -1 {
         let required = shard.min_insync_replicas(&part.topic);
-        let in_sync = partition.in_sync_count().unwrap_or(0);
-        if in_sync < required {
-            tracing::debug!(topic = %part.topic, partition = part.partition, in_sync, required, "acks=all write refused: not enough replicas");
+        if let Err(refusal) = partition.check_min_insync(required) {
+            tracing::debug!(topic = %part.topic, partition = part.partition, %refusal, "acks=all write refused");
             return known(ProduceOutcome::failed(
                 ResponseError::NotEnoughReplicas,
-                format!("{in_sync} in-sync replicas, min.insync.replicas is {required}"),
+                refusal.to_string(),
             ));
         }
     }

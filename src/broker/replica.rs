@@ -20,7 +20,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use ringlog_cluster::{AlterPartition, Command, NodeId};
 use ringlog_net::client::connection::Connection;
-use ringlog_replication::{Diverging, LeaderStart, LeaderState};
+use ringlog_replication::{Diverging, LeaderStart, LeaderState, NotEnoughReplicas};
 use tracing::{debug, info, warn};
 
 use super::catalog::PartitionState;
@@ -117,11 +117,16 @@ impl Partition {
         }
     }
 
-    /// Replicas in the committed ISR (the leader included), when led here.
-    pub fn in_sync_count(&self) -> Option<usize> {
+    /// Whether an acks=all write may be accepted under `min.insync.replicas` (`required`):
+    /// the committed ISR's size, by the leader's own rule. A replica that does not lead has
+    /// no ISR to count.
+    pub fn check_min_insync(&self, required: usize) -> Result<(), NotEnoughReplicas> {
         match &*self.role.borrow() {
-            Role::Leader(leader) => Some(leader.in_sync_count()),
-            Role::Follower { .. } => None,
+            Role::Leader(leader) => leader.check_min_insync(required),
+            Role::Follower { .. } => Err(NotEnoughReplicas {
+                in_sync: 0,
+                required,
+            }),
         }
     }
 }
@@ -401,11 +406,9 @@ pub async fn wait_committed(
             return Err(NotCommitted::NotLeader);
         }
         if partition.high_watermark() >= end_offset {
-            let required = shard.min_insync_replicas(topic);
-            if partition.in_sync_count().unwrap_or(0) < required {
-                return Err(NotCommitted::NotEnoughReplicasAfterAppend);
-            }
-            return Ok(());
+            return partition
+                .check_min_insync(shard.min_insync_replicas(topic))
+                .map_err(|_| NotCommitted::NotEnoughReplicasAfterAppend);
         }
         let now = shard.env.clock.now();
         if now >= deadline || shard.stopping.is_triggered() {

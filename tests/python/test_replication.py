@@ -192,18 +192,24 @@ def start_hosts(cluster) -> tuple[list[tuple[str, int]], AdminClient]:
     return addresses, AdminClient({"bootstrap.servers": cluster.bootstrap})
 
 
-FAULTS = os.environ.get("REPLICATION_FAULTS", "kill,pause,restart,wipe").split(",")
-
-
-def test_replication_survives_leader_faults_with_every_acknowledged_record(cluster):
-    cycles = int(os.environ.get("REPLICATION_FAULT_CYCLES", "8"))
-    addresses, admin = start_hosts(cluster)
+def create_replicated(admin: AdminClient) -> None:
+    """Creates TOPIC (replication factor 3, min.insync.replicas=2) and waits until every
+    replica of every partition is in sync."""
     futures = admin.create_topics([NewTopic(TOPIC, num_partitions=PARTITIONS,
                                             replication_factor=3,
                                             config={"min.insync.replicas": "2"})],
                                   request_timeout=15)
     futures[TOPIC].result(15)
     wait_until(lambda: fully_in_sync(admin), 30, "the topic on every host")
+
+
+FAULTS = os.environ.get("REPLICATION_FAULTS", "kill,pause,restart,wipe").split(",")
+
+
+def test_replication_survives_leader_faults_with_every_acknowledged_record(cluster):
+    cycles = int(os.environ.get("REPLICATION_FAULT_CYCLES", "8"))
+    addresses, admin = start_hosts(cluster)
+    create_replicated(admin)
 
     load = Load(cluster.bootstrap)
     load.start()
@@ -377,12 +383,7 @@ def test_committed_offsets_survive_the_loss_of_their_coordinator(cluster):
     with SIGKILL, served by the new leader of the group's offsets partition; and again after the
     killed host restarts and leads once more."""
     addresses, admin = start_hosts(cluster)
-    futures = admin.create_topics([NewTopic(TOPIC, num_partitions=PARTITIONS,
-                                            replication_factor=3,
-                                            config={"min.insync.replicas": "2"})],
-                                  request_timeout=15)
-    futures[TOPIC].result(15)
-    wait_until(lambda: fully_in_sync(admin), 30, "the topic on every host")
+    create_replicated(admin)
     offsets = admin.list_topics("__consumer_offsets", timeout=10).topics["__consumer_offsets"]
     assert all(len(p.replicas) == HOSTS for p in offsets.partitions.values()), offsets.partitions
 
