@@ -40,6 +40,12 @@ if ! command -v kcat >/dev/null; then
     fi
 fi
 
+# iproute2 (`ip netns`): the replication fault test runs its hosts in network namespaces when
+# it is root, to cut a leader off the network.
+if as_root && ! command -v ip >/dev/null && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq iproute2
+fi
+
 stamp="$VENV/.pinned"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${PINNED[*]}" ]; then
     rm -rf "$VENV"
@@ -65,4 +71,12 @@ fi
 
 # Keep only this run's data: a failed test leaves its data directory and broker log here.
 rm -rf target/pytest-data
+# As root, the tests run in a network namespace of their own (only loopback and what they make
+# there): their brokers' ports cannot collide with anything else on the machine, and a client a
+# test leaves behind can never reach past the machine (the replication test's hosts live on a
+# private bridge it creates and removes).
+if as_root && command -v unshare >/dev/null && unshare --net true 2>/dev/null; then
+    exec unshare --net sh -c 'ip link set lo up && exec "$0" -m pytest tests/python "$@"' \
+        "$VENV/bin/python" "$@"
+fi
 exec "$VENV/bin/python" -m pytest tests/python "$@"

@@ -55,7 +55,8 @@ class Cluster:
         data_dir = self.root / (data or f"node-{node}")
         data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.root / f"{data or f'node-{node}'}.log", "ab")
-        command = [os.environ["RINGLOG_BIN"], "serve", "--cores", str(CORES), "--node-id", str(node),
+        command = [*self.command_prefix(node), os.environ["RINGLOG_BIN"], "serve",
+                   "--cores", str(CORES), "--node-id", str(node),
                    "--listen", f"{self.hosts[node]}:{port or self.ports[node]}",
                    "--process-roles", roles, "--controller-quorum-voters", self.voters,
                    "--data-dir", str(data_dir), "--fetch-cache-bytes", str(8 << 20)]
@@ -64,6 +65,9 @@ class Cluster:
         if data is None:
             self.processes[node] = process
         return process
+
+    def command_prefix(self, node: int) -> list[str]:
+        return []
 
     def stop(self):
         for process in self.processes.values():
@@ -80,12 +84,104 @@ class Cluster:
         return (self.root / f"{name}.log").read_text(errors="replace")
 
 
+def netns_available() -> bool:
+    """Whether this process may create network namespaces (root with `ip netns`)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    probe = f"rlprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode == 0
+    if made:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return made
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, f"ip {' '.join(args)}: {done.stderr}"
+
+
+class NetnsCluster(Cluster):
+    """The same three hosts, each in a network namespace of its own (`rl<pid>h<i>`), joined by
+    veth pairs to a bridge in this namespace, on a private /24 chosen from the pid. A host can
+    then be cut off from every peer, controller and client (`cut`) and joined again (`heal`)
+    without touching its process: the network partition of a real data centre, not a crash.
+    Every namespace, veth and the bridge are removed by `stop`."""
+
+    def __init__(self, root: Path):
+        pid = os.getpid()
+        self.prefix = f"rl{pid % 100000}"
+        subnet = f"10.{200 + pid % 50}.{pid % 250}"
+        self.bridge = f"{self.prefix}br"
+        self._remove_network()
+        try:
+            self._make_network(subnet)
+        except BaseException:
+            self._remove_network()
+            raise
+        self.root = root
+        self.hosts = [f"{subnet}.{i + 1}" for i in range(HOSTS)]
+        # Each host has a network stack of its own: the same ports are free in every one.
+        self.ports = [9092] * HOSTS
+        self.voters = ",".join(f"{i}@{host}:9093" for i, host in enumerate(self.hosts))
+        self.processes = {}
+
+    def _make_network(self, subnet: str) -> None:
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{subnet}.254/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        for i in range(HOSTS):
+            namespace, outside = self.namespace(i), f"{self.prefix}v{i}"
+            _ip("netns", "add", namespace)
+            _ip("link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+            _ip("link", "set", outside, "master", self.bridge)
+            _ip("link", "set", outside, "up")
+            _ip("-n", namespace, "addr", "add", f"{subnet}.{i + 1}/24", "dev", "eth0")
+            _ip("-n", namespace, "link", "set", "eth0", "up")
+            _ip("-n", namespace, "link", "set", "lo", "up")
+
+    def namespace(self, node: int) -> str:
+        return f"{self.prefix}h{node}"
+
+    def command_prefix(self, node: int) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace(node)]
+
+    def cut(self, node: int) -> None:
+        """Cuts the host off: its link to the bridge goes down, its process runs on."""
+        _ip("link", "set", f"{self.prefix}v{node}", "down")
+
+    def heal(self, node: int) -> None:
+        _ip("link", "set", f"{self.prefix}v{node}", "up")
+
+    def _remove_network(self) -> None:
+        for i in range(HOSTS):
+            subprocess.run(["ip", "netns", "del", self.namespace(i)], capture_output=True)
+            subprocess.run(["ip", "link", "del", f"{self.prefix}v{i}"], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+    def stop(self):
+        super().stop()
+        self._remove_network()
+
+
 @pytest.fixture
 def cluster(request):
+    yield from _cluster(request, Cluster)
+
+
+@pytest.fixture
+def netns_cluster(request):
+    """A cluster whose hosts live in network namespaces (skipped where this process may not
+    create them: not root, or no `ip`)."""
+    if not netns_available():
+        pytest.skip("network namespaces need root and iproute2")
+    yield from _cluster(request, NetnsCluster)
+
+
+def _cluster(request, kind):
     root = data_root() / f"{request.node.name}-cluster"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    cluster = Cluster(root)
+    cluster = kind(root)
     try:
         yield cluster
     finally:

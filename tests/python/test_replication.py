@@ -7,7 +7,9 @@ exactly once at the offset it was acknowledged at, nothing a consumer saw disapp
 three replicas' logs are identical (read back with `ringlog dump-log`).
 
 Faults: kill (SIGKILL), pause (SIGSTOP, then SIGCONT), restart (SIGTERM: controlled shutdown),
-wipe (SIGKILL and the host's partition directories deleted before it restarts). The CI run does
+wipe (SIGKILL and the host's partition directories deleted before it restarts), partition (the
+host's network cut while its process runs on, then joined again; the hosts then run in network
+namespaces, which needs root). The CI run does
 a few fault cycles; `REPLICATION_FAULT_CYCLES=20 scripts/python-tests.sh -s -k
 replication_survives` runs more and prints the failover figures; REPLICATION_FAULTS chooses the
 faults."""
@@ -29,26 +31,24 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import kafkautil
-from test_cluster import (CORES, HOSTS, NODES_PER_HOST, cluster, every_host_answers,
-                          percentile, wait_until)
+from test_cluster import (CORES, HOSTS, NODES_PER_HOST, NetnsCluster, cluster,
+                          every_host_answers, netns_available, netns_cluster, percentile,
+                          wait_until)
 
-__all__ = ["cluster"]  # the fixture, imported for pytest
+__all__ = ["cluster", "netns_cluster"]  # the fixtures, imported for pytest
 
 TOPIC = "replicated"
 PARTITIONS = 3
 
 
-def partitions_of(admin: AdminClient):
-    topic = admin.list_topics(TOPIC, timeout=10).topics[TOPIC]
-    if topic.error is not None or len(topic.partitions) != PARTITIONS:
-        return None
-    return topic.partitions
-
-
-def fully_in_sync(admin: AdminClient) -> bool:
-    partitions = partitions_of(admin)
-    return partitions is not None and all(
-        len(p.isrs) == HOSTS and p.leader >= 0 for p in partitions.values())
+def fully_in_sync(addresses: list[tuple[str, int]]) -> bool:
+    """Every host, asked itself, names a leader and all replicas in the ISR of every partition,
+    and all hosts agree: a host that was cut off or paused answers from its stale metadata
+    (itself still the leader, everyone in sync) until it has caught up with the controller."""
+    views = [partition_views(address) for address in addresses]
+    first = views[0]
+    return (first is not None and len(first) == PARTITIONS and all(v == first for v in views)
+            and all(leader >= 0 and len(isr) == HOSTS for leader, isr in first.values()))
 
 
 class Load:
@@ -66,6 +66,11 @@ class Load:
             "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
             "linger.ms": 5, "message.timeout.ms": 60000, "request.timeout.ms": 5000,
             "retry.backoff.ms": 50, "topic.metadata.refresh.interval.ms": 1000,
+            # librdkafka waits for a Metadata answer up to socket.timeout.ms (60 s) and sends
+            # no other while one is outstanding: one asked of a host cut off the network (the
+            # partition fault) would keep the producer on the old leader for a minute, as it
+            # would against Kafka. Clients that must ride out partitions lower it.
+            "socket.timeout.ms": 6000,
             # librdkafka backs off up to 1 s between retries by default (KIP-580), which adds
             # up to that to a failover; REPLICATION_RETRY_BACKOFF_MAX_MS measures with less.
             "retry.backoff.max.ms": int(os.environ.get("REPLICATION_RETRY_BACKOFF_MAX_MS",
@@ -100,7 +105,8 @@ class Load:
     def _consume(self):
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "unused",
                              "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                             "topic.metadata.refresh.interval.ms": 1000})
+                             "topic.metadata.refresh.interval.ms": 1000,
+                             "socket.timeout.ms": 6000})
         consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)])
         while not self.stop.is_set():
             message = consumer.poll(0.1)
@@ -120,22 +126,39 @@ class Load:
 def read_all(bootstrap: str) -> dict[tuple[int, int], bytes]:
     """Every record of the topic, by (partition, offset), read from the leaders."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
+    # auto.offset.reset=error: an out-of-range answer is reported, never skipped over.
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "verify",
-                         "enable.auto.commit": False})
+                         "enable.auto.commit": False, "auto.offset.reset": "error"})
     ends = {}
     for p in range(PARTITIONS):
         _, high = consumer.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)
         ends[p] = high
     consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)])
     records = {}
+    errors = []
+    below_end = 0  # counted as they come: recounting every poll is quadratic
     deadline = time.monotonic() + 60
-    while (sum(1 for (p, o) in records if o < ends[p]) < sum(ends.values())
-           and time.monotonic() < deadline):
+    while below_end < sum(ends.values()) and time.monotonic() < deadline:
         message = consumer.poll(0.2)
-        if message is not None and not message.error():
-            records[(message.partition(), message.offset())] = message.value()
+        if message is None:
+            continue
+        if message.error():
+            errors.append(str(message.error()))
+            continue
+        position = (message.partition(), message.offset())
+        if position not in records and position[1] < ends[position[0]]:
+            below_end += 1
+        records[position] = message.value()
     consumer.close()
     del admin
+    # Not reaching the end is a failure to read, not a loss: say so.
+    short = {}
+    for p, end in ends.items():
+        offsets = sorted(o for (q, o) in records if q == p and o < end)
+        if len(offsets) < end:
+            gaps = [(a + 1, b) for a, b in zip([-1, *offsets], [*offsets, end]) if b > a + 1]
+            short[p] = f"{len(offsets)} of {end} records, missing {gaps[:5]}"
+    assert not short, f"read back only {short}; errors {errors[-5:]}"
     return records
 
 
@@ -156,28 +179,39 @@ def replica_records(data_dir: Path, partition: int) -> list[tuple[int, str]]:
     return [(int(m.group(1)), m.group(2)) for m in DATA_LINE.finditer(dump.stdout)]
 
 
-def leader_host(address: tuple[str, int], partition: int) -> int:
-    """The host leading `partition`, as `address` answers a raw Metadata v1 on a new connection.
-    (A client's own metadata request may go to a paused host, whose TCP stays open and silent.)"""
+def partition_views(address: tuple[str, int]) -> dict[int, tuple[int, tuple[int, ...]]] | None:
+    """TOPIC's partitions as `address` itself answers a raw Metadata v1 on a new connection,
+    {partition: (leader, sorted ISR)}; None when it does not answer. (A client's own metadata
+    request may go to a paused host, whose TCP stays open and silent, or use a cached view.)"""
     body = struct.pack(">i", 1) + kafkautil._string(TOPIC)
-    reader = kafkautil.Reader(kafkautil.roundtrip(address, kafkautil.frame(3, 1, 9, body), 2))
+    try:
+        answer = kafkautil.roundtrip(address, kafkautil.frame(3, 1, 9, body), 2)
+    except OSError:
+        return None
+    reader = kafkautil.Reader(answer)
     for _ in range(reader.unpack(">i")):
         reader.unpack(">i")
         reader.string()
         reader.unpack(">i")
         reader.string()  # rack
     reader.unpack(">i")  # controller id
-    leaders = {}
+    views = {}
     for _ in range(reader.unpack(">i")):
         reader.unpack(">h")
         reader.string()
         reader.unpack(">b")
         for _ in range(reader.unpack(">i")):
             _, index, leader = reader.unpack(">hii")
-            reader.unpack(">" + "i" * reader.unpack(">i"))
-            reader.unpack(">" + "i" * reader.unpack(">i"))
-            leaders[index] = leader
-    return leaders.get(partition, -1) // NODES_PER_HOST
+            reader.unpack(">" + "i" * reader.unpack(">i"))  # replicas
+            isr = [reader.unpack(">i") for _ in range(reader.unpack(">i"))]
+            views[index] = (leader, tuple(sorted(isr)))
+    return views
+
+
+def leader_host(address: tuple[str, int], partition: int) -> int:
+    """The host leading `partition` as `address` answers (-1: none, or no answer)."""
+    views = partition_views(address) or {}
+    return views.get(partition, (-1, ()))[0] // NODES_PER_HOST
 
 
 def start_hosts(cluster) -> tuple[list[tuple[str, int]], AdminClient]:
@@ -192,7 +226,7 @@ def start_hosts(cluster) -> tuple[list[tuple[str, int]], AdminClient]:
     return addresses, AdminClient({"bootstrap.servers": cluster.bootstrap})
 
 
-def create_replicated(admin: AdminClient) -> None:
+def create_replicated(admin: AdminClient, addresses: list[tuple[str, int]]) -> None:
     """Creates TOPIC (replication factor 3, min.insync.replicas=2) and waits until every
     replica of every partition is in sync."""
     futures = admin.create_topics([NewTopic(TOPIC, num_partitions=PARTITIONS,
@@ -200,16 +234,23 @@ def create_replicated(admin: AdminClient) -> None:
                                             config={"min.insync.replicas": "2"})],
                                   request_timeout=15)
     futures[TOPIC].result(15)
-    wait_until(lambda: fully_in_sync(admin), 30, "the topic on every host")
+    wait_until(lambda: fully_in_sync(addresses), 30, "the topic on every host")
 
 
-FAULTS = os.environ.get("REPLICATION_FAULTS", "kill,pause,restart,wipe").split(",")
+NETNS = netns_available()
+FAULTS = os.environ.get("REPLICATION_FAULTS", "kill,pause,restart,wipe" +
+                        (",partition" if NETNS else "")).split(",")
 
 
-def test_replication_survives_leader_faults_with_every_acknowledged_record(cluster):
-    cycles = int(os.environ.get("REPLICATION_FAULT_CYCLES", "8"))
+def test_replication_survives_leader_faults_with_every_acknowledged_record(request):
+    cycles = int(os.environ.get("REPLICATION_FAULT_CYCLES", "10"))
+    # Hosts in network namespaces where this process may make them (root), so a leader's host
+    # can be cut off from the network; on loopback addresses otherwise, without that fault.
+    cluster = request.getfixturevalue("netns_cluster" if NETNS else "cluster")
+    assert "partition" not in FAULTS or isinstance(cluster, NetnsCluster), \
+        "the partition fault needs network namespaces (root and iproute2)"
     addresses, admin = start_hosts(cluster)
-    create_replicated(admin)
+    create_replicated(admin, addresses)
 
     load = Load(cluster.bootstrap)
     load.start()
@@ -232,6 +273,11 @@ def test_replication_survives_leader_faults_with_every_acknowledged_record(clust
                     shutil.rmtree(directory)
         elif fault == "pause":
             process.send_signal(signal.SIGSTOP)
+        elif fault == "partition":
+            # The leader's host is cut off from its peers, the controllers and the clients; it
+            # runs on believing it leads until it hears otherwise, and may append records no
+            # follower copies: those it must truncate when it is joined again.
+            cluster.cut(victim)
         else:
             process.send_signal(signal.SIGTERM)
             process.wait(30)
@@ -249,16 +295,18 @@ def test_replication_survives_leader_faults_with_every_acknowledged_record(clust
         time.sleep(1)
         if fault == "pause":
             process.send_signal(signal.SIGCONT)
+        elif fault == "partition":
+            cluster.heal(victim)
         else:
             cluster.start(victim)
-        wait_until(lambda: fully_in_sync(admin), 60, f"host {victim} back in every ISR")
+        wait_until(lambda: fully_in_sync(addresses), 60, f"host {victim} back in every ISR")
         time.sleep(0.5)
     load.finish()
     assert not load.failed, load.failed[:5]
     assert len(load.acked) > 200
 
     # Every acknowledged record, once, where it was acknowledged.
-    wait_until(lambda: fully_in_sync(admin), 60, "every replica in sync")
+    wait_until(lambda: fully_in_sync(addresses), 60, "every replica in sync")
     final = read_all(cluster.bootstrap)
     by_value: dict[bytes, list[tuple[int, int]]] = {}
     for position, value in final.items():
@@ -383,7 +431,7 @@ def test_committed_offsets_survive_the_loss_of_their_coordinator(cluster):
     with SIGKILL, served by the new leader of the group's offsets partition; and again after the
     killed host restarts and leads once more."""
     addresses, admin = start_hosts(cluster)
-    create_replicated(admin)
+    create_replicated(admin, addresses)
     offsets = admin.list_topics("__consumer_offsets", timeout=10).topics["__consumer_offsets"]
     assert all(len(p.replicas) == HOSTS for p in offsets.partitions.values()), offsets.partitions
 
@@ -427,7 +475,7 @@ def test_committed_offsets_survive_the_loss_of_their_coordinator(cluster):
     committed[0] = TopicPartition(TOPIC, 0, 500)
     wait_until(lambda: commit_all() is None, 30, "a commit to the new coordinator")
     cluster.start(victim)
-    wait_until(lambda: fully_in_sync(admin), 60, f"host {victim} back in every ISR")
+    wait_until(lambda: fully_in_sync(addresses), 60, f"host {victim} back in every ISR")
     assert committed_offsets() == [500, 101, 102]
 
 
