@@ -93,9 +93,17 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
     let _lock = lock_data_dir(&config.data_dir)?;
     let stop =
         register_stop_signals().map_err(|error| format!("cannot handle signals: {error}"))?;
+    // A node that is also a broker stops its controller only after the broker has stopped:
+    // the broker's controlled shutdown needs a quorum, and this voter may be its leader (or
+    // its majority). A controller-only node stops at the signal.
+    let controller_stop = if config.process_roles.broker {
+        Arc::new(AtomicBool::new(false))
+    } else {
+        Arc::clone(&stop)
+    };
     let controller = match &config.quorum {
         Some(quorum) if config.process_roles.controller => {
-            Some(start_controller(&config, quorum, &stop)?)
+            Some(start_controller(&config, quorum, &controller_stop)?)
         }
         _ => None,
     };
@@ -110,6 +118,7 @@ fn start(args: &ServeArgs) -> Result<ExitCode, String> {
     let code = start_broker(&config, &stop);
     // The broker has stopped (a signal, or a failure): the controller stops with it.
     stop.store(true, Ordering::Release);
+    controller_stop.store(true, Ordering::Release);
     match (controller.map(join_controller), code) {
         (Some(Err(message)), _) => Err(message),
         (_, code) => code,
