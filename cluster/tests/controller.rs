@@ -17,8 +17,14 @@ struct Committed {
 
 impl Committed {
     fn new() -> Self {
+        Self::with_min_insync(1)
+    }
+
+    /// A controller whose default `min.insync.replicas` is `min_insync`.
+    fn with_min_insync(min_insync: usize) -> Self {
         let settings = ControllerSettings {
             session_timeout_ms: SESSION_MS,
+            min_insync_replicas: min_insync,
         };
         Self {
             controller: Controller::new(settings, MetadataImage::default()),
@@ -48,6 +54,7 @@ impl Committed {
                 .collect(),
             rack: rack.map(str::to_owned),
             cores,
+            clean_shutdown_epoch: None,
         }
     }
 
@@ -95,21 +102,42 @@ impl Committed {
             .map_err(|refusal| format!("{:?}: {}", refusal.code, refusal.message))
     }
 
+    fn check_invariants(&self) {
+        self.check_invariants_with(1);
+    }
+
     fn image(&self) -> &MetadataImage {
         self.controller.image()
     }
 
-    /// Every partition: leader in the ISR, ISR within the replicas, the leader live.
-    fn check_invariants(&self) {
+    /// Every partition: leader in the ISR, ISR within the replicas, the leader live; an empty
+    /// ISR only without a leader; the ELR and the last known ELR within the replicas, apart
+    /// from the ISR and each other, and an ELR only while the ISR is below
+    /// `min.insync.replicas` (`min_insync`, no topic here overrides it).
+    fn check_invariants_with(&self, min_insync: usize) {
         let image = self.image();
         for topic in image.topics.values() {
             for partition in &topic.partitions {
                 let replicas: BTreeSet<_> = partition.replicas.iter().collect();
+                let (isr, elr, last) = (&partition.isr, &partition.elr, &partition.last_known_elr);
                 assert!(
-                    partition.isr.iter().all(|n| replicas.contains(n)),
+                    isr.iter()
+                        .chain(elr)
+                        .chain(last)
+                        .all(|n| replicas.contains(n)),
                     "{partition:?}"
                 );
-                assert!(!partition.isr.is_empty(), "{partition:?}");
+                assert!(!elr.iter().any(|n| isr.contains(n)), "{partition:?}");
+                assert!(
+                    !last.iter().any(|n| isr.contains(n) || elr.contains(n)),
+                    "{partition:?}"
+                );
+                if !elr.is_empty() || !last.is_empty() {
+                    assert!(isr.len() < min_insync, "{partition:?}");
+                }
+                if isr.is_empty() {
+                    assert_eq!(partition.leader, NodeId(-1), "{partition:?}");
+                }
                 if partition.leader.0 >= 0 {
                     assert!(partition.isr.contains(&partition.leader), "{partition:?}");
                     assert!(image.is_live(partition.leader), "{partition:?}");
@@ -308,7 +336,8 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
 
 proptest::proptest! {
     /// Whatever happens to the hosts, every partition's leader is a live member of its ISR
-    /// (or none), its ISR within its replicas and never empty, and its epochs only grow.
+    /// (or none, and only then may the ISR be empty), the ELR rules hold, and its epochs only
+    /// grow.
     #[test]
     fn any_history_keeps_partitions_consistent(ops in proptest::collection::vec(op(), 1..60)) {
         let mut cluster = Committed::new();
