@@ -8,6 +8,13 @@
 //! "maximal ISR"): a shrink cannot advance it before the shrink is committed, and an expansion
 //! is counted as soon as it is proposed, because the replica it adds has everything up to the
 //! high watermark already.
+//!
+//! The high watermark advances only while the committed ISR has at least
+//! `min.insync.replicas` members (at most the replication factor, Kafka's effective minimum):
+//! KIP-966's condition for eligible leader replicas. A replica the controller takes out of an
+//! ISR below that minimum joins the partition's ELR and may be elected when the ISR is empty,
+//! so it must have everything acknowledged: the watermark stops where it was when the ISR
+//! became too small. With `min.insync.replicas` 1 this never holds the watermark back.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -86,6 +93,8 @@ pub struct LeaderState {
     proposed: Option<BTreeSet<ReplicaId>>,
     followers: BTreeMap<ReplicaId, Follower>,
     lag_time_max_ms: i64,
+    /// The partition's `min.insync.replicas`: below it the high watermark stays.
+    min_insync_replicas: usize,
 }
 
 /// What a leader starts from (a replica becoming leader, or a leader's partition opening).
@@ -100,6 +109,10 @@ pub struct LeaderStart<'a> {
     /// The high watermark this replica knew (as a follower, or checkpointed).
     pub high_watermark: i64,
     pub lag_time_max_ms: i64,
+    /// The partition's `min.insync.replicas` (the topic's, else the broker's): the high
+    /// watermark advances only while the committed ISR has that many members (KIP-966). It
+    /// must be the one the controller uses to keep the ELR.
+    pub min_insync_replicas: usize,
     pub now_ms: i64,
 }
 
@@ -124,6 +137,7 @@ impl LeaderState {
             proposed: None,
             followers,
             lag_time_max_ms: start.lag_time_max_ms,
+            min_insync_replicas: start.min_insync_replicas,
         };
         state.advance_high_watermark();
         state
@@ -205,6 +219,12 @@ impl LeaderState {
                     .or_insert_with(|| Follower::fresh(now_ms));
             }
         }
+        self.advance_high_watermark();
+    }
+
+    /// The topic's `min.insync.replicas` changed (a config change reaches a running leader).
+    pub fn set_min_insync_replicas(&mut self, min_insync_replicas: usize) {
+        self.min_insync_replicas = min_insync_replicas;
         self.advance_high_watermark();
     }
 
@@ -326,7 +346,20 @@ impl LeaderState {
         self.high_watermark >= end_offset
     }
 
+    /// Whether the committed ISR is large enough for the high watermark to move (KIP-966): at
+    /// least `min.insync.replicas`, or every replica when there are fewer (Kafka's effective
+    /// minimum, so a partition of fewer replicas than the minimum still makes progress).
+    pub fn high_watermark_may_advance(&self) -> bool {
+        let replicas = self.followers.len() + 1;
+        self.isr.len() >= self.min_insync_replicas.min(replicas)
+    }
+
     fn advance_high_watermark(&mut self) -> bool {
+        // Below min.insync.replicas the replicas that left the ISR may be eligible leaders
+        // (the controller's ELR): they have nothing past here, so nothing past here commits.
+        if !self.high_watermark_may_advance() {
+            return false;
+        }
         let counted = self
             .isr
             .iter()
@@ -364,6 +397,7 @@ mod tests {
             log_end_offset: 0,
             high_watermark: 0,
             lag_time_max_ms: lag,
+            min_insync_replicas: 1,
             now_ms: 0,
         })
     }
@@ -576,6 +610,7 @@ mod tests {
             log_end_offset: 18,
             high_watermark: 13,
             lag_time_max_ms: 1_000,
+            min_insync_replicas: 1,
             now_ms: 0,
         });
         state.follower_fetched(1, 13, 10, 10).expect("replica");
@@ -586,6 +621,58 @@ mod tests {
         );
         state.follower_fetched(1, 18, 30, 30).expect("replica");
         assert_eq!(state.isr_proposal(40), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn kip_966_the_high_watermark_stays_while_the_isr_is_below_min_insync_replicas() {
+        let mut state = LeaderState::new(LeaderStart {
+            leader: 1,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            replicas: &[1, 2, 3],
+            isr: &[1, 2, 3],
+            log_end_offset: 0,
+            high_watermark: 0,
+            lag_time_max_ms: 1_000,
+            min_insync_replicas: 2,
+            now_ms: 0,
+        });
+        state.leader_appended(10);
+        state.follower_fetched(2, 10, 10, 10).expect("replica");
+        state.follower_fetched(3, 10, 10, 10).expect("replica");
+        assert_eq!(state.high_watermark(), 10);
+        // Replicas 2 and 3 are taken out (the controller keeps them in the ELR): what the
+        // leader appends alone is not committed, however long it waits.
+        state.committed(1, &[1, 2, 3], &[1], 100);
+        assert!(!state.high_watermark_may_advance());
+        assert!(!state.leader_appended(20));
+        assert_eq!(state.high_watermark(), 10);
+        // Replica 2 catches up and is proposed back: still not counted until committed.
+        state.follower_fetched(2, 20, 200, 200).expect("replica");
+        assert_eq!(state.isr_proposal(200), Some(vec![1, 2]));
+        assert_eq!(state.high_watermark(), 10);
+        state.committed(2, &[1, 2, 3], &[1, 2], 300);
+        assert!(state.high_watermark_may_advance());
+        assert_eq!(state.high_watermark(), 20);
+    }
+
+    #[test]
+    fn fewer_replicas_than_min_insync_replicas_still_commit() {
+        // Kafka's effective minimum: at most the replication factor.
+        let mut state = LeaderState::new(LeaderStart {
+            leader: 1,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            replicas: &[1],
+            isr: &[1],
+            log_end_offset: 0,
+            high_watermark: 0,
+            lag_time_max_ms: 1_000,
+            min_insync_replicas: 2,
+            now_ms: 0,
+        });
+        assert!(state.leader_appended(5));
+        assert_eq!(state.high_watermark(), 5);
     }
 
     proptest! {
