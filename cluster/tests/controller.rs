@@ -560,3 +560,306 @@ fn unclean_leader_election_lets_an_out_of_sync_replica_lead_only_when_the_topic_
     assert_eq!(unclean.isr, vec![unclean.leader]);
     cluster.check_invariants();
 }
+
+// ---------------------------------------------------------------- eligible leader replicas
+
+/// The partition of a one-partition topic.
+fn partition_of(cluster: &Committed, name: &str) -> ringlog_cluster::records::PartitionRecord {
+    cluster.image().topic(name).expect("topic").partitions[0].clone()
+}
+
+/// The partition's leader asks for `isr` (its ISR in replica order), committed.
+fn alter_isr(cluster: &mut Committed, name: &str, isr: &[NodeId]) {
+    let partition = partition_of(cluster, name);
+    let request = ringlog_cluster::AlterPartition {
+        topic: name.into(),
+        partition: 0,
+        leader: partition.leader,
+        leader_epoch: partition.leader_epoch,
+        partition_epoch: partition.partition_epoch,
+        isr: isr.to_vec(),
+    };
+    let (_, batch) = cluster
+        .controller
+        .alter_partition(&request)
+        .expect("ISR change");
+    cluster.commit(batch);
+}
+
+/// Only `alive` heartbeat for a session: every other host is fenced.
+fn fence_all_but(cluster: &mut Committed, alive: &[u32], from_ms: u64) -> u64 {
+    for now in (from_ms..=from_ms + SESSION_MS).step_by(250) {
+        for &host in alive {
+            cluster.heartbeat(host, now);
+        }
+    }
+    let now = from_ms + SESSION_MS + 1;
+    let batch = cluster.controller.tick(now);
+    cluster.commit(batch);
+    now
+}
+
+/// A new process of `host` registers (`clean`: naming the broker epoch the controller has for
+/// it) and heartbeats once caught up.
+fn restart(cluster: &mut Committed, host: u32, clean_shutdown_epoch: Option<u64>, now: u64) {
+    let mut registration = Committed::registration(host, 1, None, u128::from(now) << 8);
+    registration.clean_shutdown_epoch = clean_shutdown_epoch;
+    let batch = cluster
+        .controller
+        .register(registration, now)
+        .expect("registers");
+    cluster.commit(batch);
+    cluster.epochs.insert(HostId(host), cluster.index);
+    cluster.heartbeat(host, now);
+}
+
+/// Three hosts, topic "t" of one partition on all three, `min.insync.replicas` 2 (the
+/// controller's default): the replicas, the preferred leader first.
+fn three_replicas_min_two() -> (Committed, [NodeId; 3]) {
+    let mut cluster = Committed::with_min_insync(2);
+    for host in 0..3 {
+        cluster.join(host, 1, None, 0);
+    }
+    cluster.create("t", 1, 1, 3).expect("created");
+    let replicas = partition_of(&cluster, "t").replicas;
+    (cluster, [replicas[0], replicas[1], replicas[2]])
+}
+
+fn host_of(node: NodeId) -> u32 {
+    node.host().expect("a host").0
+}
+
+#[test]
+fn replicas_leaving_an_isr_below_min_insync_join_the_elr_until_it_is_back_at_the_minimum() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    // At the minimum, a replica that leaves is not eligible: the watermark goes on without it.
+    alter_isr(&mut cluster, "t", &[leader, a]);
+    assert!(partition_of(&cluster, "t").elr.is_empty());
+    // Below it, the one that leaves is.
+    alter_isr(&mut cluster, "t", &[leader]);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(
+        (partition.isr.clone(), partition.elr.clone()),
+        (vec![leader], vec![a])
+    );
+    cluster.check_invariants_with(2);
+    // Back at the minimum (with another replica): the ELR is cleared.
+    alter_isr(&mut cluster, "t", &[leader, b]);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.isr, vec![leader, b]);
+    assert!(partition.elr.is_empty(), "{partition:?}");
+
+    // A topic of min.insync.replicas 3: a replica rejoining leaves the ELR, the others stay.
+    let topic = NewTopic {
+        name: "three".into(),
+        id: 2,
+        partitions: 1,
+        replication_factor: 3,
+        assignment: Some(vec![vec![leader, a, b]]),
+        configs: BTreeMap::from([("min.insync.replicas".to_owned(), "3".to_owned())]),
+    };
+    let (_, batch) = cluster.controller.create_topics(vec![topic]);
+    cluster.commit(batch);
+    alter_isr(&mut cluster, "three", &[leader]);
+    assert_eq!(partition_of(&cluster, "three").elr, vec![a, b]);
+    alter_isr(&mut cluster, "three", &[leader, a]);
+    let partition = partition_of(&cluster, "three");
+    assert_eq!((partition.isr, partition.elr), (vec![leader, a], vec![b]));
+
+    // With the default minimum of 1, nothing is ever eligible outside the ISR.
+    let mut one = Committed::new();
+    for host in 0..3 {
+        one.join(host, 1, None, 0);
+    }
+    one.create("t", 1, 1, 3).expect("created");
+    let leader = partition_of(&one, "t").leader;
+    alter_isr(&mut one, "t", &[leader]);
+    assert!(partition_of(&one, "t").elr.is_empty());
+}
+
+#[test]
+fn the_last_in_sync_replica_fenced_moves_to_the_elr_and_the_first_live_elr_member_leads() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    let before = partition_of(&cluster, "t");
+    fence_all_but(&mut cluster, &[host_of(a), host_of(b)], 0);
+    let after = partition_of(&cluster, "t");
+    assert_eq!(
+        after.leader, a,
+        "first live ELR member in replica order: {after:?}"
+    );
+    assert_eq!(after.isr, vec![a]);
+    assert_eq!(
+        after.elr,
+        vec![leader, b],
+        "the fenced leader is eligible again"
+    );
+    assert_eq!(after.leader_epoch, before.leader_epoch + 1);
+    assert_eq!(after.partition_epoch, before.partition_epoch + 1);
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn with_no_live_eligible_replica_the_partition_waits_and_a_clean_restart_leads_again() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    let now = fence_all_but(&mut cluster, &[], 0);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.leader, NodeId(-1));
+    assert!(
+        partition.isr.is_empty(),
+        "the last member left the ISR: {partition:?}"
+    );
+    assert_eq!(partition.elr, vec![leader, a, b]);
+    cluster.check_invariants_with(2);
+    // The leader's host stopped cleanly (it names the epoch the controller has): still
+    // eligible, it leads once unfenced.
+    let epoch = cluster.image().brokers[&HostId(host_of(leader))].epoch;
+    restart(&mut cluster, host_of(leader), Some(epoch), now + 10);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.leader, leader, "{partition:?}");
+    assert_eq!(partition.isr, vec![leader]);
+    assert_eq!(partition.elr, vec![a, b]);
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn an_unclean_restart_leaves_the_elr_and_the_partition_waits_for_an_intact_member() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    let now = fence_all_but(&mut cluster, &[], 0);
+    // A clean-shutdown epoch that is not the registered one is no proof: unclean.
+    let stale = cluster.image().brokers[&HostId(host_of(leader))].epoch - 1;
+    restart(&mut cluster, host_of(leader), Some(stale), now + 10);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(
+        partition.leader,
+        NodeId(-1),
+        "the leader lost its tail: {partition:?}"
+    );
+    assert_eq!(partition.elr, vec![a, b]);
+    assert!(partition.last_known_elr.is_empty(), "others may have more");
+    // Replica a's host comes back with its process (and log) intact: it leads.
+    cluster.heartbeat(host_of(a), now + 20);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.leader, a, "{partition:?}");
+    assert_eq!((partition.isr, partition.elr), (vec![a], vec![b]));
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn an_unclean_restart_before_the_session_ends_takes_the_replica_out_of_isr_and_elr() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    // The leader's host restarts at once; its old process is not fenced yet.
+    for now in (0..=SESSION_MS).step_by(250) {
+        cluster.heartbeat(host_of(a), now);
+        cluster.heartbeat(host_of(b), now);
+    }
+    restart(&mut cluster, host_of(leader), None, SESSION_MS + 1);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.leader, a, "{partition:?}");
+    assert_eq!(partition.isr, vec![a]);
+    assert_eq!(partition.elr, vec![b], "the restarted leader is in neither");
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn when_every_eligible_replica_restarted_uncleanly_the_last_one_leads_as_a_last_resort() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    let mut now = fence_all_but(&mut cluster, &[], 0);
+    for node in [leader, a, b] {
+        now += 10;
+        restart(&mut cluster, host_of(node), None, now);
+    }
+    let partition = partition_of(&cluster, "t");
+    // Hosts of the leader and a came back first: none of them led while b might have had more.
+    // b, the last known eligible one, leads when it is back (nobody can have more).
+    assert_eq!(partition.leader, b, "{partition:?}");
+    assert_eq!(partition.isr, vec![b]);
+    assert!(partition.elr.is_empty() && partition.last_known_elr.is_empty());
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn the_last_known_elr_waits_for_its_member() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    let now = fence_all_but(&mut cluster, &[], 0);
+    // a and b restart uncleanly first (the ELR keeps the leader), then the leader: it is the
+    // last known eligible replica, but its process has not heartbeat yet.
+    restart(&mut cluster, host_of(a), None, now + 10);
+    restart(&mut cluster, host_of(b), None, now + 20);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.leader, NodeId(-1));
+    assert_eq!(partition.elr, vec![leader]);
+    let mut registration = Committed::registration(host_of(leader), 1, None, 77);
+    registration.clean_shutdown_epoch = None;
+    let batch = cluster
+        .controller
+        .register(registration, now + 30)
+        .expect("registers");
+    cluster.commit(batch);
+    let partition = partition_of(&cluster, "t");
+    assert!(partition.elr.is_empty());
+    assert_eq!(partition.last_known_elr, vec![leader]);
+    assert_eq!(partition.leader, NodeId(-1), "fenced until it heartbeats");
+    cluster
+        .epochs
+        .insert(HostId(host_of(leader)), cluster.index);
+    cluster.heartbeat(host_of(leader), now + 40);
+    assert_eq!(partition_of(&cluster, "t").leader, leader);
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn unclean_election_only_when_no_isr_or_elr_member_is_live() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    let topic = NewTopic {
+        name: "unclean".into(),
+        id: 2,
+        partitions: 1,
+        replication_factor: 3,
+        assignment: Some(vec![vec![leader, a, b]]),
+        configs: BTreeMap::from([(
+            "unclean.leader.election.enable".to_owned(),
+            "true".to_owned(),
+        )]),
+    };
+    let (_, batch) = cluster.controller.create_topics(vec![topic]);
+    cluster.commit(batch);
+    // b leaves at the minimum (not eligible), then the leader's host and a's are fenced: the
+    // leader to the ELR of a, then a to an empty ISR.
+    alter_isr(&mut cluster, "t", &[leader, a]);
+    alter_isr(&mut cluster, "unclean", &[leader, a]);
+    fence_all_but(&mut cluster, &[host_of(b)], 0);
+    let clean = partition_of(&cluster, "t");
+    assert_eq!(clean.leader, NodeId(-1), "{clean:?}");
+    assert!(clean.isr.is_empty());
+    assert_eq!(clean.elr, vec![leader, a]);
+    let unclean = partition_of(&cluster, "unclean");
+    assert_eq!(
+        unclean.leader, b,
+        "no eligible replica is live: {unclean:?}"
+    );
+    assert_eq!(unclean.isr, vec![b]);
+    assert!(unclean.elr.is_empty(), "{unclean:?}");
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn lowering_min_insync_replicas_clears_the_elr_the_isr_now_reaches() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    assert_eq!(partition_of(&cluster, "t").elr, vec![a, b]);
+    let before = partition_of(&cluster, "t").partition_epoch;
+    let batch = cluster
+        .controller
+        .alter_configs("t", vec![("min.insync.replicas".into(), Some("1".into()))])
+        .expect("altered");
+    cluster.commit(batch);
+    let partition = partition_of(&cluster, "t");
+    assert!(partition.elr.is_empty(), "{partition:?}");
+    assert_eq!(partition.partition_epoch, before + 1);
+}
