@@ -42,6 +42,15 @@ pub struct AlterPartition {
     pub leader_epoch: i32,
     pub partition_epoch: i32,
     pub isr: Vec<NodeId>,
+    /// The broker epochs of ISR members, as the leader knows them from their fetches
+    /// (KIP-903; Kafka's NewIsrWithEpochs): a replica the request adds to the ISR whose host
+    /// has registered again since (another broker epoch) is refused with INELIGIBLE_REPLICA,
+    /// since what its old process fetched says nothing of what the new one has (an emptied
+    /// disk). A member without an entry is not checked (a leader that does not know it).
+    ///
+    /// Last, so a controller of the build before it still decodes a request that has it
+    /// (postcard ignores trailing bytes) and checks as before.
+    pub broker_epochs: Vec<(NodeId, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -586,7 +595,8 @@ impl Controller {
     /// A leader's request to change a partition's ISR (Kafka's AlterPartition): accepted only
     /// from the partition's current leader in its current leader epoch, made against the current
     /// partition epoch, naming the leader and replicas of the partition only, and adding only
-    /// replicas on live hosts. Returns the partition epoch of the committed state and the
+    /// replicas on live hosts, in the broker epoch the request names for them where it names
+    /// one (KIP-903). Returns the partition epoch of the committed state and the
     /// records (none when the ISR is already the one asked for).
     pub fn alter_partition(&self, request: &AlterPartition) -> Result<(i32, RecordBatch), Refusal> {
         let partition = self
@@ -634,14 +644,45 @@ impl Controller {
                 "the ISR must hold the leader and replicas of the partition only",
             ));
         }
-        if let Some(node) = isr
+        if request
+            .broker_epochs
             .iter()
-            .find(|node| !partition.isr.contains(node) && !self.image.is_live(**node))
+            .any(|(node, _)| !isr.contains(node))
         {
+            return Err(Refusal::new(
+                ResponseError::InvalidRequest,
+                "broker epochs may name members of the ISR only",
+            ));
+        }
+        let added = || isr.iter().filter(|node| !partition.isr.contains(node));
+        if let Some(node) = added().find(|node| !self.image.is_live(**node)) {
             return Err(Refusal::new(
                 ResponseError::IneligibleReplica,
                 format!("replica {node} is on a fenced or unknown host"),
             ));
+        }
+        // A replica already in the ISR stays on its current registration's terms: a host
+        // that registers again after an unclean shutdown leaves every ISR then.
+        for &node in added() {
+            let registered = node
+                .host()
+                .and_then(|host| self.image.brokers.get(&host))
+                .map(|broker| broker.epoch);
+            let mut named = request
+                .broker_epochs
+                .iter()
+                .filter(|(member, _)| *member == node)
+                .map(|(_, epoch)| *epoch);
+            if let Some(epoch) = named.find(|&epoch| Some(epoch) != registered) {
+                return Err(Refusal::new(
+                    ResponseError::IneligibleReplica,
+                    format!(
+                        "replica {node} was fetching in broker epoch {epoch}, its host is \
+                         registered in {} now (it restarted)",
+                        registered.map_or_else(|| "none".to_string(), |e| e.to_string())
+                    ),
+                ));
+            }
         }
         let mut current = partition.isr.clone();
         current.sort();

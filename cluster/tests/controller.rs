@@ -421,6 +421,7 @@ fn alter_partition_is_accepted_from_the_current_leader_and_epochs_only() {
         leader_epoch: partition.leader_epoch,
         partition_epoch: partition.partition_epoch,
         isr: shrunk.clone(),
+        broker_epochs: Vec::new(),
     };
     let code = |request: &AlterPartition, cluster: &Committed| {
         cluster
@@ -521,6 +522,7 @@ fn unclean_leader_election_lets_an_out_of_sync_replica_lead_only_when_the_topic_
             leader_epoch: partition.leader_epoch,
             partition_epoch: partition.partition_epoch,
             isr: vec![partition.leader],
+            broker_epochs: Vec::new(),
         };
         let (_, batch) = cluster
             .controller
@@ -578,6 +580,7 @@ fn alter_isr(cluster: &mut Committed, name: &str, isr: &[NodeId]) {
         leader_epoch: partition.leader_epoch,
         partition_epoch: partition.partition_epoch,
         isr: isr.to_vec(),
+        broker_epochs: Vec::new(),
     };
     let (_, batch) = cluster
         .controller
@@ -862,4 +865,61 @@ fn lowering_min_insync_replicas_clears_the_elr_the_isr_now_reaches() {
     let partition = partition_of(&cluster, "t");
     assert!(partition.elr.is_empty(), "{partition:?}");
     assert_eq!(partition.partition_epoch, before + 1);
+}
+
+#[test]
+fn kip_903_a_replica_is_added_to_the_isr_only_in_the_broker_epoch_it_fetched_in() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader, a]);
+    let old_epoch = cluster.epochs[&HostId(host_of(b))];
+    // b's host falls silent, is fenced, and comes back uncleanly (an emptied disk, perhaps)
+    // in a new broker epoch.
+    let now = fence_all_but(&mut cluster, &[host_of(leader), host_of(a)], 0);
+    restart(&mut cluster, host_of(b), None, now);
+    let new_epoch = cluster.epochs[&HostId(host_of(b))];
+    assert!(new_epoch > old_epoch);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.leader, leader, "{partition:?}");
+    let grow = |broker_epochs: Vec<(NodeId, u64)>| ringlog_cluster::AlterPartition {
+        topic: "t".into(),
+        partition: 0,
+        leader: partition.leader,
+        leader_epoch: partition.leader_epoch,
+        partition_epoch: partition.partition_epoch,
+        isr: vec![leader, a, b],
+        broker_epochs,
+    };
+    let code = |request: &ringlog_cluster::AlterPartition| {
+        cluster
+            .controller
+            .alter_partition(request)
+            .map(|_| ())
+            .map_err(|refusal| refusal.code)
+    };
+    // The leader decided on fetches of b's old process: refused, nothing applied.
+    assert_eq!(
+        code(&grow(vec![(b, old_epoch)])),
+        Err(ResponseError::IneligibleReplica)
+    );
+    // Naming a replica outside the asked ISR is malformed.
+    let stray = ringlog_cluster::AlterPartition {
+        isr: vec![leader, a],
+        ..grow(vec![(b, new_epoch)])
+    };
+    assert_eq!(code(&stray), Err(ResponseError::InvalidRequest));
+    // A member already in the ISR is not checked (it keeps its registration's terms), nor is
+    // one the leader names no epoch for (a leader that does not know it).
+    assert_eq!(code(&grow(vec![(a, old_epoch)])), Ok(()));
+    assert_eq!(code(&grow(Vec::new())), Ok(()));
+    // Fetches of the new process: accepted.
+    let (_, batch) = cluster
+        .controller
+        .alter_partition(&grow(vec![
+            (a, cluster.epochs[&HostId(host_of(a))]),
+            (b, new_epoch),
+        ]))
+        .expect("grows");
+    cluster.commit(batch);
+    assert_eq!(partition_of(&cluster, "t").isr, vec![leader, a, b]);
+    cluster.check_invariants_with(2);
 }

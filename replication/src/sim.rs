@@ -22,10 +22,13 @@
 //! twice: there is no idempotent producer in this model). A consumer reads below the leader's
 //! high watermark and remembers every (offset, record) it was served.
 //!
-//! Followers fetch (fetch offset = log end, last fetched epoch, current leader epoch); the
+//! Followers fetch (fetch offset = log end, last fetched epoch, current leader epoch, and the
+//! host's broker epoch, as Fetch v15's ReplicaState: KIP-903); the
 //! leader answers FENCED_LEADER_EPOCH / UNKNOWN_LEADER_EPOCH on an epoch mismatch, a diverging
 //! epoch (KIP-279), or records and its high watermark. Leaders propose ISR changes
-//! ([`LeaderState::isr_proposal`]) through the network to [`Controller::alter_partition`].
+//! ([`LeaderState::isr_proposal`], with the broker epochs they were decided on) through the
+//! network to [`Controller::alter_partition`], and tell their [`LeaderState`] each follower's
+//! registered broker epoch whenever they read the image.
 //!
 //! Faults (seeded): message delay (1-10 ms, sometimes 50-500 ms, so messages reorder), loss and
 //! duplication; a host cut off from its peers and clients and/or from the controller, healed
@@ -270,6 +273,9 @@ enum Message {
         last_fetched_epoch: i32,
         leader_epoch: i32,
         max_wait_ms: u64,
+        /// The follower's broker epoch (Kafka's ReplicaState.ReplicaEpoch, KIP-903): the
+        /// leader counts this fetch only for that process.
+        broker_epoch: Option<u64>,
     },
     FetchResponse {
         request: u64,
@@ -933,13 +939,14 @@ impl Sim {
             last_fetched_epoch,
             leader_epoch,
             max_wait_ms,
+            broker_epoch,
         } = fetch
         else {
             return Ok(());
         };
         let result = self.answer_fetch(
             host,
-            replica,
+            (replica, broker_epoch),
             fetch_offset,
             last_fetched_epoch,
             leader_epoch,
@@ -1080,10 +1087,24 @@ impl Sim {
         if known_epoch.is_some_and(|epoch| epoch > partition.leader_epoch) {
             return Ok(());
         }
+        // The broker epoch each replica's host is registered in (KIP-903): a leader forgets
+        // what a replica's older process reported.
+        let image = self.controller.image();
+        let registered: Vec<(ReplicaId, u64)> = replicas
+            .iter()
+            .filter_map(|&replica| {
+                let host = NodeId(replica).host()?;
+                Some((replica, image.brokers.get(&host)?.epoch))
+            })
+            .collect();
+        let state = &mut self.hosts[host];
         if partition.leader.0 == me {
             if let Role::Leader(leader) = &mut state.role {
                 if leader.leader_epoch() == partition.leader_epoch {
                     leader.committed(partition.partition_epoch, &replicas, &isr, now as i64);
+                    for &(replica, epoch) in &registered {
+                        leader.broker_registered(replica, epoch, now as i64);
+                    }
                     // A proposal made against an older partition epoch is settled by this
                     // one; one made against this epoch is still in flight.
                     if leader.proposal().is_none() {
@@ -1098,6 +1119,11 @@ impl Sim {
                 return Ok(());
             }
             self.become_leader(host, &partition, &replicas, &isr);
+            if let Role::Leader(leader) = &mut self.hosts[host].role {
+                for &(replica, epoch) in &registered {
+                    leader.broker_registered(replica, epoch, now as i64);
+                }
+            }
             return self.leader_moved(host);
         }
         let follows = matches!(state.role, Role::Follower { leader, epoch }
@@ -1171,15 +1197,17 @@ impl Sim {
 
     // ---------------------------------------------------------------- the leader
 
+    /// `follower`: the fetching replica and the broker epoch of its host's process.
     fn answer_fetch(
         &mut self,
         host: usize,
-        replica: ReplicaId,
+        follower: (ReplicaId, Option<u64>),
         fetch_offset: i64,
         last_fetched_epoch: i32,
         leader_epoch: i32,
         request_ms: i64,
     ) -> FetchResult {
+        let (replica, broker_epoch) = follower;
         let now = self.now_ms as i64;
         let state = &mut self.hosts[host];
         let Role::Leader(leader) = &mut state.role else {
@@ -1201,7 +1229,7 @@ impl Sim {
             return FetchResult::Diverging(diverging);
         }
         if leader
-            .follower_fetched(replica, fetch_offset, now, request_ms)
+            .follower_fetched(replica, fetch_offset, now, request_ms, broker_epoch)
             .is_err()
         {
             return FetchResult::Refused;
@@ -1335,6 +1363,11 @@ impl Sim {
             leader_epoch: leader.leader_epoch(),
             partition_epoch: leader.partition_epoch(),
             isr: isr.into_iter().map(NodeId).collect(),
+            broker_epochs: leader
+                .proposal_broker_epochs()
+                .into_iter()
+                .map(|(replica, epoch)| (NodeId(replica), epoch))
+                .collect(),
         };
         let message = Message::AlterPartition {
             from: host,
@@ -1445,6 +1478,7 @@ impl Sim {
             last_fetched_epoch: state.cache.latest_epoch().unwrap_or(-1),
             leader_epoch: epoch,
             max_wait_ms: FETCH_MAX_WAIT_MS.max(state.hold_next_fetch_ms),
+            broker_epoch: state.broker_epoch,
         };
         let state = &mut self.hosts[host];
         state.hold_next_fetch_ms = 0;

@@ -109,7 +109,10 @@ impl Partition {
         match &mut *self.role.borrow_mut() {
             Role::Leader(leader) => {
                 leader.leader_appended(log_end);
-                leader.follower_fetched(replica, fetch_offset, now_ms, request_ms)
+                // The follower's broker epoch is not known here: its Fetch (v12) has no
+                // ReplicaState.ReplicaEpoch (Fetch v15). KIP-903's stale fetches are kept out
+                // by `request_ms` only (see `LeaderState::follower_fetched`).
+                leader.follower_fetched(replica, fetch_offset, now_ms, request_ms, None)
             }
             Role::Follower { .. } => {
                 Err(ringlog_replication::FollowerRefusal::NotAReplica(replica))
@@ -337,6 +340,14 @@ impl Shard {
                             leader_epoch: leader.leader_epoch(),
                             partition_epoch: leader.partition_epoch(),
                             isr: isr.into_iter().map(NodeId).collect(),
+                            // Empty until follower fetches name their broker epoch (Fetch
+                            // v15): the controller then checks only that added replicas are
+                            // live.
+                            broker_epochs: leader
+                                .proposal_broker_epochs()
+                                .into_iter()
+                                .map(|(replica, epoch)| (NodeId(replica), epoch))
+                                .collect(),
                         },
                     ));
                 }
