@@ -193,6 +193,9 @@ fn start_controller(
     voters.insert(host, listen.to_string());
     let mut settings = ringlog_cluster::quorum::QuorumSettings::default();
     settings.controller.session_timeout_ms = quorum.broker_session_timeout_ms;
+    // The default the brokers' leaders use (`--min-insync-replicas`): the ELR rules need the
+    // same one.
+    settings.controller.min_insync_replicas = config.min_insync_replicas;
     let voter_config = crate::controller::driver::VoterConfig {
         id: host,
         voters,
@@ -360,6 +363,9 @@ struct ShardStart {
     /// [`CONTROLLED_SHUTDOWN_TIMEOUT`]), so clients find the new leaders while this host still
     /// answers.
     leaders_moved: Arc<AtomicBool>,
+    /// In a cluster: the broker epoch the membership registered with
+    /// ([`broker::member::NO_EPOCH`]: none), for the clean-shutdown file.
+    registered_epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Starts one executor per core and waits for all of them. Any executor failing stops the
@@ -492,8 +498,10 @@ fn run_shards(
         drained: Arc::new(AtomicUsize::new(0)),
         member_failed: Arc::new(AtomicBool::new(false)),
         leaders_moved: Arc::new(AtomicBool::new(false)),
+        registered_epoch: Arc::new(std::sync::atomic::AtomicU64::new(broker::member::NO_EPOCH)),
     };
     let member_failed = Arc::clone(&start.member_failed);
+    let registered_epoch = Arc::clone(&start.registered_epoch);
     let mesh = MeshBuilder::<Message, Full>::full(config.cores, mesh::CHANNEL_CAPACITY);
     let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(config.cores);
@@ -537,6 +545,14 @@ fn run_shards(
     }
     if failed || member_failed.load(Ordering::Acquire) {
         return ExitCode::FAILURE;
+    }
+    // Every shard closed its partitions: this stop lost nothing, and the next start may say so
+    // to the controller (KIP-966), so this host's replicas stay eligible leaders.
+    let epoch = registered_epoch.load(Ordering::Acquire);
+    if config.quorum.is_some() && epoch != broker::member::NO_EPOCH {
+        if let Err(error) = broker::member::write_clean_shutdown(&config.data_dir, epoch) {
+            warn!("cannot write the clean-shutdown file: {error}");
+        }
     }
     info!("stopped");
     ExitCode::SUCCESS
@@ -687,6 +703,7 @@ async fn run_shard(
         let stopping = broker::member::Stopping {
             asked: Arc::clone(&start.stop),
             leaders_moved: Arc::clone(&start.leaders_moved),
+            registered_epoch: Arc::clone(&start.registered_epoch),
         };
         glommio::spawn_local(async move {
             if let Err(reason) = broker::member::run(member_shard, cluster, stopping).await {

@@ -111,6 +111,7 @@ fn registration_of(host: u32, incarnation: u128) -> Registration {
         }],
         rack: None,
         cores: 1,
+        clean_shutdown_epoch: None,
     }
 }
 

@@ -24,9 +24,7 @@ fn settings() -> QuorumSettings {
         election_ticks: 15,
         heartbeat_ticks: 3,
         compact_entries: 8,
-        controller: ControllerSettings {
-            session_timeout_ms: 5_000,
-        },
+        controller: ControllerSettings::new(5_000),
         ..QuorumSettings::default()
     }
 }
@@ -98,6 +96,7 @@ fn three_voters_elect_commit_fail_over_and_recover_from_disk() {
                 }],
                 rack: None,
                 cores: 1,
+                clean_shutdown_epoch: None,
             };
             let reply = client
                 .command(Command::Register(registration), &*clock, 100, retry)

@@ -58,7 +58,7 @@ impl MetadataImage {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        decode_versioned(bytes, IMAGE_BYTES_MAX)
+        decode_versioned::<Self, crate::legacy::MetadataImageV1>(bytes, IMAGE_BYTES_MAX)
     }
 
     /// Applies the batch committed at log index `index` (indexes only grow).

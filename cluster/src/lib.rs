@@ -15,6 +15,7 @@
 pub mod codec;
 pub mod controller;
 pub mod image;
+mod legacy;
 pub mod log;
 pub mod node;
 pub mod quorum;

@@ -77,9 +77,7 @@ impl Default for QuorumSettings {
             heartbeat_ticks: 2,
             compact_entries: 1024,
             queued_commands_max: 256,
-            controller: ControllerSettings {
-                session_timeout_ms: 9_000,
-            },
+            controller: ControllerSettings::new(9_000),
         }
     }
 }

@@ -11,8 +11,11 @@ use crate::node::{HostId, NodeId};
 /// A Kafka topic id (a UUID as 128 bits).
 pub type TopicId = u128;
 
-/// The version of the record encoding this build writes and reads.
-pub const RECORD_VERSION: u8 = 1;
+/// The version of the record encoding this build writes. It also reads version 1 (before
+/// eligible leader replicas), whose records it converts ([`crate::legacy`]).
+pub const RECORD_VERSION: u8 = 2;
+/// The oldest record encoding this build reads.
+pub const RECORD_VERSION_OLDEST: u8 = 1;
 /// The largest batch accepted when decoding: a metadata entry is never near this, so a bigger
 /// size means a damaged or hostile entry.
 pub const BATCH_BYTES_MAX: usize = 8 << 20;
@@ -35,6 +38,12 @@ pub struct Registration {
     pub endpoints: Vec<Endpoint>,
     pub rack: Option<String>,
     pub cores: u32,
+    /// The broker epoch of the host's previous process when that process stopped cleanly
+    /// (it wrote everything it had to disk: KIP-966's clean shutdown), `None` when it did not,
+    /// or when the host has no record of it. The controller trusts it only when it is the
+    /// epoch it has registered for the host: a replica whose host lost its unflushed tail
+    /// must not stay eligible to lead.
+    pub clean_shutdown_epoch: Option<u64>,
 }
 
 /// One partition's replicas and leadership.
@@ -48,7 +57,19 @@ pub struct PartitionRecord {
     pub leader: NodeId,
     pub leader_epoch: i32,
     pub partition_epoch: i32,
+    /// In replica order. May be empty (KIP-966): the last in-sync replica, fenced, moves to
+    /// the ELR instead of staying in the ISR.
     pub isr: Vec<NodeId>,
+    /// Eligible leader replicas (KIP-966), in replica order: replicas that left the ISR while
+    /// it was below `min.insync.replicas`. The high watermark does not advance while the ISR
+    /// is that small, so each of them has everything acknowledged and may lead when the ISR
+    /// is empty. Cleared when the ISR is back at `min.insync.replicas`.
+    pub elr: Vec<NodeId>,
+    /// Replicas that left the ELR because their host stopped uncleanly while the ISR was
+    /// empty (KIP-966's last known ELR): when the ISR and the ELR are both empty, nobody is
+    /// known to have every acknowledged record, and one of these, the last to have had them,
+    /// leads as a last resort (what happened before ELR). Cleared with the ELR.
+    pub last_known_elr: Vec<NodeId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +120,10 @@ pub enum DecodeError {
     TooLarge(usize),
     #[error("metadata entry is empty")]
     Empty,
-    #[error("metadata entry has record version {0}; this build reads version {RECORD_VERSION}")]
+    #[error(
+        "metadata entry has record version {0}; this build reads versions {RECORD_VERSION_OLDEST} \
+         to {RECORD_VERSION}"
+    )]
     Version(u8),
     #[error("metadata entry does not decode: {0}")]
     Malformed(String),
@@ -116,7 +140,7 @@ impl RecordBatch {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        decode_versioned(bytes, BATCH_BYTES_MAX)
+        decode_versioned::<Self, crate::legacy::RecordBatchV1>(bytes, BATCH_BYTES_MAX)
     }
 }
 
@@ -128,18 +152,26 @@ pub(crate) fn encode_versioned<T: Serialize>(value: &T) -> Vec<u8> {
     bytes
 }
 
-pub(crate) fn decode_versioned<T: for<'de> Deserialize<'de>>(
-    bytes: &[u8],
-    bytes_max: usize,
-) -> Result<T, DecodeError> {
+/// Decodes the current version as `T`, and version 1 as its shape then, `V1`, converted.
+/// Postcard is not self-describing (a field added to a struct is not skipped when absent), so
+/// an older shape is decoded by its own type.
+pub(crate) fn decode_versioned<T, V1>(bytes: &[u8], bytes_max: usize) -> Result<T, DecodeError>
+where
+    T: for<'de> Deserialize<'de>,
+    V1: for<'de> Deserialize<'de> + Into<T>,
+{
     if bytes.len() > bytes_max {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if version != RECORD_VERSION {
-        return Err(DecodeError::Version(version));
+    let malformed = |error: postcard::Error| DecodeError::Malformed(error.to_string());
+    match version {
+        RECORD_VERSION => postcard::from_bytes(body).map_err(malformed),
+        1 => postcard::from_bytes::<V1>(body)
+            .map(Into::into)
+            .map_err(malformed),
+        _ => Err(DecodeError::Version(version)),
     }
-    postcard::from_bytes(body).map_err(|error| DecodeError::Malformed(error.to_string()))
 }
 
 #[cfg(test)]
@@ -158,6 +190,7 @@ mod tests {
                 }],
                 rack: Some("r1".into()),
                 cores: 1,
+                clean_shutdown_epoch: Some(3),
             }),
             MetadataRecord::Topic {
                 name: "orders".into(),
@@ -170,7 +203,9 @@ mod tests {
                 leader: NodeId(1024),
                 leader_epoch: 0,
                 partition_epoch: 0,
-                isr: vec![NodeId(1024), NodeId(0)],
+                isr: vec![NodeId(1024)],
+                elr: vec![NodeId(0)],
+                last_known_elr: Vec::new(),
             }),
             MetadataRecord::TopicConfig {
                 topic: 42,
@@ -192,7 +227,10 @@ mod tests {
         assert_eq!(RecordBatch::decode(&[]), Err(DecodeError::Empty));
         let mut newer = bytes.clone();
         newer[0] = RECORD_VERSION + 1;
-        assert_eq!(RecordBatch::decode(&newer), Err(DecodeError::Version(2)));
+        assert_eq!(
+            RecordBatch::decode(&newer),
+            Err(DecodeError::Version(RECORD_VERSION + 1))
+        );
         for cut in 1..bytes.len() {
             assert!(RecordBatch::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }

@@ -119,9 +119,7 @@ pub fn settings() -> QuorumSettings {
         // Small, so snapshots, compaction and catching up from a snapshot happen every run.
         compact_entries: 32,
         queued_commands_max: 64,
-        controller: ControllerSettings {
-            session_timeout_ms: SESSION_TIMEOUT_MS,
-        },
+        controller: ControllerSettings::new(SESSION_TIMEOUT_MS),
     }
 }
 
@@ -972,10 +970,21 @@ pub fn check_partitions(image: &MetadataImage) -> Result<(), String> {
                 ));
             }
             let replicas: BTreeSet<&NodeId> = partition.replicas.iter().collect();
-            if partition.isr.is_empty() || !partition.isr.iter().all(|n| replicas.contains(n)) {
+            // The ISR may be empty (KIP-966: its last member was fenced into the ELR), but then
+            // nobody leads; ISR, ELR and last known ELR are apart, within the replicas.
+            let (isr, elr, last) = (&partition.isr, &partition.elr, &partition.last_known_elr);
+            let within = isr
+                .iter()
+                .chain(elr)
+                .chain(last)
+                .all(|n| replicas.contains(n));
+            let apart = !elr.iter().any(|n| isr.contains(n))
+                && !last.iter().any(|n| isr.contains(n) || elr.contains(n));
+            if (isr.is_empty() && leader != NodeId(-1)) || !within || !apart {
                 return Err(format!(
-                    "{name}: ISR {:?} is not within replicas {:?}",
-                    partition.isr, partition.replicas
+                    "{name}: ISR {isr:?}, ELR {elr:?}, last known ELR {last:?} do not fit \
+                     replicas {:?} and leader {leader}",
+                    partition.replicas
                 ));
             }
         }
@@ -994,6 +1003,7 @@ fn registration(host: HostId, incarnation: u128) -> Registration {
         }],
         rack: None,
         cores: 1,
+        clean_shutdown_epoch: None,
     }
 }
 

@@ -17,8 +17,14 @@ struct Committed {
 
 impl Committed {
     fn new() -> Self {
+        Self::with_min_insync(1)
+    }
+
+    /// A controller whose default `min.insync.replicas` is `min_insync`.
+    fn with_min_insync(min_insync: usize) -> Self {
         let settings = ControllerSettings {
             session_timeout_ms: SESSION_MS,
+            min_insync_replicas: min_insync,
         };
         Self {
             controller: Controller::new(settings, MetadataImage::default()),
@@ -48,6 +54,7 @@ impl Committed {
                 .collect(),
             rack: rack.map(str::to_owned),
             cores,
+            clean_shutdown_epoch: None,
         }
     }
 
@@ -95,21 +102,42 @@ impl Committed {
             .map_err(|refusal| format!("{:?}: {}", refusal.code, refusal.message))
     }
 
+    fn check_invariants(&self) {
+        self.check_invariants_with(1);
+    }
+
     fn image(&self) -> &MetadataImage {
         self.controller.image()
     }
 
-    /// Every partition: leader in the ISR, ISR within the replicas, the leader live.
-    fn check_invariants(&self) {
+    /// Every partition: leader in the ISR, ISR within the replicas, the leader live; an empty
+    /// ISR only without a leader; the ELR and the last known ELR within the replicas, apart
+    /// from the ISR and each other, and an ELR only while the ISR is below
+    /// `min.insync.replicas` (`min_insync`, no topic here overrides it).
+    fn check_invariants_with(&self, min_insync: usize) {
         let image = self.image();
         for topic in image.topics.values() {
             for partition in &topic.partitions {
                 let replicas: BTreeSet<_> = partition.replicas.iter().collect();
+                let (isr, elr, last) = (&partition.isr, &partition.elr, &partition.last_known_elr);
                 assert!(
-                    partition.isr.iter().all(|n| replicas.contains(n)),
+                    isr.iter()
+                        .chain(elr)
+                        .chain(last)
+                        .all(|n| replicas.contains(n)),
                     "{partition:?}"
                 );
-                assert!(!partition.isr.is_empty(), "{partition:?}");
+                assert!(!elr.iter().any(|n| isr.contains(n)), "{partition:?}");
+                assert!(
+                    !last.iter().any(|n| isr.contains(n) || elr.contains(n)),
+                    "{partition:?}"
+                );
+                if !elr.is_empty() || !last.is_empty() {
+                    assert!(isr.len() < min_insync, "{partition:?}");
+                }
+                if isr.is_empty() {
+                    assert_eq!(partition.leader, NodeId(-1), "{partition:?}");
+                }
                 if partition.leader.0 >= 0 {
                     assert!(partition.isr.contains(&partition.leader), "{partition:?}");
                     assert!(image.is_live(partition.leader), "{partition:?}");
@@ -308,7 +336,8 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
 
 proptest::proptest! {
     /// Whatever happens to the hosts, every partition's leader is a live member of its ISR
-    /// (or none), its ISR within its replicas and never empty, and its epochs only grow.
+    /// (or none, and only then may the ISR be empty), the ELR rules hold, and its epochs only
+    /// grow.
     #[test]
     fn any_history_keeps_partitions_consistent(ops in proptest::collection::vec(op(), 1..60)) {
         let mut cluster = Committed::new();
@@ -392,6 +421,7 @@ fn alter_partition_is_accepted_from_the_current_leader_and_epochs_only() {
         leader_epoch: partition.leader_epoch,
         partition_epoch: partition.partition_epoch,
         isr: shrunk.clone(),
+        broker_epochs: Vec::new(),
     };
     let code = |request: &AlterPartition, cluster: &Committed| {
         cluster
@@ -492,6 +522,7 @@ fn unclean_leader_election_lets_an_out_of_sync_replica_lead_only_when_the_topic_
             leader_epoch: partition.leader_epoch,
             partition_epoch: partition.partition_epoch,
             isr: vec![partition.leader],
+            broker_epochs: Vec::new(),
         };
         let (_, batch) = cluster
             .controller
@@ -530,4 +561,365 @@ fn unclean_leader_election_lets_an_out_of_sync_replica_lead_only_when_the_topic_
     );
     assert_eq!(unclean.isr, vec![unclean.leader]);
     cluster.check_invariants();
+}
+
+// ---------------------------------------------------------------- eligible leader replicas
+
+/// The partition of a one-partition topic.
+fn partition_of(cluster: &Committed, name: &str) -> ringlog_cluster::records::PartitionRecord {
+    cluster.image().topic(name).expect("topic").partitions[0].clone()
+}
+
+/// The partition's leader asks for `isr` (its ISR in replica order), committed.
+fn alter_isr(cluster: &mut Committed, name: &str, isr: &[NodeId]) {
+    let partition = partition_of(cluster, name);
+    let request = ringlog_cluster::AlterPartition {
+        topic: name.into(),
+        partition: 0,
+        leader: partition.leader,
+        leader_epoch: partition.leader_epoch,
+        partition_epoch: partition.partition_epoch,
+        isr: isr.to_vec(),
+        broker_epochs: Vec::new(),
+    };
+    let (_, batch) = cluster
+        .controller
+        .alter_partition(&request)
+        .expect("ISR change");
+    cluster.commit(batch);
+}
+
+/// Only `alive` heartbeat for a session: every other host is fenced.
+fn fence_all_but(cluster: &mut Committed, alive: &[u32], from_ms: u64) -> u64 {
+    for now in (from_ms..=from_ms + SESSION_MS).step_by(250) {
+        for &host in alive {
+            cluster.heartbeat(host, now);
+        }
+    }
+    let now = from_ms + SESSION_MS + 1;
+    let batch = cluster.controller.tick(now);
+    cluster.commit(batch);
+    now
+}
+
+/// A new process of `host` registers (`clean`: naming the broker epoch the controller has for
+/// it) and heartbeats once caught up.
+fn restart(cluster: &mut Committed, host: u32, clean_shutdown_epoch: Option<u64>, now: u64) {
+    let mut registration = Committed::registration(host, 1, None, u128::from(now) << 8);
+    registration.clean_shutdown_epoch = clean_shutdown_epoch;
+    let batch = cluster
+        .controller
+        .register(registration, now)
+        .expect("registers");
+    cluster.commit(batch);
+    cluster.epochs.insert(HostId(host), cluster.index);
+    cluster.heartbeat(host, now);
+}
+
+/// Three hosts, topic "t" of one partition on all three, `min.insync.replicas` 2 (the
+/// controller's default): the replicas, the preferred leader first.
+fn three_replicas_min_two() -> (Committed, [NodeId; 3]) {
+    let mut cluster = Committed::with_min_insync(2);
+    for host in 0..3 {
+        cluster.join(host, 1, None, 0);
+    }
+    cluster.create("t", 1, 1, 3).expect("created");
+    let replicas = partition_of(&cluster, "t").replicas;
+    (cluster, [replicas[0], replicas[1], replicas[2]])
+}
+
+fn host_of(node: NodeId) -> u32 {
+    node.host().expect("a host").0
+}
+
+#[test]
+fn replicas_leaving_an_isr_below_min_insync_join_the_elr_until_it_is_back_at_the_minimum() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    // At the minimum, a replica that leaves is not eligible: the watermark goes on without it.
+    alter_isr(&mut cluster, "t", &[leader, a]);
+    assert!(partition_of(&cluster, "t").elr.is_empty());
+    // Below it, the one that leaves is.
+    alter_isr(&mut cluster, "t", &[leader]);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(
+        (partition.isr.clone(), partition.elr.clone()),
+        (vec![leader], vec![a])
+    );
+    cluster.check_invariants_with(2);
+    // Back at the minimum (with another replica): the ELR is cleared.
+    alter_isr(&mut cluster, "t", &[leader, b]);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.isr, vec![leader, b]);
+    assert!(partition.elr.is_empty(), "{partition:?}");
+
+    // A topic of min.insync.replicas 3: a replica rejoining leaves the ELR, the others stay.
+    let topic = NewTopic {
+        name: "three".into(),
+        id: 2,
+        partitions: 1,
+        replication_factor: 3,
+        assignment: Some(vec![vec![leader, a, b]]),
+        configs: BTreeMap::from([("min.insync.replicas".to_owned(), "3".to_owned())]),
+    };
+    let (_, batch) = cluster.controller.create_topics(vec![topic]);
+    cluster.commit(batch);
+    alter_isr(&mut cluster, "three", &[leader]);
+    assert_eq!(partition_of(&cluster, "three").elr, vec![a, b]);
+    alter_isr(&mut cluster, "three", &[leader, a]);
+    let partition = partition_of(&cluster, "three");
+    assert_eq!((partition.isr, partition.elr), (vec![leader, a], vec![b]));
+
+    // With the default minimum of 1, nothing is ever eligible outside the ISR.
+    let mut one = Committed::new();
+    for host in 0..3 {
+        one.join(host, 1, None, 0);
+    }
+    one.create("t", 1, 1, 3).expect("created");
+    let leader = partition_of(&one, "t").leader;
+    alter_isr(&mut one, "t", &[leader]);
+    assert!(partition_of(&one, "t").elr.is_empty());
+}
+
+#[test]
+fn the_last_in_sync_replica_fenced_moves_to_the_elr_and_the_first_live_elr_member_leads() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    let before = partition_of(&cluster, "t");
+    fence_all_but(&mut cluster, &[host_of(a), host_of(b)], 0);
+    let after = partition_of(&cluster, "t");
+    assert_eq!(
+        after.leader, a,
+        "first live ELR member in replica order: {after:?}"
+    );
+    assert_eq!(after.isr, vec![a]);
+    assert_eq!(
+        after.elr,
+        vec![leader, b],
+        "the fenced leader is eligible again"
+    );
+    assert_eq!(after.leader_epoch, before.leader_epoch + 1);
+    assert_eq!(after.partition_epoch, before.partition_epoch + 1);
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn with_no_live_eligible_replica_the_partition_waits_and_a_clean_restart_leads_again() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    let now = fence_all_but(&mut cluster, &[], 0);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.leader, NodeId(-1));
+    assert!(
+        partition.isr.is_empty(),
+        "the last member left the ISR: {partition:?}"
+    );
+    assert_eq!(partition.elr, vec![leader, a, b]);
+    cluster.check_invariants_with(2);
+    // The leader's host stopped cleanly (it names the epoch the controller has): still
+    // eligible, it leads once unfenced.
+    let epoch = cluster.image().brokers[&HostId(host_of(leader))].epoch;
+    restart(&mut cluster, host_of(leader), Some(epoch), now + 10);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.leader, leader, "{partition:?}");
+    assert_eq!(partition.isr, vec![leader]);
+    assert_eq!(partition.elr, vec![a, b]);
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn an_unclean_restart_leaves_the_elr_and_the_partition_waits_for_an_intact_member() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    let now = fence_all_but(&mut cluster, &[], 0);
+    // A clean-shutdown epoch that is not the registered one is no proof: unclean.
+    let stale = cluster.image().brokers[&HostId(host_of(leader))].epoch - 1;
+    restart(&mut cluster, host_of(leader), Some(stale), now + 10);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(
+        partition.leader,
+        NodeId(-1),
+        "the leader lost its tail: {partition:?}"
+    );
+    assert_eq!(partition.elr, vec![a, b]);
+    assert!(partition.last_known_elr.is_empty(), "others may have more");
+    // Replica a's host comes back with its process (and log) intact: it leads.
+    cluster.heartbeat(host_of(a), now + 20);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.leader, a, "{partition:?}");
+    assert_eq!((partition.isr, partition.elr), (vec![a], vec![b]));
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn an_unclean_restart_before_the_session_ends_takes_the_replica_out_of_isr_and_elr() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    // The leader's host restarts at once; its old process is not fenced yet.
+    for now in (0..=SESSION_MS).step_by(250) {
+        cluster.heartbeat(host_of(a), now);
+        cluster.heartbeat(host_of(b), now);
+    }
+    restart(&mut cluster, host_of(leader), None, SESSION_MS + 1);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.leader, a, "{partition:?}");
+    assert_eq!(partition.isr, vec![a]);
+    assert_eq!(partition.elr, vec![b], "the restarted leader is in neither");
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn when_every_eligible_replica_restarted_uncleanly_the_last_one_leads_as_a_last_resort() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    let mut now = fence_all_but(&mut cluster, &[], 0);
+    for node in [leader, a, b] {
+        now += 10;
+        restart(&mut cluster, host_of(node), None, now);
+    }
+    let partition = partition_of(&cluster, "t");
+    // Hosts of the leader and a came back first: none of them led while b might have had more.
+    // b, the last known eligible one, leads when it is back (nobody can have more).
+    assert_eq!(partition.leader, b, "{partition:?}");
+    assert_eq!(partition.isr, vec![b]);
+    assert!(partition.elr.is_empty() && partition.last_known_elr.is_empty());
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn the_last_known_elr_waits_for_its_member() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    let now = fence_all_but(&mut cluster, &[], 0);
+    // a and b restart uncleanly first (the ELR keeps the leader), then the leader: it is the
+    // last known eligible replica, but its process has not heartbeat yet.
+    restart(&mut cluster, host_of(a), None, now + 10);
+    restart(&mut cluster, host_of(b), None, now + 20);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.leader, NodeId(-1));
+    assert_eq!(partition.elr, vec![leader]);
+    let mut registration = Committed::registration(host_of(leader), 1, None, 77);
+    registration.clean_shutdown_epoch = None;
+    let batch = cluster
+        .controller
+        .register(registration, now + 30)
+        .expect("registers");
+    cluster.commit(batch);
+    let partition = partition_of(&cluster, "t");
+    assert!(partition.elr.is_empty());
+    assert_eq!(partition.last_known_elr, vec![leader]);
+    assert_eq!(partition.leader, NodeId(-1), "fenced until it heartbeats");
+    cluster
+        .epochs
+        .insert(HostId(host_of(leader)), cluster.index);
+    cluster.heartbeat(host_of(leader), now + 40);
+    assert_eq!(partition_of(&cluster, "t").leader, leader);
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn unclean_election_only_when_no_isr_or_elr_member_is_live() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    let topic = NewTopic {
+        name: "unclean".into(),
+        id: 2,
+        partitions: 1,
+        replication_factor: 3,
+        assignment: Some(vec![vec![leader, a, b]]),
+        configs: BTreeMap::from([(
+            "unclean.leader.election.enable".to_owned(),
+            "true".to_owned(),
+        )]),
+    };
+    let (_, batch) = cluster.controller.create_topics(vec![topic]);
+    cluster.commit(batch);
+    // b leaves at the minimum (not eligible), then the leader's host and a's are fenced: the
+    // leader to the ELR of a, then a to an empty ISR.
+    alter_isr(&mut cluster, "t", &[leader, a]);
+    alter_isr(&mut cluster, "unclean", &[leader, a]);
+    fence_all_but(&mut cluster, &[host_of(b)], 0);
+    let clean = partition_of(&cluster, "t");
+    assert_eq!(clean.leader, NodeId(-1), "{clean:?}");
+    assert!(clean.isr.is_empty());
+    assert_eq!(clean.elr, vec![leader, a]);
+    let unclean = partition_of(&cluster, "unclean");
+    assert_eq!(
+        unclean.leader, b,
+        "no eligible replica is live: {unclean:?}"
+    );
+    assert_eq!(unclean.isr, vec![b]);
+    assert!(unclean.elr.is_empty(), "{unclean:?}");
+    cluster.check_invariants_with(2);
+}
+
+#[test]
+fn lowering_min_insync_replicas_clears_the_elr_the_isr_now_reaches() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader]);
+    assert_eq!(partition_of(&cluster, "t").elr, vec![a, b]);
+    let before = partition_of(&cluster, "t").partition_epoch;
+    let batch = cluster
+        .controller
+        .alter_configs("t", vec![("min.insync.replicas".into(), Some("1".into()))])
+        .expect("altered");
+    cluster.commit(batch);
+    let partition = partition_of(&cluster, "t");
+    assert!(partition.elr.is_empty(), "{partition:?}");
+    assert_eq!(partition.partition_epoch, before + 1);
+}
+
+#[test]
+fn kip_903_a_replica_is_added_to_the_isr_only_in_the_broker_epoch_it_fetched_in() {
+    let (mut cluster, [leader, a, b]) = three_replicas_min_two();
+    alter_isr(&mut cluster, "t", &[leader, a]);
+    let old_epoch = cluster.epochs[&HostId(host_of(b))];
+    // b's host falls silent, is fenced, and comes back uncleanly (an emptied disk, perhaps)
+    // in a new broker epoch.
+    let now = fence_all_but(&mut cluster, &[host_of(leader), host_of(a)], 0);
+    restart(&mut cluster, host_of(b), None, now);
+    let new_epoch = cluster.epochs[&HostId(host_of(b))];
+    assert!(new_epoch > old_epoch);
+    let partition = partition_of(&cluster, "t");
+    assert_eq!(partition.leader, leader, "{partition:?}");
+    let grow = |broker_epochs: Vec<(NodeId, u64)>| ringlog_cluster::AlterPartition {
+        topic: "t".into(),
+        partition: 0,
+        leader: partition.leader,
+        leader_epoch: partition.leader_epoch,
+        partition_epoch: partition.partition_epoch,
+        isr: vec![leader, a, b],
+        broker_epochs,
+    };
+    let code = |request: &ringlog_cluster::AlterPartition| {
+        cluster
+            .controller
+            .alter_partition(request)
+            .map(|_| ())
+            .map_err(|refusal| refusal.code)
+    };
+    // The leader decided on fetches of b's old process: refused, nothing applied.
+    assert_eq!(
+        code(&grow(vec![(b, old_epoch)])),
+        Err(ResponseError::IneligibleReplica)
+    );
+    // Naming a replica outside the asked ISR is malformed.
+    let stray = ringlog_cluster::AlterPartition {
+        isr: vec![leader, a],
+        ..grow(vec![(b, new_epoch)])
+    };
+    assert_eq!(code(&stray), Err(ResponseError::InvalidRequest));
+    // A member already in the ISR is not checked (it keeps its registration's terms), nor is
+    // one the leader names no epoch for (a leader that does not know it).
+    assert_eq!(code(&grow(vec![(a, old_epoch)])), Ok(()));
+    assert_eq!(code(&grow(Vec::new())), Ok(()));
+    // Fetches of the new process: accepted.
+    let (_, batch) = cluster
+        .controller
+        .alter_partition(&grow(vec![
+            (a, cluster.epochs[&HostId(host_of(a))]),
+            (b, new_epoch),
+        ]))
+        .expect("grows");
+    cluster.commit(batch);
+    assert_eq!(partition_of(&cluster, "t").isr, vec![leader, a, b]);
+    cluster.check_invariants_with(2);
 }

@@ -72,6 +72,7 @@ fn a_one_voter_quorum_elects_itself_decides_and_restores() {
         endpoints: vec![],
         rack: None,
         cores: 1,
+        clean_shutdown_epoch: None,
     };
     let output = voter.handle(Input::Client {
         id: 2,

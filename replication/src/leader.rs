@@ -8,6 +8,13 @@
 //! "maximal ISR"): a shrink cannot advance it before the shrink is committed, and an expansion
 //! is counted as soon as it is proposed, because the replica it adds has everything up to the
 //! high watermark already.
+//!
+//! The high watermark advances only while the committed ISR has at least
+//! `min.insync.replicas` members (at most the replication factor, Kafka's effective minimum):
+//! KIP-966's condition for eligible leader replicas. A replica the controller takes out of an
+//! ISR below that minimum joins the partition's ELR and may be elected when the ISR is empty,
+//! so it must have everything acknowledged: the watermark stops where it was when the ISR
+//! became too small. With `min.insync.replicas` 1 this never holds the watermark back.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,6 +39,12 @@ struct Follower {
     /// since died and restarted with less (an emptied disk, KIP-903), so its offset no longer
     /// says what the follower has and is not counted.
     forgotten_ms: i64,
+    /// The broker epoch of the follower's process this state is about (KIP-903: the follower
+    /// names it in each fetch, and the metadata image names the registered one), `None` while
+    /// unknown. A fetch from an older broker epoch comes from a process that has since died
+    /// (with an emptied disk, perhaps) and is not counted; a newer one, from the image or a
+    /// fetch, makes the leader forget what the older process reported.
+    broker_epoch: Option<u64>,
 }
 
 impl Follower {
@@ -44,6 +57,18 @@ impl Follower {
             previous_fetch_leader_end: -1,
             previous_fetch_ms: now_ms,
             forgotten_ms: now_ms,
+            broker_epoch: None,
+        }
+    }
+
+    /// What remains once the leader forgets this follower's progress at `now_ms`: it must
+    /// show again, with fetches made from now on, that it has everything. The time it last
+    /// caught up stays (a replica in the ISR is not taken out for being forgotten).
+    fn forgotten(&self, now_ms: i64, broker_epoch: Option<u64>) -> Self {
+        Self {
+            caught_up_ms: self.caught_up_ms,
+            broker_epoch,
+            ..Self::fresh(now_ms)
         }
     }
 }
@@ -84,8 +109,14 @@ pub struct LeaderState {
     isr: BTreeSet<ReplicaId>,
     /// An ISR proposed to the controller and not yet committed or refused.
     proposed: Option<BTreeSet<ReplicaId>>,
+    /// The broker epochs of the proposed ISR's followers whose fetch state the proposal was
+    /// decided on, where known (KIP-903): the controller refuses to add a replica whose host
+    /// registered again since (INELIGIBLE_REPLICA).
+    proposed_broker_epochs: Vec<(ReplicaId, u64)>,
     followers: BTreeMap<ReplicaId, Follower>,
     lag_time_max_ms: i64,
+    /// The partition's `min.insync.replicas`: below it the high watermark stays.
+    min_insync_replicas: usize,
 }
 
 /// What a leader starts from (a replica becoming leader, or a leader's partition opening).
@@ -100,6 +131,10 @@ pub struct LeaderStart<'a> {
     /// The high watermark this replica knew (as a follower, or checkpointed).
     pub high_watermark: i64,
     pub lag_time_max_ms: i64,
+    /// The partition's `min.insync.replicas` (the topic's, else the broker's): the high
+    /// watermark advances only while the committed ISR has that many members (KIP-966). It
+    /// must be the one the controller uses to keep the ELR.
+    pub min_insync_replicas: usize,
     pub now_ms: i64,
 }
 
@@ -122,8 +157,10 @@ impl LeaderState {
             epoch_start_offset: start.log_end_offset,
             isr,
             proposed: None,
+            proposed_broker_epochs: Vec::new(),
             followers,
             lag_time_max_ms: start.lag_time_max_ms,
+            min_insync_replicas: start.min_insync_replicas,
         };
         state.advance_high_watermark();
         state
@@ -188,14 +225,12 @@ impl LeaderState {
         // no longer true (KIP-903).
         for (id, follower) in &mut self.followers {
             if self.isr.contains(id) && !isr.contains(id) {
-                *follower = Follower {
-                    caught_up_ms: follower.caught_up_ms,
-                    ..Follower::fresh(now_ms)
-                };
+                *follower = follower.forgotten(now_ms, follower.broker_epoch);
             }
         }
         self.isr = isr;
         self.proposed = None;
+        self.proposed_broker_epochs.clear();
         self.followers
             .retain(|id, _| replicas.contains(id) && *id != self.leader);
         for &id in replicas {
@@ -208,11 +243,45 @@ impl LeaderState {
         self.advance_high_watermark();
     }
 
+    /// The topic's `min.insync.replicas` changed (a config change reaches a running leader).
+    pub fn set_min_insync_replicas(&mut self, min_insync_replicas: usize) {
+        self.min_insync_replicas = min_insync_replicas;
+        self.advance_high_watermark();
+    }
+
     /// The ISR change in flight, as proposed (to send it again when its answer is overdue).
     pub fn proposal(&self) -> Option<Vec<ReplicaId>> {
         self.proposed
             .as_ref()
             .map(|isr| isr.iter().copied().collect())
+    }
+
+    /// The broker epochs to send with the [`proposal`](Self::proposal) (AlterPartition's
+    /// `broker_epochs`, Kafka's NewIsrWithEpochs): for each proposed follower whose broker
+    /// epoch was known when the proposal was decided, the epoch of the process whose fetches
+    /// it was decided on. Empty with no proposal in flight.
+    pub fn proposal_broker_epochs(&self) -> Vec<(ReplicaId, u64)> {
+        self.proposed_broker_epochs.clone()
+    }
+
+    /// The metadata image names the broker epoch `follower`'s host is registered at (the
+    /// caller passes every follower's, each time it reads the image). A newer epoch than the
+    /// one this leader's state of the follower comes from means its host registered again:
+    /// what the older process reported is forgotten (it may have restarted with an emptied
+    /// disk, KIP-903), and its fetches from now on count only from that epoch or newer.
+    pub fn broker_registered(&mut self, follower: ReplicaId, broker_epoch: u64, now_ms: i64) {
+        let Some(state) = self.followers.get_mut(&follower) else {
+            return;
+        };
+        if state
+            .broker_epoch
+            .is_some_and(|known| known >= broker_epoch)
+        {
+            return;
+        }
+        // Fetch state from no known epoch (none yet, or fetches that did not name one) may be
+        // the older process's: forgotten as well.
+        *state = state.forgotten(now_ms, Some(broker_epoch));
     }
 
     /// The controller refused the proposal in a way that shows it was not applied: it still
@@ -229,6 +298,7 @@ impl LeaderState {
     /// metadata: [`committed`](Self::committed) with a newer partition epoch settles it.
     pub fn proposal_failed(&mut self) {
         self.proposed = None;
+        self.proposed_broker_epochs.clear();
         self.advance_high_watermark();
     }
 
@@ -241,14 +311,19 @@ impl LeaderState {
 
     /// A follower fetched from `fetch_offset`: it has everything before it. `request_ms`: when
     /// the fetch request arrived (a long poll reports again each time it wakes); a request
-    /// from before the leader last forgot this follower is not counted. Returns whether the
-    /// high watermark moved.
+    /// from before the leader last forgot this follower is not counted. `broker_epoch`: the
+    /// broker epoch of the follower's process, as its fetch names it (Kafka's
+    /// ReplicaState.ReplicaEpoch, Fetch v15), `None` when the fetch does not say: a fetch
+    /// from an older broker epoch than one this leader knows for the follower is not counted,
+    /// and one from a newer epoch replaces what the older process reported (KIP-903). Returns
+    /// whether the high watermark moved.
     pub fn follower_fetched(
         &mut self,
         id: ReplicaId,
         fetch_offset: i64,
         now_ms: i64,
         request_ms: i64,
+        broker_epoch: Option<u64>,
     ) -> Result<bool, FollowerRefusal> {
         let leader_end = self.log_end_offset;
         let follower = self
@@ -260,6 +335,20 @@ impl LeaderState {
                 fetch_offset,
                 log_end_offset: leader_end,
             });
+        }
+        if let Some(epoch) = broker_epoch {
+            match follower.broker_epoch {
+                Some(known) if known > epoch => return Ok(false),
+                Some(known) if known == epoch => {}
+                // A newer process (or the first known): what came before may be the older
+                // process's. This request itself arrived now, from the newer one.
+                _ => {
+                    *follower = Follower {
+                        forgotten_ms: follower.forgotten_ms,
+                        ..follower.forgotten(now_ms, Some(epoch))
+                    }
+                }
+            }
         }
         if request_ms < follower.forgotten_ms {
             return Ok(false);
@@ -302,6 +391,13 @@ impl LeaderState {
             return None;
         }
         let proposal: Vec<ReplicaId> = wanted.iter().copied().collect();
+        self.proposed_broker_epochs = wanted
+            .iter()
+            .filter_map(|id| {
+                let epoch = self.followers.get(id)?.broker_epoch?;
+                Some((*id, epoch))
+            })
+            .collect();
         self.proposed = Some(wanted);
         Some(proposal)
     }
@@ -326,7 +422,20 @@ impl LeaderState {
         self.high_watermark >= end_offset
     }
 
+    /// Whether the committed ISR is large enough for the high watermark to move (KIP-966): at
+    /// least `min.insync.replicas`, or every replica when there are fewer (Kafka's effective
+    /// minimum, so a partition of fewer replicas than the minimum still makes progress).
+    pub fn high_watermark_may_advance(&self) -> bool {
+        let replicas = self.followers.len() + 1;
+        self.isr.len() >= self.min_insync_replicas.min(replicas)
+    }
+
     fn advance_high_watermark(&mut self) -> bool {
+        // Below min.insync.replicas the replicas that left the ISR may be eligible leaders
+        // (the controller's ELR): they have nothing past here, so nothing past here commits.
+        if !self.high_watermark_may_advance() {
+            return false;
+        }
         let counted = self
             .isr
             .iter()
@@ -364,6 +473,7 @@ mod tests {
             log_end_offset: 0,
             high_watermark: 0,
             lag_time_max_ms: lag,
+            min_insync_replicas: 1,
             now_ms: 0,
         })
     }
@@ -373,11 +483,11 @@ mod tests {
         let mut state = leader(&[1, 2, 3], &[1, 2, 3], 1_000);
         state.leader_appended(10);
         assert_eq!(state.high_watermark(), 0);
-        state.follower_fetched(2, 10, 5, 5).expect("replica");
-        state.follower_fetched(3, 4, 5, 5).expect("replica");
+        state.follower_fetched(2, 10, 5, 5, None).expect("replica");
+        state.follower_fetched(3, 4, 5, 5, None).expect("replica");
         assert_eq!(state.high_watermark(), 4);
         assert!(!state.is_committed(10));
-        state.follower_fetched(3, 10, 6, 6).expect("replica");
+        state.follower_fetched(3, 10, 6, 6, None).expect("replica");
         assert_eq!(state.high_watermark(), 10);
         assert!(state.is_committed(10));
     }
@@ -394,7 +504,9 @@ mod tests {
     fn a_lagging_follower_is_proposed_out_and_holds_the_watermark_until_committed() {
         let mut state = leader(&[1, 2, 3], &[1, 2, 3], 1_000);
         state.leader_appended(10);
-        state.follower_fetched(2, 10, 100, 100).expect("replica");
+        state
+            .follower_fetched(2, 10, 100, 100, None)
+            .expect("replica");
         assert_eq!(state.isr_proposal(500), None, "within the lag time");
         assert_eq!(state.isr_proposal(2_000), Some(vec![1, 2]));
         // In flight: no second proposal, and the shrink does not count yet.
@@ -412,7 +524,7 @@ mod tests {
         );
         // It catches up and is proposed back in.
         state
-            .follower_fetched(3, 10, 2_200, 2_200)
+            .follower_fetched(3, 10, 2_200, 2_200, None)
             .expect("replica");
         assert_eq!(state.isr_proposal(2_200), Some(vec![1, 2, 3]));
         state.committed(2, &[1, 2, 3], &[1, 2, 3], 2_300);
@@ -431,7 +543,7 @@ mod tests {
             end += 5;
             state.leader_appended(end);
             state
-                .follower_fetched(2, fetched, now, now)
+                .follower_fetched(2, fetched, now, now, None)
                 .expect("replica");
             assert_eq!(state.isr_proposal(now), None, "step {step}");
         }
@@ -442,11 +554,11 @@ mod tests {
         let mut state = leader(&[1, 2], &[1, 2], 1_000);
         state.leader_appended(5);
         assert_eq!(
-            state.follower_fetched(9, 0, 0, 0),
+            state.follower_fetched(9, 0, 0, 0, None),
             Err(FollowerRefusal::NotAReplica(9))
         );
         assert_eq!(
-            state.follower_fetched(2, 6, 0, 0),
+            state.follower_fetched(2, 6, 0, 0, None),
             Err(FollowerRefusal::OffsetOutOfRange {
                 fetch_offset: 6,
                 log_end_offset: 5
@@ -475,19 +587,19 @@ mod tests {
         // and later elected.
         let mut state = leader(&[1, 2, 3], &[1, 2, 3], 100);
         state.leader_appended(10);
-        state.follower_fetched(2, 10, 0, 0).expect("replica");
+        state.follower_fetched(2, 10, 0, 0, None).expect("replica");
         assert_eq!(state.isr_proposal(1_000), Some(vec![1, 2]));
         state.committed(1, &[1, 2, 3], &[1, 2], 1_000);
         state
-            .follower_fetched(2, 10, 1_001, 1_001)
+            .follower_fetched(2, 10, 1_001, 1_001, None)
             .expect("replica");
         state
-            .follower_fetched(3, 10, 1_001, 1_001)
+            .follower_fetched(3, 10, 1_001, 1_001, None)
             .expect("replica");
         state.leader_appended(20);
         assert_eq!(state.isr_proposal(1_002), Some(vec![1, 2, 3]));
         state
-            .follower_fetched(2, 20, 1_003, 1_003)
+            .follower_fetched(2, 20, 1_003, 1_003, None)
             .expect("replica");
         assert_eq!(
             state.high_watermark(),
@@ -499,7 +611,7 @@ mod tests {
         assert_eq!(state.isr_proposal(1_005), None, "still in flight");
         state.committed(2, &[1, 2, 3], &[1, 2, 3], 1_006);
         state
-            .follower_fetched(3, 20, 1_007, 1_007)
+            .follower_fetched(3, 20, 1_007, 1_007, None)
             .expect("replica");
         assert_eq!(state.high_watermark(), 20);
     }
@@ -508,20 +620,104 @@ mod tests {
     fn kip_903_a_replica_out_of_the_isr_rejoins_only_on_fetches_made_since() {
         let mut state = leader(&[1, 2, 3], &[1, 2, 3], 1_000);
         state.leader_appended(10);
-        state.follower_fetched(2, 10, 50, 50).expect("replica");
-        state.follower_fetched(3, 10, 50, 50).expect("replica");
+        state
+            .follower_fetched(2, 10, 50, 50, None)
+            .expect("replica");
+        state
+            .follower_fetched(3, 10, 50, 50, None)
+            .expect("replica");
         assert_eq!(state.high_watermark(), 10);
         // Host of replica 3 restarts with an empty disk: the controller takes it out of the ISR.
         state.committed(1, &[1, 2, 3], &[1, 2], 100);
         assert_eq!(state.follower_end(3), Some(-1));
         // A long poll of its dead process, from before, wakes and reports offset 10 again.
-        assert_eq!(state.follower_fetched(3, 10, 120, 40), Ok(false));
+        assert_eq!(state.follower_fetched(3, 10, 120, 40, None), Ok(false));
         assert_eq!(state.isr_proposal(130), None, "not back on a stale report");
         // The new process fetches from the start; it rejoins once it has caught up.
-        state.follower_fetched(3, 0, 140, 140).expect("replica");
+        state
+            .follower_fetched(3, 0, 140, 140, None)
+            .expect("replica");
         assert_eq!(state.isr_proposal(150), None);
-        state.follower_fetched(3, 10, 160, 160).expect("replica");
+        state
+            .follower_fetched(3, 10, 160, 160, None)
+            .expect("replica");
         assert_eq!(state.isr_proposal(170), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn kip_903_a_registration_in_a_newer_broker_epoch_forgets_the_older_process() {
+        // Seed 9391 of the simulator: replica 3, out of the ISR, fetched up to 10; its host
+        // crashed with an emptied disk and registered again; the leader put it back in the ISR
+        // on its old process's report, and it was elected with nothing.
+        let mut state = leader(&[1, 2, 3], &[1, 2], 1_000);
+        state.broker_registered(2, 5, 0);
+        state.broker_registered(3, 7, 0);
+        state.leader_appended(10);
+        state
+            .follower_fetched(2, 10, 10, 10, Some(5))
+            .expect("replica");
+        assert_eq!(state.follower_fetched(3, 10, 20, 20, Some(7)), Ok(false));
+        assert_eq!(state.follower_end(3), Some(10));
+        // The image: host of replica 3 registered again, in broker epoch 9.
+        state.broker_registered(3, 9, 30);
+        assert_eq!(state.follower_end(3), Some(-1), "forgotten");
+        // The same image read again changes nothing; an older epoch neither.
+        state.broker_registered(3, 9, 31);
+        state.broker_registered(3, 7, 32);
+        // A late fetch of the dead process, arrived after the image: not counted.
+        assert_eq!(state.follower_fetched(3, 10, 40, 40, Some(7)), Ok(false));
+        assert_eq!(state.follower_end(3), Some(-1));
+        assert_eq!(state.isr_proposal(50), None, "not back on a stale report");
+        // The new process fetches from the start; it rejoins once it has caught up, and the
+        // proposal names the broker epoch it was decided on.
+        state
+            .follower_fetched(3, 0, 60, 60, Some(9))
+            .expect("replica");
+        assert_eq!(state.isr_proposal(70), None);
+        state
+            .follower_fetched(3, 10, 80, 80, Some(9))
+            .expect("replica");
+        assert_eq!(state.isr_proposal(90), Some(vec![1, 2, 3]));
+        assert_eq!(state.proposal_broker_epochs(), vec![(2, 5), (3, 9)]);
+        state.committed(1, &[1, 2, 3], &[1, 2, 3], 100);
+        assert!(state.proposal_broker_epochs().is_empty());
+    }
+
+    #[test]
+    fn kip_903_a_fetch_in_a_newer_broker_epoch_replaces_the_older_process_state() {
+        // Seed 15316: the follower's new process fetches before the leader's image shows its
+        // registration; reports of the old one that arrive after it are not counted.
+        let mut state = leader(&[1, 2, 3], &[1, 2], 1_000);
+        state.leader_appended(10);
+        state
+            .follower_fetched(2, 10, 10, 10, Some(5))
+            .expect("replica");
+        state
+            .follower_fetched(3, 10, 10, 10, Some(7))
+            .expect("replica");
+        assert_eq!(state.isr_proposal(20), Some(vec![1, 2, 3]));
+        assert_eq!(state.proposal_broker_epochs(), vec![(2, 5), (3, 7)]);
+        // Its host restarts (losing its unflushed tail) and fetches in broker epoch 9 while
+        // the proposal is in flight: the proposal keeps the epoch it was decided on, so the
+        // controller refuses it (INELIGIBLE_REPLICA) rather than add the new process.
+        state
+            .follower_fetched(3, 6, 30, 30, Some(9))
+            .expect("replica");
+        assert_eq!(state.follower_end(3), Some(6));
+        assert_eq!(state.proposal_broker_epochs(), vec![(2, 5), (3, 7)]);
+        state.proposal_failed();
+        // The old process's late fetch is not counted.
+        assert_eq!(state.follower_fetched(3, 10, 40, 40, Some(7)), Ok(false));
+        assert_eq!(state.follower_end(3), Some(6));
+        assert_eq!(state.isr_proposal(50), None);
+        // The image catching up with epoch 9 changes nothing.
+        state.broker_registered(3, 9, 60);
+        assert_eq!(state.follower_end(3), Some(6));
+        state
+            .follower_fetched(3, 10, 70, 70, Some(9))
+            .expect("replica");
+        assert_eq!(state.isr_proposal(80), Some(vec![1, 2, 3]));
+        assert_eq!(state.proposal_broker_epochs(), vec![(2, 5), (3, 9)]);
     }
 
     #[test]
@@ -532,12 +728,18 @@ mod tests {
         // watermark back, however long the answer takes.
         let mut state = leader(&[1, 2, 3], &[1, 2], 1_000);
         state.leader_appended(10);
-        state.follower_fetched(2, 10, 10, 10).expect("replica");
-        state.follower_fetched(3, 10, 10, 10).expect("replica");
+        state
+            .follower_fetched(2, 10, 10, 10, None)
+            .expect("replica");
+        state
+            .follower_fetched(3, 10, 10, 10, None)
+            .expect("replica");
         assert_eq!(state.high_watermark(), 10);
         assert_eq!(state.isr_proposal(20), Some(vec![1, 2, 3]));
         state.leader_appended(20);
-        state.follower_fetched(2, 20, 30, 30).expect("replica");
+        state
+            .follower_fetched(2, 20, 30, 30, None)
+            .expect("replica");
         assert_eq!(
             state.high_watermark(),
             10,
@@ -547,7 +749,7 @@ mod tests {
         assert_eq!(state.isr_proposal(5_000), None);
         assert_eq!(state.proposal(), Some(vec![1, 2, 3]));
         state
-            .follower_fetched(2, 20, 5_000, 5_000)
+            .follower_fetched(2, 20, 5_000, 5_000, None)
             .expect("replica");
         assert_eq!(state.high_watermark(), 10);
         // The image with the same partition epoch settles nothing; a newer one does.
@@ -557,7 +759,7 @@ mod tests {
         assert_eq!(state.proposal(), None);
         assert_eq!(state.high_watermark(), 10, "replica 3 is in the ISR");
         state
-            .follower_fetched(3, 20, 5_300, 5_300)
+            .follower_fetched(3, 20, 5_300, 5_300, None)
             .expect("replica");
         assert_eq!(state.high_watermark(), 20);
     }
@@ -576,16 +778,79 @@ mod tests {
             log_end_offset: 18,
             high_watermark: 13,
             lag_time_max_ms: 1_000,
+            min_insync_replicas: 1,
             now_ms: 0,
         });
-        state.follower_fetched(1, 13, 10, 10).expect("replica");
+        state
+            .follower_fetched(1, 13, 10, 10, None)
+            .expect("replica");
         assert_eq!(
             state.isr_proposal(20),
             None,
             "13 is not everything the leader had"
         );
-        state.follower_fetched(1, 18, 30, 30).expect("replica");
+        state
+            .follower_fetched(1, 18, 30, 30, None)
+            .expect("replica");
         assert_eq!(state.isr_proposal(40), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn kip_966_the_high_watermark_stays_while_the_isr_is_below_min_insync_replicas() {
+        let mut state = LeaderState::new(LeaderStart {
+            leader: 1,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            replicas: &[1, 2, 3],
+            isr: &[1, 2, 3],
+            log_end_offset: 0,
+            high_watermark: 0,
+            lag_time_max_ms: 1_000,
+            min_insync_replicas: 2,
+            now_ms: 0,
+        });
+        state.leader_appended(10);
+        state
+            .follower_fetched(2, 10, 10, 10, None)
+            .expect("replica");
+        state
+            .follower_fetched(3, 10, 10, 10, None)
+            .expect("replica");
+        assert_eq!(state.high_watermark(), 10);
+        // Replicas 2 and 3 are taken out (the controller keeps them in the ELR): what the
+        // leader appends alone is not committed, however long it waits.
+        state.committed(1, &[1, 2, 3], &[1], 100);
+        assert!(!state.high_watermark_may_advance());
+        assert!(!state.leader_appended(20));
+        assert_eq!(state.high_watermark(), 10);
+        // Replica 2 catches up and is proposed back: still not counted until committed.
+        state
+            .follower_fetched(2, 20, 200, 200, None)
+            .expect("replica");
+        assert_eq!(state.isr_proposal(200), Some(vec![1, 2]));
+        assert_eq!(state.high_watermark(), 10);
+        state.committed(2, &[1, 2, 3], &[1, 2], 300);
+        assert!(state.high_watermark_may_advance());
+        assert_eq!(state.high_watermark(), 20);
+    }
+
+    #[test]
+    fn fewer_replicas_than_min_insync_replicas_still_commit() {
+        // Kafka's effective minimum: at most the replication factor.
+        let mut state = LeaderState::new(LeaderStart {
+            leader: 1,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            replicas: &[1],
+            isr: &[1],
+            log_end_offset: 0,
+            high_watermark: 0,
+            lag_time_max_ms: 1_000,
+            min_insync_replicas: 2,
+            now_ms: 0,
+        });
+        assert!(state.leader_appended(5));
+        assert_eq!(state.high_watermark(), 5);
     }
 
     proptest! {
@@ -607,7 +872,7 @@ mod tests {
                         let id = i32::from(what) + 1;
                         let end = follower_end[&id];
                         let fetched = (end + amount).min(leo);
-                        state.follower_fetched(id, fetched, now, now).expect("replica");
+                        state.follower_fetched(id, fetched, now, now, None).expect("replica");
                         follower_end.insert(id, fetched);
                     }
                     3 => {

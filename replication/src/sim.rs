@@ -22,10 +22,13 @@
 //! twice: there is no idempotent producer in this model). A consumer reads below the leader's
 //! high watermark and remembers every (offset, record) it was served.
 //!
-//! Followers fetch (fetch offset = log end, last fetched epoch, current leader epoch); the
+//! Followers fetch (fetch offset = log end, last fetched epoch, current leader epoch, and the
+//! host's broker epoch, as Fetch v15's ReplicaState: KIP-903); the
 //! leader answers FENCED_LEADER_EPOCH / UNKNOWN_LEADER_EPOCH on an epoch mismatch, a diverging
 //! epoch (KIP-279), or records and its high watermark. Leaders propose ISR changes
-//! ([`LeaderState::isr_proposal`]) through the network to [`Controller::alter_partition`].
+//! ([`LeaderState::isr_proposal`], with the broker epochs they were decided on) through the
+//! network to [`Controller::alter_partition`], and tell their [`LeaderState`] each follower's
+//! registered broker epoch whenever they read the image.
 //!
 //! Faults (seeded): message delay (1-10 ms, sometimes 50-500 ms, so messages reorder), loss and
 //! duplication; a host cut off from its peers and clients and/or from the controller, healed
@@ -33,9 +36,17 @@
 //! unflushed tail (and, sometimes, its whole disk: KIP-903). Messages a host sent before a crash
 //! may still arrive; messages to its old incarnation are lost.
 //!
-//! Random crashes never take the last live in-sync replica of the image down: losing it loses
-//! acknowledged records by design (Kafka without KIP-966 does too), which the named scenario
-//! `kip_966` shows instead.
+//! Registrations say whether the host's previous process stopped cleanly (KIP-966): a crash
+//! never does, so the controller takes a restarted host's replicas out of every ELR; a process
+//! that registers again without having crashed names its broker epoch (nothing lost).
+//!
+//! Random crashes stay within what `min.insync.replicas`=2 covers, one replica losing its
+//! unflushed tail at a time: a host crashes only while every member of the image's ISR and ELR
+//! is up in the process the image knows, and another of them would still be in the ISR or the
+//! ELR were the crashing leader's ISR change in flight to commit. Cuts and pauses are not
+//! limited: a host fenced with its log intact joins the ELR when the ISR falls below the
+//! minimum, so fencing never leaves the replicas that lost a tail as the only ones eligible.
+//! Two crashes of the ISR and ELR at once lose acknowledged records by design.
 //!
 //! # Checkers
 //!
@@ -180,6 +191,10 @@ pub struct SimReport {
     pub crashes: u64,
     /// Leader epochs the image went through after the first.
     pub failovers: u64,
+    /// Leaders elected from the ELR (the ISR was empty; KIP-966).
+    pub elr_elections: u64,
+    /// Replicas taken out of the ELR by the unclean shutdown of their host.
+    pub unclean_elr_removals: u64,
     /// The most records one truncation removed from a replica's log.
     pub max_truncation: u64,
     /// Truncations by a diverging epoch (KIP-101/279).
@@ -258,6 +273,9 @@ enum Message {
         last_fetched_epoch: i32,
         leader_epoch: i32,
         max_wait_ms: u64,
+        /// The follower's broker epoch (Kafka's ReplicaState.ReplicaEpoch, KIP-903): the
+        /// leader counts this fetch only for that process.
+        broker_epoch: Option<u64>,
     },
     FetchResponse {
         request: u64,
@@ -363,6 +381,9 @@ struct Host {
     cut_controller: bool,
     flushing: bool,
     broker_epoch: Option<u64>,
+    /// The broker epoch of this process's last registration, until it crashes: registering
+    /// again, it says it lost nothing (a clean shutdown, for the controller).
+    clean_epoch: Option<u64>,
     log: Vec<Entry>,
     flushed: usize,
     cache: EpochCache,
@@ -436,6 +457,7 @@ impl Sim {
         };
         let settings = ControllerSettings {
             session_timeout_ms: SESSION_TIMEOUT_MS,
+            min_insync_replicas: MIN_INSYNC_REPLICAS,
         };
         let hosts = (0..config.hosts)
             .map(|index| {
@@ -450,6 +472,7 @@ impl Sim {
                     cut_controller: false,
                     flushing: true,
                     broker_epoch: None,
+                    clean_epoch: None,
                     log: Vec::new(),
                     flushed: 0,
                     cache: EpochCache::new(),
@@ -704,8 +727,21 @@ impl Sim {
         if batch.records.is_empty() {
             return;
         }
+        let before = self.partition();
         self.metadata_index += 1;
         self.controller.apply(self.metadata_index, &batch);
+        if let (Some(before), Some(after)) = (before, self.partition()) {
+            if after.leader != before.leader && before.elr.contains(&after.leader) {
+                self.report.elr_elections += 1;
+            }
+            // Left the ELR for neither the ISR nor a cleared ELR (the ISR back at the minimum).
+            let cleared = after.isr.len() >= MIN_INSYNC_REPLICAS;
+            self.report.unclean_elr_removals += before
+                .elr
+                .iter()
+                .filter(|node| !cleared && !after.isr.contains(node) && !after.elr.contains(node))
+                .count() as u64;
+        }
         self.trace(0xc0 ^ self.metadata_index);
         self.say(|| format!("commit {}: {:?}", self.metadata_index, batch.records));
         if let Some(partition) = self.partition() {
@@ -736,10 +772,12 @@ impl Sim {
             }],
             rack: None,
             cores: 1,
+            clean_shutdown_epoch: self.hosts[host].clean_epoch,
         };
         if let Ok(batch) = self.controller.register(registration, self.now_ms) {
             self.commit(batch);
             self.hosts[host].broker_epoch = Some(self.metadata_index);
+            self.hosts[host].clean_epoch = Some(self.metadata_index);
         }
     }
 
@@ -901,13 +939,14 @@ impl Sim {
             last_fetched_epoch,
             leader_epoch,
             max_wait_ms,
+            broker_epoch,
         } = fetch
         else {
             return Ok(());
         };
         let result = self.answer_fetch(
             host,
-            replica,
+            (replica, broker_epoch),
             fetch_offset,
             last_fetched_epoch,
             leader_epoch,
@@ -1048,10 +1087,24 @@ impl Sim {
         if known_epoch.is_some_and(|epoch| epoch > partition.leader_epoch) {
             return Ok(());
         }
+        // The broker epoch each replica's host is registered in (KIP-903): a leader forgets
+        // what a replica's older process reported.
+        let image = self.controller.image();
+        let registered: Vec<(ReplicaId, u64)> = replicas
+            .iter()
+            .filter_map(|&replica| {
+                let host = NodeId(replica).host()?;
+                Some((replica, image.brokers.get(&host)?.epoch))
+            })
+            .collect();
+        let state = &mut self.hosts[host];
         if partition.leader.0 == me {
             if let Role::Leader(leader) = &mut state.role {
                 if leader.leader_epoch() == partition.leader_epoch {
                     leader.committed(partition.partition_epoch, &replicas, &isr, now as i64);
+                    for &(replica, epoch) in &registered {
+                        leader.broker_registered(replica, epoch, now as i64);
+                    }
                     // A proposal made against an older partition epoch is settled by this
                     // one; one made against this epoch is still in flight.
                     if leader.proposal().is_none() {
@@ -1066,6 +1119,11 @@ impl Sim {
                 return Ok(());
             }
             self.become_leader(host, &partition, &replicas, &isr);
+            if let Role::Leader(leader) = &mut self.hosts[host].role {
+                for &(replica, epoch) in &registered {
+                    leader.broker_registered(replica, epoch, now as i64);
+                }
+            }
             return self.leader_moved(host);
         }
         let follows = matches!(state.role, Role::Follower { leader, epoch }
@@ -1095,6 +1153,7 @@ impl Sim {
             log_end_offset: state.log_end(),
             high_watermark: state.high_watermark,
             lag_time_max_ms: LAG_TIME_MAX_MS,
+            min_insync_replicas: MIN_INSYNC_REPLICAS,
             now_ms: now,
         });
         let end = state.log_end();
@@ -1138,15 +1197,17 @@ impl Sim {
 
     // ---------------------------------------------------------------- the leader
 
+    /// `follower`: the fetching replica and the broker epoch of its host's process.
     fn answer_fetch(
         &mut self,
         host: usize,
-        replica: ReplicaId,
+        follower: (ReplicaId, Option<u64>),
         fetch_offset: i64,
         last_fetched_epoch: i32,
         leader_epoch: i32,
         request_ms: i64,
     ) -> FetchResult {
+        let (replica, broker_epoch) = follower;
         let now = self.now_ms as i64;
         let state = &mut self.hosts[host];
         let Role::Leader(leader) = &mut state.role else {
@@ -1168,7 +1229,7 @@ impl Sim {
             return FetchResult::Diverging(diverging);
         }
         if leader
-            .follower_fetched(replica, fetch_offset, now, request_ms)
+            .follower_fetched(replica, fetch_offset, now, request_ms, broker_epoch)
             .is_err()
         {
             return FetchResult::Refused;
@@ -1302,6 +1363,11 @@ impl Sim {
             leader_epoch: leader.leader_epoch(),
             partition_epoch: leader.partition_epoch(),
             isr: isr.into_iter().map(NodeId).collect(),
+            broker_epochs: leader
+                .proposal_broker_epochs()
+                .into_iter()
+                .map(|(replica, epoch)| (NodeId(replica), epoch))
+                .collect(),
         };
         let message = Message::AlterPartition {
             from: host,
@@ -1412,6 +1478,7 @@ impl Sim {
             last_fetched_epoch: state.cache.latest_epoch().unwrap_or(-1),
             leader_epoch: epoch,
             max_wait_ms: FETCH_MAX_WAIT_MS.max(state.hold_next_fetch_ms),
+            broker_epoch: state.broker_epoch,
         };
         let state = &mut self.hosts[host];
         state.hold_next_fetch_ms = 0;
@@ -1621,18 +1688,11 @@ impl Sim {
             return;
         }
         self.report.faults += 1;
-        // While a host that lost data is still in the ISR under its old process, nothing may
-        // fence another host: the ISR could shrink to the host that lost the data alone, a
-        // second failure that min.insync.replicas=2 does not cover (see `kip_966`).
-        let exposed = self.data_loss_in_isr();
         match self.rng.range(0, 10) {
             0..=2 => {
                 let peers = self.rng.chance(700);
                 let controller = !peers || self.rng.chance(500);
                 let heal_after_ms = self.rng.range(300, 4_000);
-                if exposed && controller {
-                    return;
-                }
                 self.act(Action::Cut {
                     host,
                     peers,
@@ -1641,14 +1701,13 @@ impl Sim {
                 });
             }
             3..=4 => {
-                let mut ms = self.rng.range(100, 3_500);
-                if exposed {
-                    ms = ms.min(SESSION_TIMEOUT_MS / 2);
-                }
+                let ms = self.rng.range(100, 3_500);
                 self.act(Action::Pause { host, ms });
             }
             5..=7 => {
-                if exposed || !self.another_copy_survives(host) {
+                // A second replica losing its tail while one that did is still eligible is a
+                // second failure, which min.insync.replicas=2 does not cover.
+                if self.data_loss_eligible() || !self.another_copy_survives(host) {
                     return;
                 }
                 let wipe = self.rng.chance(100);
@@ -1666,30 +1725,42 @@ impl Sim {
         }
     }
 
-    /// Whether the image's ISR names a host whose process crashed (losing its unflushed tail)
-    /// and that the controller has not yet seen come back: it counts as a copy it may not be.
-    fn data_loss_in_isr(&self) -> bool {
+    /// Whether the image's ISR or ELR names a host whose process crashed (losing its unflushed
+    /// tail) and that the controller has not yet seen come back: it counts as a copy it may
+    /// not be, until its new registration takes it out.
+    fn data_loss_eligible(&self) -> bool {
         let Some(partition) = self.partition() else {
             return false;
         };
+        partition
+            .isr
+            .iter()
+            .chain(&partition.elr)
+            .any(|node| !self.intact(node.0))
+    }
+
+    /// Whether `replica`'s host is up in the process the image knows: it lost nothing since
+    /// the controller last heard from it (a paused or cut-off host counts: its log is whole).
+    fn intact(&self, replica: ReplicaId) -> bool {
         let image = self.controller.image();
-        partition.isr.iter().any(|node| {
-            self.hosts.iter().any(|state| {
-                let current = image.brokers.get(&state.id).map(|broker| broker.epoch);
-                state.replica == node.0 && (!state.up || state.broker_epoch != current)
-            })
+        self.hosts.iter().any(|state| {
+            let current = image.brokers.get(&state.id).map(|broker| broker.epoch);
+            state.replica == replica
+                && state.up
+                && state.broker_epoch.is_some()
+                && state.broker_epoch == current
         })
     }
 
-    /// Whether another replica of the image's ISR is healthy (up in the process the image
-    /// knows, so it lost nothing since it joined, and neither paused nor cut off from the
-    /// controller, so it will not be fenced): then a crash of `host` is one failure, which
-    /// min.insync.replicas=2 covers, and must not lose an acknowledged record.
+    /// Whether another intact replica stays eligible (in the ISR or the ELR) if `host` crashes:
+    /// then the crash is one failure, which min.insync.replicas=2 covers, and must not lose
+    /// an acknowledged record. Fencing does not take it out: below the minimum it moves to the
+    /// ELR.
     ///
-    /// A leader's ISR change in flight may still commit after it crashed (seed 1428: a shrink
-    /// to the leader alone, sent before the crash, committed after it, and the crashed leader,
-    /// the last replica standing, was elected again without its unflushed tail: `kip_966`),
-    /// so the other copy must also be in that proposal.
+    /// A leader's ISR change in flight may still commit after it crashed (seed 1428). One that
+    /// leaves the ISR at the minimum clears the ELR and takes the replicas it drops out of
+    /// both, so the other copy must then be in the proposal; one below the minimum moves the
+    /// replicas it drops to the ELR, where they stay eligible.
     fn another_copy_survives(&self, host: usize) -> bool {
         let Some(partition) = self.partition() else {
             return false;
@@ -1698,22 +1769,20 @@ impl Sim {
             Role::Leader(leader) => leader.proposal(),
             _ => None,
         };
-        let image = self.controller.image();
-        partition.isr.iter().any(|node| {
-            if proposed.as_ref().is_some_and(|isr| !isr.contains(&node.0)) {
-                return false;
-            }
-            let Some(other) = self.hosts.iter().position(|h| h.replica == node.0) else {
-                return false;
-            };
-            let state = &self.hosts[other];
-            let current = image.brokers.get(&state.id).map(|broker| broker.epoch);
-            let healthy = state.up
-                && state.paused_until_ms <= self.now_ms
-                && !state.cut_controller
-                && state.broker_epoch.is_some();
-            other != host && healthy && state.broker_epoch == current
-        })
+        let me = self.hosts[host].replica;
+        let mut eligible: Vec<ReplicaId> = partition
+            .isr
+            .iter()
+            .chain(&partition.elr)
+            .map(|node| node.0)
+            .collect();
+        // Whether it commits or not, the copy must be eligible.
+        if let Some(isr) = proposed.filter(|isr| isr.len() >= MIN_INSYNC_REPLICAS) {
+            eligible.retain(|replica| isr.contains(replica));
+        }
+        eligible
+            .iter()
+            .any(|&replica| replica != me && self.intact(replica))
     }
 
     fn act(&mut self, action: Action) {
@@ -1773,6 +1842,7 @@ impl Sim {
         state.role = Role::Unknown;
         state.pending.clear();
         state.broker_epoch = None;
+        state.clean_epoch = None;
         state.alter_in_flight = None;
         state.fetch_sent = None;
         state.led = None;

@@ -456,6 +456,8 @@ mod tests {
                 replicas,
                 leader_epoch: 3,
                 partition_epoch: 4,
+                elr: Vec::new(),
+                last_known_elr: Vec::new(),
             })
         };
         let host = |h: u32, core: u32| NodeId::of(HostId(h), core);

@@ -12,11 +12,17 @@
 //!   unfences it);
 //! - makes sure the cluster has the group offsets topic;
 //! - when the broker stops, tells the controller first (controlled shutdown), so leadership
-//!   moves before the host goes away.
+//!   moves before the host goes away;
+//! - tells the controller whether the previous process stopped cleanly (KIP-966): a clean stop
+//!   leaves [`CLEAN_SHUTDOWN_FILE`] in the data directory with its broker epoch, once every
+//!   partition is closed; a start takes the file away before registering, so a process killed
+//!   or crashed later leaves none, and its replicas, which may have lost their unflushed tail,
+//!   leave the eligible leader replicas.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +76,49 @@ impl Wake {
     }
 }
 
-fn registration(shard: &Shard, host: HostId, incarnation: u128) -> Registration {
+/// In the data directory after a clean stop: the broker epoch of the process that wrote it.
+pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
+/// [`Stopping::registered_epoch`] while the process holds no registration.
+pub const NO_EPOCH: u64 = u64::MAX;
+
+/// Reads and removes the clean-shutdown file: the broker epoch of the previous process if it
+/// stopped cleanly. Removed (and the removal made durable) before this process registers, so
+/// a crash of this process is never reported as clean. A file that cannot be removed counts as
+/// no file: claiming a clean stop that might be reported again after a crash is the one thing
+/// not to do.
+pub fn take_clean_shutdown_epoch(data_dir: &Path) -> Option<u64> {
+    let path = data_dir.join(CLEAN_SHUTDOWN_FILE);
+    let text = std::fs::read_to_string(&path).ok()?;
+    if let Err(error) = std::fs::remove_file(&path) {
+        warn!(path = %path.display(), "cannot remove the clean-shutdown file: {error}");
+        return None;
+    }
+    if let Err(error) = std::fs::File::open(data_dir).and_then(|dir| dir.sync_all()) {
+        warn!(path = %path.display(), "cannot sync the removal of the clean-shutdown file: {error}");
+        return None;
+    }
+    text.trim().parse().ok()
+}
+
+/// Writes the clean-shutdown file for broker epoch `epoch`, durably (temporary file, sync,
+/// rename, directory sync): called once every partition of this process is closed.
+pub fn write_clean_shutdown(data_dir: &Path, epoch: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = data_dir.join(CLEAN_SHUTDOWN_FILE);
+    let temporary = data_dir.join(format!("{CLEAN_SHUTDOWN_FILE}.tmp"));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(format!("{epoch}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+fn registration(
+    shard: &Shard,
+    host: HostId,
+    incarnation: u128,
+    clean_shutdown_epoch: Option<u64>,
+) -> Registration {
     let endpoints = shard
         .nodes()
         .into_iter()
@@ -86,6 +134,7 @@ fn registration(shard: &Shard, host: HostId, incarnation: u128) -> Registration 
         endpoints,
         rack: None,
         cores: u32::try_from(shard.settings.shards).unwrap_or(u32::MAX),
+        clean_shutdown_epoch,
     }
 }
 
@@ -96,6 +145,9 @@ pub struct Stopping {
     /// Set by the membership once the controller has moved this host's leaderships away (or
     /// there is nothing to move): the shards may stop serving.
     pub leaders_moved: Arc<AtomicBool>,
+    /// The broker epoch this process is registered with ([`NO_EPOCH`]: none), for the
+    /// clean-shutdown file written once the shards have closed.
+    pub registered_epoch: Arc<AtomicU64>,
 }
 
 /// Runs the membership until the broker stops; `Err` is a reason the broker must stop now.
@@ -115,7 +167,17 @@ pub async fn run(
         Rc::clone(&clock),
         member_request_timeout(cluster.session_timeout),
     );
-    let registration = registration(&shard, host, shard.env.random.uuid().as_u128());
+    let clean_shutdown_epoch = take_clean_shutdown_epoch(&shard.settings.data_dir);
+    info!(
+        ?clean_shutdown_epoch,
+        "previous stop (a broker epoch: clean)"
+    );
+    let registration = registration(
+        &shard,
+        host,
+        shard.env.random.uuid().as_u128(),
+        clean_shutdown_epoch,
+    );
     let mut image = MetadataImage::default();
     let mut current = Catalog::default();
     let mut epoch: Option<u64> = None;
@@ -144,6 +206,9 @@ pub async fn run(
                 Ok(Ok(Reply::Registered { epoch: registered })) => {
                     info!(node_id = %host, epoch = registered, "registered with the controller quorum");
                     epoch = Some(registered);
+                    stopping
+                        .registered_epoch
+                        .store(registered, Ordering::Release);
                     refused_since = None;
                 }
                 Ok(Err(CommandError::Refused(refusal)))
@@ -228,6 +293,7 @@ pub async fn run(
                         refusal.message
                     );
                     epoch = None;
+                    stopping.registered_epoch.store(NO_EPOCH, Ordering::Release);
                 }
                 other => debug!(?other, "heartbeat"),
             }

@@ -449,6 +449,7 @@ impl Shard {
     /// the topic's config to those already open.
     async fn open_owned(&self, name: &str, topic: &Topic) {
         let config = self.log_config(topic);
+        let min_insync = self.min_insync_replicas_of(Some(&topic.configs));
         for (index, state) in topic.partitions.iter().enumerate() {
             if state.shard != self.id || !state.local {
                 continue;
@@ -457,7 +458,7 @@ impl Shard {
             if let Some(partition) = existing {
                 partition.log.set_config(config.clone());
                 let was_leading = partition.leading_epoch();
-                self.update_role(&partition, state);
+                self.update_role(&partition, state, min_insync);
                 self.offsets_leadership(name, index, was_leading, &partition);
                 continue;
             }
@@ -476,7 +477,7 @@ impl Shard {
                         leader_epoch: -1,
                         high_watermark: self.checkpointed_high_watermark(name, index as i32),
                     };
-                    self.update_role(&partition, state);
+                    self.update_role(&partition, state, min_insync);
                     self.offsets_leadership(name, index, None, &partition);
                     if let Some(corruption) = &report.corruption {
                         warn!(

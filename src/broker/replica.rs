@@ -109,7 +109,10 @@ impl Partition {
         match &mut *self.role.borrow_mut() {
             Role::Leader(leader) => {
                 leader.leader_appended(log_end);
-                leader.follower_fetched(replica, fetch_offset, now_ms, request_ms)
+                // The follower's broker epoch is not known here: its Fetch (v12) has no
+                // ReplicaState.ReplicaEpoch (Fetch v15). KIP-903's stale fetches are kept out
+                // by `request_ms` only (see `LeaderState::follower_fetched`).
+                leader.follower_fetched(replica, fetch_offset, now_ms, request_ms, None)
             }
             Role::Follower { .. } => {
                 Err(ringlog_replication::FollowerRefusal::NotAReplica(replica))
@@ -173,17 +176,31 @@ impl Shard {
     /// `min.insync.replicas` of a topic (its override, else the broker's default).
     pub fn min_insync_replicas(&self, topic: &str) -> usize {
         let catalog = self.catalog.borrow();
-        catalog
-            .topics
-            .get(topic)
-            .and_then(|topic| topic.configs.get("min.insync.replicas"))
+        let configs = catalog.topics.get(topic).map(|topic| &topic.configs);
+        self.min_insync_replicas_of(configs)
+    }
+
+    /// `min.insync.replicas` of a topic with these configs (`None`: unknown topic).
+    pub(super) fn min_insync_replicas_of(
+        &self,
+        configs: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> usize {
+        configs
+            .and_then(|configs| configs.get("min.insync.replicas"))
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or(self.settings.min_insync_replicas)
     }
 
     /// Makes `partition`'s role what the catalog says: leader of its epoch here, or follower
-    /// of the leader elsewhere (with a fetcher for that leader running).
-    pub(super) fn update_role(&self, partition: &Partition, state: &PartitionState) {
+    /// of the leader elsewhere (with a fetcher for that leader running). `min_insync`: the
+    /// topic's `min.insync.replicas`, below which a leader's high watermark stays (KIP-966; the
+    /// controller keeps the ELR by the same number).
+    pub(super) fn update_role(
+        &self,
+        partition: &Partition,
+        state: &PartitionState,
+        min_insync: usize,
+    ) {
         let me = self.node();
         let now = self.env.clock.now_ms();
         let high_watermark = partition.high_watermark();
@@ -193,6 +210,7 @@ impl Shard {
                 if let Role::Leader(leader) = &mut *role {
                     if leader.leader_epoch() == state.leader_epoch {
                         leader.committed(state.partition_epoch, &state.replicas, &state.isr, now);
+                        leader.set_min_insync_replicas(min_insync);
                         drop(role);
                         self.appended.notify(usize::MAX);
                         return;
@@ -212,6 +230,7 @@ impl Shard {
                     log_end_offset: partition.log.log_end_offset(),
                     high_watermark,
                     lag_time_max_ms: lag,
+                    min_insync_replicas: min_insync,
                     now_ms: now,
                 }));
                 if state.replicas.len() > 1 {
@@ -321,6 +340,14 @@ impl Shard {
                             leader_epoch: leader.leader_epoch(),
                             partition_epoch: leader.partition_epoch(),
                             isr: isr.into_iter().map(NodeId).collect(),
+                            // Empty until follower fetches name their broker epoch (Fetch
+                            // v15): the controller then checks only that added replicas are
+                            // live.
+                            broker_epochs: leader
+                                .proposal_broker_epochs()
+                                .into_iter()
+                                .map(|(replica, epoch)| (NodeId(replica), epoch))
+                                .collect(),
                         },
                     ));
                 }
