@@ -256,6 +256,11 @@ impl LeaderState {
             .map(|isr| isr.iter().copied().collect())
     }
 
+    /// The replicas this leader tracks (every replica but itself).
+    pub fn followers(&self) -> Vec<ReplicaId> {
+        self.followers.keys().copied().collect()
+    }
+
     /// The broker epochs to send with the [`proposal`](Self::proposal) (AlterPartition's
     /// `broker_epochs`, Kafka's NewIsrWithEpochs): for each proposed follower whose broker
     /// epoch was known when the proposal was decided, the epoch of the process whose fetches

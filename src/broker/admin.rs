@@ -103,6 +103,8 @@ pub enum Change {
     Brokers(Vec<(i32, String, u16)>),
     /// Another controller became active (its host's broker node, if it is one).
     Controller(Option<i32>),
+    /// A host registered (again): the broker epochs of the nodes (node id -> epoch).
+    BrokerEpochs(BTreeMap<i32, u64>),
 }
 
 impl Shard {
@@ -136,6 +138,10 @@ impl Shard {
                 }
                 Change::Brokers(brokers) => self.catalog.borrow_mut().brokers = Some(brokers),
                 Change::Controller(node) => self.catalog.borrow_mut().controller = node,
+                Change::BrokerEpochs(epochs) => {
+                    self.catalog.borrow_mut().broker_epochs = epochs;
+                    self.followers_registered();
+                }
             }
         }
     }
@@ -314,7 +320,7 @@ async fn edit_here<I, T>(
                         info!(topic = name, "deleting topic");
                         catalog.topics.remove(name);
                     }
-                    Change::Brokers(_) | Change::Controller(_) => {}
+                    Change::Brokers(_) | Change::Controller(_) | Change::BrokerEpochs(_) => {}
                 }
                 changes.push(change);
             }

@@ -156,6 +156,11 @@ pub struct Catalog {
     /// is also a live broker (Metadata's and DescribeCluster's controller id).
     #[serde(skip)]
     pub controller: Option<i32>,
+    /// In a cluster, the broker epoch each registered host's nodes are at (node id -> epoch),
+    /// fenced hosts included: a leader forgets what a follower's earlier process reported
+    /// once its host registered again (KIP-903).
+    #[serde(skip)]
+    pub broker_epochs: BTreeMap<i32, u64>,
 }
 
 #[derive(Debug, Error)]
@@ -297,10 +302,23 @@ pub fn from_image(
         .flat_map(|broker| broker.registration.endpoints.iter())
         .map(|endpoint| (endpoint.node.0, endpoint.host.clone(), endpoint.port))
         .collect();
+    let broker_epochs = image
+        .brokers
+        .values()
+        .flat_map(|broker| {
+            let epoch = broker.epoch;
+            broker
+                .registration
+                .endpoints
+                .iter()
+                .map(move |endpoint| (endpoint.node.0, epoch))
+        })
+        .collect();
     Catalog {
         topics,
         brokers: Some(brokers),
         controller: None,
+        broker_epochs,
     }
 }
 
@@ -333,6 +351,9 @@ pub fn changes(old: &Catalog, new: &Catalog) -> Vec<super::admin::Change> {
     }
     if new.controller != old.controller {
         changes.push(Change::Controller(new.controller));
+    }
+    if new.broker_epochs != old.broker_epochs {
+        changes.push(Change::BrokerEpochs(new.broker_epochs.clone()));
     }
     changes
 }
@@ -506,6 +527,40 @@ mod tests {
         assert!(
             matches!(&gone[..], [super::super::admin::Change::Remove { name, .. }] if name == "orders")
         );
+
+        // A host that registers (again) gives its nodes a new broker epoch: the log index of
+        // its registration, fenced or not. Leaders learn it as a change of its own.
+        let register = |host: u32, incarnation: u128| {
+            MetadataRecord::RegisterBroker(ringlog_cluster::records::Registration {
+                host: HostId(host),
+                incarnation,
+                endpoints: (0..2)
+                    .map(|core| ringlog_cluster::records::Endpoint {
+                        node: NodeId::of(HostId(host), core),
+                        host: "127.0.0.1".into(),
+                        port: 9092,
+                    })
+                    .collect(),
+                rack: None,
+                cores: 2,
+                clean_shutdown_epoch: None,
+            })
+        };
+        moved.apply(4, &RecordBatch::new(vec![register(2, 1)]));
+        let registered = from_image(&moved, HostId(1));
+        assert_eq!(registered.broker_epochs.get(&host(2, 1).0), Some(&4));
+        assert_eq!(
+            registered.brokers,
+            Some(Vec::new()),
+            "fenced until it caught up"
+        );
+        moved.apply(5, &RecordBatch::new(vec![register(2, 2)]));
+        let again = from_image(&moved, HostId(1));
+        assert_eq!(again.broker_epochs.get(&host(2, 0).0), Some(&5));
+        assert!(matches!(
+            &changes(&registered, &again)[..],
+            [super::super::admin::Change::BrokerEpochs(epochs)] if epochs[&host(2, 1).0] == 5
+        ));
     }
 
     #[test]

@@ -566,7 +566,7 @@ impl Shard {
     }
 
     /// Every open partition of this shard.
-    fn owned(&self) -> Vec<Rc<Partition>> {
+    pub(super) fn owned(&self) -> Vec<Rc<Partition>> {
         self.partitions
             .borrow()
             .values()

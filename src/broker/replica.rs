@@ -10,6 +10,7 @@
 //! epoch; the answer's diverging epoch).
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -109,9 +110,11 @@ impl Partition {
         match &mut *self.role.borrow_mut() {
             Role::Leader(leader) => {
                 leader.leader_appended(log_end);
-                // The follower's broker epoch is not known here: its Fetch (v12) has no
-                // ReplicaState.ReplicaEpoch (Fetch v15). KIP-903's stale fetches are kept out
-                // by `request_ms` only (see `LeaderState::follower_fetched`).
+                // The follower's broker epoch is not in its Fetch (v12 has no
+                // ReplicaState.ReplicaEpoch, Fetch v15): the leader learns it from the metadata
+                // (`Shard::followers_registered`), and forgets an earlier process's state when
+                // its host registers again; a fetch that arrived before that moment
+                // (`request_ms`) no longer counts (see `LeaderState::follower_fetched`).
                 leader.follower_fetched(replica, fetch_offset, now_ms, request_ms, None)
             }
             Role::Follower { .. } => {
@@ -195,6 +198,19 @@ impl Shard {
     /// of the leader elsewhere (with a fetcher for that leader running). `min_insync`: the
     /// topic's `min.insync.replicas`, below which a leader's high watermark stays (KIP-966; the
     /// controller keeps the ELR by the same number).
+    /// The metadata named new broker epochs: every partition this shard leads forgets what a
+    /// follower's earlier process reported once that follower's host registered again
+    /// (KIP-903: it may have come back with an emptied disk).
+    pub(super) fn followers_registered(&self) {
+        let now = self.env.clock.now_ms();
+        let epochs = self.catalog.borrow().broker_epochs.clone();
+        for partition in self.owned() {
+            if let Role::Leader(leader) = &mut *partition.role.borrow_mut() {
+                registered(leader, &epochs, now);
+            }
+        }
+    }
+
     pub(super) fn update_role(
         &self,
         partition: &Partition,
@@ -233,6 +249,9 @@ impl Shard {
                     min_insync_replicas: min_insync,
                     now_ms: now,
                 }));
+                if let Role::Leader(leader) = &mut *role {
+                    registered(leader, &self.catalog.borrow().broker_epochs, now);
+                }
                 if state.replicas.len() > 1 {
                     info!(
                         dir = %partition.log.dir().display(),
@@ -857,6 +876,15 @@ impl Shard {
     pub(super) fn final_high_watermarks(&self) {
         self.checkpoint_high_watermarks();
         self.high_watermarks.closed.set(true);
+    }
+}
+
+/// Tells `leader` the broker epoch each of its followers' hosts is registered at.
+fn registered(leader: &mut LeaderState, epochs: &BTreeMap<i32, u64>, now_ms: i64) {
+    for follower in leader.followers() {
+        if let Some(&epoch) = epochs.get(&follower) {
+            leader.broker_registered(follower, epoch, now_ms);
+        }
     }
 }
 

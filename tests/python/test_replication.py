@@ -315,7 +315,11 @@ def test_replication_survives_leader_faults_with_every_acknowledged_record(reque
     assert not lost, f"{len(lost)} acknowledged records lost, e.g. {lost[:5]}"
     duplicated = {v: p for v, p in by_value.items() if len(p) > 1}
     assert not duplicated, f"duplicates: {list(duplicated.items())[:5]}"
-    moved = {v: (at, by_value[v][0]) for v, at in load.acked.items() if by_value[v][0] != at}
+    # librdkafka acknowledges some records without an offset (None): those a request timed
+    # out for, once a later batch of the same idempotent producer is acknowledged (they were
+    # stored, it never learned where). They must be present once like the others.
+    moved = {v: (at, by_value[v][0]) for v, at in load.acked.items()
+             if at[1] is not None and by_value[v][0] != at}
     assert not moved, f"records not at their acknowledged offset: {list(moved.items())[:5]}"
     # Nothing a consumer saw disappeared or changed.
     vanished = {at: v for at, v in load.seen.items() if final.get(at) != v}
@@ -348,7 +352,9 @@ def test_replication_survives_leader_faults_with_every_acknowledged_record(reque
         end = replica_records(cluster.root / "node-0", partition)[-1][0] + 1
         assert all(0 < marks[host][partition] <= end for host in range(HOSTS)), (partition, marks)
         assert max(marks[host][partition] for host in range(HOSTS)) == end, (partition, marks)
-    print(f"{cycles} fault cycles, {len(load.acked)} records acknowledged, 0 lost")
+    without_offset = sum(1 for _, offset in load.acked.values() if offset is None)
+    print(f"{cycles} fault cycles, {len(load.acked)} records acknowledged "
+          f"({without_offset} without an offset), 0 lost")
     for fault in FAULTS:
         samples = [seconds for kind, seconds in failovers if kind == fault]
         if samples:
