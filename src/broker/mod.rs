@@ -195,6 +195,10 @@ pub struct Partition {
     producer_snapshot_offset: Cell<Option<i64>>,
     /// Leader or follower, per the catalog ([`replica`]).
     pub role: RefCell<replica::Role>,
+    /// As a follower: its last append of the leader's batches failed (a full disk, say). The
+    /// fetcher retries every `replica.fetch.backoff.ms`; only the first failure and the
+    /// recovery are logged as warnings.
+    replica_append_failing: Cell<bool>,
 }
 
 impl Partition {
@@ -204,6 +208,7 @@ impl Partition {
             producers: RefCell::new(recovered.states),
             producer_snapshot_offset: Cell::new(recovered.snapshot_offset),
             role: RefCell::new(replica::Role::unknown()),
+            replica_append_failing: Cell::new(false),
         }
     }
 

@@ -687,10 +687,18 @@ async fn append(shard: &Shard, part: &Followed, records: Bytes) -> bool {
             }
             drop(producers);
             shard.appended.notify(usize::MAX);
+            if part.partition.replica_append_failing.replace(false) {
+                warn!(topic = %part.topic, partition = part.index, log_end_offset = log.log_end_offset(), "appending the leader's batches again");
+            }
             true
         }
         Err(error) => {
-            warn!(topic = %part.topic, partition = part.index, "cannot append the leader's batches: {error}");
+            // Retried after each backoff: a full disk would log ten lines a second.
+            if part.partition.replica_append_failing.replace(true) {
+                debug!(topic = %part.topic, partition = part.index, "cannot append the leader's batches: {error}");
+            } else {
+                warn!(topic = %part.topic, partition = part.index, "cannot append the leader's batches (retrying until it works; the leader takes this replica out of the ISR after replica.lag.time.max.ms): {error}");
+            }
             false
         }
     }

@@ -45,6 +45,8 @@ class Cluster:
         self.voters = ",".join(f"{i}@{host}:{port}" for i, (host, port)
                                in enumerate(zip(self.hosts, controller_ports)))
         self.processes: dict[int, subprocess.Popen] = {}
+        # Flags every host is started with, besides the cluster's own.
+        self.extra_args: list[str] = []
 
     @property
     def bootstrap(self) -> str:
@@ -59,7 +61,8 @@ class Cluster:
                    "--cores", str(CORES), "--node-id", str(node),
                    "--listen", f"{self.hosts[node]}:{port or self.ports[node]}",
                    "--process-roles", roles, "--controller-quorum-voters", self.voters,
-                   "--data-dir", str(data_dir), "--fetch-cache-bytes", str(8 << 20)]
+                   "--data-dir", str(data_dir), "--fetch-cache-bytes", str(8 << 20),
+                   *self.extra_args]
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         if data is None:
@@ -124,6 +127,7 @@ class NetnsCluster(Cluster):
         self.ports = [9092] * HOSTS
         self.voters = ",".join(f"{i}@{host}:9093" for i, host in enumerate(self.hosts))
         self.processes = {}
+        self.extra_args = []
 
     def _make_network(self, subnet: str) -> None:
         _ip("link", "add", self.bridge, "type", "bridge")

@@ -167,7 +167,11 @@ DATA_LINE = re.compile(r"offset: (\d+) .*payload: (\S+)")
 
 def replica_records(data_dir: Path, partition: int) -> list[tuple[int, str]]:
     """A replica's records (offset, payload) as `ringlog dump-log` reads them off its disk."""
-    directory = data_dir / f"{TOPIC}-{partition}"
+    return replica_records_of(data_dir / f"{TOPIC}-{partition}")
+
+
+def replica_records_of(directory: Path) -> list[tuple[int, str]]:
+    """The records (offset, payload) of the partition directory `directory`."""
     if not directory.exists():
         return []
     segments = sorted(directory.glob("*.log"))
@@ -179,11 +183,12 @@ def replica_records(data_dir: Path, partition: int) -> list[tuple[int, str]]:
     return [(int(m.group(1)), m.group(2)) for m in DATA_LINE.finditer(dump.stdout)]
 
 
-def partition_views(address: tuple[str, int]) -> dict[int, tuple[int, tuple[int, ...]]] | None:
-    """TOPIC's partitions as `address` itself answers a raw Metadata v1 on a new connection,
+def partition_views(address: tuple[str, int], topic: str = TOPIC
+                    ) -> dict[int, tuple[int, tuple[int, ...]]] | None:
+    """`topic`'s partitions as `address` itself answers a raw Metadata v1 on a new connection,
     {partition: (leader, sorted ISR)}; None when it does not answer. (A client's own metadata
     request may go to a paused host, whose TCP stays open and silent, or use a cached view.)"""
-    body = struct.pack(">i", 1) + kafkautil._string(TOPIC)
+    body = struct.pack(">i", 1) + kafkautil._string(topic)
     try:
         answer = kafkautil.roundtrip(address, kafkautil.frame(3, 1, 9, body), 2)
     except OSError:
@@ -208,9 +213,9 @@ def partition_views(address: tuple[str, int]) -> dict[int, tuple[int, tuple[int,
     return views
 
 
-def leader_host(address: tuple[str, int], partition: int) -> int:
+def leader_host(address: tuple[str, int], partition: int, topic: str = TOPIC) -> int:
     """The host leading `partition` as `address` answers (-1: none, or no answer)."""
-    views = partition_views(address) or {}
+    views = partition_views(address, topic) or {}
     return views.get(partition, (-1, ()))[0] // NODES_PER_HOST
 
 
@@ -519,3 +524,141 @@ def test_min_insync_replicas_refuses_acks_all_writes_it_cannot_replicate(cluster
     assert produce("1") == [None]
     cluster.start(victim)
     wait_until(lambda: produce("all") == [None], 60, "acks=all again with the host back")
+
+
+class SmallFs:
+    """A small ext4 filesystem in a file, loop-mounted at `mount_point`, unmounted by
+    `unmount`."""
+
+    def __init__(self, image: Path, mount_point: Path, megabytes: int):
+        self.mount_point = mount_point
+        mount_point.mkdir(parents=True, exist_ok=True)
+        with open(image, "wb") as file:
+            file.truncate(megabytes << 20)
+        for command in (["mkfs.ext4", "-q", "-F", str(image)],
+                        ["mount", "-o", "loop", str(image), str(mount_point)]):
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, f"{command}: {done.stderr}"
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.mount_point)
+        return stats.f_bavail * stats.f_frsize
+
+    def unmount(self) -> None:
+        if subprocess.run(["umount", str(self.mount_point)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(self.mount_point)], capture_output=True)
+
+
+def loop_mounts_available() -> bool:
+    return (os.geteuid() == 0 and shutil.which("mkfs.ext4") is not None
+            and Path("/dev/loop-control").exists())
+
+
+@pytest.mark.skipif(not loop_mounts_available(),
+                    reason="a small filesystem per replica needs root, mkfs.ext4 and loop devices")
+def test_a_follower_whose_disk_fills_leaves_the_isr_while_the_leader_goes_on(cluster):
+    """Each host keeps the one partition of a topic (RF 3, min.insync.replicas=2) on a 64 MiB
+    filesystem of its own (its partition directory links there). One follower's fills up (a
+    filler file takes its free space): its appends fail with a full disk, its process runs on,
+    and the leader takes it out of the ISR after replica.lag.time.max.ms and goes on
+    acknowledging acks=all writes with the other two. Once space is freed the follower copies
+    what it missed and rejoins; nothing acknowledged is lost; the three replicas are identical."""
+    topic = "full"
+    cluster.extra_args = ["--replica-lag-time-max-ms", "2000"]
+    filesystems = []
+    try:
+        for host in range(HOSTS):
+            filesystem = SmallFs(cluster.root / f"small-{host}.img", cluster.root / f"small-{host}",
+                                 64)
+            filesystems.append(filesystem)
+            (filesystem.mount_point / f"{topic}-0").mkdir()
+            (cluster.root / f"node-{host}").mkdir(parents=True, exist_ok=True)
+            (cluster.root / f"node-{host}" / f"{topic}-0").symlink_to(
+                filesystem.mount_point / f"{topic}-0")
+        addresses, admin = start_hosts(cluster)
+        futures = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3,
+                                                config={"min.insync.replicas": "2"})],
+                                      request_timeout=15)
+        futures[topic].result(15)
+
+        def isr() -> tuple[int, ...] | None:
+            """Partition 0's ISR, when every host names the same leader and ISR."""
+            views = [partition_views(address, topic) for address in addresses]
+            if any(v is None or 0 not in v or v != views[0] for v in views):
+                return None
+            return views[0][0][1] if views[0][0][0] >= 0 else None
+
+        every_node = tuple(sorted(host * NODES_PER_HOST for host in range(HOSTS)))
+        wait_until(lambda: isr() == every_node, 30, "every replica in sync")
+        leader = leader_host(addresses[0], 0, topic)
+        follower = (leader + 1) % HOSTS
+        full = filesystems[follower]
+        filler = full.mount_point / "filler"
+        subprocess.run(["fallocate", "-l", str(full.free_bytes()), str(filler)], check=True)
+        assert full.free_bytes() < 1 << 20, full.free_bytes()
+
+        producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all",
+                             "enable.idempotence": True, "linger.ms": 5})
+        acked: dict[bytes, int] = {}
+        failed: list[str] = []
+
+        def delivered(error, message):
+            if error is not None:
+                failed.append(str(error))
+            else:
+                acked[message.value()] = message.offset()
+
+        payload = b"x" * 1000
+        sent = 0
+
+        def produce(count: int) -> None:
+            nonlocal sent
+            for _ in range(count):
+                producer.produce(topic, key=b"%08d" % sent, value=b"%08d" % sent + payload,
+                                 partition=0, on_delivery=delivered)
+                sent += 1
+                producer.poll(0)
+            assert producer.flush(60) == 0
+
+        # Far more than the follower's preallocated room: its appends meet the full disk.
+        deadline = time.monotonic() + 60
+        while isr() != tuple(n for n in every_node if n // NODES_PER_HOST != follower):
+            assert time.monotonic() < deadline, f"the follower stayed in the ISR: {isr()}"
+            produce(2_000)
+        assert cluster.processes[follower].poll() is None, "the follower's broker stopped"
+        # The follower says so once (its retries every backoff are at debug level); the
+        # engine's own warnings about each failed write are another matter (issue 17).
+        log = cluster.log(f"node-{follower}")
+        assert "No space left on device" in log, "the follower never met the full disk"
+        full_disk_lines = log.count("cannot append the leader's batches")
+        assert full_disk_lines == 1, f"{full_disk_lines} lines on the failed appends"
+        shrunk_after = time.monotonic() - (deadline - 60)
+        # The leader goes on with the two others.
+        produce(2_000)
+        assert not failed, failed[:5]
+
+        # Space again: the follower copies what it missed and rejoins.
+        filler.unlink()
+        wait_until(lambda: isr() == every_node, 60, "the follower back in the ISR")
+        assert "appending the leader's batches again" in cluster.log(f"node-{follower}")
+        produce(500)
+        assert not failed, failed[:5]
+        wait_until(lambda: isr() == every_node, 30, "every replica in sync at the end")
+        assert cluster.processes[follower].poll() is None, "the follower's broker stopped"
+        cluster.stop()
+        replicas = [replica_records_of(cluster.root / f"node-{host}" / f"{topic}-0")
+                    for host in range(HOSTS)]
+        assert len(replicas[leader]) == sent, (len(replicas[leader]), sent)
+        for host in range(HOSTS):
+            assert replicas[host] == replicas[leader], (
+                f"host {host} differs from the leader ({len(replicas[host])} vs "
+                f"{len(replicas[leader])} records)")
+        stored = {payload_text[:8]: offset for offset, payload_text in replicas[leader]}
+        assert all(stored.get(value[:8].decode()) == offset for value, offset in acked.items())
+        print(f"follower disk full: out of the ISR {shrunk_after:.1f} s after the filler "
+              f"({full_disk_lines} full-disk log line); {sent} records acknowledged with "
+              f"acks=all, 0 lost, replicas identical")
+    finally:
+        cluster.stop()
+        for filesystem in filesystems:
+            filesystem.unmount()
