@@ -38,7 +38,9 @@ node_id, socket_request_max_bytes, auto_create_topics_enable, num_partitions, \
 log_retention_check_interval_ms, node_per_shard, pin_cores, group_initial_rebalance_delay_ms, \
 group_consumer_heartbeat_interval_ms, group_consumer_session_timeout_ms, \
 fetch_cache_bytes, fetch_send, process_roles, controller_listen, controller_quorum_voters, \
-broker_session_timeout_ms, replica_lag_time_max_ms, min_insync_replicas). Flags win over the environment, which wins over the \
+broker_session_timeout_ms, replica_lag_time_max_ms, min_insync_replicas, \
+auto_leader_rebalance_enable, leader_imbalance_check_interval_seconds, \
+leader_imbalance_per_broker_percentage). Flags win over the environment, which wins over the \
 file, which wins over the defaults. Logging is filtered by RUST_LOG (default: info).";
 
 /// `ringlog serve` flags. Every value is optional here so that a missing flag falls through to
@@ -120,6 +122,21 @@ pub struct ServeArgs {
     /// min.insync.replicas [env: RINGLOG_MIN_INSYNC_REPLICAS] [default: 1]
     #[arg(long, value_name = "N")]
     pub min_insync_replicas: Option<usize>,
+    /// The active controller moves leaderships back to preferred replicas where a broker
+    /// leads too few of them, Kafka's auto.leader.rebalance.enable
+    /// [env: RINGLOG_AUTO_LEADER_REBALANCE_ENABLE] [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub auto_leader_rebalance_enable: Option<bool>,
+    /// How often the controller checks leader balance, Kafka's
+    /// leader.imbalance.check.interval.seconds
+    /// [env: RINGLOG_LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS] [default: 300]
+    #[arg(long, value_name = "SECONDS")]
+    pub leader_imbalance_check_interval_seconds: Option<u64>,
+    /// A broker whose preferred partitions are led elsewhere above this percentage gets them
+    /// back, Kafka's leader.imbalance.per.broker.percentage
+    /// [env: RINGLOG_LEADER_IMBALANCE_PER_BROKER_PERCENTAGE] [default: 10]
+    #[arg(long, value_name = "PERCENT")]
+    pub leader_imbalance_per_broker_percentage: Option<u32>,
     /// Memory each core keeps of recently written batches to answer tail fetches without
     /// reading the disk (the tail cache; 0 turns it off). Each core registers (locks) this
     /// plus 32 MiB for reads as io_uring memory [env: RINGLOG_FETCH_CACHE_BYTES]
@@ -310,6 +327,9 @@ pub struct Layer {
     pub group_consumer_session_timeout_ms: Option<u64>,
     pub replica_lag_time_max_ms: Option<u64>,
     pub min_insync_replicas: Option<usize>,
+    pub auto_leader_rebalance_enable: Option<bool>,
+    pub leader_imbalance_check_interval_seconds: Option<u64>,
+    pub leader_imbalance_per_broker_percentage: Option<u32>,
     pub fetch_cache_bytes: Option<usize>,
     #[serde(default, deserialize_with = "from_text")]
     pub fetch_send: Option<FetchSend>,
@@ -351,6 +371,9 @@ impl Layer {
             group_consumer_session_timeout_ms: args.group_consumer_session_timeout_ms,
             replica_lag_time_max_ms: args.replica_lag_time_max_ms,
             min_insync_replicas: args.min_insync_replicas,
+            auto_leader_rebalance_enable: args.auto_leader_rebalance_enable,
+            leader_imbalance_check_interval_seconds: args.leader_imbalance_check_interval_seconds,
+            leader_imbalance_per_broker_percentage: args.leader_imbalance_per_broker_percentage,
             fetch_cache_bytes: args.fetch_cache_bytes,
             fetch_send: args.fetch_send,
             process_roles: args.process_roles,
@@ -391,6 +414,18 @@ impl Layer {
             )?,
             replica_lag_time_max_ms: env_value(lookup, "RINGLOG_REPLICA_LAG_TIME_MAX_MS")?,
             min_insync_replicas: env_value(lookup, "RINGLOG_MIN_INSYNC_REPLICAS")?,
+            auto_leader_rebalance_enable: env_value(
+                lookup,
+                "RINGLOG_AUTO_LEADER_REBALANCE_ENABLE",
+            )?,
+            leader_imbalance_check_interval_seconds: env_value(
+                lookup,
+                "RINGLOG_LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS",
+            )?,
+            leader_imbalance_per_broker_percentage: env_value(
+                lookup,
+                "RINGLOG_LEADER_IMBALANCE_PER_BROKER_PERCENTAGE",
+            )?,
             fetch_cache_bytes: env_value(lookup, "RINGLOG_FETCH_CACHE_BYTES")?,
             fetch_send: env_value(lookup, "RINGLOG_FETCH_SEND")?,
             process_roles: env_value(lookup, "RINGLOG_PROCESS_ROLES")?,
@@ -447,6 +482,9 @@ pub struct ServeConfig {
     pub group_consumer_session_timeout_ms: u64,
     pub replica_lag_time_max_ms: u64,
     pub min_insync_replicas: usize,
+    pub auto_leader_rebalance_enable: bool,
+    pub leader_imbalance_check_interval_seconds: u64,
+    pub leader_imbalance_per_broker_percentage: u32,
     pub fetch_cache_bytes: usize,
     pub fetch_send: FetchSend,
     pub process_roles: ProcessRoles,
@@ -550,6 +588,17 @@ pub fn resolve(
         min_insync_replicas: first(&layers, |layer| layer.min_insync_replicas)
             .unwrap_or(1)
             .max(1),
+        auto_leader_rebalance_enable: first(&layers, |layer| layer.auto_leader_rebalance_enable)
+            .unwrap_or(true),
+        leader_imbalance_check_interval_seconds: first(&layers, |layer| {
+            layer.leader_imbalance_check_interval_seconds
+        })
+        .unwrap_or(300)
+        .max(1),
+        leader_imbalance_per_broker_percentage: first(&layers, |layer| {
+            layer.leader_imbalance_per_broker_percentage
+        })
+        .unwrap_or(10),
         fetch_cache_bytes: first(&layers, |layer| layer.fetch_cache_bytes)
             .unwrap_or(DEFAULT_FETCH_CACHE_BYTES),
         fetch_send: first(&layers, |layer| layer.fetch_send).unwrap_or_default(),

@@ -196,6 +196,11 @@ fn start_controller(
     // The default the brokers' leaders use (`--min-insync-replicas`): the ELR rules need the
     // same one.
     settings.controller.min_insync_replicas = config.min_insync_replicas;
+    settings.controller.leader_imbalance_check_interval_ms = config
+        .auto_leader_rebalance_enable
+        .then_some(config.leader_imbalance_check_interval_seconds * 1000);
+    settings.controller.leader_imbalance_per_broker_percentage =
+        config.leader_imbalance_per_broker_percentage;
     let voter_config = crate::controller::driver::VoterConfig {
         id: host,
         voters,

@@ -61,6 +61,13 @@ pub struct ControllerSettings {
     /// `--min-insync-replicas`): decides when replicas leaving the ISR join the ELR. It must be
     /// the value the brokers' leaders use, which stop advancing the high watermark below it.
     pub min_insync_replicas: usize,
+    /// How often the active controller moves leaderships back to preferred replicas where a
+    /// node leads too few of the partitions it prefers (`auto.leader.rebalance.enable` with
+    /// `leader.imbalance.check.interval.seconds`); `None`: never.
+    pub leader_imbalance_check_interval_ms: Option<u64>,
+    /// A node whose share of preferred partitions it does not lead is above this percentage
+    /// gets them back (`leader.imbalance.per.broker.percentage`).
+    pub leader_imbalance_per_broker_percentage: u32,
 }
 
 impl ControllerSettings {
@@ -68,8 +75,19 @@ impl ControllerSettings {
         Self {
             session_timeout_ms,
             min_insync_replicas: 1,
+            // Kafka's defaults: enabled, every 300 s, 10 %.
+            leader_imbalance_check_interval_ms: Some(300_000),
+            leader_imbalance_per_broker_percentage: 10,
         }
     }
+}
+
+/// One partition's answer to an ElectLeaders request.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Election {
+    pub topic: String,
+    pub partition: u32,
+    pub result: Result<(), Refusal>,
 }
 
 /// A refusal, as Kafka reports it. On a controller link the code travels as its Kafka number.
@@ -137,6 +155,8 @@ pub struct Controller {
     /// When each host last heartbeat (soft state: a new controller starts every live host's
     /// session at its activation).
     last_heartbeat_ms: HashMap<HostId, u64>,
+    /// When the next leader imbalance check is due (soft state, from the activation).
+    next_imbalance_check_ms: u64,
 }
 
 impl Controller {
@@ -145,6 +165,8 @@ impl Controller {
             settings,
             image,
             last_heartbeat_ms: HashMap::new(),
+            // Set by `activate`: a controller that never became active never rebalances.
+            next_imbalance_check_ms: u64::MAX,
         }
     }
 
@@ -166,6 +188,11 @@ impl Controller {
             .keys()
             .map(|&host| (host, now_ms))
             .collect();
+        self.next_imbalance_check_ms = now_ms
+            + self
+                .settings
+                .leader_imbalance_check_interval_ms
+                .unwrap_or(0);
     }
 
     fn session_alive(&self, host: HostId, now_ms: u64) -> bool {
@@ -275,7 +302,7 @@ impl Controller {
             .collect();
         let mut records = Vec::new();
         if expired.is_empty() {
-            return RecordBatch::new(records);
+            return self.rebalance_if_due(now_ms);
         }
         // Each host's changes are decided against the image with the previous hosts' changes
         // applied: a partition whose replicas all expire at once must not get back a leader
@@ -707,6 +734,184 @@ impl Controller {
         })
     }
 
+    /// Answers ElectLeaders: for each asked partition (every partition when `None`), a
+    /// preferred election (the first replica leads, if it is live and in sync) or an unclean
+    /// one (a partition without a leader gets one: a live in-sync replica, else a live eligible
+    /// one, else any live replica, which may lack acknowledged records). Kafka's answers:
+    /// ELECTION_NOT_NEEDED, PREFERRED_LEADER_NOT_AVAILABLE, ELIGIBLE_LEADERS_NOT_AVAILABLE,
+    /// UNKNOWN_TOPIC_OR_PARTITION. Asked for every partition, only the partitions where an
+    /// election happened or failed are answered (not those that needed none).
+    pub fn elect_leaders(
+        &self,
+        asked: Option<&[(String, u32)]>,
+        unclean: bool,
+    ) -> (Vec<Election>, RecordBatch) {
+        let every_partition = asked.is_none();
+        let everything: Vec<(String, u32)>;
+        let asked = match asked {
+            Some(asked) => asked,
+            None => {
+                everything = self
+                    .image
+                    .topics
+                    .values()
+                    .flat_map(|topic| {
+                        topic
+                            .partitions
+                            .iter()
+                            .map(|partition| (topic.name.clone(), partition.partition))
+                    })
+                    .collect();
+                &everything
+            }
+        };
+        let mut records = Vec::new();
+        let mut answers = Vec::new();
+        for (name, index) in asked {
+            let current = self
+                .image
+                .topic(name)
+                .and_then(|topic| topic.partitions.get(*index as usize).map(|p| (topic, p)));
+            let result = match current {
+                None => Err(Refusal::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic '{name}' has no partition {index}"),
+                )),
+                Some((_, partition)) if unclean => self.unclean_election(partition),
+                Some((_, partition)) => self.preferred_election(partition),
+            };
+            let result = match result {
+                Ok(changed) => {
+                    records.push(MetadataRecord::Partition(changed));
+                    Ok(())
+                }
+                Err(refusal) => Err(refusal),
+            };
+            let not_needed =
+                matches!(&result, Err(r) if r.code == ResponseError::ElectionNotNeeded);
+            if not_needed && every_partition {
+                continue;
+            }
+            answers.push(Election {
+                topic: name.clone(),
+                partition: *index,
+                result,
+            });
+        }
+        (answers, RecordBatch::new(records))
+    }
+
+    /// The partition led by its preferred replica, if that one is live and in sync.
+    fn preferred_election(&self, partition: &PartitionRecord) -> Result<PartitionRecord, Refusal> {
+        let Some(&preferred) = partition.replicas.first() else {
+            return Err(Refusal::new(
+                ResponseError::PreferredLeaderNotAvailable,
+                "the partition has no replicas",
+            ));
+        };
+        if partition.leader == preferred {
+            return Err(Refusal::new(
+                ResponseError::ElectionNotNeeded,
+                format!("node {preferred} (the preferred replica) leads already"),
+            ));
+        }
+        if !partition.isr.contains(&preferred) || !self.image.is_live(preferred) {
+            return Err(Refusal::new(
+                ResponseError::PreferredLeaderNotAvailable,
+                format!("the preferred replica, node {preferred}, is not live and in sync"),
+            ));
+        }
+        let mut changed = partition.clone();
+        changed.leader = preferred;
+        changed.leader_epoch += 1;
+        changed.partition_epoch += 1;
+        Ok(changed)
+    }
+
+    /// A leader for a partition that has none: the first live replica of its ISR, else of its
+    /// ELR (both hold everything committed), else any live replica (what only the others had
+    /// is lost: the operator asked for it, as with `unclean.leader.election.enable`).
+    fn unclean_election(&self, partition: &PartitionRecord) -> Result<PartitionRecord, Refusal> {
+        if partition.leader.0 >= 0 {
+            return Err(Refusal::new(
+                ResponseError::ElectionNotNeeded,
+                format!("node {} leads already", partition.leader),
+            ));
+        }
+        let live = |node: &&NodeId| self.image.is_live(**node);
+        let clean = partition
+            .replicas
+            .iter()
+            .filter(live)
+            .find(|node| partition.isr.contains(node) || partition.elr.contains(node));
+        let chosen = clean.or_else(|| partition.replicas.iter().find(live));
+        let Some(&leader) = chosen else {
+            return Err(Refusal::new(
+                ResponseError::EligibleLeadersNotAvailable,
+                "no replica of the partition is live",
+            ));
+        };
+        let mut changed = partition.clone();
+        if clean.is_none() {
+            changed.isr = vec![leader];
+            changed.elr.clear();
+            changed.last_known_elr.clear();
+        } else if !changed.isr.contains(&leader) {
+            changed.isr = vec![leader];
+            changed.elr.retain(|node| *node != leader);
+        }
+        changed.leader = leader;
+        changed.leader_epoch += 1;
+        changed.partition_epoch += 1;
+        Ok(changed)
+    }
+
+    /// `auto.leader.rebalance.enable`: every check interval, each node that leads too few of
+    /// the partitions it is the preferred replica of (more than
+    /// `leader.imbalance.per.broker.percentage` of them led by another) gets them back where
+    /// it is live and in sync, as Kafka's controller does.
+    fn rebalance_if_due(&mut self, now_ms: u64) -> RecordBatch {
+        let Some(interval) = self.settings.leader_imbalance_check_interval_ms else {
+            return RecordBatch::new(Vec::new());
+        };
+        if now_ms < self.next_imbalance_check_ms {
+            return RecordBatch::new(Vec::new());
+        }
+        self.next_imbalance_check_ms = now_ms + interval;
+        // Per preferred node: (partitions it prefers, of which another leads).
+        let mut counts: BTreeMap<NodeId, (u32, u32)> = BTreeMap::new();
+        for topic in self.image.topics.values() {
+            for partition in &topic.partitions {
+                if let Some(&preferred) = partition.replicas.first() {
+                    let count = counts.entry(preferred).or_default();
+                    count.0 += 1;
+                    count.1 += u32::from(partition.leader != preferred);
+                }
+            }
+        }
+        let percentage = u64::from(self.settings.leader_imbalance_per_broker_percentage);
+        let imbalanced: BTreeSet<NodeId> = counts
+            .into_iter()
+            .filter(|(_, (preferred, elsewhere))| {
+                u64::from(*elsewhere) * 100 > u64::from(*preferred) * percentage
+            })
+            .map(|(node, _)| node)
+            .collect();
+        let mut records = Vec::new();
+        for topic in self.image.topics.values() {
+            for partition in &topic.partitions {
+                let wanted = partition
+                    .replicas
+                    .first()
+                    .is_some_and(|node| imbalanced.contains(node));
+                if let (true, Ok(changed)) = (wanted, self.preferred_election(partition)) {
+                    records.push(MetadataRecord::Partition(changed));
+                }
+            }
+        }
+        RecordBatch::new(records)
+    }
+
     /// Moves leadership of the given partitions (all, when `None`) to their preferred leader,
     /// where it is live and in sync (ElectLeaders, `auto.leader.rebalance.enable`).
     pub fn elect_preferred(&self, only: Option<&[(TopicId, u32)]>) -> RecordBatch {
@@ -715,21 +920,9 @@ impl Controller {
             for partition in &topic.partitions {
                 let wanted =
                     only.is_none_or(|only| only.contains(&(partition.topic, partition.partition)));
-                let Some(&preferred) = partition.replicas.first() else {
-                    continue;
-                };
-                if !wanted
-                    || partition.leader == preferred
-                    || !partition.isr.contains(&preferred)
-                    || !self.image.is_live(preferred)
-                {
-                    continue;
+                if let (true, Ok(changed)) = (wanted, self.preferred_election(partition)) {
+                    records.push(MetadataRecord::Partition(changed));
                 }
-                let mut changed = partition.clone();
-                changed.leader = preferred;
-                changed.leader_epoch += 1;
-                changed.partition_epoch += 1;
-                records.push(MetadataRecord::Partition(changed));
             }
         }
         RecordBatch::new(records)

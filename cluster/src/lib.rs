@@ -24,7 +24,7 @@ pub mod rng;
 pub mod sim;
 
 pub use controller::{
-    check_topic_name, AlterPartition, Controller, ControllerSettings, NewTopic, Refusal,
+    check_topic_name, AlterPartition, Controller, ControllerSettings, Election, NewTopic, Refusal,
 };
 pub use image::MetadataImage;
 pub use node::{HostId, NodeId};

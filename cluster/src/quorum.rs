@@ -36,7 +36,7 @@ use thiserror::Error;
 
 use crate::codec;
 use crate::controller::{
-    AlterPartition, Controller, ControllerSettings, HeartbeatAnswer, NewTopic, Refusal,
+    AlterPartition, Controller, ControllerSettings, Election, HeartbeatAnswer, NewTopic, Refusal,
 };
 use crate::image::MetadataImage;
 use crate::log::{to_log_entry, HardStateRecord, LogView, SnapshotRecord};
@@ -126,6 +126,12 @@ pub enum Command {
     ElectPreferred,
     /// A partition leader's ISR change.
     AlterPartition(AlterPartition),
+    /// ElectLeaders: preferred (or, `unclean`, any live replica for leaderless partitions)
+    /// leaders for the named partitions, every partition when `None`.
+    ElectLeaders {
+        partitions: Option<Vec<(String, u32)>>,
+        unclean: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -147,6 +153,8 @@ pub enum Reply {
     AlterPartition {
         partition_epoch: i32,
     },
+    /// Each asked partition's election (committed with the reply when any was made).
+    ElectLeaders(Vec<Election>),
 }
 
 /// Why a command as a whole was not carried out.
@@ -909,6 +917,18 @@ impl ControllerNode {
                     return Decision::Answer(Ok(Reply::ElectPreferred { changed }));
                 }
                 Decision::Propose(Pending::Reply(Reply::ElectPreferred { changed }), batch)
+            }
+            Command::ElectLeaders {
+                partitions,
+                unclean,
+            } => {
+                let (elections, batch) = self
+                    .controller
+                    .elect_leaders(partitions.as_deref(), unclean);
+                if batch.records.is_empty() {
+                    return Decision::Answer(Ok(Reply::ElectLeaders(elections)));
+                }
+                Decision::Propose(Pending::Reply(Reply::ElectLeaders(elections)), batch)
             }
             Command::AlterPartition(request) => match self.controller.alter_partition(&request) {
                 Ok((partition_epoch, batch)) if batch.records.is_empty() => {

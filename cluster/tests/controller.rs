@@ -23,8 +23,8 @@ impl Committed {
     /// A controller whose default `min.insync.replicas` is `min_insync`.
     fn with_min_insync(min_insync: usize) -> Self {
         let settings = ControllerSettings {
-            session_timeout_ms: SESSION_MS,
             min_insync_replicas: min_insync,
+            ..ControllerSettings::new(SESSION_MS)
         };
         Self {
             controller: Controller::new(settings, MetadataImage::default()),
@@ -922,4 +922,152 @@ fn kip_903_a_replica_is_added_to_the_isr_only_in_the_broker_epoch_it_fetched_in(
     cluster.commit(batch);
     assert_eq!(partition_of(&cluster, "t").isr, vec![leader, a, b]);
     cluster.check_invariants_with(2);
+}
+
+/// Three hosts, topic "t" of one partition on all three (min.insync.replicas 1); the host of
+/// the preferred leader is fenced (its leadership moves), comes back cleanly and is taken back
+/// into the ISR by the new leader. Returns the cluster, the replicas and the time.
+fn preferred_leader_back_in_sync() -> (Committed, Vec<NodeId>, u64) {
+    let mut cluster = Committed::new();
+    for host in 0..3 {
+        cluster.join(host, 1, None, 0);
+    }
+    cluster.create("t", 1, 1, 3).expect("created");
+    let replicas = partition_of(&cluster, "t").replicas;
+    let preferred = host_of(replicas[0]);
+    let others: Vec<u32> = (0..3).filter(|&h| h != preferred).collect();
+    let now = fence_all_but(&mut cluster, &others, 0);
+    assert_ne!(partition_of(&cluster, "t").leader, replicas[0]);
+    let epoch = cluster.epochs[&HostId(preferred)];
+    restart(&mut cluster, preferred, Some(epoch), now + 1);
+    for &host in &others {
+        cluster.heartbeat(host, now + 1);
+    }
+    alter_isr(&mut cluster, "t", &replicas);
+    cluster.check_invariants();
+    (cluster, replicas, now + 1)
+}
+
+#[test]
+fn elect_leaders_moves_leadership_to_the_preferred_replica_when_it_is_live_and_in_sync() {
+    let (mut cluster, replicas, _) = preferred_leader_back_in_sync();
+    let before = partition_of(&cluster, "t");
+    let asked = [
+        ("t".to_owned(), 0),
+        ("t".to_owned(), 5),
+        ("nope".to_owned(), 0),
+    ];
+    let (answers, batch) = cluster.controller.elect_leaders(Some(&asked), false);
+    assert_eq!(answers.len(), 3);
+    assert_eq!(answers[0].result, Ok(()));
+    for unknown in &answers[1..] {
+        let refusal = unknown.result.as_ref().expect_err("no such partition");
+        assert_eq!(refusal.code, ResponseError::UnknownTopicOrPartition);
+    }
+    cluster.commit(batch);
+    let after = partition_of(&cluster, "t");
+    assert_eq!(after.leader, replicas[0]);
+    assert_eq!(after.leader_epoch, before.leader_epoch + 1);
+    assert_eq!(after.partition_epoch, before.partition_epoch + 1);
+    cluster.check_invariants();
+    // Again: nothing to do. Asked for one partition it says so; asked for all it says nothing.
+    let (answers, batch) = cluster.controller.elect_leaders(Some(&asked[..1]), false);
+    assert!(batch.records.is_empty());
+    let refusal = answers[0].result.as_ref().expect_err("not needed");
+    assert_eq!(refusal.code, ResponseError::ElectionNotNeeded);
+    let (answers, batch) = cluster.controller.elect_leaders(None, false);
+    assert!(
+        answers.is_empty() && batch.records.is_empty(),
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn elect_leaders_refuses_a_preferred_replica_out_of_the_isr() {
+    let (mut cluster, replicas, _) = preferred_leader_back_in_sync();
+    alter_isr(&mut cluster, "t", &replicas[1..]);
+    let (answers, batch) = cluster
+        .controller
+        .elect_leaders(Some(&[("t".to_owned(), 0)]), false);
+    assert!(batch.records.is_empty());
+    let refusal = answers[0].result.as_ref().expect_err("not in sync");
+    assert_eq!(refusal.code, ResponseError::PreferredLeaderNotAvailable);
+    // Asked for every partition, a failed election is answered too.
+    let (answers, _) = cluster.controller.elect_leaders(None, false);
+    assert_eq!(answers.len(), 1, "{answers:?}");
+}
+
+#[test]
+fn unclean_elect_leaders_gives_a_leaderless_partition_any_live_replica() {
+    let mut cluster = Committed::new();
+    for host in 0..3 {
+        cluster.join(host, 1, None, 0);
+    }
+    cluster.create("t", 1, 1, 3).expect("created");
+    let replicas = partition_of(&cluster, "t").replicas;
+    let asked = [("t".to_owned(), 0)];
+    let (answers, _) = cluster.controller.elect_leaders(Some(&asked), true);
+    let refusal = answers[0].result.as_ref().expect_err("it has a leader");
+    assert_eq!(refusal.code, ResponseError::ElectionNotNeeded);
+    // The ISR shrinks to the leader, whose host is then fenced: no leader, nobody eligible
+    // among the live (the others left the ISR at or above min.insync.replicas 1).
+    alter_isr(&mut cluster, "t", &replicas[..1]);
+    let others: Vec<u32> = replicas[1..].iter().map(|&node| host_of(node)).collect();
+    let now = fence_all_but(&mut cluster, &others, 0);
+    let leaderless = partition_of(&cluster, "t");
+    assert_eq!(leaderless.leader, NodeId(-1), "{leaderless:?}");
+    // A preferred election cannot help; an unclean one takes the first live replica.
+    let (answers, batch) = cluster.controller.elect_leaders(Some(&asked), false);
+    assert!(batch.records.is_empty() && answers[0].result.is_err());
+    let (answers, batch) = cluster.controller.elect_leaders(Some(&asked), true);
+    assert_eq!(answers[0].result, Ok(()));
+    cluster.commit(batch);
+    let elected = partition_of(&cluster, "t");
+    assert_eq!(elected.leader, replicas[1]);
+    assert_eq!(elected.isr, vec![replicas[1]]);
+    assert!(elected.elr.is_empty() && elected.last_known_elr.is_empty());
+    assert_eq!(elected.leader_epoch, leaderless.leader_epoch + 1);
+    cluster.check_invariants();
+    // With no live replica at all: ELIGIBLE_LEADERS_NOT_AVAILABLE.
+    fence_all_but(&mut cluster, &[], now);
+    assert_eq!(partition_of(&cluster, "t").leader, NodeId(-1));
+    let (answers, batch) = cluster.controller.elect_leaders(Some(&asked), true);
+    assert!(batch.records.is_empty());
+    let refusal = answers[0].result.as_ref().expect_err("nobody is live");
+    assert_eq!(refusal.code, ResponseError::EligibleLeadersNotAvailable);
+}
+
+#[test]
+fn auto_leader_rebalance_returns_leadership_to_preferred_replicas_after_the_check_interval() {
+    for (percentage, moves) in [(10, true), (100, false)] {
+        let (mut cluster, replicas, now) = preferred_leader_back_in_sync();
+        let mut settings = ControllerSettings::new(SESSION_MS);
+        settings.leader_imbalance_check_interval_ms = Some(10_000);
+        settings.leader_imbalance_per_broker_percentage = percentage;
+        let image = cluster.image().clone();
+        cluster.controller = Controller::new(settings, image);
+        cluster.controller.activate(now);
+        for host in 0..3 {
+            cluster.heartbeat(host, now + 5_000);
+        }
+        let early = cluster.controller.tick(now + 5_000);
+        assert!(early.records.is_empty(), "before the interval");
+        for host in 0..3 {
+            cluster.heartbeat(host, now + 10_000);
+        }
+        let due = cluster.controller.tick(now + 10_000);
+        // The preferred node leads 0 of its 1 partition: 100 % imbalance.
+        assert_eq!(
+            due.records.len(),
+            usize::from(moves),
+            "{percentage} %: {due:?}"
+        );
+        cluster.commit(due);
+        let leader = partition_of(&cluster, "t").leader;
+        assert_eq!(leader == replicas[0], moves);
+        cluster.check_invariants();
+        // The next check is an interval later.
+        let again = cluster.controller.tick(now + 10_001);
+        assert!(again.records.is_empty());
+    }
 }

@@ -456,8 +456,8 @@ impl Sim {
             (0, 0, 0)
         };
         let settings = ControllerSettings {
-            session_timeout_ms: SESSION_TIMEOUT_MS,
             min_insync_replicas: MIN_INSYNC_REPLICAS,
+            ..ControllerSettings::new(SESSION_TIMEOUT_MS)
         };
         let hosts = (0..config.hosts)
             .map(|index| {

@@ -21,7 +21,8 @@ use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsRe
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
     DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
+    ElectLeadersRequest, ElectLeadersResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -50,8 +51,11 @@ pub struct TopicSpec {
     pub partitions: i32,
     pub replication_factor: i16,
     pub configs: BTreeMap<String, String>,
-    /// Owning shard of each partition when the client assigned them to nodes.
+    /// Owning shard of each partition when the client assigned them to nodes (one host).
     pub placement: Option<Vec<usize>>,
+    /// In a cluster: the replicas (node ids) the client assigned each partition, preferred
+    /// leader first; the controller checks them.
+    pub replicas: Option<Vec<Vec<i32>>>,
 }
 
 impl TopicSpec {
@@ -62,6 +66,7 @@ impl TopicSpec {
             replication_factor: 1,
             configs: BTreeMap::new(),
             placement: None,
+            replicas: None,
         }
     }
 }
@@ -191,7 +196,15 @@ pub struct Edit<I> {
 /// A topic to delete: by name, or (name `None`) by id.
 pub type Deletion = (Option<String>, uuid::Uuid);
 /// Partitions to add: the topic, its new partition count, and where the client placed them.
-pub type Growth = (String, i32, Result<Option<Vec<usize>>, AdminError>);
+/// Partitions to add to a topic: its name, the new partition count, and where the client
+/// assigned the new ones, if it did (as for [`TopicSpec`]: shards on one host, node ids in a
+/// cluster).
+pub struct Growth {
+    pub name: String,
+    pub count: i32,
+    pub placement: Result<Option<Vec<usize>>, AdminError>,
+    pub replicas: Option<Vec<Vec<i32>>>,
+}
 /// Config operations on a topic: (name, operation, value).
 pub type ConfigOps = (String, Vec<(String, i8, Option<String>)>);
 
@@ -270,14 +283,16 @@ impl Call for Edit<Growth> {
         if controller.settings.cluster.is_some() {
             return cluster::add_partitions(&controller, self).await;
         }
-        edit_here(
-            &controller,
-            self,
-            |controller, catalog, (name, count, placement)| {
-                let topic = grow(controller, catalog, &name, count, placement?)?;
-                Ok(((), Change::Upsert { name, topic }))
-            },
-        )
+        edit_here(&controller, self, |controller, catalog, growth: Growth| {
+            let Growth {
+                name,
+                count,
+                placement,
+                ..
+            } = growth;
+            let topic = grow(controller, catalog, &name, count, placement?)?;
+            Ok(((), Change::Upsert { name, topic }))
+        })
         .await
     }
 }
@@ -430,20 +445,27 @@ pub async fn create_topics(
         .iter()
         .map(|topic| {
             let mut partitions = topic.num_partitions;
+            let mut replication_factor = match topic.replication_factor {
+                -1 => 1,
+                factor => factor,
+            };
             let mut placement = None;
+            let mut replicas = None;
             if !topic.assignments.is_empty() {
-                placement = Some(assigned_shards(
-                    shard,
-                    topic.assignments.iter().map(|a| a.broker_ids.as_slice()),
-                )?);
+                if shard.settings.cluster.is_some() {
+                    let assigned = node_ids(topic.assignments.iter().map(|a| &a.broker_ids));
+                    replication_factor = assigned[0].len() as i16;
+                    replicas = Some(assigned);
+                } else {
+                    placement = Some(assigned_shards(
+                        shard,
+                        topic.assignments.iter().map(|a| a.broker_ids.as_slice()),
+                    )?);
+                }
                 partitions = topic.assignments.len() as i32;
             } else if partitions == -1 {
                 partitions = i32::try_from(shard.settings.num_partitions).unwrap_or(1);
             }
-            let replication_factor = match topic.replication_factor {
-                -1 => 1,
-                factor => factor,
-            };
             let mut configs = BTreeMap::new();
             for config in &topic.configs {
                 if let Some(value) = &config.value {
@@ -456,6 +478,7 @@ pub async fn create_topics(
                 replication_factor,
                 configs,
                 placement,
+                replicas,
             })
         })
         .collect();
@@ -586,12 +609,24 @@ pub async fn create_partitions(
         .topics
         .iter()
         .map(|topic| {
-            let placement = topic
+            let in_cluster = shard.settings.cluster.is_some();
+            let placement = match &topic.assignments {
+                Some(all) if !in_cluster => {
+                    assigned_shards(shard, all.iter().map(|a| a.broker_ids.as_slice())).map(Some)
+                }
+                _ => Ok(None),
+            };
+            let replicas = topic
                 .assignments
                 .as_ref()
-                .map(|all| assigned_shards(shard, all.iter().map(|a| a.broker_ids.as_slice())))
-                .transpose();
-            (topic.name.to_string(), topic.count, placement)
+                .filter(|_| in_cluster)
+                .map(|all| node_ids(all.iter().map(|a| &a.broker_ids)));
+            Growth {
+                name: topic.name.to_string(),
+                count: topic.count,
+                placement,
+                replicas,
+            }
         })
         .collect();
     let edit = Edit {
@@ -664,6 +699,15 @@ fn grow(
 /// The owning shards of manually assigned partitions: each partition must name exactly one
 /// node (replication factor 1) and that node must be this broker (or, with a node per shard,
 /// one of its shards, which then owns the partition).
+/// A client's replica assignment as node ids, one list per partition.
+fn node_ids<'a>(
+    assignments: impl Iterator<Item = &'a Vec<kafka_protocol::messages::BrokerId>>,
+) -> Vec<Vec<i32>> {
+    assignments
+        .map(|nodes| nodes.iter().map(|node| node.0).collect())
+        .collect()
+}
+
 fn assigned_shards<'a>(
     shard: &Shard,
     assignments: impl Iterator<Item = &'a [kafka_protocol::messages::BrokerId]>,
@@ -949,6 +993,125 @@ fn alter(
     Ok(altered)
 }
 
+/// ElectLeaders (`kafka-leader-election.sh`, AdminClient `elect_leaders`): preferred or
+/// unclean elections for the asked partitions (every partition when the request names none).
+/// In a cluster the controller decides; a one-host broker keeps one replica of each
+/// partition, which always leads: ELECTION_NOT_NEEDED.
+pub async fn elect_leaders(
+    shard: &Rc<Shard>,
+    request: ElectLeadersRequest,
+    version: i16,
+) -> ElectLeadersResponse {
+    use kafka_protocol::messages::elect_leaders_response::{
+        PartitionResult, ReplicaElectionResult,
+    };
+
+    // Version 0 has no election type: preferred.
+    let unclean = version >= 1 && request.election_type == 1;
+    let asked: Option<Vec<(String, u32)>> = request.topic_partitions.as_ref().map(|topics| {
+        topics
+            .iter()
+            .flat_map(|topic| {
+                // A negative partition can match none: u32::MAX is never a partition.
+                topic.partitions.iter().map(|&partition| {
+                    (
+                        topic.topic.to_string(),
+                        u32::try_from(partition).unwrap_or(u32::MAX),
+                    )
+                })
+            })
+            .collect()
+    });
+    let elections = if version >= 1 && !matches!(request.election_type, 0 | 1) {
+        Err(AdminError::new(
+            ResponseError::InvalidRequest,
+            format!(
+                "election type {} is neither preferred (0) nor unclean (1)",
+                request.election_type
+            ),
+        ))
+    } else if shard.settings.cluster.is_some() {
+        let command = ringlog_cluster::Command::ElectLeaders {
+            partitions: asked.clone(),
+            unclean,
+        };
+        match cluster::forward(shard, command).await {
+            Ok(ringlog_cluster::Reply::ElectLeaders(elections)) => Ok(elections),
+            Ok(other) => Err(cluster::unexpected(&other)),
+            Err(error) => Err(error),
+        }
+    } else {
+        let catalog = shard.catalog.borrow();
+        Ok(asked
+            .iter()
+            .flatten()
+            .map(|(topic, partition)| {
+                let exists = catalog
+                    .topics
+                    .get(topic)
+                    .is_some_and(|t| (*partition as usize) < t.partitions.len());
+                let result = if exists {
+                    Err(ringlog_cluster::Refusal::new(
+                        ResponseError::ElectionNotNeeded,
+                        "the partition's only replica leads",
+                    ))
+                } else {
+                    Err(ringlog_cluster::Refusal::new(
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("topic '{topic}' has no partition {partition}"),
+                    ))
+                };
+                ringlog_cluster::Election {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    result,
+                }
+            })
+            .collect())
+    };
+    let elections = match elections {
+        Ok(elections) => elections,
+        // Version 1 and up carry a request-wide error; version 0 only per partition.
+        Err(failure) if version >= 1 => {
+            return ElectLeadersResponse::default().with_error_code(failure.code.code())
+        }
+        Err(failure) => asked
+            .iter()
+            .flatten()
+            .map(|(topic, partition)| ringlog_cluster::Election {
+                topic: topic.clone(),
+                partition: *partition,
+                result: Err(ringlog_cluster::Refusal::new(
+                    failure.code,
+                    failure.message.clone(),
+                )),
+            })
+            .collect(),
+    };
+    let mut results: Vec<ReplicaElectionResult> = Vec::new();
+    for election in elections {
+        let mut answer = PartitionResult::default()
+            .with_partition_id(i32::try_from(election.partition).unwrap_or(-1));
+        if let Err(refusal) = election.result {
+            answer = answer
+                .with_error_code(refusal.code.code())
+                .with_error_message(Some(StrBytes::from_string(refusal.message)));
+        }
+        match results
+            .iter_mut()
+            .find(|r| r.topic.0.as_str() == election.topic)
+        {
+            Some(topic) => topic.partition_result.push(answer),
+            None => results.push(
+                ReplicaElectionResult::default()
+                    .with_topic(TopicName(StrBytes::from_string(election.topic)))
+                    .with_partition_result(vec![answer]),
+            ),
+        }
+    }
+    ElectLeadersResponse::default().with_replica_election_results(results)
+}
+
 /// Catalog edits in a cluster: checked here as on one node, then decided by the controller
 /// quorum (`ringlog_cluster::Controller`), and answered once this broker's catalog shows them
 /// (the membership loop applies the quorum's log to every shard).
@@ -980,19 +1143,25 @@ pub(crate) mod cluster {
     }
 
     /// The quorum answered a command with another command's reply (a bug, not a refusal).
-    fn unexpected(reply: &Reply) -> AdminError {
+    pub(super) fn unexpected(reply: &Reply) -> AdminError {
         refused(
             ResponseError::UnknownServerError,
             format!("unexpected answer {reply:?}"),
         )
     }
 
-    fn assignments_unsupported() -> AdminError {
-        refused(
-            ResponseError::InvalidReplicaAssignment,
-            "explicit replica assignments are not supported in a cluster yet: the controller \
-             places partitions",
-        )
+    /// A client's assignment (node ids) as the controller's nodes; the controller checks that
+    /// each is a core of a registered host.
+    fn nodes_of(assignment: &[Vec<i32>]) -> Vec<Vec<ringlog_cluster::NodeId>> {
+        assignment
+            .iter()
+            .map(|replicas| {
+                replicas
+                    .iter()
+                    .map(|&node| ringlog_cluster::NodeId(node))
+                    .collect()
+            })
+            .collect()
     }
 
     pub(crate) async fn forward(shard: &Shard, command: Command) -> Result<Reply, AdminError> {
@@ -1040,11 +1209,7 @@ pub(crate) mod cluster {
         let catalog = shard.catalog.borrow().clone();
         let mut results = Vec::with_capacity(batch.items.len());
         for spec in batch.items {
-            let checked = if spec.placement.is_some() {
-                Err(assignments_unsupported())
-            } else {
-                new_topic(shard, &catalog, &spec)
-            };
+            let checked = new_topic(shard, &catalog, &spec);
             let topic = match checked {
                 Ok(topic) if !batch.validate_only => topic,
                 other => {
@@ -1057,7 +1222,7 @@ pub(crate) mod cluster {
                 id: topic.uuid().as_u128(),
                 partitions: u32::try_from(spec.partitions).unwrap_or(0),
                 replication_factor: u16::try_from(spec.replication_factor).unwrap_or(0),
-                assignment: None,
+                assignment: spec.replicas.as_ref().map(|all| nodes_of(all)),
                 configs: spec.configs.clone(),
             }]);
             let result = match forward(shard, command).await {
@@ -1132,10 +1297,15 @@ pub(crate) mod cluster {
     ) -> Vec<Result<(), AdminError>> {
         let catalog = shard.catalog.borrow().clone();
         let mut results = Vec::with_capacity(batch.items.len());
-        for (name, count, placement) in batch.items {
+        for growth in batch.items {
+            let Growth {
+                name,
+                count,
+                placement,
+                replicas,
+            } = growth;
             let checked = match placement {
-                Ok(Some(_)) => Err(assignments_unsupported()),
-                Ok(None) => grown(shard, &catalog, &name, count, None).map(|_| ()),
+                Ok(_) => grown(shard, &catalog, &name, count, None).map(|_| ()),
                 Err(error) => Err(error),
             };
             if checked.is_err() || batch.validate_only {
@@ -1145,7 +1315,7 @@ pub(crate) mod cluster {
             let command = Command::CreatePartitions {
                 name: name.clone(),
                 count: u32::try_from(count).unwrap_or(0),
-                assignment: None,
+                assignment: replicas.as_ref().map(|all| nodes_of(all)),
             };
             let wanted = usize::try_from(count).unwrap_or(0);
             let result = match forward(shard, command).await {

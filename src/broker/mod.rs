@@ -799,6 +799,14 @@ impl Broker for ShardBroker {
         metadata::describe_cluster(&self.0, request, version)
     }
 
+    async fn elect_leaders(
+        &self,
+        request: kafka_protocol::messages::ElectLeadersRequest,
+        version: i16,
+    ) -> kafka_protocol::messages::ElectLeadersResponse {
+        admin::elect_leaders(&self.0, request, version).await
+    }
+
     async fn find_coordinator(
         &self,
         request: FindCoordinatorRequest,

@@ -48,7 +48,7 @@ def fully_in_sync(addresses: list[tuple[str, int]]) -> bool:
     views = [partition_views(address) for address in addresses]
     first = views[0]
     return (first is not None and len(first) == PARTITIONS and all(v == first for v in views)
-            and all(leader >= 0 and len(isr) == HOSTS for leader, isr in first.values()))
+            and all(leader >= 0 and len(isr) == HOSTS for leader, isr, _ in first.values()))
 
 
 class Load:
@@ -184,9 +184,9 @@ def replica_records_of(directory: Path) -> list[tuple[int, str]]:
 
 
 def partition_views(address: tuple[str, int], topic: str = TOPIC
-                    ) -> dict[int, tuple[int, tuple[int, ...]]] | None:
+                    ) -> dict[int, tuple[int, tuple[int, ...], tuple[int, ...]]] | None:
     """`topic`'s partitions as `address` itself answers a raw Metadata v1 on a new connection,
-    {partition: (leader, sorted ISR)}; None when it does not answer. (A client's own metadata
+    {partition: (leader, sorted ISR, replicas in order)}; None when it does not answer. (A client's own metadata
     request may go to a paused host, whose TCP stays open and silent, or use a cached view.)"""
     body = struct.pack(">i", 1) + kafkautil._string(topic)
     try:
@@ -207,16 +207,16 @@ def partition_views(address: tuple[str, int], topic: str = TOPIC
         reader.unpack(">b")
         for _ in range(reader.unpack(">i")):
             _, index, leader = reader.unpack(">hii")
-            reader.unpack(">" + "i" * reader.unpack(">i"))  # replicas
+            replicas = [reader.unpack(">i") for _ in range(reader.unpack(">i"))]
             isr = [reader.unpack(">i") for _ in range(reader.unpack(">i"))]
-            views[index] = (leader, tuple(sorted(isr)))
+            views[index] = (leader, tuple(sorted(isr)), tuple(replicas))
     return views
 
 
 def leader_host(address: tuple[str, int], partition: int, topic: str = TOPIC) -> int:
     """The host leading `partition` as `address` answers (-1: none, or no answer)."""
     views = partition_views(address, topic) or {}
-    return views.get(partition, (-1, ()))[0] // NODES_PER_HOST
+    return views.get(partition, (-1, (), ()))[0] // NODES_PER_HOST
 
 
 def start_hosts(cluster) -> tuple[list[tuple[str, int]], AdminClient]:
@@ -662,3 +662,100 @@ def test_a_follower_whose_disk_fills_leaves_the_isr_while_the_leader_goes_on(clu
         cluster.stop()
         for filesystem in filesystems:
             filesystem.unmount()
+
+
+def preferred_led_elsewhere(addresses) -> dict[int, int]:
+    """Partitions whose preferred replica (the first) does not lead, as every host agrees:
+    {partition: preferred node}; None while the hosts disagree."""
+    views = [partition_views(address) for address in addresses]
+    if any(v is None or v != views[0] for v in views):
+        return None
+    return {p: replicas[0] for p, (leader, _, replicas) in views[0].items() if leader != replicas[0]}
+
+
+def move_leaderships_off_and_back(cluster, addresses, admin) -> int:
+    """Restarts (SIGTERM: controlled shutdown) the host preferred for partition 0 and waits
+    until it is back in every ISR: its preferred partitions are led by others now. Returns it."""
+    views = partition_views(addresses[0])
+    victim = views[0][2][0] // NODES_PER_HOST
+    cluster.processes[victim].send_signal(signal.SIGTERM)
+    cluster.processes[victim].wait(30)
+    cluster.start(victim)
+    wait_until(lambda: fully_in_sync(addresses), 60, f"host {victim} back in every ISR")
+    moved = preferred_led_elsewhere(addresses)
+    assert moved and 0 in moved, moved
+    return victim
+
+
+def test_elect_leaders_moves_leadership_back_to_preferred_replicas(cluster):
+    """AdminClient.elect_leaders (confluent-kafka) against the cluster: a preferred election
+    gives the partitions back to their preferred replica (which restarted and rejoined the
+    ISR), answers ELECTION_NOT_NEEDED where it leads already and UNKNOWN_TOPIC_OR_PARTITION for
+    a partition that does not exist; an unclean election of partitions with a leader is not
+    needed."""
+    from confluent_kafka import ElectionType, KafkaError
+    cluster.extra_args = ["--auto-leader-rebalance-enable", "false"]
+    addresses, admin = start_hosts(cluster)
+    create_replicated(admin, addresses)
+    move_leaderships_off_and_back(cluster, addresses, admin)
+    moved = preferred_led_elsewhere(addresses)
+    asked = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)] + [TopicPartition(TOPIC, 9)]
+    results = admin.elect_leaders(ElectionType.PREFERRED, asked).result(30)
+    codes = {tp.partition: (error.code() if error is not None else None)
+             for tp, error in results.items()}
+    for partition in range(PARTITIONS):
+        expected = None if partition in moved else KafkaError.ELECTION_NOT_NEEDED
+        assert codes[partition] == expected, (partition, codes, moved)
+    assert codes[9] == KafkaError.UNKNOWN_TOPIC_OR_PART, codes
+    wait_until(lambda: preferred_led_elsewhere(addresses) == {}, 10,
+               "every partition led by its preferred replica on every host")
+    results = admin.elect_leaders(ElectionType.UNCLEAN, asked[:1]).result(30)
+    assert [error.code() for error in results.values()] == \
+        [KafkaError.ELECTION_NOT_NEEDED], results
+
+
+def test_auto_leader_rebalance_returns_leadership_to_preferred_replicas(cluster):
+    """auto.leader.rebalance.enable (on by default; checked every 2 s here): once the
+    restarted preferred replica is back in the ISR, the controller gives it its partitions
+    back without being asked."""
+    cluster.extra_args = ["--leader-imbalance-check-interval-seconds", "2"]
+    addresses, admin = start_hosts(cluster)
+    create_replicated(admin, addresses)
+    move_leaderships_off_and_back(cluster, addresses, admin)
+    started = time.monotonic()
+    wait_until(lambda: preferred_led_elsewhere(addresses) == {}, 15,
+               "the controller to give the preferred replicas their partitions back")
+    print(f"leadership back at the preferred replica {time.monotonic() - started:.1f} s "
+          f"after it rejoined the ISR (check interval 2 s)")
+
+
+def test_explicit_replica_assignments_in_a_cluster(cluster):
+    """CreateTopics and CreatePartitions with a replica assignment (confluent-kafka): the
+    partitions get exactly the asked replicas, the first leading; an assignment naming a node
+    that is not registered, or a node twice, is refused with INVALID_REPLICA_ASSIGNMENT."""
+    from confluent_kafka import KafkaError
+    from confluent_kafka.admin import NewPartitions
+    addresses, admin = start_hosts(cluster)
+    node = [host * NODES_PER_HOST for host in range(HOSTS)]
+    asked = [[node[2], node[0], node[1]], [node[1], node[2], node[0]]]
+    admin.create_topics([NewTopic("placed", num_partitions=len(asked), replication_factor=-1,
+                                  replica_assignment=asked)])["placed"].result(15)
+
+    def placed(count: int):
+        views = [partition_views(address, "placed") for address in addresses]
+        if any(v is None or len(v) != count or v != views[0] for v in views):
+            return None
+        return [(views[0][p][0], list(views[0][p][2])) for p in range(count)]
+
+    wait_until(lambda: placed(2) == [(a[0], a) for a in asked], 20, "the asked replicas")
+    grown = [node[0], node[1], node[2]]
+    admin.create_partitions([NewPartitions("placed", 3, replica_assignment=[grown])]
+                            )["placed"].result(15)
+    wait_until(lambda: placed(3) == [(a[0], a) for a in [*asked, grown]], 20,
+               "the added partition's asked replicas")
+    for name, bad in (("unknown-node", [[node[0], 7]]), ("twice", [[node[0], node[0]]])):
+        future = admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=-1,
+                                               replica_assignment=bad)])[name]
+        with pytest.raises(KafkaException) as refused:
+            future.result(15)
+        assert refused.value.args[0].code() == KafkaError.INVALID_REPLICA_ASSIGNMENT, name

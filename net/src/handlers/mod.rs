@@ -37,6 +37,7 @@ use kafka_protocol::messages::{
     OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
     SyncGroupResponse,
 };
+use kafka_protocol::messages::{ElectLeadersRequest, ElectLeadersResponse};
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 use thiserror::Error;
@@ -117,6 +118,11 @@ pub trait Broker {
         request: DescribeClusterRequest,
         version: i16,
     ) -> DescribeClusterResponse;
+    async fn elect_leaders(
+        &self,
+        request: ElectLeadersRequest,
+        version: i16,
+    ) -> ElectLeadersResponse;
     async fn find_coordinator(
         &self,
         request: FindCoordinatorRequest,
@@ -217,6 +223,7 @@ pub const API_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::JoinGroup, 0, 9),
     (ApiKey::SyncGroup, 0, 5),
@@ -421,6 +428,12 @@ async fn handle_encoded<B: Broker>(
         ApiKey::DescribeCluster => {
             answer(api, version, payload, |request| async move {
                 Some(broker.describe_cluster(request, version).await)
+            })
+            .await
+        }
+        ApiKey::ElectLeaders => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.elect_leaders(request, version).await)
             })
             .await
         }
@@ -670,6 +683,9 @@ mod tests {
         ) -> DescribeClusterResponse {
             DescribeClusterResponse::default()
         }
+        async fn elect_leaders(&self, _: ElectLeadersRequest, _: i16) -> ElectLeadersResponse {
+            ElectLeadersResponse::default()
+        }
         async fn find_coordinator(
             &self,
             _: FindCoordinatorRequest,
@@ -814,6 +830,7 @@ mod tests {
                 IncrementalAlterConfigsRequest::default().encode(buffer, version)
             }
             ApiKey::DescribeCluster => DescribeClusterRequest::default().encode(buffer, version),
+            ApiKey::ElectLeaders => ElectLeadersRequest::default().encode(buffer, version),
             ApiKey::FindCoordinator => FindCoordinatorRequest::default().encode(buffer, version),
             ApiKey::JoinGroup => JoinGroupRequest::default().encode(buffer, version),
             ApiKey::SyncGroup => SyncGroupRequest::default().encode(buffer, version),
