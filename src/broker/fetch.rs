@@ -446,6 +446,9 @@ async fn read_one(shard: &Shard, part: &FetchPart) -> FetchOutcome<FetchedRecord
     match log.fetch(part.offset, part.max_bytes, Some(upper)).await {
         Ok(records) => {
             shard.count_read(records.source, records.bytes);
+            if part.follower.is_some() {
+                shard.count_replication(None, records.bytes);
+            }
             outcome.records = records;
         }
         Err(error) => outcome.error = Some(errors::read_error(&error)),

@@ -23,7 +23,7 @@ pub mod replica;
 pub mod topic_config;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -176,6 +176,17 @@ pub struct ReadCounts {
     pub disk: (u64, u64),
 }
 
+/// Replication bytes a shard moved: what it served to followers' fetches as a leader, and what
+/// it appended as a follower from each leader node. Every leader node a shard fetched from is
+/// the same core index on its host (the links run core to core), which the counts show.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicationCounts {
+    /// Record bytes answered to follower fetches.
+    pub served_bytes: u64,
+    /// Record bytes appended from each leader node.
+    pub fetched_bytes: BTreeMap<i32, u64>,
+}
+
 /// The task queues of a shard: client requests get most of the executor; background work
 /// (sealing segments, retention, flush.ms, checkpoints) gets the rest.
 #[derive(Debug, Clone, Copy)]
@@ -254,6 +265,7 @@ pub struct Shard {
     /// Wakes the cluster membership loop (shard 0, in a cluster) before its next heartbeat.
     pub member_wake: member::Wake,
     read_counts: Cell<ReadCounts>,
+    replication_counts: RefCell<ReplicationCounts>,
     /// Replica fetchers running, by leader node ([`replica`]).
     fetchers: replica::Fetchers,
     /// Notified when a partition starts following a new leader: fetchers are (re)started.
@@ -312,6 +324,7 @@ impl Shard {
             tail_cache: Rc::new(TailCache::new(setup.settings.fetch_cache_bytes)),
             member_wake: member::Wake::default(),
             read_counts: Cell::new(ReadCounts::default()),
+            replication_counts: RefCell::default(),
             fetchers: replica::Fetchers::default(),
             followers_changed: Event::new(),
             high_watermarks: replica::HighWatermarks::default(),
@@ -334,6 +347,20 @@ impl Shard {
         self.read_counts.set(counts);
     }
 
+    /// Counts record bytes served to a follower's fetch (`leader: None`) or appended from
+    /// `leader` as a follower.
+    pub fn count_replication(&self, leader: Option<i32>, bytes: usize) {
+        let mut counts = self.replication_counts.borrow_mut();
+        match leader {
+            None => counts.served_bytes += bytes as u64,
+            Some(leader) => *counts.fetched_bytes.entry(leader).or_default() += bytes as u64,
+        }
+    }
+
+    pub fn replication_counts(&self) -> ReplicationCounts {
+        self.replication_counts.borrow().clone()
+    }
+
     pub fn read_counts(&self) -> ReadCounts {
         self.read_counts.get()
     }
@@ -350,6 +377,15 @@ impl Shard {
             ?sends,
             "fetch path: reads by source (count, bytes), tail cache, sends"
         );
+        let replication = self.replication_counts();
+        if replication != ReplicationCounts::default() {
+            info!(
+                shard = self.id,
+                served_bytes = replication.served_bytes,
+                fetched_bytes = ?replication.fetched_bytes,
+                "replication: record bytes served to followers, and appended from each leader node"
+            );
+        }
     }
 
     /// Which shard owns `topic`/`partition`, per this shard's copy of the catalog.

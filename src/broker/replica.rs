@@ -679,8 +679,12 @@ async fn append(shard: &Shard, part: &Followed, records: Bytes) -> bool {
             return false;
         }
     };
+    let bytes = records.len();
     match log.append_replica(records).await {
         Ok(_) => {
+            if let Role::Follower { leader, .. } = &*part.partition.role.borrow() {
+                shard.count_replication(Some(*leader), bytes);
+            }
             let mut producers = part.partition.producers.borrow_mut();
             for header in &headers {
                 producers.apply(header, header.base_offset);

@@ -47,6 +47,7 @@ class Cluster:
         self.processes: dict[int, subprocess.Popen] = {}
         # Flags every host is started with, besides the cluster's own.
         self.extra_args: list[str] = []
+        self.cores = CORES
 
     @property
     def bootstrap(self) -> str:
@@ -58,7 +59,7 @@ class Cluster:
         data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.root / f"{data or f'node-{node}'}.log", "ab")
         command = [*self.command_prefix(node), os.environ["RINGLOG_BIN"], "serve",
-                   "--cores", str(CORES), "--node-id", str(node),
+                   "--cores", str(self.cores), "--node-id", str(node),
                    "--listen", f"{self.hosts[node]}:{port or self.ports[node]}",
                    "--process-roles", roles, "--controller-quorum-voters", self.voters,
                    "--data-dir", str(data_dir), "--fetch-cache-bytes", str(8 << 20),
@@ -128,6 +129,7 @@ class NetnsCluster(Cluster):
         self.voters = ",".join(f"{i}@{host}:9093" for i, host in enumerate(self.hosts))
         self.processes = {}
         self.extra_args = []
+        self.cores = CORES
 
     def _make_network(self, subnet: str) -> None:
         _ip("link", "add", self.bridge, "type", "bridge")

@@ -225,7 +225,8 @@ def start_hosts(cluster) -> tuple[list[tuple[str, int]], AdminClient]:
     keep a stale view for a while). Returns their addresses and an admin client."""
     for node in range(HOSTS):
         cluster.start(node)
-    every_node = {host * NODES_PER_HOST + core for host in range(HOSTS) for core in range(CORES)}
+    every_node = {host * NODES_PER_HOST + core for host in range(HOSTS)
+                  for core in range(cluster.cores)}
     addresses = list(zip(cluster.hosts, cluster.ports))
     wait_until(lambda: every_host_answers(addresses, every_node), 60, "three registered brokers")
     return addresses, AdminClient({"bootstrap.servers": cluster.bootstrap})
@@ -759,3 +760,61 @@ def test_explicit_replica_assignments_in_a_cluster(cluster):
         with pytest.raises(KafkaException) as refused:
             future.result(15)
         assert refused.value.args[0].code() == KafkaError.INVALID_REPLICA_ASSIGNMENT, name
+
+
+REPLICATION_LINE = re.compile(r"replication: record bytes.*? shard=(\d+) served_bytes=(\d+) "
+                              r"fetched_bytes=\{([^}]*)\}")
+
+
+def test_replication_links_run_core_to_core(cluster):
+    """Hosts of two cores (two Kafka nodes each): a topic of RF 3 whose partitions are led on
+    both cores of every host, written with acks=all. At the stop each shard logs the record
+    bytes it served to followers and appended from each leader node: every leader node a shard
+    fetched from is the same core index on another host (no replication byte crossed cores),
+    and every core of every host both served and fetched. Prints the bytes per core."""
+    cluster.cores = 2
+    addresses, admin = start_hosts(cluster)
+    topic = "cores"
+    futures = admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=3)],
+                                  request_timeout=15)
+    futures[topic].result(15)
+
+    def led_on_every_core() -> bool:
+        views = [partition_views(address, topic) for address in addresses]
+        if any(v is None or len(v) != 6 or v != views[0] for v in views):
+            return False
+        leaders = {leader for leader, isr, _ in views[0].values() if len(isr) == HOSTS}
+        return len(leaders) == HOSTS * cluster.cores and len(views[0]) == 6
+
+    wait_until(led_on_every_core, 30, "a leader on every core, every replica in sync")
+    producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all",
+                         "linger.ms": 5})
+    errors = []
+    for i in range(6_000):
+        producer.produce(topic, value=b"%06d" % i + b"x" * 1000, partition=i % 6,
+                         on_delivery=lambda error, _: error and errors.append(error))
+        producer.poll(0)
+    assert producer.flush(60) == 0 and not errors, errors[:3]
+    # The followers' last fetches came back before the stop: every replica in sync.
+    wait_until(lambda: all(len(isr) == HOSTS for _, isr, _ in
+                           (partition_views(addresses[0], topic) or {0: (0, (), ())}).values()),
+               30, "every replica in sync")
+    time.sleep(1)
+    cluster.stop()
+    per_core = []
+    for host in range(HOSTS):
+        lines = REPLICATION_LINE.findall(cluster.log(f"node-{host}"))
+        assert {int(shard) for shard, _, _ in lines} == {0, 1}, (host, lines)
+        for shard, served, fetched in lines:
+            sources = {int(node): int(count) for node, count in
+                       (entry.split(": ") for entry in fetched.split(", ") if entry)}
+            assert int(served) > 0 and sources, (host, shard, served, fetched)
+            for node, count in sources.items():
+                assert node % NODES_PER_HOST == int(shard), (
+                    f"host {host} core {shard} fetched {count} bytes from node {node}, "
+                    f"core {node % NODES_PER_HOST} of host {node // NODES_PER_HOST}")
+                assert node // NODES_PER_HOST != host, (host, shard, node)
+            per_core.append((host, int(shard), int(served), sum(sources.values())))
+    for host, core, served, fetched in per_core:
+        print(f"host {host} core {core}: served {served / 1e6:.2f} MB to followers, "
+              f"fetched {fetched / 1e6:.2f} MB from the same core of the other hosts")
