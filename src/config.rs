@@ -40,7 +40,7 @@ group_consumer_heartbeat_interval_ms, group_consumer_session_timeout_ms, \
 fetch_cache_bytes, fetch_send, process_roles, controller_listen, controller_quorum_voters, \
 broker_session_timeout_ms, replica_lag_time_max_ms, min_insync_replicas, \
 auto_leader_rebalance_enable, leader_imbalance_check_interval_seconds, \
-leader_imbalance_per_broker_percentage). Flags win over the environment, which wins over the \
+leader_imbalance_per_broker_percentage, unclean_leader_election_enable). Flags win over the environment, which wins over the \
 file, which wins over the defaults. Logging is filtered by RUST_LOG (default: info).";
 
 /// `ringlog serve` flags. Every value is optional here so that a missing flag falls through to
@@ -137,6 +137,11 @@ pub struct ServeArgs {
     /// [env: RINGLOG_LEADER_IMBALANCE_PER_BROKER_PERCENTAGE] [default: 10]
     #[arg(long, value_name = "PERCENT")]
     pub leader_imbalance_per_broker_percentage: Option<u32>,
+    /// Topics that do not set unclean.leader.election.enable may be led by an out-of-sync
+    /// replica when no in-sync or eligible one is live, losing what only those had
+    /// [env: RINGLOG_UNCLEAN_LEADER_ELECTION_ENABLE] [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub unclean_leader_election_enable: Option<bool>,
     /// Memory each core keeps of recently written batches to answer tail fetches without
     /// reading the disk (the tail cache; 0 turns it off). Each core registers (locks) this
     /// plus 32 MiB for reads as io_uring memory [env: RINGLOG_FETCH_CACHE_BYTES]
@@ -330,6 +335,7 @@ pub struct Layer {
     pub auto_leader_rebalance_enable: Option<bool>,
     pub leader_imbalance_check_interval_seconds: Option<u64>,
     pub leader_imbalance_per_broker_percentage: Option<u32>,
+    pub unclean_leader_election_enable: Option<bool>,
     pub fetch_cache_bytes: Option<usize>,
     #[serde(default, deserialize_with = "from_text")]
     pub fetch_send: Option<FetchSend>,
@@ -374,6 +380,7 @@ impl Layer {
             auto_leader_rebalance_enable: args.auto_leader_rebalance_enable,
             leader_imbalance_check_interval_seconds: args.leader_imbalance_check_interval_seconds,
             leader_imbalance_per_broker_percentage: args.leader_imbalance_per_broker_percentage,
+            unclean_leader_election_enable: args.unclean_leader_election_enable,
             fetch_cache_bytes: args.fetch_cache_bytes,
             fetch_send: args.fetch_send,
             process_roles: args.process_roles,
@@ -425,6 +432,10 @@ impl Layer {
             leader_imbalance_per_broker_percentage: env_value(
                 lookup,
                 "RINGLOG_LEADER_IMBALANCE_PER_BROKER_PERCENTAGE",
+            )?,
+            unclean_leader_election_enable: env_value(
+                lookup,
+                "RINGLOG_UNCLEAN_LEADER_ELECTION_ENABLE",
             )?,
             fetch_cache_bytes: env_value(lookup, "RINGLOG_FETCH_CACHE_BYTES")?,
             fetch_send: env_value(lookup, "RINGLOG_FETCH_SEND")?,
@@ -485,6 +496,7 @@ pub struct ServeConfig {
     pub auto_leader_rebalance_enable: bool,
     pub leader_imbalance_check_interval_seconds: u64,
     pub leader_imbalance_per_broker_percentage: u32,
+    pub unclean_leader_election_enable: bool,
     pub fetch_cache_bytes: usize,
     pub fetch_send: FetchSend,
     pub process_roles: ProcessRoles,
@@ -599,6 +611,10 @@ pub fn resolve(
             layer.leader_imbalance_per_broker_percentage
         })
         .unwrap_or(10),
+        unclean_leader_election_enable: first(&layers, |layer| {
+            layer.unclean_leader_election_enable
+        })
+        .unwrap_or(false),
         fetch_cache_bytes: first(&layers, |layer| layer.fetch_cache_bytes)
             .unwrap_or(DEFAULT_FETCH_CACHE_BYTES),
         fetch_send: first(&layers, |layer| layer.fetch_send).unwrap_or_default(),

@@ -201,6 +201,7 @@ fn start_controller(
         .then_some(config.leader_imbalance_check_interval_seconds * 1000);
     settings.controller.leader_imbalance_per_broker_percentage =
         config.leader_imbalance_per_broker_percentage;
+    settings.controller.unclean_leader_election = config.unclean_leader_election_enable;
     let voter_config = crate::controller::driver::VoterConfig {
         id: host,
         voters,
@@ -494,6 +495,7 @@ fn run_shards(
             cluster,
             replica_lag_time_max: Duration::from_millis(config.replica_lag_time_max_ms),
             min_insync_replicas: config.min_insync_replicas,
+            unclean_leader_election: config.unclean_leader_election_enable,
         },
         catalog,
         stop: Arc::clone(stop),

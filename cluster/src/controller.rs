@@ -68,6 +68,9 @@ pub struct ControllerSettings {
     /// A node whose share of preferred partitions it does not lead is above this percentage
     /// gets them back (`leader.imbalance.per.broker.percentage`).
     pub leader_imbalance_per_broker_percentage: u32,
+    /// `unclean.leader.election.enable` of topics that do not set it (the brokers'
+    /// `--unclean-leader-election-enable`; Kafka's default false).
+    pub unclean_leader_election: bool,
 }
 
 impl ControllerSettings {
@@ -78,6 +81,7 @@ impl ControllerSettings {
             // Kafka's defaults: enabled, every 300 s, 10 %.
             leader_imbalance_check_interval_ms: Some(300_000),
             leader_imbalance_per_broker_percentage: 10,
+            unclean_leader_election: false,
         }
     }
 }
@@ -323,7 +327,7 @@ impl Controller {
     }
 
     fn restore_leadership_to(&self, host: HostId) -> Vec<MetadataRecord> {
-        restore_leadership_to(&self.image, host)
+        restore_leadership_to(&self.image, host, &self.settings)
     }
 
     /// Creates topics: one result per topic, and the records of those that succeed.
@@ -990,6 +994,7 @@ fn in_replica_order(replicas: &[NodeId], keep: impl Fn(NodeId) -> bool) -> Vec<N
 /// replica. `NodeId(-1)` when none may lead. The epochs are the caller's.
 fn elect(
     topic: &crate::image::TopicImage,
+    settings: &ControllerSettings,
     partition: &mut PartitionRecord,
     can_lead: impl Fn(NodeId) -> bool,
 ) -> NodeId {
@@ -1020,7 +1025,7 @@ fn elect(
         .iter()
         .chain(&partition.elr)
         .any(|&node| can_lead(node));
-    if unclean_allowed(topic) && !eligible_live {
+    if unclean_allowed(topic, settings) && !eligible_live {
         if let Some(node) = first(&partition.replicas) {
             partition.isr = vec![node];
             partition.elr.clear();
@@ -1060,7 +1065,7 @@ fn move_leadership_from(
             set_isr(&mut changed, remaining, min_insync);
             changed.partition_epoch += 1;
             if leads {
-                changed.leader = elect(topic, &mut changed, |node| {
+                changed.leader = elect(topic, settings, &mut changed, |node| {
                     !on_host(&node) && image.is_live(node)
                 });
                 changed.leader_epoch += 1;
@@ -1100,7 +1105,11 @@ fn forget_unclean_replicas(image: &MetadataImage, host: HostId) -> Vec<MetadataR
 
 /// Partition changes that give leaderless partitions a leader now that `host` is back
 /// ([`elect`], where the host's nodes count as live: the unfencing commits in the same batch).
-fn restore_leadership_to(image: &MetadataImage, host: HostId) -> Vec<MetadataRecord> {
+fn restore_leadership_to(
+    image: &MetadataImage,
+    host: HostId,
+    settings: &ControllerSettings,
+) -> Vec<MetadataRecord> {
     let mut records = Vec::new();
     for topic in image.topics.values() {
         for partition in &topic.partitions {
@@ -1108,7 +1117,7 @@ fn restore_leadership_to(image: &MetadataImage, host: HostId) -> Vec<MetadataRec
                 continue;
             }
             let mut changed = partition.clone();
-            let leader = elect(topic, &mut changed, |node| {
+            let leader = elect(topic, settings, &mut changed, |node| {
                 node.host() == Some(host) || image.is_live(node)
             });
             if leader.0 < 0 {
@@ -1123,13 +1132,14 @@ fn restore_leadership_to(image: &MetadataImage, host: HostId) -> Vec<MetadataRec
     records
 }
 
-/// Whether the topic lets an out-of-sync replica lead (`unclean.leader.election.enable`),
-/// trading the records only the lost in-sync replicas had for availability.
-fn unclean_allowed(topic: &crate::image::TopicImage) -> bool {
-    topic
-        .configs
-        .get("unclean.leader.election.enable")
-        .is_some_and(|value| value.trim() == "true")
+/// Whether the topic lets an out-of-sync replica lead (`unclean.leader.election.enable`: its
+/// own setting, else the controller's), trading the records only the lost in-sync replicas
+/// had for availability.
+fn unclean_allowed(topic: &crate::image::TopicImage, settings: &ControllerSettings) -> bool {
+    match topic.configs.get("unclean.leader.election.enable") {
+        Some(value) => value.trim().eq_ignore_ascii_case("true"),
+        None => settings.unclean_leader_election,
+    }
 }
 
 /// Host indexes in placement order, starting at `first`: hosts of a rack other than the last

@@ -22,10 +22,13 @@ impl Committed {
 
     /// A controller whose default `min.insync.replicas` is `min_insync`.
     fn with_min_insync(min_insync: usize) -> Self {
-        let settings = ControllerSettings {
+        Self::with_settings(ControllerSettings {
             min_insync_replicas: min_insync,
             ..ControllerSettings::new(SESSION_MS)
-        };
+        })
+    }
+
+    fn with_settings(settings: ControllerSettings) -> Self {
         Self {
             controller: Controller::new(settings, MetadataImage::default()),
             index: 0,
@@ -1070,4 +1073,56 @@ fn auto_leader_rebalance_returns_leadership_to_preferred_replicas_after_the_chec
         let again = cluster.controller.tick(now + 10_001);
         assert!(again.records.is_empty());
     }
+}
+
+#[test]
+fn the_controller_wide_unclean_election_setting_applies_where_a_topic_does_not_set_its_own() {
+    let mut cluster = Committed::with_settings(ControllerSettings {
+        unclean_leader_election: true,
+        ..ControllerSettings::new(SESSION_MS)
+    });
+    for host in 0..3 {
+        cluster.join(host, 1, None, 0);
+    }
+    for (id, name, own) in [(1, "inherits", None), (2, "refuses", Some("false"))] {
+        let topic = NewTopic {
+            name: name.into(),
+            id,
+            partitions: 1,
+            replication_factor: 3,
+            assignment: None,
+            configs: own
+                .map(|value| {
+                    (
+                        "unclean.leader.election.enable".to_owned(),
+                        value.to_owned(),
+                    )
+                })
+                .into_iter()
+                .collect(),
+        };
+        let (results, batch) = cluster.controller.create_topics(vec![topic]);
+        assert!(results[0].is_ok());
+        cluster.commit(batch);
+        let leader = partition_of(&cluster, name).leader;
+        alter_isr(&mut cluster, name, &[leader]);
+    }
+    let leader_hosts: BTreeSet<u32> = ["inherits", "refuses"]
+        .iter()
+        .map(|name| host_of(partition_of(&cluster, name).leader))
+        .collect();
+    let live: Vec<u32> = (0..3).filter(|h| !leader_hosts.contains(h)).collect();
+    fence_all_but(&mut cluster, &live, 0);
+    let inherits = partition_of(&cluster, "inherits");
+    assert!(
+        cluster.image().is_live(inherits.leader),
+        "the controller's setting lets an out-of-sync replica lead: {inherits:?}"
+    );
+    let refuses = partition_of(&cluster, "refuses");
+    assert_eq!(
+        refuses.leader,
+        NodeId(-1),
+        "the topic's own false wins: {refuses:?}"
+    );
+    cluster.check_invariants();
 }

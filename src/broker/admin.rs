@@ -489,7 +489,6 @@ pub async fn create_topics(
     let mut created = create_on_controller(shard, valid, request.validate_only)
         .await
         .into_iter();
-    let defaults = &shard.settings.log_defaults;
     let topics = request
         .topics
         .iter()
@@ -510,7 +509,8 @@ pub async fn create_topics(
                         let configs = topic_config::TOPIC_CONFIGS
                             .iter()
                             .map(|key| {
-                                let (value, source) = config_value(defaults, &created, key.name);
+                                let (value, source) =
+                                    config_value(&shard.settings, &created, key.name);
                                 CreatableTopicConfigs::default()
                                     .with_name(StrBytes::from_static_str(key.name))
                                     .with_value(Some(StrBytes::from_string(value)))
@@ -538,11 +538,19 @@ pub async fn create_topics(
     CreateTopicsResponse::default().with_topics(topics)
 }
 
-/// A topic config's effective value and where it comes from.
-fn config_value(defaults: &ringlog_engine::LogConfig, topic: &Topic, name: &str) -> (String, i8) {
-    match topic.configs.get(name) {
-        Some(value) => (value.clone(), SOURCE_TOPIC),
-        None => (topic_config::default_value(defaults, name), SOURCE_DEFAULT),
+/// A topic config's effective value and where it comes from: the topic's own, else this
+/// broker's (its log defaults, and the replication settings its flags give).
+fn config_value(settings: &BrokerSettings, topic: &Topic, name: &str) -> (String, i8) {
+    match (topic.configs.get(name), name) {
+        (Some(value), _) => (value.clone(), SOURCE_TOPIC),
+        (None, "min.insync.replicas") => (settings.min_insync_replicas.to_string(), SOURCE_DEFAULT),
+        (None, "unclean.leader.election.enable") => {
+            (settings.unclean_leader_election.to_string(), SOURCE_DEFAULT)
+        }
+        (None, _) => (
+            topic_config::default_value(&settings.log_defaults, name),
+            SOURCE_DEFAULT,
+        ),
     }
 }
 
@@ -828,7 +836,7 @@ fn topic_entries(shard: &Shard, name: &str) -> Result<Vec<Entry>, AdminError> {
     Ok(topic_config::TOPIC_CONFIGS
         .iter()
         .map(|key| {
-            let (value, source) = config_value(&shard.settings.log_defaults, topic, key.name);
+            let (value, source) = config_value(&shard.settings, topic, key.name);
             Entry {
                 name: key.name,
                 value,

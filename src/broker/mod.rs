@@ -166,6 +166,9 @@ pub struct BrokerSettings {
     pub replica_lag_time_max: Duration,
     /// `min.insync.replicas` of topics that do not override it.
     pub min_insync_replicas: usize,
+    /// `unclean.leader.election.enable` of topics that do not override it (the controller
+    /// applies it; brokers report it in DescribeConfigs).
+    pub unclean_leader_election: bool,
 }
 
 /// Fetch reads of a shard by where their bytes came from: (reads, bytes) per source.
