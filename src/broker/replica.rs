@@ -98,24 +98,27 @@ impl Partition {
     }
 
     /// A follower's fetch reached this leader (see [`LeaderState::follower_fetched`]);
-    /// returns whether the high watermark moved.
+    /// returns whether the high watermark moved. `broker_epoch`: the epoch of the follower's
+    /// process as its fetch names it (Fetch v15's ReplicaState), `None` when it does not.
     pub fn follower_fetched(
         &self,
         replica: i32,
         fetch_offset: i64,
         now_ms: i64,
         request_ms: i64,
+        broker_epoch: Option<u64>,
     ) -> Result<bool, ringlog_replication::FollowerRefusal> {
         let log_end = self.log.log_end_offset();
         match &mut *self.role.borrow_mut() {
             Role::Leader(leader) => {
                 leader.leader_appended(log_end);
-                // The follower's broker epoch is not in its Fetch (v12 has no
-                // ReplicaState.ReplicaEpoch, Fetch v15): the leader learns it from the metadata
-                // (`Shard::followers_registered`), and forgets an earlier process's state when
-                // its host registers again; a fetch that arrived before that moment
-                // (`request_ms`) no longer counts (see `LeaderState::follower_fetched`).
-                leader.follower_fetched(replica, fetch_offset, now_ms, request_ms, None)
+                // The leader also learns each follower's broker epoch from the metadata
+                // (`Shard::followers_registered`) and forgets an earlier process's state when
+                // its host registers again. A fetch naming an older epoch than that comes from
+                // a dead process and is not counted; one naming none (Fetch v12, or a follower
+                // that does not know its epoch yet) counts only if it arrived (`request_ms`)
+                // after the leader last forgot that follower.
+                leader.follower_fetched(replica, fetch_offset, now_ms, request_ms, broker_epoch)
             }
             Role::Follower { .. } => {
                 Err(ringlog_replication::FollowerRefusal::NotAReplica(replica))
