@@ -454,7 +454,7 @@ async fn read_one(shard: &Shard, part: &FetchPart) -> FetchOutcome<FetchedRecord
                 follower.request_ms,
                 follower.broker_epoch,
             );
-            tracing::trace!(topic = %part.topic, partition = part.partition, replica = follower.replica, offset = part.offset, ?progress, high_watermark = partition.high_watermark(), "follower fetch");
+            tracing::trace!(topic = %part.topic, partition = part.partition, replica = follower.replica, broker_epoch = ?follower.broker_epoch, offset = part.offset, ?progress, high_watermark = partition.high_watermark(), "follower fetch");
             match progress {
                 Ok(true) => {
                     shard.appended.notify(usize::MAX);
