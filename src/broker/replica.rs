@@ -372,9 +372,10 @@ impl Shard {
                             leader_epoch: leader.leader_epoch(),
                             partition_epoch: leader.partition_epoch(),
                             isr: isr.into_iter().map(NodeId).collect(),
-                            // Empty until follower fetches name their broker epoch (Fetch
-                            // v15): the controller then checks only that added replicas are
-                            // live.
+                            // The broker epoch of the process whose fetches each proposed
+                            // follower was judged on (from the metadata and its Fetch v15
+                            // ReplicaState); a follower whose epoch is unknown is left out, and
+                            // the controller then checks only that it is live.
                             broker_epochs: leader
                                 .proposal_broker_epochs()
                                 .into_iter()
