@@ -93,7 +93,7 @@ fn assert_api_ranges(response: &ApiVersionsResponse) {
         .collect();
     let expected = [
         (ApiKey::Produce, 3, 11),
-        (ApiKey::Fetch, 4, 12),
+        (ApiKey::Fetch, 4, 15),
         (ApiKey::ListOffsets, 1, 10),
         (ApiKey::Metadata, 0, 12),
         (ApiKey::ApiVersions, 0, 4),
@@ -738,4 +738,122 @@ fn follower_fetches_from_a_non_replica_or_with_a_wrong_epoch_get_kafka_errors() 
             assert!(partition.records.as_ref().is_some_and(|r| !r.is_empty()));
         }
     }
+}
+
+#[test]
+fn fetch_v13_to_v15_name_topics_by_id_and_followers_by_replica_state() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ReplicaState};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+    let broker = Broker::start("fetch-by-id", 1, &[]);
+    kcat(
+        &["-b", &broker.address(), "-P", "-t", "by-id", "-p", "0"],
+        b"a\nb\n",
+    );
+    let mut stream = broker.connect();
+    let described = metadata(
+        &mut stream,
+        12,
+        1,
+        &MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("by-id"))))])),
+    );
+    let id = described.topics[0].topic_id;
+    assert!(!id.is_nil(), "{described:?}");
+    let unknown = uuid::Uuid::from_u128(id.as_u128() ^ 1);
+    let fetch = |topic_id: uuid::Uuid| {
+        FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic_id(topic_id)
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(-1)
+                    .with_fetch_offset(0)
+                    .with_last_fetched_epoch(-1)
+                    .with_partition_max_bytes(1 << 20)])])
+    };
+    let follower = |replica: i32, epoch: i64| {
+        fetch(id).with_replica_state(
+            ReplicaState::default()
+                .with_replica_id(BrokerId(replica))
+                .with_replica_epoch(epoch),
+        )
+    };
+    let cases = [
+        // Consumers by topic id, in each version that names topics so.
+        (13, fetch(id), 0),
+        (14, fetch(id), 0),
+        (15, fetch(id), 0),
+        // An id this broker has no topic of, and the nil id.
+        (13, fetch(unknown), ResponseError::UnknownTopicId.code()),
+        (
+            15,
+            fetch(uuid::Uuid::nil()),
+            ResponseError::UnknownTopicId.code(),
+        ),
+        // Node 7 holds no replica: the answer a v12 follower fetch from it gets.
+        (
+            15,
+            follower(7, 3),
+            ResponseError::NotLeaderOrFollower.code(),
+        ),
+        (
+            15,
+            follower(7, -1),
+            ResponseError::NotLeaderOrFollower.code(),
+        ),
+    ];
+    for (index, (version, request, expected)) in cases.iter().enumerate() {
+        let correlation_id = index as i32 + 2;
+        send_request(
+            &mut stream,
+            ApiKey::Fetch,
+            *version,
+            correlation_id,
+            request,
+        );
+        let response: FetchResponse = read_response(&mut stream, *version, correlation_id);
+        let topic = &response.responses[0];
+        // The answer names the topic as the request did.
+        assert_eq!(topic.topic_id, request.topics[0].topic_id, "case {index}");
+        let partition = &topic.partitions[0];
+        assert_eq!(
+            partition.error_code, *expected,
+            "case {index} (v{version}): {partition:?}"
+        );
+        if *expected == 0 {
+            assert_eq!(partition.high_watermark, 2);
+            let records = partition.records.clone().unwrap_or_default();
+            assert_eq!(batch_records(&records), (0, 2), "case {index}: {records:?}");
+        }
+    }
+    // v12 on the same connection still names topics by name.
+    let by_name = fetch(uuid::Uuid::nil()).with_topics(vec![FetchTopic::default()
+        .with_topic(TopicName(StrBytes::from_static_str("by-id")))
+        .with_partitions(vec![FetchPartition::default()
+            .with_partition(0)
+            .with_current_leader_epoch(-1)
+            .with_fetch_offset(1)
+            .with_last_fetched_epoch(-1)
+            .with_partition_max_bytes(1 << 20)])]);
+    send_request(&mut stream, ApiKey::Fetch, 12, 99, &by_name);
+    let response: FetchResponse = read_response(&mut stream, 12, 99);
+    assert_eq!(response.responses[0].topic.0.as_str(), "by-id");
+    assert_eq!(response.responses[0].partitions[0].error_code, 0);
+    assert_eq!(response.responses[0].partitions[0].high_watermark, 2);
+}
+
+/// The first base offset and the number of records of the batches in `records` (v2 batch
+/// headers: the length at byte 8, the record count at byte 57).
+fn batch_records(records: &[u8]) -> (i64, i32) {
+    let be_i32 = |at: usize| i32::from_be_bytes(records[at..at + 4].try_into().expect("4 bytes"));
+    let first = i64::from_be_bytes(records[..8].try_into().expect("a batch"));
+    let (mut at, mut count) = (0, 0);
+    while at < records.len() {
+        count += be_i32(at + 57);
+        at += 12 + usize::try_from(be_i32(at + 8)).expect("length");
+    }
+    (first, count)
 }

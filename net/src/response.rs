@@ -2,12 +2,14 @@
 //! live in (the tail cache, an O_DIRECT read) without a copy in user space.
 //!
 //! Every response but Fetch is one encoded buffer. A Fetch response is encoded around its
-//! records: in every version ringlog answers (4 to 12) a partition's `records` field is the
-//! last field of the partition, followed only by its tagged fields (v12), so the frame is
-//! [encoded bytes, records of partition 1, encoded bytes, records of partition 2, ...]. The
+//! records: in every version ringlog answers (4 to 15) a partition's `records` field is the
+//! last field of the partition, followed only by its tagged fields (v12 and up), so the frame
+//! is [encoded bytes, records of partition 1, encoded bytes, records of partition 2, ...]. The
 //! partition fields themselves are encoded by kafka-protocol; only the response and topic
-//! framing around them is written here (a unit test checks the whole frame byte for byte
-//! against kafka-protocol's own encoding for every version).
+//! framing around them is written here: a topic is named by its name up to v12 and by its id
+//! (16 bytes) from v13 (KIP-516); v13 to v15 change nothing else in the response (v14 and v15
+//! change only the request). A unit test checks the whole frame byte for byte against
+//! kafka-protocol's own encoding for every version.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::fetch_response::PartitionData;
@@ -129,7 +131,12 @@ impl FrameBuilder {
     }
 }
 
-/// Encodes a Fetch response frame of `version` (4 to 12) around `answer.records`.
+/// The Fetch versions [`encode_fetch`] writes. v16 adds response-level tagged fields
+/// (`node_endpoints`) this encoder does not write.
+pub const FETCH_VERSIONS: std::ops::RangeInclusive<i16> = 4..=15;
+
+/// Encodes a Fetch response frame of `version` (see [`FETCH_VERSIONS`]) around
+/// `answer.records`.
 pub fn encode_fetch(
     version: i16,
     correlation_id: i32,
@@ -140,10 +147,12 @@ pub fn encode_fetch(
         api_version: version,
         reason,
     };
-    if !(4..=12).contains(&version) {
-        return Err(fail(
-            "the piecewise encoder covers versions 4 to 12".to_owned(),
-        ));
+    if !FETCH_VERSIONS.contains(&version) {
+        return Err(fail(format!(
+            "the piecewise encoder covers versions {} to {}",
+            FETCH_VERSIONS.start(),
+            FETCH_VERSIONS.end()
+        )));
     }
     let FetchAnswer { response, records } = answer;
     let flexible = version >= 12;
@@ -171,7 +180,11 @@ pub fn encode_fetch(
     let mut records = records.into_iter();
     put_array_len(&mut frame.open, flexible, response.responses.len());
     for topic in &response.responses {
-        put_string(&mut frame.open, flexible, topic.topic.as_bytes()).map_err(fail)?;
+        if version >= 13 {
+            frame.open.put_slice(topic.topic_id.as_bytes());
+        } else {
+            put_string(&mut frame.open, flexible, topic.topic.as_bytes()).map_err(fail)?;
+        }
         put_array_len(&mut frame.open, flexible, topic.partitions.len());
         for partition in &topic.partitions {
             let pieces = records.next().unwrap_or_default();
@@ -307,8 +320,24 @@ mod tests {
         let mut topics: Vec<FetchableTopicResponse> = Vec::new();
         for (topic, index, records) in partitions {
             let name = TopicName(StrBytes::from_string((*topic).to_owned()));
-            if topics.last().is_none_or(|t| t.topic != name) {
-                topics.push(FetchableTopicResponse::default().with_topic(name));
+            // v13 and up name the topic by id only: one derived from the name here.
+            let id = uuid::Uuid::from_u128(topic.bytes().fold(0x5eed_u128, |id, b| {
+                id.wrapping_mul(131).wrapping_add(u128::from(b))
+            }));
+            let named = |t: &FetchableTopicResponse| {
+                if version >= 13 {
+                    t.topic_id == id
+                } else {
+                    t.topic == name
+                }
+            };
+            if !topics.last().is_some_and(named) {
+                let entry = if version >= 13 {
+                    FetchableTopicResponse::default().with_topic_id(id)
+                } else {
+                    FetchableTopicResponse::default().with_topic(name)
+                };
+                topics.push(entry);
             }
             let mut data = PartitionData::default()
                 .with_partition_index(*index)
@@ -370,7 +399,7 @@ mod tests {
             ],
             vec![("a-much-longer-topic-name", 2, big[..300].to_vec())],
         ];
-        for version in 4..=12 {
+        for version in FETCH_VERSIONS {
             for case in &cases {
                 let full = response(version, case);
                 let expected = reference(version, 42, &full);
@@ -402,7 +431,7 @@ mod tests {
 
     #[test]
     fn versions_the_encoder_does_not_write_are_refused() {
-        assert!(encode_fetch(13, 1, FetchAnswer::default()).is_err());
+        assert!(encode_fetch(16, 1, FetchAnswer::default()).is_err());
         assert!(encode_fetch(3, 1, FetchAnswer::default()).is_err());
     }
 }

@@ -7,6 +7,12 @@
 //! wait and the next round reads again. Fetch sessions (KIP-227) are not kept: every response
 //! has session id 0, which tells clients to send full fetch requests.
 //!
+//! From v13 a request names topics by id (KIP-516), and the answer names them the same way;
+//! an id this broker's catalog does not have is UNKNOWN_TOPIC_ID for each of its partitions.
+//! From v15 a follower names itself in `replica_state` (KIP-903): its node id and the broker
+//! epoch of its process, which the leader's state machine uses to tell a dead process's
+//! fetch from its successor's.
+//!
 //! Partitions owned by this shard are read into pieces that stay where the engine holds them
 //! (the tail cache's buffers, O_DIRECT read buffers) and are written to the socket from there
 //! (`ringlog_net::response`). Partitions of other shards come back through the mesh as a copy:
@@ -17,6 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use event_listener::Event;
+use kafka_protocol::messages::fetch_request::FetchTopic;
 use kafka_protocol::messages::fetch_response::{
     EpochEndOffset, FetchableTopicResponse, PartitionData,
 };
@@ -55,6 +62,9 @@ pub struct FetchPart {
 #[derive(Debug, Clone, Copy)]
 pub struct FollowerFetch {
     pub replica: i32,
+    /// The broker epoch of the follower's process (Fetch v15's `replica_state.replica_epoch`),
+    /// `None` when the request does not say (before v15, or -1).
+    pub broker_epoch: Option<u64>,
     /// The epoch of the follower's last batch (KIP-279's divergence check).
     pub last_fetched_epoch: i32,
     /// When the request arrived, on this broker's clock.
@@ -123,32 +133,39 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
         Ok(0) | Err(_) => usize::MAX,
         Ok(bytes) => bytes,
     };
-    // A follower's fetch (Fetch v15 moves the replica id into ReplicaState).
-    let replica_id = if request.replica_id.0 >= 0 {
-        request.replica_id.0
+    // A follower's fetch (Fetch v15 moves the replica id into ReplicaState, with the
+    // follower's broker epoch; a consumer's is -1, as is an unknown epoch).
+    let (replica_id, broker_epoch) = if version >= 15 {
+        let state = &request.replica_state;
+        (state.replica_id.0, u64::try_from(state.replica_epoch).ok())
     } else {
-        request.replica_state.replica_id.0
+        (request.replica_id.0, None)
     };
     let follower = (replica_id >= 0).then_some(replica_id);
     let request_ms = shard.env.clock.now_ms();
     // Where each requested partition is answered from, in request order.
     let mut parts: Vec<(usize, usize, Resolved)> = Vec::new();
     for (topic_index, topic) in request.topics.iter().enumerate() {
+        let named = topic_named(shard, version, topic);
         for (partition_index, wanted) in topic.partitions.iter().enumerate() {
-            let name: &str = &topic.topic.0;
-            let resolved = shard.route(name, wanted.partition).map(|owner| {
+            let resolved = named.clone().and_then(|name| {
+                let owner = shard.route(&name, wanted.partition)?;
+                Ok((owner, name))
+            });
+            let resolved = resolved.map(|(owner, name)| {
                 // No partition reads past the response's own limit (KIP-74): the first
                 // partition with data then fits it, unless its first batch alone is larger
                 // (returned whole, so a consumer always makes progress).
                 let partition_max_bytes = usize::try_from(wanted.partition_max_bytes).unwrap_or(0);
                 let part = FetchPart {
-                    topic: name.to_owned(),
+                    topic: name,
                     partition: wanted.partition,
                     offset: wanted.fetch_offset,
                     max_bytes: partition_max_bytes.min(max_bytes),
                     current_leader_epoch: wanted.current_leader_epoch,
                     follower: follower.map(|replica| FollowerFetch {
                         replica,
+                        broker_epoch,
                         last_fetched_epoch: wanted.last_fetched_epoch,
                         request_ms,
                     }),
@@ -243,6 +260,23 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> Fe
     build_response(version, &request, &parts, outcomes, max_bytes)
 }
 
+/// The name of a requested topic: the request's up to v12, the catalog's topic of that id from
+/// v13 (KIP-516). The nil id is no topic's.
+fn topic_named(shard: &Shard, version: i16, topic: &FetchTopic) -> Result<String, ResponseError> {
+    if version < 13 {
+        return Ok(topic.topic.0.to_string());
+    }
+    if topic.topic_id.is_nil() {
+        return Err(ResponseError::UnknownTopicId);
+    }
+    shard
+        .catalog
+        .borrow()
+        .by_id(topic.topic_id)
+        .map(|(name, _)| name.clone())
+        .ok_or(ResponseError::UnknownTopicId)
+}
+
 fn build_response(
     version: i16,
     request: &FetchRequest,
@@ -256,9 +290,13 @@ fn build_response(
         .topics
         .iter()
         .map(|topic| {
-            FetchableTopicResponse::default()
-                .with_topic(topic.topic.clone())
-                .with_partitions(Vec::with_capacity(topic.partitions.len()))
+            // Named as the request named it: by id from v13, by name before.
+            let named = if version >= 13 {
+                FetchableTopicResponse::default().with_topic_id(topic.topic_id)
+            } else {
+                FetchableTopicResponse::default().with_topic(topic.topic.clone())
+            };
+            named.with_partitions(Vec::with_capacity(topic.partitions.len()))
         })
         .collect();
     // The response-wide max_bytes is applied in request order: the first partition with data
@@ -409,9 +447,14 @@ async fn read_one(shard: &Shard, part: &FetchPart) -> FetchOutcome<FetchedRecord
                 };
             }
             let now = shard.env.clock.now_ms();
-            let progress =
-                partition.follower_fetched(follower.replica, part.offset, now, follower.request_ms);
-            tracing::trace!(topic = %part.topic, partition = part.partition, replica = follower.replica, offset = part.offset, ?progress, high_watermark = partition.high_watermark(), "follower fetch");
+            let progress = partition.follower_fetched(
+                follower.replica,
+                part.offset,
+                now,
+                follower.request_ms,
+                follower.broker_epoch,
+            );
+            tracing::trace!(topic = %part.topic, partition = part.partition, replica = follower.replica, broker_epoch = ?follower.broker_epoch, offset = part.offset, ?progress, high_watermark = partition.high_watermark(), "follower fetch");
             match progress {
                 Ok(true) => {
                     shard.appended.notify(usize::MAX);

@@ -7,7 +7,10 @@
 //! as its leader, its fetcher connects to the leader node's own port (accepted on that core),
 //! and one fetcher per (core, leader node) carries every partition the pair shares, long-polling
 //! as a consumer does, with Kafka's Fetch (v12: replica id, current leader epoch, last fetched
-//! epoch; the answer's diverging epoch).
+//! epoch; the answer's diverging epoch). Where the leader answers v15 (asked by ApiVersions
+//! on each new connection) the fetcher names topics by id and itself by ReplicaState: its node
+//! id and the broker epoch of this process's registration, so the leader does not count a
+//! fetch that this host's previous process left queued (KIP-903).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -15,12 +18,17 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::ReplicaState;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, BrokerId, FetchRequest, FetchResponse, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use ringlog_cluster::{AlterPartition, Command, NodeId};
 use ringlog_net::client::connection::Connection;
+use ringlog_net::client::error::ClientError;
+use ringlog_net::client::wire::{ApiVersions, API_VERSIONS_VERSION};
 use ringlog_replication::{Diverging, LeaderStart, LeaderState, NotEnoughReplicas};
 use tracing::{debug, info, warn};
 
@@ -39,8 +47,10 @@ const FOLLOWER_RESPONSE_MAX_BYTES: i32 = 10 << 20;
 const FOLLOWER_REQUEST_TIMEOUT: Duration = Duration::from_millis(3_000);
 /// Pause after a failed connection or fetch before the next try (`replica.fetch.backoff.ms`).
 const FETCH_BACKOFF: Duration = Duration::from_millis(100);
-/// The Fetch version followers speak.
-const FOLLOWER_FETCH_VERSION: i16 = 12;
+/// The Fetch versions followers speak: v12 has the last fetched epoch and the diverging epoch
+/// (KIP-595's form of KIP-279) they need; v13 names topics by id, v15 adds ReplicaState (the
+/// follower's broker epoch). The highest the leader answers is used.
+const FOLLOWER_FETCH_VERSIONS: std::ops::RangeInclusive<i16> = 12..=15;
 
 /// What this replica of a partition is.
 #[derive(Debug)]
@@ -98,24 +108,27 @@ impl Partition {
     }
 
     /// A follower's fetch reached this leader (see [`LeaderState::follower_fetched`]);
-    /// returns whether the high watermark moved.
+    /// returns whether the high watermark moved. `broker_epoch`: the epoch of the follower's
+    /// process as its fetch names it (Fetch v15's ReplicaState), `None` when it does not.
     pub fn follower_fetched(
         &self,
         replica: i32,
         fetch_offset: i64,
         now_ms: i64,
         request_ms: i64,
+        broker_epoch: Option<u64>,
     ) -> Result<bool, ringlog_replication::FollowerRefusal> {
         let log_end = self.log.log_end_offset();
         match &mut *self.role.borrow_mut() {
             Role::Leader(leader) => {
                 leader.leader_appended(log_end);
-                // The follower's broker epoch is not in its Fetch (v12 has no
-                // ReplicaState.ReplicaEpoch, Fetch v15): the leader learns it from the metadata
-                // (`Shard::followers_registered`), and forgets an earlier process's state when
-                // its host registers again; a fetch that arrived before that moment
-                // (`request_ms`) no longer counts (see `LeaderState::follower_fetched`).
-                leader.follower_fetched(replica, fetch_offset, now_ms, request_ms, None)
+                // The leader also learns each follower's broker epoch from the metadata
+                // (`Shard::followers_registered`) and forgets an earlier process's state when
+                // its host registers again. A fetch naming an older epoch than that comes from
+                // a dead process and is not counted; one naming none (Fetch v12, or a follower
+                // that does not know its epoch yet) counts only if it arrived (`request_ms`)
+                // after the leader last forgot that follower.
+                leader.follower_fetched(replica, fetch_offset, now_ms, request_ms, broker_epoch)
             }
             Role::Follower { .. } => {
                 Err(ringlog_replication::FollowerRefusal::NotAReplica(replica))
@@ -359,9 +372,10 @@ impl Shard {
                             leader_epoch: leader.leader_epoch(),
                             partition_epoch: leader.partition_epoch(),
                             isr: isr.into_iter().map(NodeId).collect(),
-                            // Empty until follower fetches name their broker epoch (Fetch
-                            // v15): the controller then checks only that added replicas are
-                            // live.
+                            // The broker epoch of the process whose fetches each proposed
+                            // follower was judged on (from the metadata and its Fetch v15
+                            // ReplicaState); a follower whose epoch is unknown is left out, and
+                            // the controller then checks only that it is live.
                             broker_epochs: leader
                                 .proposal_broker_epochs()
                                 .into_iter()
@@ -475,6 +489,8 @@ enum Fetched {
 /// One partition a fetcher carries, as it was when the request went out.
 struct Followed {
     topic: String,
+    /// The topic's id in this host's catalog (Fetch v13 and up name topics by id).
+    topic_id: uuid::Uuid,
     index: i32,
     partition: Rc<Partition>,
     leader_epoch: i32,
@@ -483,7 +499,8 @@ struct Followed {
 
 /// Copies the partitions `leader` leads and this shard follows, until there are none.
 async fn run_fetcher(shard: &Rc<Shard>, leader: i32) {
-    let mut connection: Option<Connection> = None;
+    // The connection and the Fetch version its leader answers.
+    let mut connection: Option<(Connection, i16)> = None;
     let client_id = format!("ringlog-replica-{}", shard.node());
     while !shard.stopping.is_triggered() {
         let followed = followed_from(shard, leader);
@@ -501,8 +518,11 @@ async fn run_fetcher(shard: &Rc<Shard>, leader: i32) {
                 shard.env.clock.sleep(FETCH_BACKOFF).await;
                 continue;
             };
-            match Connection::connect(&address, &client_id).await {
-                Ok(opened) => connection = Some(opened),
+            match connect(&address, &client_id).await {
+                Ok((opened, version)) => {
+                    debug!(leader, %address, fetch_version = version, "replica fetcher connected");
+                    connection = Some((opened, version));
+                }
                 Err(error) => {
                     debug!(leader, %address, "replica fetcher cannot connect: {error}");
                     shard.env.clock.sleep(FETCH_BACKOFF).await;
@@ -510,16 +530,17 @@ async fn run_fetcher(shard: &Rc<Shard>, leader: i32) {
                 }
             }
         }
-        let Some(open) = connection.as_mut() else {
+        let Some((open, version)) = connection.as_mut() else {
             continue;
         };
-        let request = fetch_request(shard.node(), &followed);
+        let version = *version;
+        let request = fetch_request(shard.node(), own_broker_epoch(shard), version, &followed);
         // The answer comes within the long poll; a leader that does not answer by then is
         // paused or cut off. A partition changing leader abandons the request (and the
         // connection, whose answer would come late) so the new leader is fetched from at once.
         let changed = shard.followers_changed.listen();
         let answer = futures_lite::future::or(
-            async { Fetched::Answer(open.call(&request, FOLLOWER_FETCH_VERSION).await) },
+            async { Fetched::Answer(open.call(&request, version).await) },
             async {
                 futures_lite::future::or(
                     async {
@@ -553,10 +574,39 @@ async fn run_fetcher(shard: &Rc<Shard>, leader: i32) {
                 continue;
             }
         };
-        if !apply_response(shard, &followed, response).await {
+        if !apply_response(shard, &followed, response, version).await {
             shard.env.clock.sleep(FETCH_BACKOFF).await;
         }
     }
+}
+
+/// Connects to a leader and asks which Fetch version to speak: the highest of
+/// [`FOLLOWER_FETCH_VERSIONS`] it answers (a leader of an older build answers v12 at most).
+async fn connect(address: &str, client_id: &str) -> Result<(Connection, i16), ClientError> {
+    let mut connection = Connection::connect(address, client_id).await?;
+    let response = connection
+        .call(&ApiVersionsRequest::default(), API_VERSIONS_VERSION)
+        .await?;
+    let version = ApiVersions::from_response(&response, address)?.pick_key(
+        ApiKey::Fetch as i16,
+        "FetchRequest",
+        FOLLOWER_FETCH_VERSIONS,
+    )?;
+    Ok((connection, version))
+}
+
+/// The broker epoch of this host's registration as this shard's metadata names it, -1 while
+/// unknown (a one-host broker, or before the metadata showed the registration). It may name
+/// the previous process's epoch for a moment after a restart; a leader that knows the new one
+/// then ignores these fetches until the metadata here catches up, which errs the safe way.
+fn own_broker_epoch(shard: &Shard) -> i64 {
+    shard
+        .catalog
+        .borrow()
+        .broker_epochs
+        .get(&shard.node())
+        .and_then(|&epoch| i64::try_from(epoch).ok())
+        .unwrap_or(-1)
 }
 
 /// The partitions this shard follows from `leader` now, with where to fetch each from.
@@ -574,6 +624,7 @@ fn followed_from(shard: &Shard, leader: i32) -> Vec<Followed> {
             let fetch_offset = partition.log.log_end_offset();
             followed.push(Followed {
                 topic: name.clone(),
+                topic_id: topic.uuid(),
                 index: index as i32,
                 partition,
                 leader_epoch: state.leader_epoch,
@@ -584,7 +635,14 @@ fn followed_from(shard: &Shard, leader: i32) -> Vec<Followed> {
     followed
 }
 
-fn fetch_request(replica: i32, followed: &[Followed]) -> FetchRequest {
+/// A follower's fetch of `followed` at `version`: from v13 topics go by id, and from v15
+/// `replica` and its `broker_epoch` (-1: unknown) go in ReplicaState instead of the replica id.
+fn fetch_request(
+    replica: i32,
+    broker_epoch: i64,
+    version: i16,
+    followed: &[Followed],
+) -> FetchRequest {
     let mut topics: Vec<FetchTopic> = Vec::new();
     for part in followed {
         let wanted = FetchPartition::default()
@@ -596,30 +654,56 @@ fn fetch_request(replica: i32, followed: &[Followed]) -> FetchRequest {
             .with_partition_max_bytes(FOLLOWER_PARTITION_MAX_BYTES);
         match topics.iter_mut().find(|t| t.topic.0.as_str() == part.topic) {
             Some(topic) => topic.partitions.push(wanted),
-            None => topics.push(
-                FetchTopic::default()
+            None => {
+                let mut topic = FetchTopic::default()
                     .with_topic(TopicName(StrBytes::from_string(part.topic.clone())))
-                    .with_partitions(vec![wanted]),
-            ),
+                    .with_partitions(vec![wanted]);
+                if version >= 13 {
+                    topic = topic.with_topic_id(part.topic_id);
+                }
+                topics.push(topic);
+            }
         }
     }
-    FetchRequest::default()
-        .with_replica_id(BrokerId(replica))
+    let request = if version >= 15 {
+        FetchRequest::default().with_replica_state(
+            ReplicaState::default()
+                .with_replica_id(BrokerId(replica))
+                .with_replica_epoch(broker_epoch),
+        )
+    } else {
+        FetchRequest::default().with_replica_id(BrokerId(replica))
+    };
+    request
         .with_max_wait_ms(FOLLOWER_MAX_WAIT.as_millis() as i32)
         .with_min_bytes(1)
         .with_max_bytes(FOLLOWER_RESPONSE_MAX_BYTES)
         .with_topics(topics)
 }
 
-/// Applies a leader's answer: appends, truncates, learns the high watermark. Returns false
-/// when a partition failed (the fetcher backs off before the next round).
-async fn apply_response(shard: &Shard, followed: &[Followed], response: FetchResponse) -> bool {
+/// Applies a leader's answer to a request of `version`: appends, truncates, learns the high
+/// watermark. Returns false when a partition failed (the fetcher backs off before the next
+/// round).
+async fn apply_response(
+    shard: &Shard,
+    followed: &[Followed],
+    response: FetchResponse,
+    version: i16,
+) -> bool {
     let mut healthy = response.error_code == 0;
     for topic in response.responses {
+        // The answer names topics as the request did: by id from v13.
+        let same_topic = |part: &Followed| {
+            if version >= 13 {
+                part.topic_id == topic.topic_id
+            } else {
+                part.topic == topic.topic.0.as_str()
+            }
+        };
         for data in topic.partitions {
             let Some(part) = followed
                 .iter()
-                .find(|p| p.topic == topic.topic.0.as_str() && p.index == data.partition_index)
+                .find(|p| same_topic(p) && p.index == data.partition_index)
             else {
                 continue;
             };
