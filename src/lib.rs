@@ -16,4 +16,5 @@ pub mod dump_log;
 pub mod groups_cli;
 pub mod memlock;
 pub mod meta_properties;
+pub mod quorum_cli;
 pub mod serve;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: ringlog_net::alloc::ClaimTolerantAlloc = ringlog_net::alloc::ClaimTolerantAlloc;
 
-use ringlog::{config, dump_log, groups_cli, serve};
+use ringlog::{config, dump_log, groups_cli, quorum_cli, serve};
 
 #[derive(Debug, Parser)]
 #[command(name = "ringlog", version, about)]
@@ -28,6 +28,8 @@ enum Command {
     /// Consumer groups, like kafka-consumer-groups: list, describe (lag per partition),
     /// reset-offsets, delete. Works against any Kafka-compatible broker.
     Groups(groups_cli::Args),
+    /// The controller quorum, like kafka-metadata-quorum: describe --status | --replication.
+    MetadataQuorum(quorum_cli::Args),
 }
 
 /// Human-readable logs on stderr, filtered by RUST_LOG (default `info`).
@@ -49,5 +51,6 @@ fn main() -> ExitCode {
         }
         Command::DumpLog(args) => dump_log::run(&args),
         Command::Groups(args) => groups_cli::run(&args),
+        Command::MetadataQuorum(args) => quorum_cli::run(&args),
     }
 }

@@ -27,7 +27,7 @@
 //! every entry and snapshot decodes) before raft-rs sees them: garbage is dropped and
 //! counted, never a panic, and everything applied later is known to decode.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use kafka_protocol::ResponseError;
 use raft::prelude::{Entry, EntryType, Message, MessageType};
@@ -315,6 +315,37 @@ pub struct ControllerNode {
     /// Messages waiting for the disk: (batch number that must be durable, to, bytes).
     held: Vec<(u64, HostId, Vec<u8>)>,
     stats: NodeStats,
+    /// When each voter last answered this leader's appends or heartbeats, and when it last
+    /// did so caught up with this leader's log (DescribeQuorum's timestamps).
+    contacts: BTreeMap<HostId, VoterContact>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct VoterContact {
+    last_fetch_ms: u64,
+    last_caught_up_ms: Option<u64>,
+}
+
+/// The quorum as its leader sees it (Kafka's DescribeQuorum): the metadata log's leader,
+/// epoch (the raft term) and high watermark (the commit index), and each voter's log end
+/// offset and timestamps on the leader's clock.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuorumDescription {
+    pub leader: HostId,
+    pub term: u64,
+    pub high_watermark: u64,
+    pub voters: Vec<VoterDescription>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VoterDescription {
+    pub id: HostId,
+    /// The last log index the leader knows it holds.
+    pub log_end_offset: u64,
+    /// When it last answered the leader (`None`: not since this leader was elected).
+    pub last_fetch_ms: Option<u64>,
+    /// When it last answered holding everything the leader had.
+    pub last_caught_up_ms: Option<u64>,
 }
 
 fn raft_id(host: HostId) -> u64 {
@@ -414,6 +445,7 @@ impl ControllerNode {
             persist_done: 0,
             held: Vec::new(),
             stats: NodeStats::default(),
+            contacts: BTreeMap::new(),
         };
         node.redraw_election_timeout();
         Ok(node)
@@ -458,6 +490,47 @@ impl ControllerNode {
 
     pub fn commit_index(&self) -> u64 {
         self.raw.raft.raft_log.committed
+    }
+
+    /// The quorum as this voter sees it while it leads (DescribeQuorum); `None` otherwise.
+    pub fn describe_quorum(&self) -> Option<QuorumDescription> {
+        if !self.is_leader() {
+            return None;
+        }
+        let last_index = self.raw.raft.raft_log.last_index();
+        let voters = self
+            .voters
+            .iter()
+            .map(|&id| {
+                if id == self.id {
+                    return VoterDescription {
+                        id,
+                        log_end_offset: last_index,
+                        last_fetch_ms: Some(self.now_ms),
+                        last_caught_up_ms: Some(self.now_ms),
+                    };
+                }
+                let matched = self
+                    .raw
+                    .raft
+                    .prs()
+                    .get(raft_id(id))
+                    .map_or(0, |progress| progress.matched);
+                let contact = self.contacts.get(&id).copied();
+                VoterDescription {
+                    id,
+                    log_end_offset: matched,
+                    last_fetch_ms: contact.map(|c| c.last_fetch_ms),
+                    last_caught_up_ms: contact.and_then(|c| c.last_caught_up_ms),
+                }
+            })
+            .collect();
+        Some(QuorumDescription {
+            leader: self.id,
+            term: self.term(),
+            high_watermark: self.commit_index(),
+            voters,
+        })
     }
 
     /// Commands waiting for a decision, and the log index of the decision in flight.
@@ -511,6 +584,21 @@ impl ControllerNode {
                 return;
             }
         };
+        if self.is_leader()
+            && matches!(
+                message.get_msg_type(),
+                MessageType::MsgAppendResponse | MessageType::MsgHeartbeatResponse
+            )
+        {
+            let caught_up = !message.reject
+                && message.get_msg_type() == MessageType::MsgAppendResponse
+                && message.index >= self.raw.raft.raft_log.last_index();
+            let contact = self.contacts.entry(from).or_default();
+            contact.last_fetch_ms = self.now_ms;
+            if caught_up {
+                contact.last_caught_up_ms = Some(self.now_ms);
+            }
+        }
         if self.raw.step(message).is_err() {
             self.stats.peer_messages_refused_by_raft += 1;
         }
@@ -816,6 +904,8 @@ impl ControllerNode {
         }
         self.leading_term = leading;
         self.active = false;
+        // A new term's leader knows nothing yet of when the others answered.
+        self.contacts.clear();
     }
 
     /// Runs the leader's decision loop; true when it proposed (so raft-rs has work).

@@ -533,7 +533,33 @@ impl Sim {
         for voter in &self.voters {
             let Some(node) = &voter.node else { continue };
             if !node.is_leader() {
+                if node.describe_quorum().is_some() {
+                    return Err(self.failure(format!(
+                        "{} describes the quorum without leading it",
+                        voter.host
+                    )));
+                }
                 continue;
+            }
+            // DescribeQuorum as the leader answers it: itself, its term and commit index, every
+            // voter once, none ahead of its log, and itself at its log's end.
+            let description = node
+                .describe_quorum()
+                .expect("a leader describes its quorum");
+            let ids: Vec<HostId> = description.voters.iter().map(|v| v.id).collect();
+            let own = description.voters.iter().find(|v| v.id == voter.host);
+            let last = own.map_or(0, |v| v.log_end_offset);
+            if description.leader != voter.host
+                || description.term != node.term()
+                || description.high_watermark != node.commit_index()
+                || ids != node.voters()
+                || description.voters.iter().any(|v| v.log_end_offset > last)
+                || description.high_watermark > last
+            {
+                return Err(self.failure(format!(
+                    "{} describes its quorum wrongly: {description:?}",
+                    voter.host
+                )));
             }
             let leader = *self
                 .leaders_by_term

@@ -21,8 +21,8 @@ use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsRe
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
     DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    ElectLeadersRequest, ElectLeadersResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse, TopicName,
+    DescribeQuorumRequest, DescribeQuorumResponse, ElectLeadersRequest, ElectLeadersResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -1118,6 +1118,75 @@ pub async fn elect_leaders(
         }
     }
     ElectLeadersResponse::default().with_replica_election_results(results)
+}
+
+/// The name Kafka gives the metadata log's topic in DescribeQuorum.
+const METADATA_TOPIC: &str = "__cluster_metadata";
+
+/// DescribeQuorum (`kafka-metadata-quorum.sh describe`): the controller quorum's leader, epoch
+/// (its raft term), high watermark (commit index) and each voter's log end and timestamps, as
+/// the leader sees them. In a cluster the request is carried to the leading voter; a one-node
+/// broker has no quorum to describe and says so. Only `__cluster_metadata` partition 0 exists.
+pub async fn describe_quorum(
+    shard: &Rc<Shard>,
+    request: DescribeQuorumRequest,
+    _version: i16,
+) -> DescribeQuorumResponse {
+    use kafka_protocol::messages::describe_quorum_response::{
+        PartitionData, ReplicaState, TopicData,
+    };
+    use kafka_protocol::messages::BrokerId;
+
+    let failed =
+        |code: ResponseError| DescribeQuorumResponse::default().with_error_code(code.code());
+    let asks_for_the_log = request.topics.len() == 1
+        && request.topics[0].topic_name.0.as_str() == METADATA_TOPIC
+        && request.topics[0].partitions.len() == 1
+        && request.topics[0].partitions[0].partition_index == 0;
+    if !asks_for_the_log {
+        return failed(ResponseError::InvalidRequest);
+    }
+    let Some(settings) = &shard.settings.cluster else {
+        return failed(ResponseError::InvalidRequest);
+    };
+    let clock = Rc::clone(&shard.env.clock);
+    let mut client = crate::controller::driver::QuorumClient::new(
+        ringlog_env::TcpTransport,
+        settings.voters.clone(),
+    )
+    .with_timeout(
+        Rc::clone(&clock),
+        crate::broker::member::QUORUM_REQUEST_TIMEOUT,
+    );
+    let description = match client.describe_quorum().await {
+        Ok(description) => description,
+        Err(error) => {
+            tracing::debug!("DescribeQuorum: {error}");
+            return failed(ResponseError::NotLeaderOrFollower);
+        }
+    };
+    let id = |host: ringlog_cluster::HostId| BrokerId(i32::try_from(host.0).unwrap_or(-1));
+    let stamp = |ms: Option<u64>| ms.map_or(-1, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
+    let voters = description
+        .voters
+        .iter()
+        .map(|voter| {
+            ReplicaState::default()
+                .with_replica_id(id(voter.id))
+                .with_log_end_offset(i64::try_from(voter.log_end_offset).unwrap_or(i64::MAX))
+                .with_last_fetch_timestamp(stamp(voter.last_fetch_ms))
+                .with_last_caught_up_timestamp(stamp(voter.last_caught_up_ms))
+        })
+        .collect();
+    let partition = PartitionData::default()
+        .with_partition_index(0)
+        .with_leader_id(id(description.leader))
+        .with_leader_epoch(i32::try_from(description.term).unwrap_or(i32::MAX))
+        .with_high_watermark(i64::try_from(description.high_watermark).unwrap_or(i64::MAX))
+        .with_current_voters(voters);
+    DescribeQuorumResponse::default().with_topics(vec![TopicData::default()
+        .with_topic_name(TopicName(StrBytes::from_static_str(METADATA_TOPIC)))
+        .with_partitions(vec![partition])])
 }
 
 /// Catalog edits in a cluster: checked here as on one node, then decided by the controller

@@ -252,7 +252,17 @@ impl Catalog {
     }
 
     pub fn by_id(&self, id: uuid::Uuid) -> Option<(&String, &Topic)> {
-        self.topics.iter().find(|(_, topic)| topic.uuid() == id)
+        // Every Fetch from v13 looks its topics up by id: compare the stored text (ids are
+        // written as 32 lowercase hex digits) without parsing each topic's id.
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let wanted: &str = id.simple().encode_lower(&mut buffer);
+        self.topics.iter().find(|(_, topic)| {
+            if topic.id.len() == wanted.len() {
+                topic.id.eq_ignore_ascii_case(wanted)
+            } else {
+                topic.uuid() == id
+            }
+        })
     }
 }
 

@@ -846,6 +846,14 @@ impl Broker for ShardBroker {
         admin::elect_leaders(&self.0, request, version).await
     }
 
+    async fn describe_quorum(
+        &self,
+        request: kafka_protocol::messages::DescribeQuorumRequest,
+        version: i16,
+    ) -> kafka_protocol::messages::DescribeQuorumResponse {
+        admin::describe_quorum(&self.0, request, version).await
+    }
+
     async fn find_coordinator(
         &self,
         request: FindCoordinatorRequest,

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use ringlog_cluster::quorum::{
-    CatchUp, Command, CommandError, ControllerNode, Input, QuorumSettings, Reply, RequestId,
+    CatchUp, Command, CommandError, ControllerNode, Input, QuorumDescription, QuorumSettings,
+    Reply, RequestId,
 };
 use ringlog_cluster::{HostId, MetadataImage, RecordBatch};
 use ringlog_env::{Env, Listener, Transport};
@@ -56,6 +57,8 @@ pub enum ClientRequest {
     CatchUp {
         after: u64,
     },
+    /// The quorum as its leader sees it (DescribeQuorum).
+    DescribeQuorum,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -68,6 +71,8 @@ pub enum ClientResponse {
         image: Vec<u8>,
         then: Vec<(u64, Vec<u8>)>,
     },
+    /// The leader's view of the quorum, its timestamps in wall-clock milliseconds.
+    Quorum(QuorumDescription),
 }
 
 /// A voter's settings.
@@ -180,6 +185,27 @@ impl Voter {
                 then: encode(then),
             },
         }
+    }
+
+    /// The quorum as this voter sees it if it leads (its monotonic times turned into wall
+    /// clock), else NOT_CONTROLLER naming the leader it knows, which the client follows.
+    fn describe_quorum(&self) -> ClientResponse {
+        let node = self.node.borrow();
+        let Some(mut description) = node.describe_quorum() else {
+            return ClientResponse::Reply(Err(CommandError::NotController {
+                leader: node.leader(),
+            }));
+        };
+        let (now, wall) = (self.now_ms(), self.env.clock.now_ms());
+        let to_wall = |ms: u64| {
+            let ago = i64::try_from(now.saturating_sub(ms)).unwrap_or(i64::MAX);
+            u64::try_from(wall.saturating_sub(ago)).unwrap_or(0)
+        };
+        for voter in &mut description.voters {
+            voter.last_fetch_ms = voter.last_fetch_ms.map(to_wall);
+            voter.last_caught_up_ms = voter.last_caught_up_ms.map(to_wall);
+        }
+        ClientResponse::Quorum(description)
     }
 
     pub fn id(&self) -> HostId {
@@ -372,6 +398,7 @@ async fn serve_link<S: ringlog_env::Stream>(voter: &Voter, mut stream: S) -> Res
                     ClientResponse::Reply(voter.command(command).await)
                 }
                 ClientRequest::CatchUp { after } => voter.catch_up(after),
+                ClientRequest::DescribeQuorum => voter.describe_quorum(),
             };
             let bytes = postcard::to_allocvec(&response).expect("responses encode");
             write_frame(&mut stream, &bytes).await?;
@@ -534,7 +561,9 @@ impl<T: Transport> QuorumClient<T> {
                         MetadataImage::decode(&encoded).map_err(|_| QuorumClientError::Confused)?;
                     then
                 }
-                ClientResponse::Reply(_) => return Err(QuorumClientError::Confused),
+                ClientResponse::Reply(_) | ClientResponse::Quorum(_) => {
+                    return Err(QuorumClientError::Confused)
+                }
             };
             if batches.is_empty() {
                 return Ok(());
@@ -544,6 +573,33 @@ impl<T: Transport> QuorumClient<T> {
                 image.apply(index, &batch);
             }
         }
+    }
+
+    /// The quorum as its leader sees it: asks the voters in turn, following the leader they
+    /// name.
+    pub async fn describe_quorum(&mut self) -> Result<QuorumDescription, QuorumClientError> {
+        let voters: Vec<HostId> = self.voters.keys().copied().collect();
+        let mut next = self.target.unwrap_or(voters[0]);
+        let mut last_problem = String::from("no attempt");
+        for attempt in 0..voters.len() * 2 {
+            match self.ask_once(next, &ClientRequest::DescribeQuorum).await {
+                Ok(ClientResponse::Quorum(description)) => return Ok(description),
+                Ok(ClientResponse::Reply(Err(CommandError::NotController {
+                    leader: Some(leader),
+                }))) if leader != next => {
+                    last_problem = format!("voter {next} does not lead");
+                    self.link = None;
+                    next = leader;
+                    continue;
+                }
+                Ok(ClientResponse::Reply(Err(error))) => last_problem = error.to_string(),
+                Ok(_) => return Err(QuorumClientError::Confused),
+                Err(problem) => last_problem = format!("voter {next}: {problem}"),
+            }
+            self.link = None;
+            next = voters[(attempt + 1) % voters.len()];
+        }
+        Err(QuorumClientError::Unreachable(last_problem))
     }
 
     /// The committed metadata after `after`, from any reachable voter.

@@ -444,3 +444,63 @@ def test_cluster_figures(cluster):
         print(f"{label} over {trials} trials: p50 {percentile(samples, 0.5) * 1000:.0f} ms, "
               f"p99 {percentile(samples, 0.99) * 1000:.0f} ms, "
               f"max {max(samples) * 1000:.0f} ms")
+
+
+def quorum_status(address: str) -> dict[str, str]:
+    """`ringlog metadata-quorum describe --status` through the broker at `address`."""
+    done = subprocess.run([os.environ["RINGLOG_BIN"], "metadata-quorum", "--bootstrap-server",
+                           address, "describe", "--status"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return dict(line.split(":", 1) for line in done.stdout.splitlines())
+
+
+def test_describe_quorum_names_the_leader_its_epoch_and_every_voter(cluster):
+    """DescribeQuorum (Kafka's kafka-metadata-quorum describe), sent to any broker, is answered
+    by the quorum's leader: the same leader, epoch and voters through every host, a high
+    watermark that grows with the metadata log, followers caught up; after kill -9 of the
+    leader, a new leader in a later epoch, the dead voter lagging."""
+    for node in range(HOSTS):
+        cluster.start(node)
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    every_host = {host * NODES_PER_HOST for host in range(HOSTS)}
+    wait_until(lambda: live_brokers(admin) == every_host, 60, "three registered brokers")
+    addresses = [f"{h}:{p}" for h, p in zip(cluster.hosts, cluster.ports)]
+    statuses = [quorum_status(address) for address in addresses]
+    leader = statuses[0]["LeaderId"].strip()
+    assert all(s["LeaderId"].strip() == leader for s in statuses), statuses
+    assert all(s["LeaderEpoch"] == statuses[0]["LeaderEpoch"] for s in statuses), statuses
+    assert statuses[0]["CurrentVoters"].strip() == "[0,1,2]", statuses[0]
+    before = int(statuses[0]["HighWatermark"])
+    create(admin, "quorum-grows", 3)
+    wait_until(lambda: int(quorum_status(addresses[0])["HighWatermark"]) > before, 10,
+               "the high watermark to grow")
+    wait_until(lambda: int(quorum_status(addresses[0])["MaxFollowerLag"]) == 0, 10,
+               "the followers to catch up")
+    replication = subprocess.run(
+        [os.environ["RINGLOG_BIN"], "metadata-quorum", "--bootstrap-server", addresses[0],
+         "describe", "--replication"], capture_output=True, text=True, timeout=30)
+    assert replication.returncode == 0, replication.stderr
+    rows = [line.split("\t") for line in replication.stdout.splitlines()[1:]]
+    assert [row[0] for row in rows][0] == leader and sorted(r[0] for r in rows) == ["0", "1", "2"]
+    assert [row[-1] for row in rows] == ["Leader", "Follower", "Follower"], rows
+    assert all(int(row[3]) > 0 for row in rows), rows  # every voter answered this leader
+
+    killed = int(leader)
+    cluster.processes[killed].kill()
+    cluster.processes[killed].wait(10)
+    survivor = addresses[(killed + 1) % HOSTS]
+
+    def new_leader():
+        try:
+            status = quorum_status(survivor)
+        except AssertionError:
+            return False
+        return status["LeaderId"].strip() != str(killed)
+
+    wait_until(new_leader, 30, "a new quorum leader")
+    after = quorum_status(survivor)
+    assert int(after["LeaderEpoch"]) > int(statuses[0]["LeaderEpoch"]), (statuses[0], after)
+    create(AdminClient({"bootstrap.servers": survivor}), "quorum-after", 1)
+    wait_until(lambda: int(quorum_status(survivor)["MaxFollowerLag"]) > 0, 10,
+               "the dead voter to lag")

@@ -37,6 +37,7 @@ use kafka_protocol::messages::{
     OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
     SyncGroupResponse,
 };
+use kafka_protocol::messages::{DescribeQuorumRequest, DescribeQuorumResponse};
 use kafka_protocol::messages::{ElectLeadersRequest, ElectLeadersResponse};
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
@@ -123,6 +124,11 @@ pub trait Broker {
         request: ElectLeadersRequest,
         version: i16,
     ) -> ElectLeadersResponse;
+    async fn describe_quorum(
+        &self,
+        request: DescribeQuorumRequest,
+        version: i16,
+    ) -> DescribeQuorumResponse;
     async fn find_coordinator(
         &self,
         request: FindCoordinatorRequest,
@@ -224,6 +230,7 @@ pub const API_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::DescribeQuorum, 0, 1),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::JoinGroup, 0, 9),
     (ApiKey::SyncGroup, 0, 5),
@@ -434,6 +441,12 @@ async fn handle_encoded<B: Broker>(
         ApiKey::ElectLeaders => {
             answer(api, version, payload, |request| async move {
                 Some(broker.elect_leaders(request, version).await)
+            })
+            .await
+        }
+        ApiKey::DescribeQuorum => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.describe_quorum(request, version).await)
             })
             .await
         }
@@ -686,6 +699,13 @@ mod tests {
         async fn elect_leaders(&self, _: ElectLeadersRequest, _: i16) -> ElectLeadersResponse {
             ElectLeadersResponse::default()
         }
+        async fn describe_quorum(
+            &self,
+            _: DescribeQuorumRequest,
+            _: i16,
+        ) -> DescribeQuorumResponse {
+            DescribeQuorumResponse::default()
+        }
         async fn find_coordinator(
             &self,
             _: FindCoordinatorRequest,
@@ -831,6 +851,7 @@ mod tests {
             }
             ApiKey::DescribeCluster => DescribeClusterRequest::default().encode(buffer, version),
             ApiKey::ElectLeaders => ElectLeadersRequest::default().encode(buffer, version),
+            ApiKey::DescribeQuorum => DescribeQuorumRequest::default().encode(buffer, version),
             ApiKey::FindCoordinator => FindCoordinatorRequest::default().encode(buffer, version),
             ApiKey::JoinGroup => JoinGroupRequest::default().encode(buffer, version),
             ApiKey::SyncGroup => SyncGroupRequest::default().encode(buffer, version),
