@@ -103,6 +103,8 @@ fn assert_api_ranges(response: &ApiVersionsResponse) {
         (ApiKey::CreatePartitions, 0, 3),
         (ApiKey::IncrementalAlterConfigs, 0, 1),
         (ApiKey::DescribeCluster, 0, 1),
+        (ApiKey::ElectLeaders, 0, 2),
+        (ApiKey::DescribeQuorum, 0, 1),
         (ApiKey::FindCoordinator, 0, 4),
         (ApiKey::JoinGroup, 0, 9),
         (ApiKey::SyncGroup, 0, 5),
@@ -856,4 +858,69 @@ fn batch_records(records: &[u8]) -> (i64, i32) {
         at += 12 + usize::try_from(be_i32(at + 8)).expect("length");
     }
     (first, count)
+}
+
+#[test]
+fn a_one_node_broker_answers_elect_leaders_as_not_needed_and_has_no_quorum_to_describe() {
+    use kafka_protocol::messages::describe_quorum_request;
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    use kafka_protocol::messages::{
+        DescribeQuorumRequest, DescribeQuorumResponse, ElectLeadersRequest, ElectLeadersResponse,
+    };
+    let broker = Broker::start("elections", 1, &[]);
+    kcat(
+        &["-b", &broker.address(), "-P", "-t", "elections", "-p", "0"],
+        b"a\n",
+    );
+    let mut stream = broker.connect();
+    let request = ElectLeadersRequest::default()
+        .with_election_type(0)
+        .with_topic_partitions(Some(vec![TopicPartitions::default()
+            .with_topic(TopicName(StrBytes::from_static_str("elections")))
+            .with_partitions(vec![0, 7])]));
+    for (version, correlation_id) in [(0, 1), (1, 2), (2, 3)] {
+        send_request(
+            &mut stream,
+            ApiKey::ElectLeaders,
+            version,
+            correlation_id,
+            &request,
+        );
+        let response: ElectLeadersResponse = read_response(&mut stream, version, correlation_id);
+        assert_eq!(response.error_code, 0);
+        let answers: Vec<(i32, i16)> = response.replica_election_results[0]
+            .partition_result
+            .iter()
+            .map(|p| (p.partition_id, p.error_code))
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                (0, ResponseError::ElectionNotNeeded.code()),
+                (7, ResponseError::UnknownTopicOrPartition.code()),
+            ],
+            "version {version}"
+        );
+    }
+    // An election type that is neither preferred nor unclean: refused as a whole.
+    send_request(
+        &mut stream,
+        ApiKey::ElectLeaders,
+        2,
+        4,
+        &request.clone().with_election_type(5),
+    );
+    let response: ElectLeadersResponse = read_response(&mut stream, 2, 4);
+    assert_eq!(response.error_code, ResponseError::InvalidRequest.code());
+
+    let describe = DescribeQuorumRequest::default().with_topics(vec![
+        describe_quorum_request::TopicData::default()
+            .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+            .with_partitions(vec![
+                describe_quorum_request::PartitionData::default().with_partition_index(0)
+            ]),
+    ]);
+    send_request(&mut stream, ApiKey::DescribeQuorum, 1, 5, &describe);
+    let response: DescribeQuorumResponse = read_response(&mut stream, 1, 5);
+    assert_eq!(response.error_code, ResponseError::InvalidRequest.code());
 }
