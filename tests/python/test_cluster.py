@@ -158,6 +158,24 @@ class NetnsCluster(Cluster):
     def heal(self, node: int) -> None:
         _ip("link", "set", f"{self.prefix}v{node}", "up")
 
+    def isolate(self, node: int) -> None:
+        """Cuts the host off from the other hosts only (both ways; clients still reach it):
+        blackhole routes to their addresses in its namespace, and to its address in theirs."""
+        for other in range(HOSTS):
+            if other != node:
+                _ip("-n", self.namespace(node), "route", "add", "blackhole",
+                    f"{self.hosts[other]}/32")
+                _ip("-n", self.namespace(other), "route", "add", "blackhole",
+                    f"{self.hosts[node]}/32")
+
+    def rejoin(self, node: int) -> None:
+        for other in range(HOSTS):
+            if other != node:
+                _ip("-n", self.namespace(node), "route", "del", "blackhole",
+                    f"{self.hosts[other]}/32")
+                _ip("-n", self.namespace(other), "route", "del", "blackhole",
+                    f"{self.hosts[node]}/32")
+
     def _remove_network(self) -> None:
         for i in range(HOSTS):
             subprocess.run(["ip", "netns", "del", self.namespace(i)], capture_output=True)

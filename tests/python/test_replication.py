@@ -8,8 +8,9 @@ three replicas' logs are identical (read back with `ringlog dump-log`).
 
 Faults: kill (SIGKILL), pause (SIGSTOP, then SIGCONT), restart (SIGTERM: controlled shutdown),
 wipe (SIGKILL and the host's partition directories deleted before it restarts), partition (the
-host's network cut while its process runs on, then joined again; the hosts then run in network
-namespaces, which needs root). The CI run does
+host's network cut while its process runs on, then joined again), isolate (cut from the other
+hosts only: clients still reach it). The last two need the hosts in network namespaces, which
+needs root; each fault runs twice by default. The CI run does
 a few fault cycles; `REPLICATION_FAULT_CYCLES=20 scripts/python-tests.sh -s -k
 replication_survives` runs more and prints the failover figures; REPLICATION_FAULTS chooses the
 faults."""
@@ -245,16 +246,16 @@ def create_replicated(admin: AdminClient, addresses: list[tuple[str, int]]) -> N
 
 NETNS = netns_available()
 FAULTS = os.environ.get("REPLICATION_FAULTS", "kill,pause,restart,wipe" +
-                        (",partition" if NETNS else "")).split(",")
+                        (",partition,isolate" if NETNS else "")).split(",")
 
 
 def test_replication_survives_leader_faults_with_every_acknowledged_record(request):
-    cycles = int(os.environ.get("REPLICATION_FAULT_CYCLES", "10"))
+    cycles = int(os.environ.get("REPLICATION_FAULT_CYCLES", str(2 * len(FAULTS))))
     # Hosts in network namespaces where this process may make them (root), so a leader's host
     # can be cut off from the network; on loopback addresses otherwise, without that fault.
     cluster = request.getfixturevalue("netns_cluster" if NETNS else "cluster")
-    assert "partition" not in FAULTS or isinstance(cluster, NetnsCluster), \
-        "the partition fault needs network namespaces (root and iproute2)"
+    assert not {"partition", "isolate"} & set(FAULTS) or isinstance(cluster, NetnsCluster), \
+        "the partition and isolate faults need network namespaces (root and iproute2)"
     addresses, admin = start_hosts(cluster)
     create_replicated(admin, addresses)
 
@@ -284,6 +285,11 @@ def test_replication_survives_leader_faults_with_every_acknowledged_record(reque
             # runs on believing it leads until it hears otherwise, and may append records no
             # follower copies: those it must truncate when it is joined again.
             cluster.cut(victim)
+        elif fault == "isolate":
+            # Cut off from the other hosts (its followers and the quorum's majority) while the
+            # clients still reach it: a leader that may accept writes it cannot replicate and
+            # must never acknowledge with acks=all.
+            cluster.isolate(victim)
         else:
             process.send_signal(signal.SIGTERM)
             process.wait(30)
@@ -303,6 +309,8 @@ def test_replication_survives_leader_faults_with_every_acknowledged_record(reque
             process.send_signal(signal.SIGCONT)
         elif fault == "partition":
             cluster.heal(victim)
+        elif fault == "isolate":
+            cluster.rejoin(victim)
         else:
             cluster.start(victim)
         wait_until(lambda: fully_in_sync(addresses), 60, f"host {victim} back in every ISR")
