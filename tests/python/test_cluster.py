@@ -158,23 +158,26 @@ class NetnsCluster(Cluster):
     def heal(self, node: int) -> None:
         _ip("link", "set", f"{self.prefix}v{node}", "up")
 
+    def cut_between(self, a: int, b: int) -> None:
+        """Cuts the link between two hosts both ways (blackhole routes to each other's address
+        in each one's namespace); each still reaches the others and the clients."""
+        _ip("-n", self.namespace(a), "route", "add", "blackhole", f"{self.hosts[b]}/32")
+        _ip("-n", self.namespace(b), "route", "add", "blackhole", f"{self.hosts[a]}/32")
+
+    def join_between(self, a: int, b: int) -> None:
+        _ip("-n", self.namespace(a), "route", "del", "blackhole", f"{self.hosts[b]}/32")
+        _ip("-n", self.namespace(b), "route", "del", "blackhole", f"{self.hosts[a]}/32")
+
     def isolate(self, node: int) -> None:
-        """Cuts the host off from the other hosts only (both ways; clients still reach it):
-        blackhole routes to their addresses in its namespace, and to its address in theirs."""
+        """Cuts the host off from the other hosts only (clients still reach it)."""
         for other in range(HOSTS):
             if other != node:
-                _ip("-n", self.namespace(node), "route", "add", "blackhole",
-                    f"{self.hosts[other]}/32")
-                _ip("-n", self.namespace(other), "route", "add", "blackhole",
-                    f"{self.hosts[node]}/32")
+                self.cut_between(node, other)
 
     def rejoin(self, node: int) -> None:
         for other in range(HOSTS):
             if other != node:
-                _ip("-n", self.namespace(node), "route", "del", "blackhole",
-                    f"{self.hosts[other]}/32")
-                _ip("-n", self.namespace(other), "route", "del", "blackhole",
-                    f"{self.hosts[node]}/32")
+                self.join_between(node, other)
 
     def _remove_network(self) -> None:
         for i in range(HOSTS):

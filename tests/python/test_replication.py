@@ -34,7 +34,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 import kafkautil
 from test_cluster import (CORES, HOSTS, NODES_PER_HOST, NetnsCluster, cluster,
                           every_host_answers, netns_available, netns_cluster, percentile,
-                          wait_until)
+                          quorum_status, wait_until)
 
 __all__ = ["cluster", "netns_cluster"]  # the fixtures, imported for pytest
 
@@ -826,3 +826,63 @@ def test_replication_links_run_core_to_core(cluster):
     for host, core, served, fetched in per_core:
         print(f"host {host} core {core}: served {served / 1e6:.2f} MB to followers, "
               f"fetched {fetched / 1e6:.2f} MB from the same core of the other hosts")
+
+
+def test_a_leader_cut_from_one_follower_drops_it_from_the_isr_and_goes_on(request):
+    """A partial partition (network namespaces, root): the leader of a partition loses its
+    link to one follower only; both still reach the third host (and so a quorum majority) and
+    the clients. acks=all writes wait for the cut follower until replica.lag.time.max.ms (3 s
+    here), then the leader drops it from the ISR and acknowledges with the other follower
+    (min.insync.replicas=2); joined again, it catches up and rejoins. Nothing acknowledged is
+    lost; the replicas are identical."""
+    if not NETNS:
+        pytest.skip("a partial partition needs network namespaces (root and iproute2)")
+    cluster = request.getfixturevalue("netns_cluster")
+    cluster.extra_args = ["--replica-lag-time-max-ms", "3000"]
+    addresses, admin = start_hosts(cluster)
+    create_replicated(admin, addresses)
+    load = Load(cluster.bootstrap)
+    load.start()
+    wait_until(lambda: len(load.acked) > 200, 60, "the first acknowledgements")
+    # Brokers heartbeat the active controller only (as in KRaft): a host cut from it is
+    # fenced. So the cut is between the two hosts that are not the active controller, and the
+    # partition is one of those two leads.
+    controller = int(quorum_status(f"{addresses[0][0]}:{addresses[0][1]}")["LeaderId"])
+    views = partition_views(addresses[0])
+    partition = next(p for p, (leader, _, _) in views.items()
+                     if leader // NODES_PER_HOST != controller)
+    leader = views[partition][0] // NODES_PER_HOST
+    follower = 3 - leader - controller
+    cut_node = follower * NODES_PER_HOST
+    started = time.monotonic()
+    cluster.cut_between(leader, follower)
+    watcher = addresses[controller]  # reaches both
+
+    def dropped() -> bool:
+        view = partition_views(watcher)
+        return (view is not None and cut_node not in view[partition][1]
+                and view[partition][0] == leader * NODES_PER_HOST)
+
+    wait_until(dropped, 30, f"the cut follower out of partition {partition}'s ISR")
+    shrunk_after = time.monotonic() - started
+    moment = time.monotonic()
+    wait_until(lambda: load.acks_since(partition, moment), 30,
+               "acknowledgements without the follower")
+    cluster.join_between(leader, follower)
+    wait_until(lambda: fully_in_sync(addresses), 60, "the follower back in every ISR")
+    time.sleep(0.5)
+    load.finish()
+    assert not load.failed, load.failed[:5]
+    final = read_all(cluster.bootstrap)
+    present = set(final.values())
+    lost = [v for v in load.acked if v not in present]
+    assert not lost, f"{len(lost)} acknowledged records lost, e.g. {lost[:5]}"
+    assert len(present) == len(final), "duplicates"
+    cluster.stop()
+    for partition in range(PARTITIONS):
+        replicas = [replica_records(cluster.root / f"node-{host}", partition)
+                    for host in range(HOSTS)]
+        assert all(r == replicas[0] for r in replicas), f"partition {partition} differs"
+    print(f"leader cut from one follower (neither the active controller): the follower out "
+          f"of the ISR {shrunk_after:.1f} s after the cut "
+          f"(replica.lag.time.max.ms 3 s); {len(load.acked)} acks=all records, 0 lost")
