@@ -105,6 +105,7 @@ fn assert_api_ranges(response: &ApiVersionsResponse) {
         (ApiKey::DescribeCluster, 0, 1),
         (ApiKey::ElectLeaders, 0, 2),
         (ApiKey::DescribeQuorum, 0, 1),
+        (ApiKey::DescribeTopicPartitions, 0, 0),
         (ApiKey::FindCoordinator, 0, 4),
         (ApiKey::JoinGroup, 0, 9),
         (ApiKey::SyncGroup, 0, 5),
@@ -923,4 +924,102 @@ fn a_one_node_broker_answers_elect_leaders_as_not_needed_and_has_no_quorum_to_de
     send_request(&mut stream, ApiKey::DescribeQuorum, 1, 5, &describe);
     let response: DescribeQuorumResponse = read_response(&mut stream, 1, 5);
     assert_eq!(response.error_code, ResponseError::InvalidRequest.code());
+}
+
+#[test]
+fn describe_topic_partitions_pages_through_topics_in_name_order() {
+    use kafka_protocol::messages::describe_topic_partitions_request::{Cursor, TopicRequest};
+    use kafka_protocol::messages::{
+        DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse,
+    };
+    let broker = Broker::start(
+        "describe-partitions",
+        1,
+        &[("RINGLOG_NUM_PARTITIONS", "3".to_owned())],
+    );
+    for topic in ["beta", "alpha"] {
+        kcat(
+            &["-b", &broker.address(), "-P", "-t", topic, "-p", "0"],
+            b"x\n",
+        );
+    }
+    let mut stream = broker.connect();
+    let mut ask = |request: &DescribeTopicPartitionsRequest, correlation_id: i32| {
+        send_request(
+            &mut stream,
+            ApiKey::DescribeTopicPartitions,
+            0,
+            correlation_id,
+            request,
+        );
+        let response: DescribeTopicPartitionsResponse =
+            read_response(&mut stream, 0, correlation_id);
+        let topics: Vec<(String, i16, Vec<i32>)> = response
+            .topics
+            .iter()
+            .map(|t| {
+                let name = t.name.as_ref().map(|n| n.to_string()).unwrap_or_default();
+                let partitions = t.partitions.iter().map(|p| p.partition_index).collect();
+                (name, t.error_code, partitions)
+            })
+            .collect();
+        for partition in response.topics.iter().flat_map(|t| &t.partitions) {
+            assert_eq!(partition.isr_nodes, partition.replica_nodes);
+            assert_eq!(partition.leader_id, partition.replica_nodes[0]);
+            assert_eq!(partition.eligible_leader_replicas.as_deref(), Some(&[][..]));
+            assert!(partition.offline_replicas.is_empty());
+        }
+        let cursor = response
+            .next_cursor
+            .map(|c| (c.topic_name.to_string(), c.partition_index));
+        (topics, cursor)
+    };
+    // Every topic (the internal __consumer_offsets sorts first: the answer starts at the
+    // cursor "alpha"), four partitions at a time: alpha whole, beta's first, and a cursor.
+    let first = DescribeTopicPartitionsRequest::default()
+        .with_response_partition_limit(4)
+        .with_cursor(Some(
+            Cursor::default().with_topic_name(TopicName(StrBytes::from_static_str("alpha"))),
+        ));
+    let (topics, cursor) = ask(&first, 1);
+    assert_eq!(
+        topics,
+        [
+            ("alpha".to_owned(), 0, vec![0, 1, 2]),
+            ("beta".to_owned(), 0, vec![0])
+        ]
+    );
+    assert_eq!(cursor, Some(("beta".to_owned(), 1)));
+    let next = first.clone().with_cursor(Some(
+        Cursor::default()
+            .with_topic_name(TopicName(StrBytes::from_static_str("beta")))
+            .with_partition_index(1),
+    ));
+    let (topics, cursor) = ask(&next, 2);
+    assert_eq!(topics, [("beta".to_owned(), 0, vec![1, 2])]);
+    assert_eq!(cursor, None);
+    // Named topics, one unknown.
+    let named = DescribeTopicPartitionsRequest::default()
+        .with_response_partition_limit(100)
+        .with_topics(
+            ["nope", "beta"]
+                .iter()
+                .map(|name| {
+                    TopicRequest::default().with_name(TopicName(StrBytes::from_static_str(name)))
+                })
+                .collect(),
+        );
+    let (topics, cursor) = ask(&named, 3);
+    assert_eq!(
+        topics,
+        [
+            ("beta".to_owned(), 0, vec![0, 1, 2]),
+            (
+                "nope".to_owned(),
+                ResponseError::UnknownTopicOrPartition.code(),
+                vec![]
+            ),
+        ]
+    );
+    assert_eq!(cursor, None);
 }

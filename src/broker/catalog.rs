@@ -44,6 +44,13 @@ pub struct PartitionState {
     /// not opened, and requests for them get NOT_LEADER_OR_FOLLOWER.
     #[serde(default = "kept_here")]
     pub local: bool,
+    /// In a cluster: the eligible leader replicas (KIP-966: out of the ISR while it was below
+    /// min.insync.replicas, yet holding everything committed) and the last known ones, from
+    /// the metadata image, for DescribeTopicPartitions. Empty on a one-node cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub elr: Vec<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_known_elr: Vec<i32>,
 }
 
 fn kept_here() -> bool {
@@ -61,6 +68,8 @@ impl PartitionState {
             partition_epoch: 0,
             isr: vec![node],
             local: true,
+            elr: Vec::new(),
+            last_known_elr: Vec::new(),
         }
     }
 
@@ -296,6 +305,8 @@ pub fn from_image(
                         partition_epoch: record.partition_epoch,
                         isr: ids(&record.isr),
                         local: here.is_some(),
+                        elr: ids(&record.elr),
+                        last_known_elr: ids(&record.last_known_elr),
                     }
                 })
                 .collect();

@@ -8,8 +8,8 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
-    TopicName,
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicPartitionsRequest,
+    DescribeTopicPartitionsResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -150,4 +150,118 @@ pub fn describe_cluster(
         })
         .collect();
     response.with_brokers(brokers)
+}
+
+/// The most partitions one DescribeTopicPartitions answer carries (Kafka's
+/// `max.request.partition.size.limit` default); a request may ask for fewer.
+const DESCRIBE_PARTITIONS_LIMIT: i32 = 2000;
+
+/// DescribeTopicPartitions (KIP-966), which Kafka's tools use to describe topics: each asked
+/// topic (every topic when none is named) in name order, its partitions with leader, epoch,
+/// replicas, ISR, eligible leader replicas, last known ELR and offline replicas, paged by
+/// `response_partition_limit` with a cursor (topic, first partition) to go on from.
+pub fn describe_topic_partitions(
+    shard: &Shard,
+    request: DescribeTopicPartitionsRequest,
+    _version: i16,
+) -> DescribeTopicPartitionsResponse {
+    use kafka_protocol::messages::describe_topic_partitions_response::{
+        Cursor, DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
+    };
+    let catalog = shard.catalog.borrow();
+    let mut names: Vec<String> = if request.topics.is_empty() {
+        catalog.topics.keys().cloned().collect()
+    } else {
+        request.topics.iter().map(|t| t.name.to_string()).collect()
+    };
+    names.sort();
+    names.dedup();
+    let (start_topic, start_partition) = match &request.cursor {
+        Some(cursor) => (cursor.topic_name.to_string(), cursor.partition_index.max(0)),
+        None => (String::new(), 0),
+    };
+    let mut room = match request.response_partition_limit {
+        limit if limit > 0 => limit.min(DESCRIBE_PARTITIONS_LIMIT),
+        _ => DESCRIBE_PARTITIONS_LIMIT,
+    };
+    // Replicas on a broker the metadata does not list as live (a cluster) are offline.
+    let live: Option<std::collections::BTreeSet<i32>> = catalog
+        .brokers
+        .as_ref()
+        .map(|brokers| brokers.iter().map(|(node, _, _)| *node).collect());
+    let nodes = |ids: &[i32]| ids.iter().copied().map(BrokerId).collect::<Vec<_>>();
+    let mut response = DescribeTopicPartitionsResponse::default();
+    for name in names.into_iter().filter(|name| *name >= start_topic) {
+        let topic_name = TopicName(StrBytes::from_string(name.clone()));
+        let Some(topic) = catalog.topics.get(&name) else {
+            response.topics.push(
+                DescribeTopicPartitionsResponseTopic::default()
+                    .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                    .with_name(Some(topic_name))
+                    .with_topic_authorized_operations(i32::MIN),
+            );
+            continue;
+        };
+        let first = if name == start_topic {
+            start_partition
+        } else {
+            0
+        };
+        if room == 0 {
+            response.next_cursor = Some(
+                Cursor::default()
+                    .with_topic_name(topic_name)
+                    .with_partition_index(first),
+            );
+            break;
+        }
+        let mut partitions = Vec::new();
+        let mut index = first;
+        while let Some(state) = topic.partition(index) {
+            if room == 0 {
+                response.next_cursor = Some(
+                    Cursor::default()
+                        .with_topic_name(topic_name.clone())
+                        .with_partition_index(index),
+                );
+                break;
+            }
+            let offline: Vec<i32> = match &live {
+                Some(live) => state
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|node| !live.contains(node))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let mut partition = DescribeTopicPartitionsResponsePartition::default()
+                .with_partition_index(index)
+                .with_leader_id(BrokerId(state.leader))
+                .with_leader_epoch(state.leader_epoch)
+                .with_replica_nodes(nodes(&state.replicas))
+                .with_isr_nodes(nodes(&state.isr))
+                .with_eligible_leader_replicas(Some(nodes(&state.elr)))
+                .with_last_known_elr(Some(nodes(&state.last_known_elr)))
+                .with_offline_replicas(nodes(&offline));
+            if state.leader < 0 {
+                partition = partition.with_error_code(ResponseError::LeaderNotAvailable.code());
+            }
+            partitions.push(partition);
+            room -= 1;
+            index += 1;
+        }
+        response.topics.push(
+            DescribeTopicPartitionsResponseTopic::default()
+                .with_name(Some(topic_name))
+                .with_topic_id(topic.uuid())
+                .with_is_internal(name == super::groups::OFFSETS_TOPIC)
+                .with_partitions(partitions)
+                .with_topic_authorized_operations(i32::MIN),
+        );
+        if response.next_cursor.is_some() {
+            break;
+        }
+    }
+    response
 }

@@ -854,6 +854,14 @@ impl Broker for ShardBroker {
         admin::describe_quorum(&self.0, request, version).await
     }
 
+    async fn describe_topic_partitions(
+        &self,
+        request: kafka_protocol::messages::DescribeTopicPartitionsRequest,
+        version: i16,
+    ) -> kafka_protocol::messages::DescribeTopicPartitionsResponse {
+        metadata::describe_topic_partitions(&self.0, request, version)
+    }
+
     async fn find_coordinator(
         &self,
         request: FindCoordinatorRequest,

@@ -152,12 +152,16 @@ def crc32c(data: bytes) -> int:
 
 
 def _varint(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)  # zigzag
+    return uvarint((n << 1) ^ (n >> 63))  # zigzag
+
+
+def uvarint(n: int) -> bytes:
+    """An unsigned varint (flexible versions' lengths and tagged field counts)."""
     out = bytearray()
     while True:
-        b = z & 0x7F
-        z >>= 7
-        if z:
+        b = n & 0x7F
+        n >>= 7
+        if n:
             out.append(b | 0x80)
         else:
             out.append(b)

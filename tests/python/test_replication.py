@@ -886,3 +886,86 @@ def test_a_leader_cut_from_one_follower_drops_it_from_the_isr_and_goes_on(reques
     print(f"leader cut from one follower (neither the active controller): the follower out "
           f"of the ISR {shrunk_after:.1f} s after the cut "
           f"(replica.lag.time.max.ms 3 s); {len(load.acked)} acks=all records, 0 lost")
+
+
+def _read_uvarint(reader: kafkautil.Reader) -> int:
+    shift, value = 0, 0
+    while True:
+        byte = reader.unpack(">B")
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value
+        shift += 7
+
+
+def describe_topic_partitions(address: tuple[str, int], topic: str
+                              ) -> dict[int, dict[str, list[int]]]:
+    """A raw DescribeTopicPartitions v0 (KIP-966; flexible encoding) for `topic`:
+    {partition: {"isr", "elr", "last_known_elr", "offline"}}."""
+    name = topic.encode()
+    varint = kafkautil.uvarint
+    header = struct.pack(">hhi", 75, 0, 7) + struct.pack(">h", 4) + b"test" + varint(0)
+    body = (varint(2) + varint(len(name) + 1) + name + varint(0)
+            + struct.pack(">i", 100) + struct.pack(">b", -1) + varint(0))
+    payload = header + body
+    answer = kafkautil.roundtrip(address, struct.pack(">i", len(payload)) + payload, 5)
+    reader = kafkautil.Reader(answer)
+    _read_uvarint(reader)  # response header tagged fields
+
+    def ints() -> list[int]:
+        count = _read_uvarint(reader) - 1
+        return [reader.unpack(">i") for _ in range(max(count, 0))]
+
+    reader.unpack(">i")  # throttle
+    described = {}
+    for _ in range(_read_uvarint(reader) - 1):
+        error = reader.unpack(">h")
+        length = _read_uvarint(reader) - 1
+        reader.pos += max(length, 0) + 16 + 1  # name, topic id, is_internal
+        assert error == 0, error
+        for _ in range(_read_uvarint(reader) - 1):
+            _, index, _, _ = reader.unpack(">hiii")  # error, index, leader, leader epoch
+            ints()  # replicas
+            isr, elr, last_known, offline = ints(), ints(), ints(), ints()
+            _read_uvarint(reader)
+            described[index] = {"isr": isr, "elr": elr, "last_known_elr": last_known,
+                                "offline": offline}
+        reader.unpack(">i")  # authorized operations
+        _read_uvarint(reader)
+    return described
+
+
+def test_describe_topic_partitions_shows_eligible_leader_replicas(cluster):
+    """KIP-966 seen by a client: a topic of RF 3 with min.insync.replicas=3; kill -9 of a
+    follower's host shrinks the ISR below the minimum, so the follower joins the eligible
+    leader replicas (and shows as offline) in DescribeTopicPartitions; restarted, it copies
+    what it missed, rejoins the ISR, and the ELR is empty again."""
+    addresses, admin = start_hosts(cluster)
+    futures = admin.create_topics([NewTopic("eligible", num_partitions=1, replication_factor=3,
+                                            config={"min.insync.replicas": "3"})],
+                                  request_timeout=15)
+    futures["eligible"].result(15)
+    every_node = sorted(host * NODES_PER_HOST for host in range(HOSTS))
+
+    def view(address):
+        try:
+            return describe_topic_partitions(address, "eligible").get(0)
+        except (OSError, AssertionError):
+            return None
+
+    wait_until(lambda: (view(addresses[0]) or {}).get("isr") and
+               sorted(view(addresses[0])["isr"]) == every_node, 30, "every replica in sync")
+    leader = leader_host(addresses[0], 0, "eligible")
+    victim = (leader + 1) % HOSTS
+    cluster.processes[victim].kill()
+    cluster.processes[victim].wait(10)
+    watcher = addresses[leader]
+    node = victim * NODES_PER_HOST
+    wait_until(lambda: (view(watcher) or {}).get("elr") == [node], 30,
+               "the fenced follower in the ELR")
+    seen = view(watcher)
+    assert node not in seen["isr"] and node in seen["offline"], seen
+    cluster.start(victim)
+    wait_until(lambda: (v := view(watcher)) is not None and sorted(v["isr"]) == every_node
+               and v["elr"] == [] and v["offline"] == [], 60,
+               "the follower back in the ISR, the ELR empty")

@@ -38,6 +38,7 @@ use kafka_protocol::messages::{
     SyncGroupResponse,
 };
 use kafka_protocol::messages::{DescribeQuorumRequest, DescribeQuorumResponse};
+use kafka_protocol::messages::{DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse};
 use kafka_protocol::messages::{ElectLeadersRequest, ElectLeadersResponse};
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
@@ -129,6 +130,11 @@ pub trait Broker {
         request: DescribeQuorumRequest,
         version: i16,
     ) -> DescribeQuorumResponse;
+    async fn describe_topic_partitions(
+        &self,
+        request: DescribeTopicPartitionsRequest,
+        version: i16,
+    ) -> DescribeTopicPartitionsResponse;
     async fn find_coordinator(
         &self,
         request: FindCoordinatorRequest,
@@ -231,6 +237,7 @@ pub const API_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::DescribeQuorum, 0, 1),
+    (ApiKey::DescribeTopicPartitions, 0, 0),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::JoinGroup, 0, 9),
     (ApiKey::SyncGroup, 0, 5),
@@ -447,6 +454,12 @@ async fn handle_encoded<B: Broker>(
         ApiKey::DescribeQuorum => {
             answer(api, version, payload, |request| async move {
                 Some(broker.describe_quorum(request, version).await)
+            })
+            .await
+        }
+        ApiKey::DescribeTopicPartitions => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.describe_topic_partitions(request, version).await)
             })
             .await
         }
@@ -706,6 +719,13 @@ mod tests {
         ) -> DescribeQuorumResponse {
             DescribeQuorumResponse::default()
         }
+        async fn describe_topic_partitions(
+            &self,
+            _: DescribeTopicPartitionsRequest,
+            _: i16,
+        ) -> DescribeTopicPartitionsResponse {
+            DescribeTopicPartitionsResponse::default()
+        }
         async fn find_coordinator(
             &self,
             _: FindCoordinatorRequest,
@@ -852,6 +872,9 @@ mod tests {
             ApiKey::DescribeCluster => DescribeClusterRequest::default().encode(buffer, version),
             ApiKey::ElectLeaders => ElectLeadersRequest::default().encode(buffer, version),
             ApiKey::DescribeQuorum => DescribeQuorumRequest::default().encode(buffer, version),
+            ApiKey::DescribeTopicPartitions => {
+                DescribeTopicPartitionsRequest::default().encode(buffer, version)
+            }
             ApiKey::FindCoordinator => FindCoordinatorRequest::default().encode(buffer, version),
             ApiKey::JoinGroup => JoinGroupRequest::default().encode(buffer, version),
             ApiKey::SyncGroup => SyncGroupRequest::default().encode(buffer, version),
