@@ -8,6 +8,7 @@ and is back in Metadata; a second process with a live broker's node id is refuse
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -104,6 +105,16 @@ def _ip(*args: str) -> None:
     assert done.returncode == 0, f"ip {' '.join(args)}: {done.stderr}"
 
 
+def _remove_stale_namespaces() -> None:
+    """Removes the namespaces of earlier runs whose test process is gone (a run killed before
+    its teardown leaves them in /run/netns; its bridge died with its own namespace)."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        match = re.match(r"rl(\d+)h\d+\b", line)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            subprocess.run(["ip", "netns", "del", line.split()[0]], capture_output=True)
+
+
 class NetnsCluster(Cluster):
     """The same three hosts, each in a network namespace of its own (`rl<pid>h<i>`), joined by
     veth pairs to a bridge in this namespace, on a private /24 chosen from the pid. A host can
@@ -116,6 +127,7 @@ class NetnsCluster(Cluster):
         self.prefix = f"rl{pid % 100000}"
         subnet = f"10.{200 + pid % 50}.{pid % 250}"
         self.bridge = f"{self.prefix}br"
+        _remove_stale_namespaces()
         self._remove_network()
         try:
             self._make_network(subnet)
