@@ -1537,3 +1537,87 @@ pub(crate) mod cluster {
         results
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use kafka_protocol::ResponseError;
+
+    use super::{alter, Catalog, ConfigOps, Topic, OP_DELETE, OP_SET};
+
+    fn catalog(configs: &[(&str, &str)]) -> Catalog {
+        let topic = Topic {
+            id: "0".repeat(32),
+            partitions: Vec::new(),
+            configs: configs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let mut catalog = Catalog::default();
+        catalog.topics.insert("t".to_owned(), topic);
+        catalog
+    }
+
+    fn ops(replace: bool, ops: &[(&str, i8, Option<&str>)]) -> ConfigOps {
+        ConfigOps {
+            topic: "t".to_owned(),
+            replace,
+            ops: ops
+                .iter()
+                .map(|(k, op, v)| ((*k).to_owned(), *op, v.map(str::to_owned)))
+                .collect(),
+        }
+    }
+
+    fn configs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        catalog(pairs).topics["t"].configs.clone()
+    }
+
+    #[test]
+    fn replace_sets_exactly_the_named_configs_and_incremental_edits() {
+        let before = catalog(&[("retention.ms", "1000"), ("segment.ms", "2000")]);
+        let set = |replace| ops(replace, &[("retention.ms", OP_SET, Some("5000"))]);
+        let replaced = alter(&before, &set(true)).expect("valid");
+        assert_eq!(replaced.configs, configs(&[("retention.ms", "5000")]));
+        let edited = alter(&before, &set(false)).expect("valid");
+        assert_eq!(
+            edited.configs,
+            configs(&[("retention.ms", "5000"), ("segment.ms", "2000")])
+        );
+        let deleted = ops(false, &[("segment.ms", OP_DELETE, None)]);
+        assert_eq!(
+            alter(&before, &deleted).expect("valid").configs,
+            configs(&[("retention.ms", "1000")])
+        );
+        // An empty replacement resets every override.
+        assert!(alter(&before, &ops(true, &[]))
+            .expect("valid")
+            .configs
+            .is_empty());
+    }
+
+    #[test]
+    fn replace_refuses_unknown_configs_bad_values_and_unknown_topics() {
+        let before = catalog(&[("retention.ms", "1000")]);
+        for (key, value) in [("no.such", "1"), ("retention.ms", "soon")] {
+            let asked = ops(
+                true,
+                &[
+                    ("segment.ms", OP_SET, Some("2000")),
+                    (key, OP_SET, Some(value)),
+                ],
+            );
+            let refused = alter(&before, &asked).expect_err(key);
+            assert_eq!(refused.code, ResponseError::InvalidConfig, "{key}");
+        }
+        let asked = ops(true, &[("retention.ms", OP_SET, None)]);
+        let refused = alter(&before, &asked).expect_err("no value");
+        assert_eq!(refused.code, ResponseError::InvalidConfig);
+        let mut missing = ops(true, &[]);
+        missing.topic = "other".to_owned();
+        let refused = alter(&before, &missing).expect_err("unknown topic");
+        assert_eq!(refused.code, ResponseError::UnknownTopicOrPartition);
+    }
+}
