@@ -1,5 +1,5 @@
-//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs and
-//! IncrementalAlterConfigs.
+//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs,
+//! AlterConfigs and IncrementalAlterConfigs.
 //!
 //! Every change runs on shard 0, the controller, one at a time: it computes the new catalog,
 //! writes it to disk, then has every shard apply it (update its catalog copy, open or close
@@ -17,12 +17,13 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
-use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{alter_configs_response, incremental_alter_configs_response};
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    DescribeQuorumRequest, DescribeQuorumResponse, ElectLeadersRequest, ElectLeadersResponse,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
+    AlterConfigsRequest, AlterConfigsResponse, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, DescribeQuorumRequest, DescribeQuorumResponse,
+    ElectLeadersRequest, ElectLeadersResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -33,7 +34,7 @@ use super::mesh::{Call, Route, Routed};
 use super::topic_config::{self, ConfigError};
 use super::{BrokerSettings, Shard, CONTROLLER};
 
-/// DescribeConfigs / IncrementalAlterConfigs resource types.
+/// DescribeConfigs / AlterConfigs / IncrementalAlterConfigs resource types.
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 /// DescribeConfigs config sources.
@@ -184,7 +185,7 @@ async fn commit(
 }
 
 /// A batch of catalog edits for the controller (CreateTopics, DeleteTopics, CreatePartitions,
-/// IncrementalAlterConfigs): one result per item, in order. The controller decides each item
+/// AlterConfigs, IncrementalAlterConfigs): one result per item, in order. The controller decides each item
 /// against the catalog as edited so far; unless `validate_only`, the changes are applied to the
 /// catalog, written and applied by every shard (`commit`), and if that fails, every item that
 /// succeeded fails with it. Batches run one at a time.
@@ -205,8 +206,18 @@ pub struct Growth {
     pub placement: Result<Option<Vec<usize>>, AdminError>,
     pub replicas: Option<Vec<Vec<i32>>>,
 }
-/// Config operations on a topic: (name, operation, value).
-pub type ConfigOps = (String, Vec<(String, i8, Option<String>)>);
+/// A config operation: (config name, IncrementalAlterConfigs operation, value).
+pub type ConfigOp = (String, i8, Option<String>);
+
+/// Config changes to a topic. IncrementalAlterConfigs edits the topic's overrides one
+/// operation at a time; AlterConfigs (`replace`) sets exactly the configs it names and resets
+/// every other override to its default, as Kafka does.
+#[derive(Debug, Clone)]
+pub struct ConfigOps {
+    pub topic: String,
+    pub replace: bool,
+    pub ops: Vec<ConfigOp>,
+}
 
 /// Has every shard apply catalog changes the controller decided.
 pub struct Apply(pub Vec<Change>);
@@ -304,9 +315,15 @@ impl Call for Edit<ConfigOps> {
         if controller.settings.cluster.is_some() {
             return cluster::alter_configs(&controller, self).await;
         }
-        edit_here(&controller, self, |_, catalog, (name, ops)| {
-            let topic = alter(catalog, &name, &ops)?;
-            Ok(((), Change::Upsert { name, topic }))
+        edit_here(&controller, self, |_, catalog, ops| {
+            let topic = alter(catalog, &ops)?;
+            Ok((
+                (),
+                Change::Upsert {
+                    name: ops.topic,
+                    topic,
+                },
+            ))
         })
         .await
     }
@@ -894,29 +911,29 @@ fn broker_entries(shard: &Shard) -> Vec<Entry> {
     ]
 }
 
-pub async fn incremental_alter_configs(
+/// One resource's answer to AlterConfigs or IncrementalAlterConfigs: resource type, name,
+/// error code and message.
+type Altered = (i8, StrBytes, i16, Option<StrBytes>);
+
+/// Changes the configs of the resources of an AlterConfigs or IncrementalAlterConfigs request
+/// (resource type, name, operations) on the controller: one answer per resource, in order.
+/// Topics are checked and changed as one [`Edit`]; broker settings are static, so a broker
+/// resource is refused, as is any other resource type.
+async fn alter_resources(
     shard: &Rc<Shard>,
-    request: IncrementalAlterConfigsRequest,
-    _version: i16,
-) -> IncrementalAlterConfigsResponse {
-    let asked: Vec<Result<ConfigOps, AdminError>> = request
-        .resources
+    resources: impl Iterator<Item = (i8, StrBytes, Vec<ConfigOp>)>,
+    replace: bool,
+    validate_only: bool,
+) -> Vec<Altered> {
+    let resources: Vec<_> = resources.collect();
+    let asked: Vec<Result<ConfigOps, AdminError>> = resources
         .iter()
-        .map(|resource| match resource.resource_type {
-            RESOURCE_TOPIC => Ok((
-                resource.resource_name.to_string(),
-                resource
-                    .configs
-                    .iter()
-                    .map(|c| {
-                        (
-                            c.name.to_string(),
-                            c.config_operation,
-                            c.value.as_ref().map(|v| v.to_string()),
-                        )
-                    })
-                    .collect(),
-            )),
+        .map(|(kind, name, ops)| match *kind {
+            RESOURCE_TOPIC => Ok(ConfigOps {
+                topic: name.to_string(),
+                replace,
+                ops: ops.clone(),
+            }),
             RESOURCE_BROKER => Err(AdminError::new(
                 ResponseError::InvalidRequest,
                 "broker settings are static: change them in the config file or flags and restart",
@@ -933,14 +950,13 @@ pub async fn incremental_alter_configs(
         .collect();
     let edit = Edit {
         items: topics,
-        validate_only: request.validate_only,
+        validate_only,
     };
     let mut altered = edit_catalog(shard, edit).await.into_iter();
-    let responses = request
-        .resources
-        .iter()
+    resources
+        .into_iter()
         .zip(asked)
-        .map(|(resource, asked)| {
+        .map(|((kind, name, _), asked)| {
             let result = asked.and_then(|_| {
                 altered.next().unwrap_or_else(|| {
                     Err(AdminError::new(
@@ -949,25 +965,83 @@ pub async fn incremental_alter_configs(
                     ))
                 })
             });
-            let mut response = AlterConfigsResourceResponse::default()
-                .with_resource_type(resource.resource_type)
-                .with_resource_name(resource.resource_name.clone());
-            if let Err(failure) = result {
-                response = response
-                    .with_error_code(failure.code.code())
-                    .with_error_message(Some(StrBytes::from_string(failure.message)));
+            match result {
+                Ok(()) => (kind, name, 0, None),
+                Err(failure) => (
+                    kind,
+                    name,
+                    failure.code.code(),
+                    Some(StrBytes::from_string(failure.message)),
+                ),
             }
-            response
         })
-        .collect();
-    IncrementalAlterConfigsResponse::default().with_responses(responses)
+        .collect()
 }
 
-fn alter(
-    catalog: &Catalog,
-    name: &str,
-    ops: &[(String, i8, Option<String>)],
-) -> Result<Topic, AdminError> {
+/// The [`Altered`] answers as the per-resource responses of AlterConfigs or
+/// IncrementalAlterConfigs: two generated types with the same fields.
+macro_rules! answers {
+    ($answer:ty, $altered:expr) => {
+        $altered
+            .into_iter()
+            .map(|(kind, name, code, message)| {
+                <$answer>::default()
+                    .with_resource_type(kind)
+                    .with_resource_name(name)
+                    .with_error_code(code)
+                    .with_error_message(message)
+            })
+            .collect()
+    };
+}
+
+/// A config operation as [`alter_resources`] takes it.
+fn config_op(name: StrBytes, op: i8, value: Option<StrBytes>) -> ConfigOp {
+    (name.to_string(), op, value.map(|v| v.to_string()))
+}
+
+pub async fn incremental_alter_configs(
+    shard: &Rc<Shard>,
+    request: IncrementalAlterConfigsRequest,
+    _version: i16,
+) -> IncrementalAlterConfigsResponse {
+    let resources = request.resources.into_iter().map(|r| {
+        let ops = r.configs.into_iter();
+        let ops = ops.map(|c| config_op(c.name, c.config_operation, c.value));
+        (r.resource_type, r.resource_name, ops.collect())
+    });
+    let altered = alter_resources(shard, resources, false, request.validate_only).await;
+    IncrementalAlterConfigsResponse::default().with_responses(answers!(
+        incremental_alter_configs_response::AlterConfigsResourceResponse,
+        altered
+    ))
+}
+
+/// AlterConfigs, the non-incremental API older clients and tools use: each topic's overrides
+/// become exactly the configs named (a config not named goes back to its default), checked
+/// as IncrementalAlterConfigs checks a SET.
+pub async fn alter_configs(
+    shard: &Rc<Shard>,
+    request: AlterConfigsRequest,
+    _version: i16,
+) -> AlterConfigsResponse {
+    let resources = request.resources.into_iter().map(|r| {
+        let ops = r.configs.into_iter();
+        let ops = ops.map(|c| config_op(c.name, OP_SET, c.value));
+        (r.resource_type, r.resource_name, ops.collect())
+    });
+    let altered = alter_resources(shard, resources, true, request.validate_only).await;
+    AlterConfigsResponse::default().with_responses(answers!(
+        alter_configs_response::AlterConfigsResourceResponse,
+        altered
+    ))
+}
+
+/// The topic `ops` names with its overrides changed: replaced by the configs set (AlterConfigs)
+/// or edited by each operation in turn (IncrementalAlterConfigs). Every key must be a known
+/// topic config and every value valid (INVALID_CONFIG).
+fn alter(catalog: &Catalog, ops: &ConfigOps) -> Result<Topic, AdminError> {
+    let name = &ops.topic;
     let Some(topic) = catalog.topics.get(name) else {
         return Err(AdminError::new(
             ResponseError::UnknownTopicOrPartition,
@@ -975,7 +1049,10 @@ fn alter(
         ));
     };
     let mut altered = topic.clone();
-    for (key, op, value) in ops {
+    if ops.replace {
+        altered.configs.clear();
+    }
+    for (key, op, value) in &ops.ops {
         if topic_config::lookup(key).is_none() {
             return Err(ConfigError::Unknown(key.clone()).into());
         }
@@ -1415,8 +1492,8 @@ pub(crate) mod cluster {
     ) -> Vec<Result<(), AdminError>> {
         let catalog = shard.catalog.borrow().clone();
         let mut results = Vec::with_capacity(batch.items.len());
-        for (name, ops) in batch.items {
-            let altered = match alter(&catalog, &name, &ops) {
+        for ops in batch.items {
+            let altered = match alter(&catalog, &ops) {
                 Ok(altered) => altered,
                 Err(error) => {
                     results.push(Err(error));
@@ -1427,6 +1504,7 @@ pub(crate) mod cluster {
                 results.push(Ok(()));
                 continue;
             }
+            let name = ops.topic;
             let before = &catalog.topics[&name].configs;
             let mut changes: Vec<(String, Option<String>)> = altered
                 .configs
@@ -1457,5 +1535,89 @@ pub(crate) mod cluster {
             results.push(result);
         }
         results
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use kafka_protocol::ResponseError;
+
+    use super::{alter, Catalog, ConfigOps, Topic, OP_DELETE, OP_SET};
+
+    fn catalog(configs: &[(&str, &str)]) -> Catalog {
+        let topic = Topic {
+            id: "0".repeat(32),
+            partitions: Vec::new(),
+            configs: configs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let mut catalog = Catalog::default();
+        catalog.topics.insert("t".to_owned(), topic);
+        catalog
+    }
+
+    fn ops(replace: bool, ops: &[(&str, i8, Option<&str>)]) -> ConfigOps {
+        ConfigOps {
+            topic: "t".to_owned(),
+            replace,
+            ops: ops
+                .iter()
+                .map(|(k, op, v)| ((*k).to_owned(), *op, v.map(str::to_owned)))
+                .collect(),
+        }
+    }
+
+    fn configs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        catalog(pairs).topics["t"].configs.clone()
+    }
+
+    #[test]
+    fn replace_sets_exactly_the_named_configs_and_incremental_edits() {
+        let before = catalog(&[("retention.ms", "1000"), ("segment.ms", "2000")]);
+        let set = |replace| ops(replace, &[("retention.ms", OP_SET, Some("5000"))]);
+        let replaced = alter(&before, &set(true)).expect("valid");
+        assert_eq!(replaced.configs, configs(&[("retention.ms", "5000")]));
+        let edited = alter(&before, &set(false)).expect("valid");
+        assert_eq!(
+            edited.configs,
+            configs(&[("retention.ms", "5000"), ("segment.ms", "2000")])
+        );
+        let deleted = ops(false, &[("segment.ms", OP_DELETE, None)]);
+        assert_eq!(
+            alter(&before, &deleted).expect("valid").configs,
+            configs(&[("retention.ms", "1000")])
+        );
+        // An empty replacement resets every override.
+        assert!(alter(&before, &ops(true, &[]))
+            .expect("valid")
+            .configs
+            .is_empty());
+    }
+
+    #[test]
+    fn replace_refuses_unknown_configs_bad_values_and_unknown_topics() {
+        let before = catalog(&[("retention.ms", "1000")]);
+        for (key, value) in [("no.such", "1"), ("retention.ms", "soon")] {
+            let asked = ops(
+                true,
+                &[
+                    ("segment.ms", OP_SET, Some("2000")),
+                    (key, OP_SET, Some(value)),
+                ],
+            );
+            let refused = alter(&before, &asked).expect_err(key);
+            assert_eq!(refused.code, ResponseError::InvalidConfig, "{key}");
+        }
+        let asked = ops(true, &[("retention.ms", OP_SET, None)]);
+        let refused = alter(&before, &asked).expect_err("no value");
+        assert_eq!(refused.code, ResponseError::InvalidConfig);
+        let mut missing = ops(true, &[]);
+        missing.topic = "other".to_owned();
+        let refused = alter(&before, &missing).expect_err("unknown topic");
+        assert_eq!(refused.code, ResponseError::UnknownTopicOrPartition);
     }
 }

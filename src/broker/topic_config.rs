@@ -29,8 +29,9 @@ pub struct TopicConfigKey {
     pub doc: &'static str,
 }
 
-/// Every topic config accepted by CreateTopics and IncrementalAlterConfigs and listed by
-/// DescribeConfigs. Others are refused with INVALID_CONFIG rather than stored and ignored.
+/// Every topic config accepted by CreateTopics, AlterConfigs and IncrementalAlterConfigs and
+/// listed by DescribeConfigs. Others are refused with INVALID_CONFIG rather than stored and
+/// ignored.
 pub const TOPIC_CONFIGS: &[TopicConfigKey] = &[
     key("cleanup.policy", ConfigType::List, "Only `delete` (retention) is supported; compaction is not."),
     key("compression.type", ConfigType::String, "Only `producer`: batches are stored as the producer compressed them."),

@@ -16,12 +16,13 @@ use std::pin::Pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
-    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest,
-    DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetForLeaderEpochRequest,
-    OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
+    AlterConfigsRequest, AlterConfigsResponse, ApiKey, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, FetchRequest, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::messages::{
     ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
@@ -110,6 +111,11 @@ pub trait Broker {
         request: DescribeConfigsRequest,
         version: i16,
     ) -> DescribeConfigsResponse;
+    async fn alter_configs(
+        &self,
+        request: AlterConfigsRequest,
+        version: i16,
+    ) -> AlterConfigsResponse;
     async fn incremental_alter_configs(
         &self,
         request: IncrementalAlterConfigsRequest,
@@ -232,6 +238,7 @@ pub const API_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
@@ -430,6 +437,12 @@ async fn handle_encoded<B: Broker>(
         ApiKey::DescribeConfigs => {
             answer(api, version, payload, |request| async move {
                 Some(broker.describe_configs(request, version).await)
+            })
+            .await
+        }
+        ApiKey::AlterConfigs => {
+            answer(api, version, payload, |request| async move {
+                Some(broker.alter_configs(request, version).await)
             })
             .await
         }
@@ -695,6 +708,9 @@ mod tests {
         ) -> DescribeConfigsResponse {
             DescribeConfigsResponse::default()
         }
+        async fn alter_configs(&self, _: AlterConfigsRequest, _: i16) -> AlterConfigsResponse {
+            AlterConfigsResponse::default()
+        }
         async fn incremental_alter_configs(
             &self,
             _: IncrementalAlterConfigsRequest,
@@ -866,6 +882,7 @@ mod tests {
             ApiKey::DeleteTopics => DeleteTopicsRequest::default().encode(buffer, version),
             ApiKey::DescribeConfigs => DescribeConfigsRequest::default().encode(buffer, version),
             ApiKey::CreatePartitions => CreatePartitionsRequest::default().encode(buffer, version),
+            ApiKey::AlterConfigs => AlterConfigsRequest::default().encode(buffer, version),
             ApiKey::IncrementalAlterConfigs => {
                 IncrementalAlterConfigsRequest::default().encode(buffer, version)
             }
