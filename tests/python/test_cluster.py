@@ -537,3 +537,35 @@ def test_describe_quorum_names_the_leader_its_epoch_and_every_voter(cluster):
     create(AdminClient({"bootstrap.servers": survivor}), "quorum-after", 1)
     wait_until(lambda: int(quorum_status(survivor)["MaxFollowerLag"]) > 0, 10,
                "the dead voter to lag")
+
+
+def test_alter_configs_replaces_a_topics_overrides_in_a_cluster(cluster):
+    """AlterConfigs (the non-incremental API) in a cluster: the controller commits exactly the
+    named overrides, a key set before and not named goes back to its default, on every host."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+    for node in range(HOSTS):
+        cluster.start(node)
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    every_host = {host * NODES_PER_HOST for host in range(HOSTS)}
+    wait_until(lambda: live_brokers(admin) == every_host, 60, "three registered brokers")
+    futures = admin.create_topics([NewTopic("configured", num_partitions=1, replication_factor=1,
+                                            config={"retention.ms": "3600000",
+                                                    "segment.ms": "600000"})],
+                                  request_timeout=15)
+    futures["configured"].result(15)
+    resource = ConfigResource(ResourceType.TOPIC, "configured",
+                              set_config={"retention.ms": "7200000"})
+    for future in admin.alter_configs([resource], request_timeout=15).values():
+        future.result(15)
+
+    def overrides(address: str) -> dict[str, str]:
+        client = AdminClient({"bootstrap.servers": address})
+        described = client.describe_configs(
+            [ConfigResource(ResourceType.TOPIC, "configured")], request_timeout=10)
+        configs = next(iter(described.values())).result(10)
+        return {name: entry.value for name, entry in configs.items()
+                if name in ("retention.ms", "segment.ms") and not entry.is_default}
+
+    for host, port in zip(cluster.hosts, cluster.ports):
+        wait_until(lambda: overrides(f"{host}:{port}") == {"retention.ms": "7200000"}, 10,
+                   f"host {host} to show only the replaced override")
