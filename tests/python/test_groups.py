@@ -1037,6 +1037,14 @@ def heartbeat_v3(group: str, generation: int, member: str, instance: str | None)
                  + _string(member) + _string(instance))
 
 
+def offset_commit_v7(group: str, generation: int, member: str, instance: str | None,
+                     topic: str, offsets: dict[int, int]) -> bytes:
+    body = (_string(group) + struct.pack(">i", generation) + _string(member) + _string(instance)
+            + struct.pack(">i", 1) + _string(topic) + struct.pack(">i", len(offsets))
+            + b"".join(struct.pack(">iqi", p, o, -1) + _string("") for p, o in offsets.items()))
+    return frame(OFFSET_COMMIT, 7, 55, body)
+
+
 def leave_group_v3(group: str, members: list[tuple[str, str | None]]) -> bytes:
     body = _string(group) + struct.pack(">i", len(members)) + b"".join(
         _string(m) + _string(i) for m, i in members)
@@ -1056,10 +1064,11 @@ def parse_leave_group_v3(body: bytes) -> tuple[int, list[tuple[str, str | None, 
 def test_raw_static_membership_fencing_and_batch_leave(broker_factory, topic_name):
     """JoinGroup v5 with a group.instance.id, its replacement by a second join (no rebalance,
     the old leader id named to a pre-v9 client), FENCED_INSTANCE_ID for the replaced member id
-    on Heartbeat, SyncGroup and JoinGroup, and LeaveGroup v3 by instance id with per-member
+    on Heartbeat, SyncGroup, JoinGroup and OffsetCommit, and LeaveGroup v3 by instance id with per-member
     errors."""
     broker = broker_factory(extra_args=FAST_GROUPS)
     address = ("127.0.0.1", broker.port)
+    kafkautil.create_topic(broker.bootstrap, topic_name, 1)
     group = f"raw-static-{topic_name}"
     rt = lambda request: kafkautil.roundtrip(address, request, timeout=30)  # noqa: E731
 
@@ -1085,6 +1094,11 @@ def test_raw_static_membership_fencing_and_batch_leave(broker_factory, topic_nam
     assert parse_sync_group_v3(rt(sync_group_v3(group, generation, m1, "s1", b"")))[0] == \
         FENCED_INSTANCE_ID
     assert parse_join_group_v5(rt(join_group_v5(group, m1, "s1")))[0] == FENCED_INSTANCE_ID
+    # OffsetCommit v7 (with the instance id) likewise; the current member commits.
+    assert parse_offset_commit_v5(rt(offset_commit_v7(
+        group, generation, m1, "s1", topic_name, {0: 3}))) == {0: FENCED_INSTANCE_ID}
+    assert parse_offset_commit_v5(rt(offset_commit_v7(
+        group, generation, m2, "s1", topic_name, {0: 3}))) == {0: 0}
     # The current one is fine; an unknown instance is an unknown member.
     assert error_after_throttle(rt(heartbeat_v3(group, generation, m2, "s1"))) == 0
     assert error_after_throttle(rt(heartbeat_v3(group, generation, m2, "s9"))) == \
