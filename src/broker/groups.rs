@@ -195,14 +195,9 @@ impl Group {
         self.leader = None;
     }
 
-    /// Ends the join phase: drops members that did not rejoin, picks the protocol and leader,
-    /// starts the next generation.
-    fn complete_join(&mut self) {
-        self.members.retain(|_, member| member.joined);
-        if self.members.is_empty() {
-            self.make_empty();
-            return;
-        }
+    /// The protocol the members would use: each votes for its first protocol everyone
+    /// supports; the most votes win (Kafka's `selectProtocol`).
+    fn select_protocol(&self) -> Option<String> {
         let mut common: Option<Vec<String>> = None;
         for member in self.members.values() {
             let names: Vec<String> = member.protocols.iter().map(|(n, _)| n.clone()).collect();
@@ -212,18 +207,90 @@ impl Group {
             });
         }
         let common = common.unwrap_or_default();
-        // Each member votes for its first protocol everyone supports; the most votes win.
         let mut votes: HashMap<&str, usize> = HashMap::new();
         for member in self.members.values() {
             if let Some((name, _)) = member.protocols.iter().find(|(n, _)| common.contains(n)) {
                 *votes.entry(name.as_str()).or_default() += 1;
             }
         }
-        let chosen = common
+        common
             .iter()
             .max_by_key(|name| votes.get(name.as_str()).copied().unwrap_or(0))
-            .cloned();
-        self.protocol = chosen;
+            .cloned()
+    }
+
+    /// The member id a static member (`group.instance.id`, KIP-345) has now.
+    fn static_member_id(&self, instance: &str) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.instance_id.as_deref() == Some(instance))
+            .map(|(id, _)| id.as_str())
+    }
+
+    /// Kafka's check of a member's request (JoinGroup with a member id, SyncGroup, Heartbeat,
+    /// OffsetCommit, LeaveGroup): with an instance id, the member id must be the instance's
+    /// current one (FENCED_INSTANCE_ID when a newer consumer took the instance over,
+    /// UNKNOWN_MEMBER_ID when the group has no such instance); without, a member.
+    fn validate_member(
+        &self,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<(), ResponseError> {
+        match instance_id {
+            Some(instance) => match self.static_member_id(instance) {
+                None => Err(ResponseError::UnknownMemberId),
+                Some(current) if current != member_id => Err(ResponseError::FencedInstanceId),
+                Some(_) => Ok(()),
+            },
+            None if self.members.contains_key(member_id) => Ok(()),
+            None => Err(ResponseError::UnknownMemberId),
+        }
+    }
+
+    /// Why a member's waiting JoinGroup or SyncGroup ends when the member is no longer in the
+    /// group: fenced when its instance now belongs to another member id (Kafka answers the
+    /// replaced member's pending requests so), otherwise unknown.
+    fn gone_error(&self, instance_id: Option<&str>) -> ResponseError {
+        if instance_id.is_some_and(|i| self.static_member_id(i).is_some()) {
+            ResponseError::FencedInstanceId
+        } else {
+            ResponseError::UnknownMemberId
+        }
+    }
+
+    /// One member of a LeaveGroup, as Kafka judges it: by instance id alone (an empty member
+    /// id, an administrator's removal), a member id handed out but not joined yet, or a member
+    /// (checked as `validate_member`). Returns the member removed (`None` for a pending one).
+    fn leave(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<Option<String>, ResponseError> {
+        if member_id.is_empty() {
+            let id = instance_id
+                .and_then(|instance| self.static_member_id(instance))
+                .map(str::to_owned)
+                .ok_or(ResponseError::UnknownMemberId)?;
+            self.members.remove(&id);
+            return Ok(Some(id));
+        }
+        if self.pending.remove(member_id) {
+            return Ok(None);
+        }
+        self.validate_member(member_id, instance_id)?;
+        self.members.remove(member_id);
+        Ok(Some(member_id.to_owned()))
+    }
+
+    /// Ends the join phase: drops members that did not rejoin, picks the protocol and leader,
+    /// starts the next generation.
+    fn complete_join(&mut self) {
+        self.members.retain(|_, member| member.joined);
+        if self.members.is_empty() {
+            self.make_empty();
+            return;
+        }
+        self.protocol = self.select_protocol();
         let leader_stays = self
             .leader
             .as_ref()
@@ -902,41 +969,52 @@ async fn join_local(
             }
         }
         let mut member_id = request.member_id.to_string();
-        // A static member (group.instance.id) keeps its place: a rejoin with a new member id
-        // replaces the old one.
-        let static_previous = instance_id.as_ref().and_then(|instance| {
-            group
-                .members
-                .iter()
-                .find(|(_, m)| m.instance_id.as_ref() == Some(instance))
-                .map(|(id, _)| id.clone())
-        });
+        // A static member (group.instance.id) keeps its place: a join without a member id
+        // replaces the instance's current member id with a new one (KIP-345).
+        let static_previous = instance_id
+            .as_deref()
+            .and_then(|instance| group.static_member_id(instance))
+            .map(str::to_owned);
         if member_id.is_empty() {
             member_id = new_member_id(shard, &client.client_id, instance_id.as_deref());
             if version >= 4 && instance_id.is_none() {
                 group.pending.insert(member_id.clone());
                 return join_error(ResponseError::MemberIdRequired, &str_bytes(member_id));
             }
-        } else if !group.members.contains_key(&member_id)
-            && !group.pending.contains(&member_id)
-            && static_previous.is_none()
-        {
-            return join_error(ResponseError::UnknownMemberId, &request.member_id);
+        } else if !group.pending.contains(&member_id) {
+            // A member id with the instance id: it must still be the instance's (a consumer
+            // whose instance a newer one took over is fenced, as in Kafka).
+            if let Err(error) = group.validate_member(&member_id, instance_id.as_deref()) {
+                if error == ResponseError::FencedInstanceId {
+                    info!(
+                        group = group_id,
+                        member = member_id,
+                        instance = instance_id.as_deref().unwrap_or(""),
+                        "JoinGroup of a fenced static member"
+                    );
+                }
+                return join_error(error, &request.member_id);
+            }
         }
         group.pending.remove(&member_id);
         // The static member's old id gives way to the new one, leadership included.
+        let leader_before = group.leader.clone();
         let replaced = static_previous.filter(|old| *old != member_id);
         if replaced.is_some() && group.leader == replaced {
             group.leader = Some(member_id.clone());
         }
         let replacing = replaced.is_some();
+        if let Some(old) = &replaced {
+            info!(
+                group = group_id,
+                old = old.as_str(),
+                new = member_id.as_str(),
+                instance = instance_id.as_deref().unwrap_or(""),
+                "static member replaced"
+            );
+        }
         let previous = replaced.and_then(|old| group.members.remove(&old));
         let existing = group.members.remove(&member_id).or(previous);
-        // KIP-345: a static member back under a new member id with the same protocols, to a
-        // stable group, takes its predecessor's place and assignment without a rebalance.
-        let static_return = replacing
-            && group.state == State::Stable
-            && existing.as_ref().is_some_and(|m| m.protocols == protocols);
         let join_order = existing.as_ref().map_or_else(
             || {
                 group.next_join_order += 1;
@@ -947,7 +1025,7 @@ async fn join_local(
         group.members.insert(
             member_id.clone(),
             Member {
-                instance_id,
+                instance_id: instance_id.clone(),
                 client,
                 protocols,
                 session_timeout,
@@ -963,6 +1041,11 @@ async fn join_local(
             },
         );
         group.protocol_type = Some(request.protocol_type.to_string());
+        // KIP-345: a static member back under a new member id, to a stable group whose
+        // protocol would stay the same, takes its predecessor's place and assignment without
+        // a rebalance (Kafka compares the protocol the group would select next).
+        let static_return =
+            replacing && group.state == State::Stable && group.select_protocol() == group.protocol;
         if static_return {
             if let Some(member) = group.members.get_mut(&member_id) {
                 member.awaiting = false;
@@ -974,8 +1057,18 @@ async fn join_local(
                 "static member rejoined with its assignment, no rebalance"
             );
             // Its SyncGroup of this generation gets the assignment it had (a stable group
-            // answers SyncGroup with the stored assignment, even to the leader).
-            return join_response(group, &member_id, version);
+            // answers SyncGroup with the stored assignment, even to the leader). As Kafka:
+            // from v9 a returning leader is told to skip the assignment; before, the answer
+            // names the old leader id, so the member does not assign (a stable group would
+            // not hand its assignment out).
+            let mut response = join_response(group, &member_id, version);
+            if version >= 9 {
+                response.skip_assignment = group.leader.as_deref() == Some(&*member_id);
+            } else {
+                response.leader = str_bytes(leader_before.unwrap_or_default());
+                response.members.clear();
+            }
+            return response;
         }
         match group.state {
             State::PreparingRebalance => {}
@@ -1010,7 +1103,8 @@ async fn join_local(
                 return join_error(ResponseError::UnknownMemberId, &str_bytes(member_id));
             };
             let Some(member) = group.members.get_mut(&member_id) else {
-                return join_error(ResponseError::UnknownMemberId, &str_bytes(member_id));
+                let error = group.gone_error(instance_id.as_deref());
+                return join_error(error, &str_bytes(member_id));
             };
             if group.generation > generation_at_join {
                 // Its SyncGroup is due within its session timeout, as Kafka expects: a member
@@ -1144,6 +1238,7 @@ async fn sync_local(
         }
         response
     };
+    let instance_id = request.group_instance_id.as_deref();
     let waited_since = shard.env.clock.now();
     let _awaiting = Awaiting::new(shard, &group_id, &member_id);
     loop {
@@ -1153,8 +1248,8 @@ async fn sync_local(
             let Some(group) = groups.get_mut(&group_id) else {
                 return fail(ResponseError::UnknownMemberId);
             };
-            if !group.members.contains_key(&member_id) {
-                return fail(ResponseError::UnknownMemberId);
+            if let Err(error) = group.validate_member(&member_id, instance_id) {
+                return fail(error);
             }
             if request.generation_id != group.generation {
                 return fail(ResponseError::IllegalGeneration);
@@ -1230,6 +1325,11 @@ fn heartbeat_local(shard: &Shard, request: &HeartbeatRequest) -> Option<Response
     };
     let state = group.state;
     let generation = group.generation;
+    if let Err(error) =
+        group.validate_member(&request.member_id, request.group_instance_id.as_deref())
+    {
+        return Some(error);
+    }
     let Some(member) = group.members.get_mut(&*request.member_id) else {
         return Some(ResponseError::UnknownMemberId);
     };
@@ -1279,31 +1379,20 @@ fn leave_local(shard: &Rc<Shard>, request: &LeaveGroupRequest, version: i16) -> 
         };
         let mut removed_any = false;
         for (member_id, instance_id) in &leaving {
-            let found = if member_id.is_empty() {
-                instance_id.as_ref().and_then(|instance| {
-                    group
-                        .members
-                        .iter()
-                        .find(|(_, m)| m.instance_id.as_ref() == Some(instance))
-                        .map(|(id, _)| id.clone())
-                })
-            } else {
-                group
-                    .members
-                    .contains_key(member_id)
-                    .then(|| member_id.clone())
-            };
-            match found.and_then(|id| group.members.remove(&id).map(|_| id)) {
-                Some(id) => {
-                    debug!(group = &**request.group_id, member = id, "member left");
-                    removed_any = true;
+            match group.leave(member_id, instance_id.as_deref()) {
+                Ok(removed) => {
+                    debug!(
+                        group = &**request.group_id,
+                        member = removed.as_deref().unwrap_or(member_id),
+                        instance = instance_id.as_deref().unwrap_or(""),
+                        "member left"
+                    );
+                    removed_any |= removed.is_some();
                     results.push((member_id.clone(), instance_id.clone(), None));
                 }
-                None => results.push((
-                    member_id.clone(),
-                    instance_id.clone(),
-                    Some(ResponseError::UnknownMemberId),
-                )),
+                Err(error) => {
+                    results.push((member_id.clone(), instance_id.clone(), Some(error)));
+                }
             }
         }
         if removed_any {
@@ -1493,7 +1582,11 @@ async fn commit_local(
             Some(group) if !group.members.is_empty() => {
                 let generation = group.generation;
                 let state = group.state;
+                // A fenced static member (its instance taken over) is refused, as in Kafka.
+                let valid =
+                    group.validate_member(&request.member_id, request.group_instance_id.as_deref());
                 match group.members.get_mut(&*request.member_id) {
+                    _ if valid.is_err() => valid.err(),
                     None => Some(ResponseError::UnknownMemberId),
                     Some(_) if request.generation_id_or_member_epoch != generation => {
                         Some(ResponseError::IllegalGeneration)
@@ -2703,5 +2796,123 @@ mod tests {
         assert_eq!(group.protocol.as_deref(), Some("range"));
         assert_eq!(group.leader.as_deref(), Some("a"));
         assert!(!group.members.contains_key("c"));
+    }
+
+    fn static_member(order: u64, instance: &str, protocols: &[&str]) -> Member {
+        Member {
+            instance_id: Some(instance.to_owned()),
+            ..member(order, protocols)
+        }
+    }
+
+    #[test]
+    fn a_static_members_requests_are_fenced_once_its_instance_has_another_member_id() {
+        let mut group = Group::new(Instant::now());
+        group
+            .members
+            .insert("i1-new".into(), static_member(1, "i1", &["range"]));
+        group.members.insert("dyn".into(), member(2, &["range"]));
+        // The instance's current member id, with or without the instance id.
+        assert_eq!(group.validate_member("i1-new", Some("i1")), Ok(()));
+        assert_eq!(group.validate_member("i1-new", None), Ok(()));
+        assert_eq!(group.validate_member("dyn", None), Ok(()));
+        // The member id the instance had before a newer consumer took it over: fenced.
+        assert_eq!(
+            group.validate_member("i1-old", Some("i1")),
+            Err(ResponseError::FencedInstanceId)
+        );
+        // An instance the group does not have, or an unknown dynamic member: unknown.
+        assert_eq!(
+            group.validate_member("dyn", Some("i2")),
+            Err(ResponseError::UnknownMemberId)
+        );
+        assert_eq!(
+            group.validate_member("gone", None),
+            Err(ResponseError::UnknownMemberId)
+        );
+        // A replaced member's pending JoinGroup or SyncGroup ends fenced; a dynamic one that
+        // was removed ends unknown.
+        assert_eq!(
+            group.gone_error(Some("i1")),
+            ResponseError::FencedInstanceId
+        );
+        assert_eq!(group.gone_error(Some("i2")), ResponseError::UnknownMemberId);
+        assert_eq!(group.gone_error(None), ResponseError::UnknownMemberId);
+    }
+
+    #[test]
+    fn leave_group_removes_by_instance_id_and_judges_each_member_like_kafka() {
+        let mut group = Group::new(Instant::now());
+        group
+            .members
+            .insert("a-1".into(), static_member(1, "a", &["range"]));
+        group
+            .members
+            .insert("b-1".into(), static_member(2, "b", &["range"]));
+        group
+            .members
+            .insert("c-1".into(), static_member(3, "c", &["range"]));
+        group.members.insert("dyn".into(), member(4, &["range"]));
+        group.pending.insert("pending".into());
+        // By instance id alone (an administrator's removal).
+        assert_eq!(group.leave("", Some("a")), Ok(Some("a-1".into())));
+        assert!(!group.members.contains_key("a-1"));
+        // An unknown instance, or neither id.
+        assert_eq!(
+            group.leave("", Some("zzz")),
+            Err(ResponseError::UnknownMemberId)
+        );
+        assert_eq!(group.leave("", None), Err(ResponseError::UnknownMemberId));
+        // The instance with a member id that is no longer its own: fenced, and it stays.
+        assert_eq!(
+            group.leave("b-0", Some("b")),
+            Err(ResponseError::FencedInstanceId)
+        );
+        assert!(group.members.contains_key("b-1"));
+        // Both ids matching.
+        assert_eq!(group.leave("b-1", Some("b")), Ok(Some("b-1".into())));
+        // A static member by member id alone, a dynamic one, a pending one, an unknown one.
+        assert_eq!(group.leave("c-1", None), Ok(Some("c-1".into())));
+        assert_eq!(group.leave("dyn", None), Ok(Some("dyn".into())));
+        assert_eq!(group.leave("pending", None), Ok(None));
+        assert!(group.pending.is_empty());
+        assert_eq!(
+            group.leave("dyn", None),
+            Err(ResponseError::UnknownMemberId)
+        );
+        assert!(group.members.is_empty());
+    }
+
+    #[test]
+    fn a_static_rejoin_keeps_the_protocol_unless_the_selection_would_change() {
+        let mut group = Group::new(Instant::now());
+        group.members.insert(
+            "a-1".into(),
+            static_member(1, "a", &["range", "roundrobin"]),
+        );
+        group.members.insert(
+            "b-1".into(),
+            static_member(2, "b", &["range", "roundrobin"]),
+        );
+        group.start_rebalance(Instant::now(), Duration::ZERO);
+        for m in group.members.values_mut() {
+            m.joined = true;
+        }
+        group.complete_join();
+        assert_eq!(group.protocol.as_deref(), Some("range"));
+        // "a" comes back with other metadata but the same protocols: the selection stays, so
+        // no rebalance is needed (Kafka compares the selected protocol).
+        let mut back = static_member(1, "a", &["range", "roundrobin"]);
+        back.protocols[0].1 = Bytes::from_static(b"other metadata");
+        group.members.remove("a-1");
+        group.members.insert("a-2".into(), back);
+        assert_eq!(group.select_protocol(), group.protocol);
+        // Back preferring roundrobin only: the selection changes, a rebalance is due.
+        group.members.remove("a-2");
+        group
+            .members
+            .insert("a-3".into(), static_member(1, "a", &["roundrobin"]));
+        assert_eq!(group.select_protocol().as_deref(), Some("roundrobin"));
+        assert_ne!(group.select_protocol(), group.protocol);
     }
 }

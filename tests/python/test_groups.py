@@ -675,6 +675,210 @@ def test_static_member_rejoins_with_its_partitions(broker_factory, topic_name):
     assert "static member rejoined with its assignment" in broker.log_paths[-1].read_text()
 
 
+class StaticGroup:
+    """Static members of one group, each polled by its own thread (calling a consumer from
+    another thread while its own polls can deadlock the Python client). `owned` follows the
+    rebalance callbacks, `revocations` counts them, `errors` holds what error_cb and poll
+    report, per instance."""
+
+    def __init__(self, broker, topic: str):
+        self.broker, self.topic = broker, topic
+        self.group = f"static-{topic}"
+        self.lock = threading.Lock()
+        self.owned: dict[str, set[int]] = {}
+        self.revocations: Counter = Counter()
+        self.errors: dict[str, list[KafkaError]] = {}
+        self.members: list[tuple[Consumer, threading.Event, threading.Thread]] = []
+
+    def start(self, instance: str, name: str | None = None, **config) -> Consumer:
+        """Starts a member with `instance` as its group.instance.id; its bookkeeping goes
+        under `name` (the instance id unless given)."""
+        key = name or instance
+        errors = self.errors.setdefault(key, [])
+
+        def on_error(err):
+            with self.lock:
+                errors.append(err)
+
+        c = group_consumer(self.broker.bootstrap, self.group, error_cb=on_error,
+                           **{"group.instance.id": instance}, **config)
+
+        def assign(_c, parts):
+            with self.lock:
+                self.owned.setdefault(key, set()).update(tp.partition for tp in parts)
+
+        def revoke(_c, parts):
+            with self.lock:
+                self.owned.setdefault(key, set()).difference_update(
+                    tp.partition for tp in parts)
+                self.revocations[key] += 1
+
+        c.subscribe([self.topic], on_assign=assign, on_revoke=revoke, on_lost=revoke)
+        stop = threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                try:
+                    m = c.poll(0.1)
+                except KafkaException as e:
+                    with self.lock:
+                        errors.append(e.args[0])
+                    time.sleep(0.1)
+                    continue
+                if m is not None and m.error():
+                    with self.lock:
+                        errors.append(m.error())
+
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        self.members.append((c, stop, thread))
+        return c
+
+    def stop(self, c: Consumer) -> None:
+        """Stops polling `c` and closes it (a static member sends no LeaveGroup)."""
+        for entry in self.members:
+            if entry[0] is c:
+                entry[1].set()
+                entry[2].join(10)
+                self.members.remove(entry)
+                c.close()
+                return
+
+    def stop_all(self) -> None:
+        for c, _, _ in list(self.members):
+            self.stop(c)
+
+    def owns(self) -> dict[str, set[int]]:
+        with self.lock:
+            return {k: set(v) for k, v in self.owned.items()}
+
+
+def fenced(errors: list[KafkaError]) -> bool:
+    """Whether librdkafka reported FENCED_INSTANCE_ID (raised as a fatal error, _FATAL, whose
+    text names the fencing)."""
+    return any(e.code() == KafkaError.FENCED_INSTANCE_ID
+               or (is_fatal(e) and "fenced" in e.str().lower()) for e in errors)
+
+
+def is_fatal(e: KafkaError) -> bool:
+    # A fatal error returned by poll() has the code _FATAL (its fatal() flag is not set).
+    return e.fatal() or e.code() == KafkaError._FATAL
+
+
+def test_static_member_taken_over_by_a_second_consumer_is_fenced(broker_factory, topic_name):
+    """KIP-345: a second live consumer with a group.instance.id already in use takes the
+    instance over (its old assignment, no rebalance); the first one's next request carries the
+    instance id with a member id that is no longer the instance's and is refused with
+    FENCED_INSTANCE_ID, a fatal error for librdkafka. (It used to see only UNKNOWN_MEMBER_ID,
+    rejoin and take the instance back, forever.)"""
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    partitions = 4
+    kafkautil.create_topic(broker.bootstrap, topic_name, partitions)
+    g = StaticGroup(broker, topic_name)
+    try:
+        g.start("static-a")
+        g.start("static-b")
+        wait_until(lambda: len(g.owns().get("static-a", ())) == 2
+                   and len(g.owns().get("static-b", ())) == 2, 60, "both members assigned",
+                   step=0.05)
+        before = g.owns()
+        revocations = dict(g.revocations)
+        # A second "static-a" while the first is alive.
+        g.start("static-a", name="second-a")
+        wait_until(lambda: len(g.owns().get("second-a", ())) == 2, 30, "the newcomer assigned",
+                   step=0.05)
+        # The first "static-a" heartbeats within a second: fenced, fatally.
+        wait_until(lambda: fenced(list(g.errors["static-a"])), 30, "the first static-a fenced",
+                   step=0.05)
+        assert not any(is_fatal(e) for e in g.errors["second-a"]), g.errors["second-a"]
+        # Time for a rebalance the takeover might have started to show.
+        time.sleep(3 * HEARTBEAT_MS / 1000)
+        after = g.owns()
+        assert after["second-a"] == before["static-a"], (before, after)
+        assert after["static-b"] == before["static-b"], (before, after)
+        assert g.revocations["static-b"] == revocations.get("static-b", 0), \
+            "the takeover rebalanced the group"
+        assert g.revocations["second-a"] == 0
+        log = broker.log_paths[-1].read_text()
+        assert "static member replaced" in log
+        assert "static member rejoined with its assignment" in log
+    finally:
+        g.stop_all()
+
+
+def test_describe_groups_shows_group_instance_ids(broker_factory, topic_name):
+    """DescribeGroups v4+ names each static member's group.instance.id (and a dynamic
+    member's is empty)."""
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    partitions = 3
+    kafkautil.create_topic(broker.bootstrap, topic_name, partitions)
+    g = StaticGroup(broker, topic_name)
+    dynamic = group_consumer(broker.bootstrap, g.group, **{"client.id": "dynamic-member"})
+    dynamic_owned: set[int] = set()
+    stop = threading.Event()
+
+    def poll_dynamic():
+        def assign(_c, parts):
+            dynamic_owned.clear()
+            dynamic_owned.update(tp.partition for tp in parts)
+
+        dynamic.subscribe([topic_name], on_assign=assign)
+        while not stop.is_set():
+            dynamic.poll(0.1)
+
+    thread = threading.Thread(target=poll_dynamic, daemon=True)
+    try:
+        g.start("instance-one")
+        g.start("instance-two")
+        thread.start()
+        wait_until(lambda: len(g.owns().get("instance-one", ())) == 1
+                   and len(g.owns().get("instance-two", ())) == 1 and len(dynamic_owned) == 1,
+                   60, "three members assigned", step=0.05)
+        client = kafkautil.admin(broker.bootstrap)
+        desc = client.describe_consumer_groups([g.group], request_timeout=30)[g.group].result(30)
+        assert str(desc.state).endswith("STABLE"), desc.state
+        by_instance = {m.group_instance_id: m for m in desc.members}
+        assert set(by_instance) == {"instance-one", "instance-two", None}, by_instance
+        for instance in ("instance-one", "instance-two"):
+            assert by_instance[instance].member_id.startswith(f"{instance}-")
+        assert by_instance[None].client_id == "dynamic-member"
+    finally:
+        stop.set()
+        thread.join(10)
+        dynamic.close()
+        g.stop_all()
+
+
+def test_static_member_gone_past_its_session_timeout_is_removed(broker_factory, topic_name):
+    """A static member closed without coming back (it sends no LeaveGroup) keeps its
+    partitions while its session runs (no rebalance), and is removed when its session times
+    out: the other member then gets its partitions."""
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    partitions = 4
+    kafkautil.create_topic(broker.bootstrap, topic_name, partitions)
+    g = StaticGroup(broker, topic_name)
+    try:
+        a = g.start("static-a")
+        g.start("static-b")
+        wait_until(lambda: len(g.owns().get("static-a", ())) == 2
+                   and len(g.owns().get("static-b", ())) == 2, 60, "both members assigned",
+                   step=0.05)
+        revocations = g.revocations["static-b"]
+        g.stop(a)
+        closed = time.monotonic()
+        # Within the session timeout nothing changes for the other member.
+        time.sleep(SESSION_MS / 1000 / 2)
+        assert g.revocations["static-b"] == revocations, "rebalanced before the session ended"
+        assert len(g.owns()["static-b"]) == 2
+        wait_until(lambda: g.owns()["static-b"] == set(range(partitions)), 60,
+                   "static-b owns every partition")
+        took = time.monotonic() - closed
+        assert took >= SESSION_MS / 1000 * 0.8, took
+        assert "member session expired" in broker.log_paths[-1].read_text()
+    finally:
+        g.stop_all()
+
+
 # ---------------------------------------------------------------------------------------------
 # Raw protocol: error cases.
 
@@ -784,6 +988,130 @@ def test_raw_group_errors(broker_factory, topic_name):
     assert kafkautil.api_versions_ok(address)
     assert error_after_throttle(kafkautil.roundtrip(
         address, heartbeat_v2(group, generation, member))) == 0
+
+
+# Static membership fields.
+
+LEAVE_GROUP = 13
+FENCED_INSTANCE_ID = 82
+
+
+def join_group_v5(group: str, member: str, instance: str | None, session_ms: int = 10000) -> bytes:
+    body = (_string(group) + struct.pack(">ii", session_ms, session_ms) + _string(member)
+            + _string(instance) + _string("consumer") + struct.pack(">i", 1) + _string("range")
+            + _bytes(b"meta"))
+    return frame(JOIN_GROUP, 5, 51, body)
+
+
+def parse_join_group_v5(body: bytes) -> tuple[int, int, str, str, list]:
+    """(error, generation, leader, member_id, [(member_id, instance_id)])."""
+    r = Reader(body)
+    _throttle, error, generation = r.unpack(">ihi")
+    _protocol = r.string()
+    leader, member_id = r.string(), r.string()
+    members = []
+    for _ in range(r.unpack(">i")):
+        mid, instance = r.string(), r.string()
+        n = r.unpack(">i")
+        r.pos += max(n, 0)
+        members.append((mid, instance))
+    return error, generation, leader, member_id, members
+
+
+def sync_group_v3(group: str, generation: int, member: str, instance: str | None,
+                  assignment: bytes) -> bytes:
+    body = (_string(group) + struct.pack(">i", generation) + _string(member) + _string(instance)
+            + struct.pack(">i", 1) + _string(member) + _bytes(assignment))
+    return frame(SYNC_GROUP, 3, 52, body)
+
+
+def parse_sync_group_v3(body: bytes) -> tuple[int, bytes]:
+    r = Reader(body)
+    _throttle, error = r.unpack(">ih")
+    n = r.unpack(">i")
+    return error, r.data[r.pos:r.pos + max(n, 0)]
+
+
+def heartbeat_v3(group: str, generation: int, member: str, instance: str | None) -> bytes:
+    return frame(HEARTBEAT, 3, 53, _string(group) + struct.pack(">i", generation)
+                 + _string(member) + _string(instance))
+
+
+def offset_commit_v7(group: str, generation: int, member: str, instance: str | None,
+                     topic: str, offsets: dict[int, int]) -> bytes:
+    body = (_string(group) + struct.pack(">i", generation) + _string(member) + _string(instance)
+            + struct.pack(">i", 1) + _string(topic) + struct.pack(">i", len(offsets))
+            + b"".join(struct.pack(">iqi", p, o, -1) + _string("") for p, o in offsets.items()))
+    return frame(OFFSET_COMMIT, 7, 55, body)
+
+
+def leave_group_v3(group: str, members: list[tuple[str, str | None]]) -> bytes:
+    body = _string(group) + struct.pack(">i", len(members)) + b"".join(
+        _string(m) + _string(i) for m, i in members)
+    return frame(LEAVE_GROUP, 3, 54, body)
+
+
+def parse_leave_group_v3(body: bytes) -> tuple[int, list[tuple[str, str | None, int]]]:
+    r = Reader(body)
+    _throttle, error = r.unpack(">ih")
+    members = []
+    for _ in range(r.unpack(">i")):
+        mid, instance = r.string(), r.string()
+        members.append((mid, instance, r.unpack(">h")))
+    return error, members
+
+
+def test_raw_static_membership_fencing_and_batch_leave(broker_factory, topic_name):
+    """JoinGroup v5 with a group.instance.id, its replacement by a second join (no rebalance,
+    the old leader id named to a pre-v9 client), FENCED_INSTANCE_ID for the replaced member id
+    on Heartbeat, SyncGroup, JoinGroup and OffsetCommit, and LeaveGroup v3 by instance id with per-member
+    errors."""
+    broker = broker_factory(extra_args=FAST_GROUPS)
+    address = ("127.0.0.1", broker.port)
+    kafkautil.create_topic(broker.bootstrap, topic_name, 1)
+    group = f"raw-static-{topic_name}"
+    rt = lambda request: kafkautil.roundtrip(address, request, timeout=30)  # noqa: E731
+
+    error, generation, leader, m1, members = parse_join_group_v5(
+        rt(join_group_v5(group, "", "s1")))
+    assert error == 0 and m1.startswith("s1-") and leader == m1, (error, leader, m1)
+    assert members == [(m1, "s1")]
+    assert parse_sync_group_v3(rt(sync_group_v3(group, generation, m1, "s1", b"mine"))) == \
+        (0, b"mine")
+
+    # The same instance again, without a member id: a new member id, same generation, the
+    # old leader id (so the client does not assign), and the stored assignment.
+    error, generation2, leader2, m2, members2 = parse_join_group_v5(
+        rt(join_group_v5(group, "", "s1")))
+    assert error == 0 and m2.startswith("s1-") and m2 != m1
+    assert generation2 == generation and leader2 == m1 and members2 == []
+    assert parse_sync_group_v3(rt(sync_group_v3(group, generation, m2, "s1", b""))) == \
+        (0, b"mine")
+
+    # The replaced member id with the instance id: fenced everywhere.
+    assert error_after_throttle(rt(heartbeat_v3(group, generation, m1, "s1"))) == \
+        FENCED_INSTANCE_ID
+    assert parse_sync_group_v3(rt(sync_group_v3(group, generation, m1, "s1", b"")))[0] == \
+        FENCED_INSTANCE_ID
+    assert parse_join_group_v5(rt(join_group_v5(group, m1, "s1")))[0] == FENCED_INSTANCE_ID
+    # OffsetCommit v7 (with the instance id) likewise; the current member commits.
+    assert parse_offset_commit_v5(rt(offset_commit_v7(
+        group, generation, m1, "s1", topic_name, {0: 3}))) == {0: FENCED_INSTANCE_ID}
+    assert parse_offset_commit_v5(rt(offset_commit_v7(
+        group, generation, m2, "s1", topic_name, {0: 3}))) == {0: 0}
+    # The current one is fine; an unknown instance is an unknown member.
+    assert error_after_throttle(rt(heartbeat_v3(group, generation, m2, "s1"))) == 0
+    assert error_after_throttle(rt(heartbeat_v3(group, generation, m2, "s9"))) == \
+        UNKNOWN_MEMBER_ID
+
+    # Batch leave: the fenced id, an unknown instance, then the instance by id alone.
+    error, results = parse_leave_group_v3(rt(leave_group_v3(
+        group, [(m1, "s1"), ("", "nope"), ("", "s1")])))
+    assert error == 0
+    assert results == [(m1, "s1", FENCED_INSTANCE_ID), ("", "nope", UNKNOWN_MEMBER_ID),
+                       ("", "s1", 0)]
+    assert error_after_throttle(rt(heartbeat_v3(group, generation, m2, "s1"))) == \
+        UNKNOWN_MEMBER_ID
 
 
 # ---------------------------------------------------------------------------------------------
