@@ -376,6 +376,9 @@ struct State {
     /// The `PartitionLog` was dropped without `close`: background tasks stop touching files
     /// and state, as they would in a crash (writes already handed to the kernel still land).
     abandoned: bool,
+    /// The last write failed (a full disk, say) and none has succeeded since: the failure is
+    /// logged as a warning once, its repetitions (every retried append) at debug level.
+    failing_writes: bool,
     /// Rolled-over segments not yet sealed, oldest first, and whether the sealer task runs.
     seal_queue: VecDeque<SealJob>,
     sealer_running: bool,
@@ -529,7 +532,9 @@ fn pump(inner: &Rc<Inner>) {
         let config = inner.config.borrow();
         let mut guard = inner.state.borrow_mut();
         let st = &mut *guard;
-        retire_writes(st);
+        if retire_writes(st) && std::mem::take(&mut st.failing_writes) {
+            tracing::warn!(dir = %inner.dir.display(), "writes succeed again");
+        }
         acknowledge_written(st, &config, inner.clock.now_ms(), inner.cache.as_ref());
         if st.writer.failure.is_some() {
             handle_failure(inner, st);
@@ -540,8 +545,10 @@ fn pump(inner: &Rc<Inner>) {
     inner.progress.notify(usize::MAX);
 }
 
-fn retire_writes(st: &mut State) {
+/// Retires the completed writes at the front; true when one of them succeeded.
+fn retire_writes(st: &mut State) -> bool {
     let w = &mut st.writer;
+    let mut succeeded = false;
     while w.inflight.front().is_some_and(|f| f.result.is_some()) {
         let Some(done) = w.inflight.pop_front() else {
             break;
@@ -550,6 +557,7 @@ fn retire_writes(st: &mut State) {
             Some(Ok(())) if w.failure.is_none() => {
                 assert!(done.end_pos >= w.written_pos, "writes retire in order");
                 w.written_pos = done.end_pos;
+                succeeded = true;
             }
             Some(Ok(())) => {}
             Some(Err(error)) => {
@@ -558,6 +566,7 @@ fn retire_writes(st: &mut State) {
             None => unreachable!("only completed writes are popped"),
         }
     }
+    succeeded
 }
 
 fn acknowledge_written(
@@ -609,7 +618,11 @@ fn handle_failure(inner: &Rc<Inner>, st: &mut State) {
     };
     // Bytes after the visible end are rewritten by the repair: nothing cached may outlive it.
     inner.forget_cached();
-    tracing::warn!(dir = %inner.dir.display(), %error, "write failed; failing unwritten appends");
+    if std::mem::replace(&mut st.failing_writes, true) {
+        tracing::debug!(dir = %inner.dir.display(), %error, "write failed again; failing unwritten appends");
+    } else {
+        tracing::warn!(dir = %inner.dir.display(), %error, "write failed; failing unwritten appends (later failures of this partition are logged at debug level until a write succeeds)");
+    }
     let failed = AppendError::Io(error);
     for batch in st.writer.copied.drain(..) {
         batch.slot.complete(Err(failed.clone()));
@@ -1467,6 +1480,7 @@ impl PartitionLog {
             writer: Writer::new(active, cur, next_buf_pos, Rc::default()),
             flush_scheduled: false,
             abandoned: false,
+            failing_writes: false,
             seal_queue: VecDeque::new(),
             sealer_running: false,
             blocked: false,

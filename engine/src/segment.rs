@@ -83,6 +83,8 @@ pub struct Segment {
     allocated: Cell<u64>,
     /// One unit, held by a fallocate in flight and by a truncation.
     reserving: Semaphore,
+    /// The last preallocation failed (a full disk): logged once until one succeeds.
+    preallocation_failing: Cell<bool>,
     /// The runway of zeros ahead of the appends (see "Zeroing ahead").
     zero: ZeroAhead,
 }
@@ -276,6 +278,7 @@ impl Segment {
             time_index: RefCell::new(time_index),
             allocated: Cell::new(0),
             reserving: Semaphore::new(1),
+            preallocation_failing: Cell::new(false),
             zero: ZeroAhead::new(),
             meta: RefCell::new(SegmentMeta {
                 size_bytes: 0,
@@ -326,8 +329,14 @@ impl Segment {
         if len > self.allocated.get() {
             return; // truncated since it was asked for: the blocks are not wanted
         }
-        if let Err(e) = self.file.pre_allocate(len, false).await {
-            tracing::warn!(path = %self.log_path.display(), error = %e, "preallocation failed");
+        match self.file.pre_allocate(len, false).await {
+            Err(e) if self.preallocation_failing.replace(true) => {
+                tracing::debug!(path = %self.log_path.display(), error = %e, "preallocation failed again");
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.log_path.display(), error = %e, "preallocation failed (logged once until one succeeds)");
+            }
+            Ok(()) => self.preallocation_failing.set(false),
         }
     }
 
