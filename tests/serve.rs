@@ -1024,3 +1024,54 @@ fn describe_topic_partitions_pages_through_topics_in_name_order() {
     );
     assert_eq!(cursor, None);
 }
+
+#[test]
+fn a_config_resource_named_twice_in_one_request_is_refused_both_times() {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::{
+        IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    };
+    let broker = Broker::start("twice", 1, &[]);
+    kcat(
+        &["-b", &broker.address(), "-P", "-t", "twice", "-p", "0"],
+        b"x\n",
+    );
+    let resource = |topic: &'static str, retention: &'static str| {
+        AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str(topic))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(StrBytes::from_static_str("retention.ms"))
+                .with_config_operation(0)
+                .with_value(Some(StrBytes::from_static_str(retention)))])
+    };
+    let mut stream = broker.connect();
+    let mut ask = |resources: Vec<AlterConfigsResource>, correlation_id: i32| {
+        let request = IncrementalAlterConfigsRequest::default().with_resources(resources);
+        send_request(
+            &mut stream,
+            ApiKey::IncrementalAlterConfigs,
+            1,
+            correlation_id,
+            &request,
+        );
+        let response: IncrementalAlterConfigsResponse =
+            read_response(&mut stream, 1, correlation_id);
+        response
+            .responses
+            .iter()
+            .map(|r| r.error_code)
+            .collect::<Vec<_>>()
+    };
+    let invalid = ResponseError::InvalidRequest.code();
+    assert_eq!(
+        ask(
+            vec![resource("twice", "1000"), resource("twice", "2000")],
+            1
+        ),
+        [invalid, invalid]
+    );
+    assert_eq!(ask(vec![resource("twice", "1000")], 2), [0]);
+}

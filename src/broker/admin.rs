@@ -926,9 +926,19 @@ async fn alter_resources(
     validate_only: bool,
 ) -> Vec<Altered> {
     let resources: Vec<_> = resources.collect();
+    // A resource named twice is refused, both times, as Kafka does: which change would win
+    // is not the client's to guess.
+    let mut named: BTreeMap<(i8, &str), usize> = BTreeMap::new();
+    for (kind, name, _) in &resources {
+        *named.entry((*kind, name.as_str())).or_default() += 1;
+    }
     let asked: Vec<Result<ConfigOps, AdminError>> = resources
         .iter()
         .map(|(kind, name, ops)| match *kind {
+            _ if named[&(*kind, name.as_str())] > 1 => Err(AdminError::new(
+                ResponseError::InvalidRequest,
+                "the resource is named more than once in the request",
+            )),
             RESOURCE_TOPIC => Ok(ConfigOps {
                 topic: name.to_string(),
                 replace,
