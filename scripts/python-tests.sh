@@ -40,10 +40,17 @@ if ! command -v kcat >/dev/null; then
     fi
 fi
 
-# iproute2 (`ip netns`): the replication fault test runs its hosts in network namespaces when
-# it is root, to cut a leader off the network.
-if as_root && ! command -v ip >/dev/null && command -v apt-get >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq iproute2
+# As root: iproute2 (`ip netns`: the replication fault tests run their hosts in network
+# namespaces to cut a leader off the network) and e2fsprogs (`mkfs.ext4`: the follower
+# full-disk test gives each replica a small loop-mounted filesystem).
+if as_root && command -v apt-get >/dev/null; then
+    wanted=()
+    command -v ip >/dev/null || wanted+=(iproute2)
+    command -v mkfs.ext4 >/dev/null || wanted+=(e2fsprogs)
+    command -v fallocate >/dev/null || wanted+=(util-linux)
+    if [ ${#wanted[@]} -gt 0 ]; then
+        apt-get update -qq && apt-get install -y -qq "${wanted[@]}"
+    fi
 fi
 
 stamp="$VENV/.pinned"

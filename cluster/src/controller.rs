@@ -832,9 +832,9 @@ impl Controller {
         Ok(changed)
     }
 
-    /// A leader for a partition that has none: the first live replica of its ISR, else of its
-    /// ELR (both hold everything committed), else any live replica (what only the others had
-    /// is lost: the operator asked for it, as with `unclean.leader.election.enable`).
+    /// A leader for a partition that has none, as [`elect`] chooses it with unclean election
+    /// allowed: a live in-sync or eligible replica when there is one, else any live replica
+    /// (what only the others had is lost: the operator asked for it).
     fn unclean_election(&self, partition: &PartitionRecord) -> Result<PartitionRecord, Refusal> {
         if partition.leader.0 >= 0 {
             return Err(Refusal::new(
@@ -842,27 +842,15 @@ impl Controller {
                 format!("node {} leads already", partition.leader),
             ));
         }
-        let live = |node: &&NodeId| self.image.is_live(**node);
-        let clean = partition
-            .replicas
-            .iter()
-            .filter(live)
-            .find(|node| partition.isr.contains(node) || partition.elr.contains(node));
-        let chosen = clean.or_else(|| partition.replicas.iter().find(live));
-        let Some(&leader) = chosen else {
+        // The controller's own election, with an out-of-sync replica allowed whatever the
+        // topic says: the operator asked for it.
+        let mut changed = partition.clone();
+        let leader = elect(true, &mut changed, |node| self.image.is_live(node));
+        if leader.0 < 0 {
             return Err(Refusal::new(
                 ResponseError::EligibleLeadersNotAvailable,
                 "no replica of the partition is live",
             ));
-        };
-        let mut changed = partition.clone();
-        if clean.is_none() {
-            changed.isr = vec![leader];
-            changed.elr.clear();
-            changed.last_known_elr.clear();
-        } else if !changed.isr.contains(&leader) {
-            changed.isr = vec![leader];
-            changed.elr.retain(|node| *node != leader);
         }
         changed.leader = leader;
         changed.leader_epoch += 1;
@@ -990,11 +978,11 @@ fn in_replica_order(replicas: &[NodeId], keep: impl Fn(NodeId) -> bool) -> Vec<N
 /// when the ISR is empty, an eligible one (KIP-966), which becomes the ISR alone; when the ELR
 /// is empty too, the last known ELR member (the last replica known to have had everything,
 /// which lost only its unflushed tail: nobody else can have more), as a last resort; when
-/// none of these can lead and the topic allows it (`unclean.leader.election.enable`), any
-/// replica. `NodeId(-1)` when none may lead. The epochs are the caller's.
+/// none of these can lead and `unclean` allows it (the topic's or controller's
+/// `unclean.leader.election.enable`, or an unclean ElectLeaders), any replica. `NodeId(-1)`
+/// when none may lead. The epochs are the caller's.
 fn elect(
-    topic: &crate::image::TopicImage,
-    settings: &ControllerSettings,
+    unclean: bool,
     partition: &mut PartitionRecord,
     can_lead: impl Fn(NodeId) -> bool,
 ) -> NodeId {
@@ -1025,7 +1013,7 @@ fn elect(
         .iter()
         .chain(&partition.elr)
         .any(|&node| can_lead(node));
-    if unclean_allowed(topic, settings) && !eligible_live {
+    if unclean && !eligible_live {
         if let Some(node) = first(&partition.replicas) {
             partition.isr = vec![node];
             partition.elr.clear();
@@ -1065,7 +1053,7 @@ fn move_leadership_from(
             set_isr(&mut changed, remaining, min_insync);
             changed.partition_epoch += 1;
             if leads {
-                changed.leader = elect(topic, settings, &mut changed, |node| {
+                changed.leader = elect(unclean_allowed(topic, settings), &mut changed, |node| {
                     !on_host(&node) && image.is_live(node)
                 });
                 changed.leader_epoch += 1;
@@ -1117,7 +1105,7 @@ fn restore_leadership_to(
                 continue;
             }
             let mut changed = partition.clone();
-            let leader = elect(topic, settings, &mut changed, |node| {
+            let leader = elect(unclean_allowed(topic, settings), &mut changed, |node| {
                 node.host() == Some(host) || image.is_live(node)
             });
             if leader.0 < 0 {

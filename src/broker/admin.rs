@@ -1233,18 +1233,9 @@ pub async fn describe_quorum(
     if !asks_for_the_log {
         return failed(ResponseError::InvalidRequest);
     }
-    let Some(settings) = &shard.settings.cluster else {
+    let Some(mut client) = cluster::quorum_client(shard) else {
         return failed(ResponseError::InvalidRequest);
     };
-    let clock = Rc::clone(&shard.env.clock);
-    let mut client = crate::controller::driver::QuorumClient::new(
-        ringlog_env::TcpTransport,
-        settings.voters.clone(),
-    )
-    .with_timeout(
-        Rc::clone(&clock),
-        crate::broker::member::QUORUM_REQUEST_TIMEOUT,
-    );
     let description = match client.describe_quorum().await {
         Ok(description) => description,
         Err(error) => {
@@ -1328,15 +1319,22 @@ pub(crate) mod cluster {
             .collect()
     }
 
+    /// A client of the controller quorum with this broker's request timeout; `None` outside a
+    /// cluster.
+    pub(crate) fn quorum_client(shard: &Shard) -> Option<QuorumClient<TcpTransport>> {
+        let cluster = shard.settings.cluster.as_ref()?;
+        let client = QuorumClient::new(TcpTransport, cluster.voters.clone()).with_timeout(
+            Rc::clone(&shard.env.clock),
+            crate::broker::member::QUORUM_REQUEST_TIMEOUT,
+        );
+        Some(client)
+    }
+
     pub(crate) async fn forward(shard: &Shard, command: Command) -> Result<Reply, AdminError> {
-        let Some(cluster) = &shard.settings.cluster else {
+        let Some(mut client) = quorum_client(shard) else {
             return Err(refused(ResponseError::NotController, "not in a cluster"));
         };
         let clock = Rc::clone(&shard.env.clock);
-        let mut client = QuorumClient::new(TcpTransport, cluster.voters.clone()).with_timeout(
-            Rc::clone(&clock),
-            crate::broker::member::QUORUM_REQUEST_TIMEOUT,
-        );
         match client
             .command(command, &*clock, COMMAND_ATTEMPTS, RETRY_DELAY)
             .await

@@ -345,9 +345,10 @@ def test_three_hosts_spread_topics_survive_kill_9_of_the_controller_and_refuse_d
     assert "already registered and alive" in cluster.log("duplicate"), cluster.log("duplicate")
 
 
-def raw_metadata(address: tuple[str, int], topics: list[str]) -> tuple[set[int], dict[str, int]]:
-    """One host's own answer (a Metadata v1 request on a new connection, no client cache in
-    between): its live broker ids, and each asked topic's error code."""
+def metadata_v1(address: tuple[str, int], topics: list[str]):
+    """One host's own answer to a Metadata v1 request on a new connection (no client cache in
+    between): its live broker ids, and for each asked topic its error code and partitions
+    {partition: (leader, sorted ISR, replicas in order)}."""
     body = struct.pack(">i", len(topics)) + b"".join(kafkautil._string(t) for t in topics)
     reader = kafkautil.Reader(kafkautil.roundtrip(address, kafkautil.frame(3, 1, 9, body), 2))
     brokers = set()
@@ -357,17 +358,25 @@ def raw_metadata(address: tuple[str, int], topics: list[str]) -> tuple[set[int],
         reader.unpack(">i")
         reader.string()  # rack
     reader.unpack(">i")  # controller id
-    errors = {}
+    described = {}
     for _ in range(reader.unpack(">i")):
         error = reader.unpack(">h")
         name = reader.string()
-        reader.unpack(">b")
+        reader.unpack(">b")  # is_internal
+        partitions = {}
         for _ in range(reader.unpack(">i")):
-            reader.unpack(">hii")
-            reader.unpack(">" + "i" * reader.unpack(">i"))
-            reader.unpack(">" + "i" * reader.unpack(">i"))
-        errors[name] = error
-    return brokers, errors
+            _, index, leader = reader.unpack(">hii")
+            replicas = [reader.unpack(">i") for _ in range(reader.unpack(">i"))]
+            isr = [reader.unpack(">i") for _ in range(reader.unpack(">i"))]
+            partitions[index] = (leader, tuple(sorted(isr)), tuple(replicas))
+        described[name] = (error, partitions)
+    return brokers, described
+
+
+def raw_metadata(address: tuple[str, int], topics: list[str]) -> tuple[set[int], dict[str, int]]:
+    """A host's live broker ids and each asked topic's error code (see `metadata_v1`)."""
+    brokers, described = metadata_v1(address, topics)
+    return brokers, {name: error for name, (error, _) in described.items()}
 
 
 def active_controller(addresses) -> int:

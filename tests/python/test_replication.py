@@ -33,8 +33,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 import kafkautil
 from test_cluster import (CORES, HOSTS, NODES_PER_HOST, NetnsCluster, cluster,
-                          every_host_answers, netns_available, netns_cluster, percentile,
-                          quorum_status, wait_until)
+                          every_host_answers, metadata_v1, netns_available, netns_cluster,
+                          percentile, quorum_status, wait_until)
 
 __all__ = ["cluster", "netns_cluster"]  # the fixtures, imported for pytest
 
@@ -126,7 +126,6 @@ class Load:
 
 def read_all(bootstrap: str) -> dict[tuple[int, int], bytes]:
     """Every record of the topic, by (partition, offset), read from the leaders."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     # auto.offset.reset=error: an out-of-range answer is reported, never skipped over.
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "verify",
                          "enable.auto.commit": False, "auto.offset.reset": "error"})
@@ -151,7 +150,6 @@ def read_all(bootstrap: str) -> dict[tuple[int, int], bytes]:
             below_end += 1
         records[position] = message.value()
     consumer.close()
-    del admin
     # Not reaching the end is a failure to read, not a loss: say so.
     short = {}
     for p, end in ends.items():
@@ -186,32 +184,15 @@ def replica_records_of(directory: Path) -> list[tuple[int, str]]:
 
 def partition_views(address: tuple[str, int], topic: str = TOPIC
                     ) -> dict[int, tuple[int, tuple[int, ...], tuple[int, ...]]] | None:
-    """`topic`'s partitions as `address` itself answers a raw Metadata v1 on a new connection,
-    {partition: (leader, sorted ISR, replicas in order)}; None when it does not answer. (A client's own metadata
-    request may go to a paused host, whose TCP stays open and silent, or use a cached view.)"""
-    body = struct.pack(">i", 1) + kafkautil._string(topic)
+    """`topic`'s partitions as `address` itself answers on a new connection,
+    {partition: (leader, sorted ISR, replicas in order)}; None when it does not answer. (A
+    client's own metadata request may go to a paused host, whose TCP stays open and silent,
+    or use a cached view.)"""
     try:
-        answer = kafkautil.roundtrip(address, kafkautil.frame(3, 1, 9, body), 2)
+        _, described = metadata_v1(address, [topic])
     except OSError:
         return None
-    reader = kafkautil.Reader(answer)
-    for _ in range(reader.unpack(">i")):
-        reader.unpack(">i")
-        reader.string()
-        reader.unpack(">i")
-        reader.string()  # rack
-    reader.unpack(">i")  # controller id
-    views = {}
-    for _ in range(reader.unpack(">i")):
-        reader.unpack(">h")
-        reader.string()
-        reader.unpack(">b")
-        for _ in range(reader.unpack(">i")):
-            _, index, leader = reader.unpack(">hii")
-            replicas = [reader.unpack(">i") for _ in range(reader.unpack(">i"))]
-            isr = [reader.unpack(">i") for _ in range(reader.unpack(">i"))]
-            views[index] = (leader, tuple(sorted(isr)), tuple(replicas))
-    return views
+    return described.get(topic, (0, {}))[1]
 
 
 def leader_host(address: tuple[str, int], partition: int, topic: str = TOPIC) -> int:
